@@ -1,0 +1,90 @@
+//! Command-line flags.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Closed-loop write benchmark: the same load against keel, etcd or Redis.
+#[derive(Debug, Parser)]
+#[command(name = "keel-writebench", version)]
+pub struct Args {
+    /// The system under test; decides what one write is.
+    #[arg(long, value_enum)]
+    pub target: Target,
+
+    /// Where to send writes: `http://host:port` for keel (the primary) and etcd (any
+    /// member's client URL), `redis://host:port` for Redis (the master).
+    #[arg(long)]
+    pub url: String,
+
+    /// Number of connections, each with one write in flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+
+    /// How long to measure, after the warm-up (`10s`, `1500ms`, `1m`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// How long to load before measuring; those writes are not counted.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Size of every value in bytes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub value_size: u32,
+
+    /// A write that takes longer than this is abandoned and counted as an error.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// keel node primary: `PUT /v1/kv/{key}`.
+    Keel,
+    /// etcd v3 JSON gateway: `POST /v3/kv/put`.
+    Etcd,
+    /// Redis master: `SET` then `WAIT 1 0`.
+    Redis,
+}
+
+/// Parses `250ms`, `10s`, `1.5s` or `2m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write it like 10s, 500ms or 1m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`; use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("`{text}`: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! The `Keel-*` headers: every answer of a node names who answered and where it stands.
+
+/// The id of the node that answered.
+pub const KEEL_NODE: &str = "keel-node";
+/// Its role (`primary` or `standby`).
+pub const KEEL_ROLE: &str = "keel-role";
+/// The highest epoch it knows.
+pub const KEEL_EPOCH: &str = "keel-epoch";
+/// The last log position it holds (for a write: the position of that write).
+pub const KEEL_LSN: &str = "keel-lsn";

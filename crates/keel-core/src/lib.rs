@@ -1,0 +1,20 @@
+//! Shared vocabulary of keel.
+//!
+//! Every crate of the workspace speaks in these terms, so they live in one place:
+//!
+//! - [`ids`]: [`NodeId`], [`Role`], [`Epoch`], [`Lsn`] and [`LogPos`] — who a node is, what
+//!   it does, and where it stands in the replicated log;
+//! - [`headers`]: the `Keel-*` response headers every node sets;
+//! - [`error`]: the JSON body of every 4xx/5xx answer ([`ApiError`]);
+//! - [`token`]: the admin bearer token (loading it, comparing it in constant time);
+//! - [`shutdown`]: the Ctrl-C / SIGTERM future that servers take as their stop signal.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod headers;
+pub mod ids;
+pub mod shutdown;
+pub mod token;
+
+pub use error::ApiError;
+pub use ids::{Epoch, LogPos, Lsn, NodeId, NodeIdError, Role};

@@ -1,0 +1,1 @@
+//! keel data node (in progress)

@@ -1,0 +1,217 @@
+//! The command line: one clap-derived struct per subcommand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keel_core::{NodeId, Role};
+
+/// Fault tolerance you can run, break and prove.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "KEEL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a data node: a durable store that is primary or standby of a replicated group.
+    Node(NodeArgs),
+    /// Talk to a running data tier: read and write data, show state, kill the primary.
+    Client(ClientArgs),
+    /// Start a whole data tier on this machine (a primary and its standbys) in the foreground.
+    Up(UpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node's name, e.g. app1 (letters, digits, '-' and '_').
+    #[arg(long)]
+    pub id: NodeId,
+
+    /// Address to serve the HTTP API and replication on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+
+    /// URL other nodes and clients should use to reach this node [default: http://<listen>].
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// Directory for the node's durable state (created when missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+
+    /// The node's role in its group.
+    #[arg(long, value_parser = parse_role)]
+    pub role: Role,
+
+    /// A standby to replicate to, as its base URL (repeat for several). Primary only.
+    #[arg(long = "standby", value_name = "URL")]
+    pub standbys: Vec<String>,
+
+    /// Acknowledge writes once committed locally, without waiting for the standbys.
+    /// Writes acknowledged in the last moments before a primary dies may then be lost.
+    #[arg(long = "async")]
+    pub async_replication: bool,
+
+    /// Start a new epoch as primary (a manual promotion). Must exceed every epoch this
+    /// node has seen; standbys then refuse the older primary.
+    #[arg(long)]
+    pub epoch: Option<u64>,
+
+    /// How long a write waits for the sync standbys before it is answered with 503.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
+
+    /// How many log entries to keep behind the latest snapshot; older ones are truncated,
+    /// and a standby that needs them gets a snapshot instead.
+    #[arg(long, default_value_t = 10_000)]
+    pub log_retain: u64,
+
+    /// File holding the admin token (else the KEEL_TOKEN variable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The node to talk to (a primary or a standby).
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8081",
+        env = "KEEL_NODE_URL"
+    )]
+    pub node: String,
+
+    /// Print JSON instead of readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// File holding the admin token (else KEEL_TOKEN, else ./keel-data/admin.token).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+
+    /// How long to wait for an answer.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Show the entries map of the primary, the standby(s) or all nodes.
+    State {
+        #[arg(value_enum, default_value_t = StateWhich::All)]
+        which: StateWhich,
+    },
+    /// Merge `key=value` lines from a file into the entries map (one pair a line; blank
+    /// lines and '#' comments are ignored); prints the updated map.
+    Update {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Set one or more keys of the key/value space: `keel client set a=1 b=2`.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Read a key of the key/value space, or list the keys when none is given.
+    Get { key: Option<String> },
+    /// Increment a counter and print its new value.
+    Incr {
+        name: String,
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// End the primary process at once (needs the admin token).
+    KillPrimary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateWhich {
+    Primary,
+    Standby,
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// How many data nodes: one primary and N-1 standbys.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub nodes: u16,
+
+    /// Where the nodes keep their data and where the admin token is written.
+    #[arg(long, default_value = "./keel-data")]
+    pub data_dir: PathBuf,
+
+    /// Port of the first node; the others take the ports after it.
+    #[arg(long, default_value_t = 8081)]
+    pub base_port: u16,
+
+    /// Acknowledge writes without waiting for the standbys (see `keel node --async`).
+    #[arg(long = "async")]
+    pub async_replication: bool,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 250ms, 2s or 1m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s or m")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+        return Err(format!("{s:?} is out of range (0 to 24h)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_in_the_usual_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! One module per subcommand; `run` dispatches. This is the only place `anyhow` is used.
+
+mod client;
+mod node;
+mod up;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command, LogFormat};
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Node(args) => node::run(args),
+        Command::Client(args) => client::run(args),
+        Command::Up(args) => up::run(args),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
