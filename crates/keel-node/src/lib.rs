@@ -1,1 +1,29 @@
-//! keel data node (in progress)
+//! keel's data node: one member of a replicated group, primary or standby.
+//!
+//! - [`config`]: [`NodeConfig`], everything `keel node` is told on its command line;
+//! - [`shared`]: the state the API, the writer and replication share — the store, the
+//!   node's role, the committed position and one [`shared::StandbyLink`] per standby;
+//! - [`writer`]: the primary's write path: requests are queued, committed in groups (one
+//!   fsync for many writes), then held until every sync standby has confirmed them;
+//! - [`repl`]: replication — the frames ([`repl::frame`]), the primary's sender, one per
+//!   standby ([`repl::sender`]), and the standby's receiver ([`repl::receiver`]);
+//! - [`api`]: the HTTP API of `docs/api.md` (axum);
+//! - [`metrics`]: the Prometheus text of `/metrics`;
+//! - [`node`]: [`run`], which opens the store, picks the epoch, starts all of the above
+//!   and drains them when told to stop.
+//!
+//! Roles come from the command line here; the monitor that assigns them and fails over
+//! automatically builds on this crate.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod repl;
+pub mod shared;
+mod update;
+pub mod writer;
+
+pub use config::NodeConfig;
+pub use node::{NodeError, run};

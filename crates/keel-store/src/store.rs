@@ -570,6 +570,24 @@ impl Store {
         Ok(next.last)
     }
 
+    /// A number the node keeps about itself (e.g. the epoch in which it was primary),
+    /// beside the store's own bookkeeping.
+    pub fn node_meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(format!("node.{key}").as_str())?.map(|g| g.value()))
+    }
+
+    /// Durably sets a number the node keeps about itself.
+    pub fn set_node_meta(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        let _status = self.lock();
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert(format!("node.{key}").as_str(), value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// The entries map.
     pub fn entries(&self) -> Result<BTreeMap<String, String>, StoreError> {
         let txn = self.db.begin_read()?;

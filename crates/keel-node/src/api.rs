@@ -1,0 +1,524 @@
+//! The HTTP API of `docs/api.md`.
+//!
+//! Handlers stay thin: parse and check the request, hand writes to the writer, map the
+//! answer to a status and a JSON body. A middleware stamps every answer with the
+//! `Keel-*` headers. Every rejection an extractor can produce (body too large, bad path,
+//! bad query) is turned into the same JSON error shape as the handlers' own errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
+use keel_core::{ApiError, Lsn};
+use keel_store::{Command, Expect, Outcome, Rejection};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::MAX_BODY;
+use crate::repl::receiver;
+use crate::shared::Shared;
+use crate::update::{self, check_key};
+use crate::writer::{self, WriteError};
+
+/// The node's router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/entries", get(get_entries).patch(patch_entries))
+        .route("/v1/kv", get(list_kv))
+        .route("/v1/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
+        .route("/v1/counters/{name}", get(get_counter))
+        .route("/v1/counters/{name}/incr", post(incr))
+        .route("/v1/replication", get(receiver::accept))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/admin/kill", post(kill))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(shared.clone(), stamp))
+        .with_state(shared)
+}
+
+/// An error answer: a status and an [`ApiError`] body.
+pub fn error_response(status: StatusCode, error: ApiError) -> Response {
+    (status, axum::Json(error)).into_response()
+}
+
+type Answer = Result<Response, Response>;
+
+fn bad_request(code: &str, message: impl Into<String>) -> Response {
+    error_response(StatusCode::BAD_REQUEST, ApiError::new(code, message))
+}
+
+/// Adds the `Keel-*` headers to every answer (a write's own `Keel-Lsn` is kept).
+async fn stamp(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let status = shared.store.status();
+    let role = shared.role();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(shared.config.id.as_str()) {
+        h.insert(KEEL_NODE, v);
+    }
+    h.insert(KEEL_ROLE, HeaderValue::from_static(role.role.as_str()));
+    h.insert(KEEL_EPOCH, HeaderValue::from(status.epoch.0));
+    if !h.contains_key(KEEL_LSN) {
+        h.insert(KEEL_LSN, HeaderValue::from(status.last.lsn.0));
+    }
+    resp
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        ApiError::new(
+            "no_route",
+            format!("no route for {method} {}; see docs/api.md", uri.path()),
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ApiError::new(
+            "method_not_allowed",
+            format!("{} does not take {method}", uri.path()),
+        ),
+    )
+}
+
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            error_response(
+                status,
+                ApiError::new(
+                    "body_too_large",
+                    format!("the body is larger than the limit of {MAX_BODY} bytes"),
+                ),
+            )
+        } else {
+            error_response(status, ApiError::new("bad_body", rejection.body_text()))
+        }
+    })
+}
+
+fn key(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
+    let Path(key) = path.map_err(|r| bad_request("bad_path", r.body_text()))?;
+    check_key(&key).map_err(|reason| bad_request("bad_key", reason))?;
+    Ok(key)
+}
+
+fn read_failed(e: keel_store::StoreError) -> Response {
+    tracing::error!(error = %e, "read failed");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError::new("storage_failure", e.to_string()),
+    )
+}
+
+/// Runs a blocking store read off the async threads.
+async fn read<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&keel_store::Store) -> Result<T, keel_store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(r) => r.map_err(read_failed),
+        Err(e) => Err(error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::new("storage_failure", e.to_string()),
+        )),
+    }
+}
+
+/// Sends a command through the writer and maps failures to answers; returns the
+/// outcome and the write's lsn.
+async fn write(shared: &Arc<Shared>, command: Command) -> Result<(Lsn, Outcome), Response> {
+    match writer::submit(shared, command).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(rejection)) => Err(rejected(rejection)),
+        Err(e) => Err(write_failed(e)),
+    }
+}
+
+fn rejected(rejection: Rejection) -> Response {
+    let message = rejection.to_string();
+    match rejection {
+        Rejection::VersionMismatch { current } => {
+            let mut e = ApiError::new("version_mismatch", message);
+            if let Some(v) = current {
+                e = e.with("current_version", v);
+            }
+            error_response(StatusCode::PRECONDITION_FAILED, e)
+        }
+        Rejection::NotFound => {
+            error_response(StatusCode::NOT_FOUND, ApiError::new("not_found", message))
+        }
+        Rejection::Overflow { .. } => error_response(
+            StatusCode::CONFLICT,
+            ApiError::new("counter_overflow", message),
+        ),
+    }
+}
+
+fn write_failed(e: WriteError) -> Response {
+    let message = e.to_string();
+    let retry_after = [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+    match e {
+        WriteError::NotPrimary { primary } => {
+            let mut err = ApiError::new("not_primary", match &primary {
+                Some(url) => format!("this node is a standby and does not take writes; send writes to the primary at {url}"),
+                None => "this node is a standby and does not take writes; no primary is connected to it".to_owned(),
+            });
+            if let Some(url) = primary {
+                err = err.with("primary", url);
+            }
+            error_response(StatusCode::MISDIRECTED_REQUEST, err)
+        }
+        WriteError::Fenced { epoch } => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::new("fenced", message).with("epoch", epoch.0),
+        ),
+        WriteError::SyncUnavailable { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry_after,
+            axum::Json(ApiError::new("sync_standby_unavailable", message).with("written", false)),
+        )
+            .into_response(),
+        WriteError::ReplicationTimeout { lsn, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry_after,
+            axum::Json(
+                ApiError::new("replication_timeout", message)
+                    .with("written", "unknown")
+                    .with("lsn", lsn.0),
+            ),
+        )
+            .into_response(),
+        WriteError::ShuttingDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry_after,
+            axum::Json(ApiError::new("shutting_down", message)),
+        )
+            .into_response(),
+        WriteError::Store(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::new("storage_failure", message),
+        ),
+    }
+}
+
+fn with_lsn(mut resp: Response, lsn: Lsn) -> Response {
+    resp.headers_mut()
+        .insert(KEEL_LSN, HeaderValue::from(lsn.0));
+    resp
+}
+
+fn etag(version: u64) -> (header::HeaderName, String) {
+    (header::ETAG, format!("\"{version}\""))
+}
+
+async fn get_entries(State(shared): State<Arc<Shared>>) -> Answer {
+    let entries = read(&shared, |s| s.entries()).await?;
+    Ok(axum::Json(entries).into_response())
+}
+
+async fn patch_entries(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let raw = body(raw)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let pairs = match content_type.as_str() {
+        "application/json" => update::parse_json(&raw),
+        "text/plain" => match std::str::from_utf8(&raw) {
+            Ok(text) => update::parse_lines(text),
+            Err(e) => return Err(bad_request("bad_update_line", format!("the body is not UTF-8 text: {e}"))),
+        },
+        other => {
+            return Err(error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ApiError::new(
+                    "unsupported_media_type",
+                    format!(
+                        "send the update as application/json (an object of strings) or text/plain (key=value lines), not {:?}; with curl add -H 'Content-Type: text/plain'",
+                        if other.is_empty() { "no Content-Type" } else { other }
+                    ),
+                ),
+            ));
+        }
+    }
+    .map_err(|e| bad_request(e.code(), e.to_string()))?;
+    let (lsn, _) = write(&shared, Command::Merge(pairs)).await?;
+    let entries = read(&shared, |s| s.entries()).await?;
+    Ok(with_lsn(axum::Json(entries).into_response(), lsn))
+}
+
+async fn list_kv(State(shared): State<Arc<Shared>>) -> Answer {
+    let keys = read(&shared, |s| s.kv_keys()).await?;
+    let keys: Vec<_> = keys
+        .into_iter()
+        .map(|(key, version)| json!({"key": key, "version": version}))
+        .collect();
+    Ok(axum::Json(json!({ "keys": keys })).into_response())
+}
+
+async fn get_kv(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let key = key(path)?;
+    let lookup = key.clone();
+    match read(&shared, move |s| s.kv_get(&lookup)).await? {
+        Some((version, value)) => Ok((
+            [
+                etag(version),
+                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            ],
+            value,
+        )
+            .into_response()),
+        None => Err(error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::new("not_found", format!("no key {key:?}")),
+        )),
+    }
+}
+
+/// Reads `If-Match` / `If-None-Match` into a precondition.
+fn expect(headers: &HeaderMap) -> Result<Expect, Response> {
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        return match v.to_str().map(str::trim) {
+            Ok("*") => Ok(Expect::Absent),
+            _ => Err(bad_request(
+                "bad_precondition",
+                "If-None-Match takes only \"*\" (create if absent)",
+            )),
+        };
+    }
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(Expect::Any);
+    };
+    let text = v.to_str().unwrap_or("").trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse::<u64>().map(Expect::Version).map_err(|_| {
+        bad_request(
+            "bad_precondition",
+            format!("If-Match takes a version number (the ETag of a read), not {text:?}"),
+        )
+    })
+}
+
+async fn put_kv(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let key = key(path)?;
+    let expect = expect(&headers)?;
+    let value = body(raw)?.to_vec();
+    let (lsn, outcome) = write(
+        &shared,
+        Command::Put {
+            key: key.clone(),
+            value,
+            expect,
+        },
+    )
+    .await?;
+    let version = match outcome {
+        Outcome::Put { version } => version,
+        _ => lsn.0,
+    };
+    Ok(with_lsn(
+        (
+            [etag(version)],
+            axum::Json(json!({"key": key, "version": version})),
+        )
+            .into_response(),
+        lsn,
+    ))
+}
+
+async fn delete_kv(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Answer {
+    let key = key(path)?;
+    let expect = expect(&headers)?;
+    if expect == Expect::Absent {
+        return Err(bad_request(
+            "bad_precondition",
+            "If-None-Match does not apply to DELETE",
+        ));
+    }
+    let (lsn, _) = write(
+        &shared,
+        Command::Delete {
+            key: key.clone(),
+            expect,
+        },
+    )
+    .await
+    .map_err(|r| {
+        if r.status() == StatusCode::NOT_FOUND {
+            error_response(
+                StatusCode::NOT_FOUND,
+                ApiError::new("not_found", format!("no key {key:?}")),
+            )
+        } else {
+            r
+        }
+    })?;
+    Ok(with_lsn(
+        axum::Json(json!({"key": key, "deleted": true, "version": lsn.0})).into_response(),
+        lsn,
+    ))
+}
+
+#[derive(Deserialize)]
+struct IncrParams {
+    by: Option<i64>,
+}
+
+async fn incr(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<IncrParams>, QueryRejection>,
+) -> Answer {
+    let name = key(path)?;
+    let Query(params) = query.map_err(|r| {
+        bad_request(
+            "bad_query",
+            format!("{}; use ?by=N with N a whole number", r.body_text()),
+        )
+    })?;
+    let by = params.by.unwrap_or(1);
+    let (lsn, outcome) = write(
+        &shared,
+        Command::Incr {
+            name: name.clone(),
+            by,
+        },
+    )
+    .await?;
+    let value = match outcome {
+        Outcome::Counter { value } => value,
+        _ => 0,
+    };
+    Ok(with_lsn(
+        axum::Json(json!({"name": name, "value": value})).into_response(),
+        lsn,
+    ))
+}
+
+async fn get_counter(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let name = key(path)?;
+    let lookup = name.clone();
+    let value = read(&shared, move |s| s.counter(&lookup)).await?;
+    Ok(axum::Json(json!({"name": name, "value": value})).into_response())
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let status = shared.store.status();
+    let role = shared.role();
+    let standbys: Vec<_> = shared
+        .links
+        .iter()
+        .map(|l| {
+            let acked = *l.acked.borrow();
+            json!({
+                "url": l.url,
+                "node": l.node_id(),
+                "state": *l.state.borrow(),
+                "acked_lsn": acked.0,
+                "lag": status.last.lsn.0.saturating_sub(acked.0),
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "node": shared.config.id,
+        "role": role.role,
+        "epoch": status.epoch.0,
+        "lsn": status.last.lsn.0,
+        "first_lsn": status.first_lsn().0,
+        "snapshot_lsn": status.snapshot.lsn.0,
+        "mode": if shared.config.sync { "sync" } else { "async" },
+        "primary": role.primary,
+        "fenced_by": role.fenced_by.map(|e| e.0),
+        "standbys": standbys,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&shared),
+    )
+        .into_response()
+}
+
+async fn kill(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
+    let Some(token) = &shared.config.token else {
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            ApiError::new(
+                "admin_disabled",
+                "this node was started without an admin token (--token-file or KEEL_TOKEN)",
+            ),
+        ));
+    };
+    if !token.matches_header(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            ApiError::new(
+                "unauthorized",
+                "admin actions need 'Authorization: Bearer <token>' with the cluster's admin token",
+            ),
+        ));
+    }
+    tracing::warn!("killed through /admin/kill");
+    // Leave the answer a moment to go out, then die as abruptly as kill -9 would: no
+    // draining, no flushing, nothing a real crash would get to do.
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        std::process::exit(137);
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"killed": shared.config.id, "message": "the process ends now"})),
+    )
+        .into_response())
+}

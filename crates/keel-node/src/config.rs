@@ -1,0 +1,46 @@
+//! What a node is told when it starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keel_core::token::Token;
+use keel_core::{Epoch, NodeId, Role};
+
+/// Everything `keel node` takes from its command line.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name.
+    pub id: NodeId,
+    /// Where to serve the API and replication.
+    pub listen: SocketAddr,
+    /// The base URL others reach this node at (`http://<listen>` by default).
+    pub advertise: String,
+    /// The store's directory.
+    pub data_dir: PathBuf,
+    /// The role given on the command line.
+    pub role: Role,
+    /// Base URLs of the standbys a primary replicates to.
+    pub standbys: Vec<String>,
+    /// `true` (the default): acknowledge a write only once every standby has it durably.
+    pub sync: bool,
+    /// Start a new epoch as primary (manual promotion).
+    pub epoch: Option<Epoch>,
+    /// How long a write waits for the sync standbys.
+    pub sync_timeout: Duration,
+    /// Log entries kept after the snapshot point.
+    pub log_retain: u64,
+    /// The admin token; without one, admin actions are refused.
+    pub token: Option<Token>,
+}
+
+/// Largest request body the API accepts.
+pub const MAX_BODY: usize = 1 << 20;
+/// Most requests the writer commits together.
+pub const MAX_BATCH: usize = 1024;
+/// How long the primary waits for a standby's TCP connection and upgrade answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an idle replication stream is pinged.
+pub const PING_INTERVAL: Duration = Duration::from_millis(250);
+/// How many log entries go in one replication frame at most.
+pub const FRAME_ENTRIES: usize = 512;

@@ -1,0 +1,171 @@
+//! [`run`]: a node's whole life, from opening its store to draining on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_core::{Epoch, Role};
+use keel_store::{Store, StoreError};
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::shared::Shared;
+use crate::{api, repl, writer};
+
+/// How long in-flight requests get to finish once the node is told to stop.
+const GRACE: Duration = Duration::from_secs(5);
+/// The node's own record of the epoch in which it was last primary.
+const PRIMARY_EPOCH: &str = "primary_epoch";
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store could not be opened or written.
+    #[error("store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// The store's error.
+        source: StoreError,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The epoch asked for (or implied) is not safe to take.
+    #[error("{0}")]
+    Epoch(String),
+    /// The server failed.
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs a node until `shutdown` resolves, then drains in-flight requests (up to a grace
+/// period) and stops replication.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let dir = config.data_dir.display().to_string();
+    let store_err = |source| NodeError::Store {
+        dir: dir.clone(),
+        source,
+    };
+    let store = {
+        let (path, retain) = (config.data_dir.clone(), config.log_retain);
+        tokio::task::spawn_blocking(move || Store::open(&path, retain))
+            .await
+            .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?
+            .map_err(store_err)?
+    };
+    let store = Arc::new(store);
+    let epoch = choose_epoch(&config, &store).map_err(|e| match e {
+        EpochChoice::Store(s) => store_err(s),
+        EpochChoice::Refused(m) => NodeError::Epoch(m),
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let status = store.status();
+    tracing::info!(
+        node = %config.id, role = %config.role, epoch = %epoch, lsn = %status.last.lsn,
+        listen = %config.listen, mode = if config.sync { "sync" } else { "async" },
+        "node started"
+    );
+
+    let (shared, queue) = Shared::new(config, store);
+    let writer = tokio::spawn(writer::run(shared.clone(), queue));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let senders: Vec<_> = shared
+        .links
+        .iter()
+        .map(|link| {
+            tokio::spawn(repl::sender::run(
+                shared.clone(),
+                link.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+
+    let app = api::router(shared.clone());
+    let mut stopping = stop_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("stopping: draining in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let result = tokio::select! {
+        r = server => r.map_err(NodeError::Serve),
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(GRACE).await;
+        } => {
+            tracing::warn!(grace = ?GRACE, "requests still open after the grace period; stopping anyway");
+            Ok(())
+        }
+    };
+    for s in senders {
+        s.abort();
+    }
+    writer.abort();
+    tracing::info!("node stopped");
+    result
+}
+
+enum EpochChoice {
+    Store(StoreError),
+    Refused(String),
+}
+
+impl From<StoreError> for EpochChoice {
+    fn from(e: StoreError) -> Self {
+        EpochChoice::Store(e)
+    }
+}
+
+/// Decides the epoch a node starts in, so that no two primaries ever write in one epoch.
+///
+/// A primary continues the epoch in which it was last primary, unless it has since seen
+/// a newer one (then another node was promoted, and it must not claim that epoch), or
+/// starts a newer epoch given with `--epoch`. A fresh primary starts in epoch 1.
+fn choose_epoch(config: &NodeConfig, store: &Store) -> Result<Epoch, EpochChoice> {
+    let seen = store.status().epoch;
+    let was_primary_in = Epoch(store.node_meta(PRIMARY_EPOCH)?.unwrap_or(0));
+    let take = |epoch: Epoch| -> Result<Epoch, EpochChoice> {
+        store.observe_epoch(epoch)?;
+        store.set_node_meta(PRIMARY_EPOCH, epoch.0)?;
+        Ok(epoch)
+    };
+    match (config.role, config.epoch) {
+        (Role::Standby, Some(_)) => Err(EpochChoice::Refused(
+            "--epoch starts a new epoch as primary; a standby takes its epoch from its primary"
+                .into(),
+        )),
+        (Role::Standby, None) => Ok(seen),
+        (Role::Primary, Some(asked))
+            if asked > seen || (asked == seen && was_primary_in == seen) =>
+        {
+            take(asked)
+        }
+        (Role::Primary, Some(asked)) => Err(EpochChoice::Refused(format!(
+            "--epoch {asked} is not newer than epoch {seen}, which this node has already seen; use --epoch {}",
+            seen.0 + 1
+        ))),
+        (Role::Primary, None) if seen == Epoch(0) => take(Epoch(1)),
+        (Role::Primary, None) if was_primary_in == seen => Ok(seen),
+        (Role::Primary, None) => Err(EpochChoice::Refused(format!(
+            "this node has seen epoch {seen} from another primary (it was last primary in epoch {}); \
+             start it as a standby, or promote it explicitly with --epoch {}",
+            was_primary_in.0,
+            seen.0 + 1
+        ))),
+    }
+}

@@ -1,0 +1,266 @@
+//! The standby's side of replication: the `/v1/replication` upgrade and the stream after it.
+//!
+//! Checks happen before the upgrade, where they can still be answered in HTTP: the token,
+//! the protocol, and the sender's epoch — older than one this node has seen is `409` with
+//! the newer epoch, which makes the sender step down. After the upgrade the same check
+//! runs on every frame. Appends that arrive back to back are committed together, so the
+//! standby pays one fsync per burst rather than per frame.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use futures::{FutureExt, SinkExt, StreamExt};
+use http::{HeaderMap, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use keel_core::headers::{KEEL_EPOCH, KEEL_NODE};
+use keel_core::{ApiError, Epoch, Role};
+use keel_store::{LogEntry, StoreError};
+use tokio_util::codec::Framed;
+
+use super::frame::{self, ToPrimary, ToStandby};
+use super::{PRIMARY_URL_HEADER, PROTOCOL};
+use crate::api::error_response;
+use crate::shared::Shared;
+
+/// How long an open stream may stay silent before the standby gives up on it (the
+/// primary pings far more often than this).
+const IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /v1/replication`: accepts a primary's stream.
+pub async fn accept(State(shared): State<Arc<Shared>>, mut req: Request) -> Response {
+    let headers = req.headers();
+    if let Some(token) = &shared.config.token
+        && !token.matches_header(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+    {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            ApiError::new(
+                "unauthorized",
+                "replication needs the cluster's admin token as a bearer token",
+            ),
+        );
+    }
+    if !headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(PROTOCOL))
+    {
+        return error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            ApiError::new(
+                "upgrade_required",
+                format!("this endpoint speaks only {PROTOCOL}, via an HTTP upgrade"),
+            ),
+        );
+    }
+    let epoch = match header_u64(headers, KEEL_EPOCH) {
+        Some(e) => Epoch(e),
+        None => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ApiError::new(
+                    "bad_epoch",
+                    "the Keel-Epoch header must hold the sender's epoch as a number",
+                ),
+            );
+        }
+    };
+    let sender = headers
+        .get(KEEL_NODE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned();
+    let primary_url = headers
+        .get(PRIMARY_URL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+
+    let current = shared.store.status().epoch;
+    let role = shared.role();
+    let refuse = if epoch < current {
+        Some(format!(
+            "{sender} sent epoch {epoch}, but this node has seen epoch {current}; the sender is no longer primary"
+        ))
+    } else if role.role == Role::Primary && epoch <= current {
+        Some(format!(
+            "this node is the primary of epoch {current}; {sender} at epoch {epoch} cannot replicate to it"
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = refuse {
+        tracing::warn!(%sender, %epoch, %current, "refused a replication stream from an older epoch");
+        return error_response(
+            StatusCode::CONFLICT,
+            ApiError::new("stale_epoch", message).with("epoch", current.0),
+        );
+    }
+    if let Err(e) = observe(&shared, epoch).await {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::new("storage_failure", e.to_string()),
+        );
+    }
+    shared.follow(primary_url);
+
+    let generation = shared.stream_generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_shared = shared.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = Framed::new(TokioIo::new(upgraded), frame::codec());
+                match follow(&task_shared, io, generation).await {
+                    Ok(()) => tracing::info!(primary = %sender, "replication stream closed"),
+                    Err(e) => {
+                        tracing::warn!(primary = %sender, error = %e, "replication stream ended")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "replication upgrade failed"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [(header::CONNECTION, "upgrade"), (header::UPGRADE, PROTOCOL)],
+    )
+        .into_response()
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+async fn observe(shared: &Shared, epoch: Epoch) -> Result<bool, FollowError> {
+    let store = shared.store.clone();
+    run_blocking(move || store.observe_epoch(epoch)).await
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("connection: {0}")]
+    Io(String),
+    #[error("bad frame: {0}")]
+    Frame(String),
+    #[error("frame from epoch {got}, but this node has seen epoch {seen}")]
+    Stale { got: Epoch, seen: Epoch },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("replaced by a newer stream")]
+    Replaced,
+}
+
+type Io = Framed<TokioIo<hyper::upgrade::Upgraded>, tokio_util::codec::LengthDelimitedCodec>;
+
+async fn reply(io: &mut Io, frame: &ToPrimary) -> Result<(), FollowError> {
+    let bytes = frame::encode(frame).map_err(|e| FollowError::Frame(e.to_string()))?;
+    io.send(bytes)
+        .await
+        .map_err(|e| FollowError::Io(e.to_string()))
+}
+
+/// Runs one stream: hello, then frames until the primary goes away or a newer stream
+/// takes over.
+async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(), FollowError> {
+    let store = shared.store.clone();
+    let epochs = {
+        let store = store.clone();
+        run_blocking(move || store.epoch_boundaries()).await?
+    };
+    let hello = ToPrimary::Hello {
+        node: shared.config.id.to_string(),
+        last: store.status().last,
+        epochs,
+    };
+    reply(&mut io, &hello).await?;
+    let mut pending: Option<ToStandby> = None;
+    loop {
+        let frame = match pending.take() {
+            Some(f) => f,
+            None => match tokio::time::timeout(IDLE, io.next()).await {
+                Err(_) => return Err(FollowError::Io(format!("no frame for {IDLE:?}"))),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(FollowError::Io(e.to_string())),
+                Ok(Some(Ok(raw))) => {
+                    frame::decode(&raw).map_err(|e| FollowError::Frame(e.to_string()))?
+                }
+            },
+        };
+        if shared.stream_generation.load(Ordering::SeqCst) != generation {
+            return Err(FollowError::Replaced);
+        }
+        let seen = store.status().epoch;
+        if frame.epoch() < seen {
+            // Tell the sender why, so it steps down, then end the stream.
+            reply(&mut io, &ToPrimary::Stale { epoch: seen }).await?;
+            return Err(FollowError::Stale {
+                got: frame.epoch(),
+                seen,
+            });
+        }
+        if frame.epoch() > seen {
+            observe(shared, frame.epoch()).await?;
+        }
+        let answer = match frame {
+            ToStandby::Append { epoch, entries } => {
+                // Take every append already waiting on the socket into the same commit.
+                let mut batch: Vec<LogEntry> = entries;
+                while let Some(Some(Ok(raw))) = io.next().now_or_never() {
+                    match frame::decode::<ToStandby>(&raw)
+                        .map_err(|e| FollowError::Frame(e.to_string()))?
+                    {
+                        ToStandby::Append { epoch: e, entries } if e == epoch => {
+                            batch.extend(entries)
+                        }
+                        other => {
+                            pending = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let store = store.clone();
+                let last = run_blocking(move || store.append(&batch)).await?;
+                ToPrimary::Ack { last }
+            }
+            ToStandby::Truncate { to, .. } => {
+                let store = store.clone();
+                match run_blocking(move || store.rollback_to(to)).await {
+                    Ok(last) => {
+                        tracing::info!(to = %to, "rolled back a suffix the primary does not have");
+                        ToPrimary::Ack { last }
+                    }
+                    Err(FollowError::Store(StoreError::Compacted { .. })) => {
+                        ToPrimary::NeedSnapshot
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            ToStandby::Snapshot { snapshot, .. } => {
+                let store = store.clone();
+                let at = snapshot.last;
+                let last = run_blocking(move || store.install(&snapshot)).await?;
+                tracing::info!(lsn = %at.lsn, "installed a snapshot from the primary");
+                ToPrimary::Ack { last }
+            }
+            ToStandby::Ping { .. } => ToPrimary::Ack {
+                last: store.status().last,
+            },
+        };
+        reply(&mut io, &answer).await?;
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, FollowError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(FollowError::from),
+        Err(e) => Err(FollowError::Io(format!("store task failed: {e}"))),
+    }
+}

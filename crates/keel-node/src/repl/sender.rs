@@ -1,0 +1,339 @@
+//! The primary's side of replication: one task per standby.
+//!
+//! The task connects, upgrades to the replication protocol, reads the standby's hello,
+//! brings its log in line with ours (rollback or snapshot), then follows
+//! [`Shared::committed`] and ships each new range of entries as it is committed, without
+//! waiting for the previous frame's ack (the acks move [`StandbyLink::acked`], which the
+//! writer waits on). A stream that stays silent for longer than the sync timeout while it
+//! owes acks is dropped and opened again, so a frozen standby cannot hold writes for
+//! longer than that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use keel_core::headers::{KEEL_EPOCH, KEEL_NODE};
+use keel_core::{Epoch, Lsn};
+use keel_store::{StoreError, agreement};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+use super::frame::{self, ToPrimary, ToStandby};
+use super::{PRIMARY_URL_HEADER, PROTOCOL};
+use crate::config::{CONNECT_TIMEOUT, FRAME_ENTRIES, PING_INTERVAL};
+use crate::shared::{LinkState, Shared, StandbyLink};
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("the standby refused the stream: {0}")]
+    Refused(String),
+    #[error("the standby has seen epoch {0}")]
+    Fenced(Epoch),
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("no answer from the standby for {0:?}")]
+    Stalled(Duration),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+type Io = Framed<TokioIo<hyper::upgrade::Upgraded>, tokio_util::codec::LengthDelimitedCodec>;
+
+/// Keeps one standby in step with this primary until shutdown or until this node is
+/// fenced.
+pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>, mut stop: watch::Receiver<bool>) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(20);
+    // Reconnecting to a standby that is down costs a refused connection; trying twice a
+    // second bounds how long a restarted standby waits to be picked up.
+    const MAX_BACKOFF: Duration = Duration::from_millis(500);
+    let mut backoff = MIN_BACKOFF;
+    let mut reported_down = false;
+    loop {
+        if shared.role().fenced_by.is_some() || *stop.borrow() {
+            break;
+        }
+        link.state.send_replace(LinkState::Connecting);
+        let mut streamed = false;
+        let result = tokio::select! {
+            r = stream(&shared, &link, &mut streamed) => r,
+            _ = stop.changed() => break,
+        };
+        link.state.send_replace(LinkState::Disconnected);
+        if streamed {
+            backoff = MIN_BACKOFF;
+            reported_down = false;
+        }
+        match result {
+            Err(StreamError::Fenced(epoch)) => {
+                shared.step_down(epoch);
+                break;
+            }
+            Err(e) if !reported_down => {
+                tracing::warn!(standby = %link.url, error = %e, "replication stream down; retrying");
+                reported_down = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => break,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    link.state.send_replace(LinkState::Disconnected);
+}
+
+/// Opens the upgraded connection to a standby.
+async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError> {
+    let uri: http::Uri = link
+        .url
+        .parse()
+        .map_err(|e| StreamError::Connect(format!("bad URL {}: {e}", link.url)))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| StreamError::Connect(format!("URL {} has no host:port", link.url)))?
+        .clone();
+    let addr = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| StreamError::Connect(format!("{addr}: timed out")))?
+        .map_err(|e| StreamError::Connect(format!("{addr}: {e}")))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| StreamError::Connect(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| StreamError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let epoch = shared.store.status().epoch;
+    let mut req = Request::get(format!("{}/v1/replication", link.url.trim_end_matches('/')))
+        .header(header::HOST, authority.as_str())
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, PROTOCOL)
+        .header(KEEL_EPOCH, epoch.0.to_string())
+        .header(KEEL_NODE, shared.config.id.as_str())
+        .header(PRIMARY_URL_HEADER, shared.config.advertise.as_str());
+    if let Some(token) = &shared.config.token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {}", token.secret()));
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| StreamError::Connect(e.to_string()))?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| StreamError::Connect(format!("{addr}: no answer to the upgrade")))?
+        .map_err(|e| StreamError::Connect(e.to_string()))?;
+    match resp.status() {
+        StatusCode::SWITCHING_PROTOCOLS => {}
+        StatusCode::CONFLICT => {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let epoch = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()));
+            return match epoch {
+                Some(e) if Epoch(e) > shared.store.status().epoch => {
+                    Err(StreamError::Fenced(Epoch(e)))
+                }
+                _ => Err(StreamError::Refused(
+                    String::from_utf8_lossy(&body).into_owned(),
+                )),
+            };
+        }
+        status => {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(StreamError::Refused(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+    }
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| StreamError::Connect(e.to_string()))?;
+    Ok(Framed::new(TokioIo::new(upgraded), frame::codec()))
+}
+
+async fn send(io: &mut Io, frame: &ToStandby) -> Result<(), StreamError> {
+    let bytes = frame::encode(frame).map_err(|e| StreamError::Protocol(e.to_string()))?;
+    io.send(bytes)
+        .await
+        .map_err(|e| StreamError::Lost(e.to_string()))
+}
+
+async fn recv(io: &mut Io, within: Duration) -> Result<ToPrimary, StreamError> {
+    match tokio::time::timeout(within, io.next()).await {
+        Err(_) => Err(StreamError::Stalled(within)),
+        Ok(None) => Err(StreamError::Lost("closed by the standby".into())),
+        Ok(Some(Err(e))) => Err(StreamError::Lost(e.to_string())),
+        Ok(Some(Ok(raw))) => frame::decode(&raw).map_err(|e| StreamError::Protocol(e.to_string())),
+    }
+}
+
+/// Waits for the answer to a handshake frame: the standby's new position.
+async fn expect_ack(io: &mut Io, within: Duration) -> Result<Option<Lsn>, StreamError> {
+    match recv(io, within).await? {
+        ToPrimary::Ack { last } => Ok(Some(last.lsn)),
+        ToPrimary::NeedSnapshot => Ok(None),
+        ToPrimary::Stale { epoch } => Err(StreamError::Fenced(epoch)),
+        other => Err(StreamError::Protocol(format!("unexpected {other:?}"))),
+    }
+}
+
+async fn send_snapshot(shared: &Shared, io: &mut Io, within: Duration) -> Result<Lsn, StreamError> {
+    let store = shared.store.clone();
+    let snapshot = tokio::task::spawn_blocking(move || store.snapshot())
+        .await
+        .map_err(|e| StreamError::Protocol(e.to_string()))??;
+    tracing::info!(lsn = %snapshot.last.lsn, "sending a snapshot to a standby the log no longer reaches");
+    let epoch = shared.store.status().epoch;
+    send(
+        io,
+        &ToStandby::Snapshot {
+            epoch,
+            snapshot: Box::new(snapshot),
+        },
+    )
+    .await?;
+    // Installing a large snapshot takes a while: allow more than a write would.
+    expect_ack(io, within * 10)
+        .await?
+        .ok_or_else(|| StreamError::Protocol("standby asked for a snapshot after one".into()))
+}
+
+/// One connection's life: handshake, catch-up, streaming.
+async fn stream(
+    shared: &Shared,
+    link: &StandbyLink,
+    streamed: &mut bool,
+) -> Result<(), StreamError> {
+    let mut io = connect(shared, link).await?;
+    let wait = shared.config.sync_timeout.max(Duration::from_secs(1));
+    let (node, their_last, their_epochs) = match recv(&mut io, wait).await? {
+        ToPrimary::Hello { node, last, epochs } => (node, last, epochs),
+        other => {
+            return Err(StreamError::Protocol(format!(
+                "expected hello, got {other:?}"
+            )));
+        }
+    };
+    *link.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+    link.state.send_replace(LinkState::CatchingUp);
+
+    // Bring the standby's log in line with ours.
+    let status = shared.store.status();
+    let ours = {
+        let store = shared.store.clone();
+        tokio::task::spawn_blocking(move || store.epoch_boundaries())
+            .await
+            .map_err(|e| StreamError::Protocol(e.to_string()))??
+    };
+    let common = agreement(&ours, status.last, &their_epochs, their_last);
+    let epoch = status.epoch;
+    let mut sent = if common < status.snapshot.lsn {
+        send_snapshot(shared, &mut io, wait).await?
+    } else if their_last.lsn > common {
+        tracing::info!(standby = %node, from = %their_last.lsn, to = %common, "standby rolls back a suffix this primary does not have");
+        send(&mut io, &ToStandby::Truncate { epoch, to: common }).await?;
+        match expect_ack(&mut io, wait).await? {
+            Some(lsn) => lsn,
+            None => send_snapshot(shared, &mut io, wait).await?,
+        }
+    } else {
+        common
+    };
+    link.acked.send_replace(sent);
+    tracing::info!(standby = %node, at = %sent, primary_at = %status.last.lsn, "replication stream open");
+
+    let mut committed = shared.committed.subscribe();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut last_heard = Instant::now();
+    loop {
+        let target = *committed.borrow_and_update();
+        while sent < target {
+            let store = shared.store.clone();
+            let from = sent;
+            let entries =
+                tokio::task::spawn_blocking(move || store.entries_after(from, FRAME_ENTRIES))
+                    .await
+                    .map_err(|e| StreamError::Protocol(e.to_string()))??;
+            let Some(last) = entries.last().map(|e| e.pos.lsn) else {
+                break;
+            };
+            let epoch = shared.store.status().epoch;
+            let frame = frame::encode(&ToStandby::Append { epoch, entries })
+                .map_err(|e| StreamError::Protocol(e.to_string()))?;
+            // Feed without flushing each frame; flush once the range is out.
+            io.feed(frame)
+                .await
+                .map_err(|e| StreamError::Lost(e.to_string()))?;
+            sent = last;
+        }
+        SinkExt::<Bytes>::flush(&mut io)
+            .await
+            .map_err(|e| StreamError::Lost(e.to_string()))?;
+        if *link.acked.borrow() >= target && *link.state.borrow() != LinkState::Streaming {
+            tracing::info!(standby = %node, at = %target, "standby caught up; streaming");
+            link.state.send_replace(LinkState::Streaming);
+            *streamed = true;
+        }
+        tokio::select! {
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            frame = io.next() => {
+                let raw = match frame {
+                    None => return Err(StreamError::Lost("closed by the standby".into())),
+                    Some(Err(e)) => return Err(StreamError::Lost(e.to_string())),
+                    Some(Ok(raw)) => raw,
+                };
+                last_heard = Instant::now();
+                match frame::decode::<ToPrimary>(&raw).map_err(|e| StreamError::Protocol(e.to_string()))? {
+                    ToPrimary::Ack { last } => {
+                        link.acked.send_if_modified(|a| {
+                            let moved = last.lsn > *a;
+                            if moved { *a = last.lsn; }
+                            moved
+                        });
+                    }
+                    ToPrimary::Stale { epoch } => return Err(StreamError::Fenced(epoch)),
+                    other => return Err(StreamError::Protocol(format!("unexpected {other:?}"))),
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > wait {
+                    return Err(StreamError::Stalled(wait));
+                }
+                let epoch = shared.store.status().epoch;
+                send(&mut io, &ToStandby::Ping { epoch }).await?;
+            }
+        }
+    }
+}
