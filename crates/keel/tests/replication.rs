@@ -23,7 +23,7 @@ fn pair(root: &tempfile::TempDir, extra: &[&str]) -> (TestNode, TestNode) {
     let primary = TestNode::primary(
         "app1",
         root.path().join("app1"),
-        &[standby.url.clone()],
+        std::slice::from_ref(&standby.url),
         extra,
     );
     wait_for_streaming(&primary);
@@ -274,7 +274,7 @@ fn a_standby_refuses_frames_from_an_older_epoch() {
     let mut primary = TestNode::primary(
         "app1",
         root.path().join("app1"),
-        &[standby.url.clone()],
+        std::slice::from_ref(&standby.url),
         &["--epoch", "3"],
     );
     wait_for_streaming(&primary);
@@ -356,14 +356,14 @@ fn a_deposed_primary_that_comes_back_is_fenced() {
     let _new_primary = TestNode::primary(
         "app3",
         root.path().join("app3"),
-        &[standby.url.clone()],
+        std::slice::from_ref(&standby.url),
         &["--epoch", "5"],
     );
     // An old primary of epoch 1 is pointed at the same standby: it must step down.
     let old = TestNode::primary(
         "app1",
         root.path().join("app1"),
-        &[standby.url.clone()],
+        std::slice::from_ref(&standby.url),
         &["--sync-timeout", "300ms"],
     );
     assert!(
@@ -393,7 +393,7 @@ fn bad_input_gets_a_4xx_that_says_what_was_wrong_and_changes_nothing() {
     let primary = TestNode::primary(
         "app1",
         root.path().join("app1"),
-        &[standby.url.clone()],
+        std::slice::from_ref(&standby.url),
         &["--token-file", &token_arg],
     );
     wait_for_streaming(&primary);
