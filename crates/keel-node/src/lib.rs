@@ -2,9 +2,11 @@
 //!
 //! - [`config`]: [`NodeConfig`], everything `keel node` is told on its command line;
 //! - [`shared`]: the state the API, the writer and replication share — the store, the
-//!   node's role, the committed position and one [`shared::StandbyLink`] per standby;
+//!   node's role, the end of the log and one [`shared::StandbyLink`] per standby;
 //! - [`writer`]: the primary's write path: requests are queued, committed in groups (one
 //!   fsync for many writes), then held until every sync standby has confirmed them;
+//! - [`outbox`]: the newest entries in memory, which the senders ship while the writer is
+//!   still making them durable;
 //! - [`repl`]: replication — the frames ([`repl::frame`]), the primary's sender, one per
 //!   standby ([`repl::sender`]), and the standby's receiver ([`repl::receiver`]);
 //! - [`api`]: the HTTP API of `docs/api.md` (axum);
@@ -20,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod outbox;
 pub mod repl;
 pub mod shared;
 mod update;

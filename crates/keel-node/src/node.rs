@@ -131,11 +131,16 @@ impl From<StoreError> for EpochChoice {
     }
 }
 
-/// Decides the epoch a node starts in, so that no two primaries ever write in one epoch.
+/// Decides the epoch a node starts in, so that no two primaries — and no two lives of the
+/// same primary — ever write in one epoch.
 ///
-/// A primary continues the epoch in which it was last primary, unless it has since seen
-/// a newer one (then another node was promoted, and it must not claim that epoch), or
-/// starts a newer epoch given with `--epoch`. A fresh primary starts in epoch 1.
+/// Every start as primary begins a new epoch: the one after the epoch in which the node
+/// was last primary, or the one given with `--epoch`. A new life needs a new epoch because
+/// the primary ships entries to its standbys while it makes them durable itself: a crash in
+/// between can leave a standby holding an entry the primary never kept, and only a new
+/// epoch lets log matching tell that entry apart from the one the primary writes next at
+/// the same lsn. A node that has seen a newer epoch than its own last one was deposed by
+/// another primary and must not take over by itself. A fresh primary starts in epoch 1.
 fn choose_epoch(config: &NodeConfig, store: &Store) -> Result<Epoch, EpochChoice> {
     let seen = store.status().epoch;
     let was_primary_in = Epoch(store.node_meta(PRIMARY_EPOCH)?.unwrap_or(0));
@@ -150,17 +155,14 @@ fn choose_epoch(config: &NodeConfig, store: &Store) -> Result<Epoch, EpochChoice
                 .into(),
         )),
         (Role::Standby, None) => Ok(seen),
-        (Role::Primary, Some(asked))
-            if asked > seen || (asked == seen && was_primary_in == seen) =>
-        {
-            take(asked)
-        }
+        (Role::Primary, Some(asked)) if asked > seen => take(asked),
         (Role::Primary, Some(asked)) => Err(EpochChoice::Refused(format!(
             "--epoch {asked} is not newer than epoch {seen}, which this node has already seen; use --epoch {}",
             seen.0 + 1
         ))),
-        (Role::Primary, None) if seen == Epoch(0) => take(Epoch(1)),
-        (Role::Primary, None) if was_primary_in == seen => Ok(seen),
+        (Role::Primary, None) if seen == Epoch(0) || was_primary_in == seen => {
+            take(Epoch(seen.0 + 1))
+        }
         (Role::Primary, None) => Err(EpochChoice::Refused(format!(
             "this node has seen epoch {seen} from another primary (it was last primary in epoch {}); \
              start it as a standby, or promote it explicitly with --epoch {}",

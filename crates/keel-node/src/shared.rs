@@ -94,8 +94,11 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// The node's role; changes when it steps down or is taken over by a newer epoch.
     pub role: watch::Sender<RoleState>,
-    /// The last lsn committed locally (the primary's senders follow it).
-    pub committed: watch::Sender<Lsn>,
+    /// The end of the primary's log: the last lsn the senders may ship (decided, and being
+    /// or already made durable). They follow it.
+    pub log_end: watch::Sender<Lsn>,
+    /// The newest entries, for the senders.
+    pub outbox: std::sync::Mutex<crate::outbox::Outbox>,
     /// The primary's standbys, one link each.
     pub links: Vec<Arc<StandbyLink>>,
     /// The queue into the writer.
@@ -125,12 +128,13 @@ impl Shared {
             primary: (config.role == Role::Primary).then(|| config.advertise.clone()),
             fenced_by: None,
         };
-        let committed = watch::Sender::new(store.status().last.lsn);
+        let log_end = watch::Sender::new(store.status().last.lsn);
         let shared = Self {
             config,
             store,
             role: watch::Sender::new(role),
-            committed,
+            log_end,
+            outbox: std::sync::Mutex::default(),
             links,
             writes: tx,
             stats: Stats::default(),
@@ -142,6 +146,27 @@ impl Shared {
     /// The node's role right now.
     pub fn role(&self) -> RoleState {
         self.role.borrow().clone()
+    }
+
+    /// Hands a batch to the senders.
+    pub fn publish(&self, batch: &[keel_store::LogEntry]) {
+        let Some(last) = batch.last().map(|e| e.pos.lsn) else {
+            return;
+        };
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(batch);
+        self.log_end.send_replace(last);
+    }
+
+    /// Up to `max` entries after `after` from the outbox, or `None` if they must come from
+    /// the store.
+    pub fn outbox_after(&self, after: Lsn, max: usize) -> Option<Vec<keel_store::LogEntry>> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .after(after, max)
     }
 
     /// Whether this node takes writes.

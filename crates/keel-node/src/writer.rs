@@ -1,11 +1,16 @@
 //! The primary's write path.
 //!
 //! Requests queue into one writer task. It takes everything waiting (up to
-//! [`MAX_BATCH`]), checks that every sync standby is streaming, commits the batch with one
-//! fsync ([`Store::execute`](keel_store::Store::execute)), tells the senders there is more
-//! to ship, and moves on to the next batch at once. Waiting for the standbys' acks happens
-//! in a task per batch, so the local commit of one batch overlaps the standbys' commit of
-//! the previous one.
+//! [`MAX_BATCH`]), checks that every sync standby is streaming, decides the batch's
+//! entries, hands them to the senders, and only then makes them durable with one fsync
+//! ([`Store::execute_with`](keel_store::Store::execute_with)) — so the primary's fsync and
+//! the standbys' run at the same time, as a Raft leader's do. Then it moves on to the next
+//! batch at once; waiting for the standbys' acks happens in a task per batch.
+//!
+//! An entry shipped but never made durable here is harmless: it was not acknowledged, and
+//! since every start of a primary begins a new epoch, a standby that holds it rolls it back
+//! when it next meets this primary. A commit that fails after shipping, however, leaves
+//! this process unable to reuse those positions safely, so it aborts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,24 +121,35 @@ pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
         let store = shared.store.clone();
         let epoch = store.status().epoch;
         let n = commands.len() as u64;
-        let results =
-            match tokio::task::spawn_blocking(move || store.execute(epoch, &commands)).await {
-                Ok(Ok(results)) => results,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "group commit failed");
-                    answer_all_replies(replies, &WriteError::from(e));
-                    continue;
+        let publisher = shared.clone();
+        let commit = tokio::task::spawn_blocking(move || {
+            let mut shipped = false;
+            let result = store.execute_with(epoch, &commands, |entries| {
+                publisher.publish(entries);
+                shipped = true;
+            });
+            (result, shipped)
+        });
+        let results = match commit.await {
+            Ok((Ok(results), _)) => results,
+            Ok((Err(e), shipped)) => {
+                if shipped {
+                    tracing::error!(error = %e, "commit failed after its entries were shipped; aborting");
+                    std::process::abort();
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "group commit task failed");
-                    answer_all_replies(replies, &WriteError::Store(e.to_string()));
-                    continue;
-                }
-            };
+                tracing::error!(error = %e, "group commit failed");
+                answer_all_replies(replies, &WriteError::from(e));
+                continue;
+            }
+            Err(e) => {
+                // The commit task itself died, so whether its entries went out is unknown.
+                tracing::error!(error = %e, "group commit task failed; aborting");
+                std::process::abort();
+            }
+        };
         Stats::bump(&shared.stats.commits, 1);
         Stats::bump(&shared.stats.committed_ops, n);
         let last = shared.store.status().last.lsn;
-        shared.committed.send_replace(last);
         if sync {
             tokio::spawn(acknowledge_when_replicated(
                 shared.clone(),

@@ -347,6 +347,22 @@ impl Store {
     /// ones before it, appends those that pass as entries of `epoch`, applies them, and
     /// makes all of it durable with one commit.
     pub fn execute(&self, epoch: Epoch, commands: &[Command]) -> Result<Vec<Applied>, StoreError> {
+        self.execute_with(epoch, commands, |_| {})
+    }
+
+    /// [`Store::execute`], calling `before_commit` with the new entries once they are
+    /// decided and before they are made durable. A primary ships them to its standbys
+    /// there, so that its own fsync and theirs overlap.
+    ///
+    /// To ensure correctness: if this then fails, entries that were never durable here
+    /// may exist elsewhere under positions this store will hand out again; the caller
+    /// must not write in this epoch any more (a node aborts and restarts in a new epoch).
+    pub fn execute_with(
+        &self,
+        epoch: Epoch,
+        commands: &[Command],
+        before_commit: impl FnOnce(&[LogEntry]),
+    ) -> Result<Vec<Applied>, StoreError> {
         let mut status = self.lock();
         if epoch < status.epoch {
             return Err(StoreError::StaleEpoch {
@@ -358,6 +374,7 @@ impl Store {
         next.epoch = epoch;
         let txn = self.db.begin_write()?;
         let mut results = Vec::with_capacity(commands.len());
+        let mut entries = Vec::with_capacity(commands.len());
         {
             let mut t = Tables::open(&txn)?;
             for command in commands {
@@ -375,9 +392,13 @@ impl Store {
                 };
                 t.push(&mut next, &entry)?;
                 results.push(Ok((lsn, outcome(lsn, &entry.op))));
+                entries.push(entry);
             }
             t.compact(&mut next, self.log_retain)?;
             t.save_status(&next)?;
+        }
+        if !entries.is_empty() {
+            before_commit(&entries);
         }
         txn.commit()?;
         *status = next;

@@ -2,7 +2,7 @@
 //!
 //! The task connects, upgrades to the replication protocol, reads the standby's hello,
 //! brings its log in line with ours (rollback or snapshot), then follows
-//! [`Shared::committed`] and ships each new range of entries as it is committed, without
+//! [`Shared::log_end`] and ships each new range of entries as the writer decides it, without
 //! waiting for the previous frame's ack (the acks move [`StandbyLink::acked`], which the
 //! writer waits on). A stream that stays silent for longer than the sync timeout while it
 //! owes acks is dropped and opened again, so a frozen standby cannot hold writes for
@@ -270,18 +270,21 @@ async fn stream(
     link.acked.send_replace(sent);
     tracing::info!(standby = %node, at = %sent, primary_at = %status.last.lsn, "replication stream open");
 
-    let mut committed = shared.committed.subscribe();
+    let mut log_end = shared.log_end.subscribe();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = Instant::now();
     loop {
-        let target = *committed.borrow_and_update();
+        let target = *log_end.borrow_and_update();
         while sent < target {
-            let store = shared.store.clone();
-            let from = sent;
-            let entries =
-                tokio::task::spawn_blocking(move || store.entries_after(from, FRAME_ENTRIES))
-                    .await
-                    .map_err(|e| StreamError::Protocol(e.to_string()))??;
+            let entries = match shared.outbox_after(sent, FRAME_ENTRIES) {
+                Some(entries) => entries,
+                None => {
+                    let (store, from) = (shared.store.clone(), sent);
+                    tokio::task::spawn_blocking(move || store.entries_after(from, FRAME_ENTRIES))
+                        .await
+                        .map_err(|e| StreamError::Protocol(e.to_string()))??
+                }
+            };
             let Some(last) = entries.last().map(|e| e.pos.lsn) else {
                 break;
             };
@@ -303,7 +306,7 @@ async fn stream(
             *streamed = true;
         }
         tokio::select! {
-            changed = committed.changed() => {
+            changed = log_end.changed() => {
                 if changed.is_err() {
                     return Ok(());
                 }
