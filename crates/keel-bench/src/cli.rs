@@ -1,5 +1,6 @@
 //! Command-line flags.
 
+use std::fmt;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -52,6 +53,16 @@ pub enum Target {
     Etcd,
     /// Redis master: `SET` then `WAIT 1 0`.
     Redis,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Keel => "keel",
+            Self::Etcd => "etcd",
+            Self::Redis => "redis",
+        })
+    }
 }
 
 /// Parses `250ms`, `10s`, `1.5s` or `2m`; a bare number is seconds.

@@ -107,7 +107,10 @@ async fn client(
         let failure = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(err)) => Some(format!("{err:#}")),
-            Err(_) => Some(format!("no answer within {:?}", window.timeout)),
+            Err(_) => {
+                writer.abandon_connection();
+                Some(format!("no answer within {:?}", window.timeout))
+            }
         };
         match failure {
             None if counted => {

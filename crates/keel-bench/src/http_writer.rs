@@ -67,6 +67,10 @@ impl HttpWriter {
         }
     }
 
+    pub fn abandon_connection(&mut self) {
+        self.sender = None;
+    }
+
     fn request(&self, key: &str, value: &Bytes) -> anyhow::Result<Request<Full<Bytes>>> {
         let builder = Request::builder().header(header::HOST, &self.authority);
         let request = match self.api {

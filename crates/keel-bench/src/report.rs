@@ -62,7 +62,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "target {:?} at {}: {} clients, {}-byte values, {:.1} s measured",
+            "target {} at {}: {} clients, {}-byte values, {:.1} s measured",
             self.target, self.url, self.concurrency, self.value_size, self.duration_s
         )?;
         writeln!(

@@ -31,4 +31,13 @@ impl Writer {
             Self::Redis(writer) => writer.write(key, value).await,
         }
     }
+
+    /// Called after a write was abandoned half-way (timed out): an HTTP/1.1 connection
+    /// may still owe that answer, so the next write must not reuse it. The redis
+    /// connection matches answers to requests and drops the late one by itself.
+    pub fn abandon_connection(&mut self) {
+        if let Self::Http(writer) = self {
+            writer.abandon_connection();
+        }
+    }
 }
