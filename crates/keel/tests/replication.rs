@@ -587,3 +587,62 @@ fn async_mode_acknowledges_without_the_standby() {
     )
     .is_some()));
 }
+
+#[test]
+fn every_answer_names_the_node_and_health_and_metrics_describe_it() {
+    let root = tempdir();
+    let (mut primary, standby) = pair(&root, &[]);
+    assert_eq!(put_kv(&primary.url, "a", "1").status(), StatusCode::OK);
+    for (node, role) in [(&primary, "primary"), (&standby, "standby")] {
+        for path in ["/v1/entries", "/v1/kv/a", "/no/such/route", "/health"] {
+            let resp = http_client()
+                .get(format!("{}{path}", node.url))
+                .send()
+                .expect("GET");
+            let h = resp.headers();
+            assert_eq!(
+                h.get("keel-node").and_then(|v| v.to_str().ok()),
+                Some(node.id.as_str()),
+                "{path}"
+            );
+            assert_eq!(
+                h.get("keel-role").and_then(|v| v.to_str().ok()),
+                Some(role),
+                "{path}"
+            );
+            assert_eq!(
+                h.get("keel-epoch").and_then(|v| v.to_str().ok()),
+                Some("1"),
+                "{path}"
+            );
+            assert_eq!(
+                h.get("keel-lsn").and_then(|v| v.to_str().ok()),
+                Some("1"),
+                "{path}"
+            );
+        }
+    }
+    let health = primary.health();
+    assert_eq!(
+        (health["node"].as_str(), health["role"].as_str()),
+        (Some("app1"), Some("primary"))
+    );
+    assert_eq!(health["standbys"][0]["node"], "app2");
+    assert_eq!(health["standbys"][0]["acked_lsn"], 1);
+    assert_eq!(standby.health()["primary"], primary.url.as_str());
+    let (status, metrics) = support::get_text(&format!("{}/metrics", primary.url));
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "keel_node_is_primary{node=\"app1\"} 1",
+        "keel_node_last_lsn{node=\"app1\"} 1",
+        "keel_node_writes_total{node=\"app1\",outcome=\"ok\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    // Told to stop, a node drains and exits cleanly.
+    let exit = primary.proc.terminate();
+    assert!(exit.success(), "{exit:?}");
+}
