@@ -60,7 +60,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>, mut stop: watch::R
     let mut backoff = MIN_BACKOFF;
     let mut reported_down = false;
     loop {
-        if shared.role().fenced_by.is_some() || *stop.borrow() {
+        if !shared.is_primary() || *stop.borrow() {
             break;
         }
         link.state.send_replace(LinkState::Connecting);
@@ -271,6 +271,7 @@ async fn stream(
     tracing::info!(standby = %node, at = %sent, primary_at = %status.last.lsn, "replication stream open");
 
     let mut log_end = shared.log_end.subscribe();
+    let mut role = shared.role.subscribe();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = Instant::now();
     loop {
@@ -328,6 +329,12 @@ async fn stream(
                     }
                     ToPrimary::Stale { epoch } => return Err(StreamError::Fenced(epoch)),
                     other => return Err(StreamError::Protocol(format!("unexpected {other:?}"))),
+                }
+            }
+            changed = role.changed() => {
+                // Deposed or taken over: this node has nothing to ship any more.
+                if changed.is_err() || !shared.is_primary() {
+                    return Ok(());
                 }
             }
             _ = ping.tick() => {
