@@ -11,6 +11,7 @@
 //!   standby ([`repl::sender`]), and the standby's receiver ([`repl::receiver`]);
 //! - [`api`]: the HTTP API of `docs/api.md` (axum);
 //! - [`metrics`]: the Prometheus text of `/metrics`;
+//! - [`update`]: the rules of an entries update (JSON, or the seed's `key=value` lines);
 //! - [`node`]: [`run`], which opens the store, picks the epoch, starts all of the above
 //!   and drains them when told to stop.
 //!
@@ -25,7 +26,7 @@ pub mod node;
 pub mod outbox;
 pub mod repl;
 pub mod shared;
-mod update;
+pub mod update;
 pub mod writer;
 
 pub use config::NodeConfig;

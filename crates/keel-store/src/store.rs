@@ -24,6 +24,11 @@ const ENTRIES: TableDefinition<&str, &str> = TableDefinition::new("entries");
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
 
+/// redb's page cache. Its default (1 GiB) lets a node's memory grow with every page it
+/// ever touched; the log window and a teaching-sized state fit in far less, and the OS's
+/// page cache still holds the file.
+const CACHE_BYTES: usize = 16 << 20;
+
 const META_EPOCH: &str = "epoch";
 const META_LAST_LSN: &str = "last_lsn";
 const META_LAST_EPOCH: &str = "last_epoch";
@@ -283,7 +288,9 @@ impl Store {
     pub fn open(dir: &Path, log_retain: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
-        let db = Database::create(dir.join("keel.redb"))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("keel.redb"))?;
         let txn = db.begin_write()?;
         let status = {
             let tables = Tables::open(&txn)?;

@@ -8,7 +8,6 @@
 //! the exit code is non-zero whenever something did not happen.
 
 mod conn;
-mod update_file;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -24,7 +23,7 @@ use serde_json::json;
 
 use crate::cli::{ClientArgs, ClientCommand, StateWhich};
 use conn::{Conn, Health, Req, normalize_url};
-use update_file::LineError;
+use keel_node::update::{self, UpdateError};
 
 /// Where `keel up` writes the token when run with its default data dir.
 const DEFAULT_TOKEN_PATH: &str = "./keel-data";
@@ -199,15 +198,17 @@ impl Client {
                 file.display()
             )
         })?;
-        match update_file::check(&text) {
+        // The node's own rules, checked here first so the error can name the file.
+        match update::parse_lines(&text) {
             Ok(_) => {}
-            Err(LineError::Line { line, reason }) => {
+            Err(UpdateError::Line { line, reason }) => {
                 bail!("{}:{line}: {reason}; nothing was sent", file.display())
             }
-            Err(LineError::Empty) => bail!(
+            Err(UpdateError::Empty) => bail!(
                 "{} holds no key=value lines (one pair a line, e.g. name=Paola); nothing was sent",
                 file.display()
             ),
+            Err(e) => bail!("{}: {e}; nothing was sent", file.display()),
         }
         let mut req = Req::new(Method::PATCH, &["v1", "entries"]);
         req.body = Some(("text/plain; charset=utf-8", text.into_bytes()));
@@ -229,8 +230,7 @@ impl Client {
             let Some((key, value)) = pair.split_once('=') else {
                 bail!("expected KEY=VALUE, got {pair:?}; nothing was sent");
             };
-            update_file::check_key(key)
-                .map_err(|r| anyhow!("{r} in {pair:?}; nothing was sent"))?;
+            update::check_key(key).map_err(|r| anyhow!("{r} in {pair:?}; nothing was sent"))?;
             checked.push((key, value));
         }
         let mut base = self.node.clone();
@@ -312,7 +312,7 @@ impl Client {
 
     /// `keel client incr NAME [--by N]`.
     async fn incr(&self, name: &str, by: i64) -> anyhow::Result<ExitCode> {
-        update_file::check_key(name).map_err(|r| anyhow!("bad counter name {name:?}: {r}"))?;
+        update::check_key(name).map_err(|r| anyhow!("bad counter name {name:?}: {r}"))?;
         let mut req = Req::new(Method::POST, &["v1", "counters", name, "incr"]);
         req.query.push(("by", by.to_string()));
         let answer = self.conn.write(&self.node, &req).await?;

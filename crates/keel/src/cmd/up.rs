@@ -11,7 +11,7 @@
 //! can still reach the standbys — and whatever is left after [`STOP_GRACE`] gets SIGKILL.
 
 use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, IsTerminal as _, Write as _};
+use std::io::{ErrorKind, Write as _};
 use std::net::TcpListener;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -267,10 +267,6 @@ impl Tier {
 
     fn spawn(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
         let mut command = Command::new(&self.exe);
-        if !std::io::stdout().is_terminal() {
-            // Colour codes would only litter a log file or a pipe (tracing honours NO_COLOR).
-            command.env("NO_COLOR", "1");
-        }
         let mut child = command
             .args(&spec.args)
             .stdin(Stdio::null())

@@ -1,0 +1,310 @@
+//! Talking to one node: requests, answers with their `Keel-*` headers, and the errors a
+//! person can act on (nothing listening, no answer in time, the server's own message).
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use keel_core::ApiError;
+use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
+use reqwest::{Method, StatusCode, Url, header};
+use serde::Deserialize;
+
+/// An HTTP connection pool with the client's time limit.
+pub(super) struct Conn {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+/// A request, kept whole so it can be sent again to the primary after a 421.
+#[derive(Clone)]
+pub(super) struct Req {
+    pub(super) method: Method,
+    pub(super) path: Vec<String>,
+    pub(super) query: Vec<(&'static str, String)>,
+    pub(super) body: Option<(&'static str, Vec<u8>)>,
+    pub(super) bearer: Option<String>,
+}
+
+impl Req {
+    pub(super) fn new(method: Method, path: &[&str]) -> Self {
+        Req {
+            method,
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+            query: Vec::new(),
+            body: None,
+            bearer: None,
+        }
+    }
+
+    pub(super) fn get(path: &[&str]) -> Self {
+        Self::new(Method::GET, path)
+    }
+}
+
+/// A node's answer with the `Keel-*` headers that say who answered and where it stands.
+pub(super) struct Answer {
+    /// The base URL the request went to.
+    pub(super) base: String,
+    pub(super) status: StatusCode,
+    pub(super) node: Option<String>,
+    pub(super) role: Option<String>,
+    pub(super) epoch: Option<String>,
+    pub(super) lsn: Option<String>,
+    pub(super) etag: Option<String>,
+    pub(super) retry_after: Option<String>,
+    pub(super) body: Vec<u8>,
+}
+
+impl Answer {
+    /// How to name the node in a message: its id, else its URL.
+    pub(super) fn who(&self) -> &str {
+        self.node.as_deref().unwrap_or(&self.base)
+    }
+
+    pub(super) fn api_error(&self) -> Option<ApiError> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    pub(super) fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "{} answered with an unexpected body: {}",
+                self.who(),
+                shorten(&String::from_utf8_lossy(&self.body))
+            )
+        })
+    }
+
+    /// The answer as an error carrying the server's message.
+    pub(super) fn failure(&self) -> anyhow::Error {
+        let who = self.who();
+        let Some(e) = self.api_error() else {
+            return anyhow!(
+                "{who} answered {}: {}",
+                self.status,
+                shorten(&String::from_utf8_lossy(&self.body))
+            );
+        };
+        let mut msg = format!(
+            "{who}: {} ({} {})",
+            e.message,
+            self.status.as_u16(),
+            e.error
+        );
+        if let Some(secs) = &self.retry_after {
+            msg.push_str(&format!("; retry after {secs} s"));
+        }
+        anyhow!(msg)
+    }
+
+    /// `app1 (primary, epoch 1, lsn 42) http://127.0.0.1:8081`
+    pub(super) fn title(&self) -> String {
+        format!(
+            "{} ({}, epoch {}, lsn {}) {}",
+            self.who(),
+            self.role.as_deref().unwrap_or("?"),
+            self.epoch.as_deref().unwrap_or("?"),
+            self.lsn.as_deref().unwrap_or("?"),
+            self.base
+        )
+    }
+}
+
+/// The parts of `GET /health` the client uses (docs/api.md).
+#[derive(Debug, Deserialize)]
+pub(super) struct Health {
+    pub(super) node: String,
+    pub(super) role: String,
+    #[serde(default)]
+    pub(super) primary: Option<String>,
+    #[serde(default)]
+    pub(super) standbys: Vec<StandbyInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct StandbyInfo {
+    pub(super) url: String,
+}
+
+impl Conn {
+    pub(super) fn new(timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // A node never redirects; a 3xx would come from something else on the port.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Conn { http, timeout })
+    }
+
+    /// Sends `req` to the node at `base`. Only a failure to get any answer is an error.
+    pub(super) async fn send(&self, base: &str, req: &Req) -> anyhow::Result<Answer> {
+        let mut url = Url::parse(base).with_context(|| format!("{base:?} is not a URL"))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow!("{base:?} cannot be a base URL"))?
+            .pop_if_empty()
+            // Percent-encodes each segment, so any key (even one with '/') is one segment.
+            .extend(&req.path);
+        if !req.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&req.query);
+        }
+        let mut builder = self.http.request(req.method.clone(), url);
+        if let Some((content_type, body)) = &req.body {
+            builder = builder
+                .header(header::CONTENT_TYPE, *content_type)
+                .body(body.clone());
+        }
+        if let Some(token) = &req.bearer {
+            builder = builder.bearer_auth(token);
+        }
+        let resp = builder
+            .send()
+            .await
+            .map_err(|e| self.transport_error(base, &e))?;
+        let text = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (node, role, epoch, lsn) = (
+            text(KEEL_NODE),
+            text(KEEL_ROLE),
+            text(KEEL_EPOCH),
+            text(KEEL_LSN),
+        );
+        let etag = text(header::ETAG.as_str());
+        let retry_after = text(header::RETRY_AFTER.as_str());
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(base, &e))?
+            .to_vec();
+        Ok(Answer {
+            base: base.to_owned(),
+            status,
+            node,
+            role,
+            epoch,
+            lsn,
+            etag,
+            retry_after,
+            body,
+        })
+    }
+
+    /// What to tell a person when no answer came back.
+    pub(super) fn transport_error(&self, base: &str, e: &reqwest::Error) -> anyhow::Error {
+        if e.is_timeout() {
+            return anyhow!(
+                "no answer from {base} within {:?}: the node may be overloaded or paused (raise --timeout to wait longer)",
+                self.timeout
+            );
+        }
+        if e.is_connect() {
+            return anyhow!(
+                "cannot reach {base}: {} — is the data tier running? start it with `keel up`",
+                root_cause(e)
+            );
+        }
+        anyhow!("request to {base} failed: {}", root_cause(e))
+    }
+
+    /// Sends `req` and expects a 2xx.
+    pub(super) async fn call(&self, base: &str, req: &Req) -> anyhow::Result<Answer> {
+        let answer = self.send(base, req).await?;
+        if answer.status.is_success() {
+            Ok(answer)
+        } else {
+            Err(answer.failure())
+        }
+    }
+
+    /// Sends a write; a standby's 421 is followed once to the primary it names.
+    pub(super) async fn write(&self, base: &str, req: &Req) -> anyhow::Result<Answer> {
+        let answer = self.send(base, req).await?;
+        if answer.status != StatusCode::MISDIRECTED_REQUEST {
+            return if answer.status.is_success() {
+                Ok(answer)
+            } else {
+                Err(answer.failure())
+            };
+        }
+        let primary = answer
+            .api_error()
+            .and_then(|e| e.details.get("primary")?.as_str().map(str::to_owned));
+        match primary {
+            Some(primary) if primary.trim_end_matches('/') != base => {
+                let primary = normalize_url(&primary)?;
+                eprintln!(
+                    "{} is a standby; sending the write to the primary at {primary}",
+                    answer.who()
+                );
+                // Once only: a second 421 means the nodes disagree, which a person should see.
+                self.call(&primary, req).await
+            }
+            _ => Err(answer.failure()),
+        }
+    }
+
+    pub(super) async fn health(&self, base: &str) -> anyhow::Result<Health> {
+        self.call(base, &Req::get(&["health"])).await?.json()
+    }
+}
+
+/// Accepts `http://host:port`, `host:port` and a trailing `/`; returns `http://host:port`.
+pub(super) fn normalize_url(s: &str) -> anyhow::Result<String> {
+    let s = s.trim().trim_end_matches('/');
+    let with_scheme = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let url = Url::parse(&with_scheme)
+        .with_context(|| format!("{s:?} is not a node URL such as http://127.0.0.1:8081"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!("{s:?} is not a node URL such as http://127.0.0.1:8081");
+    }
+    Ok(with_scheme)
+}
+
+/// The innermost cause, which is the one that names the problem ("connection refused").
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if let Some(io) = cause.downcast_ref::<std::io::Error>()
+        && io.kind() == std::io::ErrorKind::ConnectionRefused
+    {
+        return "connection refused".to_owned();
+    }
+    cause.to_string()
+}
+
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.trim_end().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_urls_get_a_scheme_and_lose_the_trailing_slash() {
+        assert_eq!(
+            normalize_url("http://127.0.0.1:8081/").ok().as_deref(),
+            Some("http://127.0.0.1:8081")
+        );
+        assert_eq!(
+            normalize_url("localhost:8082").ok().as_deref(),
+            Some("http://localhost:8082")
+        );
+        assert!(normalize_url("ftp://x").is_err());
+    }
+}

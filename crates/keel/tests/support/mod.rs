@@ -1,0 +1,636 @@
+//! The shared harness of the integration tests: real `keel` processes on 127.0.0.1 with
+//! free ports, and blocking HTTP helpers to talk to them.
+//!
+//! - [`KeelProcess`]: one child process with its output captured to a log file (or shown
+//!   live with `KEEL_TEST_LOG=1`), signals (`kill9`, `stop`, `cont`, `terminate`), and a
+//!   `Drop` that always kills it — and anything it started — so no test leaks processes.
+//! - [`TestNode`]: a `keel node` as primary or standby, started and waited for until its
+//!   `/health` answers; `restart` brings it back on the same port and data dir.
+//! - [`run_keel`]: runs a `keel` command to completion (with a time limit) and captures
+//!   its output, for testing `keel client`.
+//! - [`get_json`], [`put_kv`], [`wait_until`] and friends.
+//!
+//! Each test file includes this with `mod support;`. Not every file uses every helper,
+//! hence the `#[allow(dead_code)]`s.
+#![allow(dead_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::net::TcpListener;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+pub use reqwest::StatusCode;
+
+/// How long a node may take to answer `/health` after it was started.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a process may take to exit after SIGTERM before the harness gives up.
+pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `keel` binary Cargo built for these tests.
+pub fn keel_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_keel"))
+}
+
+/// A port that was free a moment ago (the OS picked it for a listener we then dropped).
+///
+/// Another process could take it before the test binds it; a test that starts a node on
+/// it sees that as a startup failure with the node's log, not as a silent mix-up.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener
+        .local_addr()
+        .expect("local addr of listener")
+        .port()
+}
+
+/// `n` distinct free ports. All listeners are held until every port is picked, so the OS
+/// cannot hand out the same port twice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr of listener").port())
+        .collect()
+}
+
+/// The first port of `n` consecutive ports that are all free now (for `keel up
+/// --base-port`). Probes from a port the OS picked, so parallel tests rarely collide.
+pub fn free_port_range(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let held: Vec<_> = (base..base + n)
+            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("found no {n} consecutive free ports on 127.0.0.1");
+}
+
+/// The base URL of a node listening on `port` of 127.0.0.1.
+pub fn url_for(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A fresh temporary directory, removed when the value is dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("keel-test-")
+        .tempdir()
+        .expect("create temp dir")
+}
+
+/// Whether the children's output should go to the terminal instead of a log file.
+fn log_inherited() -> bool {
+    std::env::var_os("KEEL_TEST_LOG").is_some_and(|v| v == "1")
+}
+
+/// Where captured output goes: under Cargo's per-target temp dir, kept after the test so
+/// a failure can be read afterwards.
+fn new_log_path(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("keel-test-logs");
+    fs::create_dir_all(&dir).expect("create log dir");
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{name}-{}-{n}.log", std::process::id()))
+}
+
+/// Starts `keel <args>` in its own process group, output appended to `log_path` (or
+/// inherited when `None`).
+fn spawn_child(args: &[&str], log_path: Option<&Path>) -> Child {
+    let mut cmd = Command::new(keel_bin());
+    cmd.args(args).stdin(Stdio::null()).process_group(0);
+    if let Some(path) = log_path {
+        // Append, so that a restarted process keeps the earlier incarnation's output.
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open log file");
+        let err = out.try_clone().expect("clone log file handle");
+        cmd.stdout(out).stderr(err);
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {} {args:?}: {e}", keel_bin().display()))
+}
+
+/// A running `keel` child process. Dropping it kills it (and its process group) with
+/// SIGKILL and reaps it.
+pub struct KeelProcess {
+    pub child: Child,
+    pub name: String,
+    /// Where stdout and stderr go (`None` when inherited with `KEEL_TEST_LOG=1`).
+    pub log_path: Option<PathBuf>,
+    /// The exit status once reaped.
+    status: Option<ExitStatus>,
+}
+
+impl KeelProcess {
+    /// Starts `keel <args>`. The process gets its own process group so that `Drop` can
+    /// also kill whatever it started (the nodes of `keel up`).
+    pub fn spawn(name: &str, args: &[&str]) -> KeelProcess {
+        let log_path = (!log_inherited()).then(|| new_log_path(name));
+        Self::spawn_logging(name, args, log_path)
+    }
+
+    /// Like [`KeelProcess::spawn`], but always captures the output to a file, even with
+    /// `KEEL_TEST_LOG=1`: for tests that read what the process prints (`keel up`'s banner).
+    pub fn spawn_captured(name: &str, args: &[&str]) -> KeelProcess {
+        Self::spawn_logging(name, args, Some(new_log_path(name)))
+    }
+
+    fn spawn_logging(name: &str, args: &[&str], log_path: Option<PathBuf>) -> KeelProcess {
+        KeelProcess {
+            child: spawn_child(args, log_path.as_deref()),
+            name: name.to_owned(),
+            log_path,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn nix_pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.pid()).expect("pid fits in i32"))
+    }
+
+    /// Sends a signal to the process (not its group). Errors (it already exited) are
+    /// ignored: the caller checks the outcome it cares about.
+    pub fn signal(&self, sig: Signal) {
+        if self.status.is_none() {
+            let _ = kill(self.nix_pid(), sig);
+        }
+    }
+
+    /// SIGKILL, then reap. Returns the exit status.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGKILL);
+        self.wait()
+    }
+
+    /// SIGSTOP: the process freezes (sockets stay open, nothing answers).
+    pub fn stop(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// SIGCONT: a stopped process resumes.
+    pub fn cont(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    /// SIGTERM, then wait up to [`TERMINATE_TIMEOUT`] for the exit. Panics (with the log)
+    /// when the process does not exit in time.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        match self.wait_timeout(TERMINATE_TIMEOUT) {
+            Some(status) => status,
+            None => panic!(
+                "{} did not exit within {TERMINATE_TIMEOUT:?} of SIGTERM\n{}",
+                self.name,
+                self.log_report()
+            ),
+        }
+    }
+
+    /// Whether the process has not exited yet (a stopped process is still running).
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// The exit status if the process has exited (reaping it), else `None`.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait on child");
+        }
+        self.status
+    }
+
+    /// Waits for the exit, for as long as it takes.
+    pub fn wait(&mut self) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let status = self.child.wait().expect("wait on child");
+        self.status = Some(status);
+        status
+    }
+
+    /// Waits for the exit up to `timeout`; `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything the process wrote so far (all incarnations, after restarts).
+    pub fn log_text(&self) -> String {
+        match &self.log_path {
+            Some(path) => fs::read_to_string(path)
+                .unwrap_or_else(|e| format!("<cannot read log {}: {e}>", path.display())),
+            None => "<output was inherited: KEEL_TEST_LOG=1>".to_owned(),
+        }
+    }
+
+    /// The log with a header naming the process and the file, for panic messages.
+    pub fn log_report(&self) -> String {
+        let path = self
+            .log_path
+            .as_ref()
+            .map_or_else(|| "terminal".to_owned(), |p| p.display().to_string());
+        format!(
+            "----- {} (pid {}, log {path}) -----\n{}\n----- end of {} -----",
+            self.name,
+            self.pid(),
+            self.log_text(),
+            self.name
+        )
+    }
+
+    /// Starts the same command again (after the old process exited), logging to the same
+    /// file.
+    fn respawn(&mut self, args: &[&str]) {
+        assert!(
+            !self.is_running(),
+            "{} must have exited before it is restarted",
+            self.name
+        );
+        self.child = spawn_child(args, self.log_path.as_deref());
+        self.status = None;
+    }
+}
+
+impl Drop for KeelProcess {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            // Also SIGSTOPped processes die on SIGKILL.
+            let _ = kill(self.nix_pid(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        // The group holds whatever the process started (the nodes of `keel up`); they
+        // may outlive it, so kill them too. Harmless when the group is already empty.
+        let _ = killpg(self.nix_pid(), Signal::SIGKILL);
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_report());
+        }
+    }
+}
+
+/// Describes how a process ended: `exit code 1` or `signal 9`.
+pub fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        (None, None) => format!("{status:?}"),
+    }
+}
+
+/// A `keel node` started by a test.
+pub struct TestNode {
+    pub proc: KeelProcess,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    args: Vec<String>,
+}
+
+impl TestNode {
+    /// A primary on a free port replicating to `standby_urls`, with `extra` flags.
+    pub fn primary(
+        id: &str,
+        data_dir: impl AsRef<Path>,
+        standby_urls: &[String],
+        extra: &[&str],
+    ) -> TestNode {
+        Self::primary_on_port(id, free_port(), data_dir, standby_urls, extra)
+    }
+
+    /// A standby on a free port, with `extra` flags.
+    pub fn standby(id: &str, data_dir: impl AsRef<Path>, extra: &[&str]) -> TestNode {
+        Self::standby_on_port(id, free_port(), data_dir, extra)
+    }
+
+    /// A primary on a given port.
+    pub fn primary_on_port(
+        id: &str,
+        port: u16,
+        data_dir: impl AsRef<Path>,
+        standby_urls: &[String],
+        extra: &[&str],
+    ) -> TestNode {
+        let mut more: Vec<&str> = Vec::new();
+        for url in standby_urls {
+            more.push("--standby");
+            more.push(url);
+        }
+        more.extend_from_slice(extra);
+        Self::start(id, port, data_dir.as_ref(), "primary", &more)
+    }
+
+    /// A standby on a given port (so a primary can be told its URL before it starts).
+    pub fn standby_on_port(
+        id: &str,
+        port: u16,
+        data_dir: impl AsRef<Path>,
+        extra: &[&str],
+    ) -> TestNode {
+        Self::start(id, port, data_dir.as_ref(), "standby", extra)
+    }
+
+    /// Starts `keel node` with any role and flags and waits for its health.
+    pub fn start(id: &str, port: u16, data_dir: &Path, role: &str, extra: &[&str]) -> TestNode {
+        let listen = format!("127.0.0.1:{port}");
+        let data = data_dir.display().to_string();
+        let mut args: Vec<String> = [
+            "node",
+            "--id",
+            id,
+            "--listen",
+            &listen,
+            "--data-dir",
+            &data,
+            "--role",
+            role,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut node = TestNode {
+            proc: KeelProcess::spawn(id, &arg_refs),
+            url: url_for(port),
+            id: id.to_owned(),
+            data_dir: data_dir.to_owned(),
+            port,
+            args,
+        };
+        node.wait_healthy();
+        node
+    }
+
+    /// Waits until `GET /health` answers 200; panics with the log if the process exits
+    /// or [`STARTUP_TIMEOUT`] passes first.
+    pub fn wait_healthy(&mut self) {
+        let health = format!("{}/health", self.url);
+        let client = http_client();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.proc.try_status() {
+                panic!(
+                    "{} exited during startup ({})\n{}",
+                    self.id,
+                    describe_status(status),
+                    self.proc.log_report()
+                );
+            }
+            let ok = client
+                .get(&health)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .is_ok_and(|r| r.status() == StatusCode::OK);
+            if ok {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not answer {health} within {STARTUP_TIMEOUT:?}\n{}",
+                    self.id,
+                    self.proc.log_report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again with the same flags, port and data dir, after it was killed
+    /// (kills it first if it is still running), and waits for its health.
+    pub fn restart(&mut self) {
+        if self.proc.is_running() {
+            self.proc.kill9();
+        }
+        let arg_refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.proc.respawn(&arg_refs);
+        self.wait_healthy();
+    }
+
+    /// SIGKILL the node and reap it.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.proc.kill9()
+    }
+
+    /// The node's `/health` body (panics unless it answers 200).
+    pub fn health(&self) -> serde_json::Value {
+        let (status, body) = get_json(&format!("{}/health", self.url));
+        assert_eq!(status, StatusCode::OK, "{} /health: {body}", self.id);
+        body
+    }
+
+    /// The flags the node was started with (after `keel`).
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+}
+
+/// A blocking HTTP client with a generous timeout, so a hung node fails a test instead of
+/// hanging it.
+pub fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("build http client")
+}
+
+/// Parses a body as JSON, or keeps it as a JSON string when it is not JSON.
+fn json_or_text(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+}
+
+/// `GET url`: the status and the body as JSON (a JSON string when the body is not JSON).
+pub fn get_json(url: &str) -> (StatusCode, serde_json::Value) {
+    let resp = http_client()
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status();
+    (status, json_or_text(resp.text().unwrap_or_default()))
+}
+
+/// `GET url`: the status and the body as text.
+pub fn get_text(url: &str) -> (StatusCode, String) {
+    let resp = http_client()
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status();
+    (status, resp.text().unwrap_or_default())
+}
+
+/// `PUT {node_url}/v1/kv/{key}` with `value` as the body.
+pub fn put_kv(node_url: &str, key: &str, value: &str) -> reqwest::blocking::Response {
+    let url = format!("{node_url}/v1/kv/{key}");
+    http_client()
+        .put(&url)
+        .body(value.to_owned())
+        .send()
+        .unwrap_or_else(|e| panic!("PUT {url}: {e}"))
+}
+
+/// `PATCH {node_url}/v1/entries` with a JSON object of strings: status and body.
+pub fn patch_entries(
+    node_url: &str,
+    entries: &serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let url = format!("{node_url}/v1/entries");
+    let resp = http_client()
+        .patch(&url)
+        .json(entries)
+        .send()
+        .unwrap_or_else(|e| panic!("PATCH {url}: {e}"));
+    let status = resp.status();
+    (status, json_or_text(resp.text().unwrap_or_default()))
+}
+
+/// `GET {node_url}/v1/entries` (panics unless 200).
+pub fn entries(node_url: &str) -> serde_json::Value {
+    let (status, body) = get_json(&format!("{node_url}/v1/entries"));
+    assert_eq!(status, StatusCode::OK, "GET {node_url}/v1/entries: {body}");
+    body
+}
+
+/// Polls `cond` every 15 ms until it holds or `timeout` passes; returns whether it held.
+///
+/// For waiting on process state (a node came up, a pid is gone), never for asserting how
+/// long something took.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie we could still reap: a
+/// zombie has exited, so it counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if kill(Pid::from_raw(raw), None).is_err() {
+        return false;
+    }
+    // Signal 0 succeeds on zombies too; /proc tells them apart.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// What a finished `keel` command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- stdout ---\n{}--- stderr ---\n{}",
+            describe_status(self.status),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Runs `keel <args>` to completion (killed after 30 s) and captures its output.
+pub fn run_keel(args: &[&str]) -> Output {
+    run_keel_env(args, &[])
+}
+
+/// Like [`run_keel`], with extra environment variables; `KEEL_TOKEN` and `KEEL_NODE_URL`
+/// are removed from the inherited environment so the test's own shell cannot leak in.
+pub fn run_keel_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_keel_in(args, env, None)
+}
+
+/// Like [`run_keel_env`], in working directory `cwd`.
+pub fn run_keel_in(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> Output {
+    // Files, not pipes: no reader threads are needed and nothing can block on a full pipe.
+    let dir = tempdir();
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let mut cmd = Command::new(keel_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("create stdout file"))
+        .stderr(File::create(&err_path).expect("create stderr file"))
+        .env_remove("KEEL_TOKEN")
+        .env_remove("KEEL_NODE_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd.spawn().expect("spawn keel");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "keel {args:?} did not finish within 30 s\nstdout: {}\nstderr: {}",
+                fs::read_to_string(&out_path).unwrap_or_default(),
+                fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
