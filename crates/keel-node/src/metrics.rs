@@ -80,6 +80,15 @@ pub fn render(shared: &Shared) -> String {
         "Operations in those commits",
         &one(s.committed_ops.load(Ordering::Relaxed)),
     );
+    metric(
+        "keel_node_commit_seconds_total",
+        "counter",
+        "Time spent in group commits",
+        &[(
+            String::new(),
+            s.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )],
+    );
     let mut streaming = Vec::new();
     let mut lag = Vec::new();
     for link in &shared.links {

@@ -77,6 +77,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Operations in those commits.
     pub committed_ops: AtomicU64,
+    /// Time spent in those commits, in microseconds.
+    pub commit_micros: AtomicU64,
 }
 
 impl Stats {

@@ -123,11 +123,14 @@ pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
         let n = commands.len() as u64;
         let publisher = shared.clone();
         let commit = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let mut shipped = false;
             let result = store.execute_with(epoch, &commands, |entries| {
                 publisher.publish(entries);
                 shipped = true;
             });
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            Stats::bump(&publisher.stats.commit_micros, micros);
             (result, shipped)
         });
         let results = match commit.await {

@@ -122,8 +122,11 @@ enum Undo {
 /// The log and state machine of one node.
 pub struct Store {
     db: Database,
-    /// A copy of the meta table, updated after each commit. The lock is also held for the
-    /// whole of every write, which keeps the copy and the database in step.
+    /// Serialises writes: held for the whole of each write transaction, fsync included.
+    writer: Mutex<()>,
+    /// A copy of the meta table, replaced right after each commit. Only ever held for a
+    /// copy, so a reader on an async thread (every answer's headers, every frame's epoch)
+    /// never waits for a commit.
     status: Mutex<LogStatus>,
     log_retain: u64,
 }
@@ -312,26 +315,33 @@ impl Store {
         txn.commit()?;
         Ok(Self {
             db,
+            writer: Mutex::new(()),
             status: Mutex::new(status),
             log_retain: log_retain.max(1),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, LogStatus> {
-        // A panic while holding the lock cannot leave the copy ahead of the database
-        // (it is only updated after a commit), so a poisoned lock is still good.
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    fn write_guard(&self) -> MutexGuard<'_, ()> {
+        // A panic in a write leaves the database as of its last commit and the copy of
+        // the status as well (it is only replaced after a commit): a poisoned lock is
+        // still good.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_status(&self, next: LogStatus) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = next;
     }
 
     /// Where the log stands.
     pub fn status(&self) -> LogStatus {
-        *self.lock()
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records that this node has seen `epoch`; returns whether it was new. An epoch
     /// never goes back: an older one is refused.
     pub fn observe_epoch(&self, epoch: Epoch) -> Result<bool, StoreError> {
-        let mut status = self.lock();
+        let _writer = self.write_guard();
+        let status = self.status();
         if epoch < status.epoch {
             return Err(StoreError::StaleEpoch {
                 given: epoch,
@@ -341,12 +351,12 @@ impl Store {
         if epoch == status.epoch {
             return Ok(false);
         }
-        let mut next = *status;
+        let mut next = status;
         next.epoch = epoch;
         let txn = self.db.begin_write()?;
         Tables::open(&txn)?.save_status(&next)?;
         txn.commit()?;
-        *status = next;
+        self.set_status(next);
         Ok(true)
     }
 
@@ -370,14 +380,15 @@ impl Store {
         commands: &[Command],
         before_commit: impl FnOnce(&[LogEntry]),
     ) -> Result<Vec<Applied>, StoreError> {
-        let mut status = self.lock();
+        let _writer = self.write_guard();
+        let status = self.status();
         if epoch < status.epoch {
             return Err(StoreError::StaleEpoch {
                 given: epoch,
                 current: status.epoch,
             });
         }
-        let mut next = *status;
+        let mut next = status;
         next.epoch = epoch;
         let txn = self.db.begin_write()?;
         let mut results = Vec::with_capacity(commands.len());
@@ -408,15 +419,16 @@ impl Store {
             before_commit(&entries);
         }
         txn.commit()?;
-        *status = next;
+        self.set_status(next);
         Ok(results)
     }
 
     /// A standby's append: entries from the primary that continue the log, applied and
     /// made durable with one commit. Returns the new last position.
     pub fn append(&self, entries: &[LogEntry]) -> Result<LogPos, StoreError> {
-        let mut status = self.lock();
-        let mut next = *status;
+        let _writer = self.write_guard();
+        let status = self.status();
+        let mut next = status;
         if entries.is_empty() {
             return Ok(next.last);
         }
@@ -429,7 +441,7 @@ impl Store {
             }
             next.last = entry.pos;
         }
-        next = *status;
+        next = status;
         let txn = self.db.begin_write()?;
         {
             let mut t = Tables::open(&txn)?;
@@ -440,7 +452,7 @@ impl Store {
             t.save_status(&next)?;
         }
         txn.commit()?;
-        *status = next;
+        self.set_status(next);
         Ok(next.last)
     }
 
@@ -485,7 +497,8 @@ impl Store {
     /// Takes back every entry after `lsn`, newest first, with their undo records, in one
     /// commit. Fails with [`StoreError::Compacted`] if `lsn` is inside the snapshot.
     pub fn rollback_to(&self, lsn: Lsn) -> Result<LogPos, StoreError> {
-        let mut status = self.lock();
+        let _writer = self.write_guard();
+        let status = self.status();
         if lsn >= status.last.lsn {
             return Ok(status.last);
         }
@@ -494,7 +507,7 @@ impl Store {
                 snapshot: status.snapshot,
             });
         }
-        let mut next = *status;
+        let mut next = status;
         let txn = self.db.begin_write()?;
         {
             let mut t = Tables::open(&txn)?;
@@ -521,7 +534,7 @@ impl Store {
             t.save_status(&next)?;
         }
         txn.commit()?;
-        *status = next;
+        self.set_status(next);
         Ok(next.last)
     }
 
@@ -564,7 +577,8 @@ impl Store {
 
     /// Replaces everything with a snapshot, in one commit: the log starts empty after it.
     pub fn install(&self, snap: &Snapshot) -> Result<LogPos, StoreError> {
-        let mut status = self.lock();
+        let _writer = self.write_guard();
+        let status = self.status();
         let next = LogStatus {
             epoch: status.epoch.max(snap.last.epoch),
             last: snap.last,
@@ -594,7 +608,7 @@ impl Store {
             t.save_status(&next)?;
         }
         txn.commit()?;
-        *status = next;
+        self.set_status(next);
         Ok(next.last)
     }
 
@@ -608,7 +622,7 @@ impl Store {
 
     /// Durably sets a number the node keeps about itself.
     pub fn set_node_meta(&self, key: &str, value: u64) -> Result<(), StoreError> {
-        let _status = self.lock();
+        let _writer = self.write_guard();
         let txn = self.db.begin_write()?;
         txn.open_table(META)?
             .insert(format!("node.{key}").as_str(), value)?;

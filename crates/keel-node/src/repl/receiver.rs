@@ -22,7 +22,7 @@ use tokio_util::codec::Framed;
 use super::frame::{self, ToPrimary, ToStandby};
 use super::{PRIMARY_URL_HEADER, PROTOCOL};
 use crate::api::error_response;
-use crate::shared::Shared;
+use crate::shared::{Shared, Stats};
 
 /// How long an open stream may stay silent before the standby gives up on it (the
 /// primary pings far more often than this).
@@ -225,7 +225,16 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
                     }
                 }
                 let store = store.clone();
+                let n = batch.len() as u64;
+                let started = std::time::Instant::now();
                 let last = run_blocking(move || store.append(&batch)).await?;
+                let stats = &shared.stats;
+                Stats::bump(&stats.commits, 1);
+                Stats::bump(&stats.committed_ops, n);
+                Stats::bump(
+                    &stats.commit_micros,
+                    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                );
                 ToPrimary::Ack { last }
             }
             ToStandby::Truncate { to, .. } => {
