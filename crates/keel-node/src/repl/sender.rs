@@ -139,39 +139,25 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .await
         .map_err(|_| StreamError::Connect(format!("{addr}: no answer to the upgrade")))?
         .map_err(|e| StreamError::Connect(e.to_string()))?;
-    match resp.status() {
-        StatusCode::SWITCHING_PROTOCOLS => {}
-        StatusCode::CONFLICT => {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let epoch = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()));
-            return match epoch {
-                Some(e) if Epoch(e) > shared.store.status().epoch => {
-                    Err(StreamError::Fenced(Epoch(e)))
-                }
-                _ => Err(StreamError::Refused(
-                    String::from_utf8_lossy(&body).into_owned(),
-                )),
-            };
-        }
-        status => {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(StreamError::Refused(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&body)
-            )));
-        }
+    let status = resp.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        // 409 with a newer epoch: a standby has seen a newer primary; this one is deposed.
+        let newer = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
+            .map(Epoch)
+            .filter(|e| status == StatusCode::CONFLICT && *e > shared.store.status().epoch);
+        return Err(match newer {
+            Some(epoch) => StreamError::Fenced(epoch),
+            None => StreamError::Refused(format!("{status}: {text}")),
+        });
     }
     let upgraded = hyper::upgrade::on(resp)
         .await
