@@ -131,10 +131,17 @@ fn read_failed(e: keel_store::StoreError) -> Response {
 }
 
 /// Runs a blocking store read off the async threads.
+///
+/// A primary under a monitor answers reads only while it holds its lease: without it, it
+/// may already have been replaced and its answer would be stale without saying so. (A
+/// standby's reads are stale by nature and say so in their `Keel-Role`.)
 async fn read<T: Send + 'static>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&keel_store::Store) -> Result<T, keel_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
+    if shared.is_primary() && !shared.lease_valid(tokio::time::Instant::now()) {
+        return Err(write_failed(WriteError::NoLease));
+    }
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || f(&store)).await {
         Ok(r) => r.map_err(read_failed),
@@ -189,6 +196,34 @@ fn write_failed(e: WriteError) -> Response {
             }
             error_response(StatusCode::MISDIRECTED_REQUEST, err)
         }
+        WriteError::FailoverInProgress { to } => {
+            let mut err = ApiError::new("failover_in_progress", message);
+            if let Some(to) = to {
+                err = err.with("promoting", to);
+            }
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                retry_after,
+                axum::Json(err),
+            )
+                .into_response()
+        }
+        WriteError::NoLease => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry_after,
+            axum::Json(ApiError::new("no_lease", message).with("written", false)),
+        )
+            .into_response(),
+        WriteError::LeaseLapsed { lsn } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry_after,
+            axum::Json(
+                ApiError::new("lease_lapsed", message)
+                    .with("written", "unknown")
+                    .with("lsn", lsn.0),
+            ),
+        )
+            .into_response(),
         WriteError::Fenced { epoch } => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             ApiError::new("fenced", message).with("epoch", epoch.0),
@@ -453,7 +488,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let status = shared.store.status();
     let role = shared.role();
     let standbys: Vec<_> = shared
-        .links
+        .links()
         .iter()
         .map(|l| {
             let acked = *l.acked.borrow();
@@ -461,6 +496,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
                 "url": l.url,
                 "node": l.node_id(),
                 "state": *l.state.borrow(),
+                "sync": l.is_sync(),
                 "acked_lsn": acked.0,
                 "lag": status.last.lsn.0.saturating_sub(acked.0),
             })
@@ -476,6 +512,9 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         "mode": if shared.config.sync { "sync" } else { "async" },
         "primary": role.primary,
         "fenced_by": role.fenced_by.map(|e| e.0),
+        "monitor": shared.config.monitor,
+        "lease": shared.monitored().then(|| shared.lease_valid(tokio::time::Instant::now())),
+        "failover": shared.failover(),
         "standbys": standbys,
     }))
     .into_response()

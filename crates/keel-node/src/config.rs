@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub log_retain: u64,
     /// The admin token; without one, admin actions are refused.
     pub token: Option<Token>,
+    /// The monitor's base URL: the role then comes from the monitor (`role` is only the
+    /// starting point, standby), and so do the standbys and the epoch.
+    pub monitor: Option<String>,
 }
 
 /// Largest request body the API accepts.

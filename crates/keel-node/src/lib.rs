@@ -9,6 +9,8 @@
 //!   still making them durable;
 //! - [`repl`]: replication — the frames ([`repl::frame`]), the primary's sender, one per
 //!   standby ([`repl::sender`]), and the standby's receiver ([`repl::receiver`]);
+//! - [`heartbeat`]: a monitored node's side of the monitor protocol: registration,
+//!   heartbeats, promotion, stepping down, the sync set;
 //! - [`api`]: the HTTP API of `docs/api.md` (axum);
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`update`]: the rules of an entries update (JSON, or the seed's `key=value` lines);
@@ -21,6 +23,7 @@
 
 pub mod api;
 pub mod config;
+pub mod heartbeat;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

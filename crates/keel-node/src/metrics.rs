@@ -91,7 +91,7 @@ pub fn render(shared: &Shared) -> String {
     );
     let mut streaming = Vec::new();
     let mut lag = Vec::new();
-    for link in &shared.links {
+    for link in &shared.links() {
         let label = format!(",standby=\"{}\"", link.url);
         let acked = *link.acked.borrow();
         streaming.push((

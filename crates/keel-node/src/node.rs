@@ -10,12 +10,12 @@ use tokio::sync::watch;
 
 use crate::config::NodeConfig;
 use crate::shared::Shared;
-use crate::{api, repl, writer};
+use crate::{api, writer};
 
 /// How long in-flight requests get to finish once the node is told to stop.
 const GRACE: Duration = Duration::from_secs(5);
 /// The node's own record of the epoch in which it was last primary.
-const PRIMARY_EPOCH: &str = "primary_epoch";
+pub(crate) const PRIMARY_EPOCH: &str = "primary_epoch";
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -80,20 +80,13 @@ pub async fn run(
         "node started"
     );
 
+    let monitor = config.monitor.clone();
     let (shared, queue) = Shared::new(config, store);
     let writer = tokio::spawn(writer::run(shared.clone(), queue));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let senders: Vec<_> = shared
-        .links
-        .iter()
-        .map(|link| {
-            tokio::spawn(repl::sender::run(
-                shared.clone(),
-                link.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
+    shared.start_senders();
+    let heartbeater = monitor
+        .map(|url| tokio::spawn(crate::heartbeat::run(shared.clone(), url, stop_rx.clone())));
 
     let app = api::router(shared.clone());
     let mut stopping = stop_rx.clone();
@@ -112,8 +105,9 @@ pub async fn run(
             Ok(())
         }
     };
-    for s in senders {
-        s.abort();
+    shared.stop_senders();
+    if let Some(h) = heartbeater {
+        h.abort();
     }
     writer.abort();
     tracing::info!("node stopped");
@@ -149,6 +143,10 @@ fn choose_epoch(config: &NodeConfig, store: &Store) -> Result<Epoch, EpochChoice
         store.set_node_meta(PRIMARY_EPOCH, epoch.0)?;
         Ok(epoch)
     };
+    if config.monitor.is_some() {
+        // The monitor hands out epochs; the node only keeps what it has seen.
+        return Ok(seen);
+    }
     match (config.role, config.epoch) {
         (Role::Standby, Some(_)) => Err(EpochChoice::Refused(
             "--epoch starts a new epoch as primary; a standby takes its epoch from its primary"

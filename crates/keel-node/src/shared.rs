@@ -1,12 +1,16 @@
 //! The state that the API, the writer and replication share.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use keel_core::{Epoch, Lsn, Role};
 use keel_store::Store;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use keel_monitor::wire::Failover;
 
 use crate::config::NodeConfig;
 use crate::writer::WriteRequest;
@@ -38,30 +42,102 @@ pub enum LinkState {
 
 /// The primary's view of one standby.
 pub struct StandbyLink {
-    /// The standby's base URL, as given with `--standby`.
+    /// The standby's base URL.
     pub url: String,
-    /// The standby's id, learned from its hello.
-    pub node: std::sync::Mutex<Option<String>>,
+    /// The standby's id: from the monitor, or learned from its hello.
+    pub node: Mutex<Option<String>>,
     /// The stream's state.
     pub state: watch::Sender<LinkState>,
     /// The last lsn the standby has confirmed durable.
     pub acked: watch::Sender<Lsn>,
+    /// Whether the primary waits for this standby's acks before acknowledging a write.
+    pub sync: AtomicBool,
+    /// Since when the stream has not been streaming, if it is not.
+    pub down_since: Mutex<Option<Instant>>,
+    /// Until when this standby's last ack renews the primary's lease.
+    pub lease_until: Mutex<Option<Instant>>,
+    /// Tells the link's sender to stop (the standby left the group).
+    pub stop: watch::Sender<bool>,
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl StandbyLink {
-    fn new(url: String) -> Self {
+    fn new(
+        url: String,
+        node: Option<String>,
+        sync: bool,
+        changes: Arc<watch::Sender<u64>>,
+    ) -> Self {
         Self {
             url,
-            node: std::sync::Mutex::new(None),
+            node: Mutex::new(node),
             state: watch::Sender::new(LinkState::Connecting),
             acked: watch::Sender::new(Lsn(0)),
+            sync: AtomicBool::new(sync),
+            down_since: Mutex::new(Some(Instant::now())),
+            lease_until: Mutex::new(None),
+            stop: watch::Sender::new(false),
+            changes,
         }
     }
 
-    /// The standby's id, if it has said hello.
+    /// The standby's id, if known.
     pub fn node_id(&self) -> Option<String> {
-        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.node).clone()
     }
+
+    /// Whether the primary waits for this standby.
+    pub fn is_sync(&self) -> bool {
+        self.sync.load(Ordering::SeqCst)
+    }
+
+    /// Moves the stream to a new state and wakes whoever waits on the links.
+    pub fn set_state(&self, state: LinkState) {
+        let changed = self
+            .state
+            .send_if_modified(|s| std::mem::replace(s, state) != state);
+        if changed {
+            *lock(&self.down_since) = (state != LinkState::Streaming).then(Instant::now);
+            bump(&self.changes);
+        }
+    }
+
+    /// Records an ack: the standby has everything up to `lsn` durably, and renewed the
+    /// lease of the frame it answered, sent at `sent_at`.
+    pub fn ack(&self, lsn: Lsn, sent_at: Option<Instant>, lease: Duration) {
+        if let Some(at) = sent_at {
+            *lock(&self.lease_until) = Some(at + lease);
+        }
+        if self
+            .acked
+            .send_if_modified(|a| std::mem::replace(a, (*a).max(lsn)) < lsn)
+        {
+            bump(&self.changes);
+        }
+    }
+
+    /// Sets the acked position outright (after a handshake, which may move it back).
+    pub fn reset_acked(&self, lsn: Lsn) {
+        self.acked.send_replace(lsn);
+        bump(&self.changes);
+    }
+
+    /// Puts the standby in or out of the set the primary waits for.
+    pub fn set_sync(&self, sync: bool) {
+        if self.sync.swap(sync, Ordering::SeqCst) != sync {
+            bump(&self.changes);
+        }
+    }
+}
+
+fn bump(changes: &watch::Sender<u64>) {
+    changes.send_modify(|v| *v = v.wrapping_add(1));
+}
+
+/// Locks a mutex that only guards plain data: a panic elsewhere cannot leave it half
+/// written, so a poisoned lock is still good.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counters for `/metrics`, bumped from the hot paths.
@@ -73,19 +149,58 @@ pub struct Stats {
     pub writes_rejected: AtomicU64,
     /// Writes answered 503 because a sync standby was missing or silent.
     pub writes_unavailable: AtomicU64,
-    /// Group commits on this node.
+    /// Group commits on this node (as primary or standby).
     pub commits: AtomicU64,
     /// Operations in those commits.
     pub committed_ops: AtomicU64,
     /// Time spent in those commits, in microseconds.
     pub commit_micros: AtomicU64,
+    /// Heartbeats the monitor answered.
+    pub heartbeats_ok: AtomicU64,
+    /// Heartbeats that failed or were refused.
+    pub heartbeats_failed: AtomicU64,
 }
 
 impl Stats {
-    /// Adds one to a counter.
+    /// Adds to a counter.
     pub fn bump(counter: &AtomicU64, by: u64) {
         counter.fetch_add(by, Ordering::Relaxed);
     }
+}
+
+/// The monitor's timing settings, which a monitored node follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How long a missing heartbeat (or a silent standby) is tolerated.
+    pub heartbeat_timeout: Duration,
+    /// How long a renewal keeps a primary's lease.
+    pub lease: Duration,
+    /// Allowance for clocks that run at slightly different rates.
+    pub drift: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_timeout: Duration::from_millis(300),
+            lease: Duration::from_millis(500),
+            drift: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a monitored node knows from the monitor.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterInfo {
+    /// The monitor's settings.
+    pub timing: Timing,
+    /// Until when the monitor's last renewal keeps this primary's lease.
+    pub monitor_lease_until: Option<Instant>,
+    /// The failover in progress, as the monitor last said.
+    pub failover: Option<Failover>,
 }
 
 /// Everything the parts of a node share.
@@ -94,15 +209,18 @@ pub struct Shared {
     pub config: NodeConfig,
     /// The log and state machine.
     pub store: Arc<Store>,
-    /// The node's role; changes when it steps down or is taken over by a newer epoch.
+    /// The node's role; changes when it steps down, is promoted or follows another.
     pub role: watch::Sender<RoleState>,
     /// The end of the primary's log: the last lsn the senders may ship (decided, and being
     /// or already made durable). They follow it.
     pub log_end: watch::Sender<Lsn>,
     /// The newest entries, for the senders.
-    pub outbox: std::sync::Mutex<crate::outbox::Outbox>,
-    /// The primary's standbys, one link each.
-    pub links: Vec<Arc<StandbyLink>>,
+    pub outbox: Mutex<crate::outbox::Outbox>,
+    /// The primary's standbys, one link each: fixed by `--standby`, or set by the monitor.
+    links: RwLock<Vec<Arc<StandbyLink>>>,
+    /// Bumped whenever a link's state, ack or sync flag, the role, the lease or the
+    /// failover changes: what the writer's waits wake up on.
+    pub changes: Arc<watch::Sender<u64>>,
     /// The queue into the writer.
     pub writes: mpsc::Sender<WriteRequest>,
     /// Counters.
@@ -110,17 +228,34 @@ pub struct Shared {
     /// On a standby: the number of the replication stream allowed to write; a newer
     /// stream from a (re)connecting primary replaces an older one.
     pub stream_generation: AtomicU64,
+    /// On a standby: when it last acknowledged a frame, which renews the primary's lease.
+    /// A standby being promoted waits out its own grants from here.
+    pub last_grant: Mutex<Option<Instant>>,
+    /// What the monitor said last (monitored nodes only).
+    pub cluster: Mutex<ClusterInfo>,
+    /// Batches committed and waiting for their acks.
+    pub inflight: AtomicU64,
+    /// A random number for this process's life, so the monitor can tell a restart.
+    pub incarnation: u64,
 }
 
 impl Shared {
     /// Builds the shared state; the writer's receiving end is returned beside it.
     pub fn new(config: NodeConfig, store: Arc<Store>) -> (Arc<Self>, mpsc::Receiver<WriteRequest>) {
         let (tx, rx) = mpsc::channel(4 * crate::config::MAX_BATCH);
+        let changes = Arc::new(watch::Sender::new(0));
         let links = if config.role == Role::Primary {
             config
                 .standbys
                 .iter()
-                .map(|u| Arc::new(StandbyLink::new(u.clone())))
+                .map(|u| {
+                    Arc::new(StandbyLink::new(
+                        u.clone(),
+                        None,
+                        config.sync,
+                        changes.clone(),
+                    ))
+                })
                 .collect()
         } else {
             Vec::new()
@@ -136,13 +271,77 @@ impl Shared {
             store,
             role: watch::Sender::new(role),
             log_end,
-            outbox: std::sync::Mutex::default(),
-            links,
+            outbox: Mutex::default(),
+            links: RwLock::new(links),
+            changes,
             writes: tx,
             stats: Stats::default(),
             stream_generation: AtomicU64::new(0),
+            last_grant: Mutex::new(None),
+            cluster: Mutex::default(),
+            inflight: AtomicU64::new(0),
+            incarnation: incarnation(),
         };
         (Arc::new(shared), rx)
+    }
+
+    /// The current links.
+    pub fn links(&self) -> Vec<Arc<StandbyLink>> {
+        self.links.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The links the primary waits for.
+    pub fn sync_links(&self) -> Vec<Arc<StandbyLink>> {
+        self.links().into_iter().filter(|l| l.is_sync()).collect()
+    }
+
+    /// Wakes whoever waits on the links, the lease or the failover.
+    pub fn notify(&self) {
+        bump(&self.changes);
+    }
+
+    /// Replaces the set of standbys (as the monitor lists them): starts a sender for each
+    /// new one, stops those no longer listed, and updates who is in the sync set.
+    pub fn set_standbys(self: &Arc<Self>, standbys: &[(String, String, bool)]) {
+        let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
+        links.retain(|link| {
+            let keep = standbys.iter().any(|(_, url, _)| *url == link.url);
+            if !keep {
+                link.stop.send_replace(true);
+            }
+            keep
+        });
+        for (node, url, sync) in standbys {
+            match links.iter().find(|l| l.url == *url) {
+                Some(link) => link.set_sync(*sync),
+                None => {
+                    let link = Arc::new(StandbyLink::new(
+                        url.clone(),
+                        Some(node.clone()),
+                        *sync,
+                        self.changes.clone(),
+                    ));
+                    links.push(link.clone());
+                    tokio::spawn(crate::repl::sender::run(self.clone(), link));
+                }
+            }
+        }
+        drop(links);
+        self.notify();
+    }
+
+    /// Starts the senders of the links fixed on the command line.
+    pub fn start_senders(self: &Arc<Self>) {
+        for link in self.links() {
+            tokio::spawn(crate::repl::sender::run(self.clone(), link));
+        }
+    }
+
+    /// Stops every sender (shutdown).
+    pub fn stop_senders(&self) {
+        for link in self.links() {
+            link.stop.send_replace(true);
+        }
     }
 
     /// The node's role right now.
@@ -155,20 +354,14 @@ impl Shared {
         let Some(last) = batch.last().map(|e| e.pos.lsn) else {
             return;
         };
-        self.outbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(batch);
+        lock(&self.outbox).push(batch);
         self.log_end.send_replace(last);
     }
 
     /// Up to `max` entries after `after` from the outbox, or `None` if they must come from
     /// the store.
     pub fn outbox_after(&self, after: Lsn, max: usize) -> Option<Vec<keel_store::LogEntry>> {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .after(after, max)
+        lock(&self.outbox).after(after, max)
     }
 
     /// Whether this node takes writes.
@@ -176,11 +369,49 @@ impl Shared {
         self.role.borrow().role == Role::Primary
     }
 
+    /// Whether a monitor assigns this node's role.
+    pub fn monitored(&self) -> bool {
+        self.config.monitor.is_some()
+    }
+
+    /// The monitor's settings (defaults when not monitored).
+    pub fn timing(&self) -> Timing {
+        lock(&self.cluster).timing
+    }
+
+    /// The failover in progress, if the monitor announced one.
+    pub fn failover(&self) -> Option<Failover> {
+        lock(&self.cluster).failover.clone()
+    }
+
+    /// Whether this primary holds its write lease at `now`: a majority of {itself, the
+    /// monitor, each standby} renewed it within the lease. Nodes without a monitor have
+    /// no lease to hold: their roles are fixed by hand.
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        if !self.monitored() {
+            return true;
+        }
+        let links = self.links();
+        let voters = 2 + links.len();
+        let mut granted = 1;
+        if lock(&self.cluster)
+            .monitor_lease_until
+            .is_some_and(|t| t > now)
+        {
+            granted += 1;
+        }
+        granted += links
+            .iter()
+            .filter(|l| lock(&l.lease_until).is_some_and(|t| t > now))
+            .count();
+        granted > voters / 2
+    }
+
     /// A standby has seen `epoch`, newer than ours: stop taking writes for good. The
     /// epoch is not adopted here; the node may only write again when restarted with a
     /// newer epoch of its own or as a standby of the new primary.
     pub fn step_down(&self, epoch: Epoch) {
-        self.role.send_if_modified(|r| {
+        let changed = self.role.send_if_modified(|r| {
             if r.fenced_by.is_some() {
                 return false;
             }
@@ -190,20 +421,64 @@ impl Shared {
             r.fenced_by = Some(epoch);
             true
         });
+        if changed {
+            self.notify();
+        }
     }
 
     /// Becomes the standby of the primary at `url`.
     pub fn follow(&self, url: Option<String>) {
-        self.role.send_if_modified(|r| {
-            let next = RoleState { role: Role::Standby, primary: url.clone(), fenced_by: r.fenced_by };
+        let changed = self.role.send_if_modified(|r| {
+            let fenced_by = if self.monitored() { None } else { r.fenced_by };
+            let next = RoleState { role: Role::Standby, primary: url.clone(), fenced_by };
             if *r == next {
                 return false;
             }
             if r.role == Role::Primary {
-                tracing::warn!(primary = ?url, "a primary of a newer epoch connected; now a standby");
+                tracing::warn!(primary = ?url, "another node is primary now; following it as a standby");
             }
             *r = next;
             true
         });
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Becomes primary (promotion by the monitor, or first election).
+    pub fn become_primary(&self) {
+        let changed = self.role.send_if_modified(|r| {
+            let next = RoleState {
+                role: Role::Primary,
+                primary: Some(self.config.advertise.clone()),
+                fenced_by: None,
+            };
+            if *r == next {
+                return false;
+            }
+            *r = next;
+            true
+        });
+        if changed {
+            self.notify();
+        }
+    }
+}
+
+/// A random number for this process's life (from the OS's random source, falling back to
+/// the time and pid, which are unique enough to tell two starts apart).
+fn incarnation() -> u64 {
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    match random {
+        Ok(()) => u64::from_le_bytes(bytes) >> 11,
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            (nanos ^ u64::from(std::process::id()) << 32) >> 11
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The primary's write path.
 //!
 //! Requests queue into one writer task. It takes everything waiting (up to
-//! [`MAX_BATCH`]), checks that every sync standby is streaming, decides the batch's
-//! entries, hands them to the senders, and only then makes them durable with one fsync
+//! [`MAX_BATCH`]), checks that every sync standby is streaming and that this primary
+//! holds its lease, decides the batch's entries, hands them to the senders, and only then
+//! makes them durable with one fsync
 //! ([`Store::execute_with`](keel_store::Store::execute_with)) — so the primary's fsync and
 //! the standbys' run at the same time, as a Raft leader's do. Then it moves on to the next
 //! batch at once; waiting for the standbys' acks happens in a task per batch.
@@ -11,16 +12,22 @@
 //! since every start of a primary begins a new epoch, a standby that holds it rolls it back
 //! when it next meets this primary. A commit that fails after shipping, however, leaves
 //! this process unable to reuse those positions safely, so it aborts.
+//!
+//! The waits re-check their condition whenever [`Shared::changes`] moves (a link's state,
+//! ack or sync flag, the role, the lease, a failover), so a standby that the monitor drops
+//! from the sync set releases the writes that were waiting for it.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keel_core::{Epoch, Lsn, Role};
 use keel_store::{Applied, Command, StoreError};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::config::MAX_BATCH;
-use crate::shared::{LinkState, Shared, Stats};
+use crate::shared::{LinkState, Shared, StandbyLink, Stats};
 
 /// A write waiting for its answer.
 pub struct WriteRequest {
@@ -45,6 +52,17 @@ pub enum WriteError {
         /// The newer epoch.
         epoch: Epoch,
     },
+    /// The monitor is replacing the primary.
+    #[error("a failover is in progress{}; retry shortly", .to.as_ref().map(|t| format!(" (promoting {t})")).unwrap_or_default())]
+    FailoverInProgress {
+        /// The node being promoted.
+        to: Option<String>,
+    },
+    /// The primary cannot show that a majority still backs it.
+    #[error(
+        "this primary's lease has lapsed (neither the monitor nor a standby renewed it); it takes no writes until it is renewed"
+    )]
+    NoLease,
     /// A sync standby was not streaming within the wait; nothing was written.
     #[error(
         "sync standby unavailable: {standbys} not connected within {waited:?}; nothing was written"
@@ -67,6 +85,15 @@ pub enum WriteError {
         /// How long the write waited.
         waited: Duration,
     },
+    /// Written and replicated, but the lease lapsed before the write could be
+    /// acknowledged, so this primary may already have been replaced.
+    #[error(
+        "the write reached lsn {lsn}, but this primary's lease lapsed before it could be acknowledged; its outcome is unknown"
+    )]
+    LeaseLapsed {
+        /// Where the write stands in the primary's log.
+        lsn: Lsn,
+    },
     /// The store failed.
     #[error("storage failure: {0}")]
     Store(String),
@@ -81,16 +108,12 @@ impl From<StoreError> for WriteError {
     }
 }
 
+type Reply = oneshot::Sender<Result<Applied, WriteError>>;
+
 /// Queues a write and waits for its answer.
 pub async fn submit(shared: &Shared, command: Command) -> Result<Applied, WriteError> {
-    let role = shared.role();
-    if role.role != Role::Primary {
-        return Err(match role.fenced_by {
-            Some(epoch) => WriteError::Fenced { epoch },
-            None => WriteError::NotPrimary {
-                primary: role.primary,
-            },
-        });
+    if let Some(err) = refusal(shared) {
+        return Err(err);
     }
     let (reply, answer) = oneshot::channel();
     shared
@@ -101,19 +124,43 @@ pub async fn submit(shared: &Shared, command: Command) -> Result<Applied, WriteE
     answer.await.map_err(|_| WriteError::ShuttingDown)?
 }
 
+/// Why this node must refuse writes right now, if it must.
+pub fn refusal(shared: &Shared) -> Option<WriteError> {
+    let role = shared.role();
+    if let Some(epoch) = role.fenced_by {
+        return Some(WriteError::Fenced { epoch });
+    }
+    if let Some(f) = shared.failover() {
+        return Some(WriteError::FailoverInProgress {
+            to: Some(f.to.to_string()),
+        });
+    }
+    match role.role {
+        Role::Standby => Some(WriteError::NotPrimary {
+            primary: role.primary,
+        }),
+        Role::Primary => None,
+    }
+}
+
 /// The writer task: runs until the queue closes.
 pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let requests = std::mem::take(&mut batch);
         if let Some(err) = refusal(&shared) {
-            answer_all(requests, &err);
+            answer_all(requests.into_iter().map(|r| r.reply), &err);
             continue;
         }
-        let sync = shared.config.sync && !shared.links.is_empty();
+        let sync = !shared.sync_links().is_empty();
         if sync && let Err(err) = wait_for_standbys(&shared).await {
             Stats::bump(&shared.stats.writes_unavailable, requests.len() as u64);
-            answer_all(requests, &err);
+            answer_all(requests.into_iter().map(|r| r.reply), &err);
+            continue;
+        }
+        if !shared.lease_valid(Instant::now()) {
+            Stats::bump(&shared.stats.writes_unavailable, requests.len() as u64);
+            answer_all(requests.into_iter().map(|r| r.reply), &WriteError::NoLease);
             continue;
         }
         let (commands, replies): (Vec<_>, Vec<_>) =
@@ -141,7 +188,7 @@ pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
                     std::process::abort();
                 }
                 tracing::error!(error = %e, "group commit failed");
-                answer_all_replies(replies, &WriteError::from(e));
+                answer_all(replies, &WriteError::from(e));
                 continue;
             }
             Err(e) => {
@@ -153,6 +200,7 @@ pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
         Stats::bump(&shared.stats.commits, 1);
         Stats::bump(&shared.stats.committed_ops, n);
         let last = shared.store.status().last.lsn;
+        shared.inflight.fetch_add(1, Ordering::SeqCst);
         if sync {
             tokio::spawn(acknowledge_when_replicated(
                 shared.clone(),
@@ -161,52 +209,54 @@ pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
                 results,
             ));
         } else {
-            answer(&shared, replies, results);
+            finish(&shared, last, replies, results);
         }
     }
 }
 
-/// Why the writer must refuse everything right now, if it must.
-fn refusal(shared: &Shared) -> Option<WriteError> {
-    let role = shared.role();
-    match (role.role, role.fenced_by) {
-        (_, Some(epoch)) => Some(WriteError::Fenced { epoch }),
-        (Role::Standby, None) => Some(WriteError::NotPrimary {
-            primary: role.primary,
-        }),
-        (Role::Primary, None) => None,
+/// Waits until `cond` holds, re-checking whenever the shared state changes, for at most
+/// `timeout`. Returns whether it held.
+async fn wait_until(shared: &Shared, timeout: Duration, cond: impl Fn(&Shared) -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut changes = shared.changes.subscribe();
+    loop {
+        changes.borrow_and_update();
+        if cond(shared) {
+            return true;
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return cond(shared);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return cond(shared),
+        }
     }
 }
 
 /// Waits up to the sync timeout for every sync standby to be streaming.
 async fn wait_for_standbys(shared: &Shared) -> Result<(), WriteError> {
     let timeout = shared.config.sync_timeout;
-    let all = async {
-        for link in &shared.links {
-            let mut state = link.state.subscribe();
-            // An error means the link's task is gone: nothing will change any more.
-            if state
-                .wait_for(|s| *s == LinkState::Streaming)
-                .await
-                .is_err()
-            {
-                std::future::pending::<()>().await;
-            }
-        }
+    let streaming = |s: &Shared| {
+        s.sync_links()
+            .iter()
+            .all(|l| *l.state.borrow() == LinkState::Streaming)
     };
-    if tokio::time::timeout(timeout, all).await.is_ok() {
+    if wait_until(shared, timeout, streaming).await {
         return Ok(());
     }
     Err(WriteError::SyncUnavailable {
-        standbys: missing(shared, |l| *l.state.borrow() != LinkState::Streaming),
+        standbys: names(&shared.sync_links(), |l| {
+            *l.state.borrow() != LinkState::Streaming
+        }),
         waited: timeout,
     })
 }
 
-/// Names of the standbys for which `pred` holds, for messages.
-fn missing(shared: &Shared, pred: impl Fn(&crate::shared::StandbyLink) -> bool) -> String {
-    let names: Vec<String> = shared
-        .links
+/// Names of the links for which `pred` holds, for messages.
+fn names(links: &[Arc<StandbyLink>], pred: impl Fn(&StandbyLink) -> bool) -> String {
+    let names: Vec<String> = links
         .iter()
         .filter(|l| pred(l))
         .map(|l| {
@@ -222,46 +272,44 @@ fn missing(shared: &Shared, pred: impl Fn(&crate::shared::StandbyLink) -> bool) 
 async fn acknowledge_when_replicated(
     shared: Arc<Shared>,
     last: Lsn,
-    replies: Vec<oneshot::Sender<Result<Applied, WriteError>>>,
+    replies: Vec<Reply>,
     results: Vec<Applied>,
 ) {
     let timeout = shared.config.sync_timeout;
-    let mut role = shared.role.subscribe();
-    let all = async {
-        for link in &shared.links {
-            let mut acked = link.acked.subscribe();
-            if acked.wait_for(|a| *a >= last).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+    let replicated = |s: &Shared| {
+        s.role.borrow().fenced_by.is_some()
+            || s.sync_links().iter().all(|l| *l.acked.borrow() >= last)
     };
-    let fenced = role.wait_for(|r| r.fenced_by.is_some());
-    tokio::select! {
-        done = tokio::time::timeout(timeout, all) => {
-            if done.is_ok() {
-                answer(&shared, replies, results);
-            } else {
-                let err = WriteError::ReplicationTimeout {
-                    lsn: last,
-                    standbys: missing(&shared, |l| *l.acked.borrow() < last),
-                    waited: timeout,
-                };
-                Stats::bump(&shared.stats.writes_unavailable, replies.len() as u64);
-                answer_all_replies(replies, &err);
-            }
-        }
-        r = fenced => {
-            let epoch = r.ok().and_then(|r| r.fenced_by).unwrap_or_default();
-            answer_all_replies(replies, &WriteError::Fenced { epoch });
-        }
+    let done = wait_until(&shared, timeout, replicated).await;
+    if let Some(epoch) = shared.role().fenced_by {
+        shared.inflight.fetch_sub(1, Ordering::SeqCst);
+        answer_all(replies, &WriteError::Fenced { epoch });
+        return;
     }
+    if !done {
+        shared.inflight.fetch_sub(1, Ordering::SeqCst);
+        let err = WriteError::ReplicationTimeout {
+            lsn: last,
+            standbys: names(&shared.sync_links(), |l| *l.acked.borrow() < last),
+            waited: timeout,
+        };
+        Stats::bump(&shared.stats.writes_unavailable, replies.len() as u64);
+        answer_all(replies, &err);
+        return;
+    }
+    finish(&shared, last, replies, results);
 }
 
-fn answer(
-    shared: &Shared,
-    replies: Vec<oneshot::Sender<Result<Applied, WriteError>>>,
-    results: Vec<Applied>,
-) {
+/// Answers a batch that is durable where it must be — if this primary still holds its
+/// lease: a primary whose lease lapsed may already have been replaced, and must not tell
+/// anyone it wrote something after that.
+fn finish(shared: &Shared, last: Lsn, replies: Vec<Reply>, results: Vec<Applied>) {
+    shared.inflight.fetch_sub(1, Ordering::SeqCst);
+    if !shared.lease_valid(Instant::now()) {
+        Stats::bump(&shared.stats.writes_unavailable, replies.len() as u64);
+        answer_all(replies, &WriteError::LeaseLapsed { lsn: last });
+        return;
+    }
     for (reply, result) in replies.into_iter().zip(results) {
         let counter = if result.is_ok() {
             &shared.stats.writes_ok
@@ -274,14 +322,7 @@ fn answer(
     }
 }
 
-fn answer_all(requests: Vec<WriteRequest>, err: &WriteError) {
-    answer_all_replies(requests.into_iter().map(|r| r.reply).collect(), err);
-}
-
-fn answer_all_replies(
-    replies: Vec<oneshot::Sender<Result<Applied, WriteError>>>,
-    err: &WriteError,
-) {
+fn answer_all(replies: impl IntoIterator<Item = Reply>, err: &WriteError) {
     for reply in replies {
         let _ = reply.send(Err(err.clone()));
     }

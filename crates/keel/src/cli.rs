@@ -53,9 +53,14 @@ pub struct NodeArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
 
-    /// The node's role in its group.
-    #[arg(long, value_parser = parse_role)]
-    pub role: Role,
+    /// The node's role in its group, fixed by hand. Without it, --monitor assigns it.
+    #[arg(long, value_parser = parse_role, required_unless_present = "monitor", conflicts_with = "monitor")]
+    pub role: Option<Role>,
+
+    /// The monitor's URL: it assigns this node's role, standbys and epoch, and fails over
+    /// automatically (see docs/failover.md).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["standbys", "epoch", "async_replication"])]
+    pub monitor: Option<String>,
 
     /// A standby to replicate to, as its base URL (repeat for several). Primary only.
     #[arg(long = "standby", value_name = "URL")]

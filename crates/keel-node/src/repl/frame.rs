@@ -62,10 +62,13 @@ pub enum ToPrimary {
         /// Its epoch boundaries (for log matching).
         epochs: Vec<(Epoch, Lsn)>,
     },
-    /// Everything up to `last` is durable here.
+    /// Everything up to `last` is durable here, and the first `frames` frames of this
+    /// stream are answered (the primary times its lease from the one sent last of those).
     Ack {
         /// The standby's last position.
         last: LogPos,
+        /// How many frames of this stream the standby has handled, in all.
+        frames: u64,
     },
     /// The frame came from an epoch older than `epoch`, which this standby has seen.
     Stale {

@@ -180,6 +180,9 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
     };
     reply(&mut io, &hello).await?;
     let mut pending: Option<ToStandby> = None;
+    // Frames handled so far; every ack says how many, so the primary knows which of its
+    // frames the ack answers and can time its lease from when it sent that one.
+    let mut frames: u64 = 0;
     loop {
         let frame = match pending.take() {
             Some(f) => f,
@@ -192,6 +195,7 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
                 }
             },
         };
+        frames += 1;
         if shared.stream_generation.load(Ordering::SeqCst) != generation {
             return Err(FollowError::Replaced);
         }
@@ -216,7 +220,8 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
                         .map_err(|e| FollowError::Frame(e.to_string()))?
                     {
                         ToStandby::Append { epoch: e, entries } if e == epoch => {
-                            batch.extend(entries)
+                            frames += 1;
+                            batch.extend(entries);
                         }
                         other => {
                             pending = Some(other);
@@ -235,14 +240,14 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
                     &stats.commit_micros,
                     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 );
-                ToPrimary::Ack { last }
+                ToPrimary::Ack { last, frames }
             }
             ToStandby::Truncate { to, .. } => {
                 let store = store.clone();
                 match run_blocking(move || store.rollback_to(to)).await {
                     Ok(last) => {
                         tracing::info!(to = %to, "rolled back a suffix the primary does not have");
-                        ToPrimary::Ack { last }
+                        ToPrimary::Ack { last, frames }
                     }
                     Err(FollowError::Store(StoreError::Compacted { .. })) => {
                         ToPrimary::NeedSnapshot
@@ -255,13 +260,20 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
                 let at = snapshot.last;
                 let last = run_blocking(move || store.install(&snapshot)).await?;
                 tracing::info!(lsn = %at.lsn, "installed a snapshot from the primary");
-                ToPrimary::Ack { last }
+                ToPrimary::Ack { last, frames }
             }
             ToStandby::Ping { .. } => ToPrimary::Ack {
                 last: store.status().last,
+                frames,
             },
         };
+        let grants = matches!(answer, ToPrimary::Ack { .. });
         reply(&mut io, &answer).await?;
+        if grants {
+            // Every ack renews the primary's lease; remember when (once it is out), so that
+            // a promotion of this node can wait out the last lease it granted.
+            *crate::shared::lock(&shared.last_grant) = Some(tokio::time::Instant::now());
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! owes acks is dropped and opened again, so a frozen standby cannot hold writes for
 //! longer than that.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,6 @@ use keel_core::headers::{KEEL_EPOCH, KEEL_NODE};
 use keel_core::{Epoch, Lsn};
 use keel_store::{StoreError, agreement};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
@@ -52,7 +52,8 @@ type Io = Framed<TokioIo<hyper::upgrade::Upgraded>, tokio_util::codec::LengthDel
 
 /// Keeps one standby in step with this primary until shutdown or until this node is
 /// fenced.
-pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>, mut stop: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>) {
+    let mut stop = link.stop.subscribe();
     const MIN_BACKOFF: Duration = Duration::from_millis(20);
     // Reconnecting to a standby that is down costs a refused connection; trying twice a
     // second bounds how long a restarted standby waits to be picked up.
@@ -63,13 +64,13 @@ pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>, mut stop: watch::R
         if !shared.is_primary() || *stop.borrow() {
             break;
         }
-        link.state.send_replace(LinkState::Connecting);
+        link.set_state(LinkState::Connecting);
         let mut streamed = false;
         let result = tokio::select! {
             r = stream(&shared, &link, &mut streamed) => r,
             _ = stop.changed() => break,
         };
-        link.state.send_replace(LinkState::Disconnected);
+        link.set_state(LinkState::Disconnected);
         if streamed {
             backoff = MIN_BACKOFF;
             reported_down = false;
@@ -91,7 +92,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>, mut stop: watch::R
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    link.state.send_replace(LinkState::Disconnected);
+    link.set_state(LinkState::Disconnected);
 }
 
 /// Opens the upgraded connection to a standby.
@@ -165,8 +166,38 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
     Ok(Framed::new(TokioIo::new(upgraded), frame::codec()))
 }
 
-async fn send(io: &mut Io, frame: &ToStandby) -> Result<(), StreamError> {
+/// The frames sent on a stream and when, so that an ack (which says how many frames it
+/// answers) renews the lease from the moment the primary sent the last of them: a lease
+/// runs from when its renewal was asked for, never from when the answer came back.
+#[derive(Default)]
+struct Sent {
+    frames: u64,
+    times: VecDeque<(u64, Instant)>,
+}
+
+impl Sent {
+    fn record(&mut self) {
+        self.frames += 1;
+        self.times.push_back((self.frames, Instant::now()));
+    }
+
+    /// When the `answered`-th frame was sent (forgetting it and every earlier one).
+    fn answered(&mut self, answered: u64) -> Option<Instant> {
+        let mut at = None;
+        while let Some(&(n, t)) = self.times.front() {
+            if n > answered {
+                break;
+            }
+            at = Some(t);
+            self.times.pop_front();
+        }
+        at
+    }
+}
+
+async fn send(io: &mut Io, sent: &mut Sent, frame: &ToStandby) -> Result<(), StreamError> {
     let bytes = frame::encode(frame).map_err(|e| StreamError::Protocol(e.to_string()))?;
+    sent.record();
     io.send(bytes)
         .await
         .map_err(|e| StreamError::Lost(e.to_string()))
@@ -182,16 +213,28 @@ async fn recv(io: &mut Io, within: Duration) -> Result<ToPrimary, StreamError> {
 }
 
 /// Waits for the answer to a handshake frame: the standby's new position.
-async fn expect_ack(io: &mut Io, within: Duration) -> Result<Option<Lsn>, StreamError> {
+async fn expect_ack(
+    io: &mut Io,
+    sent: &mut Sent,
+    within: Duration,
+) -> Result<Option<Lsn>, StreamError> {
     match recv(io, within).await? {
-        ToPrimary::Ack { last } => Ok(Some(last.lsn)),
+        ToPrimary::Ack { last, frames } => {
+            sent.answered(frames);
+            Ok(Some(last.lsn))
+        }
         ToPrimary::NeedSnapshot => Ok(None),
         ToPrimary::Stale { epoch } => Err(StreamError::Fenced(epoch)),
         other => Err(StreamError::Protocol(format!("unexpected {other:?}"))),
     }
 }
 
-async fn send_snapshot(shared: &Shared, io: &mut Io, within: Duration) -> Result<Lsn, StreamError> {
+async fn send_snapshot(
+    shared: &Shared,
+    io: &mut Io,
+    sent: &mut Sent,
+    within: Duration,
+) -> Result<Lsn, StreamError> {
     let store = shared.store.clone();
     let snapshot = tokio::task::spawn_blocking(move || store.snapshot())
         .await
@@ -200,6 +243,7 @@ async fn send_snapshot(shared: &Shared, io: &mut Io, within: Duration) -> Result
     let epoch = shared.store.status().epoch;
     send(
         io,
+        sent,
         &ToStandby::Snapshot {
             epoch,
             snapshot: Box::new(snapshot),
@@ -207,7 +251,7 @@ async fn send_snapshot(shared: &Shared, io: &mut Io, within: Duration) -> Result
     )
     .await?;
     // Installing a large snapshot takes a while: allow more than a write would.
-    expect_ack(io, within * 10)
+    expect_ack(io, sent, within * 10)
         .await?
         .ok_or_else(|| StreamError::Protocol("standby asked for a snapshot after one".into()))
 }
@@ -219,7 +263,16 @@ async fn stream(
     streamed: &mut bool,
 ) -> Result<(), StreamError> {
     let mut io = connect(shared, link).await?;
-    let wait = shared.config.sync_timeout.max(Duration::from_secs(1));
+    let timing = shared.timing();
+    // How long the standby may stay silent before the stream is dropped. Under a monitor
+    // this is short, so that a frozen standby is soon out of the sync set; by hand, it is
+    // the write's own patience.
+    let wait = if shared.monitored() {
+        timing.heartbeat_timeout.max(2 * PING_INTERVAL)
+    } else {
+        shared.config.sync_timeout.max(Duration::from_secs(1))
+    };
+    let mut frames = Sent::default();
     let (node, their_last, their_epochs) = match recv(&mut io, wait).await? {
         ToPrimary::Hello { node, last, epochs } => (node, last, epochs),
         other => {
@@ -228,8 +281,8 @@ async fn stream(
             )));
         }
     };
-    *link.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
-    link.state.send_replace(LinkState::CatchingUp);
+    *crate::shared::lock(&link.node) = Some(node.clone());
+    link.set_state(LinkState::CatchingUp);
 
     // Bring the standby's log in line with ours.
     let status = shared.store.status();
@@ -242,18 +295,23 @@ async fn stream(
     let common = agreement(&ours, status.last, &their_epochs, their_last);
     let epoch = status.epoch;
     let mut sent = if common < status.snapshot.lsn {
-        send_snapshot(shared, &mut io, wait).await?
+        send_snapshot(shared, &mut io, &mut frames, wait).await?
     } else if their_last.lsn > common {
         tracing::info!(standby = %node, from = %their_last.lsn, to = %common, "standby rolls back a suffix this primary does not have");
-        send(&mut io, &ToStandby::Truncate { epoch, to: common }).await?;
-        match expect_ack(&mut io, wait).await? {
+        send(
+            &mut io,
+            &mut frames,
+            &ToStandby::Truncate { epoch, to: common },
+        )
+        .await?;
+        match expect_ack(&mut io, &mut frames, wait).await? {
             Some(lsn) => lsn,
-            None => send_snapshot(shared, &mut io, wait).await?,
+            None => send_snapshot(shared, &mut io, &mut frames, wait).await?,
         }
     } else {
         common
     };
-    link.acked.send_replace(sent);
+    link.reset_acked(sent);
     tracing::info!(standby = %node, at = %sent, primary_at = %status.last.lsn, "replication stream open");
 
     let mut log_end = shared.log_end.subscribe();
@@ -279,6 +337,7 @@ async fn stream(
             let frame = frame::encode(&ToStandby::Append { epoch, entries })
                 .map_err(|e| StreamError::Protocol(e.to_string()))?;
             // Feed without flushing each frame; flush once the range is out.
+            frames.record();
             io.feed(frame)
                 .await
                 .map_err(|e| StreamError::Lost(e.to_string()))?;
@@ -289,7 +348,7 @@ async fn stream(
             .map_err(|e| StreamError::Lost(e.to_string()))?;
         if *link.acked.borrow() >= target && *link.state.borrow() != LinkState::Streaming {
             tracing::info!(standby = %node, at = %target, "standby caught up; streaming");
-            link.state.send_replace(LinkState::Streaming);
+            link.set_state(LinkState::Streaming);
             *streamed = true;
         }
         tokio::select! {
@@ -306,12 +365,8 @@ async fn stream(
                 };
                 last_heard = Instant::now();
                 match frame::decode::<ToPrimary>(&raw).map_err(|e| StreamError::Protocol(e.to_string()))? {
-                    ToPrimary::Ack { last } => {
-                        link.acked.send_if_modified(|a| {
-                            let moved = last.lsn > *a;
-                            if moved { *a = last.lsn; }
-                            moved
-                        });
+                    ToPrimary::Ack { last, frames: answered } => {
+                        link.ack(last.lsn, frames.answered(answered), timing.lease);
                     }
                     ToPrimary::Stale { epoch } => return Err(StreamError::Fenced(epoch)),
                     other => return Err(StreamError::Protocol(format!("unexpected {other:?}"))),
@@ -328,7 +383,7 @@ async fn stream(
                     return Err(StreamError::Stalled(wait));
                 }
                 let epoch = shared.store.status().epoch;
-                send(&mut io, &ToStandby::Ping { epoch }).await?;
+                send(&mut io, &mut frames, &ToStandby::Ping { epoch }).await?;
             }
         }
     }

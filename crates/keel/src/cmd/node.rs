@@ -10,7 +10,11 @@ use keel_node::NodeConfig;
 use crate::cli::NodeArgs;
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
-    if args.role == Role::Standby && !args.standbys.is_empty() {
+    if let Some(url) = &args.monitor {
+        check_url(url).with_context(|| format!("--monitor {url}"))?;
+    }
+    let role = args.role.unwrap_or(Role::Standby);
+    if role == Role::Standby && !args.standbys.is_empty() {
         anyhow::bail!(
             "--standby is for a primary: it names the standbys the primary replicates to"
         );
@@ -37,7 +41,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         advertise,
         data_dir: args.data_dir,
-        role: args.role,
+        role,
         standbys: args
             .standbys
             .iter()
@@ -48,6 +52,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         sync_timeout: args.sync_timeout,
         log_retain: args.log_retain,
         token,
+        monitor: args.monitor.map(|u| u.trim_end_matches('/').to_owned()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

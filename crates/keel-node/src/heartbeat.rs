@@ -1,0 +1,333 @@
+//! A monitored node's side of the protocol in docs/failover.md.
+//!
+//! One task registers the node, heartbeats every `heartbeat_interval`, and applies each
+//! answer: the timing, the failover in progress, the monitor's lease, the epoch (adopted
+//! durably as soon as the monitor has recorded it, which fences an older primary at this
+//! node's door), the role, and — on a primary — the standbys and the sync set. A primary
+//! also asks the monitor to drop a sync standby that has stopped streaming, and stops
+//! waiting for it only once the monitor has said yes.
+//!
+//! Requests go one at a time, so answers are applied in the order they were asked for.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use keel_core::{NodeId, Role};
+use keel_monitor::wire::{
+    FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, StandbyReport, SyncDropRequest,
+    View, codes,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::shared::{LinkState, Shared, Stats, Timing, lock};
+
+/// What a request to the monitor came back with.
+enum Answer {
+    View(View),
+    Refused { status: u16, body: RefusalBody },
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver<bool>) {
+    let client = match reqwest::Client::builder().build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build an HTTP client; not talking to the monitor");
+            return;
+        }
+    };
+    let monitor = monitor.trim_end_matches('/').to_owned();
+    let promoting = Arc::new(AtomicBool::new(false));
+    let mut registered = false;
+    let mut monitor_up = true;
+    loop {
+        let timing = shared.timing();
+        let sent_at = Instant::now();
+        let result = if registered {
+            post(
+                &client,
+                &format!("{monitor}/v1/heartbeat"),
+                &heartbeat(&shared),
+                timing.heartbeat_timeout,
+            )
+            .await
+        } else {
+            post(
+                &client,
+                &format!("{monitor}/v1/register"),
+                &register(&shared),
+                timing.heartbeat_timeout,
+            )
+            .await
+        };
+        match result {
+            Ok(Answer::View(view)) => {
+                if !monitor_up || !registered {
+                    tracing::info!(monitor = %monitor, role = %view.role, epoch = %view.epoch, "monitor answered");
+                }
+                monitor_up = true;
+                registered = true;
+                Stats::bump(&shared.stats.heartbeats_ok, 1);
+                apply(&shared, &view, Some(sent_at), &promoting).await;
+            }
+            Ok(Answer::Refused { status, body }) => {
+                Stats::bump(&shared.stats.heartbeats_failed, 1);
+                if body.error == codes::UNKNOWN_NODE {
+                    tracing::warn!("the monitor does not know this node; registering again");
+                    registered = false;
+                } else if let Some(view) = body.view {
+                    tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused a heartbeat; following its view");
+                    apply(&shared, &view, None, &promoting).await;
+                } else {
+                    tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused a heartbeat");
+                    // A refused registration must not be retried in a tight loop forever
+                    // without being seen; the warning above repeats each interval.
+                }
+            }
+            Err(e) => {
+                Stats::bump(&shared.stats.heartbeats_failed, 1);
+                if monitor_up {
+                    tracing::warn!(monitor = %monitor, error = %e, "monitor unreachable; carrying on with the last view");
+                    monitor_up = false;
+                }
+            }
+        }
+        if registered && shared.is_primary() {
+            drop_silent_standbys(&shared, &client, &monitor, timing).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(sent_at + timing.heartbeat_interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn post<T: serde::Serialize>(
+    client: &reqwest::Client,
+    url: &str,
+    body: &T,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    let resp = client
+        .post(url)
+        .json(body)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        serde_json::from_slice(&bytes)
+            .map(Answer::View)
+            .map_err(|e| format!("bad answer from the monitor: {e}"))
+    } else {
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| RefusalBody {
+            error: format!("http_{}", status.as_u16()),
+            message: String::from_utf8_lossy(&bytes).into_owned(),
+            view: None,
+        });
+        Ok(Answer::Refused {
+            status: status.as_u16(),
+            body,
+        })
+    }
+}
+
+fn register(shared: &Shared) -> RegisterRequest {
+    let status = shared.store.status();
+    RegisterRequest {
+        node: shared.config.id.clone(),
+        url: shared.config.advertise.clone(),
+        incarnation: shared.incarnation,
+        epoch: status.epoch,
+        lsn: status.last.lsn,
+    }
+}
+
+fn heartbeat(shared: &Shared) -> HeartbeatRequest {
+    let status = shared.store.status();
+    let role = shared.role().role;
+    let me = shared.config.id.as_str();
+    let standbys = if role == Role::Primary {
+        shared
+            .links()
+            .iter()
+            .filter_map(|l| {
+                let node = NodeId::new(l.node_id()?).ok()?;
+                Some(StandbyReport {
+                    node,
+                    streaming: *l.state.borrow() == LinkState::Streaming,
+                    acked_lsn: *l.acked.borrow(),
+                    sync: l.is_sync(),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Draining is done once no write is waiting for its acks any more: what is in the
+    // log is then all there is to hand over.
+    let draining = role == Role::Primary
+        && shared
+            .failover()
+            .is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining)
+        && shared.inflight.load(Ordering::SeqCst) == 0;
+    HeartbeatRequest {
+        node: shared.config.id.clone(),
+        incarnation: shared.incarnation,
+        role,
+        epoch: status.epoch,
+        lsn: status.last.lsn,
+        standbys,
+        draining,
+    }
+}
+
+/// Acts on the monitor's view. `sent_at` is when the request that brought it was sent
+/// (for the lease); `None` for a view that came with a refusal, which renews nothing.
+async fn apply(
+    shared: &Arc<Shared>,
+    view: &View,
+    sent_at: Option<Instant>,
+    promoting: &Arc<AtomicBool>,
+) {
+    let timing = Timing {
+        heartbeat_interval: Duration::from_millis(view.timing.heartbeat_interval_ms.max(10)),
+        heartbeat_timeout: Duration::from_millis(view.timing.heartbeat_timeout_ms.max(20)),
+        lease: Duration::from_millis(view.timing.lease_ms),
+        drift: Duration::from_millis(view.timing.drift_ms),
+    };
+    {
+        let mut cluster = lock(&shared.cluster);
+        cluster.timing = timing;
+        cluster.failover = view.failover.clone();
+        match (view.lease_ms, sent_at) {
+            (Some(ms), Some(at)) => {
+                cluster.monitor_lease_until = Some(at + Duration::from_millis(ms))
+            }
+            _ if view.role != Role::Primary => cluster.monitor_lease_until = None,
+            _ => {}
+        }
+    }
+    shared.notify();
+
+    // The monitor has recorded this epoch durably: adopting it here refuses frames from
+    // any older primary, so this node stops renewing that primary's lease at once.
+    if view.epoch > shared.store.status().epoch {
+        let (store, epoch) = (shared.store.clone(), view.epoch);
+        match tokio::task::spawn_blocking(move || store.observe_epoch(epoch)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the monitor's epoch"),
+            Err(e) => tracing::warn!(error = %e, "cannot record the monitor's epoch"),
+        }
+    }
+
+    match view.role {
+        Role::Primary if shared.is_primary() => {
+            let standbys: Vec<(String, String, bool)> = view
+                .standbys
+                .iter()
+                .map(|s| (s.node.to_string(), s.url.clone(), s.sync))
+                .collect();
+            shared.set_standbys(&standbys);
+        }
+        Role::Primary => {
+            if !promoting.swap(true, Ordering::SeqCst) {
+                tokio::spawn(promote(shared.clone(), view.clone(), promoting.clone()));
+            }
+        }
+        Role::Standby => {
+            if shared.is_primary() {
+                shared.set_standbys(&[]);
+            }
+            shared.follow(view.primary.as_ref().map(|p| p.url.clone()));
+        }
+    }
+}
+
+/// Becomes primary in `view.epoch` once every lease this node granted as a standby has
+/// run out — until then the old primary may still, in its own eyes, hold a lease that
+/// this node renewed.
+async fn promote(shared: Arc<Shared>, view: View, promoting: Arc<AtomicBool>) {
+    let timing = shared.timing();
+    let last_grant = *lock(&shared.last_grant);
+    if let Some(granted) = last_grant {
+        let until = granted + timing.lease + timing.drift;
+        if until > Instant::now() {
+            tracing::info!(
+                wait_ms = (until - Instant::now()).as_millis() as u64,
+                "waiting out the lease this node last granted"
+            );
+            tokio::time::sleep_until(until).await;
+        }
+    }
+    let (store, epoch) = (shared.store.clone(), view.epoch);
+    let recorded = tokio::task::spawn_blocking(move || {
+        store.observe_epoch(epoch)?;
+        store.set_node_meta(crate::node::PRIMARY_EPOCH, epoch.0)
+    })
+    .await;
+    match recorded {
+        Ok(Ok(())) => {
+            // Writes stay refused until the monitor's next answer clears the failover;
+            // the lease from it renews this primary from then on.
+            let standbys: Vec<(String, String, bool)> = view
+                .standbys
+                .iter()
+                .map(|s| (s.node.to_string(), s.url.clone(), s.sync))
+                .collect();
+            shared.become_primary();
+            shared.set_standbys(&standbys);
+            tracing::info!(epoch = %view.epoch, "this node is now the primary");
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot record the new epoch; not taking over"),
+        Err(e) => tracing::error!(error = %e, "cannot record the new epoch; not taking over"),
+    }
+    promoting.store(false, Ordering::SeqCst);
+}
+
+/// Asks the monitor to drop from the sync set every sync standby that has not been
+/// streaming for `heartbeat_timeout`, and stops waiting for it once the monitor agrees.
+async fn drop_silent_standbys(
+    shared: &Shared,
+    client: &reqwest::Client,
+    monitor: &str,
+    timing: Timing,
+) {
+    for link in shared.sync_links() {
+        let silent_since = *lock(&link.down_since);
+        if !silent_since.is_some_and(|t| t.elapsed() >= timing.heartbeat_timeout) {
+            continue;
+        }
+        let Some(standby) = link.node_id().and_then(|n| NodeId::new(n).ok()) else {
+            continue;
+        };
+        let request = SyncDropRequest {
+            node: shared.config.id.clone(),
+            epoch: shared.store.status().epoch,
+            standby,
+        };
+        match post(
+            client,
+            &format!("{monitor}/v1/sync/drop"),
+            &request,
+            timing.heartbeat_timeout,
+        )
+        .await
+        {
+            Ok(Answer::View(_)) => {
+                tracing::warn!(standby = %link.url, "standby dropped from the sync set on the monitor's record; writes go on without it");
+                link.set_sync(false);
+            }
+            Ok(Answer::Refused { status, body }) => {
+                tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused to drop a standby from the sync set");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the monitor to drop a silent standby; writes keep waiting for it")
+            }
+        }
+    }
+}
