@@ -482,3 +482,66 @@ fn incarnation() -> u64 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitored(dir: &std::path::Path) -> Arc<Shared> {
+        let config = NodeConfig {
+            id: keel_core::NodeId::new("app1").expect("id"),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            advertise: "http://127.0.0.1:1".into(),
+            data_dir: dir.to_owned(),
+            role: Role::Standby,
+            standbys: Vec::new(),
+            sync: true,
+            epoch: None,
+            sync_timeout: Duration::from_secs(2),
+            log_retain: 100,
+            token: None,
+            monitor: Some("http://127.0.0.1:2".into()),
+        };
+        let store = Arc::new(Store::open(dir, 100).expect("store"));
+        Shared::new(config, store).0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_needs_a_majority_of_the_primary_the_monitor_and_the_standbys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = monitored(dir.path());
+        let now = Instant::now();
+        let lease = Duration::from_millis(500);
+        // Alone with the monitor (2 voters): itself is not a majority.
+        assert!(!shared.lease_valid(now));
+        lock(&shared.cluster).monitor_lease_until = Some(now + lease);
+        assert!(shared.lease_valid(now));
+        assert!(shared.lease_valid(now + lease - Duration::from_millis(1)));
+        assert!(
+            !shared.lease_valid(now + lease),
+            "a lease ends exactly at its end"
+        );
+
+        // With one standby (3 voters): the monitor or the standby will do.
+        shared.set_standbys(&[("app2".into(), "http://127.0.0.1:3".into(), true)]);
+        let link = shared.links()[0].clone();
+        lock(&shared.cluster).monitor_lease_until = None;
+        assert!(!shared.lease_valid(now));
+        link.ack(Lsn(1), Some(now), lease);
+        assert!(shared.lease_valid(now + Duration::from_millis(499)));
+        assert!(!shared.lease_valid(now + lease));
+
+        // With two standbys (4 voters): three must back it.
+        shared.set_standbys(&[
+            ("app2".into(), "http://127.0.0.1:3".into(), true),
+            ("app3".into(), "http://127.0.0.1:4".into(), true),
+        ]);
+        let t = now + Duration::from_millis(1);
+        assert!(!shared.lease_valid(t), "itself and one standby are 2 of 4");
+        lock(&shared.cluster).monitor_lease_until = Some(now + lease);
+        assert!(
+            shared.lease_valid(t),
+            "itself, the monitor and one standby are 3 of 4"
+        );
+    }
+}

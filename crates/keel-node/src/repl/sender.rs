@@ -388,3 +388,25 @@ async fn stream(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_renews_the_lease_from_when_the_frame_it_answers_was_sent() {
+        let mut sent = Sent::default();
+        let t0 = Instant::now();
+        sent.record(); // frame 1 at t0
+        tokio::time::advance(Duration::from_millis(10)).await;
+        sent.record(); // frame 2 at t0 + 10 ms
+        tokio::time::advance(Duration::from_millis(10)).await;
+        sent.record(); // frame 3 at t0 + 20 ms
+        // An ack for the first two frames: the lease runs from frame 2's sending, not
+        // from the ack's arrival.
+        assert_eq!(sent.answered(2), Some(t0 + Duration::from_millis(10)));
+        // Acks never go back; an ack for frames already answered renews nothing.
+        assert_eq!(sent.answered(2), None);
+        assert_eq!(sent.answered(3), Some(t0 + Duration::from_millis(20)));
+    }
+}
