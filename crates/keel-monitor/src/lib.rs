@@ -1,4 +1,44 @@
-//! keel's monitor (work in progress).
+//! keel's monitor: the failure detector and failover coordinator of the data tier.
+//!
+//! Data nodes register with the monitor and heartbeat to it; the monitor decides who is
+//! primary, renews the primary's write lease, keeps the sync set on the record, and when
+//! the primary dies promotes the most up-to-date standby that is safe to promote. The
+//! protocol is docs/failover.md.
+//!
+//! - [`wire`]: the JSON bodies of the protocol, shared with the nodes (serde and
+//!   keel-core only, so a node can depend on it cheaply);
+//! - [`machine`]: [`Monitor`], the decisions — registration, heartbeats, failure
+//!   detection, failover, switchover, the sync set — as a pure state machine;
+//! - [`settings`]: [`Settings`], the timing the monitor runs on and hands to the nodes;
+//! - [`state`]: [`ClusterState`], what the monitor keeps durably;
+//! - [`store`]: `monitor.json`, written atomically and fsync'd;
+//! - [`events`]: the event history and its live subscribers;
+//! - [`server`]: the HTTP API (axum);
+//! - [`metrics`]: the Prometheus text of `/metrics`;
+//! - [`runtime`]: [`run`], which loads the state, serves, drives the machine (ticks,
+//!   probes, persistence) and stops when told to.
+//!
+//! **Why the state machine is pure.** Failover is where a replicated system loses data
+//! or ends up with two primaries, and its bugs hide in timing: a heartbeat that lands a
+//! millisecond before a timeout, a lease that ends a millisecond after a promotion. So
+//! the decisions take time as an argument ([`tokio::time::Instant`]) and return what to
+//! do instead of doing it; they read no clock and touch no socket or file. Tests then pin
+//! every transition exactly with constructed instants, and the runtime around it stays
+//! small: carry out the outputs in order, making each persist durable before the answer
+//! behind it goes out.
 #![forbid(unsafe_code)]
 
+pub mod events;
+pub mod machine;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+pub mod settings;
+pub mod state;
+pub mod store;
 pub mod wire;
+
+pub use machine::Monitor;
+pub use runtime::{MonitorConfig, MonitorError, run};
+pub use settings::Settings;
+pub use state::ClusterState;

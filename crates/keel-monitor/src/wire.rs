@@ -213,6 +213,8 @@ pub mod codes {
     pub const NO_PROMOTABLE_STANDBY: &str = "no_promotable_standby";
     /// `409`: a failover is already running.
     pub const FAILOVER_IN_PROGRESS: &str = "failover_in_progress";
+    /// `409`: a switchover while the primary is suspected (an automatic failover decides).
+    pub const PRIMARY_SUSPECTED: &str = "primary_suspected";
     /// `409`: a switchover needs a primary.
     pub const NO_PRIMARY: &str = "no_primary";
 }
@@ -305,6 +307,9 @@ pub enum EventKind {
     Promoted,
     /// The candidate heartbeated as primary in the new epoch.
     FailoverDone,
+    /// A switchover was abandoned (drain timeout, target no longer promotable, primary
+    /// restarted); the primary stays.
+    FailoverAbandoned,
     /// No standby can be promoted; the failover is blocked.
     NoPromotableStandby,
     /// A standby left the sync set.
@@ -336,6 +341,7 @@ impl EventKind {
             EventKind::WaitingForLeases => "waiting_for_leases",
             EventKind::Promoted => "promoted",
             EventKind::FailoverDone => "failover_done",
+            EventKind::FailoverAbandoned => "failover_abandoned",
             EventKind::NoPromotableStandby => "no_promotable_standby",
             EventKind::DroppedFromSync => "dropped_from_sync",
             EventKind::BackInSync => "back_in_sync",

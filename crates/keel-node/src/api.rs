@@ -139,8 +139,17 @@ async fn read<T: Send + 'static>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&keel_store::Store) -> Result<T, keel_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    if shared.is_primary() && !shared.lease_valid(tokio::time::Instant::now()) {
-        return Err(write_failed(WriteError::NoLease));
+    if shared.is_primary() {
+        // A primary being replaced (even one draining for a switchover, whose successor
+        // takes over without waiting out a lease) must not answer as if it were current.
+        if let Some(f) = shared.failover() {
+            return Err(write_failed(WriteError::FailoverInProgress {
+                to: Some(f.to.to_string()),
+            }));
+        }
+        if !shared.lease_valid(tokio::time::Instant::now()) {
+            return Err(write_failed(WriteError::NoLease));
+        }
     }
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || f(&store)).await {

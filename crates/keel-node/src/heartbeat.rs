@@ -299,7 +299,8 @@ async fn drop_silent_standbys(
 ) {
     for link in shared.sync_links() {
         let silent_since = *lock(&link.down_since);
-        if !silent_since.is_some_and(|t| t.elapsed() >= timing.heartbeat_timeout) {
+        let silent_long = silent_since.is_some_and(|t| t.elapsed() >= timing.heartbeat_timeout);
+        if !silent_long {
             continue;
         }
         let Some(standby) = link.node_id().and_then(|n| NodeId::new(n).ok()) else {

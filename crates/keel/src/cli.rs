@@ -33,6 +33,8 @@ pub enum Command {
     Client(ClientArgs),
     /// Start a whole data tier on this machine (a primary and its standbys) in the foreground.
     Up(UpArgs),
+    /// Run the monitor: it assigns roles to the data nodes and fails over automatically.
+    Monitor(MonitorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -92,14 +94,15 @@ pub struct NodeArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The node to talk to (a primary or a standby).
-    #[arg(
-        long,
-        global = true,
-        default_value = "http://127.0.0.1:8081",
-        env = "KEEL_NODE_URL"
-    )]
-    pub node: String,
+    /// The monitor that knows which node is primary [default: http://127.0.0.1:8070;
+    /// when that one does not answer, the client talks to http://127.0.0.1:8081].
+    #[arg(long, global = true, value_name = "URL", env = "KEEL_MONITOR_URL")]
+    pub monitor: Option<String>,
+
+    /// Talk to this node directly, without asking the monitor (a standby works too:
+    /// writes are sent on to the primary it names).
+    #[arg(long, global = true, value_name = "URL", env = "KEEL_NODE_URL")]
+    pub node: Option<String>,
 
     /// Print JSON instead of readable text.
     #[arg(long, global = true)]
@@ -109,9 +112,14 @@ pub struct ClientArgs {
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
 
-    /// How long to wait for an answer.
+    /// How long to wait for each answer.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// How long to keep retrying through a failover (unreachable primary, 503 with
+    /// Retry-After, a standby's 421) before giving up.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    pub retry_for: Duration,
 
     #[command(subcommand)]
     pub command: ClientCommand,
@@ -144,7 +152,19 @@ pub enum ClientCommand {
         by: i64,
     },
     /// End the primary process at once (needs the admin token).
-    KillPrimary,
+    KillPrimary {
+        /// Then follow the monitor's events until a standby is promoted (at most 10 s).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Switch the primary role to a standby by hand (needs the admin token).
+    Failover {
+        /// The standby to promote [default: the most up-to-date promotable one].
+        #[arg(long, value_name = "NODE")]
+        to: Option<NodeId>,
+    },
+    /// Show the monitor's view of the cluster: epoch, primary, every node.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,11 +176,11 @@ pub enum StateWhich {
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// How many data nodes: one primary and N-1 standbys.
+    /// How many data nodes (app1..appN); the monitor makes one primary, the rest standbys.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=9))]
     pub nodes: u16,
 
-    /// Where the nodes keep their data and where the admin token is written.
+    /// Where the monitor and the nodes keep their data and where the admin token is written.
     #[arg(long, default_value = "./keel-data")]
     pub data_dir: PathBuf,
 
@@ -168,9 +188,54 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 8081)]
     pub base_port: u16,
 
-    /// Acknowledge writes without waiting for the standbys (see `keel node --async`).
-    #[arg(long = "async")]
-    pub async_replication: bool,
+    /// Port of the monitor.
+    #[arg(long, default_value_t = 8070)]
+    pub monitor_port: u16,
+
+    /// Show the monitor's and the nodes' own logs at info level (default: warnings only,
+    /// so that the monitor's events are what you read).
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Address to serve the monitor protocol on.
+    #[arg(long, default_value = "127.0.0.1:8070")]
+    pub listen: SocketAddr,
+
+    /// Directory for the monitor's durable cluster state (created when missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+
+    /// How often nodes heartbeat (handed to them in every answer).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long without a heartbeat before the primary is suspected.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// How many direct probes of a suspected primary must fail before it is replaced.
+    #[arg(long, default_value_t = 2)]
+    pub probe_retries: u32,
+
+    /// How long a lease renewal lets the primary take writes.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// Margin added to every lease wait, for clocks running at different rates.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub drift_margin: Duration,
+
+    /// How long a switchover may wait for the primary to drain before it is abandoned.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// File holding the admin token (else the KEEL_TOKEN variable); needed for
+    /// POST /v1/failover.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

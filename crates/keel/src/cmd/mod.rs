@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches. This is the only place `anyhow` is used.
 
 mod client;
+mod monitor;
 mod node;
 mod up;
 
@@ -14,6 +15,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => node::run(args),
         Command::Client(args) => client::run(args),
         Command::Up(args) => up::run(args),
+        Command::Monitor(args) => monitor::run(args),
     }
 }
 

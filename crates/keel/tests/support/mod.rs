@@ -586,8 +586,9 @@ pub fn run_keel(args: &[&str]) -> Output {
     run_keel_env(args, &[])
 }
 
-/// Like [`run_keel`], with extra environment variables; `KEEL_TOKEN` and `KEEL_NODE_URL`
-/// are removed from the inherited environment so the test's own shell cannot leak in.
+/// Like [`run_keel`], with extra environment variables; `KEEL_TOKEN`, `KEEL_NODE_URL` and
+/// `KEEL_MONITOR_URL` are removed from the inherited environment so the test's own shell
+/// cannot leak in.
 pub fn run_keel_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     run_keel_in(args, env, None)
 }
@@ -604,7 +605,8 @@ pub fn run_keel_in(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> O
         .stdout(File::create(&out_path).expect("create stdout file"))
         .stderr(File::create(&err_path).expect("create stderr file"))
         .env_remove("KEEL_TOKEN")
-        .env_remove("KEEL_NODE_URL");
+        .env_remove("KEEL_NODE_URL")
+        .env_remove("KEEL_MONITOR_URL");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -632,5 +634,251 @@ pub fn run_keel_in(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> O
         status,
         stdout: fs::read_to_string(&out_path).unwrap_or_default(),
         stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+/// A `keel monitor` started by a test on a free port, with an admin token in its data
+/// directory (`admin.token`).
+pub struct TestMonitor {
+    pub proc: KeelProcess,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// The admin token (also in `token_file`).
+    pub token: String,
+    pub token_file: PathBuf,
+    args: Vec<String>,
+}
+
+impl TestMonitor {
+    /// A token that `keel_core::token::Token` accepts (16 characters or more).
+    pub const TOKEN: &'static str = "test-monitor-token-0123456789";
+
+    /// Starts `keel monitor --data-dir <data_dir> --token-file <data_dir>/admin.token`
+    /// with `extra` flags and waits for its `/health`.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> TestMonitor {
+        fs::create_dir_all(data_dir).expect("create monitor data dir");
+        let token_file = data_dir.join("admin.token");
+        fs::write(&token_file, Self::TOKEN).expect("write token file");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args: Vec<String> = vec![
+            "monitor".into(),
+            "--listen".into(),
+            listen,
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut monitor = TestMonitor {
+            proc: KeelProcess::spawn("monitor", &arg_refs),
+            url: url_for(port),
+            port,
+            data_dir: data_dir.to_owned(),
+            token: Self::TOKEN.to_owned(),
+            token_file,
+            args,
+        };
+        monitor.wait_healthy();
+        monitor
+    }
+
+    /// Waits until `GET /health` answers 200; panics with the log if the process exits
+    /// or [`STARTUP_TIMEOUT`] passes first.
+    pub fn wait_healthy(&mut self) {
+        let health = format!("{}/health", self.url);
+        let client = http_client();
+        let up = wait_until(STARTUP_TIMEOUT, || {
+            if let Some(status) = self.proc.try_status() {
+                panic!(
+                    "the monitor exited during startup ({})\n{}",
+                    describe_status(status),
+                    self.proc.log_report()
+                );
+            }
+            client
+                .get(&health)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        });
+        assert!(
+            up,
+            "the monitor did not answer {health} within {STARTUP_TIMEOUT:?}\n{}",
+            self.proc.log_report()
+        );
+    }
+
+    /// Starts the monitor again with the same flags, port and data dir (kills it first if
+    /// it is still running), and waits for its health.
+    pub fn restart(&mut self) {
+        if self.proc.is_running() {
+            self.proc.kill9();
+        }
+        let arg_refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.proc.respawn(&arg_refs);
+        self.wait_healthy();
+    }
+
+    /// `GET /v1/cluster` (panics unless 200).
+    pub fn cluster(&self) -> serde_json::Value {
+        let (status, body) = get_json(&format!("{}/v1/cluster", self.url));
+        assert_eq!(status, StatusCode::OK, "GET /v1/cluster: {body}");
+        body
+    }
+
+    /// `POST {path}` with a JSON body: the status and the body as JSON.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (StatusCode, serde_json::Value) {
+        let url = format!("{}{path}", self.url);
+        let resp = http_client()
+            .post(&url)
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = resp.status();
+        (status, json_or_text(resp.text().unwrap_or_default()))
+    }
+}
+
+/// A `keel up` started by a test: a monitor and `nodes` nodes on free ports, its output
+/// captured (the tests read its banner and the monitor's events in it).
+pub struct KeelUp {
+    pub proc: KeelProcess,
+    pub data_dir: PathBuf,
+    pub base_port: u16,
+    pub monitor_port: u16,
+    pub monitor_url: String,
+    pub token_file: PathBuf,
+}
+
+impl KeelUp {
+    /// Starts `keel up --data-dir DIR --base-port P --monitor-port M [extra…]` and waits
+    /// for its banner.
+    pub fn start(data_dir: &Path, nodes: u16, extra: &[&str]) -> KeelUp {
+        let base_port = free_port_range(nodes);
+        let monitor_port = loop {
+            let p = free_port();
+            if !(base_port..base_port + nodes).contains(&p) {
+                break p;
+            }
+        };
+        Self::start_on(data_dir, nodes, base_port, monitor_port, extra)
+    }
+
+    /// Like [`KeelUp::start`], on given ports (a second `keel up` on the same data).
+    pub fn start_on(
+        data_dir: &Path,
+        nodes: u16,
+        base_port: u16,
+        monitor_port: u16,
+        extra: &[&str],
+    ) -> KeelUp {
+        let data = data_dir.display().to_string();
+        let (n, base, mon) = (
+            nodes.to_string(),
+            base_port.to_string(),
+            monitor_port.to_string(),
+        );
+        let mut args = vec![
+            "up",
+            "--data-dir",
+            &data,
+            "--nodes",
+            &n,
+            "--base-port",
+            &base,
+            "--monitor-port",
+            &mon,
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = KeelProcess::spawn_captured("up", &args);
+        let ready = wait_until(Duration::from_secs(40), || {
+            proc.log_text().contains("keel data tier is up") || !proc.is_running()
+        });
+        assert!(
+            ready && proc.is_running(),
+            "keel up did not come up\n{}",
+            proc.log_report()
+        );
+        KeelUp {
+            proc,
+            data_dir: data_dir.to_owned(),
+            base_port,
+            monitor_port,
+            monitor_url: url_for(monitor_port),
+            token_file: data_dir.join("admin.token"),
+        }
+    }
+
+    /// The URL of `appK`.
+    pub fn node_url(&self, k: u16) -> String {
+        url_for(self.base_port + (k - 1))
+    }
+
+    /// `GET /v1/cluster` of the monitor.
+    pub fn view(&self) -> serde_json::Value {
+        let (status, view) = get_json(&format!("{}/v1/cluster", self.monitor_url));
+        assert_eq!(status, StatusCode::OK, "{view}");
+        view
+    }
+
+    /// The primary the monitor names, once no failover is running.
+    pub fn primary(&self) -> Option<String> {
+        let view = self.view();
+        if view["failover_in_progress"] == true {
+            return None;
+        }
+        view["primary"]["node"].as_str().map(str::to_owned)
+    }
+
+    /// Whether the monitor reports `node` as promotable.
+    pub fn promotable(&self, node: &str) -> bool {
+        self.view()["nodes"].as_array().is_some_and(|nodes| {
+            nodes
+                .iter()
+                .any(|n| n["node"] == node && n["promotable"] == true)
+        })
+    }
+
+    /// `keel client --monitor <this monitor> --token-file <its token> <args…>`.
+    pub fn client(&self, args: &[&str]) -> Output {
+        self.client_env(args, &[])
+    }
+
+    /// Like [`KeelUp::client`], with extra environment variables; with `KEEL_TOKEN`
+    /// among them, without `--token-file` (so that the variable is what counts).
+    pub fn client_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let token = self.token_file.display().to_string();
+        let mut all = vec!["client", "--monitor", &self.monitor_url];
+        if !env.iter().any(|(k, _)| *k == "KEEL_TOKEN") {
+            all.extend_from_slice(&["--token-file", &token]);
+        }
+        all.extend_from_slice(args);
+        let empty = tempdir();
+        run_keel_in(&all, env, Some(empty.path()))
+    }
+
+    /// The pids the banner lists, by name (the monitor's too).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.proc
+            .log_text()
+            .lines()
+            .filter(|l| l.starts_with("  ") && l.contains(" pid "))
+            .filter_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                Some((words.first()?.to_string(), words.last()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Waits until `keel up`'s output contains `text`.
+    pub fn wait_for_output(&mut self, text: &str) -> bool {
+        wait_until(Duration::from_secs(20), || {
+            self.proc.log_text().contains(text)
+        })
     }
 }

@@ -1,0 +1,300 @@
+//! The monitor's HTTP API (docs/failover.md), in the conventions of the node's API: JSON
+//! errors (`ApiError`), bodies up to 1 MiB (`413 body_too_large`), JSON `404`/`405`.
+//!
+//! Handlers only parse and hand over: every decision is the core's (`runtime`), which
+//! owns the state machine.
+
+// Handlers return `Result<Response, Response>`: the error side is a finished answer.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use keel_core::ApiError;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::machine::{Answer, Input, Refusal};
+use crate::runtime::{App, Msg};
+use crate::wire::{
+    FailoverRequest, HeartbeatRequest, MonitorHealth, RegisterRequest, SyncDropRequest, codes,
+};
+
+/// Request bodies larger than this are refused with `413`.
+pub const MAX_BODY: usize = 1 << 20;
+
+type Answered = Result<Response, Response>;
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/register", post(register))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/sync/drop", post(sync_drop))
+        .route("/v1/failover", post(failover))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/events", get(events))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+fn error_response(status: StatusCode, error: ApiError) -> Response {
+    (status, axum::Json(error)).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        ApiError::new(
+            "no_route",
+            format!("no route for {method} {}; see docs/failover.md", uri.path()),
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ApiError::new(
+            "method_not_allowed",
+            format!("{} does not take {method}", uri.path()),
+        ),
+    )
+}
+
+/// The body as JSON of type `T`; an empty body reads as `{}` when `empty_ok`.
+fn parse<T: DeserializeOwned>(
+    raw: Result<Bytes, BytesRejection>,
+    code: &str,
+    empty_ok: bool,
+) -> Result<T, Response> {
+    let raw = raw.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            error_response(
+                status,
+                ApiError::new(
+                    "body_too_large",
+                    format!("the body is larger than the limit of {MAX_BODY} bytes"),
+                ),
+            )
+        } else {
+            error_response(status, ApiError::new(code, rejection.body_text()))
+        }
+    })?;
+    let text: &[u8] = if empty_ok && raw.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &raw
+    };
+    serde_json::from_slice(text).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(code, format!("the body is not a valid request: {e}")),
+        )
+    })
+}
+
+fn shutting_down() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(ApiError::new("shutting_down", "the monitor is stopping")),
+    )
+        .into_response()
+}
+
+/// Hands an input to the core and turns its answer into a response.
+async fn ask(app: &App, input: Input) -> Answered {
+    let (tx, rx) = oneshot::channel();
+    app.core
+        .send(Msg::Input(input, Some(tx)))
+        .await
+        .map_err(|_| shutting_down())?;
+    match rx.await.map_err(|_| shutting_down())? {
+        Ok(Answer::View(view)) => Ok(axum::Json(view).into_response()),
+        Ok(Answer::Cluster(cluster)) => Ok(axum::Json(cluster).into_response()),
+        Err(refusal) => Err(refused(refusal)),
+    }
+}
+
+fn refused(r: Refusal) -> Response {
+    let mut body = ApiError::new(r.error, r.message);
+    if let Some(view) = r.view
+        && let Ok(v) = serde_json::to_value(view)
+    {
+        body = body.with("view", v);
+    }
+    if !r.reasons.is_empty()
+        && let Ok(v) = serde_json::to_value(&r.reasons)
+    {
+        body = body.with("reasons", v);
+    }
+    error_response(r.status, body)
+}
+
+async fn register(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
+    let req: RegisterRequest = parse(raw, codes::BAD_REGISTER, false)?;
+    ask(&app, Input::Register(req)).await
+}
+
+async fn heartbeat(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
+    let req: HeartbeatRequest = parse(raw, codes::BAD_HEARTBEAT, false).inspect_err(|_| {
+        app.malformed_heartbeats.fetch_add(1, Ordering::Relaxed);
+    })?;
+    ask(&app, Input::Heartbeat(req)).await
+}
+
+async fn sync_drop(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
+    let req: SyncDropRequest = parse(raw, codes::BAD_REQUEST, false)?;
+    ask(&app, Input::SyncDrop(req)).await
+}
+
+async fn failover(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    let Some(token) = &app.token else {
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            ApiError::new(
+                "admin_disabled",
+                "this monitor was started without an admin token (--token-file or KEEL_TOKEN)",
+            ),
+        ));
+    };
+    if !token.matches_header(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            ApiError::new(
+                "unauthorized",
+                "admin actions need 'Authorization: Bearer <token>' with the cluster's admin token",
+            ),
+        ));
+    }
+    let req: FailoverRequest = parse(raw, codes::BAD_REQUEST, true)?;
+    tracing::warn!(to = ?req.to.as_ref().map(|n| n.as_str()), "switchover requested through /v1/failover");
+    ask(&app, Input::Switchover { to: req.to }).await
+}
+
+async fn cluster_view(app: &App) -> Result<crate::wire::ClusterView, Response> {
+    let (tx, rx) = oneshot::channel();
+    app.core
+        .send(Msg::Cluster(tx))
+        .await
+        .map_err(|_| shutting_down())?;
+    rx.await.map_err(|_| shutting_down())
+}
+
+async fn cluster(State(app): State<Arc<App>>) -> Answered {
+    Ok(axum::Json(cluster_view(&app).await?).into_response())
+}
+
+async fn health(State(app): State<Arc<App>>) -> Answered {
+    let view = cluster_view(&app).await?;
+    Ok(axum::Json(MonitorHealth {
+        status: "ok".to_owned(),
+        version: view.version,
+        epoch: view.epoch,
+    })
+    .into_response())
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Answered {
+    let (tx, rx) = oneshot::channel();
+    app.core
+        .send(Msg::Metrics(tx))
+        .await
+        .map_err(|_| shutting_down())?;
+    let (view, stats) = rx.await.map_err(|_| shutting_down())?;
+    let malformed = app.malformed_heartbeats.load(Ordering::Relaxed);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&view, &stats, malformed, app.events.last_id()),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsParams {
+    since: Option<u64>,
+}
+
+/// Server-sent events: the kept history after `since` (or the `Last-Event-ID` a
+/// reconnecting browser sends), then every new event. A client too slow to keep up is
+/// disconnected and resumes with `since`.
+async fn events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsParams>, QueryRejection>,
+) -> Answered {
+    let Query(params) = query.map_err(|r| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(
+                "bad_query",
+                format!("{}; use ?since=N with N an event id", r.body_text()),
+            ),
+        )
+    })?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    // Without either, only new events: a dashboard that wants history asks for it.
+    let since = params.since.or(last_event_id).unwrap_or(u64::MAX);
+    let since = if since == u64::MAX {
+        app.events.last_id()
+    } else {
+        since
+    };
+    let (past, rx) = app.events.subscribe(since);
+    let live = futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(e) => Some((e, rx)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "event stream client too slow; disconnecting it");
+                None
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    let mut stopping = app.stopping.clone();
+    let stream = futures::stream::iter(past)
+        .chain(live)
+        .map(|e| {
+            let data = serde_json::to_string(&e).unwrap_or_default();
+            Ok::<_, Infallible>(
+                SseEvent::default()
+                    .id(e.id.to_string())
+                    .event(e.kind.as_str())
+                    .data(data),
+            )
+        })
+        // End with the monitor, or the graceful shutdown would wait for every stream.
+        .take_until(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

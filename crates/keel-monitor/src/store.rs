@@ -1,0 +1,170 @@
+//! `monitor.json`: the durable cluster state, replaced atomically.
+//!
+//! Written to a temporary file, fsync'd, renamed over the old one, and the directory
+//! fsync'd, so that after a crash the file is either the old state or the new one, and a
+//! state the monitor answered with is never lost.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::state::{ClusterState, StateError};
+
+/// The file name inside the data directory.
+pub const STATE_FILE: &str = "monitor.json";
+
+/// Why the cluster state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state file is not valid JSON of the expected shape.
+    #[error(
+        "{path} is corrupt ({source}); restore it from a backup, or move it away to start a new cluster (nodes then re-register; their epochs keep the new ones above the old)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// The state file parses but contradicts itself.
+    #[error("{path} is inconsistent: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: StateError,
+    },
+    /// The new state could not be made durable.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The state file of one monitor.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Store {
+    /// Opens the data directory (creating it when missing) and loads the state, if any.
+    pub fn open(dir: &Path) -> Result<(Self, Option<ClusterState>), StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let file = dir.join(STATE_FILE);
+        let store = Self {
+            dir: dir.to_owned(),
+            file: file.clone(),
+        };
+        let text = match fs::read(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((store, None)),
+            Err(source) => return Err(StoreError::Read { path: file, source }),
+        };
+        let state: ClusterState =
+            serde_json::from_slice(&text).map_err(|source| StoreError::Corrupt {
+                path: file.clone(),
+                source,
+            })?;
+        state
+            .check()
+            .map_err(|source| StoreError::Invalid { path: file, source })?;
+        Ok((store, Some(state)))
+    }
+
+    /// Replaces the state durably. Blocking: call it off the async threads.
+    pub fn save(&self, state: &ClusterState) -> Result<(), StoreError> {
+        let err = |source| StoreError::Write {
+            path: self.file.clone(),
+            source,
+        };
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+        let mut f = File::create(&tmp).map_err(err)?;
+        f.write_all(&text).map_err(err)?;
+        f.write_all(b"\n").map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        fs::rename(&tmp, &self.file).map_err(err)?;
+        // The rename is durable only once the directory entry is.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_state_loads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, none) = Store::open(dir.path()).expect("open");
+        assert!(none.is_none());
+        let state = ClusterState {
+            version: 3,
+            epoch: keel_core::Epoch(2),
+            ..ClusterState::default()
+        };
+        store.save(&state).expect("save");
+        let (_, loaded) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(loaded, Some(state));
+    }
+
+    #[test]
+    fn corrupt_state_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(STATE_FILE), b"{\"version\": 3, trunc").expect("write");
+        let e = Store::open(dir.path()).expect_err("corrupt file refused");
+        assert!(matches!(e, StoreError::Corrupt { .. }));
+        assert!(e.to_string().contains("monitor.json is corrupt"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_state_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = ClusterState {
+            primary: Some(keel_core::NodeId::new("ghost").expect("id")),
+            ..ClusterState::default()
+        };
+        fs::write(
+            dir.path().join(STATE_FILE),
+            serde_json::to_vec(&state).expect("json"),
+        )
+        .expect("write");
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,54 @@
+//! `keel monitor`: runs the monitor in the foreground.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use keel_core::token::Token;
+use keel_monitor::{MonitorConfig, Settings};
+
+use crate::cli::MonitorArgs;
+
+pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings {
+        heartbeat_interval: args.heartbeat_interval,
+        heartbeat_timeout: args.heartbeat_timeout,
+        probe_retries: args.probe_retries,
+        lease: args.lease,
+        drift: args.drift_margin,
+        drain_timeout: args.drain_timeout,
+    };
+    settings.check().context("invalid timing flags")?;
+    if settings.heartbeat_timeout < 2 * settings.heartbeat_interval {
+        tracing::warn!(
+            interval = ?settings.heartbeat_interval, timeout = ?settings.heartbeat_timeout,
+            "the heartbeat timeout is under two intervals: one late heartbeat makes the primary suspected"
+        );
+    }
+    if settings.lease < 2 * settings.heartbeat_interval {
+        tracing::warn!(
+            interval = ?settings.heartbeat_interval, lease = ?settings.lease,
+            "the lease is under two heartbeat intervals: one lost heartbeat stops the primary's writes"
+        );
+    }
+    if settings.drift.is_zero() {
+        tracing::warn!("a zero drift margin trusts every clock to run at exactly the same rate");
+    }
+    let env_token = std::env::var("KEEL_TOKEN").ok();
+    let token = Token::load(args.token_file.as_deref(), env_token.as_deref())?;
+    if token.is_none() {
+        tracing::warn!("no admin token (--token-file or KEEL_TOKEN): POST /v1/failover is refused");
+    }
+    let config = MonitorConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        settings,
+        token,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keel-monitor")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(keel_monitor::run(config, keel_core::shutdown::signal()))?;
+    Ok(ExitCode::SUCCESS)
+}

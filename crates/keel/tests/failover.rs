@@ -1,0 +1,522 @@
+//! Automatic failover with a real `keel monitor` and real `keel node --monitor` processes:
+//! kills, freezes, a dead monitor, a stale standby, a switchover — and after each, every
+//! acknowledged write is still there.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use support::{KeelProcess, free_port, get_json, http_client, tempdir, url_for, wait_until};
+
+const TOKEN: &str = "failover-test-token-0123456789";
+
+/// A monitor and monitored nodes, each a real process, in one directory.
+struct Cluster {
+    root: PathBuf,
+    token_file: String,
+    monitor: KeelProcess,
+    monitor_port: u16,
+    monitor_url: String,
+    nodes: BTreeMap<String, Node>,
+}
+
+struct Node {
+    proc: KeelProcess,
+    url: String,
+    args: Vec<String>,
+}
+
+impl Cluster {
+    /// A monitor and `n` nodes (app1 registers first and becomes primary).
+    fn start(root: &Path, n: usize) -> Cluster {
+        let token_file = root.join("admin.token");
+        std::fs::write(&token_file, TOKEN).expect("token");
+        let monitor_port = free_port();
+        let mut cluster = Cluster {
+            root: root.to_owned(),
+            token_file: token_file.display().to_string(),
+            monitor: spawn_monitor(root, monitor_port, &token_file.display().to_string()),
+            monitor_port,
+            monitor_url: url_for(monitor_port),
+            nodes: BTreeMap::new(),
+        };
+        cluster.wait_monitor();
+        for i in 1..=n {
+            let id = format!("app{i}");
+            cluster.add_node(&id);
+            if i == 1 {
+                assert!(
+                    wait_until(Duration::from_secs(10), || cluster.primary().is_some()),
+                    "no primary elected: {}",
+                    cluster.view()
+                );
+            }
+        }
+        let all = cluster.nodes.keys().cloned().collect::<Vec<_>>();
+        for id in all.iter().skip(1) {
+            cluster.wait_promotable(id);
+        }
+        cluster
+    }
+
+    fn add_node(&mut self, id: &str) {
+        let port = free_port();
+        let url = url_for(port);
+        let args: Vec<String> = [
+            "node",
+            "--id",
+            id,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            &self.root.join(id).display().to_string(),
+            "--monitor",
+            &self.monitor_url,
+            "--token-file",
+            &self.token_file,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = spawn(id, &args);
+        let node = Node { proc, url, args };
+        wait_healthy(&node.url, &node.proc);
+        self.nodes.insert(id.to_owned(), node);
+    }
+
+    fn wait_monitor(&mut self) {
+        let url = format!("{}/health", self.monitor_url);
+        let up = wait_until(Duration::from_secs(10), || {
+            http_client()
+                .get(&url)
+                .send()
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        });
+        assert!(up, "monitor did not start\n{}", self.monitor.log_report());
+    }
+
+    fn view(&self) -> serde_json::Value {
+        let (status, view) = get_json(&format!("{}/v1/cluster", self.monitor_url));
+        assert_eq!(status, StatusCode::OK, "{view}");
+        view
+    }
+
+    /// The primary's id, per the monitor, once no failover is running.
+    fn primary(&self) -> Option<String> {
+        let view = self.view();
+        if view["failover_in_progress"] == true {
+            return None;
+        }
+        view["primary"]["node"].as_str().map(str::to_owned)
+    }
+
+    fn node_view(&self, id: &str) -> serde_json::Value {
+        self.view()["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["node"] == id).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn wait_promotable(&self, id: &str) {
+        let ok = wait_until(Duration::from_secs(20), || {
+            self.node_view(id)["promotable"] == true
+        });
+        assert!(ok, "{id} never became promotable: {}", self.view());
+    }
+
+    /// Waits for a primary other than `old`, with no failover running.
+    fn wait_new_primary(&self, old: &str) -> String {
+        let mut found = None;
+        let ok = wait_until(Duration::from_secs(20), || {
+            found = self.primary().filter(|p| p != old);
+            found.is_some()
+        });
+        assert!(ok, "no new primary after {old}: {}", self.view());
+        found.unwrap_or_default()
+    }
+
+    fn kill9(&mut self, id: &str) {
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.proc.kill9();
+        }
+    }
+
+    fn restart(&mut self, id: &str) {
+        let Some(node) = self.nodes.get_mut(id) else {
+            return;
+        };
+        if node.proc.is_running() {
+            node.proc.kill9();
+        }
+        node.proc = spawn(id, &node.args);
+        wait_healthy(&node.url, &node.proc);
+    }
+
+    fn url(&self, id: &str) -> String {
+        self.nodes
+            .get(id)
+            .map(|n| n.url.clone())
+            .unwrap_or_default()
+    }
+
+    fn restart_monitor(&mut self) {
+        if self.monitor.is_running() {
+            self.monitor.kill9();
+        }
+        self.monitor = spawn_monitor(&self.root, self.monitor_port, &self.token_file);
+        self.wait_monitor();
+    }
+}
+
+fn spawn(name: &str, args: &[String]) -> KeelProcess {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    KeelProcess::spawn(name, &refs)
+}
+
+fn spawn_monitor(root: &Path, port: u16, token_file: &str) -> KeelProcess {
+    let args: Vec<String> = [
+        "monitor",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &root.join("monitor").display().to_string(),
+        "--token-file",
+        token_file,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    spawn("monitor", &args)
+}
+
+fn wait_healthy(url: &str, proc: &KeelProcess) {
+    let health = format!("{url}/health");
+    let up = wait_until(Duration::from_secs(10), || {
+        http_client()
+            .get(&health)
+            .send()
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+    assert!(up, "{url} did not start\n{}", proc.log_report());
+}
+
+/// One acknowledged write, as the writer saw it.
+#[derive(Debug, Clone)]
+struct Ack {
+    key: String,
+    value: u64,
+    node: String,
+    at: Instant,
+}
+
+/// Writers that find the primary through the monitor and write until stopped: each
+/// writer owns one key and writes 1, 2, 3… to it, so the final value of a key shows
+/// whether an acknowledged write was lost or overwritten by an older one.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(monitor_url: &str, n: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+        let threads = (0..n)
+            .map(|w| {
+                let (monitor, stop, acks) = (monitor_url.to_owned(), stop.clone(), acks.clone());
+                thread::spawn(move || write_loop(&monitor, w, &stop, &acks))
+            })
+            .collect();
+        Writers {
+            stop,
+            acks,
+            threads,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acks.lock().expect("lock").len()
+    }
+
+    fn wait_more(&self, more: usize) {
+        let target = self.count() + more;
+        assert!(
+            wait_until(Duration::from_secs(30), || self.count() >= target),
+            "writes stalled at {} (wanted {target})",
+            self.count()
+        );
+    }
+
+    fn finish(self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("writer thread");
+        }
+        self.acks.lock().expect("lock").clone()
+    }
+}
+
+fn write_loop(monitor: &str, w: usize, stop: &AtomicBool, acks: &Mutex<Vec<Ack>>) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    let key = format!("writer-{w}");
+    let mut next = 1u64;
+    let mut primary: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let url = match &primary {
+            Some(url) => url.clone(),
+            None => {
+                let found = client
+                    .get(format!("{monitor}/v1/cluster"))
+                    .send()
+                    .ok()
+                    .and_then(|r| r.json::<serde_json::Value>().ok())
+                    .and_then(|v| v["primary"]["url"].as_str().map(str::to_owned));
+                match found {
+                    Some(url) => {
+                        primary = Some(url.clone());
+                        url
+                    }
+                    None => {
+                        thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+            }
+        };
+        let value = next;
+        next += 1;
+        match client
+            .put(format!("{url}/v1/kv/{key}"))
+            .body(value.to_string())
+            .send()
+        {
+            Ok(r) if r.status() == StatusCode::OK => {
+                let node = r
+                    .headers()
+                    .get("keel-node")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                acks.lock().expect("lock").push(Ack {
+                    key: key.clone(),
+                    value,
+                    node,
+                    at: Instant::now(),
+                });
+            }
+            // Not acknowledged (a failover, a dead node, a standby): find the primary again.
+            _ => {
+                primary = None;
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Every acknowledged write is present: each key holds at least the last value
+/// acknowledged for it (a later, unacknowledged one may have landed too).
+fn assert_nothing_lost(acks: &[Ack], node_url: &str, node: &str) {
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for a in acks {
+        let v = last.entry(&a.key).or_default();
+        *v = (*v).max(a.value);
+    }
+    for (key, acked) in last {
+        let resp = http_client()
+            .get(format!("{node_url}/v1/kv/{key}"))
+            .send()
+            .expect("GET");
+        assert_eq!(resp.status(), StatusCode::OK, "{key} missing on {node}");
+        let value: u64 = resp.text().expect("body").parse().expect("a number");
+        assert!(
+            value >= acked,
+            "{key} on {node} is {value}, but {acked} was acknowledged"
+        );
+    }
+}
+
+#[test]
+fn kill9_the_primary_ten_times_under_8_writers_every_acknowledged_write_survives() {
+    let root = tempdir();
+    let mut cluster = Cluster::start(root.path(), 2);
+    let writers = Writers::start(&cluster.monitor_url, 8);
+    writers.wait_more(100);
+    for cycle in 0..10 {
+        let old = cluster.primary().expect("a primary");
+        cluster.kill9(&old);
+        let new = cluster.wait_new_primary(&old);
+        writers.wait_more(50);
+        cluster.restart(&old);
+        // The old primary rejoins as a standby, catches up and is promotable again.
+        cluster.wait_promotable(&old);
+        assert_eq!(cluster.node_view(&old)["role"], "standby", "cycle {cycle}");
+        assert_eq!(
+            cluster.primary().as_deref(),
+            Some(new.as_str()),
+            "cycle {cycle}"
+        );
+        writers.wait_more(50);
+    }
+    let acks = writers.finish();
+    for (id, node) in &cluster.nodes {
+        assert_nothing_lost(&acks, &node.url, id);
+    }
+    assert_eq!(
+        cluster.view()["epoch"].as_u64().map(|e| e >= 11),
+        Some(true),
+        "{}",
+        cluster.view()
+    );
+}
+
+#[test]
+fn a_frozen_primary_is_replaced_and_acknowledges_nothing_after_its_lease() {
+    let root = tempdir();
+    let cluster = Cluster::start(root.path(), 2);
+    let writers = Writers::start(&cluster.monitor_url, 8);
+    writers.wait_more(100);
+    let old = cluster.primary().expect("a primary");
+    cluster.nodes[&old].proc.stop();
+    let frozen_at = Instant::now();
+    let new = cluster.wait_new_primary(&old);
+    writers.wait_more(50);
+    // Hold the old primary frozen for 3 s in all, then let it run again.
+    let left = Duration::from_secs(3).saturating_sub(frozen_at.elapsed());
+    thread::sleep(left);
+    cluster.nodes[&old].proc.cont();
+    let resumed_at = Instant::now();
+    // It steps down and rejoins as a standby of the new primary.
+    cluster.wait_promotable(&old);
+    assert_eq!(cluster.node_view(&old)["role"], "standby");
+    writers.wait_more(50);
+    let acks = writers.finish();
+    // Nothing the old primary answered after it woke up was acknowledged: its lease had
+    // ended long before.
+    let late: Vec<&Ack> = acks
+        .iter()
+        .filter(|a| a.node == old && a.at > resumed_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the deposed primary acknowledged {} writes after waking: {:?}",
+        late.len(),
+        &late[..late.len().min(3)]
+    );
+    // No key holds less than what was acknowledged for it, on either node: two primaries
+    // never both took writes for the same key in overlapping time.
+    assert_nothing_lost(&acks, &cluster.url(&new), &new);
+    assert_nothing_lost(&acks, &cluster.url(&old), &old);
+}
+
+#[test]
+fn with_the_monitor_dead_the_data_tier_keeps_writing_and_a_restarted_monitor_keeps_its_state() {
+    let root = tempdir();
+    let mut cluster = Cluster::start(root.path(), 2);
+    let before = cluster.view();
+    let primary = cluster.primary().expect("a primary");
+    cluster.monitor.kill9();
+    // The primary's lease is renewed by its standby alone now.
+    let url = cluster.url(&primary);
+    for i in 0..50 {
+        let r = support::put_kv(&url, &format!("no-monitor-{i}"), "x");
+        assert_eq!(r.status(), StatusCode::OK, "write {i} without a monitor");
+    }
+    cluster.restart_monitor();
+    let after = cluster.view();
+    assert_eq!(after["epoch"], before["epoch"]);
+    assert_eq!(after["primary"]["node"], before["primary"]["node"]);
+    // The nodes heartbeat again, and the cluster carries on as before.
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .node_view("app2")["healthy"]
+        == true));
+    assert_eq!(
+        support::put_kv(&url, "monitor-back", "x").status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn a_stale_standby_is_never_promoted_and_the_cluster_view_says_why() {
+    let root = tempdir();
+    let mut cluster = Cluster::start(root.path(), 2);
+    let primary = cluster.primary().expect("a primary");
+    let standby = if primary == "app1" { "app2" } else { "app1" }.to_owned();
+    cluster.kill9(&standby);
+    // Writes go on once the monitor has dropped the standby from the sync set.
+    let url = cluster.url(&primary);
+    let resumed = wait_until(Duration::from_secs(10), || {
+        support::put_kv(&url, "after-standby-died", "x").status() == StatusCode::OK
+    });
+    assert!(
+        resumed,
+        "writes never resumed without the standby: {}",
+        cluster.view()
+    );
+    for i in 0..20 {
+        assert_eq!(
+            support::put_kv(&url, &format!("alone-{i}"), "x").status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(cluster.node_view(&standby)["promotable"], false);
+    // Now the primary dies, and the standby, which missed those writes, comes back.
+    cluster.kill9(&primary);
+    cluster.restart(&standby);
+    let why = wait_until(Duration::from_secs(10), || {
+        cluster.node_view(&standby)["why_not_promotable"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+            && cluster.node_view(&standby)["healthy"] == true
+    });
+    assert!(why, "{}", cluster.view());
+    // Well past the failover timeouts, it is still not primary.
+    thread::sleep(Duration::from_millis(1500));
+    let view = cluster.view();
+    assert_ne!(
+        view["primary"]["node"],
+        standby.as_str(),
+        "the stale standby was promoted: {view}"
+    );
+    assert_eq!(cluster.node_view(&standby)["role"], "standby", "{view}");
+    let (_, h) = get_json(&format!("{}/health", cluster.url(&standby)));
+    assert_eq!(h["role"], "standby");
+}
+
+#[test]
+fn a_switchover_moves_the_primary_without_losing_an_acknowledged_write() {
+    let root = tempdir();
+    let cluster = Cluster::start(root.path(), 2);
+    let writers = Writers::start(&cluster.monitor_url, 8);
+    writers.wait_more(100);
+    let old = cluster.primary().expect("a primary");
+    let target = if old == "app1" { "app2" } else { "app1" };
+    let unauthorized = http_client()
+        .post(format!("{}/v1/failover", cluster.monitor_url))
+        .json(&serde_json::json!({"to": target}))
+        .send()
+        .expect("POST");
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    let resp = http_client()
+        .post(format!("{}/v1/failover", cluster.monitor_url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"to": target}))
+        .send()
+        .expect("POST");
+    assert!(resp.status().is_success(), "{:?}", resp.text());
+    assert_eq!(cluster.wait_new_primary(&old), target);
+    writers.wait_more(100);
+    cluster.wait_promotable(&old);
+    let acks = writers.finish();
+    assert_nothing_lost(&acks, &cluster.url(target), target);
+    assert_nothing_lost(&acks, &cluster.url(&old), &old);
+}
