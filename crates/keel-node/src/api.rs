@@ -233,10 +233,12 @@ fn write_failed(e: WriteError) -> Response {
             ),
         )
             .into_response(),
-        WriteError::Fenced { epoch } => error_response(
+        WriteError::Fenced { epoch } => (
             StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::new("fenced", message).with("epoch", epoch.0),
-        ),
+            retry_after,
+            axum::Json(ApiError::new("fenced", message).with("epoch", epoch.0)),
+        )
+            .into_response(),
         WriteError::SyncUnavailable { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             retry_after,

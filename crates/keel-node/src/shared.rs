@@ -385,13 +385,18 @@ impl Shared {
     }
 
     /// Whether this primary holds its write lease at `now`: a majority of {itself, the
-    /// monitor, each standby} renewed it within the lease. Nodes without a monitor have
-    /// no lease to hold: their roles are fixed by hand.
+    /// monitor, each standby of the sync set} renewed it within the lease. Nodes without
+    /// a monitor have no lease to hold: their roles are fixed by hand.
+    ///
+    /// Only sync standbys vote because only they can be promoted: a promotion needs the
+    /// monitor and the candidate to stop renewing, which leaves the old primary short of
+    /// a majority; a standby the monitor has recorded out of the sync set can never be a
+    /// rival, and counting it (dead, most likely) would only stop a healthy primary.
     pub fn lease_valid(&self, now: Instant) -> bool {
         if !self.monitored() {
             return true;
         }
-        let links = self.links();
+        let links = self.sync_links();
         let voters = 2 + links.len();
         let mut granted = 1;
         if lock(&self.cluster)

@@ -271,3 +271,341 @@ fn kill_primary_ends_the_primary_process_and_the_standby_keeps_its_data() {
     let (status, _) = support::get_json(&format!("{}/health", pair.standby.url));
     assert_eq!(status, StatusCode::OK);
 }
+
+// ----- through the monitor (`keel up`) -----
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use support::KeelUp;
+
+fn tier(nodes: u16) -> (tempfile::TempDir, KeelUp) {
+    let dir = support::tempdir();
+    let up = KeelUp::start(&dir.path().join("keel-data"), nodes, &[]);
+    (dir, up)
+}
+
+#[test]
+fn the_client_finds_the_primary_through_the_monitor() {
+    let (_dir, up) = tier(2);
+    let out = up.client(&["set", "greeting=hello"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("greeting = hello (version "), "{out}");
+    let out = up.client(&["get", "greeting"]);
+    assert!(out.success(), "{out}");
+    assert_eq!(out.stdout, "hello\n");
+
+    let out = up.client(&["state", "all"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.starts_with(&format!(
+            "monitor {}: epoch 1, primary app1, no failover in progress",
+            up.monitor_url
+        )),
+        "{out}"
+    );
+    assert!(out.stdout.contains("app1 (primary, epoch 1"), "{out}");
+    assert!(out.stdout.contains("app2 (standby, epoch 1"), "{out}");
+
+    let out = up.client(&["cluster"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("sync, promotable"), "{out}");
+    let out = up.client(&["--json", "cluster"]);
+    assert!(out.success(), "{out}");
+    let view: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON view");
+    assert_eq!(view["primary"]["node"], "app1", "{out}");
+    assert_eq!(view["nodes"].as_array().map(Vec::len), Some(2), "{out}");
+}
+
+#[test]
+fn writes_ride_through_a_killed_primary_without_changing_arguments() {
+    let (_dir, up) = tier(2);
+    let up = Arc::new(up);
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes: Arc<Mutex<Vec<(u32, Output)>>> = Arc::default();
+    let writer = {
+        let (up, stop, outcomes) = (up.clone(), stop.clone(), outcomes.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let pair = format!("k{i}={i}");
+                let out = up.client(&["set", &pair]);
+                outcomes.lock().expect("outcomes").push((i, out));
+            }
+        })
+    };
+    let acked = |outcomes: &Mutex<Vec<(u32, Output)>>| {
+        outcomes
+            .lock()
+            .expect("outcomes")
+            .iter()
+            .filter(|(_, o)| o.success())
+            .count()
+    };
+    assert!(support::wait_until(Duration::from_secs(20), || acked(
+        &outcomes
+    ) >= 3));
+
+    let out = up.client(&["kill-primary"]);
+    assert!(out.success(), "{out}");
+    let before = outcomes.lock().expect("outcomes").len();
+    assert!(
+        support::wait_until(Duration::from_secs(20), || up.primary().as_deref()
+            == Some("app2")),
+        "{}",
+        up.view()
+    );
+    // Writes started after the new primary took over must succeed, with the same flags.
+    assert!(
+        support::wait_until(Duration::from_secs(30), || {
+            let all = outcomes.lock().expect("outcomes");
+            all.len() > before + 3
+                && all[before + 1..]
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .all(|(_, o)| o.success())
+        }),
+        "{:#?}",
+        outcomes
+            .lock()
+            .expect("outcomes")
+            .iter()
+            .map(|(i, o)| format!("{i}: {o}"))
+            .collect::<Vec<_>>()
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer thread");
+
+    let all = outcomes.lock().expect("outcomes");
+    // Not asserted (it depends on timing), but worth seeing when the test is run by hand.
+    let rode = all
+        .iter()
+        .filter(|(_, o)| o.stderr.contains("retrying in"))
+        .count();
+    eprintln!(
+        "{} writes, {rode} of them retried through the failover",
+        all.len()
+    );
+    for (i, out) in all.iter() {
+        if out.success() {
+            // Acknowledged means kept, on the new primary too.
+            let value = support::get_text(&format!("{}/v1/kv/k{i}", up.node_url(2)));
+            assert_eq!(
+                value,
+                (StatusCode::OK, i.to_string()),
+                "k{i} was acknowledged: {out}"
+            );
+        } else {
+            assert!(
+                out.stderr.contains("gave up after") || out.stderr.contains("may or may not"),
+                "a failed write says what happened: {out}"
+            );
+        }
+        // Every note the client printed on the way is one of its one-line explanations.
+        for line in out.stderr.lines() {
+            assert!(
+                line.contains("retrying in")
+                    || line.contains("gave up after")
+                    || line.starts_with("keel: "),
+                "unexpected stderr line {line:?} in {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn failover_to_app2_moves_the_primary_and_writes_follow() {
+    let (_dir, up) = tier(2);
+    let out = up.client(&["failover", "--to", "app2"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("switchover to app2 requested"), "{out}");
+    assert!(out.stdout.contains("monitor  failover done: app2"), "{out}");
+    assert!(
+        out.stdout.contains("app2 is the primary now (epoch "),
+        "{out}"
+    );
+    assert_eq!(up.primary().as_deref(), Some("app2"));
+
+    let out = up.client(&["set", "after=switchover"]);
+    assert!(out.success(), "{out}");
+    assert_eq!(
+        support::get_text(&format!("{}/v1/kv/after", up.node_url(2))),
+        (StatusCode::OK, "switchover".to_owned())
+    );
+
+    // The best promotable standby, once app1 has caught up: back to app1.
+    assert!(
+        support::wait_until(Duration::from_secs(20), || up.promotable("app1")),
+        "{}",
+        up.view()
+    );
+    let out = up.client(&["failover"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("app1 is the primary now"), "{out}");
+}
+
+#[test]
+fn failover_refusals_say_why() {
+    let (_dir, up) = tier(2);
+    let out = up.client_env(
+        &["failover", "--to", "app2"],
+        &[("KEEL_TOKEN", "not-the-token-but-long-enough")],
+    );
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "the admin token (from KEEL_TOKEN) was refused by the monitor at {}",
+            up.monitor_url
+        )),
+        "{out}"
+    );
+
+    let out = up.client(&["failover", "--to", "app1"]);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("no_promotable_standby"), "{out}");
+    assert!(out.stderr.contains("app1"), "{out}");
+    assert_eq!(up.primary().as_deref(), Some("app1"), "nothing moved");
+}
+
+#[test]
+fn a_named_monitor_that_does_not_answer_is_an_error_that_says_what_to_do() {
+    let url = support::url_for(support::free_port());
+    let empty = support::tempdir();
+    let out = support::run_keel_in(
+        &["client", "--monitor", &url, "set", "a=1"],
+        &[],
+        Some(empty.path()),
+    );
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot reach the monitor at {url}: connection refused"
+        )),
+        "{out}"
+    );
+    assert!(out.stderr.contains("--node"), "{out}");
+}
+
+// ----- the retry policy, against a scripted server -----
+
+/// A server that answers every request with the next of `answers` (the last one
+/// repeated), closing each connection, and counts the requests.
+struct Scripted {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    fn start(answers: Vec<String>) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = support::url_for(listener.local_addr().expect("addr").port());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let answer = &answers[n.min(answers.len() - 1)];
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        Scripted { url, requests }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn http(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nKeel-Node: app1\r\nKeel-Role: primary\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const UNKNOWN: &str = r#"{"error":"replication_timeout","message":"no sync standby confirmed the write in time; its outcome is unknown","written":"unknown","lsn":7}"#;
+
+#[test]
+fn an_increment_whose_outcome_is_unknown_is_reported_not_retried() {
+    let server = Scripted::start(vec![http(
+        "503 Service Unavailable",
+        "Retry-After: 1\r\n",
+        UNKNOWN,
+    )]);
+    let out = client(&server.url, &["incr", "visits"]);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("the outcome is unknown"), "{out}");
+    assert!(out.stderr.contains("not sent again"), "{out}");
+    assert_eq!(server.requests(), 1, "sent exactly once: {out}");
+}
+
+#[test]
+fn a_put_whose_outcome_is_unknown_is_sent_again_and_says_so() {
+    let server = Scripted::start(vec![
+        http("503 Service Unavailable", "", UNKNOWN),
+        http("200 OK", "", r#"{"key":"a","version":8}"#),
+    ]);
+    let out = client(&server.url, &["set", "a=1"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("the outcome is unknown (replication_timeout)"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("sending it again is safe"), "{out}");
+    assert!(out.stdout.contains("a = 1 (version 8)"), "{out}");
+    assert_eq!(server.requests(), 2);
+}
+
+#[test]
+fn a_failover_in_progress_is_waited_out_honouring_retry_after() {
+    let busy = r#"{"error":"failover_in_progress","message":"a failover is in progress","promoting":"app2"}"#;
+    let server = Scripted::start(vec![
+        http("503 Service Unavailable", "Retry-After: 1\r\n", busy),
+        http("200 OK", "", r#"{"key":"a","version":9}"#),
+    ]);
+    let out = client(&server.url, &["set", "a=1"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("failover in progress (promoting app2); retrying in 1.0 s"),
+        "Retry-After: 1 is the least it waits: {out}"
+    );
+    assert_eq!(server.requests(), 2);
+
+    // And it gives up when --retry-for is shorter than the wait the server asks for.
+    let server = Scripted::start(vec![http(
+        "503 Service Unavailable",
+        "Retry-After: 1\r\n",
+        busy,
+    )]);
+    let out = client(&server.url, &["--retry-for", "500ms", "set", "a=1"]);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains("failover in progress (promoting app2)"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("gave up after"), "{out}");
+    assert_eq!(server.requests(), 1);
+}

@@ -520,3 +520,34 @@ fn a_switchover_moves_the_primary_without_losing_an_acknowledged_write() {
     assert_nothing_lost(&acks, &cluster.url(target), target);
     assert_nothing_lost(&acks, &cluster.url(&old), &old);
 }
+
+#[test]
+fn standbys_dropped_from_the_sync_set_do_not_hold_the_primarys_lease_hostage() {
+    // Three nodes; both standbys die. Once the monitor has recorded them out of the sync
+    // set, the primary writes on its own lease from the monitor: dead standbys that can
+    // never be promoted must not count against it.
+    let root = tempdir();
+    let mut cluster = Cluster::start(root.path(), 3);
+    let primary = cluster.primary().expect("a primary");
+    let standbys: Vec<String> = cluster
+        .nodes
+        .keys()
+        .filter(|id| **id != primary)
+        .cloned()
+        .collect();
+    for s in &standbys {
+        cluster.kill9(s);
+    }
+    let url = cluster.url(&primary);
+    let resumed = wait_until(Duration::from_secs(10), || {
+        support::put_kv(&url, "alone-with-the-monitor", "x").status() == StatusCode::OK
+    });
+    assert!(
+        resumed,
+        "no write after both standbys died: {}",
+        cluster.view()
+    );
+    for s in &standbys {
+        assert_eq!(cluster.node_view(s)["sync"], false, "{}", cluster.view());
+    }
+}

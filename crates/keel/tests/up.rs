@@ -1,65 +1,44 @@
-//! `keel up`: a whole data tier as child processes, stopped cleanly, found again by a
-//! second `keel up`, never restarting what dies.
+//! `keel up`: a monitor and its nodes as child processes; the monitor's events printed as
+//! they happen; stopped monitor first; found again by a second `keel up`; never
+//! restarting what dies.
 
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
-use support::{KeelProcess, StatusCode};
+use support::{KeelUp, StatusCode};
 
-/// Starts `keel up` with 2 nodes on `base` and waits for its banner.
-fn up(data_dir: &Path, base: u16) -> KeelProcess {
-    let data = data_dir.display().to_string();
-    let base_port = base.to_string();
-    // Captured even with KEEL_TEST_LOG=1: the test reads the banner.
-    let mut up = KeelProcess::spawn_captured(
-        "up",
-        &["up", "--data-dir", &data, "--base-port", &base_port],
-    );
-    let ready = support::wait_until(Duration::from_secs(20), || {
-        up.log_text().contains("keel data tier is up") || !up.is_running()
-    });
-    assert!(
-        ready && up.is_running(),
-        "keel up did not come up\n{}",
-        up.log_report()
-    );
-    up
-}
-
-/// The pids the banner lists, by node name.
-fn pids(up: &KeelProcess) -> Vec<(String, u32)> {
-    up.log_text()
-        .lines()
-        .filter(|l| l.starts_with("  app") && l.contains(" pid "))
-        .filter_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            Some((words.first()?.to_string(), words.last()?.parse().ok()?))
-        })
-        .collect()
+/// The position of `needle` in `haystack`, for ordering assertions.
+fn at(haystack: &str, needle: &str) -> usize {
+    haystack
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the output:\n{haystack}"))
 }
 
 #[test]
-fn up_serves_writes_stops_on_sigterm_and_a_second_up_finds_the_data() {
+fn up_elects_app1_prints_the_events_stops_the_monitor_first_and_a_second_up_finds_the_data() {
     let dir = support::tempdir();
     let data = dir.path().join("keel-data");
-    let base = support::free_port_range(2);
-    let (primary, standby) = (support::url_for(base), support::url_for(base + 1));
-
-    let mut first = up(&data, base);
-    let nodes = pids(&first);
-    assert_eq!(
-        nodes.len(),
-        2,
-        "two pids in the banner\n{}",
-        first.log_report()
+    // --verbose: the nodes' own info logs are shown, prefixed with their names.
+    let mut first = KeelUp::start(&data, 2, &["--verbose"]);
+    let (primary, standby) = (first.node_url(1), first.node_url(2));
+    let log = first.proc.log_text();
+    assert!(
+        log.contains("monitor  primary elected: app1 is primary in epoch 1"),
+        "the election is printed as an event\n{log}"
     );
+    assert!(log.contains("monitor  registered: app2"), "{log}");
+    assert!(log.contains("app1    | "), "node logs are prefixed: {log}");
+    assert!(log.contains("monitor | "), "{log}");
+    assert!(log.contains("keel client kill-primary") || log.contains("kill-primary --watch"));
+    assert!(log.contains("failover"), "{log}");
+    let pids = first.pids();
+    let names: Vec<&str> = pids.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["monitor", "app1", "app2"], "{log}");
+    assert_eq!(first.primary().as_deref(), Some("app1"));
 
-    let token_file = data.join("admin.token");
-    let token = std::fs::read_to_string(&token_file).expect("admin token written");
-    let mode = std::fs::metadata(&token_file)
+    let mode = std::fs::metadata(&first.token_file)
         .expect("token metadata")
         .permissions()
         .mode();
@@ -68,6 +47,7 @@ fn up_serves_writes_stops_on_sigterm_and_a_second_up_finds_the_data() {
         0o600,
         "the token is readable by its owner only"
     );
+    let token = std::fs::read_to_string(&first.token_file).expect("admin token written");
 
     let resp = support::put_kv(&primary, "greeting", "hello");
     assert_eq!(resp.status(), StatusCode::OK);
@@ -76,41 +56,45 @@ fn up_serves_writes_stops_on_sigterm_and_a_second_up_finds_the_data() {
         (StatusCode::OK, "hello".to_owned()),
         "replicated to app2"
     );
-    let (_, health) = support::get_json(&format!("{primary}/health"));
-    assert_eq!(health["node"], "app1");
-    assert_eq!(health["role"], "primary");
 
-    let status = first.terminate();
+    let status = first.proc.terminate();
     assert!(
         status.success(),
         "keel up exits 0 on SIGTERM: {status:?}\n{}",
-        first.log_report()
+        first.proc.log_report()
     );
-    for (name, pid) in &nodes {
+    for (name, pid) in &pids {
         assert!(
             support::wait_until(Duration::from_secs(2), || !support::pid_alive(*pid)),
             "{name} (pid {pid}) outlived keel up\n{}",
-            first.log_report()
+            first.proc.log_report()
         );
     }
-    let log = first.log_text();
-    assert!(log.contains("app1 stopped"), "{log}");
-    assert!(log.contains("app2 stopped"), "{log}");
+    let log = first.proc.log_text();
+    // The monitor first, so that nothing fails over while the tier stops; then the
+    // primary, while its standby still acknowledges; then the standby.
+    let (m, p, s) = (
+        at(&log, "monitor stopped"),
+        at(&log, "app1 stopped"),
+        at(&log, "app2 stopped"),
+    );
+    assert!(m < p && p < s, "stop order monitor, app1, app2:\n{log}");
     assert!(
-        log.contains("app1 | "),
-        "children's output is prefixed: {log}"
+        !log[m..].contains("failover started"),
+        "nothing fails over during shutdown:\n{log}"
     );
 
-    let mut second = up(&data, base);
-    assert!(
-        second.log_text().contains("(kept)"),
-        "{}",
-        second.log_report()
-    );
+    let second = KeelUp::start_on(&data, 2, first.base_port, first.monitor_port, &[]);
+    let log = second.proc.log_text();
+    assert!(log.contains("(kept)"), "{log}");
     assert_eq!(
-        std::fs::read_to_string(&token_file).expect("token"),
+        std::fs::read_to_string(&second.token_file).expect("token"),
         token,
         "the token of the first run is kept"
+    );
+    assert!(
+        log.contains("monitor started at version"),
+        "the monitor reloaded its state: {log}"
     );
     for url in [&primary, &standby] {
         assert_eq!(
@@ -119,61 +103,112 @@ fn up_serves_writes_stops_on_sigterm_and_a_second_up_finds_the_data() {
             "{url} found its data again"
         );
     }
-    second.terminate();
 }
 
 #[test]
-fn a_killed_primary_is_reported_and_not_restarted() {
+fn a_killed_primary_is_printed_as_a_promotion_and_nothing_is_restarted() {
     let dir = support::tempdir();
-    let data = dir.path().join("keel-data");
-    let base = support::free_port_range(2);
-    let mut tier = up(&data, base);
-    let app1 = pids(&tier)
+    let mut tier = KeelUp::start(&dir.path().join("keel-data"), 2, &[]);
+    let app1 = tier
+        .pids()
         .into_iter()
         .find(|(name, _)| name == "app1")
         .map(|(_, pid)| pid)
         .expect("app1's pid in the banner");
 
-    // The seed's flow: kill the primary through the client, with the token `keel up` wrote.
-    let out = support::run_keel_in(
-        &["client", "--node", &support::url_for(base), "kill-primary"],
-        &[],
-        Some(dir.path()),
-    );
+    // The seed's flow: kill the primary through the client.
+    let out = tier.client(&["kill-primary", "--watch"]);
     assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("killed app1 (the primary)"), "{out}");
+    assert!(out.stdout.contains("app2 is the primary now"), "{out}");
 
     assert!(
-        support::wait_until(Duration::from_secs(5), || tier
-            .log_text()
-            .contains("app1 exited (signal 9)")),
+        tier.wait_for_output("failover done: app2 is primary"),
         "{}",
-        tier.log_report()
+        tier.proc.log_report()
+    );
+    let log = tier.proc.log_text();
+    for step in [
+        "app1 exited (signal 9); keel up does not restart it",
+        "heartbeat missed: no heartbeat from app1",
+        "suspected: primary app1",
+        "promoted: app2",
+    ] {
+        assert!(log.contains(step), "{step:?} is printed:\n{log}");
+    }
+    assert!(
+        log.contains("--id app1 --listen"),
+        "the line to start app1 again is printed:\n{log}"
     );
     assert!(!support::pid_alive(app1));
-    assert!(tier.is_running(), "keel up keeps running");
-    let (status, health) = support::get_json(&format!("{}/health", support::url_for(base + 1)));
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(health["node"], "app2");
+    assert_eq!(tier.primary().as_deref(), Some("app2"));
+    assert!(tier.proc.is_running(), "keel up keeps running");
     // Never restarted: the port stays dead.
     assert!(
-        reqwest::blocking::get(format!("{}/health", support::url_for(base))).is_err(),
+        reqwest::blocking::get(format!("{}/health", tier.node_url(1))).is_err(),
         "app1 must not come back by itself"
     );
-    assert!(tier.terminate().success());
+    assert!(tier.proc.terminate().success());
+}
+
+#[test]
+fn a_second_up_starts_the_recorded_primary_first_even_when_it_is_not_app1() {
+    let dir = support::tempdir();
+    let data = dir.path().join("keel-data");
+    let mut first = KeelUp::start(&data, 2, &[]);
+    let out = first.client(&["failover", "--to", "app2"]);
+    assert!(out.success(), "{out}");
+    assert_eq!(first.primary().as_deref(), Some("app2"));
+    assert!(first.proc.terminate().success());
+
+    let second = KeelUp::start_on(&data, 2, first.base_port, first.monitor_port, &[]);
+    let log = second.proc.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.trim_start().starts_with("app2") && l.contains(" primary ")),
+        "the banner names app2 as the primary:\n{log}"
+    );
+    assert_eq!(second.primary().as_deref(), Some("app2"));
+    let out = second.client(&["set", "after=restart"]);
+    assert!(out.success(), "{out}");
 }
 
 #[test]
 fn a_taken_port_fails_before_anything_starts() {
     let dir = support::tempdir();
     let base = support::free_port_range(2);
-    let _held = std::net::TcpListener::bind(("127.0.0.1", base + 1)).expect("hold a port");
+    let monitor = support::free_port();
     let data = dir.path().join("keel-data").display().to_string();
-    let out = support::run_keel(&["up", "--data-dir", &data, "--base-port", &base.to_string()]);
+    let up = |base: u16, monitor: u16| {
+        support::run_keel(&[
+            "up",
+            "--data-dir",
+            &data,
+            "--base-port",
+            &base.to_string(),
+            "--monitor-port",
+            &monitor.to_string(),
+        ])
+    };
+
+    let held = std::net::TcpListener::bind(("127.0.0.1", base + 1)).expect("hold a port");
+    let out = up(base, monitor);
     assert!(!out.success(), "{out}");
     assert!(
         out.stderr
             .contains(&format!("port {} (for app2) is already in use", base + 1)),
         "{out}"
     );
-    assert!(!out.stdout.contains(" | "), "no node was started: {out}");
+    assert!(!out.stdout.contains(" | "), "nothing was started: {out}");
+    drop(held);
+
+    let _held = std::net::TcpListener::bind(("127.0.0.1", monitor)).expect("hold a port");
+    let out = up(base, monitor);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains(&format!("port {monitor} (for monitor) is already in use")),
+        "{out}"
+    );
+    assert!(out.stderr.contains("--monitor-port"), "{out}");
 }

@@ -96,7 +96,10 @@ impl Monitor {
         self.event(
             EventKind::Registered,
             Some(node),
-            format!("{node} registered again at {url} (incarnation {incarnation}, was {old_incarnation:?})"),
+            match old_incarnation {
+                Some(old) => format!("{node} registered again at {url}: restarted (incarnation {incarnation}, was {old})"),
+                None => format!("{node} registered again at {url} (incarnation {incarnation})"),
+            },
         );
         if old_incarnation == Some(incarnation) {
             // Same life, new URL (allowed once the old URL stopped heartbeating).
@@ -298,7 +301,7 @@ impl Monitor {
                     self.event(
                         EventKind::BackInSync,
                         Some(node),
-                        format!("{node} is streaming again: back in the sync set, promotable once {primary} waits for it"),
+                        format!("{node} is streaming and caught up: in the sync set, promotable once {primary} waits for it"),
                     );
                 }
             } else if !rec.promotable {

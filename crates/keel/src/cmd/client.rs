@@ -1,32 +1,53 @@
 //! `keel client`: the failover seed's client (`-get_state`, `-update -file`,
-//! `-kill-primary`) made real, plus the key/value space and counters.
+//! `-kill-primary`) made real, plus the key/value space, counters, a manual switchover
+//! and the monitor's view.
 //!
-//! Every command starts from one node (`--node`) and finds the others through the API:
-//! a standby names its primary (`/health` `primary`, or a 421's `primary` field) and the
-//! primary lists its standbys (`/health` `standbys[].url`). Writes sent to a standby are
-//! followed once to the primary it names. Failures become messages a person can act on;
-//! the exit code is non-zero whenever something did not happen.
+//! By default every command finds the primary through the monitor (`--monitor`,
+//! `/v1/cluster`) and rides through a failover: when the primary cannot be reached, or
+//! answers that a failover is in progress, the client says so in one line on stderr,
+//! asks the monitor again and retries with backoff, for up to `--retry-for`. `--node`
+//! talks to one node directly instead (a standby names its primary in a 421, which is
+//! followed once). Failures become messages a person can act on; the exit code is
+//! non-zero whenever something did not happen.
+//!
+//! - [`route`]: where to send a request, and the retry loop around it
+//! - [`admin`]: `kill-primary`, `failover`, `cluster`
+//! - [`conn`]: one request to one server, and the errors a person sees
+//! - [`events`]: the monitor's event stream (shared with `keel up`)
+//! - [`backoff`]: the waits between tries
 
+mod admin;
+mod backoff;
 mod conn;
+pub(crate) mod events;
+mod route;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use keel_core::token::{TOKEN_FILE_NAME, Token};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::cli::{ClientArgs, ClientCommand, StateWhich};
-use conn::{Conn, Health, Req, normalize_url};
+use conn::{Conn, Req, normalize_url};
 use keel_node::update::{self, UpdateError};
+use route::{Route, Safety};
 
 /// Where `keel up` writes the token when run with its default data dir.
 const DEFAULT_TOKEN_PATH: &str = "./keel-data";
+
+/// The monitor of a `keel up` with default ports.
+pub(crate) const DEFAULT_MONITOR: &str = "http://127.0.0.1:8070";
+
+/// The first node of a `keel up` with default ports: where the client turns when the
+/// default monitor does not answer.
+const DEFAULT_NODE: &str = "http://127.0.0.1:8081";
 
 pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
     // One request at a time: a single-threaded runtime is all a command-line client needs.
@@ -41,10 +62,15 @@ pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
 /// One invocation's settings and HTTP connection pool.
 struct Client {
     conn: Conn,
-    /// The node given with `--node`, without a trailing `/`.
-    node: String,
+    /// How requests find their node.
+    route: Route,
+    /// The monitor's URL (the default one unless `--monitor` was given), for the
+    /// commands that only the monitor answers (`cluster`, `failover`).
+    monitor: String,
     json: bool,
     token_file: Option<PathBuf>,
+    timeout: Duration,
+    retry_for: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,11 +86,24 @@ struct KeyVersion {
 
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let monitor = match &args.monitor {
+            Some(url) => normalize_url(url).context("--monitor")?,
+            None => DEFAULT_MONITOR.to_owned(),
+        };
+        let route = match &args.node {
+            Some(node) => Route::direct(normalize_url(node).context("--node")?),
+            // Only the default monitor may be absent quietly: a monitor that was named
+            // and does not answer is an error the person should see.
+            None => Route::monitor(monitor.clone(), args.monitor.is_none()),
+        };
         Ok(Client {
             conn: Conn::new(args.timeout)?,
-            node: normalize_url(&args.node)?,
+            route,
+            monitor,
             json: args.json,
             token_file: args.token_file.clone(),
+            timeout: args.timeout,
+            retry_for: args.retry_for,
         })
     }
 
@@ -75,87 +114,30 @@ impl Client {
             ClientCommand::Set { pairs } => self.set(&pairs).await,
             ClientCommand::Get { key } => self.get(key.as_deref()).await,
             ClientCommand::Incr { name, by } => self.incr(&name, by).await,
-            ClientCommand::KillPrimary => self.kill_primary().await,
+            ClientCommand::KillPrimary { watch } => self.kill_primary(watch).await,
+            ClientCommand::Failover { to } => self.failover(to).await,
+            ClientCommand::Cluster => self.cluster().await,
         }
     }
 
-    /// The primary's URL and health, found from the node at `base` (whose health is
-    /// `health`): the node itself when it is primary, else the primary it names.
-    async fn locate_primary(&self, base: &str, health: Health) -> anyhow::Result<(String, Health)> {
-        if health.role == "primary" {
-            return Ok((base.to_owned(), health));
-        }
-        let Some(primary) = health.primary.as_deref().filter(|p| !p.is_empty()) else {
-            bail!(
-                "{} at {base} is a {} and does not know its primary (no primary is connected to it); \
-                 pass the primary's URL with --node",
-                health.node,
-                health.role
-            );
-        };
-        let primary = normalize_url(primary)?;
-        let found = self
-            .conn
-            .health(&primary)
-            .await
-            .with_context(|| format!("{} names {primary} as its primary", health.node))?;
-        if found.role != "primary" {
-            bail!(
-                "{} names {primary} as its primary, but {} there is a {}; a failover may be under way, try again",
-                health.node,
-                found.node,
-                found.role
-            );
-        }
-        Ok((primary, found))
-    }
-
-    async fn primary(&self) -> anyhow::Result<(String, Health)> {
-        let health = self.conn.health(&self.node).await?;
-        self.locate_primary(&self.node, health).await
-    }
-
-    /// `keel client state primary|standby|all`.
+    /// `keel client state primary|standby|all`: the nodes (from the monitor, or found
+    /// from `--node`), then each one's entries map.
     async fn state(&self, which: StateWhich) -> anyhow::Result<ExitCode> {
-        let given = self.conn.health(&self.node).await?;
-        let given_is_standby = given.role != "primary";
-        let targets: Vec<String> = match (self.locate_primary(&self.node, given).await, which) {
-            (Ok((url, _)), StateWhich::Primary) => vec![url],
-            (Ok((url, health)), which) => {
-                let standbys = health
-                    .standbys
-                    .iter()
-                    .map(|s| s.url.trim_end_matches('/').to_owned());
-                let mut targets: Vec<String> = match which {
-                    StateWhich::All => std::iter::once(url).chain(standbys).collect(),
-                    _ => standbys.collect(),
-                };
-                targets.dedup();
-                if targets.is_empty() {
-                    eprintln!("the primary at {} has no standbys", self.node);
-                }
-                targets
-            }
-            // Without a primary a standby can still show what it holds (the seed's
-            // `-get_state=standby` after the primary was killed).
-            (Err(e), StateWhich::Standby | StateWhich::All) if given_is_standby => {
-                eprintln!("warning: {e:#}; showing {} only", self.node);
-                vec![self.node.clone()]
-            }
-            (Err(e), _) => return Err(e),
-        };
-
+        let targets = self.state_targets(which).await?;
         let mut failed = false;
         let mut shown = Vec::new();
-        for (i, base) in targets.iter().enumerate() {
-            let result = self.conn.call(base, &Req::get(&["v1", "entries"])).await;
+        for (i, target) in targets.iter().enumerate() {
+            let result = self
+                .conn
+                .call(&target.url, &Req::get(&["v1", "entries"]))
+                .await;
             let result = result.and_then(|a| {
                 let entries: BTreeMap<String, String> = a.json()?;
                 Ok((a, entries))
             });
             match result {
                 Ok((answer, entries)) if self.json => shown.push(json!({
-                    "url": base,
+                    "url": target.url,
                     "node": answer.node,
                     "role": answer.role,
                     "epoch": answer.epoch.as_deref().and_then(|e| e.parse::<u64>().ok()),
@@ -170,11 +152,24 @@ impl Client {
                     print_map(&entries);
                 }
                 Err(e) => {
-                    failed = true;
+                    // A node the monitor already reports as silent is expected to be
+                    // unreachable (it was killed): shown, but not a failure of `state`.
+                    failed |= target.expected_up;
                     if self.json {
-                        shown.push(json!({"url": base, "error": format!("{e:#}")}));
+                        shown.push(json!({"url": target.url, "node": target.name, "error": format!("{e:#}")}));
+                    } else {
+                        if i > 0 {
+                            println!();
+                        }
+                        println!("{}", target.title());
+                        if target.expected_up {
+                            println!("  (unreachable: {e:#})");
+                        } else {
+                            println!(
+                                "  (not answering; the monitor has not heard from it lately either)"
+                            );
+                        }
                     }
-                    eprintln!("keel: {e:#}");
                 }
             }
         }
@@ -212,7 +207,8 @@ impl Client {
         }
         let mut req = Req::new(Method::PATCH, &["v1", "entries"]);
         req.body = Some(("text/plain; charset=utf-8", text.into_bytes()));
-        let answer = self.conn.write(&self.node, &req).await?;
+        // Merging the same lines twice gives the same map: safe to send again.
+        let answer = self.ride(&req, "the update", Safety::Idempotent).await?;
         let entries: BTreeMap<String, String> = answer.json()?;
         if self.json {
             print_json(&serde_json::to_value(&entries)?)?;
@@ -233,18 +229,14 @@ impl Client {
             update::check_key(key).map_err(|r| anyhow!("{r} in {pair:?}; nothing was sent"))?;
             checked.push((key, value));
         }
-        let mut base = self.node.clone();
         let mut results = Vec::new();
         for (key, value) in checked {
             let mut req = Req::new(Method::PUT, &["v1", "kv", key]);
             req.body = Some(("application/octet-stream", value.as_bytes().to_vec()));
+            // A PUT of the same value twice leaves the same value: safe to send again.
             let answer = self
-                .conn
-                .write(&base, &req)
-                .await
-                .with_context(|| format!("setting {key:?}"))?;
-            // After a 421 was followed, the rest goes straight to the primary.
-            base.clone_from(&answer.base);
+                .ride(&req, &format!("setting {key:?}"), Safety::Idempotent)
+                .await?;
             let body: serde_json::Value = answer.json()?;
             if self.json {
                 results.push(body);
@@ -262,10 +254,17 @@ impl Client {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// `keel client get [KEY]`: reads go to the node given (a standby's may be stale).
+    /// `keel client get [KEY]`: from the primary, or from the node given with `--node`
+    /// (a standby's answer may be a moment behind).
     async fn get(&self, key: Option<&str>) -> anyhow::Result<ExitCode> {
         let Some(key) = key else {
-            let answer = self.conn.call(&self.node, &Req::get(&["v1", "kv"])).await?;
+            let answer = self
+                .ride(
+                    &Req::get(&["v1", "kv"]),
+                    "listing the keys",
+                    Safety::Idempotent,
+                )
+                .await?;
             let list: KeyList = answer.json()?;
             if self.json {
                 print_json(&serde_json::from_slice(&answer.body)?)?;
@@ -285,8 +284,11 @@ impl Client {
             return Ok(ExitCode::SUCCESS);
         };
         let answer = self
-            .conn
-            .call(&self.node, &Req::get(&["v1", "kv", key]))
+            .ride(
+                &Req::get(&["v1", "kv", key]),
+                &format!("reading {key:?}"),
+                Safety::Idempotent,
+            )
             .await?;
         if self.json {
             let version = answer
@@ -315,7 +317,11 @@ impl Client {
         update::check_key(name).map_err(|r| anyhow!("bad counter name {name:?}: {r}"))?;
         let mut req = Req::new(Method::POST, &["v1", "counters", name, "incr"]);
         req.query.push(("by", by.to_string()));
-        let answer = self.conn.write(&self.node, &req).await?;
+        // Never sent twice when its outcome is unknown: an increment applied twice counts
+        // twice.
+        let answer = self
+            .ride(&req, &format!("incrementing {name:?}"), Safety::Once)
+            .await?;
         let body: serde_json::Value = answer.json()?;
         if self.json {
             print_json(&body)?;
@@ -327,56 +333,6 @@ impl Client {
                     anyhow!("{} answered without a counter value: {body}", answer.who())
                 })?;
             println!("{value}");
-        }
-        Ok(ExitCode::SUCCESS)
-    }
-
-    /// `keel client kill-primary`: POST /admin/kill to the primary, then watch it go.
-    async fn kill_primary(&self) -> anyhow::Result<ExitCode> {
-        let (token, origin) = self.load_token()?;
-        let (primary, health) = self.primary().await?;
-        let mut req = Req::new(Method::POST, &["admin", "kill"]);
-        req.bearer = Some(token.secret().to_owned());
-        let answer = self.conn.send(&primary, &req).await?;
-        match answer.status {
-            StatusCode::UNAUTHORIZED => bail!(
-                "the admin token (from {origin}) was refused by {}: check --token-file or KEEL_TOKEN",
-                answer.who()
-            ),
-            StatusCode::FORBIDDEN => bail!(
-                "{}; start the nodes with --token-file, as `keel up` does",
-                answer.failure()
-            ),
-            s if s.is_success() => {}
-            _ => return Err(answer.failure()),
-        }
-        // The node ends "at once" but after its answer went out: wait until it stops
-        // answering, so that the next command sees it gone.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let gone = loop {
-            if self
-                .conn
-                .send(&primary, &Req::get(&["health"]))
-                .await
-                .is_err()
-            {
-                break true;
-            }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        };
-        if self.json {
-            print_json(&json!({"killed": health.node, "url": primary, "gone": gone}))?;
-        } else if gone {
-            println!("killed {} (the primary) at {primary}", health.node);
-        } else {
-            eprintln!(
-                "{} at {primary} accepted the kill but still answers after 3 s",
-                health.node
-            );
-            return Ok(ExitCode::FAILURE);
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -1,18 +1,30 @@
 //! `keel up`: a whole data tier on this machine, in the foreground — the seed's `main.py`.
 //!
-//! Starts `app2..appN` as standbys and then `app1` as their primary, each a `keel node`
-//! child process of this executable with its own directory under `--data-dir`, and all
+//! Starts `keel monitor`, then the nodes `app1..appN` as `keel node --monitor` child
+//! processes of this executable, each with its own directory under `--data-dir`, all
 //! sharing the admin token in `<data-dir>/admin.token` (generated once, then kept). The
-//! children's output is shown line by line, prefixed with the node's name.
+//! monitor decides who is primary: the first node to register, so `keel up` starts one
+//! node and waits for the monitor to name it before starting the rest. Started again on
+//! the same directory, the monitor reloads its state and the node it recorded as primary
+//! (not necessarily `app1`) is started first.
 //!
-//! `keel up` never restarts anything by itself: a node that dies is reported and stays
-//! dead, so that what a test or a person does to a node is what they see. On Ctrl-C or
-//! SIGTERM every child gets SIGTERM — the primary first, so that its in-flight writes
-//! can still reach the standbys — and whatever is left after [`STOP_GRACE`] gets SIGKILL.
+//! What a person reads is the monitor's event stream (`/v1/events`), one line per event:
+//! registered, primary elected, heartbeat missed, suspected, promoted, rejoined…. The
+//! children's own logs are shown too, prefixed with their name, at warning level unless
+//! `--verbose`.
+//!
+//! `keel up` never restarts anything by itself: a process that dies is reported, with
+//! the command that starts it again, and stays dead, so that what a test or a person does
+//! to a node is what they see — and what the monitor does about it. On Ctrl-C or SIGTERM
+//! the monitor stops first (so that nothing fails over while the tier stops), then the
+//! primary (while its standbys still acknowledge its last writes), then the standbys:
+//! SIGTERM each, and SIGKILL for whatever is left [`STOP_GRACE`] after the first.
+//!
+//! [`plan`] holds what is started (ports, command lines, the checks before anything
+//! runs); this file runs it.
 
 use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write as _};
-use std::net::TcpListener;
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +33,9 @@ use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use keel_core::Role;
 use keel_core::token::{TOKEN_FILE_NAME, Token};
+use keel_monitor::wire::ClusterView;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -29,13 +43,21 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+mod plan;
+
+use super::client::events::{EventStream, stream_client};
 use crate::cli::UpArgs;
+use plan::{MONITOR, Plan, Spec, check_ports, plan, shell_line};
 
 /// How long the children get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a node may take to answer `/health` after it was started.
+/// How long a process may take to answer `/health` after it was started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to wait for the monitor to name a primary, and for the standbys to catch up
+/// and become promotable, before going on without (with a note).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -48,16 +70,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// A child's supervisor task and the channel that tells it to stop the child by a
 /// deadline.
 struct Supervised {
+    name: String,
     stop: oneshot::Sender<tokio::time::Instant>,
     task: JoinHandle<Option<String>>,
-}
-
-/// One node to start.
-struct NodeSpec {
-    name: String,
-    port: u16,
-    url: String,
-    args: Vec<String>,
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -75,16 +90,16 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let token_path = data_dir.join(TOKEN_FILE_NAME);
     let token_note = ensure_token(&token_path)?;
-    let specs = plan(&args, &token_path)?;
-    check_ports(&specs)?;
+    let plan = plan(&args, &token_path)?;
+    check_ports(&plan)?;
 
     let exe =
         std::env::current_exe().context("cannot find the keel executable to start the nodes")?;
-    let width = specs.iter().map(|s| s.name.len()).max().unwrap_or(0);
-    let mut tier = Tier::new(exe, width);
+    let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
+    let mut tier = Tier::new(exe, width, child_log_level(args.verbose));
 
     let started = tokio::select! {
-        r = tier.start_all(&specs) => Some(r),
+        r = tier.start_all(&plan) => Some(r),
         () = &mut stop_signal => None,
     };
     match started {
@@ -99,18 +114,31 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         Some(Ok(())) => {}
     }
-    print_banner(&args, &specs, &tier, &token_path, token_note);
+    let view = tier.cluster().await;
+    print_banner(&args, &plan, &tier, view.as_ref(), &token_path, token_note);
 
-    let mut alive = specs.len();
+    let mut alive = plan.nodes.len() + 1;
     loop {
         tokio::select! {
             biased;
             () = &mut stop_signal => break,
             Some((name, how)) = tier.exits.recv() => {
                 alive = alive.saturating_sub(1);
-                println!("{name} exited ({how}); keel up does not restart it");
+                let again = plan
+                    .all()
+                    .find(|s| s.name == name)
+                    .map(|s| shell_line(&tier.exe, &s.args))
+                    .unwrap_or_default();
+                let consequence = if name == MONITOR {
+                    "; nothing fails over until it is back (the nodes keep serving)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{name} exited ({how}); keel up does not restart it{consequence}. To start it again:\n  {again}"
+                );
                 if alive == 0 {
-                    println!("no node is running any more; press Ctrl-C to quit");
+                    println!("nothing is running any more; press Ctrl-C to quit");
                 }
             }
         }
@@ -118,6 +146,21 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("stopping the data tier");
     tier.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The children's `KEEL_LOG`: warnings only, unless `--verbose` or the person set
+/// `KEEL_LOG` themselves (then theirs, inherited). At info level the nodes log every
+/// replication stream and role change, which would bury the monitor's events — the lines
+/// that tell the story — while the warnings (a lost stream, a refused heartbeat) are
+/// exactly what should stand out next to them.
+fn child_log_level(verbose: bool) -> Option<&'static str> {
+    if std::env::var_os("KEEL_LOG").is_some() {
+        None
+    } else if verbose {
+        Some("info")
+    } else {
+        Some("warn")
+    }
 }
 
 /// Keeps the token of an earlier `keel up` (nodes and scripts may hold it), else writes a
@@ -145,135 +188,174 @@ fn ensure_token(path: &Path) -> anyhow::Result<&'static str> {
     Ok("new")
 }
 
-/// The nodes, standbys first: the primary connects to its standbys when it starts.
-fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Vec<NodeSpec>> {
-    let n = args.nodes;
-    let last = args.base_port.checked_add(n - 1).filter(|p| *p > 0);
-    if args.base_port == 0 || last.is_none() {
-        bail!(
-            "--base-port {} leaves no room for {n} nodes (ports must be 1 to 65535)",
-            args.base_port
-        );
-    }
-    let node = |k: u16| {
-        let port = args.base_port + (k - 1);
-        (format!("app{k}"), port, format!("http://127.0.0.1:{port}"))
-    };
-    let common = |name: &str, port: u16, role: &str| -> Vec<String> {
-        vec![
-            "node".into(),
-            "--id".into(),
-            name.into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data-dir".into(),
-            path_arg(&args.data_dir.join(name)),
-            "--role".into(),
-            role.into(),
-            "--token-file".into(),
-            path_arg(token_path),
-        ]
-    };
-    let mut specs = Vec::new();
-    for k in 2..=n {
-        let (name, port, url) = node(k);
-        let args = common(&name, port, "standby");
-        specs.push(NodeSpec {
-            name,
-            port,
-            url,
-            args,
-        });
-    }
-    let (name, port, url) = node(1);
-    let mut primary_args = common(&name, port, "primary");
-    for standby in &specs {
-        primary_args.push("--standby".into());
-        primary_args.push(standby.url.clone());
-    }
-    if args.async_replication {
-        primary_args.push("--async".into());
-    }
-    specs.push(NodeSpec {
-        name,
-        port,
-        url,
-        args: primary_args,
-    });
-    Ok(specs)
-}
-
-fn path_arg(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// Fails before anything starts when a port is taken, naming it.
-fn check_ports(specs: &[NodeSpec]) -> anyhow::Result<()> {
-    for spec in specs {
-        match TcpListener::bind(("127.0.0.1", spec.port)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::AddrInUse => bail!(
-                "port {} (for {}) is already in use on 127.0.0.1 — is another `keel up` running? \
-                 stop it, or pick other ports with --base-port",
-                spec.port,
-                spec.name
-            ),
-            Err(e) => bail!("cannot use port {} for {}: {e}", spec.port, spec.name),
-        }
-    }
-    Ok(())
-}
-
 /// The running children: a supervisor task per child (waits for its exit, or stops it
-/// when told) and a task per output stream.
+/// when told), a task per output stream, and the task that prints the monitor's events.
 struct Tier {
     exe: PathBuf,
     /// Width of the name column in the output prefix.
     width: usize,
+    /// `KEEL_LOG` for the children, when `keel up` sets it.
+    log_level: Option<&'static str>,
     exits_tx: mpsc::UnboundedSender<(String, String)>,
     /// Children that exited by themselves: name and how.
     exits: mpsc::UnboundedReceiver<(String, String)>,
-    /// In start order: standbys first, the primary last.
     supervisors: Vec<Supervised>,
     pumps: Vec<JoinHandle<()>>,
+    events: Option<JoinHandle<()>>,
     /// Name and pid of every child started, for the banner.
     pids: Vec<(String, Option<u32>)>,
+    /// The monitor's URL, once planned.
+    monitor: String,
     http: reqwest::Client,
 }
 
 impl Tier {
-    fn new(exe: PathBuf, width: usize) -> Self {
+    fn new(exe: PathBuf, width: usize, log_level: Option<&'static str>) -> Self {
         let (exits_tx, exits) = mpsc::unbounded_channel();
         Tier {
             exe,
             width,
+            log_level,
             exits_tx,
             exits,
             supervisors: Vec::new(),
             pumps: Vec::new(),
+            events: None,
             pids: Vec::new(),
+            monitor: String::new(),
             http: reqwest::Client::new(),
         }
     }
 
-    /// Starts the nodes in order, each only after the one before answers `/health`.
-    async fn start_all(&mut self, specs: &[NodeSpec]) -> anyhow::Result<()> {
-        for spec in specs {
+    /// The monitor, then the node that should be primary, then the others — each only
+    /// after the one before answers `/health`.
+    async fn start_all(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        self.monitor.clone_from(&plan.monitor.url);
+        self.spawn(&plan.monitor)?;
+        self.wait_healthy(&plan.monitor).await?;
+        self.follow_events()?;
+
+        // The node the monitor recorded as primary in an earlier run, else app1: the
+        // first node to register becomes primary, and the recorded primary, when it
+        // comes back first, keeps the role (in a new epoch) rather than waiting for a
+        // standby that is not yet promotable.
+        let recorded = self
+            .cluster()
+            .await
+            .and_then(|v| v.primary)
+            .map(|p| p.node.to_string());
+        let first = recorded
+            .as_deref()
+            .and_then(|name| plan.nodes.iter().position(|s| s.name == name))
+            .unwrap_or(0);
+        let order =
+            std::iter::once(first).chain((0..plan.nodes.len()).filter(move |&i| i != first));
+        for (started, i) in order.enumerate() {
+            let spec = &plan.nodes[i];
             self.spawn(spec)?;
             self.wait_healthy(spec).await?;
+            if started == 0 {
+                self.wait_for_primary().await;
+            }
         }
+        self.wait_for_promotable(plan).await;
         Ok(())
     }
 
-    fn spawn(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
+    /// Prints the monitor's events as they happen, for as long as `keel up` runs.
+    fn follow_events(&mut self) -> anyhow::Result<()> {
+        let http = stream_client(Duration::from_secs(1))?;
+        self.events = Some(tokio::spawn(follow_events(http, self.monitor.clone())));
+        Ok(())
+    }
+
+    /// The monitor's view, or `None` when it does not answer.
+    async fn cluster(&self) -> Option<ClusterView> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/cluster", self.monitor))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
+        resp.json().await.ok()
+    }
+
+    /// Waits until the monitor names a primary that heartbeats, with no failover
+    /// running; goes on with a note when that takes longer than [`SETTLE_TIMEOUT`] (the
+    /// other nodes may be what it waits for).
+    async fn wait_for_primary(&mut self) {
+        let ok = self
+            .settle(|v| {
+                !v.failover_in_progress
+                    && v.primary
+                        .as_ref()
+                        .is_some_and(|p| v.nodes.iter().any(|n| n.node == p.node && n.healthy))
+            })
+            .await;
+        if !ok {
+            println!(
+                "note: the monitor names no live primary after {} s; starting the other nodes anyway \
+                 (its events above say why)",
+                SETTLE_TIMEOUT.as_secs()
+            );
+        }
+    }
+
+    /// Waits until every node has registered and every standby has caught up and is
+    /// promotable, so that the tier the banner announces can fail over at once; goes on
+    /// with a note otherwise.
+    async fn wait_for_promotable(&mut self, plan: &Plan) {
+        let ok = self
+            .settle(|v| {
+                // A node answers /health before it has registered: the view may not list
+                // it yet, and a standby missing from it is not one that is ready.
+                let registered = plan
+                    .nodes
+                    .iter()
+                    .all(|s| v.nodes.iter().any(|n| n.node.as_str() == s.name));
+                registered
+                    && v.nodes
+                        .iter()
+                        .filter(|n| n.role == Role::Standby)
+                        .all(|n| n.promotable)
+            })
+            .await;
+        if !ok {
+            println!(
+                "note: not every standby is promotable after {} s; `keel client cluster` says why",
+                SETTLE_TIMEOUT.as_secs()
+            );
+        }
+    }
+
+    /// Polls the monitor's view until `done` holds; `false` after [`SETTLE_TIMEOUT`].
+    async fn settle(&mut self, done: impl Fn(&ClusterView) -> bool) -> bool {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            if self.cluster().await.is_some_and(|v| done(&v)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn spawn(&mut self, spec: &Spec) -> anyhow::Result<()> {
         let mut command = Command::new(&self.exe);
-        let mut child = command
+        command
             .args(&spec.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Should `keel up` itself fail, its nodes must not outlive it.
-            .kill_on_drop(true)
+            // Should `keel up` itself fail, its children must not outlive it.
+            .kill_on_drop(true);
+        if let Some(level) = self.log_level {
+            command.env("KEEL_LOG", level);
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", spec.name))?;
         let prefix = format!("{:width$} | ", spec.name, width = self.width);
@@ -291,12 +373,16 @@ impl Tier {
             stop_rx,
             self.exits_tx.clone(),
         ));
-        self.supervisors.push(Supervised { stop, task });
+        self.supervisors.push(Supervised {
+            name: spec.name.clone(),
+            stop,
+            task,
+        });
         Ok(())
     }
 
     /// Polls `/health` until it answers 200; fails when any child exits meanwhile.
-    async fn wait_healthy(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
+    async fn wait_healthy(&mut self, spec: &Spec) -> anyhow::Result<()> {
         let health = format!("{}/health", spec.url);
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
@@ -323,13 +409,33 @@ impl Tier {
         }
     }
 
-    /// SIGTERM to every child, primary first; SIGKILL to those still there
-    /// [`STOP_GRACE`] after the first SIGTERM; a line for each.
+    /// Stops the monitor, then the primary, then the standbys (see the module's doc);
+    /// SIGKILL for those still there [`STOP_GRACE`] after the first SIGTERM; a line for
+    /// each.
     async fn shutdown(&mut self) {
+        // Asked before the monitor goes: after that, nobody knows.
+        let primary = self
+            .cluster()
+            .await
+            .and_then(|v| v.primary)
+            .map(|p| p.node.to_string());
+        if let Some(events) = self.events.take() {
+            events.abort();
+        }
+        let rank = |name: &str| {
+            if name == MONITOR {
+                0
+            } else if Some(name) == primary.as_deref() {
+                1
+            } else {
+                2
+            }
+        };
+        let mut supervisors = std::mem::take(&mut self.supervisors);
+        // Stable: the standbys keep their start order.
+        supervisors.sort_by_key(|s| rank(&s.name));
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        // Reverse start order: the primary stops while its standbys still answer, so
-        // the writes it drains are acknowledged rather than left with unknown outcomes.
-        for Supervised { stop, task } in self.supervisors.drain(..).rev() {
+        for Supervised { stop, task, .. } in supervisors {
             // A closed channel belongs to a child that already exited.
             let _ = stop.send(deadline);
             match task.await {
@@ -337,6 +443,10 @@ impl Tier {
                 Ok(None) => {}
                 Err(e) => eprintln!("keel: a supervisor task failed: {e}"),
             }
+        }
+        // Those that ended by themselves meanwhile (a signal sent to the whole group).
+        while let Ok((name, how)) = self.exits.try_recv() {
+            println!("{name} exited ({how})");
         }
         // Let the last lines of output through; a grandchild holding a pipe open must
         // not keep us here.
@@ -347,6 +457,29 @@ impl Tier {
             }
         })
         .await;
+    }
+}
+
+/// Prints every event of the monitor, one line each, from its first (`since=0`: the
+/// history of this monitor's life, so that nothing between its start and this
+/// subscription is missed). When the stream breaks (the monitor was killed), it
+/// reconnects every half second, quietly, and resumes after the last event printed.
+async fn follow_events(http: reqwest::Client, monitor: String) {
+    let mut last = 0;
+    loop {
+        if let Ok(mut stream) = EventStream::open(&http, &monitor, Some(last)).await {
+            while let Ok(Some(event)) = stream.next().await {
+                // The monitor replays only what follows `since`; this guards against
+                // printing an event twice should it ever replay more.
+                if event.id > last {
+                    last = event.id;
+                    let mut out = std::io::stdout().lock();
+                    // Nowhere to report a closed stdout.
+                    let _ = writeln!(out, "{}", event.line());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -399,7 +532,7 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Copies a child's output to ours, a line at a time, each with the node's name.
+/// Copies a child's output to ours, a line at a time, each with the child's name.
 async fn pump(prefix: String, stream: impl AsyncRead + Unpin) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -419,43 +552,50 @@ async fn pump(prefix: String, stream: impl AsyncRead + Unpin) {
 
 fn print_banner(
     args: &UpArgs,
-    specs: &[NodeSpec],
+    plan: &Plan,
     tier: &Tier,
+    view: Option<&ClusterView>,
     token_path: &Path,
     token_note: &str,
 ) {
-    let mode = if args.async_replication {
-        "async"
-    } else {
-        "sync"
-    };
-    let mut text = format!("\nkeel data tier is up ({mode} replication):\n");
-    // Primary first, as a person reads it; the specs list it last because it starts last.
-    let mut ordered: Vec<&NodeSpec> = specs.iter().collect();
-    ordered.sort_by_key(|s| s.port);
-    for spec in ordered {
-        let role = if spec.port == args.base_port {
-            "primary"
-        } else {
-            "standby"
-        };
-        let pid = tier
-            .pids
+    let pid = |name: &str| {
+        tier.pids
             .iter()
-            .find(|(name, _)| *name == spec.name)
+            .find(|(n, _)| n == name)
             .and_then(|(_, pid)| *pid)
-            .map_or_else(String::new, |pid| format!("  pid {pid}"));
-        text.push_str(&format!("  {:5} {role}  {}{pid}\n", spec.name, spec.url));
+            .map_or_else(String::new, |pid| format!("  pid {pid}"))
+    };
+    let epoch = view.map_or_else(String::new, |v| format!(", epoch {}", v.epoch));
+    let mut text = format!("\nkeel data tier is up (sync replication{epoch}):\n");
+    let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
+    text.push_str(&format!(
+        "  {:width$}  {:7}  {}{}\n",
+        MONITOR,
+        "",
+        plan.monitor.url,
+        pid(MONITOR)
+    ));
+    for spec in &plan.nodes {
+        // The role the monitor gave, not the one `keel up` hoped for.
+        let role = view
+            .and_then(|v| v.nodes.iter().find(|n| n.node.as_str() == spec.name))
+            .map_or("?", |n| n.role.as_str());
+        text.push_str(&format!(
+            "  {:width$}  {role:7}  {}{}\n",
+            spec.name,
+            spec.url,
+            pid(&spec.name)
+        ));
     }
     text.push_str(&format!(
         "  data in {}, admin token in {} ({token_note})\n\n",
         args.data_dir.display(),
         token_path.display()
     ));
-    let node = if args.base_port == 8081 {
+    let monitor = if args.monitor_port == 8070 {
         String::new()
     } else {
-        format!(" --node http://127.0.0.1:{}", args.base_port)
+        format!(" --monitor {}", plan.monitor.url)
     };
     let token =
         if args.data_dir == Path::new("./keel-data") || args.data_dir == Path::new("keel-data") {
@@ -463,68 +603,22 @@ fn print_banner(
         } else {
             format!(" --token-file {}", token_path.display())
         };
+    let primary_port = view
+        .and_then(|v| v.primary.as_ref())
+        .and_then(|p| plan.nodes.iter().find(|s| s.name == p.node.as_str()))
+        .map_or(args.base_port, |s| s.port);
     text.push_str("Try, in another terminal:\n");
-    text.push_str(&format!("  keel client{node} state all\n"));
-    text.push_str(&format!("  keel client{node} set greeting=hello\n"));
-    text.push_str(&format!("  keel client{node} get greeting\n"));
+    text.push_str(&format!("  keel client{monitor} cluster\n"));
+    text.push_str(&format!("  keel client{monitor} set greeting=hello\n"));
+    text.push_str(&format!("  keel client{monitor} state all\n"));
+    text.push_str(&format!("  curl -s localhost:{primary_port}/v1/entries\n"));
     text.push_str(&format!(
-        "  curl -s localhost:{}/v1/entries\n",
-        args.base_port
+        "  keel client{monitor}{token} kill-primary --watch   # a standby takes over\n"
     ));
     text.push_str(&format!(
-        "  keel client{node}{token} kill-primary    # no monitor yet: nothing takes over\n"
+        "  keel client{monitor}{token} failover               # and back, by hand\n"
     ));
-    text.push_str("Ctrl-C stops every node.\n");
+    text.push_str("The monitor's events follow. Ctrl-C stops everything (the monitor first).\n");
     print!("{text}");
     let _ = std::io::stdout().flush();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(nodes: u16, base_port: u16) -> UpArgs {
-        UpArgs {
-            nodes,
-            data_dir: PathBuf::from("/tmp/d"),
-            base_port,
-            async_replication: false,
-        }
-    }
-
-    #[test]
-    fn standbys_start_first_and_the_primary_names_them_all() {
-        let specs = plan(&args(3, 9000), Path::new("/tmp/d/admin.token")).expect("plan");
-        let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["app2", "app3", "app1"]);
-        let primary = &specs[2];
-        assert_eq!(primary.port, 9000);
-        let joined = primary.args.join(" ");
-        assert!(joined.contains("--role primary"), "{joined}");
-        assert!(
-            joined.contains("--standby http://127.0.0.1:9001"),
-            "{joined}"
-        );
-        assert!(
-            joined.contains("--standby http://127.0.0.1:9002"),
-            "{joined}"
-        );
-        assert!(joined.contains("--data-dir /tmp/d/app1"), "{joined}");
-        assert!(specs[0].args.join(" ").contains("--role standby"));
-    }
-
-    #[test]
-    fn ports_past_65535_are_refused() {
-        assert!(plan(&args(3, 65534), Path::new("t")).is_err());
-        assert!(plan(&args(2, 0), Path::new("t")).is_err());
-    }
-
-    #[test]
-    fn a_taken_port_is_named() {
-        let held = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = held.local_addr().expect("addr").port();
-        let specs = plan(&args(1, port), Path::new("t")).expect("plan");
-        let err = check_ports(&specs).expect_err("port is taken");
-        assert!(err.to_string().contains(&format!("port {port}")), "{err}");
-    }
 }

@@ -110,6 +110,16 @@ impl Answer {
     }
 }
 
+/// No answer came back.
+pub(super) struct Unanswered {
+    /// What to tell a person.
+    pub(super) error: anyhow::Error,
+    /// The request may have reached the server (its outcome is unknown).
+    pub(super) maybe_received: bool,
+    /// The cause in a few words (`connection refused`), for one-line notes.
+    pub(super) reason: String,
+}
+
 /// The parts of `GET /health` the client uses (docs/api.md).
 #[derive(Debug, Deserialize)]
 pub(super) struct Health {
@@ -140,9 +150,33 @@ impl Conn {
 
     /// Sends `req` to the node at `base`. Only a failure to get any answer is an error.
     pub(super) async fn send(&self, base: &str, req: &Req) -> anyhow::Result<Answer> {
-        let mut url = Url::parse(base).with_context(|| format!("{base:?} is not a URL"))?;
+        self.try_send(base, req).await.map_err(|u| u.error)
+    }
+
+    /// Like [`Conn::send`], but says whether the request may have reached the server,
+    /// which decides whether a write may be sent again.
+    pub(super) async fn try_send(&self, base: &str, req: &Req) -> Result<Answer, Unanswered> {
+        let unanswered = |e: reqwest::Error| Unanswered {
+            // Nothing was sent when no connection was made; after that, the server may
+            // have received and even applied the request before the answer was lost.
+            maybe_received: !e.is_connect(),
+            reason: if e.is_timeout() {
+                format!("no answer within {:?}", self.timeout)
+            } else {
+                root_cause(&e)
+            },
+            error: self.transport_error(base, &e),
+        };
+        let not_sent = |error: anyhow::Error| Unanswered {
+            maybe_received: false,
+            reason: format!("{error:#}"),
+            error,
+        };
+        let mut url = Url::parse(base)
+            .with_context(|| format!("{base:?} is not a URL"))
+            .map_err(not_sent)?;
         url.path_segments_mut()
-            .map_err(|()| anyhow!("{base:?} cannot be a base URL"))?
+            .map_err(|()| not_sent(anyhow!("{base:?} cannot be a base URL")))?
             .pop_if_empty()
             // Percent-encodes each segment, so any key (even one with '/') is one segment.
             .extend(&req.path);
@@ -158,10 +192,7 @@ impl Conn {
         if let Some(token) = &req.bearer {
             builder = builder.bearer_auth(token);
         }
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| self.transport_error(base, &e))?;
+        let resp = builder.send().await.map_err(unanswered)?;
         let text = |name: &str| {
             resp.headers()
                 .get(name)
@@ -177,11 +208,7 @@ impl Conn {
         let etag = text(header::ETAG.as_str());
         let retry_after = text(header::RETRY_AFTER.as_str());
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(base, &e))?
-            .to_vec();
+        let body = resp.bytes().await.map_err(unanswered)?.to_vec();
         Ok(Answer {
             base: base.to_owned(),
             status,
@@ -219,33 +246,6 @@ impl Conn {
             Ok(answer)
         } else {
             Err(answer.failure())
-        }
-    }
-
-    /// Sends a write; a standby's 421 is followed once to the primary it names.
-    pub(super) async fn write(&self, base: &str, req: &Req) -> anyhow::Result<Answer> {
-        let answer = self.send(base, req).await?;
-        if answer.status != StatusCode::MISDIRECTED_REQUEST {
-            return if answer.status.is_success() {
-                Ok(answer)
-            } else {
-                Err(answer.failure())
-            };
-        }
-        let primary = answer
-            .api_error()
-            .and_then(|e| e.details.get("primary")?.as_str().map(str::to_owned));
-        match primary {
-            Some(primary) if primary.trim_end_matches('/') != base => {
-                let primary = normalize_url(&primary)?;
-                eprintln!(
-                    "{} is a standby; sending the write to the primary at {primary}",
-                    answer.who()
-                );
-                // Once only: a second 421 means the nodes disagree, which a person should see.
-                self.call(&primary, req).await
-            }
-            _ => Err(answer.failure()),
         }
     }
 

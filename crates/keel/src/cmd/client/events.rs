@@ -1,0 +1,205 @@
+//! The monitor's event stream (`GET /v1/events`, server-sent events) read as
+//! [`EventRecord`]s, and each turned into one line a person can follow.
+//!
+//! Shared by `keel client` (`kill-primary --watch`, `failover`) and `keel up`, which
+//! prints every event as it happens.
+
+use anyhow::{Context, anyhow};
+use keel_monitor::wire::{EventKind, EventRecord};
+
+/// One event as read from the stream.
+///
+/// The monitor may learn new kinds of event before this binary does; such an event is
+/// still shown (from its raw fields) rather than ending the stream, hence the `kind` as a
+/// string rather than an [`EventKind`].
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    pub(crate) id: u64,
+    /// The wire name of the kind (`promoted`).
+    pub(crate) kind: String,
+    pub(crate) node: Option<String>,
+    pub(crate) at: String,
+    pub(crate) message: String,
+}
+
+impl Seen {
+    /// Parses the JSON of one `data:` line.
+    pub(crate) fn parse(data: &str) -> anyhow::Result<Seen> {
+        if let Ok(record) = serde_json::from_str::<EventRecord>(data) {
+            return Ok(Seen {
+                id: record.id,
+                kind: record.kind.as_str().to_owned(),
+                node: record.node.as_ref().map(ToString::to_string),
+                at: record.at,
+                message: record.message,
+            });
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(data).with_context(|| format!("not an event: {data}"))?;
+        let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok(Seen {
+            id: value
+                .get("id")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| anyhow!("an event without an id: {data}"))?,
+            kind: text("kind").unwrap_or_else(|| "event".to_owned()),
+            node: text("node"),
+            at: text("at").unwrap_or_default(),
+            message: text("message").unwrap_or_default(),
+        })
+    }
+
+    pub(crate) fn is(&self, kind: EventKind) -> bool {
+        self.kind == kind.as_str()
+    }
+
+    /// `03:04:05.123  monitor  promoted: app2 is told to promote in epoch 4`
+    ///
+    /// The kind comes first, in words, because it is what a person scans for; the
+    /// monitor's sentence after it names the nodes and numbers.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "{}  monitor  {}: {}",
+            clock_time(&self.at),
+            self.kind.replace('_', " "),
+            self.message
+        )
+    }
+}
+
+/// The time of day of an RFC 3339 timestamp (`2026-11-22T03:04:05.123Z` → `03:04:05.123`),
+/// or the whole text when it is not one. UTC, as the nodes' own log lines.
+fn clock_time(at: &str) -> &str {
+    at.split_once('T')
+        .map_or(at, |(_, time)| time.trim_end_matches('Z'))
+}
+
+/// An open `GET /v1/events` stream.
+pub(crate) struct EventStream {
+    response: reqwest::Response,
+    /// Bytes received but not yet split into lines.
+    pending: Vec<u8>,
+    /// Complete lines not yet handed out.
+    lines: std::collections::VecDeque<String>,
+}
+
+impl EventStream {
+    /// Opens the stream; `since` asks the monitor to replay its history after that event
+    /// id first.
+    ///
+    /// `http` must have no overall request timeout (only a connect timeout): the body of
+    /// this request lasts as long as the stream does.
+    pub(crate) async fn open(
+        http: &reqwest::Client,
+        monitor: &str,
+        since: Option<u64>,
+    ) -> anyhow::Result<EventStream> {
+        let url = match since {
+            Some(id) => format!("{monitor}/v1/events?since={id}"),
+            None => format!("{monitor}/v1/events"),
+        };
+        let response = http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the monitor at {monitor}"))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            return Err(anyhow!(
+                "the monitor at {monitor} answered {status} to {url}: {}",
+                body.trim()
+            ));
+        }
+        Ok(EventStream {
+            response,
+            pending: Vec::new(),
+            lines: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// The next event; `Ok(None)` when the monitor ended the stream.
+    ///
+    /// Only `data:` lines are read: the monitor sends one JSON event per `data:` line
+    /// (docs/failover.md), so the other SSE fields (`id:`, `event:`, comments used as
+    /// keep-alives) carry nothing this needs.
+    pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Seen>> {
+        loop {
+            while let Some(line) = self.lines.pop_front() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    let data = data.trim();
+                    if !data.is_empty() {
+                        return Seen::parse(data).map(Some);
+                    }
+                }
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .context("the monitor's event stream broke off")?;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            self.pending.extend_from_slice(&chunk);
+            while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line);
+                self.lines
+                    .push_back(text.trim_end_matches(['\n', '\r']).to_owned());
+            }
+        }
+    }
+}
+
+/// An HTTP client for event streams: a connect timeout, but none on the whole request.
+pub(crate) fn stream_client(
+    connect_timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("cannot set up the HTTP client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_event_reads_as_its_kind_and_message() {
+        let seen = Seen::parse(
+            r#"{"id": 12, "at": "2026-11-22T03:04:05.123Z", "kind": "promoted", "node": "app2",
+                "epoch": 4, "message": "app2 is told to promote in epoch 4"}"#,
+        )
+        .expect("parses");
+        assert!(seen.is(EventKind::Promoted));
+        assert_eq!(seen.node.as_deref(), Some("app2"));
+        assert_eq!(
+            seen.line(),
+            "03:04:05.123  monitor  promoted: app2 is told to promote in epoch 4"
+        );
+    }
+
+    #[test]
+    fn an_event_of_a_kind_this_binary_does_not_know_is_still_shown() {
+        let seen = Seen::parse(
+            r#"{"id": 3, "at": "2026-11-22T03:04:05.123Z", "kind": "moon_phase_changed",
+                "node": null, "epoch": 1, "message": "full moon"}"#,
+        )
+        .expect("parses");
+        assert_eq!(seen.kind, "moon_phase_changed");
+        assert_eq!(
+            seen.line(),
+            "03:04:05.123  monitor  moon phase changed: full moon"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Seen::parse("not json").is_err());
+        assert!(Seen::parse(r#"{"kind": "promoted"}"#).is_err());
+    }
+}

@@ -1,0 +1,594 @@
+//! Where a request goes, and the loop that carries it through a failover.
+//!
+//! With the monitor, the primary is whatever `/v1/cluster` names; without it (`--node`,
+//! or the default monitor not answering), the node given, and the primary a standby
+//! names in a 421. [`Client::ride`] sends a request there and, on the answers that mean
+//! "not now" — nothing listening, `503` with `Retry-After`, `421` — says in one line what
+//! happened, asks again where the primary is and retries with capped, jittered backoff
+//! that honours `Retry-After`, until `--retry-for` runs out.
+//!
+//! The one thing it never does silently is send again a write whose outcome is unknown
+//! (no answer after it was sent, or `503` with `"written": "unknown"`): that is done only
+//! for [`Safety::Idempotent`] requests, and said; for the rest the unknown outcome is the
+//! answer.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use keel_core::ApiError;
+use keel_core::Role;
+use keel_monitor::wire::{ClusterView, Failover, FailoverPhase};
+use reqwest::StatusCode;
+
+use super::backoff::{Backoff, jitter_unit, parse_retry_after};
+use super::conn::{Answer, Health, Req, Unanswered, normalize_url};
+use super::{Client, DEFAULT_NODE};
+use crate::cli::StateWhich;
+
+/// The first wait between tries, and the longest: a failover at the default settings
+/// takes about a second, so waits beyond that would only add to it.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
+
+/// How requests find their node.
+pub(super) struct Route {
+    /// `--node`: this node, else `None` (ask the monitor).
+    node: Option<String>,
+    /// The monitor's URL.
+    monitor: String,
+    /// The monitor is the default one, and when it does not answer the client may turn
+    /// to [`DEFAULT_NODE`].
+    may_fall_back: bool,
+    /// Set once the client did turn to [`DEFAULT_NODE`].
+    fell_back: Cell<bool>,
+}
+
+impl Route {
+    pub(super) fn direct(node: String) -> Route {
+        Route {
+            node: Some(node),
+            monitor: String::new(),
+            may_fall_back: false,
+            fell_back: Cell::new(false),
+        }
+    }
+
+    pub(super) fn monitor(url: String, may_fall_back: bool) -> Route {
+        Route {
+            node: None,
+            monitor: url,
+            may_fall_back,
+            fell_back: Cell::new(false),
+        }
+    }
+
+    /// The node to talk to directly, when the monitor is not asked.
+    fn direct_node(&self) -> Option<&str> {
+        match &self.node {
+            Some(node) => Some(node),
+            None if self.fell_back.get() => Some(DEFAULT_NODE),
+            None => None,
+        }
+    }
+}
+
+/// Whether a request may be sent again when its outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Safety {
+    /// Applying it twice is the same as once (reads, PUT, PATCH of entries).
+    Idempotent,
+    /// Applying it twice is not the same (an increment): send it at most once after it
+    /// may have been received.
+    Once,
+}
+
+/// A node to send to.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    /// Its id, when known (from the monitor).
+    pub(super) name: Option<String>,
+    pub(super) url: String,
+}
+
+impl Target {
+    fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.url)
+    }
+}
+
+/// Where the primary is, as far as the client can tell now.
+pub(super) enum Found {
+    Node(Target),
+    /// Nowhere yet: wait and ask again. The reason, for a person.
+    Wait(String),
+}
+
+/// A node `state` shows.
+pub(super) struct StateTarget {
+    pub(super) name: Option<String>,
+    pub(super) url: String,
+    /// The role the monitor assigned, when asked.
+    pub(super) role: Option<Role>,
+    /// Whether it should answer (the monitor has heard from it lately, or it was not
+    /// asked).
+    pub(super) expected_up: bool,
+}
+
+impl StateTarget {
+    /// The heading of a node that did not answer: `app1 (primary per the monitor) URL`.
+    pub(super) fn title(&self) -> String {
+        let name = self.name.as_deref().unwrap_or("?");
+        match self.role {
+            Some(role) => format!("{name} ({role} per the monitor) {}", self.url),
+            None => format!("{name} {}", self.url),
+        }
+    }
+}
+
+impl Client {
+    /// The monitor's view; `Err` carries whether the monitor could be reached at all.
+    pub(super) async fn cluster_view(
+        &self,
+        monitor: &str,
+    ) -> Result<ClusterView, (anyhow::Error, bool)> {
+        let answer = self
+            .conn
+            .try_send(monitor, &Req::get(&["v1", "cluster"]))
+            .await
+            .map_err(|u: Unanswered| {
+                (
+                    anyhow!(
+                        "cannot reach the monitor at {monitor}: {} — is `keel up` running? \
+                         (to talk to a node directly, pass --node URL)",
+                        u.reason
+                    ),
+                    false,
+                )
+            })?;
+        if !answer.status.is_success() {
+            return Err((monitor_refusal(monitor, &answer), true));
+        }
+        answer
+            .json()
+            .with_context(|| format!("{monitor} does not answer like a keel monitor"))
+            .map_err(|e| (e, true))
+    }
+
+    /// Whether requests go to a node directly rather than where the monitor says.
+    pub(super) fn route_is_direct(&self) -> bool {
+        self.route.direct_node().is_some()
+    }
+
+    /// Where to send the next try. `last` is where the previous one went.
+    pub(super) async fn find_primary(&self, last: Option<&Target>) -> anyhow::Result<Found> {
+        if let Some(node) = self.route.direct_node() {
+            return Ok(Found::Node(Target {
+                name: None,
+                url: node.to_owned(),
+            }));
+        }
+        let monitor = &self.route.monitor;
+        match self.cluster_view(monitor).await {
+            Ok(view) => Ok(primary_of(&view)),
+            Err((e, false)) => {
+                if let Some(last) = last {
+                    // The data tier outlives its monitor (the primary keeps its lease
+                    // through a standby), so the last primary is still the best guess.
+                    eprintln!(
+                        "the monitor at {monitor} does not answer; trying {} again",
+                        last.label()
+                    );
+                    return Ok(Found::Node(last.clone()));
+                }
+                if self.route.may_fall_back {
+                    eprintln!(
+                        "note: no monitor answers at {monitor}; talking to {DEFAULT_NODE} directly \
+                         (pass --monitor URL or --node URL to choose)"
+                    );
+                    self.route.fell_back.set(true);
+                    return Ok(Found::Node(Target {
+                        name: None,
+                        url: DEFAULT_NODE.to_owned(),
+                    }));
+                }
+                Err(e)
+            }
+            Err((e, true)) => Err(e),
+        }
+    }
+
+    /// Sends `req` to the primary, riding through a failover (see the module's doc).
+    /// `what` names the operation in messages ("setting \"a\"").
+    pub(super) async fn ride(
+        &self,
+        req: &Req,
+        what: &str,
+        safety: Safety,
+    ) -> anyhow::Result<Answer> {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        // A primary named by a standby's 421, tried next without asking the monitor.
+        let mut named: Option<Target> = None;
+        let mut followed_421 = false;
+        let mut last: Option<Target> = None;
+        loop {
+            let target = match named.take() {
+                Some(t) => t,
+                None => match self.find_primary(last.as_ref()).await? {
+                    Found::Node(t) => t,
+                    Found::Wait(why) => {
+                        self.pause(&mut backoff, started, what, &why, None).await?;
+                        continue;
+                    }
+                },
+            };
+            last = Some(target.clone());
+            let direct = self.route.direct_node().is_some();
+            let answer = match self.conn.try_send(&target.url, req).await {
+                Ok(answer) => answer,
+                // Nothing was sent: always safe to try again, if there is anywhere else
+                // to look.
+                Err(u) if !u.maybe_received => {
+                    if direct {
+                        return Err(u.error.context(what.to_owned()));
+                    }
+                    let why = format!(
+                        "{} unreachable ({}); asking the monitor for the primary…",
+                        target.label(),
+                        u.reason
+                    );
+                    self.pause(&mut backoff, started, what, &why, None).await?;
+                    continue;
+                }
+                Err(u) => match safety {
+                    Safety::Idempotent => {
+                        let why = format!(
+                            "{}: {}; it may or may not have been applied — sending it again is safe, \
+                             as doing it twice is the same as once",
+                            target.label(),
+                            u.reason
+                        );
+                        self.pause(&mut backoff, started, what, &why, None).await?;
+                        continue;
+                    }
+                    Safety::Once => bail!(
+                        "{what}: {}; it may or may not have been applied, and it is not sent again \
+                         because applying it twice would count twice — check the value before retrying",
+                        u.error
+                    ),
+                },
+            };
+            if answer.status.is_success() {
+                return Ok(answer);
+            }
+            let api = answer.api_error();
+            let code = api.as_ref().map_or("", |e| e.error.as_str());
+            if answer.status == StatusCode::MISDIRECTED_REQUEST {
+                let primary = api
+                    .as_ref()
+                    .and_then(|e| e.details.get("primary")?.as_str())
+                    .and_then(|u| normalize_url(u).ok())
+                    .filter(|u| *u != target.url);
+                match primary {
+                    Some(url) if !followed_421 => {
+                        followed_421 = true;
+                        eprintln!(
+                            "{} is a standby; sending the request on to the primary at {url}",
+                            answer.who()
+                        );
+                        named = Some(Target { name: None, url });
+                        continue;
+                    }
+                    // Twice misdirected, or no primary named: the nodes disagree, which
+                    // only the monitor can settle.
+                    _ if direct => {
+                        return Err(answer.failure().context(what.to_owned()));
+                    }
+                    _ => {
+                        let why = format!(
+                            "{} is not the primary (any more); asking the monitor again…",
+                            answer.who()
+                        );
+                        self.pause(&mut backoff, started, what, &why, None).await?;
+                        continue;
+                    }
+                }
+            }
+            if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+                return Err(answer.failure().context(what.to_owned()));
+            }
+            let retry_after = parse_retry_after(answer.retry_after.as_deref());
+            let unknown = api
+                .as_ref()
+                .and_then(|e| e.details.get("written"))
+                .is_some_and(|w| w == "unknown");
+            if unknown {
+                match safety {
+                    Safety::Idempotent => {
+                        let why = format!(
+                            "{}: the outcome is unknown ({code}) — sending it again is safe, \
+                             as doing it twice is the same as once",
+                            answer.who()
+                        );
+                        self.pause(&mut backoff, started, what, &why, retry_after)
+                            .await?;
+                        continue;
+                    }
+                    Safety::Once => {
+                        return Err(answer.failure().context(format!(
+                            "{what}: the outcome is unknown — it is kept if {} stays primary, \
+                             and it is not sent again because applying it twice would count twice; \
+                             check the value before retrying",
+                            answer.who()
+                        )));
+                    }
+                }
+            }
+            // `fenced`: the node was deposed; only the monitor knows who replaced it.
+            let retryable = retry_after.is_some() || (code == "fenced" && !direct);
+            if !retryable {
+                return Err(answer.failure().context(what.to_owned()));
+            }
+            let why = unavailable(answer.who(), code, api.as_ref());
+            self.pause(&mut backoff, started, what, &why, retry_after)
+                .await?;
+        }
+    }
+
+    /// Waits before the next try, after saying why; fails when `--retry-for` would be
+    /// over first (or the server asks to wait longer than is left).
+    async fn pause(
+        &self,
+        backoff: &mut Backoff,
+        started: Instant,
+        what: &str,
+        why: &str,
+        retry_after: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let left = self.retry_for.saturating_sub(started.elapsed());
+        if left.is_zero() || retry_after.is_some_and(|asked| asked > left) {
+            bail!(
+                "{what}: {why}; gave up after {:.1} s of retrying (raise --retry-for to wait longer)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let wait = backoff.next(retry_after, jitter_unit()).min(left);
+        eprintln!("{why}; retrying in {:.1} s", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// The nodes `state` shows, each with what is known about it.
+    pub(super) async fn state_targets(
+        &self,
+        which: StateWhich,
+    ) -> anyhow::Result<Vec<StateTarget>> {
+        if self.route.direct_node().is_none() {
+            match self.cluster_view(&self.route.monitor).await {
+                Ok(view) => {
+                    print_view_header(&self.route.monitor, &view, self.json);
+                    let wanted = |role: Role| match which {
+                        StateWhich::All => true,
+                        StateWhich::Primary => role == Role::Primary,
+                        StateWhich::Standby => role == Role::Standby,
+                    };
+                    let targets: Vec<StateTarget> = view
+                        .nodes
+                        .iter()
+                        // The primary first, as a person reads it.
+                        .filter(|n| wanted(n.role) && n.role == Role::Primary)
+                        .chain(
+                            view.nodes
+                                .iter()
+                                .filter(|n| wanted(n.role) && n.role != Role::Primary),
+                        )
+                        .map(|n| StateTarget {
+                            name: Some(n.node.to_string()),
+                            url: n.url.clone(),
+                            role: Some(n.role),
+                            expected_up: n.healthy,
+                        })
+                        .collect();
+                    if targets.is_empty() {
+                        bail!(
+                            "the monitor at {} knows no {} node",
+                            self.route.monitor,
+                            match which {
+                                StateWhich::Primary => "primary",
+                                StateWhich::Standby => "standby",
+                                StateWhich::All => "",
+                            }
+                        );
+                    }
+                    return Ok(targets);
+                }
+                Err((e, true)) => return Err(e),
+                Err((e, false)) if !self.route.may_fall_back => return Err(e),
+                Err(_) => {
+                    eprintln!(
+                        "note: no monitor answers at {}; asking {DEFAULT_NODE} directly \
+                         (pass --monitor URL or --node URL to choose)",
+                        self.route.monitor
+                    );
+                    self.route.fell_back.set(true);
+                }
+            }
+        }
+        let node = self.route.direct_node().unwrap_or(DEFAULT_NODE).to_owned();
+        self.state_targets_from_node(&node, which).await
+    }
+
+    /// Without the monitor: the primary's URL and health, found from the node at `base`
+    /// (whose health is `health`): the node itself when it is primary, else the primary
+    /// it names.
+    pub(super) async fn locate_primary(
+        &self,
+        base: &str,
+        health: Health,
+    ) -> anyhow::Result<(String, Health)> {
+        if health.role == "primary" {
+            return Ok((base.to_owned(), health));
+        }
+        let Some(primary) = health.primary.as_deref().filter(|p| !p.is_empty()) else {
+            bail!(
+                "{} at {base} is a {} and does not know its primary (no primary is connected to it); \
+                 pass the primary's URL with --node",
+                health.node,
+                health.role
+            );
+        };
+        let primary = normalize_url(primary)?;
+        let found = self
+            .conn
+            .health(&primary)
+            .await
+            .with_context(|| format!("{} names {primary} as its primary", health.node))?;
+        if found.role != "primary" {
+            bail!(
+                "{} names {primary} as its primary, but {} there is a {}; a failover may be under way, try again",
+                health.node,
+                found.node,
+                found.role
+            );
+        }
+        Ok((primary, found))
+    }
+
+    /// Without the monitor: the node given, the primary it names, the primary's standbys.
+    async fn state_targets_from_node(
+        &self,
+        node: &str,
+        which: StateWhich,
+    ) -> anyhow::Result<Vec<StateTarget>> {
+        let target = |url: String| StateTarget {
+            name: None,
+            url,
+            role: None,
+            expected_up: true,
+        };
+        let given = self.conn.health(node).await?;
+        let given_is_standby = given.role != "primary";
+        let urls: Vec<String> = match (self.locate_primary(node, given).await, which) {
+            (Ok((url, _)), StateWhich::Primary) => vec![url],
+            (Ok((url, health)), which) => {
+                let standbys = health
+                    .standbys
+                    .iter()
+                    .map(|s| s.url.trim_end_matches('/').to_owned());
+                let mut urls: Vec<String> = match which {
+                    StateWhich::All => std::iter::once(url).chain(standbys).collect(),
+                    _ => standbys.collect(),
+                };
+                urls.dedup();
+                if urls.is_empty() {
+                    eprintln!("the primary at {node} has no standbys");
+                }
+                urls
+            }
+            // Without a primary a standby can still show what it holds (the seed's
+            // `-get_state=standby` after the primary was killed).
+            (Err(e), StateWhich::Standby | StateWhich::All) if given_is_standby => {
+                eprintln!("warning: {e:#}; showing {node} only");
+                vec![node.to_owned()]
+            }
+            (Err(e), _) => return Err(e),
+        };
+        Ok(urls.into_iter().map(target).collect())
+    }
+}
+
+/// The primary in a monitor's view, or why there is none to send to right now.
+fn primary_of(view: &ClusterView) -> Found {
+    if let Some(f) = &view.failover {
+        return Found::Wait(describe_failover(f));
+    }
+    let Some(primary) = &view.primary else {
+        return Found::Wait("the monitor names no primary yet".to_owned());
+    };
+    let status = view.nodes.iter().find(|n| n.node == primary.node);
+    // A primary the monitor no longer hears from is dead or frozen: a request to a frozen
+    // one would hang until --timeout, so wait for the monitor's verdict instead.
+    if status.is_some_and(|s| !s.healthy) {
+        return Found::Wait(format!(
+            "{} (the primary) is not heartbeating; waiting for the monitor to fail over",
+            primary.node
+        ));
+    }
+    Found::Node(Target {
+        name: Some(primary.node.to_string()),
+        url: primary.url.trim_end_matches('/').to_owned(),
+    })
+}
+
+/// `failover in progress (promoting app2: waiting for app1's lease to run out)`
+pub(super) fn describe_failover(f: &Failover) -> String {
+    let step = match f.phase {
+        FailoverPhase::Draining => format!("{} is draining", f.from),
+        FailoverPhase::WaitingForLeases => format!("waiting for {}'s lease to run out", f.from),
+        FailoverPhase::Promoting => format!("{} is taking over", f.to),
+    };
+    format!("failover in progress (promoting {}: {step})", f.to)
+}
+
+/// One line for a `503` that asks to come back later.
+fn unavailable(who: &str, code: &str, api: Option<&ApiError>) -> String {
+    match code {
+        "failover_in_progress" => match api.and_then(|e| e.details.get("promoting")?.as_str()) {
+            Some(to) => format!("failover in progress (promoting {to})"),
+            None => "failover in progress".to_owned(),
+        },
+        "no_lease" => format!(
+            "{who} holds no lease right now (it cannot confirm it is still the primary), so it refused"
+        ),
+        "sync_standby_unavailable" => {
+            format!("{who}'s sync standby is not connected; nothing was written")
+        }
+        "shutting_down" => format!("{who} is shutting down"),
+        "fenced" => {
+            format!("{who} was deposed by a newer epoch; asking the monitor for the primary…")
+        }
+        _ => match api {
+            Some(e) => format!("{who}: {} ({code})", e.message),
+            None => format!("{who} is unavailable"),
+        },
+    }
+}
+
+/// `monitor http://…: epoch 3, primary app1, no failover in progress` (stderr under
+/// `--json`, so that stdout stays one JSON document).
+pub(super) fn print_view_header(monitor: &str, view: &ClusterView, json: bool) {
+    let primary = view.primary.as_ref().map_or_else(
+        || "no primary".to_owned(),
+        |p| format!("primary {}", p.node),
+    );
+    let failover = view
+        .failover
+        .as_ref()
+        .map_or_else(|| "no failover in progress".to_owned(), describe_failover);
+    let line = format!(
+        "monitor {monitor}: epoch {}, {primary}, {failover}",
+        view.epoch
+    );
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}\n");
+    }
+}
+
+/// A refusal of the monitor as an error that names it (its answers carry no `Keel-Node`).
+pub(super) fn monitor_refusal(monitor: &str, answer: &Answer) -> anyhow::Error {
+    match answer.api_error() {
+        Some(e) => anyhow!(
+            "the monitor at {monitor} refused: {} ({} {})",
+            e.message,
+            answer.status.as_u16(),
+            e.error
+        ),
+        None => anyhow!(
+            "the monitor at {monitor} answered {}; is that a keel monitor?",
+            answer.status
+        ),
+    }
+}
