@@ -100,6 +100,37 @@ impl Token {
     }
 }
 
+/// Checks an admin request: the process must have a token (`403 admin_disabled`
+/// otherwise) and the request's `Authorization` header must carry it (`401
+/// unauthorized`). `what` names the process in the message ("node", "monitor").
+pub fn check_admin(
+    token: Option<&Token>,
+    authorization: Option<&str>,
+    what: &str,
+) -> Result<(), (http::StatusCode, crate::ApiError)> {
+    let Some(token) = token else {
+        return Err((
+            http::StatusCode::FORBIDDEN,
+            crate::ApiError::new(
+                "admin_disabled",
+                format!(
+                    "this {what} was started without an admin token (--token-file or KEEL_TOKEN)"
+                ),
+            ),
+        ));
+    };
+    if !token.matches_header(authorization) {
+        return Err((
+            http::StatusCode::UNAUTHORIZED,
+            crate::ApiError::new(
+                "unauthorized",
+                "admin actions need 'Authorization: Bearer <token>' with the cluster's admin token",
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +142,23 @@ mod tests {
         assert!(!t.matches_header(Some("Bearer 0123456789abcdeX")));
         assert!(!t.matches_header(Some("0123456789abcdef")));
         assert!(!t.matches_header(None));
+    }
+
+    #[test]
+    fn admin_requests_need_a_configured_token_and_the_right_header() {
+        let t = Token::new("0123456789abcdef", "test").expect("valid token");
+        assert!(check_admin(Some(&t), Some("Bearer 0123456789abcdef"), "node").is_ok());
+        let (status, body) = check_admin(Some(&t), None, "node").expect_err("no header");
+        assert_eq!(
+            (status.as_u16(), body.error.as_str()),
+            (401, "unauthorized")
+        );
+        let (status, body) = check_admin(None, Some("Bearer x"), "monitor").expect_err("no token");
+        assert_eq!(
+            (status.as_u16(), body.error.as_str()),
+            (403, "admin_disabled")
+        );
+        assert!(body.message.contains("this monitor"));
     }
 
     #[test]

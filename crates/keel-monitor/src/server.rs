@@ -169,28 +169,11 @@ async fn failover(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answered {
-    let Some(token) = &app.token else {
-        return Err(error_response(
-            StatusCode::FORBIDDEN,
-            ApiError::new(
-                "admin_disabled",
-                "this monitor was started without an admin token (--token-file or KEEL_TOKEN)",
-            ),
-        ));
-    };
-    if !token.matches_header(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    ) {
-        return Err(error_response(
-            StatusCode::UNAUTHORIZED,
-            ApiError::new(
-                "unauthorized",
-                "admin actions need 'Authorization: Bearer <token>' with the cluster's admin token",
-            ),
-        ));
-    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    keel_core::token::check_admin(app.token.as_ref(), authorization, "monitor")
+        .map_err(|(status, error)| error_response(status, error))?;
     let req: FailoverRequest = parse(raw, codes::BAD_REQUEST, true)?;
     tracing::warn!(to = ?req.to.as_ref().map(|n| n.as_str()), "switchover requested through /v1/failover");
     ask(&app, Input::Switchover { to: req.to }).await

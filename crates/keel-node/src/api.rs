@@ -540,28 +540,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn kill(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
-    let Some(token) = &shared.config.token else {
-        return Err(error_response(
-            StatusCode::FORBIDDEN,
-            ApiError::new(
-                "admin_disabled",
-                "this node was started without an admin token (--token-file or KEEL_TOKEN)",
-            ),
-        ));
-    };
-    if !token.matches_header(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    ) {
-        return Err(error_response(
-            StatusCode::UNAUTHORIZED,
-            ApiError::new(
-                "unauthorized",
-                "admin actions need 'Authorization: Bearer <token>' with the cluster's admin token",
-            ),
-        ));
-    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    keel_core::token::check_admin(shared.config.token.as_ref(), authorization, "node")
+        .map_err(|(status, error)| error_response(status, error))?;
     tracing::warn!("killed through /admin/kill");
     // Leave the answer a moment to go out, then die as abruptly as kill -9 would: no
     // draining, no flushing, nothing a real crash would get to do.
