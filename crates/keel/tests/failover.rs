@@ -479,8 +479,9 @@ fn a_stale_standby_is_never_promoted_and_the_cluster_view_says_why() {
             && cluster.node_view(&standby)["healthy"] == true
     });
     assert!(why, "{}", cluster.view());
-    // Well past the failover timeouts, it is still not primary.
-    thread::sleep(Duration::from_millis(1500));
+    // The monitor has decided, and its decision is: nothing can be promoted.
+    let events = support::read_events(&cluster.monitor_url, "no_promotable_standby");
+    assert!(events.contains("no_promotable_standby"), "{events}");
     let view = cluster.view();
     assert_ne!(
         view["primary"]["node"],

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -59,37 +58,9 @@ fn node<'a>(cluster: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{id} not in the cluster view: {cluster}"))
 }
 
-/// Reads `GET /v1/events?since=0` until `until` shows up (or the client times out), and
-/// returns the stream's text.
+/// Reads the monitor's event stream from the start until `until` shows up.
 fn read_events(monitor: &TestMonitor, until: &str) -> String {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    let mut resp = client
-        .get(format!("{}/v1/events?since=0", monitor.url))
-        .send()
-        .expect("GET /v1/events");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/event-stream"),
-        "{content_type}"
-    );
-    let mut text = String::new();
-    let mut buf = [0u8; 4096];
-    while !text.contains(until) {
-        match resp.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
-    }
-    text
+    support::read_events(&monitor.url, until)
 }
 
 #[test]

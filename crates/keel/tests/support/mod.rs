@@ -882,3 +882,37 @@ impl KeelUp {
         })
     }
 }
+
+/// Reads `GET {monitor_url}/v1/events?since=0` until `until` shows up (or the client times
+/// out), and returns the stream's text.
+pub fn read_events(monitor_url: &str, until: &str) -> String {
+    use std::io::Read as _;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut resp = client
+        .get(format!("{}/v1/events?since=0", monitor_url))
+        .send()
+        .expect("GET /v1/events");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains(until) {
+        match resp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    text
+}
