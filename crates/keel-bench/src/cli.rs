@@ -1,13 +1,41 @@
 //! Command-line flags.
+//!
+//! Two modes. Without a subcommand, the throughput run (`--target … --url …`), as
+//! `scripts/bench/replication.sh` calls it. With `failover`, the writer of
+//! `scripts/bench/failover.sh`: it writes until told to stop while the script kills and
+//! restarts the primary, and reports the write-unavailability windows and lost writes.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Write benchmarks: the same load against keel, etcd or Redis.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keel-writebench",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+
+    /// The throughput run's flags, when no subcommand is given.
+    #[command(flatten)]
+    pub throughput: Option<Args>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Write through kill -9 cycles: measure unavailability windows and lost writes.
+    Failover(FailoverArgs),
+}
 
 /// Closed-loop write benchmark: the same load against keel, etcd or Redis.
-#[derive(Debug, Parser)]
-#[command(name = "keel-writebench", version)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// The system under test; decides what one write is.
     #[arg(long, value_enum)]
@@ -37,6 +65,69 @@ pub struct Args {
     /// A write that takes longer than this is abandoned and counted as an error.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The failover writer. It finds the primary itself and follows it through failovers;
+/// the script tells it when it kills (`SIGUSR1`), when writes are back (`SIGUSR2`) and
+/// when to stop (`SIGTERM` or `SIGINT`), and it then reads every acknowledged write back.
+#[derive(Debug, clap::Args)]
+pub struct FailoverArgs {
+    /// The system under test; decides what one write is and how the primary is found.
+    #[arg(long, value_enum)]
+    pub target: Target,
+
+    /// Where to find the primary, comma-separated: keel's monitor URL
+    /// (`http://127.0.0.1:8070`, asks `/v1/cluster`), every etcd member's client URL
+    /// (asks each `/v3/maintenance/status` which one leads), or every Redis Sentinel
+    /// (`redis://127.0.0.1:26379`, asks `SENTINEL get-master-addr-by-name`).
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub discover: Vec<String>,
+
+    /// The Sentinel master name (Redis only).
+    #[arg(long, default_value = "mymaster")]
+    pub master_name: String,
+
+    /// Number of writers, each with one write in flight.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub concurrency: u32,
+
+    /// Writes per second over all writers; 0 is as fast as acknowledgements come.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+
+    /// Size of every value in bytes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub value_size: u32,
+
+    /// A write that takes longer than this is abandoned (not acknowledged); the writer
+    /// reconnects and tries again with a new key.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Pause after a failed attempt before the next one.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub retry_pause: Duration,
+
+    /// Every key starts with this, then `-<writer>-<attempt>`.
+    #[arg(long, default_value = "fo")]
+    pub key_prefix: String,
+
+    /// Rewritten every 50 ms with `{"acked", "attempts", "kills", "recovered", …}` so
+    /// that a script can wait for writes to flow; created once the signals are handled.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+
+    /// Stop by itself after this long, in case nobody says stop.
+    #[arg(long, default_value = "60m", value_parser = parse_duration)]
+    pub max_duration: Duration,
+
+    /// How long to keep trying to read the acknowledged writes back at the end.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub verify_timeout: Duration,
 
     /// Print one JSON object instead of the human summary.
     #[arg(long)]

@@ -135,7 +135,7 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 }
 
 /// A printable value of the given size; the same bytes for every write and target.
-fn make_value(size: usize) -> Vec<u8> {
+pub fn make_value(size: usize) -> Vec<u8> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     ALPHABET.iter().copied().cycle().take(size).collect()
 }

@@ -23,15 +23,26 @@
 //!     --target keel --url http://127.0.0.1:8081 --concurrency 64 --duration 10s --warmup 2s
 //! ```
 //!
+//! `keel-writebench failover …` is the other mode: writers that follow the primary through
+//! kill -9 cycles and report how long writes were unavailable and how many acknowledged
+//! writes were lost (`scripts/bench/failover.sh` drives it; see [`failover`]).
+//!
 //! Modules: [`cli`] parses the flags, [`writer`] and its two transports ([`http_writer`],
 //! [`redis_writer`]) send one write, [`driver`] runs the clients and times them,
-//! [`report`] turns the histograms into the figures printed.
+//! [`report`] turns the histograms into the figures printed. For the failover mode,
+//! [`failover`] runs the writers, [`discovery`] finds the primary, [`gaps`] computes the
+//! windows, [`verify`] reads the writes back, [`failover_report`] prints the result.
 
 mod cli;
+mod discovery;
 mod driver;
+mod failover;
+mod failover_report;
+mod gaps;
 mod http_writer;
 mod redis_writer;
 mod report;
+mod verify;
 mod writer;
 
 use std::process::ExitCode;
@@ -39,8 +50,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
-    match run(args) {
+    let cli = cli::Cli::parse();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("keel-writebench: {err:#}");
@@ -49,13 +60,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: cli::Args) -> anyhow::Result<()> {
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(driver::run(&args))?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    match (cli.mode, cli.throughput) {
+        (Some(cli::Mode::Failover(args)), _) => {
+            let report = runtime.block_on(failover::run(&args))?;
+            print(&report, args.json)
+        }
+        (None, Some(args)) => {
+            let report = runtime.block_on(driver::run(&args))?;
+            print(&report, args.json)
+        }
+        // clap requires the throughput flags when there is no subcommand.
+        (None, None) => anyhow::bail!("give --target and --url, or a subcommand; see --help"),
+    }
+}
+
+fn print<R: std::fmt::Display + serde::Serialize>(report: &R, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
         print!("{report}");
     }
