@@ -146,24 +146,9 @@ kill9() {
     unset "PID_OF[$1]"
 }
 
-# A free TCP port on 127.0.0.1, not handed out before in this run. Taken below the
-# kernel's ephemeral range: the writers open and close many connections, and a port in
-# that range may be the local end of one (or of a socket in TIME_WAIT) when a node is
-# restarted on it.
-USED_PORTS=" "
-EPHEMERAL_FIRST=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
-free_port() {
-    local port
-    for _ in $(seq 1000); do
-        port=$((10000 + RANDOM % (EPHEMERAL_FIRST - 10000)))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        ss -Htan "sport = :$port" | grep -q . && continue
-        USED_PORTS+="$port "
-        echo "$port"
-        return
-    done
-    die "no free port found"
-}
+# free_port: see lib.sh.
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh  # the script runs from the repository root (cd above)
 
 # wait_until WHAT CMD...: retries CMD every 50 ms for STEP_TIMEOUT seconds.
 wait_until() {

@@ -95,19 +95,9 @@ start() {
     LAST_PID=$!
 }
 
-# A free TCP port on 127.0.0.1, not handed out before in this run.
-USED_PORTS=" "
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        ss -Htln "sport = :$port" | grep -q . && continue
-        USED_PORTS+="$port "
-        echo "$port"
-        return
-    done
-}
+# free_port: see lib.sh.
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh  # the script runs from the repository root (cd above)
 
 # wait_until WHAT CMD...: retries CMD every 0.2 s for READY_TIMEOUT seconds.
 wait_until() {
