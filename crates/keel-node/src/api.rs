@@ -130,7 +130,7 @@ fn read_failed(e: keel_store::StoreError) -> Response {
     )
 }
 
-/// Runs a blocking store read off the async threads.
+/// Runs a blocking store read off the async threads, if this node may answer reads.
 ///
 /// A primary under a monitor answers reads only while it holds its lease: without it, it
 /// may already have been replaced and its answer would be stale without saying so. (A
@@ -151,6 +151,14 @@ async fn read<T: Send + 'static>(
             return Err(write_failed(WriteError::NoLease));
         }
     }
+    read_store(shared, f).await
+}
+
+/// Runs a blocking store read off the async threads, unconditionally.
+async fn read_store<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&keel_store::Store) -> Result<T, keel_store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || f(&store)).await {
         Ok(r) => r.map_err(read_failed),
@@ -233,12 +241,19 @@ fn write_failed(e: WriteError) -> Response {
             ),
         )
             .into_response(),
-        WriteError::Fenced { epoch } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            retry_after,
-            axum::Json(ApiError::new("fenced", message).with("epoch", epoch.0)),
-        )
-            .into_response(),
+        WriteError::Fenced { epoch, committed } => {
+            let mut err = ApiError::new("fenced", message).with("epoch", epoch.0);
+            err = match committed {
+                Some(lsn) => err.with("written", "unknown").with("lsn", lsn.0),
+                None => err.with("written", false),
+            };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                retry_after,
+                axum::Json(err),
+            )
+                .into_response()
+        }
         WriteError::SyncUnavailable { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             retry_after,
@@ -321,7 +336,9 @@ async fn patch_entries(
     }
     .map_err(|e| bad_request(e.code(), e.to_string()))?;
     let (lsn, _) = write(&shared, Command::Merge(pairs)).await?;
-    let entries = read(&shared, |s| s.entries()).await?;
+    // The write is acknowledged: answer with the map whatever happened since (a lease or
+    // a failover check here would report an acknowledged write as not written).
+    let entries = read_store(&shared, |s| s.entries()).await?;
     Ok(with_lsn(axum::Json(entries).into_response(), lsn))
 }
 

@@ -47,3 +47,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PING_INTERVAL: Duration = Duration::from_millis(250);
 /// How many log entries go in one replication frame at most.
 pub const FRAME_ENTRIES: usize = 512;
+/// How many bytes of keys and values go in one replication frame at most (one entry may
+/// exceed it alone; a value is at most 1 MiB).
+pub const FRAME_BYTES: usize = 32 << 20;

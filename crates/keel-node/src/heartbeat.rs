@@ -279,7 +279,7 @@ async fn promote(shared: Arc<Shared>, view: View, promoting: Arc<AtomicBool>) {
                 .iter()
                 .map(|s| (s.node.to_string(), s.url.clone(), s.sync))
                 .collect();
-            shared.become_primary();
+            shared.become_primary(view.epoch);
             shared.set_standbys(&standbys);
             tracing::info!(epoch = %view.epoch, "this node is now the primary");
         }

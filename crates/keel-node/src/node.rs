@@ -82,6 +82,9 @@ pub async fn run(
 
     let monitor = config.monitor.clone();
     let (shared, queue) = Shared::new(config, store);
+    shared
+        .writing_epoch
+        .store(epoch.0, std::sync::atomic::Ordering::SeqCst);
     let writer = tokio::spawn(writer::run(shared.clone(), queue));
     let (stop_tx, stop_rx) = watch::channel(false);
     shared.start_senders();

@@ -23,7 +23,8 @@ pub struct Outbox {
     bytes: usize,
 }
 
-fn weight(entry: &LogEntry) -> usize {
+/// Roughly how many bytes an entry holds (keys, values and a fixed overhead).
+pub fn weight(entry: &LogEntry) -> usize {
     64 + match &entry.op {
         Op::Merge(pairs) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
         Op::Put { key, value } => key.len() + value.len(),

@@ -237,6 +237,9 @@ pub struct Shared {
     pub inflight: AtomicU64,
     /// A random number for this process's life, so the monitor can tell a restart.
     pub incarnation: u64,
+    /// The epoch this node writes in as primary: the one it started or was promoted in.
+    /// Never simply the highest epoch seen, which may be a rival's.
+    pub writing_epoch: AtomicU64,
 }
 
 impl Shared {
@@ -281,6 +284,7 @@ impl Shared {
             cluster: Mutex::default(),
             inflight: AtomicU64::new(0),
             incarnation: incarnation(),
+            writing_epoch: AtomicU64::new(0),
         };
         (Arc::new(shared), rx)
     }
@@ -349,6 +353,16 @@ impl Shared {
         self.role.borrow().clone()
     }
 
+    /// Forgets what the senders were following: a node that becomes (or stops being)
+    /// primary starts from its own log as it is now. Without this, a promoted node's
+    /// senders would compare against a log end from another life, and could mark a
+    /// lagging standby up to date, or serve it entries rolled back since.
+    pub fn reset_log_end(&self) {
+        let mut outbox = lock(&self.outbox);
+        *outbox = crate::outbox::Outbox::default();
+        self.log_end.send_replace(self.store.status().last.lsn);
+    }
+
     /// Hands a batch to the senders.
     pub fn publish(&self, batch: &[keel_store::LogEntry]) {
         let Some(last) = batch.last().map(|e| e.pos.lsn) else {
@@ -367,6 +381,11 @@ impl Shared {
     /// Whether this node takes writes.
     pub fn is_primary(&self) -> bool {
         self.role.borrow().role == Role::Primary
+    }
+
+    /// The epoch this node writes in (and stamps its replication frames with).
+    pub fn writing_epoch(&self) -> Epoch {
+        Epoch(self.writing_epoch.load(Ordering::SeqCst))
     }
 
     /// Whether a monitor assigns this node's role.
@@ -416,6 +435,7 @@ impl Shared {
     /// epoch is not adopted here; the node may only write again when restarted with a
     /// newer epoch of its own or as a standby of the new primary.
     pub fn step_down(&self, epoch: Epoch) {
+        self.reset_log_end();
         let changed = self.role.send_if_modified(|r| {
             if r.fenced_by.is_some() {
                 return false;
@@ -433,6 +453,9 @@ impl Shared {
 
     /// Becomes the standby of the primary at `url`.
     pub fn follow(&self, url: Option<String>) {
+        if self.is_primary() {
+            self.reset_log_end();
+        }
         let changed = self.role.send_if_modified(|r| {
             let fenced_by = if self.monitored() { None } else { r.fenced_by };
             let next = RoleState { role: Role::Standby, primary: url.clone(), fenced_by };
@@ -450,8 +473,12 @@ impl Shared {
         }
     }
 
-    /// Becomes primary (promotion by the monitor, or first election).
-    pub fn become_primary(&self) {
+    /// Becomes primary in `epoch` (promotion by the monitor, or first election).
+    pub fn become_primary(&self, epoch: Epoch) {
+        self.reset_log_end();
+        self.writing_epoch.store(epoch.0, Ordering::SeqCst);
+        // No stream from a former primary may append to this log any more.
+        self.stream_generation.fetch_add(1, Ordering::SeqCst);
         let changed = self.role.send_if_modified(|r| {
             let next = RoleState {
                 role: Role::Primary,

@@ -46,11 +46,15 @@ pub enum WriteError {
         /// The primary's URL, when known.
         primary: Option<String>,
     },
-    /// A standby saw a newer epoch; this node stepped down.
-    #[error("this node was primary of an older epoch; a standby has seen epoch {epoch}")]
+    /// A newer epoch exists; this node stepped down.
+    #[error("this node was primary of an older epoch; epoch {epoch} has begun{}", if .committed.is_some() { " (the write was already durable here: its outcome is unknown)" } else { "" })]
     Fenced {
         /// The newer epoch.
         epoch: Epoch,
+        /// Where the write stands in this node's log, if it was committed before the node
+        /// stepped down: then it may survive (a standby may hold it), and its outcome is
+        /// unknown. `None`: nothing was written.
+        committed: Option<Lsn>,
     },
     /// The monitor is replacing the primary.
     #[error("a failover is in progress{}; retry shortly", .to.as_ref().map(|t| format!(" (promoting {t})")).unwrap_or_default())]
@@ -128,7 +132,10 @@ pub async fn submit(shared: &Shared, command: Command) -> Result<Applied, WriteE
 pub fn refusal(shared: &Shared) -> Option<WriteError> {
     let role = shared.role();
     if let Some(epoch) = role.fenced_by {
-        return Some(WriteError::Fenced { epoch });
+        return Some(WriteError::Fenced {
+            epoch,
+            committed: None,
+        });
     }
     if let Some(f) = shared.failover() {
         return Some(WriteError::FailoverInProgress {
@@ -166,7 +173,7 @@ pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
         let (commands, replies): (Vec<_>, Vec<_>) =
             requests.into_iter().map(|r| (r.command, r.reply)).unzip();
         let store = shared.store.clone();
-        let epoch = store.status().epoch;
+        let epoch = Epoch(shared.writing_epoch.load(Ordering::SeqCst));
         let n = commands.len() as u64;
         let publisher = shared.clone();
         let commit = tokio::task::spawn_blocking(move || {
@@ -182,6 +189,18 @@ pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
         });
         let results = match commit.await {
             Ok((Ok(results), _)) => results,
+            Ok((Err(StoreError::StaleEpoch { current, .. }), false)) => {
+                // Another primary's epoch has been seen here: this node must not write,
+                // and nothing was written.
+                answer_all(
+                    replies,
+                    &WriteError::Fenced {
+                        epoch: current,
+                        committed: None,
+                    },
+                );
+                continue;
+            }
             Ok((Err(e), shipped)) => {
                 if shipped {
                     tracing::error!(error = %e, "commit failed after its entries were shipped; aborting");
@@ -283,7 +302,13 @@ async fn acknowledge_when_replicated(
     let done = wait_until(&shared, timeout, replicated).await;
     if let Some(epoch) = shared.role().fenced_by {
         shared.inflight.fetch_sub(1, Ordering::SeqCst);
-        answer_all(replies, &WriteError::Fenced { epoch });
+        answer_all(
+            replies,
+            &WriteError::Fenced {
+                epoch,
+                committed: Some(last),
+            },
+        );
         return;
     }
     if !done {

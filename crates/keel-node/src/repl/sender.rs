@@ -26,7 +26,7 @@ use tokio_util::codec::Framed;
 
 use super::frame::{self, ToPrimary, ToStandby};
 use super::{PRIMARY_URL_HEADER, PROTOCOL};
-use crate::config::{CONNECT_TIMEOUT, FRAME_ENTRIES, PING_INTERVAL};
+use crate::config::{CONNECT_TIMEOUT, FRAME_BYTES, FRAME_ENTRIES, PING_INTERVAL};
 use crate::shared::{LinkState, Shared, StandbyLink};
 
 /// Why a stream ended.
@@ -95,6 +95,21 @@ pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>) {
     link.set_state(LinkState::Disconnected);
 }
 
+/// Keeps a frame's entries under [`FRAME_BYTES`] (but always at least one), so that a
+/// run of large values never makes a frame the codec refuses.
+fn cap_frame(mut entries: Vec<keel_store::LogEntry>) -> Vec<keel_store::LogEntry> {
+    let mut bytes = 0;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            bytes += crate::outbox::weight(e);
+            bytes > FRAME_BYTES
+        })
+        .map_or(entries.len(), |i| i.max(1));
+    entries.truncate(keep);
+    entries
+}
+
 /// Opens the upgraded connection to a standby.
 async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError> {
     let uri: http::Uri = link
@@ -122,7 +137,7 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let epoch = shared.store.status().epoch;
+    let epoch = shared.writing_epoch();
     let mut req = Request::get(format!("{}/v1/replication", link.url.trim_end_matches('/')))
         .header(header::HOST, authority.as_str())
         .header(header::CONNECTION, "upgrade")
@@ -142,10 +157,12 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .map_err(|e| StreamError::Connect(e.to_string()))?;
     let status = resp.status();
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        let body = resp
-            .into_body()
-            .collect()
+        // Whatever answered may not be a keel node: read at most 64 KiB, briefly.
+        let limited = http_body_util::Limited::new(resp.into_body(), 64 << 10);
+        let body = tokio::time::timeout(CONNECT_TIMEOUT, limited.collect())
             .await
+            .ok()
+            .and_then(Result::ok)
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let text = String::from_utf8_lossy(&body).into_owned();
@@ -154,7 +171,7 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
             .ok()
             .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
             .map(Epoch)
-            .filter(|e| status == StatusCode::CONFLICT && *e > shared.store.status().epoch);
+            .filter(|e| status == StatusCode::CONFLICT && *e > shared.writing_epoch());
         return Err(match newer {
             Some(epoch) => StreamError::Fenced(epoch),
             None => StreamError::Refused(format!("{status}: {text}")),
@@ -195,12 +212,20 @@ impl Sent {
     }
 }
 
-async fn send(io: &mut Io, sent: &mut Sent, frame: &ToStandby) -> Result<(), StreamError> {
+/// Sends one frame, giving up after `within`: a frozen standby whose socket buffers are
+/// full would otherwise hold the stream forever while it still looks up.
+async fn send(
+    io: &mut Io,
+    sent: &mut Sent,
+    frame: &ToStandby,
+    within: Duration,
+) -> Result<(), StreamError> {
     let bytes = frame::encode(frame).map_err(|e| StreamError::Protocol(e.to_string()))?;
     sent.record();
-    io.send(bytes)
-        .await
-        .map_err(|e| StreamError::Lost(e.to_string()))
+    match tokio::time::timeout(within, io.send(bytes)).await {
+        Ok(r) => r.map_err(|e| StreamError::Lost(e.to_string())),
+        Err(_) => Err(StreamError::Stalled(within)),
+    }
 }
 
 async fn recv(io: &mut Io, within: Duration) -> Result<ToPrimary, StreamError> {
@@ -240,7 +265,7 @@ async fn send_snapshot(
         .await
         .map_err(|e| StreamError::Protocol(e.to_string()))??;
     tracing::info!(lsn = %snapshot.last.lsn, "sending a snapshot to a standby the log no longer reaches");
-    let epoch = shared.store.status().epoch;
+    let epoch = shared.writing_epoch();
     send(
         io,
         sent,
@@ -248,6 +273,7 @@ async fn send_snapshot(
             epoch,
             snapshot: Box::new(snapshot),
         },
+        within * 10,
     )
     .await?;
     // Installing a large snapshot takes a while: allow more than a write would.
@@ -284,7 +310,20 @@ async fn stream(
     *crate::shared::lock(&link.node) = Some(node.clone());
     link.set_state(LinkState::CatchingUp);
 
-    // Bring the standby's log in line with ours.
+    // Bring the standby's log in line with ours — all of ours, including a batch already
+    // shipped and still being committed here (at most one: the writer commits one batch
+    // at a time): compared with the store alone, the standby would be told to roll back
+    // entries it may already have acknowledged.
+    let shipped = *shared.log_end.borrow();
+    let committed = tokio::time::timeout(wait, async {
+        while shared.store.status().last.lsn < shipped {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    if committed.is_err() {
+        return Err(StreamError::Stalled(wait));
+    }
     let status = shared.store.status();
     let ours = {
         let store = shared.store.clone();
@@ -302,6 +341,7 @@ async fn stream(
             &mut io,
             &mut frames,
             &ToStandby::Truncate { epoch, to: common },
+            wait,
         )
         .await?;
         match expect_ack(&mut io, &mut frames, wait).await? {
@@ -330,22 +370,25 @@ async fn stream(
                         .map_err(|e| StreamError::Protocol(e.to_string()))??
                 }
             };
+            let entries = cap_frame(entries);
             let Some(last) = entries.last().map(|e| e.pos.lsn) else {
                 break;
             };
-            let epoch = shared.store.status().epoch;
+            let epoch = shared.writing_epoch();
             let frame = frame::encode(&ToStandby::Append { epoch, entries })
                 .map_err(|e| StreamError::Protocol(e.to_string()))?;
             // Feed without flushing each frame; flush once the range is out.
             frames.record();
-            io.feed(frame)
-                .await
-                .map_err(|e| StreamError::Lost(e.to_string()))?;
+            match tokio::time::timeout(wait, io.feed(frame)).await {
+                Ok(r) => r.map_err(|e| StreamError::Lost(e.to_string()))?,
+                Err(_) => return Err(StreamError::Stalled(wait)),
+            }
             sent = last;
         }
-        SinkExt::<Bytes>::flush(&mut io)
-            .await
-            .map_err(|e| StreamError::Lost(e.to_string()))?;
+        match tokio::time::timeout(wait, SinkExt::<Bytes>::flush(&mut io)).await {
+            Ok(r) => r.map_err(|e| StreamError::Lost(e.to_string()))?,
+            Err(_) => return Err(StreamError::Stalled(wait)),
+        }
         if *link.acked.borrow() >= target && *link.state.borrow() != LinkState::Streaming {
             tracing::info!(standby = %node, at = %target, "standby caught up; streaming");
             link.set_state(LinkState::Streaming);
@@ -382,8 +425,8 @@ async fn stream(
                 if last_heard.elapsed() > wait {
                     return Err(StreamError::Stalled(wait));
                 }
-                let epoch = shared.store.status().epoch;
-                send(&mut io, &mut frames, &ToStandby::Ping { epoch }).await?;
+                let epoch = shared.writing_epoch();
+                send(&mut io, &mut frames, &ToStandby::Ping { epoch }, wait).await?;
             }
         }
     }
