@@ -147,20 +147,43 @@ fn refused(r: Refusal) -> Response {
     error_response(r.status, body)
 }
 
+/// Epochs at or above this are refused: no real cluster gets near it, and one that did
+/// would leave no room for the next failover (the monitor needs `epoch + 1`).
+const MAX_EPOCH: u64 = 1 << 62;
+
+fn check_epoch(epoch: keel_core::Epoch, code: &str) -> Result<(), Response> {
+    if epoch.0 >= MAX_EPOCH {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(
+                code,
+                format!("epoch {epoch} is out of range (the limit is {MAX_EPOCH})"),
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn register(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
     let req: RegisterRequest = parse(raw, codes::BAD_REGISTER, false)?;
+    check_epoch(req.epoch, codes::BAD_REGISTER)?;
     ask(&app, Input::Register(req)).await
 }
 
 async fn heartbeat(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
-    let req: HeartbeatRequest = parse(raw, codes::BAD_HEARTBEAT, false).inspect_err(|_| {
-        app.malformed_heartbeats.fetch_add(1, Ordering::Relaxed);
-    })?;
+    let req: HeartbeatRequest = parse(raw, codes::BAD_HEARTBEAT, false)
+        .and_then(|req: HeartbeatRequest| {
+            check_epoch(req.epoch, codes::BAD_HEARTBEAT).map(|()| req)
+        })
+        .inspect_err(|_| {
+            app.malformed_heartbeats.fetch_add(1, Ordering::Relaxed);
+        })?;
     ask(&app, Input::Heartbeat(req)).await
 }
 
 async fn sync_drop(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
     let req: SyncDropRequest = parse(raw, codes::BAD_REQUEST, false)?;
+    check_epoch(req.epoch, codes::BAD_REQUEST)?;
     ask(&app, Input::SyncDrop(req)).await
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use keel_core::{NodeId, Role};
+use keel_core::{Lsn, NodeId, Role};
 use keel_monitor::wire::{
     FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, StandbyReport, SyncDropRequest,
     View, codes,
@@ -74,6 +74,15 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
             }
             Ok(Answer::Refused { status, body }) => {
                 Stats::bump(&shared.stats.heartbeats_failed, 1);
+                if body.error == codes::STALE_INCARNATION {
+                    // Another process has registered under this node's id since: it is the
+                    // node now. Whatever view came with the refusal is that process's, and
+                    // obeying it could make two primaries; this process steps down for good.
+                    tracing::error!(message = %body.message, "another process registered as this node; stepping down and leaving the cluster");
+                    shared.step_down(shared.store.status().epoch.max(shared.writing_epoch()));
+                    shared.set_standbys(&[]);
+                    return;
+                }
                 if body.error == codes::UNKNOWN_NODE {
                     tracing::warn!("the monitor does not know this node; registering again");
                     registered = false;
@@ -161,7 +170,7 @@ fn heartbeat(shared: &Shared) -> HeartbeatRequest {
                     node,
                     streaming: *l.state.borrow() == LinkState::Streaming,
                     acked_lsn: *l.acked.borrow(),
-                    sync: l.is_sync(),
+                    sync: l.in_sync(),
                 })
             })
             .collect()
@@ -321,7 +330,7 @@ async fn drop_silent_standbys(
         {
             Ok(Answer::View(_)) => {
                 tracing::warn!(standby = %link.url, "standby dropped from the sync set on the monitor's record; writes go on without it");
-                link.set_sync(false);
+                link.set_sync(false, Lsn(0));
             }
             Ok(Answer::Refused { status, body }) => {
                 tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused to drop a standby from the sync set");

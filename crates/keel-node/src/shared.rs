@@ -52,6 +52,10 @@ pub struct StandbyLink {
     pub acked: watch::Sender<Lsn>,
     /// Whether the primary waits for this standby's acks before acknowledging a write.
     pub sync: AtomicBool,
+    /// The end of the log when the primary began waiting for this standby: until the
+    /// standby has acknowledged up to here, it may lack writes acknowledged without it,
+    /// and the primary does not report it as in sync.
+    pub sync_from: Mutex<Lsn>,
     /// Since when the stream has not been streaming, if it is not.
     pub down_since: Mutex<Option<Instant>>,
     /// Until when this standby's last ack renews the primary's lease.
@@ -74,6 +78,7 @@ impl StandbyLink {
             state: watch::Sender::new(LinkState::Connecting),
             acked: watch::Sender::new(Lsn(0)),
             sync: AtomicBool::new(sync),
+            sync_from: Mutex::new(Lsn(u64::MAX)),
             down_since: Mutex::new(Some(Instant::now())),
             lease_until: Mutex::new(None),
             stop: watch::Sender::new(false),
@@ -122,11 +127,25 @@ impl StandbyLink {
         bump(&self.changes);
     }
 
-    /// Puts the standby in or out of the set the primary waits for.
-    pub fn set_sync(&self, sync: bool) {
+    /// Puts the standby in or out of the set the primary waits for. `log_end` is the end
+    /// of the primary's log now: the standby counts as in sync once it has acked that far.
+    pub fn set_sync(&self, sync: bool, log_end: Lsn) {
+        if sync {
+            // Record where the waiting starts before the writer can see the flag.
+            let mut from = lock(&self.sync_from);
+            if !self.is_sync() {
+                *from = log_end;
+            }
+        }
         if self.sync.swap(sync, Ordering::SeqCst) != sync {
             bump(&self.changes);
         }
+    }
+
+    /// Whether the primary may report this standby as in sync: it waits for its acks, and
+    /// the standby holds every write acknowledged before the waiting began.
+    pub fn in_sync(&self) -> bool {
+        self.is_sync() && *self.acked.borrow() >= *lock(&self.sync_from)
     }
 }
 
@@ -246,6 +265,7 @@ impl Shared {
     /// Builds the shared state; the writer's receiving end is returned beside it.
     pub fn new(config: NodeConfig, store: Arc<Store>) -> (Arc<Self>, mpsc::Receiver<WriteRequest>) {
         let (tx, rx) = mpsc::channel(4 * crate::config::MAX_BATCH);
+        let config_monitored = config.monitor.is_some();
         let changes = Arc::new(watch::Sender::new(0));
         let links = if config.role == Role::Primary {
             config
@@ -280,7 +300,10 @@ impl Shared {
             writes: tx,
             stats: Stats::default(),
             stream_generation: AtomicU64::new(0),
-            last_grant: Mutex::new(None),
+            // A monitored node may have granted a lease in an earlier life (an ack just
+            // before a crash) that it cannot remember: it assumes one at its start, as the
+            // monitor does after a restart.
+            last_grant: Mutex::new(config_monitored.then(Instant::now)),
             cluster: Mutex::default(),
             inflight: AtomicU64::new(0),
             incarnation: incarnation(),
@@ -315,16 +338,19 @@ impl Shared {
             }
             keep
         });
+        let log_end = *self.log_end.borrow();
         for (node, url, sync) in standbys {
             match links.iter().find(|l| l.url == *url) {
-                Some(link) => link.set_sync(*sync),
+                Some(link) => link.set_sync(*sync, log_end),
                 None => {
-                    let link = Arc::new(StandbyLink::new(
+                    let link = StandbyLink::new(
                         url.clone(),
                         Some(node.clone()),
-                        *sync,
+                        false,
                         self.changes.clone(),
-                    ));
+                    );
+                    link.set_sync(*sync, log_end);
+                    let link = Arc::new(link);
                     links.push(link.clone());
                     tokio::spawn(crate::repl::sender::run(self.clone(), link));
                 }
@@ -403,32 +429,32 @@ impl Shared {
         lock(&self.cluster).failover.clone()
     }
 
-    /// Whether this primary holds its write lease at `now`: a majority of {itself, the
-    /// monitor, each standby of the sync set} renewed it within the lease. Nodes without
-    /// a monitor have no lease to hold: their roles are fixed by hand.
+    /// Whether this primary holds its write lease at `now`: the monitor renewed it within
+    /// the lease, or every standby of the sync set (at least one) did. Nodes without a
+    /// monitor have no lease to hold: their roles are fixed by hand.
     ///
-    /// Only sync standbys vote because only they can be promoted: a promotion needs the
-    /// monitor and the candidate to stop renewing, which leaves the old primary short of
-    /// a majority; a standby the monitor has recorded out of the sync set can never be a
-    /// rival, and counting it (dead, most likely) would only stop a healthy primary.
+    /// A promotion needs the monitor and the candidate — a sync standby — to stop renewing
+    /// and wait out what they granted, which makes both conditions false for the old
+    /// primary, however many standbys there are. (A plain majority of {primary, monitor,
+    /// standbys} would not: with three sync standbys, the old primary and two of them are
+    /// a majority without the monitor and the candidate.) Standbys out of the sync set can
+    /// never be promoted, so they do not count, and a dead one cannot stop a healthy
+    /// primary.
     pub fn lease_valid(&self, now: Instant) -> bool {
         if !self.monitored() {
             return true;
         }
-        let links = self.sync_links();
-        let voters = 2 + links.len();
-        let mut granted = 1;
         if lock(&self.cluster)
             .monitor_lease_until
             .is_some_and(|t| t > now)
         {
-            granted += 1;
+            return true;
         }
-        granted += links
-            .iter()
-            .filter(|l| lock(&l.lease_until).is_some_and(|t| t > now))
-            .count();
-        granted > voters / 2
+        let links = self.sync_links();
+        !links.is_empty()
+            && links
+                .iter()
+                .all(|l| lock(&l.lease_until).is_some_and(|t| t > now))
     }
 
     /// A standby has seen `epoch`, newer than ours: stop taking writes for good. The
@@ -539,41 +565,73 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_lease_needs_a_majority_of_the_primary_the_monitor_and_the_standbys() {
+    async fn the_lease_holds_with_the_monitor_or_with_every_sync_standby() {
         let dir = tempfile::tempdir().expect("tempdir");
         let shared = monitored(dir.path());
         let now = Instant::now();
         let lease = Duration::from_millis(500);
-        // Alone with the monitor (2 voters): itself is not a majority.
-        assert!(!shared.lease_valid(now));
+        let t = now + Duration::from_millis(1);
+        // No standby: the monitor's renewal alone, and it ends exactly at its end.
+        assert!(!shared.lease_valid(now), "nobody renewed it");
         lock(&shared.cluster).monitor_lease_until = Some(now + lease);
-        assert!(shared.lease_valid(now));
         assert!(shared.lease_valid(now + lease - Duration::from_millis(1)));
-        assert!(
-            !shared.lease_valid(now + lease),
-            "a lease ends exactly at its end"
-        );
-
-        // With one standby (3 voters): the monitor or the standby will do.
-        shared.set_standbys(&[("app2".into(), "http://127.0.0.1:3".into(), true)]);
-        let link = shared.links()[0].clone();
-        lock(&shared.cluster).monitor_lease_until = None;
-        assert!(!shared.lease_valid(now));
-        link.ack(Lsn(1), Some(now), lease);
-        assert!(shared.lease_valid(now + Duration::from_millis(499)));
         assert!(!shared.lease_valid(now + lease));
 
-        // With two standbys (4 voters): three must back it.
-        shared.set_standbys(&[
-            ("app2".into(), "http://127.0.0.1:3".into(), true),
-            ("app3".into(), "http://127.0.0.1:4".into(), true),
-        ]);
-        let t = now + Duration::from_millis(1);
-        assert!(!shared.lease_valid(t), "itself and one standby are 2 of 4");
+        // Three sync standbys, cut off from the monitor: two of them still renewing is not
+        // enough (the third may be the candidate being promoted), all three is.
+        lock(&shared.cluster).monitor_lease_until = None;
+        let urls = [
+            "http://127.0.0.1:3",
+            "http://127.0.0.1:4",
+            "http://127.0.0.1:5",
+        ];
+        let standbys: Vec<(String, String, bool)> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("app{}", i + 2), u.to_string(), true))
+            .collect();
+        shared.set_standbys(&standbys);
+        let links = shared.links();
+        links[0].ack(Lsn(1), Some(now), lease);
+        links[1].ack(Lsn(1), Some(now), lease);
+        assert!(
+            !shared.lease_valid(t),
+            "the primary and two of three standbys must not hold it"
+        );
+        links[2].ack(Lsn(1), Some(now), lease);
+        assert!(shared.lease_valid(t));
+        assert!(!shared.lease_valid(now + lease));
+
+        // Standbys out of the sync set do not count, for or against.
+        for link in &links {
+            link.set_sync(false, Lsn(0));
+        }
+        assert!(
+            !shared.lease_valid(t),
+            "with no sync standby, only the monitor can renew it"
+        );
         lock(&shared.cluster).monitor_lease_until = Some(now + lease);
         assert!(
             shared.lease_valid(t),
-            "itself, the monitor and one standby are 3 of 4"
+            "dead standbys out of the sync set cannot stop it"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_is_reported_in_sync_only_once_it_has_acked_what_came_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = monitored(dir.path());
+        shared.log_end.send_replace(Lsn(100));
+        shared.set_standbys(&[("app2".into(), "http://127.0.0.1:3".into(), true)]);
+        let link = shared.links()[0].clone();
+        assert!(link.is_sync(), "the primary waits for it from now on");
+        assert!(
+            !link.in_sync(),
+            "but it may lack writes acknowledged before"
+        );
+        link.ack(Lsn(99), None, Duration::ZERO);
+        assert!(!link.in_sync());
+        link.ack(Lsn(100), None, Duration::ZERO);
+        assert!(link.in_sync());
     }
 }

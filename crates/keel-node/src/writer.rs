@@ -62,9 +62,9 @@ pub enum WriteError {
         /// The node being promoted.
         to: Option<String>,
     },
-    /// The primary cannot show that a majority still backs it.
+    /// Neither the monitor nor every sync standby renewed this primary's lease.
     #[error(
-        "this primary's lease has lapsed (neither the monitor nor a standby renewed it); it takes no writes until it is renewed"
+        "this primary's lease has lapsed (neither the monitor nor every sync standby renewed it); it takes no writes until it is renewed"
     )]
     NoLease,
     /// A sync standby was not streaming within the wait; nothing was written.
@@ -220,7 +220,9 @@ pub async fn run(shared: Arc<Shared>, mut queue: mpsc::Receiver<WriteRequest>) {
         Stats::bump(&shared.stats.committed_ops, n);
         let last = shared.store.status().last.lsn;
         shared.inflight.fetch_add(1, Ordering::SeqCst);
-        if sync {
+        // A standby may have joined the sync set while this batch was being committed:
+        // from the moment it did, writes must wait for it.
+        if sync || !shared.sync_links().is_empty() {
             tokio::spawn(acknowledge_when_replicated(
                 shared.clone(),
                 last,

@@ -387,3 +387,22 @@ fn timing_flags_that_cannot_work_are_refused() {
     assert!(!out.success(), "{out}");
     assert!(out.stderr.contains("the lease"), "{out}");
 }
+
+#[test]
+fn an_epoch_at_the_top_of_the_range_is_refused_and_changes_nothing() {
+    let dir = tempdir();
+    let monitor = TestMonitor::start(dir.path(), &[]);
+    let before = monitor.cluster();
+    let (status, body) = monitor.post(
+        "/v1/register",
+        &json!({"node": "app1", "url": "http://127.0.0.1:1", "incarnation": 1, "epoch": u64::MAX, "lsn": 0}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("out of range")),
+        "{body}"
+    );
+    assert_eq!(monitor.cluster()["version"], before["version"]);
+}

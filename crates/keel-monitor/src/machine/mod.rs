@@ -432,7 +432,9 @@ impl Monitor {
     fn next_epoch(&self) -> Epoch {
         let reported = self.soft.values().filter_map(|s| s.epoch).max();
         let base = reported.map_or(self.state.epoch, |e| e.max(self.state.epoch));
-        Epoch(base.0 + 1)
+        // Requests with epochs near the top are refused at the door (server.rs), so this
+        // cannot wrap; saturating keeps it so even if that check were lost.
+        Epoch(base.0.saturating_add(1))
     }
 
     /// Makes `node` the primary at a new epoch (first node, or a restarted primary).
