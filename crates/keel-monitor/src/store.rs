@@ -34,7 +34,7 @@ pub enum StoreError {
     },
     /// The state file is not valid JSON of the expected shape.
     #[error(
-        "{path} is corrupt ({source}); restore it from a backup, or move it away to start a new cluster (nodes then re-register; their epochs keep the new ones above the old)"
+        "{path} is corrupt ({source}); restore it from a backup. Moving it away starts a new cluster in which the first node to register becomes primary: start the node that was primary (the one with the highest epoch and lsn in its /health) before the others, or a standby that is behind may be elected and the others rolled back to it"
     )]
     Corrupt {
         /// The file.

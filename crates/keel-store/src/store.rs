@@ -481,6 +481,27 @@ impl Store {
         Ok(out)
     }
 
+    /// The log's last position and its epoch boundaries, read from one consistent view
+    /// (what a standby says in its hello: read apart, a commit in between could pair a new
+    /// position with old boundaries).
+    pub fn summary(&self) -> Result<(LogPos, Vec<(Epoch, Lsn)>), StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |k: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(k)?.map(|g| g.value()).unwrap_or(0))
+        };
+        let last = LogPos {
+            epoch: Epoch(get(META_LAST_EPOCH)?),
+            lsn: Lsn(get(META_LAST_LSN)?),
+        };
+        let mut epochs = Vec::new();
+        for item in txn.open_table(EPOCHS)?.iter()? {
+            let (e, l) = item?;
+            epochs.push((Epoch(e.value()), Lsn(l.value())));
+        }
+        Ok((last, epochs))
+    }
+
     /// For each epoch that wrote in this log (snapshot included), the lsn of its first
     /// entry, oldest first.
     pub fn epoch_boundaries(&self) -> Result<Vec<(Epoch, Lsn)>, StoreError> {

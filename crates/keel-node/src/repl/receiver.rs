@@ -169,13 +169,13 @@ async fn reply(io: &mut Io, frame: &ToPrimary) -> Result<(), FollowError> {
 /// takes over.
 async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(), FollowError> {
     let store = shared.store.clone();
-    let epochs = {
+    let (last, epochs) = {
         let store = store.clone();
-        run_blocking(move || store.epoch_boundaries()).await?
+        run_blocking(move || store.summary()).await?
     };
     let hello = ToPrimary::Hello {
         node: shared.config.id.to_string(),
-        last: store.status().last,
+        last,
         epochs,
     };
     reply(&mut io, &hello).await?;
