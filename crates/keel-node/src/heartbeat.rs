@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use keel_core::{Lsn, NodeId, Role};
+use keel_core::{NodeId, Role};
 use keel_monitor::wire::{
     FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, StandbyReport, SyncDropRequest,
     View, codes,
@@ -330,7 +330,7 @@ async fn drop_silent_standbys(
         {
             Ok(Answer::View(_)) => {
                 tracing::warn!(standby = %link.url, "standby dropped from the sync set on the monitor's record; writes go on without it");
-                link.set_sync(false, Lsn(0));
+                link.set_sync(false, &shared.log_end);
             }
             Ok(Answer::Refused { status, body }) => {
                 tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused to drop a standby from the sync set");

@@ -127,17 +127,20 @@ impl StandbyLink {
         bump(&self.changes);
     }
 
-    /// Puts the standby in or out of the set the primary waits for. `log_end` is the end
-    /// of the primary's log now: the standby counts as in sync once it has acked that far.
-    pub fn set_sync(&self, sync: bool, log_end: Lsn) {
-        if sync {
-            // Record where the waiting starts before the writer can see the flag.
-            let mut from = lock(&self.sync_from);
-            if !self.is_sync() {
-                *from = log_end;
-            }
+    /// Puts the standby in or out of the set the primary waits for.
+    ///
+    /// Joining, the flag goes up first and only then is the end of the log read into
+    /// `sync_from`: every batch shipped after that read finds the flag up when its commit
+    /// is done and waits for this standby, and every batch before it is at or below
+    /// `sync_from`, which the standby must ack before it counts as in sync.
+    pub fn set_sync(&self, sync: bool, log_end: &watch::Sender<Lsn>) {
+        let was = self.sync.swap(sync, Ordering::SeqCst);
+        match (was, sync) {
+            (false, true) => *lock(&self.sync_from) = *log_end.borrow(),
+            (true, false) => *lock(&self.sync_from) = Lsn(u64::MAX),
+            _ => {}
         }
-        if self.sync.swap(sync, Ordering::SeqCst) != sync {
+        if was != sync {
             bump(&self.changes);
         }
     }
@@ -338,10 +341,9 @@ impl Shared {
             }
             keep
         });
-        let log_end = *self.log_end.borrow();
         for (node, url, sync) in standbys {
             match links.iter().find(|l| l.url == *url) {
-                Some(link) => link.set_sync(*sync, log_end),
+                Some(link) => link.set_sync(*sync, &self.log_end),
                 None => {
                     let link = StandbyLink::new(
                         url.clone(),
@@ -349,7 +351,7 @@ impl Shared {
                         false,
                         self.changes.clone(),
                     );
-                    link.set_sync(*sync, log_end);
+                    link.set_sync(*sync, &self.log_end);
                     let link = Arc::new(link);
                     links.push(link.clone());
                     tokio::spawn(crate::repl::sender::run(self.clone(), link));
@@ -604,7 +606,7 @@ mod tests {
 
         // Standbys out of the sync set do not count, for or against.
         for link in &links {
-            link.set_sync(false, Lsn(0));
+            link.set_sync(false, &shared.log_end);
         }
         assert!(
             !shared.lease_valid(t),
