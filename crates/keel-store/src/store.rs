@@ -485,21 +485,7 @@ impl Store {
     /// (what a standby says in its hello: read apart, a commit in between could pair a new
     /// position with old boundaries).
     pub fn summary(&self) -> Result<(LogPos, Vec<(Epoch, Lsn)>), StoreError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let get = |k: &str| -> Result<u64, StoreError> {
-            Ok(meta.get(k)?.map(|g| g.value()).unwrap_or(0))
-        };
-        let last = LogPos {
-            epoch: Epoch(get(META_LAST_EPOCH)?),
-            lsn: Lsn(get(META_LAST_LSN)?),
-        };
-        let mut epochs = Vec::new();
-        for item in txn.open_table(EPOCHS)?.iter()? {
-            let (e, l) = item?;
-            epochs.push((Epoch(e.value()), Lsn(l.value())));
-        }
-        Ok((last, epochs))
+        summary_in(&self.db.begin_read()?)
     }
 
     /// For each epoch that wrote in this log (snapshot included), the lsn of its first
@@ -562,22 +548,12 @@ impl Store {
     /// The whole state at the last position, read from one consistent view.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let get = |k: &str| -> Result<u64, StoreError> {
-            Ok(meta.get(k)?.map(|g| g.value()).unwrap_or(0))
-        };
-        let last = LogPos {
-            epoch: Epoch(get(META_LAST_EPOCH)?),
-            lsn: Lsn(get(META_LAST_LSN)?),
-        };
+        let (last, epochs) = summary_in(&txn)?;
         let mut snap = Snapshot {
             last,
+            epochs,
             ..Snapshot::default()
         };
-        for item in txn.open_table(EPOCHS)?.iter()? {
-            let (e, l) = item?;
-            snap.epochs.push((Epoch(e.value()), Lsn(l.value())));
-        }
         for item in txn.open_table(ENTRIES)?.iter()? {
             let (k, v) = item?;
             snap.entries
@@ -692,6 +668,23 @@ impl Store {
             .map(|g| g.value())
             .unwrap_or(0))
     }
+}
+
+/// The log's last position and epoch boundaries, as one read transaction sees them.
+fn summary_in(txn: &redb::ReadTransaction) -> Result<(LogPos, Vec<(Epoch, Lsn)>), StoreError> {
+    let meta = txn.open_table(META)?;
+    let get =
+        |k: &str| -> Result<u64, StoreError> { Ok(meta.get(k)?.map(|g| g.value()).unwrap_or(0)) };
+    let last = LogPos {
+        epoch: Epoch(get(META_LAST_EPOCH)?),
+        lsn: Lsn(get(META_LAST_LSN)?),
+    };
+    let mut epochs = Vec::new();
+    for item in txn.open_table(EPOCHS)?.iter()? {
+        let (e, l) = item?;
+        epochs.push((Epoch(e.value()), Lsn(l.value())));
+    }
+    Ok((last, epochs))
 }
 
 /// Turns a command into the operation to log, or says why it cannot be applied.
