@@ -12,41 +12,27 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use support::{KeelProcess, free_port, get_json, http_client, tempdir, url_for, wait_until};
-
-const TOKEN: &str = "failover-test-token-0123456789";
+use support::{TestMonitor, TestNode, get_json, http_client, tempdir, wait_until};
 
 /// A monitor and monitored nodes, each a real process, in one directory.
 struct Cluster {
     root: PathBuf,
-    token_file: String,
-    monitor: KeelProcess,
-    monitor_port: u16,
+    monitor: TestMonitor,
     monitor_url: String,
-    nodes: BTreeMap<String, Node>,
-}
-
-struct Node {
-    proc: KeelProcess,
-    url: String,
-    args: Vec<String>,
+    nodes: BTreeMap<String, TestNode>,
 }
 
 impl Cluster {
     /// A monitor and `n` nodes (app1 registers first and becomes primary).
     fn start(root: &Path, n: usize) -> Cluster {
-        let token_file = root.join("admin.token");
-        std::fs::write(&token_file, TOKEN).expect("token");
-        let monitor_port = free_port();
+        let monitor = TestMonitor::start(&root.join("monitor"), &[]);
+        let monitor_url = monitor.url.clone();
         let mut cluster = Cluster {
             root: root.to_owned(),
-            token_file: token_file.display().to_string(),
-            monitor: spawn_monitor(root, monitor_port, &token_file.display().to_string()),
-            monitor_port,
-            monitor_url: url_for(monitor_port),
+            monitor,
+            monitor_url,
             nodes: BTreeMap::new(),
         };
-        cluster.wait_monitor();
         for i in 1..=n {
             let id = format!("app{i}");
             cluster.add_node(&id);
@@ -66,45 +52,18 @@ impl Cluster {
     }
 
     fn add_node(&mut self, id: &str) {
-        let port = free_port();
-        let url = url_for(port);
-        let args: Vec<String> = [
-            "node",
-            "--id",
+        let token_file = self.monitor.token_file.display().to_string();
+        let node = TestNode::monitored(
             id,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            &self.root.join(id).display().to_string(),
-            "--monitor",
+            self.root.join(id),
             &self.monitor_url,
-            "--token-file",
-            &self.token_file,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let proc = spawn(id, &args);
-        let node = Node { proc, url, args };
-        wait_healthy(&node.url, &node.proc);
+            &["--token-file", &token_file],
+        );
         self.nodes.insert(id.to_owned(), node);
     }
 
-    fn wait_monitor(&mut self) {
-        let url = format!("{}/health", self.monitor_url);
-        let up = wait_until(Duration::from_secs(10), || {
-            http_client()
-                .get(&url)
-                .send()
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        });
-        assert!(up, "monitor did not start\n{}", self.monitor.log_report());
-    }
-
     fn view(&self) -> serde_json::Value {
-        let (status, view) = get_json(&format!("{}/v1/cluster", self.monitor_url));
-        assert_eq!(status, StatusCode::OK, "{view}");
-        view
+        self.monitor.cluster()
     }
 
     /// The primary's id, per the monitor, once no failover is running.
@@ -141,21 +100,10 @@ impl Cluster {
         found.unwrap_or_default()
     }
 
-    fn kill9(&mut self, id: &str) {
-        if let Some(n) = self.nodes.get_mut(id) {
-            n.proc.kill9();
-        }
-    }
-
-    fn restart(&mut self, id: &str) {
-        let Some(node) = self.nodes.get_mut(id) else {
-            return;
-        };
-        if node.proc.is_running() {
-            node.proc.kill9();
-        }
-        node.proc = spawn(id, &node.args);
-        wait_healthy(&node.url, &node.proc);
+    fn node(&mut self, id: &str) -> &mut TestNode {
+        self.nodes
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no node {id}"))
     }
 
     fn url(&self, id: &str) -> String {
@@ -164,46 +112,6 @@ impl Cluster {
             .map(|n| n.url.clone())
             .unwrap_or_default()
     }
-
-    fn restart_monitor(&mut self) {
-        if self.monitor.is_running() {
-            self.monitor.kill9();
-        }
-        self.monitor = spawn_monitor(&self.root, self.monitor_port, &self.token_file);
-        self.wait_monitor();
-    }
-}
-
-fn spawn(name: &str, args: &[String]) -> KeelProcess {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    KeelProcess::spawn(name, &refs)
-}
-
-fn spawn_monitor(root: &Path, port: u16, token_file: &str) -> KeelProcess {
-    let args: Vec<String> = [
-        "monitor",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-        &root.join("monitor").display().to_string(),
-        "--token-file",
-        token_file,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    spawn("monitor", &args)
-}
-
-fn wait_healthy(url: &str, proc: &KeelProcess) {
-    let health = format!("{url}/health");
-    let up = wait_until(Duration::from_secs(10), || {
-        http_client()
-            .get(&health)
-            .send()
-            .is_ok_and(|r| r.status() == StatusCode::OK)
-    });
-    assert!(up, "{url} did not start\n{}", proc.log_report());
 }
 
 /// One acknowledged write, as the writer saw it.
@@ -353,10 +261,10 @@ fn kill9_the_primary_ten_times_under_8_writers_every_acknowledged_write_survives
     writers.wait_more(100);
     for cycle in 0..10 {
         let old = cluster.primary().expect("a primary");
-        cluster.kill9(&old);
+        cluster.node(&old).kill9();
         let new = cluster.wait_new_primary(&old);
         writers.wait_more(50);
-        cluster.restart(&old);
+        cluster.node(&old).restart();
         // The old primary rejoins as a standby, catches up and is promotable again.
         cluster.wait_promotable(&old);
         assert_eq!(cluster.node_view(&old)["role"], "standby", "cycle {cycle}");
@@ -424,14 +332,14 @@ fn with_the_monitor_dead_the_data_tier_keeps_writing_and_a_restarted_monitor_kee
     let mut cluster = Cluster::start(root.path(), 2);
     let before = cluster.view();
     let primary = cluster.primary().expect("a primary");
-    cluster.monitor.kill9();
+    cluster.monitor.proc.kill9();
     // The primary's lease is renewed by its standby alone now.
     let url = cluster.url(&primary);
     for i in 0..50 {
         let r = support::put_kv(&url, &format!("no-monitor-{i}"), "x");
         assert_eq!(r.status(), StatusCode::OK, "write {i} without a monitor");
     }
-    cluster.restart_monitor();
+    cluster.monitor.restart();
     let after = cluster.view();
     assert_eq!(after["epoch"], before["epoch"]);
     assert_eq!(after["primary"]["node"], before["primary"]["node"]);
@@ -451,7 +359,7 @@ fn a_stale_standby_is_never_promoted_and_the_cluster_view_says_why() {
     let mut cluster = Cluster::start(root.path(), 2);
     let primary = cluster.primary().expect("a primary");
     let standby = if primary == "app1" { "app2" } else { "app1" }.to_owned();
-    cluster.kill9(&standby);
+    cluster.node(&standby).kill9();
     // Writes go on once the monitor has dropped the standby from the sync set.
     let url = cluster.url(&primary);
     let resumed = wait_until(Duration::from_secs(10), || {
@@ -470,8 +378,8 @@ fn a_stale_standby_is_never_promoted_and_the_cluster_view_says_why() {
     }
     assert_eq!(cluster.node_view(&standby)["promotable"], false);
     // Now the primary dies, and the standby, which missed those writes, comes back.
-    cluster.kill9(&primary);
-    cluster.restart(&standby);
+    cluster.node(&primary).kill9();
+    cluster.node(&standby).restart();
     let why = wait_until(Duration::from_secs(10), || {
         cluster.node_view(&standby)["why_not_promotable"]
             .as_str()
@@ -509,7 +417,7 @@ fn a_switchover_moves_the_primary_without_losing_an_acknowledged_write() {
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
     let resp = http_client()
         .post(format!("{}/v1/failover", cluster.monitor_url))
-        .bearer_auth(TOKEN)
+        .bearer_auth(TestMonitor::TOKEN)
         .json(&serde_json::json!({"to": target}))
         .send()
         .expect("POST");
@@ -537,7 +445,7 @@ fn standbys_dropped_from_the_sync_set_do_not_hold_the_primarys_lease_hostage() {
         .cloned()
         .collect();
     for s in &standbys {
-        cluster.kill9(s);
+        cluster.node(s).kill9();
     }
     let url = cluster.url(&primary);
     let resumed = wait_until(Duration::from_secs(10), || {

@@ -361,23 +361,33 @@ impl TestNode {
 
     /// Starts `keel node` with any role and flags and waits for its health.
     pub fn start(id: &str, port: u16, data_dir: &Path, role: &str, extra: &[&str]) -> TestNode {
+        let mut flags = vec!["--role", role];
+        flags.extend_from_slice(extra);
+        Self::launch(id, port, data_dir, &flags)
+    }
+
+    /// A node on a free port whose role comes from the monitor at `monitor_url`.
+    pub fn monitored(
+        id: &str,
+        data_dir: impl AsRef<Path>,
+        monitor_url: &str,
+        extra: &[&str],
+    ) -> TestNode {
+        let mut flags = vec!["--monitor", monitor_url];
+        flags.extend_from_slice(extra);
+        Self::launch(id, free_port(), data_dir.as_ref(), &flags)
+    }
+
+    /// Starts `keel node --id ID --listen 127.0.0.1:PORT --data-dir DIR` with `flags` and
+    /// waits for its health.
+    fn launch(id: &str, port: u16, data_dir: &Path, flags: &[&str]) -> TestNode {
         let listen = format!("127.0.0.1:{port}");
         let data = data_dir.display().to_string();
-        let mut args: Vec<String> = [
-            "node",
-            "--id",
-            id,
-            "--listen",
-            &listen,
-            "--data-dir",
-            &data,
-            "--role",
-            role,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut args: Vec<String> = ["node", "--id", id, "--listen", &listen, "--data-dir", &data]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(flags.iter().map(|s| s.to_string()));
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut node = TestNode {
             proc: KeelProcess::spawn(id, &arg_refs),
@@ -391,38 +401,9 @@ impl TestNode {
         node
     }
 
-    /// Waits until `GET /health` answers 200; panics with the log if the process exits
-    /// or [`STARTUP_TIMEOUT`] passes first.
+    /// Waits until `GET /health` answers 200 (see [`wait_for_health`]).
     pub fn wait_healthy(&mut self) {
-        let health = format!("{}/health", self.url);
-        let client = http_client();
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(status) = self.proc.try_status() {
-                panic!(
-                    "{} exited during startup ({})\n{}",
-                    self.id,
-                    describe_status(status),
-                    self.proc.log_report()
-                );
-            }
-            let ok = client
-                .get(&health)
-                .timeout(Duration::from_millis(500))
-                .send()
-                .is_ok_and(|r| r.status() == StatusCode::OK);
-            if ok {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{} did not answer {health} within {STARTUP_TIMEOUT:?}\n{}",
-                    self.id,
-                    self.proc.log_report()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_health(&mut self.proc, &self.url);
     }
 
     /// Starts the node again with the same flags, port and data dir, after it was killed
@@ -452,6 +433,34 @@ impl TestNode {
     pub fn args(&self) -> &[String] {
         &self.args
     }
+}
+
+/// Waits until `GET {url}/health` answers 200; panics with the process's log if it exits
+/// or [`STARTUP_TIMEOUT`] passes first.
+pub fn wait_for_health(proc: &mut KeelProcess, url: &str) {
+    let health = format!("{url}/health");
+    let client = http_client();
+    let up = wait_until(STARTUP_TIMEOUT, || {
+        if let Some(status) = proc.try_status() {
+            panic!(
+                "{} exited during startup ({})\n{}",
+                proc.name,
+                describe_status(status),
+                proc.log_report()
+            );
+        }
+        client
+            .get(&health)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+    assert!(
+        up,
+        "{} did not answer {health} within {STARTUP_TIMEOUT:?}\n{}",
+        proc.name,
+        proc.log_report()
+    );
 }
 
 /// A blocking HTTP client with a generous timeout, so a hung node fails a test instead of
@@ -687,30 +696,9 @@ impl TestMonitor {
         monitor
     }
 
-    /// Waits until `GET /health` answers 200; panics with the log if the process exits
-    /// or [`STARTUP_TIMEOUT`] passes first.
+    /// Waits until `GET /health` answers 200 (see [`wait_for_health`]).
     pub fn wait_healthy(&mut self) {
-        let health = format!("{}/health", self.url);
-        let client = http_client();
-        let up = wait_until(STARTUP_TIMEOUT, || {
-            if let Some(status) = self.proc.try_status() {
-                panic!(
-                    "the monitor exited during startup ({})\n{}",
-                    describe_status(status),
-                    self.proc.log_report()
-                );
-            }
-            client
-                .get(&health)
-                .timeout(Duration::from_millis(500))
-                .send()
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        });
-        assert!(
-            up,
-            "the monitor did not answer {health} within {STARTUP_TIMEOUT:?}\n{}",
-            self.proc.log_report()
-        );
+        wait_for_health(&mut self.proc, &self.url);
     }
 
     /// Starts the monitor again with the same flags, port and data dir (kills it first if
