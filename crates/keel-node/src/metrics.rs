@@ -89,6 +89,21 @@ pub fn render(shared: &Shared) -> String {
             s.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
         )],
     );
+    metric(
+        "keel_node_heartbeats_total",
+        "counter",
+        "Heartbeats to the monitor, by outcome (monitored nodes only)",
+        &[
+            (
+                ",outcome=\"ok\"".into(),
+                s.heartbeats_ok.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                ",outcome=\"failed\"".into(),
+                s.heartbeats_failed.load(Ordering::Relaxed) as f64,
+            ),
+        ],
+    );
     let mut streaming = Vec::new();
     let mut lag = Vec::new();
     for link in &shared.links() {

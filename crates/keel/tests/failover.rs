@@ -339,6 +339,18 @@ fn with_the_monitor_dead_the_data_tier_keeps_writing_and_a_restarted_monitor_kee
         let r = support::put_kv(&url, &format!("no-monitor-{i}"), "x");
         assert_eq!(r.status(), StatusCode::OK, "write {i} without a monitor");
     }
+    // The primary says, in its metrics, that its heartbeats are failing.
+    let failed_line =
+        format!("keel_node_heartbeats_total{{node=\"{primary}\",outcome=\"failed\"}} ");
+    let failing = wait_until(Duration::from_secs(10), || {
+        let (_, metrics) = support::get_text(&format!("{url}/metrics"));
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&failed_line))
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)
+    });
+    assert!(failing, "no failed heartbeats counted on {primary}");
     cluster.monitor.restart();
     let after = cluster.view();
     assert_eq!(after["epoch"], before["epoch"]);
