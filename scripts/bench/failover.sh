@@ -295,20 +295,7 @@ run_keel_under_load() {
 
 # --- etcd -------------------------------------------------------------------------------
 
-etcd_healthy() { curl -fsS --max-time 1 "$1/health" | jq -e '.health == "true"'; }
-
-# etcd_leader URL...: prints the client URL of the member, among URL..., that leads.
-etcd_leader() {
-    local url status
-    for url in "$@"; do
-        status=$(curl -fsS --max-time 1 -X POST -d '{}' "$url/v3/maintenance/status") || continue
-        if jq -e '.header.member_id == .leader' <<<"$status" >/dev/null; then
-            echo "$url"
-            return 0
-        fi
-    done
-    return 1
-}
+# etcd_healthy and etcd_leader: see lib.sh.
 
 # The raft term, which grows by one at every election.
 etcd_term() {

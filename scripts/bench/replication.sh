@@ -153,20 +153,7 @@ run_keel() {
 
 # --- etcd -------------------------------------------------------------------------------
 
-etcd_healthy() { curl -fsS --max-time 1 "$1/health" | jq -e '.health == "true"'; }
-
-# Prints the client URL of the member that is the leader.
-etcd_leader() {
-    local url status
-    for url in "$@"; do
-        status=$(curl -fsS --max-time 1 -X POST -d '{}' "$url/v3/maintenance/status") || continue
-        if jq -e '.header.member_id == .leader' <<<"$status" >/dev/null; then
-            echo "$url"
-            return 0
-        fi
-    done
-    return 1
-}
+# etcd_healthy and etcd_leader: see lib.sh.
 
 run_etcd() {
     local i cluster="" client_urls=() peer_ports=() client_ports=() leader
