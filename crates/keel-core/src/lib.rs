@@ -6,12 +6,14 @@
 //!   it does, and where it stands in the replicated log;
 //! - [`headers`]: the `Keel-*` response headers every node sets;
 //! - [`error`]: the JSON body of every 4xx/5xx answer ([`ApiError`]);
+//! - [`http`]: the answers every keel server gives a wrong route, method or body;
 //! - [`token`]: the admin bearer token (loading it, comparing it in constant time);
 //! - [`shutdown`]: the Ctrl-C / SIGTERM future that servers take as their stop signal.
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod headers;
+pub mod http;
 pub mod ids;
 pub mod shutdown;
 pub mod token;

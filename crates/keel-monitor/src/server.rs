@@ -52,28 +52,14 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn error_response(status: StatusCode, error: ApiError) -> Response {
-    (status, axum::Json(error)).into_response()
-}
+use keel_core::http::error_response;
 
 async fn not_found(method: Method, uri: Uri) -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        ApiError::new(
-            "no_route",
-            format!("no route for {method} {}; see docs/failover.md", uri.path()),
-        ),
-    )
+    keel_core::http::not_found(&method, &uri, "docs/failover.md")
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        ApiError::new(
-            "method_not_allowed",
-            format!("{} does not take {method}", uri.path()),
-        ),
-    )
+    keel_core::http::method_not_allowed(&method, &uri)
 }
 
 /// The body as JSON of type `T`; an empty body reads as `{}` when `empty_ok`.
@@ -82,20 +68,8 @@ fn parse<T: DeserializeOwned>(
     code: &str,
     empty_ok: bool,
 ) -> Result<T, Response> {
-    let raw = raw.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            error_response(
-                status,
-                ApiError::new(
-                    "body_too_large",
-                    format!("the body is larger than the limit of {MAX_BODY} bytes"),
-                ),
-            )
-        } else {
-            error_response(status, ApiError::new(code, rejection.body_text()))
-        }
-    })?;
+    let raw =
+        raw.map_err(|rejection| keel_core::http::body_rejection(rejection, MAX_BODY, code))?;
     let text: &[u8] = if empty_ok && raw.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

@@ -51,10 +51,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// An error answer: a status and an [`ApiError`] body.
-pub fn error_response(status: StatusCode, error: ApiError) -> Response {
-    (status, axum::Json(error)).into_response()
-}
+pub use keel_core::http::error_response;
 
 type Answer = Result<Response, Response>;
 
@@ -80,40 +77,15 @@ async fn stamp(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        ApiError::new(
-            "no_route",
-            format!("no route for {method} {}; see docs/api.md", uri.path()),
-        ),
-    )
+    keel_core::http::not_found(&method, &uri, "docs/api.md")
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        ApiError::new(
-            "method_not_allowed",
-            format!("{} does not take {method}", uri.path()),
-        ),
-    )
+    keel_core::http::method_not_allowed(&method, &uri)
 }
 
 fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
-    body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            error_response(
-                status,
-                ApiError::new(
-                    "body_too_large",
-                    format!("the body is larger than the limit of {MAX_BODY} bytes"),
-                ),
-            )
-        } else {
-            error_response(status, ApiError::new("bad_body", rejection.body_text()))
-        }
-    })
+    body.map_err(|rejection| keel_core::http::body_rejection(rejection, MAX_BODY, "bad_body"))
 }
 
 fn key(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
