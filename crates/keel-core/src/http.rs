@@ -50,3 +50,31 @@ pub fn body_rejection(rejection: BytesRejection, limit: usize, code: &str) -> Re
         error_response(status, ApiError::new(code, rejection.body_text()))
     }
 }
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish for at most `grace`. `stopping` turns true the moment shutdown begins, so that
+/// the server's other tasks can stop with it.
+pub async fn serve_draining(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+    stopping: tokio::sync::watch::Sender<bool>,
+) -> std::io::Result<()> {
+    let mut stopped = stopping.subscribe();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("stopping: draining in-flight requests");
+        let _ = stopping.send(true);
+    });
+    tokio::select! {
+        r = server => r,
+        _ = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "requests still open after the grace period; stopping anyway");
+            Ok(())
+        }
+    }
+}

@@ -138,13 +138,8 @@ pub async fn run(
     let mut core_task = tokio::spawn(core.run(started));
 
     let router = crate::server::router(app);
-    let mut stopping = stop_rx;
-    let stop_server = stop_tx.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("stopping: draining in-flight requests");
-        let _ = stop_server.send(true);
-    });
+    let server =
+        keel_core::http::serve_draining(listener, router, shutdown, GRACE, stop_tx.clone());
     let result = tokio::select! {
         r = server => r.map_err(MonitorError::Serve),
         r = &mut core_task => match r {
@@ -152,13 +147,6 @@ pub async fn run(
             Ok(Ok(())) => Ok(()),
             Err(e) => Err(MonitorError::Serve(std::io::Error::other(e))),
         },
-        _ = async {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(GRACE).await;
-        } => {
-            tracing::warn!(grace = ?GRACE, "requests still open after the grace period; stopping anyway");
-            Ok(())
-        }
     };
     let _ = stop_tx.send(true);
     core_task.abort();

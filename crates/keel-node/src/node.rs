@@ -92,22 +92,9 @@ pub async fn run(
         .map(|url| tokio::spawn(crate::heartbeat::run(shared.clone(), url, stop_rx.clone())));
 
     let app = api::router(shared.clone());
-    let mut stopping = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("stopping: draining in-flight requests");
-        let _ = stop_tx.send(true);
-    });
-    let result = tokio::select! {
-        r = server => r.map_err(NodeError::Serve),
-        _ = async {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(GRACE).await;
-        } => {
-            tracing::warn!(grace = ?GRACE, "requests still open after the grace period; stopping anyway");
-            Ok(())
-        }
-    };
+    let result = keel_core::http::serve_draining(listener, app, shutdown, GRACE, stop_tx)
+        .await
+        .map_err(NodeError::Serve);
     shared.stop_senders();
     if let Some(h) = heartbeater {
         h.abort();
