@@ -8,3 +8,7 @@ pub const KEEL_ROLE: &str = "keel-role";
 pub const KEEL_EPOCH: &str = "keel-epoch";
 /// The last log position it holds (for a write: the position of that write).
 pub const KEEL_LSN: &str = "keel-lsn";
+/// On an answer that came through `keel proxy`: the name of the backend that answered.
+pub const KEEL_BACKEND: &str = "keel-backend";
+/// On a request to a data route of `keel proxy`: `stale` lets a standby answer a read.
+pub const KEEL_READ: &str = "keel-read";

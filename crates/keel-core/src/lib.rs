@@ -5,12 +5,14 @@
 //! - [`ids`]: [`NodeId`], [`Role`], [`Epoch`], [`Lsn`] and [`LogPos`] — who a node is, what
 //!   it does, and where it stands in the replicated log;
 //! - [`headers`]: the `Keel-*` response headers every node sets;
+//! - [`duration`]: durations as flags and config files write them (`250ms`, `2s`);
 //! - [`error`]: the JSON body of every 4xx/5xx answer ([`ApiError`]);
 //! - [`http`]: the answers every keel server gives a wrong route, method or body;
 //! - [`token`]: the admin bearer token (loading it, comparing it in constant time);
 //! - [`shutdown`]: the Ctrl-C / SIGTERM future that servers take as their stop signal.
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod error;
 pub mod headers;
 pub mod http;

@@ -13,6 +13,7 @@
 //! - [`state`]: [`ClusterState`], what the monitor keeps durably;
 //! - [`store`]: `monitor.json`, written atomically and fsync'd;
 //! - [`events`]: the event history and its live subscribers;
+//! - [`client`]: reading the monitor from outside (its view and its event stream);
 //! - [`server`]: the HTTP API (axum);
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`runtime`]: [`run`], which loads the state, serves, drives the machine (ticks,
@@ -28,6 +29,7 @@
 //! behind it goes out.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod events;
 pub mod machine;
 pub mod metrics;

@@ -74,81 +74,27 @@ fn clock_time(at: &str) -> &str {
         .map_or(at, |(_, time)| time.trim_end_matches('Z'))
 }
 
-/// An open `GET /v1/events` stream.
-pub(crate) struct EventStream {
-    response: reqwest::Response,
-    /// Bytes received but not yet split into lines.
-    pending: Vec<u8>,
-    /// Complete lines not yet handed out.
-    lines: std::collections::VecDeque<String>,
-}
+/// An open `GET /v1/events` stream, read as [`Seen`] events.
+pub(crate) struct EventStream(keel_monitor::client::EventStream);
 
 impl EventStream {
     /// Opens the stream; `since` asks the monitor to replay its history after that event
-    /// id first.
-    ///
-    /// `http` must have no overall request timeout (only a connect timeout): the body of
-    /// this request lasts as long as the stream does.
+    /// id first. `http` must come from [`stream_client`].
     pub(crate) async fn open(
         http: &reqwest::Client,
         monitor: &str,
         since: Option<u64>,
     ) -> anyhow::Result<EventStream> {
-        let url = match since {
-            Some(id) => format!("{monitor}/v1/events?since={id}"),
-            None => format!("{monitor}/v1/events"),
-        };
-        let response = http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the monitor at {monitor}"))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let body = response.text().await.unwrap_or_default();
-            return Err(anyhow!(
-                "the monitor at {monitor} answered {status} to {url}: {}",
-                body.trim()
-            ));
-        }
-        Ok(EventStream {
-            response,
-            pending: Vec::new(),
-            lines: std::collections::VecDeque::new(),
-        })
+        Ok(EventStream(
+            keel_monitor::client::EventStream::open(http, monitor, since).await?,
+        ))
     }
 
     /// The next event; `Ok(None)` when the monitor ended the stream.
-    ///
-    /// Only `data:` lines are read: the monitor sends one JSON event per `data:` line
-    /// (docs/failover.md), so the other SSE fields (`id:`, `event:`, comments used as
-    /// keep-alives) carry nothing this needs.
     pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Seen>> {
-        loop {
-            while let Some(line) = self.lines.pop_front() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    let data = data.trim();
-                    if !data.is_empty() {
-                        return Seen::parse(data).map(Some);
-                    }
-                }
-            }
-            let chunk = self
-                .response
-                .chunk()
-                .await
-                .context("the monitor's event stream broke off")?;
-            let Some(chunk) = chunk else {
-                return Ok(None);
-            };
-            self.pending.extend_from_slice(&chunk);
-            while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line);
-                self.lines
-                    .push_back(text.trim_end_matches(['\n', '\r']).to_owned());
-            }
+        match self.0.next_data().await? {
+            Some(data) => Seen::parse(&data).map(Some),
+            None => Ok(None),
         }
     }
 }
@@ -157,11 +103,7 @@ impl EventStream {
 pub(crate) fn stream_client(
     connect_timeout: std::time::Duration,
 ) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("cannot set up the HTTP client")
+    Ok(keel_monitor::client::stream_client(connect_timeout)?)
 }
 
 #[cfg(test)]

@@ -1,0 +1,162 @@
+//! Reading the monitor from outside: its cluster view (`GET /v1/cluster`) and its event
+//! stream (`GET /v1/events`, server-sent events).
+//!
+//! Shared by everything that follows the monitor: `keel client` and `keel up` print the
+//! events, `keel proxy` re-reads the view on every event to route writes to the primary,
+//! `keel load` draws the events on its plot.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::wire::ClusterView;
+
+/// Why the monitor could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(reqwest::Error),
+    #[error("cannot reach the monitor at {monitor}: {reason}")]
+    Unreachable { monitor: String, reason: String },
+    #[error("the monitor at {monitor} answered {status} to {url}: {body}")]
+    Refused {
+        monitor: String,
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("the monitor's answer to {url} is not what was expected: {reason}")]
+    BadAnswer { url: String, reason: String },
+    #[error("the monitor's event stream broke off: {0}")]
+    Broken(String),
+}
+
+/// An HTTP client for event streams: a connect timeout, but none on the whole request
+/// (the body of an event stream lasts as long as the stream does).
+pub fn stream_client(connect_timeout: Duration) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(ClientError::Setup)
+}
+
+/// Reads `GET /v1/cluster`.
+pub async fn cluster(
+    http: &reqwest::Client,
+    monitor: &str,
+    timeout: Duration,
+) -> Result<ClusterView, ClientError> {
+    let url = format!("{monitor}/v1/cluster");
+    let response = http
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| unreachable(monitor, &e))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(ClientError::Refused {
+            monitor: monitor.to_owned(),
+            url,
+            status: status.as_u16(),
+            body: body.trim().to_owned(),
+        });
+    }
+    response
+        .json::<ClusterView>()
+        .await
+        .map_err(|e| ClientError::BadAnswer {
+            url,
+            reason: e.to_string(),
+        })
+}
+
+fn unreachable(monitor: &str, e: &reqwest::Error) -> ClientError {
+    ClientError::Unreachable {
+        monitor: monitor.to_owned(),
+        reason: if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            e.to_string()
+        },
+    }
+}
+
+/// An open `GET /v1/events` stream, read one `data:` payload at a time.
+pub struct EventStream {
+    response: reqwest::Response,
+    /// Bytes received but not yet split into lines.
+    pending: Vec<u8>,
+    /// Complete lines not yet handed out.
+    lines: VecDeque<String>,
+}
+
+impl EventStream {
+    /// Opens the stream; `since` asks the monitor to replay its history after that event
+    /// id first. `http` should come from [`stream_client`].
+    pub async fn open(
+        http: &reqwest::Client,
+        monitor: &str,
+        since: Option<u64>,
+    ) -> Result<EventStream, ClientError> {
+        let url = match since {
+            Some(id) => format!("{monitor}/v1/events?since={id}"),
+            None => format!("{monitor}/v1/events"),
+        };
+        let response = http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| unreachable(monitor, &e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(ClientError::Refused {
+                monitor: monitor.to_owned(),
+                url,
+                status: status.as_u16(),
+                body: body.trim().to_owned(),
+            });
+        }
+        Ok(EventStream {
+            response,
+            pending: Vec::new(),
+            lines: VecDeque::new(),
+        })
+    }
+
+    /// The JSON text of the next event; `Ok(None)` when the monitor ended the stream.
+    ///
+    /// Only `data:` lines are read: the monitor sends one JSON event per `data:` line
+    /// (docs/failover.md), so the other SSE fields (`id:`, `event:`, comments used as
+    /// keep-alives) carry nothing a reader needs.
+    pub async fn next_data(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            while let Some(line) = self.lines.pop_front() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    let data = data.trim();
+                    if !data.is_empty() {
+                        return Ok(Some(data.to_owned()));
+                    }
+                }
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .map_err(|e| ClientError::Broken(e.to_string()))?;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            self.pending.extend_from_slice(&chunk);
+            while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line);
+                self.lines
+                    .push_back(text.trim_end_matches(['\n', '\r']).to_owned());
+            }
+        }
+    }
+}
