@@ -35,6 +35,11 @@ pub enum Command {
     Up(UpArgs),
     /// Run the monitor: it assigns roles to the data nodes and fails over automatically.
     Monitor(MonitorArgs),
+    /// Run the front door: an HTTP load balancer with health checks, retries and a route
+    /// that follows the data tier's primary.
+    Proxy(ProxyArgs),
+    /// Run an app service: hello, a visits counter kept in the data tier, /data.
+    Service(ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -238,30 +243,73 @@ pub struct MonitorArgs {
     pub token_file: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// A TOML configuration file (docs/proxy.md); SIGHUP reads it again.
+    #[arg(long, conflicts_with_all = ["backend", "cluster"])]
+    pub config: Option<PathBuf>,
+
+    /// A backend: URL[,weight=N][,name=NAME], e.g. http://127.0.0.1:5056,weight=3. Repeat
+    /// the flag for each backend.
+    #[arg(long, value_name = "URL[,weight=N][,name=NAME]")]
+    pub backend: Vec<String>,
+
+    /// Follow this monitor's view: requests under /v1/ go to the data tier's primary.
+    #[arg(long, value_name = "MONITOR_URL")]
+    pub cluster: Option<String>,
+
+    /// Address clients connect to [default: 127.0.0.1:8080, or the file's `listen`].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+
+    /// Address of the admin API and /metrics [default: 127.0.0.1:8090, or the file's `admin`].
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+
+    /// Backend selection (without --config).
+    #[arg(long, value_parser = ["round_robin", "least_request"])]
+    pub balance: Option<String>,
+
+    /// How long a backend may take to answer (without --config) [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Worker threads [default: one per CPU the process may use].
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// File holding the admin token (weights, drain, reload); KEEL_TOKEN works too.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The name it answers with, e.g. service1.
+    #[arg(long, default_value = "service1")]
+    pub name: String,
+
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:5056")]
+    pub listen: SocketAddr,
+
+    /// Base URL of the data tier (a node, or keel proxy's cluster route), for the visits
+    /// counter and /data.
+    #[arg(long, value_name = "URL")]
+    pub data: Option<String>,
+
+    /// How long a call to the data tier may take.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub data_timeout: Duration,
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
 }
 
 /// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 250ms, 2s or 1m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s or m")),
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!("{s:?} is out of range (0 to 24h)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    keel_core::duration::parse(s)
 }
 
 #[cfg(test)]
@@ -272,16 +320,5 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_parse_in_the_usual_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5h").is_err());
     }
 }

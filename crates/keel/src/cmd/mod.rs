@@ -3,6 +3,8 @@
 mod client;
 mod monitor;
 mod node;
+mod proxy;
+mod service;
 mod up;
 
 use std::process::ExitCode;
@@ -16,6 +18,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Client(args) => client::run(args),
         Command::Up(args) => up::run(args),
         Command::Monitor(args) => monitor::run(args),
+        Command::Proxy(args) => proxy::run(args),
+        Command::Service(args) => service::run(args),
     }
 }
 

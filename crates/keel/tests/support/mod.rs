@@ -269,7 +269,7 @@ impl KeelProcess {
 
     /// Starts the same command again (after the old process exited), logging to the same
     /// file.
-    fn respawn(&mut self, args: &[&str]) {
+    pub fn respawn(&mut self, args: &[&str]) {
         assert!(
             !self.is_running(),
             "{} must have exited before it is restarted",

@@ -1,0 +1,300 @@
+//! The admin API, on its own port (`--admin`, 127.0.0.1:8090 by default):
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /health` | the proxy is up; how many backends are |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/backends` | every backend: state, why, weight, counters |
+//! | `PUT /v1/backends/{name}/weight` | `{"weight": N}`: set a weight (token) |
+//! | `POST /v1/backends/{name}/drain` | no new requests to it (token) |
+//! | `POST /v1/backends/{name}/undrain` | back in rotation (token) |
+//! | `POST /v1/reload` | read the configuration file again, as SIGHUP does (token) |
+//! | `GET /v1/cluster` | the data tier route's view |
+//!
+//! Changes need `Authorization: Bearer <token>`.
+
+// Handlers return `Result<_, Response>`: the error side is a finished answer.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use keel_core::ApiError;
+use keel_core::http::{error_response, method_not_allowed, not_found};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::Proxy;
+use crate::backend::Backend;
+use crate::health::State as HealthState;
+
+/// Serves the admin API until `stop` turns true.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let app = router(proxy);
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    if let Err(e) = served.await {
+        tracing::error!(error = %e, "the admin server failed");
+    }
+}
+
+/// The admin routes.
+pub fn router(proxy: Arc<Proxy>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/backends", get(backends))
+        .route("/v1/backends/{name}/weight", put(set_weight))
+        .route("/v1/backends/{name}/drain", post(drain))
+        .route("/v1/backends/{name}/undrain", post(undrain))
+        .route("/v1/reload", post(reload))
+        .route("/v1/cluster", get(cluster))
+        .fallback(fallback)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(proxy)
+}
+
+type Answer = Result<Response, Response>;
+
+async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
+    let table = proxy.table();
+    let up = table.pool.backends.iter().filter(|b| b.is_up()).count();
+    axum::Json(json!({
+        "status": "ok",
+        "backends": table.pool.backends.len(),
+        "backends_up": up,
+        "cluster": table.cluster.as_ref().map(|c| c.monitor.clone()),
+        "last_reload": proxy.last_reload(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&proxy),
+    )
+        .into_response()
+}
+
+async fn backends(State(proxy): State<Arc<Proxy>>) -> Response {
+    let table = proxy.table();
+    let now = Instant::now();
+    let pool: Vec<Value> = table
+        .pool
+        .backends
+        .iter()
+        .map(|b| describe(b, Some(&table.pool.policy), now))
+        .collect();
+    let nodes: Vec<Value> = table
+        .cluster
+        .as_ref()
+        .map(|c| {
+            c.backends()
+                .iter()
+                .map(|b| describe(b, None, now))
+                .collect()
+        })
+        .unwrap_or_default();
+    axum::Json(json!({
+        "balance": table.pool.balance,
+        "backends": pool,
+        "data_nodes": nodes,
+        "retry_budget": {
+            "remaining": table.pool.budget.snapshot().remaining,
+            "exhausted_total": proxy.stats.budget_exhausted.load(Ordering::Relaxed),
+        },
+    }))
+    .into_response()
+}
+
+fn describe(b: &Backend, policy: Option<&crate::health::Policy>, now: Instant) -> Value {
+    let health = b.health();
+    let state = if b.is_drained() {
+        "drained"
+    } else {
+        match health.state() {
+            HealthState::Up if policy.is_some_and(|p| health.warming(now, p)) => "warming",
+            HealthState::Up => "up",
+            HealthState::Down if health.ejected_until().is_some() => "ejected",
+            HealthState::Down => "down",
+        }
+    };
+    let s = &b.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    json!({
+        "name": b.name,
+        "url": b.url,
+        "state": state,
+        "why": health.why(),
+        "weight": b.weight(),
+        "weight_share": policy.map(|p| health.weight_factor(now, p)),
+        "ejected_for_ms": health
+            .ejected_until()
+            .map(|until| until.saturating_duration_since(now).as_millis() as u64),
+        "in_flight": b.in_flight.load(Ordering::Relaxed),
+        "requests": load(&s.requests),
+        "responses": {
+            "1xx": load(&s.answers[0]), "2xx": load(&s.answers[1]), "3xx": load(&s.answers[2]),
+            "4xx": load(&s.answers[3]), "5xx": load(&s.answers[4]),
+        },
+        "connect_failures": load(&s.connect_failures),
+        "failures": load(&s.failures),
+        "retries": load(&s.retries),
+        "ejections": load(&s.ejections),
+        "check_downs": load(&s.downs),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: u32,
+}
+
+async fn set_weight(
+    State(proxy): State<Arc<Proxy>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let backend = authorized_backend(&proxy, &headers, &name)?;
+    let parsed: WeightBody = serde_json::from_slice(&body).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new("bad_body", format!("expected {{\"weight\": N}}: {e}")),
+        )
+    })?;
+    if !(1..=1000).contains(&parsed.weight) {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(
+                "bad_weight",
+                format!("{} is out of range: weights are 1 to 1000", parsed.weight),
+            ),
+        ));
+    }
+    backend.set_weight(parsed.weight);
+    tracing::info!(backend = %name, weight = parsed.weight, "weight set through the admin API");
+    Ok(axum::Json(json!({"name": name, "weight": parsed.weight})).into_response())
+}
+
+async fn drain(
+    State(proxy): State<Arc<Proxy>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    set_drained(&proxy, &headers, &name, true)
+}
+
+async fn undrain(
+    State(proxy): State<Arc<Proxy>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    set_drained(&proxy, &headers, &name, false)
+}
+
+fn set_drained(proxy: &Proxy, headers: &HeaderMap, name: &str, drained: bool) -> Answer {
+    let backend = authorized_backend(proxy, headers, name)?;
+    backend.set_drained(drained);
+    tracing::info!(backend = %name, drained, "drain set through the admin API");
+    Ok(axum::Json(json!({
+        "name": name,
+        "drained": drained,
+        "in_flight": backend.in_flight.load(Ordering::Relaxed),
+    }))
+    .into_response())
+}
+
+async fn reload(State(proxy): State<Arc<Proxy>>, headers: HeaderMap) -> Answer {
+    authorize(&proxy, &headers)?;
+    match proxy.reload() {
+        Ok(outcome) => Ok(axum::Json(outcome).into_response()),
+        Err(e) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(
+                "config_refused",
+                format!("the old configuration keeps serving: {e}"),
+            ),
+        )),
+    }
+}
+
+async fn cluster(State(proxy): State<Arc<Proxy>>) -> Answer {
+    let table = proxy.table();
+    let Some(cluster) = &table.cluster else {
+        return Err(error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::new(
+                "no_cluster_route",
+                "this proxy has no cluster route (--cluster)",
+            ),
+        ));
+    };
+    let view = cluster.snapshot();
+    Ok(axum::Json(json!({
+        "monitor": cluster.monitor,
+        "prefix": cluster.prefix,
+        "version": view.version,
+        "epoch": view.epoch,
+        "primary": view.primary.as_ref().map(|b| json!({"node": b.name, "url": b.url})),
+        "standbys": view.standbys.iter().map(|b| json!({"node": b.name, "url": b.url})).collect::<Vec<_>>(),
+        "failover": view.failover.as_ref().map(|(from, to)| json!({"from": from, "to": to})),
+        "monitor_error": view.monitor_error,
+    }))
+    .into_response())
+}
+
+fn authorize(proxy: &Proxy, headers: &HeaderMap) -> Result<(), Response> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    keel_core::token::check_admin(proxy.token(), authorization, "proxy")
+        .map_err(|(status, error)| error_response(status, error))
+}
+
+fn authorized_backend(
+    proxy: &Proxy,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Arc<Backend>, Response> {
+    authorize(proxy, headers)?;
+    proxy.backend(name).ok_or_else(|| {
+        let known: Vec<String> = proxy
+            .table()
+            .pool
+            .backends
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::new(
+                "no_such_backend",
+                format!(
+                    "no backend is named {name:?}; the backends are {}",
+                    known.join(", ")
+                ),
+            ),
+        )
+    })
+}
+
+async fn fallback(method: Method, uri: Uri) -> Response {
+    not_found(&method, &uri, "docs/proxy.md, \"Admin API\"")
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    method_not_allowed(&method, &uri)
+}

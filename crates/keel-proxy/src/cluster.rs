@@ -1,0 +1,367 @@
+//! The cluster route: requests for the data tier (`/v1/…` by default) go to whichever
+//! node the monitor says is primary, and follow it through a failover.
+//!
+//! The route keeps the monitor's view in memory and refreshes it on every event of the
+//! monitor's stream (`/v1/events`), on a 2-second tick as a safety net, and at once when
+//! a node answers `421 not_primary` or cannot be reached — a watch, not a lookup per
+//! request.
+//!
+//! - Writes, and reads by default, go to the primary. A read that says
+//!   `Keel-Read: stale` may go to a standby instead (round robin over the healthy ones),
+//!   which is how reads spread over the data nodes as in the PostgreSQL homework.
+//! - While a failover runs, or when no primary is known, the answer is
+//!   `503 failover_in_progress` (or `no_primary`) with `Retry-After` and a JSON reason.
+//! - The body of a data request is read whole first (a node takes at most 1 MiB), so a
+//!   request a node refused with 421, or that could not be delivered, can go to the new
+//!   primary unchanged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use keel_core::ApiError;
+use keel_core::Role;
+use keel_core::headers::KEEL_READ;
+use keel_monitor::client::{EventStream, cluster as read_cluster, stream_client};
+use keel_monitor::wire::ClusterView;
+use tokio::sync::{Notify, watch};
+
+use crate::Proxy;
+use crate::backend::{Backend, InFlight};
+use crate::body::ProxyBody;
+use crate::config::{ClusterConfig, parse_backend_url};
+use crate::forward::{Exchange, exchange, is_idempotent, local, pass_back, rebuild};
+
+/// The most a data request's body may hold (the nodes' own limit).
+const MAX_BODY: usize = 1024 * 1024;
+/// How often the view is read again when no event comes.
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// How long the route waits before reconnecting to a monitor that went away.
+const RECONNECT_AFTER: Duration = Duration::from_millis(250);
+
+/// The route and its view of the data tier.
+#[derive(Debug)]
+pub struct Cluster {
+    pub monitor: String,
+    pub prefix: String,
+    view: RwLock<Arc<View>>,
+    /// One backend per data node URL, kept across views so that connections and counters
+    /// survive a failover.
+    nodes: Mutex<HashMap<String, Arc<Backend>>>,
+    refresh: Notify,
+    next_standby: AtomicUsize,
+    http: reqwest::Client,
+    stop: watch::Sender<bool>,
+}
+
+/// What the route knows of the data tier.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// The monitor's view version (0: never read).
+    pub version: u64,
+    pub epoch: u64,
+    pub primary: Option<Arc<Backend>>,
+    /// Healthy standbys, for stale reads.
+    pub standbys: Vec<Arc<Backend>>,
+    /// The failover running now: (from, to).
+    pub failover: Option<(String, String)>,
+    /// Why the monitor could not be read lately, if it could not.
+    pub monitor_error: Option<String>,
+}
+
+impl Cluster {
+    /// A route following the monitor of `config`; [`Cluster::watch`] keeps it current.
+    pub fn new(config: &ClusterConfig) -> Arc<Cluster> {
+        let http = stream_client(Duration::from_secs(1)).unwrap_or_default();
+        Arc::new(Cluster {
+            monitor: config.monitor.clone(),
+            prefix: config.prefix.clone(),
+            view: RwLock::new(Arc::new(View::default())),
+            nodes: Mutex::new(HashMap::new()),
+            refresh: Notify::new(),
+            next_standby: AtomicUsize::new(0),
+            http,
+            stop: watch::channel(false).0,
+        })
+    }
+
+    /// Whether a request for `path` takes this route.
+    pub fn routes(&self, path: &str) -> bool {
+        path.starts_with(&self.prefix)
+    }
+
+    /// The view as it stands.
+    pub fn snapshot(&self) -> Arc<View> {
+        Arc::clone(&self.view.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Every data node the route has known, for the admin API and the metrics.
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<Arc<Backend>> = nodes.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Ends [`Cluster::watch`] (the route left the configuration).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Follows the monitor until stopped.
+    pub async fn watch(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut tick = tokio::time::interval(REFRESH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*stop.borrow() {
+            self.refresh_view().await;
+            let mut stream = match EventStream::open(&self.http, &self.monitor, None).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    self.note_monitor_error(e.to_string());
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            // Events that happened between the read above and the stream's opening would
+            // be missed: read once more now that the stream is open.
+            self.refresh_view().await;
+            loop {
+                tokio::select! {
+                    event = stream.next_data() => match event {
+                        Ok(Some(_)) => self.refresh_view().await,
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = self.refresh.notified() => self.refresh_view().await,
+                    _ = tick.tick() => self.refresh_view().await,
+                    _ = stop.changed() => return,
+                }
+            }
+            tracing::warn!(monitor = %self.monitor, "the monitor's event stream ended; reconnecting");
+        }
+    }
+
+    /// Reads `/v1/cluster` and makes it the view.
+    async fn refresh_view(&self) {
+        match read_cluster(&self.http, &self.monitor, Duration::from_secs(1)).await {
+            Ok(view) => self.apply(&view),
+            Err(e) => self.note_monitor_error(e.to_string()),
+        }
+    }
+
+    fn note_monitor_error(&self, error: String) {
+        let mut current = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        if current.monitor_error.as_deref() != Some(error.as_str()) {
+            tracing::warn!(monitor = %self.monitor, "{error}");
+        }
+        let mut next = View::clone(&current);
+        next.monitor_error = Some(error);
+        *current = Arc::new(next);
+    }
+
+    /// Makes `view` the route's view.
+    pub fn apply(&self, view: &ClusterView) {
+        let primary = view
+            .primary
+            .as_ref()
+            .and_then(|p| self.node(p.node.as_str(), &p.url));
+        let standbys = view
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Standby && n.healthy)
+            .filter_map(|n| self.node(n.node.as_str(), &n.url))
+            .collect();
+        let failover = match (&view.failover, view.failover_in_progress) {
+            (Some(f), true) => Some((f.from.to_string(), f.to.to_string())),
+            (None, true) => Some(("unknown".to_owned(), "unknown".to_owned())),
+            _ => None,
+        };
+        let next = View {
+            version: view.version,
+            epoch: view.epoch.0,
+            primary,
+            standbys,
+            failover,
+            monitor_error: None,
+        };
+        let mut current = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        let before = current.primary.as_ref().map(|b| b.name.clone());
+        let after = next.primary.as_ref().map(|b| b.name.clone());
+        if before != after || current.failover != next.failover {
+            tracing::info!(
+                primary = ?after, failover = ?next.failover, epoch = next.epoch,
+                "data tier view changed"
+            );
+        }
+        *current = Arc::new(next);
+    }
+
+    /// The backend of the data node at `url`, made on first sight.
+    fn node(&self, id: &str, url: &str) -> Option<Arc<Backend>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(backend) = nodes.get(url) {
+            return Some(Arc::clone(backend));
+        }
+        let addr = parse_backend_url(url).ok()?;
+        let backend = Arc::new(Backend::new(id.to_owned(), url.to_owned(), addr, 1));
+        nodes.insert(url.to_owned(), Arc::clone(&backend));
+        Some(backend)
+    }
+
+    /// A standby for a stale read, in turn; the primary when there is none.
+    fn reader(&self, view: &View) -> Option<Arc<Backend>> {
+        if view.standbys.is_empty() {
+            return view.primary.clone();
+        }
+        let i = self.next_standby.fetch_add(1, Ordering::Relaxed) % view.standbys.len();
+        view.standbys.get(i).cloned()
+    }
+}
+
+/// Sends a data request to the node the view names.
+pub(crate) async fn forward(
+    proxy: &Proxy,
+    cluster: &Cluster,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return local(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ApiError::new(
+                    "body_too_large",
+                    format!("a data request's body may hold at most {MAX_BODY} bytes"),
+                ),
+            );
+        }
+        Err(e) => {
+            return local(
+                StatusCode::BAD_REQUEST,
+                ApiError::new("bad_body", format!("the request's body broke off: {e}")),
+            );
+        }
+    };
+    let stale = matches!(parts.method, Method::GET | Method::HEAD)
+        && parts
+            .headers
+            .get(KEEL_READ)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"stale"));
+    let settings = proxy.settings();
+    let mut asked_again = false;
+    loop {
+        let view = cluster.snapshot();
+        if let Some((from, to)) = &view.failover {
+            return unavailable(
+                ApiError::new(
+                    "failover_in_progress",
+                    format!("the data tier is failing over from {from} to {to}; retry shortly"),
+                )
+                .with("promoting", to.as_str()),
+            );
+        }
+        let target = if stale {
+            cluster.reader(&view)
+        } else {
+            view.primary.clone()
+        };
+        let Some(node) = target else {
+            let why = match &view.monitor_error {
+                Some(e) => format!("no primary is known: {e}"),
+                None => "the monitor names no primary".to_owned(),
+            };
+            return unavailable(ApiError::new("no_primary", why));
+        };
+        let attempt = rebuild(&parts, Either::Right(Full::new(Bytes::clone(&body))));
+        let in_flight = InFlight::start(Arc::clone(&node));
+        match exchange(
+            &node,
+            attempt,
+            settings.connect_timeout,
+            settings.request_timeout,
+        )
+        .await
+        {
+            Exchange::Answered(response, sender, took) => {
+                node.stats.latency.record(took);
+                node.count_answer(response.status().as_u16());
+                if response.status() == StatusCode::MISDIRECTED_REQUEST && !asked_again {
+                    // The node is no longer primary and did nothing: read the view again
+                    // and send the request where it now points.
+                    asked_again = true;
+                    cluster.refresh_view().await;
+                    continue;
+                }
+                return pass_back(response, sender, in_flight);
+            }
+            Exchange::NotSent(_, error) => {
+                node.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                cluster.refresh.notify_one();
+                return unavailable(
+                    ApiError::new(
+                        "node_unreachable",
+                        format!("data node {} cannot be reached ({error}); the monitor will replace it if it is down", node.name),
+                    )
+                    .with("node", node.name.as_str())
+                    .with("written", false),
+                );
+            }
+            Exchange::Failed(error) => {
+                node.stats.failures.fetch_add(1, Ordering::Relaxed);
+                cluster.refresh.notify_one();
+                let mut refusal = ApiError::new(
+                    "node_failed",
+                    format!(
+                        "data node {} broke off before answering: {error}",
+                        node.name
+                    ),
+                )
+                .with("node", node.name.as_str());
+                if !is_idempotent(&parts.method)
+                    || parts.method == Method::PUT
+                    || parts.method == Method::DELETE
+                {
+                    refusal = refusal.with("written", "unknown");
+                }
+                return unavailable(refusal);
+            }
+            Exchange::TimedOut => {
+                node.stats.failures.fetch_add(1, Ordering::Relaxed);
+                return local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ApiError::new(
+                        "gateway_timeout",
+                        format!(
+                            "data node {} did not answer within {:?}",
+                            node.name, settings.request_timeout
+                        ),
+                    )
+                    .with("node", node.name.as_str())
+                    .with("written", "unknown"),
+                );
+            }
+        }
+    }
+}
+
+/// `503` with `Retry-After: 1`: the data tier is between primaries.
+fn unavailable(error: ApiError) -> Response<ProxyBody> {
+    let mut response = local(StatusCode::SERVICE_UNAVAILABLE, error);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

@@ -1,0 +1,542 @@
+//! The proxy's configuration: a TOML file (`--config proxy.toml`) or flags, checked as a
+//! whole before any of it is used, so that a bad file — at start or on a SIGHUP reload —
+//! is refused with the key and the reason while the old configuration keeps serving.
+//!
+//! docs/proxy.md lists every key with its default; [`Config::default`] is where those
+//! defaults live.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where the admin API and `/metrics` are served.
+    pub admin: SocketAddr,
+    /// How a backend is chosen.
+    pub balance: Balance,
+    /// How long to wait for a backend to accept a connection.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// How long to wait for a backend's answer to begin, once the request is sent.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// How long a recovered backend takes to ramp up to its full weight (0: at once).
+    #[serde(deserialize_with = "duration")]
+    pub slow_start: Duration,
+    /// Below this percentage of backends up, requests spread over all of them (panic
+    /// mode); at 0 that happens only when none is up.
+    pub panic_threshold: u8,
+    /// Worker threads (0: one per CPU the process may run on). Read at start only.
+    pub threads: usize,
+    /// Active health checks.
+    pub health: HealthConfig,
+    /// Passive health: ejection on a backend's own failures.
+    pub passive: PassiveConfig,
+    /// Retries on another backend.
+    pub retry: RetryConfig,
+    /// The data tier route, when set.
+    pub cluster: Option<ClusterConfig>,
+    /// The app tier: one pool of backends.
+    #[serde(rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// How a backend is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round robin (nginx's): exact order, no bursts.
+    RoundRobin,
+    /// The less loaded of two backends drawn at random (power of two choices).
+    LeastRequest,
+}
+
+/// Active health checks: `GET path` on each backend every `interval`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub path: String,
+    /// Between checks (0: no active checks).
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Between checks while a backend's state is changing.
+    #[serde(deserialize_with = "duration")]
+    pub fast_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Failed checks in a row that take a backend down.
+    pub fall: u32,
+    /// Good checks in a row that bring it back.
+    pub rise: u32,
+}
+
+/// Passive health: what a backend's answers to real requests say about it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveConfig {
+    /// 5xx answers in a row that eject a backend (0: never on 5xx).
+    pub consecutive_5xx: u32,
+    /// The first ejection's length; each repeat doubles it.
+    #[serde(deserialize_with = "duration")]
+    pub ejection: Duration,
+    /// The longest ejection.
+    #[serde(deserialize_with = "duration")]
+    pub max_ejection: Duration,
+}
+
+/// Retries on a different backend, under a budget.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries in all, the first included (1: no retries).
+    pub attempts: u32,
+    /// Retries allowed as a share of requests (0.2: one retry per five requests).
+    pub budget_ratio: f64,
+    /// Retries allowed per second whatever the traffic.
+    pub budget_min_per_second: u32,
+}
+
+/// The data tier route.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The monitor whose view is followed.
+    pub monitor: String,
+    /// Requests whose path starts with this go to the data tier.
+    pub prefix: String,
+}
+
+/// One backend of the pool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The name in `Keel-Backend`, the admin API and the metrics (default: host:port).
+    #[serde(default)]
+    pub name: String,
+    /// `http://IP:PORT`.
+    pub url: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            slow_start: Duration::from_secs(10),
+            panic_threshold: 0,
+            threads: 0,
+            health: HealthConfig::default(),
+            passive: PassiveConfig::default(),
+            retry: RetryConfig::default(),
+            cluster: None,
+            backends: Vec::new(),
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/health".to_owned(),
+            interval: Duration::from_secs(2),
+            fast_interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(1),
+            fall: 3,
+            rise: 2,
+        }
+    }
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            consecutive_5xx: 5,
+            ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 3,
+            budget_ratio: 0.2,
+            budget_min_per_second: 3,
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            monitor: "http://127.0.0.1:8070".to_owned(),
+            prefix: "/v1/".to_owned(),
+        }
+    }
+}
+
+/// What is wrong with a configuration: the key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax { reason, .. } => ConfigError::Syntax {
+                path: shown,
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: "config".to_owned(),
+            reason: e.to_string().trim().to_owned(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks every value and fills in backend names; on success the configuration can
+    /// be used as it is.
+    pub fn check(&mut self) -> Result<(), ConfigError> {
+        if self.backends.is_empty() && self.cluster.is_none() {
+            return Err(invalid(
+                "backend",
+                "no backends: give at least one [[backend]] (or --backend URL), or a [cluster] route",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut urls = HashSet::new();
+        for (i, backend) in self.backends.iter_mut().enumerate() {
+            let key = |field: &str| format!("backend[{i}].{field}");
+            let addr =
+                parse_backend_url(&backend.url).map_err(|reason| invalid(key("url"), reason))?;
+            if backend.name.is_empty() {
+                backend.name = addr.to_string();
+            }
+            check_name(&backend.name).map_err(|reason| invalid(key("name"), reason))?;
+            if !names.insert(backend.name.clone()) {
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "{:?} names two backends; names must be unique",
+                        backend.name
+                    ),
+                ));
+            }
+            if !urls.insert(addr) {
+                return Err(invalid(
+                    key("url"),
+                    format!("{} is listed twice", backend.url),
+                ));
+            }
+            if !(1..=1000).contains(&backend.weight) {
+                return Err(invalid(
+                    key("weight"),
+                    format!("{} is out of range: weights are 1 to 1000", backend.weight),
+                ));
+            }
+        }
+        self.check_timing()?;
+        if let Some(cluster) = &mut self.cluster {
+            parse_backend_url(&cluster.monitor)
+                .map_err(|reason| invalid("cluster.monitor", reason))?;
+            cluster.monitor = cluster.monitor.trim_end_matches('/').to_owned();
+            if !cluster.prefix.starts_with('/') || cluster.prefix.len() < 2 {
+                return Err(invalid(
+                    "cluster.prefix",
+                    format!("{:?} must be a path such as /v1/", cluster.prefix),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_timing(&self) -> Result<(), ConfigError> {
+        let h = &self.health;
+        if !h.path.starts_with('/') {
+            return Err(invalid(
+                "health.path",
+                format!("{:?} must start with /", h.path),
+            ));
+        }
+        if h.fall == 0 {
+            return Err(invalid("health.fall", "must be at least 1"));
+        }
+        if h.rise == 0 {
+            return Err(invalid("health.rise", "must be at least 1"));
+        }
+        if !h.interval.is_zero() {
+            if h.timeout.is_zero() {
+                return Err(invalid("health.timeout", "must be more than 0"));
+            }
+            if h.fast_interval.is_zero() {
+                return Err(invalid("health.fast_interval", "must be more than 0"));
+            }
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("connect_timeout", "must be more than 0"));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(invalid("request_timeout", "must be more than 0"));
+        }
+        if self.panic_threshold > 100 {
+            return Err(invalid(
+                "panic_threshold",
+                format!("{} is not a percentage (0 to 100)", self.panic_threshold),
+            ));
+        }
+        let p = &self.passive;
+        if p.ejection.is_zero() {
+            return Err(invalid("passive.ejection", "must be more than 0"));
+        }
+        if p.max_ejection < p.ejection {
+            return Err(invalid(
+                "passive.max_ejection",
+                "must not be shorter than passive.ejection",
+            ));
+        }
+        let r = &self.retry;
+        if !(1..=10).contains(&r.attempts) {
+            return Err(invalid(
+                "retry.attempts",
+                format!("{} is out of range: 1 (no retries) to 10", r.attempts),
+            ));
+        }
+        if !(0.0..=1.0).contains(&r.budget_ratio) || r.budget_ratio.is_nan() {
+            return Err(invalid(
+                "retry.budget_ratio",
+                format!("{} is not a share between 0 and 1", r.budget_ratio),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `http://IP:PORT` (or `localhost`) with nothing after it: a backend is a server, not
+/// a path on one.
+pub fn parse_backend_url(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') || authority.contains('?') {
+        return Err(format!(
+            "{url:?} has a path; give the server only, e.g. http://127.0.0.1:5056"
+        ));
+    }
+    let authority = match authority.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => authority.to_owned(),
+    };
+    authority.parse().map_err(|_| {
+        format!("{url:?} is not http://IP:PORT (host names other than localhost are not looked up)")
+    })
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a name: 1 to 64 letters, digits, '-', '_', '.' or ':'"
+        ))
+    }
+}
+
+/// One `--backend URL[,weight=N][,name=NAME]` flag.
+pub fn parse_backend_flag(flag: &str) -> Result<BackendConfig, String> {
+    let mut parts = flag.split(',');
+    let url = parts.next().unwrap_or_default().trim().to_owned();
+    let mut backend = BackendConfig {
+        name: String::new(),
+        url,
+        weight: 1,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("weight", n)) => {
+                backend.weight = n
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("weight={n} in {flag:?} is not a number"))?;
+            }
+            Some(("name", n)) => backend.name = n.trim().to_owned(),
+            _ => {
+                return Err(format!(
+                    "{part:?} in {flag:?}: expected weight=N or name=NAME after the URL"
+                ));
+            }
+        }
+    }
+    Ok(backend)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    keel_core::duration::parse(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(text: &str) -> String {
+        match Config::parse(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(other) => other.to_string(),
+            Ok(_) => "accepted".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_full_file_parses_with_every_section() {
+        let config = Config::parse(
+            r#"
+            listen = "127.0.0.1:9080"
+            balance = "least_request"
+            slow_start = "0s"
+            [health]
+            interval = "500ms"
+            rise = 1
+            [passive]
+            consecutive_5xx = 0
+            [retry]
+            attempts = 2
+            [cluster]
+            monitor = "http://127.0.0.1:8070/"
+            [[backend]]
+            url = "http://127.0.0.1:5056"
+            weight = 3
+            [[backend]]
+            name = "b"
+            url = "http://localhost:5057"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.listen.port(), 9080);
+        assert_eq!(config.balance, Balance::LeastRequest);
+        assert_eq!(config.health.interval, Duration::from_millis(500));
+        assert_eq!(config.health.fall, 3, "unset keys keep their defaults");
+        assert_eq!(config.backends[0].name, "127.0.0.1:5056");
+        assert_eq!(config.backends[0].weight, 3);
+        assert_eq!(config.backends[1].name, "b");
+        assert_eq!(config.backends[1].weight, 1);
+        assert_eq!(
+            config.cluster.map(|c| c.monitor),
+            Some("http://127.0.0.1:8070".to_owned())
+        );
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let b = "[[backend]]\nurl = \"http://127.0.0.1:5056\"\n";
+        assert_eq!(key_of(""), "backend");
+        assert_eq!(
+            key_of("[[backend]]\nurl = \"https://x\"\n"),
+            "backend[0].url"
+        );
+        assert_eq!(
+            key_of("[[backend]]\nurl = \"http://127.0.0.1:1/path\"\n"),
+            "backend[0].url"
+        );
+        assert_eq!(key_of(&format!("{b}weight = 0\n")), "backend[0].weight");
+        assert_eq!(key_of(&format!("{b}{b}")), "backend[1].name");
+        assert_eq!(key_of(&format!("{b}name = \"a b\"\n")), "backend[0].name");
+        assert_eq!(key_of(&format!("[health]\nfall = 0\n{b}")), "health.fall");
+        assert_eq!(
+            key_of(&format!("[retry]\nattempts = 11\n{b}")),
+            "retry.attempts"
+        );
+        assert_eq!(
+            key_of(&format!("[retry]\nbudget_ratio = 1.5\n{b}")),
+            "retry.budget_ratio"
+        );
+        assert_eq!(
+            key_of(&format!("panic_threshold = 101\n{b}")),
+            "panic_threshold"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "[passive]\nejection = \"10s\"\nmax_ejection = \"1s\"\n{b}"
+            )),
+            "passive.max_ejection"
+        );
+        assert_eq!(
+            key_of("[cluster]\nmonitor = \"127.0.0.1:8070\"\n"),
+            "cluster.monitor"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_say_where() {
+        let err = Config::parse("[health]\nintervall = \"2s\"\n").expect_err("unknown key");
+        assert!(err.to_string().contains("intervall"), "{err}");
+        let err = Config::parse("[health]\ninterval = \"soon\"\n").expect_err("bad duration");
+        assert!(err.to_string().contains("soon"), "{err}");
+        assert!(err.to_string().contains("interval"), "{err}");
+        let err = Config::parse("listen = [").expect_err("not TOML");
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn backend_flags_take_a_weight_and_a_name() {
+        assert_eq!(
+            parse_backend_flag("http://127.0.0.1:5056,weight=3,name=s1"),
+            Ok(BackendConfig {
+                name: "s1".into(),
+                url: "http://127.0.0.1:5056".into(),
+                weight: 3
+            })
+        );
+        assert!(parse_backend_flag("http://127.0.0.1:5056,weight=x").is_err());
+        assert!(parse_backend_flag("http://127.0.0.1:5056,colour=red").is_err());
+    }
+}

@@ -1,0 +1,283 @@
+//! keel's front door: an HTTP/1.1 reverse proxy and load balancer.
+//!
+//! It takes the best of its peers: smooth weighted round robin (nginx), active health
+//! checks with fall/rise and retries on another server (HAProxy), passive ejection with
+//! backoff, a retry budget and a panic mode (Envoy), and least-request balancing with
+//! power of two choices — plus a route that follows the data tier's primary through
+//! failovers by watching the monitor. docs/proxy.md is the user's guide.
+//!
+//! - [`config`]: the configuration (file or flags), checked before use;
+//! - [`selection`]: the balancing algorithms, pure;
+//! - [`health`]: one backend's health state machine, pure, time passed in;
+//! - [`backend`]: a backend's weight, health, idle connections and counters;
+//! - [`pool`]: picks and ejections over a pool of backends;
+//! - [`forward`]: the request path, with retries;
+//! - [`cluster`]: the data tier route;
+//! - [`checks`]: the active health checks;
+//! - [`admin`]: the admin API and `/metrics`;
+//! - [`server`]: accepting connections, reloading, stopping.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod backend;
+pub mod body;
+pub mod checks;
+pub mod cluster;
+pub mod config;
+pub mod forward;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod selection;
+pub mod server;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use keel_core::token::Token;
+
+use crate::backend::Backend;
+use crate::cluster::Cluster;
+use crate::config::{Config, ConfigError, parse_backend_url};
+use crate::metrics::ProxyStats;
+use crate::pool::Pool;
+
+pub use server::{ProxyError, run};
+
+/// A running proxy: the configuration in force and everything built from it.
+#[derive(Debug)]
+pub struct Proxy {
+    table: RwLock<Arc<Table>>,
+    pub stats: ProxyStats,
+    /// The file SIGHUP reads again, when the configuration came from one.
+    config_path: Option<PathBuf>,
+    token: Option<Token>,
+    /// The outcome of the last reload, for the admin API.
+    last_reload: Mutex<Option<ReloadOutcome>>,
+}
+
+/// The configuration in force and what was built from it. A reload builds a new table and
+/// swaps it in; requests already running finish on the table they started with.
+#[derive(Debug)]
+pub struct Table {
+    pub config: Config,
+    pub settings: Settings,
+    pub pool: Arc<Pool>,
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// What the request path reads of the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub attempts: u32,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub applied: bool,
+    pub message: String,
+}
+
+impl Proxy {
+    /// A proxy serving `config` (already checked). `config_path` is the file to read again
+    /// on reload; `token` guards the admin API's changes.
+    pub fn new(config: Config, config_path: Option<PathBuf>, token: Option<Token>) -> Arc<Proxy> {
+        let table = build_table(config, None);
+        Arc::new(Proxy {
+            table: RwLock::new(Arc::new(table)),
+            stats: ProxyStats::default(),
+            config_path,
+            token,
+            last_reload: Mutex::new(None),
+        })
+    }
+
+    /// The table in force.
+    pub fn table(&self) -> Arc<Table> {
+        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .settings
+    }
+
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    /// Every backend: the pool's, then the data nodes of the cluster route.
+    pub fn all_backends(&self) -> Vec<Arc<Backend>> {
+        let table = self.table();
+        let mut all = table.pool.backends.clone();
+        if let Some(cluster) = &table.cluster {
+            all.extend(cluster.backends());
+        }
+        all
+    }
+
+    /// A backend of the pool by name.
+    pub fn backend(&self, name: &str) -> Option<Arc<Backend>> {
+        self.table()
+            .pool
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .cloned()
+    }
+
+    /// Reads the configuration file again and, if it is good, puts it in force; if not,
+    /// the old one stays and the error names the key. Backends that keep their name and
+    /// URL keep their health, counters and connections.
+    pub fn reload(self: &Arc<Self>) -> Result<ReloadOutcome, ConfigError> {
+        let outcome = self.try_reload();
+        let recorded = match &outcome {
+            Ok(done) => done.clone(),
+            Err(e) => ReloadOutcome {
+                applied: false,
+                message: format!("refused, the old configuration keeps serving: {e}"),
+            },
+        };
+        *self
+            .last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(recorded);
+        outcome
+    }
+
+    fn try_reload(self: &Arc<Self>) -> Result<ReloadOutcome, ConfigError> {
+        use std::sync::atomic::Ordering;
+        let Some(path) = &self.config_path else {
+            return Err(ConfigError::Invalid {
+                key: "--config".to_owned(),
+                reason: "the proxy was started from flags; there is no file to read again"
+                    .to_owned(),
+            });
+        };
+        let mut config = match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                self.stats.reloads_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let old = self.table();
+        let mut kept = Vec::new();
+        for (what, before, after) in [
+            ("listen", old.config.listen, config.listen),
+            ("admin", old.config.admin, config.admin),
+        ] {
+            if before != after {
+                kept.push(format!("{what} stays {before} until a restart"));
+            }
+        }
+        config.listen = old.config.listen;
+        config.admin = old.config.admin;
+        config.threads = old.config.threads;
+        let table = Arc::new(build_table(config, Some(&old)));
+        start_background(self, &table, Some(&old));
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&table);
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        let mut message = format!(
+            "applied: {} backend(s){}",
+            table.pool.backends.len(),
+            if table.cluster.is_some() {
+                " and the cluster route"
+            } else {
+                ""
+            }
+        );
+        if !kept.is_empty() {
+            message.push_str(&format!("; {}", kept.join("; ")));
+        }
+        Ok(ReloadOutcome {
+            applied: true,
+            message,
+        })
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Builds what `config` describes, keeping from `previous` the backends (same name and
+/// URL) and the cluster route (same monitor) that did not change.
+fn build_table(config: Config, previous: Option<&Table>) -> Table {
+    let backends = config
+        .backends
+        .iter()
+        .filter_map(|b| {
+            let kept = previous.and_then(|t| {
+                t.pool
+                    .backends
+                    .iter()
+                    .find(|old| old.name == b.name && old.url == b.url)
+                    .cloned()
+            });
+            if let Some(kept) = kept {
+                kept.set_weight(b.weight);
+                return Some(kept);
+            }
+            let addr = parse_backend_url(&b.url).ok()?;
+            Some(Arc::new(Backend::new(
+                b.name.clone(),
+                b.url.clone(),
+                addr,
+                b.weight,
+            )))
+        })
+        .collect();
+    let pool = Arc::new(Pool::new(backends, &config));
+    let cluster = config.cluster.as_ref().map(|c| {
+        previous
+            .and_then(|t| t.cluster.clone())
+            .filter(|old| old.monitor == c.monitor && old.prefix == c.prefix)
+            .unwrap_or_else(|| Cluster::new(c))
+    });
+    let settings = Settings {
+        attempts: config.retry.attempts,
+        connect_timeout: config.connect_timeout,
+        request_timeout: config.request_timeout,
+    };
+    Table {
+        config,
+        settings,
+        pool,
+        cluster,
+    }
+}
+
+/// Starts the health checks of new backends and the watch of a new cluster route, and
+/// stops the watch of a route that left.
+fn start_background(proxy: &Arc<Proxy>, table: &Table, previous: Option<&Table>) {
+    for backend in &table.pool.backends {
+        let known =
+            previous.is_some_and(|t| t.pool.backends.iter().any(|b| Arc::ptr_eq(b, backend)));
+        if !known {
+            tokio::spawn(checks::run(Arc::downgrade(proxy), Arc::downgrade(backend)));
+        }
+    }
+    let old_cluster = previous.and_then(|t| t.cluster.clone());
+    match (&table.cluster, &old_cluster) {
+        (Some(new), Some(old)) if Arc::ptr_eq(new, old) => {}
+        (new, old) => {
+            if let Some(old) = old {
+                old.stop();
+            }
+            if let Some(new) = new {
+                tokio::spawn(Arc::clone(new).watch());
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! `/metrics` on the admin port: per backend, requests, answers by class, failures,
+//! retries, ejections and a latency histogram; for the proxy, requests, retries refused by
+//! the budget, panic-mode picks and the cluster route's state.
+//!
+//! Counters are atomics bumped on the request path and read at scrape time; the text is
+//! written by hand (a dozen metric families do not need a registry).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::Proxy;
+use crate::backend::Backend;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram of durations, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// One count per bucket, plus one for everything above the last.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            d.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// The proxy's own counters.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Requests received from clients.
+    pub requests: AtomicU64,
+    /// Retries not made because the budget was spent.
+    pub budget_exhausted: AtomicU64,
+    /// Picks made in panic mode (every backend looked down).
+    pub panic_picks: AtomicU64,
+    /// Answers the proxy made itself, by kind (no backend, bad gateway, …).
+    pub local_answers: AtomicU64,
+    /// Requests refused because they were malformed.
+    pub bad_requests: AtomicU64,
+    /// Configuration reloads applied and refused.
+    pub reloads: AtomicU64,
+    pub reloads_refused: AtomicU64,
+}
+
+/// Renders every metric.
+pub fn render(proxy: &Proxy) -> String {
+    let mut out = String::with_capacity(8192);
+    let backends = proxy.all_backends();
+    family(
+        &mut out,
+        "keel_proxy_backend_up",
+        "gauge",
+        "1 if the backend is in rotation",
+        &backends,
+        |b| u64::from(b.is_up()),
+    );
+    family(
+        &mut out,
+        "keel_proxy_backend_drained",
+        "gauge",
+        "1 if an operator drained the backend",
+        &backends,
+        |b| u64::from(b.is_drained()),
+    );
+    family(
+        &mut out,
+        "keel_proxy_backend_weight",
+        "gauge",
+        "The backend's configured weight",
+        &backends,
+        |b| u64::from(b.weight()),
+    );
+    family(
+        &mut out,
+        "keel_proxy_backend_in_flight",
+        "gauge",
+        "Requests in flight on the backend",
+        &backends,
+        |b| u64::from(b.in_flight.load(Ordering::Relaxed)),
+    );
+    family(
+        &mut out,
+        "keel_proxy_backend_requests_total",
+        "counter",
+        "Requests sent to the backend, retries included",
+        &backends,
+        |b| b.stats.requests.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP keel_proxy_backend_responses_total Answers from the backend, by status class\n\
+         # TYPE keel_proxy_backend_responses_total counter"
+    );
+    for b in &backends {
+        for (i, count) in b.stats.answers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "keel_proxy_backend_responses_total{{backend=\"{}\",class=\"{}xx\"}} {}",
+                b.name,
+                i + 1,
+                count.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP keel_proxy_backend_errors_total Requests that got no answer from the backend, by kind\n\
+         # TYPE keel_proxy_backend_errors_total counter"
+    );
+    for b in &backends {
+        let _ = writeln!(
+            out,
+            "keel_proxy_backend_errors_total{{backend=\"{}\",kind=\"connect\"}} {}\n\
+             keel_proxy_backend_errors_total{{backend=\"{}\",kind=\"no_answer\"}} {}",
+            b.name,
+            b.stats.connect_failures.load(Ordering::Relaxed),
+            b.name,
+            b.stats.failures.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "keel_proxy_backend_retries_total",
+        "counter",
+        "Requests retried on another backend after failing on this one",
+        &backends,
+        |b| b.stats.retries.load(Ordering::Relaxed),
+    );
+    family(
+        &mut out,
+        "keel_proxy_backend_ejections_total",
+        "counter",
+        "Passive ejections of the backend",
+        &backends,
+        |b| b.stats.ejections.load(Ordering::Relaxed),
+    );
+    family(
+        &mut out,
+        "keel_proxy_backend_check_downs_total",
+        "counter",
+        "Times failed active checks took the backend down",
+        &backends,
+        |b| b.stats.downs.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP keel_proxy_backend_latency_seconds Time from sending a request to the backend to its answer's head\n\
+         # TYPE keel_proxy_backend_latency_seconds histogram"
+    );
+    for b in &backends {
+        b.stats.latency.render(
+            &mut out,
+            "keel_proxy_backend_latency_seconds",
+            &format!("backend=\"{}\"", b.name),
+        );
+    }
+    let s = &proxy.stats;
+    let mut single = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    single(
+        "keel_proxy_requests_total",
+        "counter",
+        "Requests received from clients",
+        s.requests.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_retry_budget_exhausted_total",
+        "counter",
+        "Retries not made because the retry budget was spent",
+        s.budget_exhausted.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_panic_picks_total",
+        "counter",
+        "Backends picked in panic mode (every backend looked down)",
+        s.panic_picks.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_local_answers_total",
+        "counter",
+        "Error answers the proxy made itself (no backend, bad gateway, timeout, failover)",
+        s.local_answers.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_bad_requests_total",
+        "counter",
+        "Requests refused as malformed",
+        s.bad_requests.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_reloads_total",
+        "counter",
+        "Configuration reloads applied",
+        s.reloads.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_reloads_refused_total",
+        "counter",
+        "Configuration reloads refused (the old configuration kept serving)",
+        s.reloads_refused.load(Ordering::Relaxed),
+    );
+    if let Some(cluster) = proxy.table().cluster.as_ref() {
+        let view = cluster.snapshot();
+        single(
+            "keel_proxy_cluster_epoch",
+            "gauge",
+            "The data tier's epoch as last seen",
+            view.epoch,
+        );
+        single(
+            "keel_proxy_cluster_failover_in_progress",
+            "gauge",
+            "1 while the data tier fails over",
+            u64::from(view.failover.is_some()),
+        );
+        single(
+            "keel_proxy_cluster_has_primary",
+            "gauge",
+            "1 when a primary is known",
+            u64::from(view.primary.is_some()),
+        );
+    }
+    out
+}
+
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    backends: &[std::sync::Arc<Backend>],
+    value: impl Fn(&Backend) -> u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for b in backends {
+        let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", b.name, value(b));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.record(Duration::from_micros(300));
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_secs(30));
+        let mut out = String::new();
+        h.render(&mut out, "x", "b=\"1\"");
+        assert!(out.contains("x_bucket{b=\"1\",le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{b=\"1\",le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{b=\"1\",le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{b=\"1\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{b=\"1\"} 3\n"), "{out}");
+    }
+}

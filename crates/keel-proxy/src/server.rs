@@ -1,0 +1,158 @@
+//! Accepting client connections, serving the admin API beside them, reloading on SIGHUP,
+//! and stopping: no new connections, in-flight requests finish (up to a grace period).
+//!
+//! A reload swaps the proxy's table and nothing else: the listening socket and every open
+//! connection stay as they are, so no connection is dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use keel_core::token::Token;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::{Proxy, forward};
+
+/// How long open connections may take to finish once the proxy is told to stop.
+const GRACE: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's head (slow clients hold a socket).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot watch for SIGHUP: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the proxy until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    token: Option<Token>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ProxyError::Bind { addr, what, source })
+    };
+    let listener = bind(config.listen, "proxy").await?;
+    let admin_listener = bind(config.admin, "admin").await?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(ProxyError::Signal)?;
+    let backends = config.backends.len();
+    let cluster = config.cluster.as_ref().map(|c| c.monitor.clone());
+    let proxy = Proxy::new(config, config_path, token);
+    crate::start_background(&proxy, &proxy.table(), None);
+    tracing::info!(
+        listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        admin = %admin_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        backends, cluster = ?cluster,
+        "proxy listening"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin = tokio::spawn(crate::admin::serve(
+        Arc::clone(&proxy),
+        admin_listener,
+        stop_rx.clone(),
+    ));
+    let reloads = {
+        let proxy = Arc::clone(&proxy);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = hangup.recv() => {
+                        if got.is_none() { return; }
+                        match proxy.reload() {
+                            Ok(outcome) => tracing::info!("SIGHUP: configuration {}", outcome.message),
+                            Err(e) => tracing::error!("SIGHUP: configuration refused, the old one keeps serving: {e}"),
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+    let accepting = tokio::spawn(accept(Arc::clone(&proxy), listener, stop_rx.clone()));
+    shutdown.await;
+    tracing::info!("stopping: no new connections; open ones finish their requests");
+    let _ = stop_tx.send(true);
+    let open = accepting.await.unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + GRACE;
+    while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if Arc::strong_count(&open) > 1 {
+        tracing::warn!(
+            open = Arc::strong_count(&open) - 1,
+            "connections still open after the grace period; stopping anyway"
+        );
+    }
+    reloads.abort();
+    let _ = admin.await;
+    if let Some(cluster) = &proxy.table().cluster {
+        cluster.stop();
+    }
+    Ok(())
+}
+
+/// Accepts connections until told to stop; returns a token every open connection holds
+/// a clone of, so the caller can wait for them.
+async fn accept(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Arc<()> {
+    let open = Arc::new(());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors, most likely: let some connections close.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return open,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        let service = service_fn(move |request| forward::handle(Arc::clone(&proxy), request, peer));
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let held = Arc::clone(&open);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _held = held;
+            let mut connection = std::pin::pin!(connection);
+            let stopping = async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            };
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}

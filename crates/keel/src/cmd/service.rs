@@ -1,0 +1,25 @@
+//! `keel service`: one app service in the foreground.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use keel_service::ServiceConfig;
+
+use crate::cli::ServiceArgs;
+
+pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+    let config = ServiceConfig {
+        name: args.name,
+        listen: args.listen,
+        data: args.data,
+        data_timeout: args.data_timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("keel-service")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(keel_service::run(config, keel_core::shutdown::signal()))?;
+    Ok(ExitCode::SUCCESS)
+}

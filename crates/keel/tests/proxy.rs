@@ -1,0 +1,735 @@
+//! `keel proxy` in front of real `keel service` processes (and, for the cluster route, a
+//! real monitor and data nodes): balancing order, a backend killed under load, what is
+//! and is not retried, ejection and recovery with slow start, panic mode, a failover
+//! behind the proxy, reloads, and bad input.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::{KeelProcess, StatusCode, TestMonitor, TestNode, free_port, url_for, wait_until};
+
+/// A `keel service` on a free port.
+struct Service {
+    proc: KeelProcess,
+    url: String,
+    args: Vec<String>,
+}
+
+impl Service {
+    fn start(name: &str) -> Service {
+        let port = free_port();
+        let args: Vec<String> = ["service", "--name", name, "--listen"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("127.0.0.1:{port}")])
+            .collect();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut proc = KeelProcess::spawn(name, &refs);
+        let url = url_for(port);
+        support::wait_for_health(&mut proc, &url);
+        Service { proc, url, args }
+    }
+
+    fn restart(&mut self) {
+        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.proc.respawn(&refs);
+        support::wait_for_health(&mut self.proc, &self.url);
+    }
+}
+
+/// A `keel proxy` with its admin API, started from a config file written by the test.
+struct Proxy {
+    proc: KeelProcess,
+    url: String,
+    admin: String,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const TOKEN: &str = "proxy-test-token-0123456789";
+
+impl Proxy {
+    /// Starts a proxy whose config file holds `body` (listen and admin are added).
+    fn start(body: &str) -> Proxy {
+        let dir = support::tempdir();
+        let (port, admin_port) = (free_port(), free_port());
+        let config = dir.path().join("proxy.toml");
+        let token = dir.path().join("admin.token");
+        std::fs::write(&token, TOKEN).expect("write token");
+        write_config(&config, port, admin_port, body);
+        let config_arg = config.display().to_string();
+        let token_arg = token.display().to_string();
+        let mut proc = KeelProcess::spawn(
+            "proxy",
+            &["proxy", "--config", &config_arg, "--token-file", &token_arg],
+        );
+        let admin = url_for(admin_port);
+        support::wait_for_health(&mut proc, &admin);
+        Proxy {
+            proc,
+            url: url_for(port),
+            admin,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Rewrites the config file (same listen and admin) and sends SIGHUP.
+    fn reload_with(&self, body: &str) {
+        let port = |url: &str| {
+            url.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0)
+        };
+        write_config(&self.config, port(&self.url), port(&self.admin), body);
+        self.proc.signal(Signal::SIGHUP);
+    }
+
+    fn backends(&self) -> serde_json::Value {
+        let (status, body) = support::get_json(&format!("{}/v1/backends", self.admin));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// The admin API's entry for one backend.
+    fn backend(&self, name: &str) -> serde_json::Value {
+        self.backends()["backends"]
+            .as_array()
+            .and_then(|all| all.iter().find(|b| b["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no backend {name}"))
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, text) = support::get_text(&format!("{}/metrics", self.admin));
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+    }
+}
+
+fn write_config(path: &Path, port: u16, admin_port: u16, body: &str) {
+    let text = format!("listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{body}");
+    std::fs::write(path, text).expect("write config");
+}
+
+fn backend_block(name: &str, url: &str, weight: u32) -> String {
+    format!("[[backend]]\nname = \"{name}\"\nurl = \"{url}\"\nweight = {weight}\n")
+}
+
+/// `GET url`: status and the `Keel-Backend` that answered.
+fn get_backend(client: &reqwest::blocking::Client, url: &str) -> (StatusCode, String) {
+    let resp = client
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let backend = resp
+        .headers()
+        .get("keel-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (resp.status(), backend)
+}
+
+fn sequence(proxy: &Proxy, n: usize) -> Vec<String> {
+    let client = support::http_client();
+    (0..n)
+        .map(|_| {
+            let (status, backend) = get_backend(&client, &format!("{}/", proxy.url));
+            assert_eq!(status, StatusCode::OK);
+            backend
+        })
+        .collect()
+}
+
+#[test]
+fn equal_weights_give_exact_round_robin_and_three_to_one_is_smooth() {
+    let (s1, s2) = (Service::start("service1"), Service::start("service2"));
+    let proxy = Proxy::start(&format!(
+        "{}{}",
+        backend_block("service1", &s1.url, 1),
+        backend_block("service2", &s2.url, 1)
+    ));
+    let seq = sequence(&proxy, 10);
+    for pair in seq.windows(2) {
+        assert_ne!(pair[0], pair[1], "not alternating: {seq:?}");
+    }
+    assert_eq!(seq.iter().filter(|b| *b == "service1").count(), 5);
+
+    let weighted = Proxy::start(&format!(
+        "{}{}",
+        backend_block("service1", &s1.url, 3),
+        backend_block("service2", &s2.url, 1)
+    ));
+    let seq = sequence(&weighted, 40);
+    let expected: Vec<&str> = ["service1", "service1", "service2", "service1"]
+        .into_iter()
+        .cycle()
+        .take(40)
+        .collect();
+    assert_eq!(seq, expected, "smooth 3:1");
+    let longest = seq
+        .chunk_by(|a, b| a == b)
+        .map(|run| (run[0].clone(), run.len()))
+        .fold(HashMap::new(), |mut m, (name, len)| {
+            let e = m.entry(name).or_insert(0);
+            *e = len.max(*e);
+            m
+        });
+    assert!(
+        longest["service1"] <= 3,
+        "no burst longer than the weight: {seq:?}"
+    );
+    assert_eq!(longest["service2"], 1);
+}
+
+#[test]
+fn a_backend_killed_under_steady_get_load_fails_no_request() {
+    let (mut s1, s2) = (Service::start("service1"), Service::start("service2"));
+    let proxy = Proxy::start(&format!(
+        "{}{}",
+        backend_block("service1", &s1.url, 1),
+        backend_block("service2", &s2.url, 1)
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, url) = (
+                Arc::clone(&stop),
+                Arc::clone(&ok),
+                format!("{}/", proxy.url),
+            );
+            thread::spawn(move || {
+                let client = support::http_client();
+                let mut failures = Vec::new();
+                // Bounded: at most 20 s, and the test stops it after about 3 s.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match client.get(&url).send() {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failures.push(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().unwrap_or_default()
+                        )),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || ok
+        .load(Ordering::Relaxed)
+        >= 200));
+    s1.proc.kill9();
+    let at_kill = ok.load(Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(10), || ok
+        .load(Ordering::Relaxed)
+        >= at_kill + 500));
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("worker"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "failed GETs: {failures:?}\n{}",
+        proxy.proc.log_report()
+    );
+    let killed = proxy.backend("service1");
+    assert_eq!(killed["state"], "ejected", "{killed}");
+    assert!(killed["ejections"].as_u64() >= Some(1), "{killed}");
+}
+
+/// A backend that counts the requests it gets (health checks aside) and answers each
+/// with `503`, or by closing the connection without a word (`reset`).
+struct Stub {
+    url: String,
+    seen: Arc<AtomicUsize>,
+}
+
+impl Stub {
+    fn start(reset: bool) -> Stub {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind stub");
+        let url = url_for(listener.local_addr().expect("addr").port());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&seen);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counter = Arc::clone(&counter);
+                thread::spawn(move || serve_stub(stream, &counter, reset));
+            }
+        });
+        Stub { url, seen }
+    }
+}
+
+fn serve_stub(stream: TcpStream, seen: &AtomicUsize, reset: bool) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut stream = stream;
+    loop {
+        let Some((request_line, body_len)) = read_head(&mut reader) else {
+            return;
+        };
+        let mut body = vec![0; body_len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        seen.fetch_add(1, Ordering::SeqCst);
+        if reset {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 8\r\n\r\nstub: {}\n",
+            &request_line[..1]
+        );
+        if stream.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads a request head: its first line and its `Content-Length`.
+fn read_head(reader: &mut impl BufRead) -> Option<(String, usize)> {
+    let mut first = String::new();
+    if reader.read_line(&mut first).ok()? == 0 {
+        return None;
+    }
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some((first, length));
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+    }
+}
+
+#[test]
+fn a_post_whose_body_went_out_is_not_retried_but_a_get_is() {
+    for reset in [false, true] {
+        let (a, b) = (Stub::start(reset), Stub::start(reset));
+        let proxy = Proxy::start(&format!(
+            "[health]\ninterval = \"0s\"\n{}{}",
+            backend_block("a", &a.url, 1),
+            backend_block("b", &b.url, 1)
+        ));
+        let seen = || a.seen.load(Ordering::SeqCst) + b.seen.load(Ordering::SeqCst);
+        let client = support::http_client();
+        let resp = client
+            .post(format!("{}/orders", proxy.url))
+            .body("one order")
+            .send()
+            .expect("POST through the proxy");
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        assert_eq!(
+            seen(),
+            1,
+            "reset={reset}: the POST reached {} backends: {text}",
+            seen()
+        );
+        if reset {
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
+            assert!(text.contains("not idempotent"), "{text}");
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the backend's own answer: {text}"
+            );
+        }
+        // The control: a GET meets the same failure and is retried on the other backend.
+        let resp = client
+            .get(format!("{}/orders", proxy.url))
+            .send()
+            .expect("GET through the proxy");
+        assert!(!resp.status().is_success());
+        assert_eq!(seen(), 3, "reset={reset}: the GET went to both backends");
+        assert!(
+            proxy.metric("keel_proxy_backend_retries_total{backend=\"a\"}")
+                + proxy.metric("keel_proxy_backend_retries_total{backend=\"b\"}")
+                >= 1.0
+        );
+    }
+}
+
+#[test]
+fn an_ejected_backend_comes_back_after_rise_checks_and_ramps_up_slowly() {
+    let (mut s1, s2) = (Service::start("service1"), Service::start("service2"));
+    let proxy = Proxy::start(&format!(
+        "slow_start = \"20s\"\n\
+         [health]\ninterval = \"300ms\"\nfast_interval = \"100ms\"\nrise = 2\nfall = 2\n\
+         [passive]\nejection = \"300ms\"\n{}{}",
+        backend_block("service1", &s1.url, 1),
+        backend_block("service2", &s2.url, 1)
+    ));
+    s1.proc.kill9();
+    // Traffic finds the dead backend (a refused connection ejects it at once).
+    sequence(&proxy, 4);
+    let state = |p: &Proxy| {
+        p.backend("service1")["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || matches!(
+            state(&proxy).as_str(),
+            "ejected" | "down"
+        )),
+        "{}",
+        proxy.backend("service1")
+    );
+    s1.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || state(&proxy) == "warming"),
+        "{}",
+        proxy.backend("service1")
+    );
+    let back = proxy.backend("service1");
+    assert_eq!(back["why"], "2 good checks", "{back}");
+    let share = back["weight_share"].as_f64().unwrap_or(1.0);
+    assert!(share < 0.5, "slow start begins low: {back}");
+    let seq = sequence(&proxy, 40);
+    let to_s1 = seq.iter().filter(|b| *b == "service1").count();
+    assert!(
+        (1..20).contains(&to_s1),
+        "a warming backend gets some but less than half: {to_s1} of 40"
+    );
+}
+
+#[test]
+fn when_every_backend_looks_down_the_proxy_spreads_over_all_of_them() {
+    let (s1, s2) = (Service::start("service1"), Service::start("service2"));
+    // Checks against a path the services do not have: every backend fails its checks,
+    // though each would serve real requests.
+    let proxy = Proxy::start(&format!(
+        "[health]\npath = \"/no-such-check\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\nfall = 2\n{}{}",
+        backend_block("service1", &s1.url, 1),
+        backend_block("service2", &s2.url, 1)
+    ));
+    assert!(wait_until(Duration::from_secs(5), || {
+        proxy.backends()["backends"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(|b| b["state"] == "down"))
+    }));
+    let seq = sequence(&proxy, 6);
+    assert!(
+        seq.contains(&"service1".to_owned()) && seq.contains(&"service2".to_owned()),
+        "{seq:?}"
+    );
+    assert!(proxy.metric("keel_proxy_panic_picks_total") >= 6.0);
+}
+
+#[test]
+fn a_failover_behind_the_proxy_shows_only_503s_with_retry_after_then_success() {
+    let dir = support::tempdir();
+    let monitor = TestMonitor::start(&dir.path().join("monitor"), &[]);
+    let mut nodes = vec![TestNode::monitored(
+        "app1",
+        dir.path().join("app1"),
+        &monitor.url,
+        &[],
+    )];
+    assert!(wait_until(
+        Duration::from_secs(10),
+        || monitor.cluster()["primary"]["node"] == "app1"
+    ));
+    nodes.push(TestNode::monitored(
+        "app2",
+        dir.path().join("app2"),
+        &monitor.url,
+        &[],
+    ));
+    assert!(wait_until(Duration::from_secs(15), || {
+        monitor.cluster()["nodes"].as_array().is_some_and(|n| {
+            n.len() == 2
+                && n.iter()
+                    .all(|n| n["role"] == "primary" || n["promotable"] == true)
+        })
+    }));
+    let proxy = Proxy::start(&format!("[cluster]\nmonitor = \"{}\"\n", monitor.url));
+    let client = support::http_client();
+    let put = |i: usize| {
+        client
+            .put(format!("{}/v1/kv/k{i}", proxy.url))
+            .body(format!("v{i}"))
+            .send()
+            .expect("PUT through the proxy")
+    };
+    assert!(wait_until(Duration::from_secs(5), || put(0).status() == StatusCode::OK));
+    let mut acked = Vec::new();
+    let mut unavailable = 0;
+    let mut killed = false;
+    let mut ok_after_503 = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 1;
+    while ok_after_503 < 20 && Instant::now() < deadline {
+        if i == 20 && !killed {
+            nodes[0].kill9();
+            killed = true;
+        }
+        let resp = put(i);
+        let status = resp.status();
+        let retry_after = resp.headers().get("retry-after").is_some();
+        let body = resp.text().unwrap_or_default();
+        match status {
+            StatusCode::OK => {
+                acked.push(i);
+                if unavailable > 0 {
+                    ok_after_503 += 1;
+                }
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(retry_after, "a 503 without Retry-After: {body}");
+                assert!(
+                    body.contains("\"error\""),
+                    "a 503 without a JSON reason: {body}"
+                );
+                unavailable += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            other => panic!("PUT k{i}: {other} {body}\n{}", proxy.proc.log_report()),
+        }
+        i += 1;
+    }
+    assert!(unavailable > 0, "the failover window was not seen");
+    assert!(
+        ok_after_503 >= 20,
+        "writes did not succeed again after the failover"
+    );
+    let view = support::get_json(&format!("{}/v1/cluster", proxy.admin)).1;
+    assert_eq!(view["primary"]["node"], "app2", "{view}");
+    for i in acked {
+        let (status, value) = support::get_text(&format!("{}/v1/kv/k{i}", proxy.url));
+        assert_eq!(
+            (status, value),
+            (StatusCode::OK, format!("v{i}")),
+            "acked write k{i}"
+        );
+    }
+}
+
+/// Sends `GET /` on an open connection and reads the answer: status and `Keel-Backend`.
+fn get_on(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>) -> (u16, String) {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        .expect("write request");
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (mut length, mut backend) = (0usize, String::new());
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "keel-backend" => backend = value.trim().to_owned(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("body");
+    (code, backend)
+}
+
+#[test]
+fn sighup_reloads_without_dropping_connections_and_a_bad_file_changes_nothing() {
+    let (s1, s2) = (Service::start("service1"), Service::start("service2"));
+    let proxy = Proxy::start(&backend_block("service1", &s1.url, 1));
+    let mut stream = TcpStream::connect(proxy.url.trim_start_matches("http://")).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    assert_eq!(
+        get_on(&mut stream, &mut reader),
+        (200, "service1".to_owned())
+    );
+
+    proxy.reload_with(&format!(
+        "{}{}",
+        backend_block("service1", &s1.url, 1),
+        backend_block("service2", &s2.url, 1)
+    ));
+    assert!(wait_until(Duration::from_secs(5), || {
+        proxy.backends()["backends"]
+            .as_array()
+            .is_some_and(|b| b.len() == 2)
+    }));
+    let answered: Vec<String> = (0..4).map(|_| get_on(&mut stream, &mut reader).1).collect();
+    assert!(
+        answered.contains(&"service2".to_owned()),
+        "on the same connection: {answered:?}"
+    );
+
+    proxy.reload_with(&format!(
+        "{}[health]\nintervall = \"1s\"\n",
+        backend_block("service1", &s1.url, 1)
+    ));
+    let refused = || {
+        let health = support::get_json(&format!("{}/health", proxy.admin)).1;
+        health["last_reload"]["applied"] == false
+            && health["last_reload"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("intervall"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), refused),
+        "{}",
+        proxy.proc.log_report()
+    );
+    assert_eq!(
+        proxy.backends()["backends"].as_array().map(Vec::len),
+        Some(2),
+        "old config kept"
+    );
+    let (code, _) = get_on(&mut stream, &mut reader);
+    assert_eq!(code, 200, "the connection survived both reloads");
+}
+
+#[test]
+fn bad_configuration_and_malformed_requests_get_clear_errors() {
+    let dir = support::tempdir();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[backend]]\nurl = \"http://127.0.0.1:1\"\nweight = 0\n",
+    )
+    .expect("write");
+    let out = support::run_keel(&["proxy", "--config", &bad.display().to_string()]);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("backend[0].weight"), "{out}");
+    let out = support::run_keel(&["proxy", "--backend", "localhost:5056"]);
+    assert!(!out.success() && out.stderr.contains("http://"), "{out}");
+    let out = support::run_keel(&["proxy", "--backend", "http://127.0.0.1:5056,weight=heavy"]);
+    assert!(
+        !out.success() && out.stderr.contains("weight=heavy"),
+        "{out}"
+    );
+
+    let s1 = Service::start("service1");
+    let proxy = Proxy::start(&backend_block("service1", &s1.url, 1));
+    let raw = |request: &[u8]| {
+        let mut stream =
+            TcpStream::connect(proxy.url.trim_start_matches("http://")).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream.write_all(request).expect("write");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    let answer = raw(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("missing_host"), "{answer}");
+    let answer = raw(b"THIS IS NOT HTTP\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(
+        s1.proc.log_text().matches("GET /").count(),
+        0,
+        "nothing malformed reached the backend"
+    );
+
+    let client = support::http_client();
+    let weight = format!("{}/v1/backends/service1/weight", proxy.admin);
+    let resp = client
+        .put(&weight)
+        .body("{\"weight\": 5}")
+        .send()
+        .expect("PUT");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "no token");
+    let resp = client
+        .put(&weight)
+        .bearer_auth(TOKEN)
+        .body("{\"weight\": 0}")
+        .send()
+        .expect("PUT");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().unwrap_or_default().contains("1 to 1000"));
+    let resp = client
+        .put(&weight)
+        .bearer_auth(TOKEN)
+        .body("heavy")
+        .send()
+        .expect("PUT");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = client
+        .put(&weight)
+        .bearer_auth(TOKEN)
+        .body("{\"weight\": 5}")
+        .send()
+        .expect("PUT");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(proxy.backend("service1")["weight"], 5);
+    let resp = client
+        .post(format!("{}/v1/backends/nobody/drain", proxy.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(
+        resp.text().unwrap_or_default().contains("service1"),
+        "names the real ones"
+    );
+}
+
+#[test]
+fn a_drained_backend_gets_no_new_requests_until_undrained() {
+    let (s1, s2) = (Service::start("service1"), Service::start("service2"));
+    let proxy = Proxy::start(&format!(
+        "{}{}",
+        backend_block("service1", &s1.url, 1),
+        backend_block("service2", &s2.url, 1)
+    ));
+    let client = support::http_client();
+    let admin = |action: &str| {
+        let resp = client
+            .post(format!("{}/v1/backends/service1/{action}", proxy.admin))
+            .bearer_auth(TOKEN)
+            .send()
+            .expect("admin call");
+        assert_eq!(resp.status(), StatusCode::OK);
+    };
+    admin("drain");
+    assert_eq!(proxy.backend("service1")["state"], "drained");
+    assert!(sequence(&proxy, 6).iter().all(|b| b == "service2"));
+    admin("undrain");
+    assert!(sequence(&proxy, 6).contains(&"service1".to_owned()));
+}
