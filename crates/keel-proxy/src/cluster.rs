@@ -36,7 +36,7 @@ use crate::Proxy;
 use crate::backend::{Backend, InFlight};
 use crate::body::ProxyBody;
 use crate::config::{ClusterConfig, parse_backend_url};
-use crate::forward::{Exchange, exchange, is_idempotent, local, pass_back, rebuild};
+use crate::forward::{Exchange, exchange, local, pass_back, rebuild};
 
 /// The most a data request's body may hold (the nodes' own limit).
 const MAX_BODY: usize = 1024 * 1024;
@@ -330,10 +330,8 @@ pub(crate) async fn forward(
                     ),
                 )
                 .with("node", node.name.as_str());
-                if !is_idempotent(&parts.method)
-                    || parts.method == Method::PUT
-                    || parts.method == Method::DELETE
-                {
+                // A read changed nothing; any other request may have been applied.
+                if !matches!(parts.method, Method::GET | Method::HEAD) {
                     refusal = refusal.with("written", "unknown");
                 }
                 return unavailable(refusal);

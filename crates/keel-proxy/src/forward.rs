@@ -72,11 +72,18 @@ pub(crate) async fn handle(
             }
         }
     };
+    if response.extensions().get::<Local>().is_some() {
+        proxy.stats.local_answers.fetch_add(1, Ordering::Relaxed);
+    }
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id);
     Ok(response)
 }
+
+/// Marks an answer the proxy made itself, for the metrics.
+#[derive(Debug, Clone, Copy)]
+struct Local;
 
 /// Checks a request and rewrites it for the backend: origin-form target, no hop-by-hop
 /// headers, `X-Forwarded-For` and `X-Request-Id` added.
@@ -377,6 +384,7 @@ pub(crate) fn local(status: StatusCode, error: ApiError) -> Response<ProxyBody> 
     let body = serde_json::to_vec(&error).unwrap_or_default();
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
+    response.extensions_mut().insert(Local);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -197,6 +197,22 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 8070)]
     pub monitor_port: u16,
 
+    /// How many app services (service1..serviceN) behind the proxy.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=9))]
+    pub services: u16,
+
+    /// Port of the first app service; the others take the ports after it.
+    #[arg(long, default_value_t = 5056)]
+    pub service_port: u16,
+
+    /// Port of the proxy, the front door.
+    #[arg(long, default_value_t = 8080)]
+    pub proxy_port: u16,
+
+    /// Port of the proxy's admin API and metrics.
+    #[arg(long, default_value_t = 8090)]
+    pub proxy_admin_port: u16,
+
     /// Show the monitor's and the nodes' own logs at info level (default: warnings only,
     /// so that the monitor's events are what you read).
     #[arg(long, short)]

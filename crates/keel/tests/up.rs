@@ -29,14 +29,35 @@ fn up_elects_app1_prints_the_events_stops_the_monitor_first_and_a_second_up_find
         "the election is printed as an event\n{log}"
     );
     assert!(log.contains("monitor  registered: app2"), "{log}");
-    assert!(log.contains("app1    | "), "node logs are prefixed: {log}");
-    assert!(log.contains("monitor | "), "{log}");
+    let prefixed = |name: &str| {
+        log.lines()
+            .any(|l| l.starts_with(&format!("{name} ")) && l.contains(" | "))
+    };
+    assert!(prefixed("app1"), "node logs are prefixed: {log}");
+    assert!(prefixed("monitor"), "{log}");
     assert!(log.contains("keel client kill-primary") || log.contains("kill-primary --watch"));
     assert!(log.contains("failover"), "{log}");
     let pids = first.pids();
     let names: Vec<&str> = pids.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["monitor", "app1", "app2"], "{log}");
+    assert_eq!(
+        names,
+        ["monitor", "app1", "app2", "proxy", "service1", "service2"],
+        "{log}"
+    );
     assert_eq!(first.primary().as_deref(), Some("app1"));
+
+    // The front door: `/` over the services, each counting visits in the data tier
+    // through the proxy's cluster route.
+    let (status, hello) = support::get_text(&format!("{}/", first.proxy_url));
+    assert_eq!(status, StatusCode::OK, "{hello}");
+    assert!(hello.starts_with("Hello from service"), "{hello}");
+    assert!(hello.contains("visits: 1 (data node app1)"), "{hello}");
+    let (status, visits) = support::get_json(&format!("{}/v1/counters/visits", first.proxy_url));
+    assert_eq!(
+        (status, visits["value"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{visits}"
+    );
 
     let mode = std::fs::metadata(&first.token_file)
         .expect("token metadata")
@@ -71,14 +92,18 @@ fn up_elects_app1_prints_the_events_stops_the_monitor_first_and_a_second_up_find
         );
     }
     let log = first.proc.log_text();
-    // The monitor first, so that nothing fails over while the tier stops; then the
-    // primary, while its standby still acknowledges; then the standby.
-    let (m, p, s) = (
+    // The front door first; then the monitor, so that nothing fails over while the tier
+    // stops; then the primary, while its standby still acknowledges; then the standby.
+    let (f, m, p, s) = (
+        at(&log, "proxy stopped"),
         at(&log, "monitor stopped"),
         at(&log, "app1 stopped"),
         at(&log, "app2 stopped"),
     );
-    assert!(m < p && p < s, "stop order monitor, app1, app2:\n{log}");
+    assert!(
+        f < m && m < p && p < s,
+        "stop order proxy, monitor, app1, app2:\n{log}"
+    );
     assert!(
         !log[m..].contains("failover started"),
         "nothing fails over during shutdown:\n{log}"

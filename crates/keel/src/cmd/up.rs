@@ -1,7 +1,11 @@
-//! `keel up`: a whole data tier on this machine, in the foreground — the seed's `main.py`.
+//! `keel up`: the whole system on this machine, in the foreground — the seed's `main.py`
+//! grown a front door: a data tier, two app services and the proxy in front of them.
 //!
 //! Starts `keel monitor`, then the nodes `app1..appN` as `keel node --monitor` child
-//! processes of this executable, each with its own directory under `--data-dir`, all
+//! processes of this executable, then the app services `service1..serviceN` (`keel
+//! service`, their visits counter kept in the data tier through the proxy) and last
+//! `keel proxy` at :8080, which spreads `/` over the services and sends `/v1/…` to
+//! whichever node is primary; each with its own directory under `--data-dir`, all
 //! sharing the admin token in `<data-dir>/admin.token` (generated once, then kept). The
 //! monitor decides who is primary: the first node to register, so `keel up` starts one
 //! node and waits for the monitor to name it before starting the rest. Started again on
@@ -16,8 +20,8 @@
 //! `keel up` never restarts anything by itself: a process that dies is reported, with
 //! the command that starts it again, and stays dead, so that what a test or a person does
 //! to a node is what they see — and what the monitor does about it. On Ctrl-C or SIGTERM
-//! the monitor stops first (so that nothing fails over while the tier stops), then the
-//! primary (while its standbys still acknowledge its last writes), then the standbys:
+//! the proxy and the services stop first, then the monitor (so that nothing fails over
+//! while the tier stops), then the primary (while its standbys still acknowledge its last writes), then the standbys:
 //! SIGTERM each, and SIGKILL for whatever is left [`STOP_GRACE`] after the first.
 //!
 //! [`plan`] holds what is started (ports, command lines, the checks before anything
@@ -47,7 +51,7 @@ mod plan;
 
 use super::client::events::{EventStream, stream_client};
 use crate::cli::UpArgs;
-use plan::{MONITOR, Plan, Spec, check_ports, plan, shell_line};
+use plan::{MONITOR, PROXY, Plan, Spec, check_ports, plan, shell_line};
 
 /// How long the children get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -117,7 +121,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let view = tier.cluster().await;
     print_banner(&args, &plan, &tier, view.as_ref(), &token_path, token_note);
 
-    let mut alive = plan.nodes.len() + 1;
+    let mut alive = plan.all().count();
     loop {
         tokio::select! {
             biased;
@@ -131,6 +135,8 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default();
                 let consequence = if name == MONITOR {
                     "; nothing fails over until it is back (the nodes keep serving)"
+                } else if name == PROXY {
+                    "; the front door is closed until it is back (the nodes and services answer on their own ports)"
                 } else {
                     ""
                 };
@@ -259,7 +265,30 @@ impl Tier {
             }
         }
         self.wait_for_promotable(plan).await;
+        for spec in plan.services.iter().chain(std::iter::once(&plan.proxy)) {
+            self.spawn(spec)?;
+            self.wait_healthy(spec).await?;
+        }
+        self.wait_for_route(&plan.proxy_admin).await;
         Ok(())
+    }
+
+    /// Waits until the proxy's cluster route knows the primary, so that the first request
+    /// to `/v1/…` through the front door finds it.
+    async fn wait_for_route(&mut self, admin: &str) {
+        let url = format!("{admin}/v1/cluster");
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while Instant::now() < deadline {
+            let view: Option<serde_json::Value> = match self.http.get(&url).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            if view.is_some_and(|v| !v["primary"].is_null()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("note: the proxy does not know the primary yet; its log above says why");
     }
 
     /// Prints the monitor's events as they happen, for as long as `keel up` runs.
@@ -383,7 +412,7 @@ impl Tier {
 
     /// Polls `/health` until it answers 200; fails when any child exits meanwhile.
     async fn wait_healthy(&mut self, spec: &Spec) -> anyhow::Result<()> {
-        let health = format!("{}/health", spec.url);
+        let health = spec.health.clone();
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Ok((name, how)) = self.exits.try_recv() {
@@ -423,12 +452,16 @@ impl Tier {
             events.abort();
         }
         let rank = |name: &str| {
-            if name == MONITOR {
+            if name == PROXY {
                 0
-            } else if Some(name) == primary.as_deref() {
+            } else if name.starts_with("service") {
                 1
-            } else {
+            } else if name == MONITOR {
                 2
+            } else if Some(name) == primary.as_deref() {
+                3
+            } else {
+                4
             }
         };
         let mut supervisors = std::mem::take(&mut self.supervisors);
@@ -587,6 +620,24 @@ fn print_banner(
             pid(&spec.name)
         ));
     }
+    text.push_str("front door and app tier:\n");
+    text.push_str(&format!(
+        "  {:width$}  {:7}  {}  (admin {}){}\n",
+        PROXY,
+        "",
+        plan.proxy.url,
+        plan.proxy_admin,
+        pid(PROXY)
+    ));
+    for spec in &plan.services {
+        text.push_str(&format!(
+            "  {:width$}  {:7}  {}{}\n",
+            spec.name,
+            "",
+            spec.url,
+            pid(&spec.name)
+        ));
+    }
     text.push_str(&format!(
         "  data in {}, admin token in {} ({token_note})\n\n",
         args.data_dir.display(),
@@ -608,6 +659,14 @@ fn print_banner(
         .and_then(|p| plan.nodes.iter().find(|s| s.name == p.node.as_str()))
         .map_or(args.base_port, |s| s.port);
     text.push_str("Try, in another terminal:\n");
+    text.push_str(&format!(
+        "  curl -s localhost:{}/                     # hello and visits, from a service\n",
+        args.proxy_port
+    ));
+    text.push_str(&format!(
+        "  curl -s localhost:{}/v1/counters/visits   # the data tier, through the proxy\n",
+        args.proxy_port
+    ));
     text.push_str(&format!("  keel client{monitor} cluster\n"));
     text.push_str(&format!("  keel client{monitor} set greeting=hello\n"));
     text.push_str(&format!("  keel client{monitor} state all\n"));
@@ -618,7 +677,9 @@ fn print_banner(
     text.push_str(&format!(
         "  keel client{monitor}{token} failover               # and back, by hand\n"
     ));
-    text.push_str("The monitor's events follow. Ctrl-C stops everything (the monitor first).\n");
+    text.push_str(
+        "The monitor's events follow. Ctrl-C stops everything (the front door first, then the monitor).\n",
+    );
     print!("{text}");
     let _ = std::io::stdout().flush();
 }

@@ -741,6 +741,11 @@ pub struct KeelUp {
     pub monitor_port: u16,
     pub monitor_url: String,
     pub token_file: PathBuf,
+    /// The front door (`keel proxy`) and its admin API.
+    pub proxy_url: String,
+    pub proxy_admin_url: String,
+    /// The port of `service1` (the others follow).
+    pub service_port: u16,
 }
 
 impl KeelUp {
@@ -771,6 +776,21 @@ impl KeelUp {
             base_port.to_string(),
             monitor_port.to_string(),
         );
+        // The front door and the services on free ports too, so tests run side by side.
+        let taken = |p: u16| (base_port..base_port + nodes).contains(&p) || p == monitor_port;
+        let (proxy_port, admin_port, service_port) = loop {
+            let (proxy, admin, services) = (free_port(), free_port(), free_port_range(2));
+            let all = [proxy, admin, services, services + 1];
+            let distinct = all.iter().collect::<std::collections::HashSet<_>>().len() == 4;
+            if distinct && !all.iter().any(|&p| taken(p)) {
+                break (proxy, admin, services);
+            }
+        };
+        let (proxy, admin, services) = (
+            proxy_port.to_string(),
+            admin_port.to_string(),
+            service_port.to_string(),
+        );
         let mut args = vec![
             "up",
             "--data-dir",
@@ -781,6 +801,12 @@ impl KeelUp {
             &base,
             "--monitor-port",
             &mon,
+            "--proxy-port",
+            &proxy,
+            "--proxy-admin-port",
+            &admin,
+            "--service-port",
+            &services,
         ];
         args.extend_from_slice(extra);
         let mut proc = KeelProcess::spawn_captured("up", &args);
@@ -799,6 +825,9 @@ impl KeelUp {
             monitor_port,
             monitor_url: url_for(monitor_port),
             token_file: data_dir.join("admin.token"),
+            proxy_url: url_for(proxy_port),
+            proxy_admin_url: url_for(admin_port),
+            service_port,
         }
     }
 

@@ -1,5 +1,5 @@
-//! What `keel up` starts: the monitor and the nodes, with their ports and command lines,
-//! checked before anything runs.
+//! What `keel up` starts: the monitor, the nodes, the app services and the proxy in front
+//! of them, with their ports and command lines, checked before anything runs.
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
@@ -11,6 +11,8 @@ use crate::cli::UpArgs;
 
 /// The name of the monitor in the output and the supervisor.
 pub(super) const MONITOR: &str = "monitor";
+/// The name of the proxy.
+pub(super) const PROXY: &str = "proxy";
 
 /// One process to start.
 #[derive(Debug, Clone)]
@@ -18,6 +20,10 @@ pub(super) struct Spec {
     pub(super) name: String,
     pub(super) port: u16,
     pub(super) url: String,
+    /// Where it answers `GET /health` once it is up.
+    pub(super) health: String,
+    /// The flag that moves its port, for the message when the port is taken.
+    pub(super) port_flag: &'static str,
     pub(super) args: Vec<String>,
 }
 
@@ -27,11 +33,21 @@ pub(super) struct Plan {
     pub(super) monitor: Spec,
     /// `app1..appN`, in that order.
     pub(super) nodes: Vec<Spec>,
+    /// `service1..serviceN`.
+    pub(super) services: Vec<Spec>,
+    /// The front door: `/v1/…` to the primary, the rest over the services.
+    pub(super) proxy: Spec,
+    /// The proxy's admin API.
+    pub(super) proxy_admin: String,
 }
 
 impl Plan {
+    /// Everything, in start order.
     pub(super) fn all(&self) -> impl Iterator<Item = &Spec> {
-        std::iter::once(&self.monitor).chain(&self.nodes)
+        std::iter::once(&self.monitor)
+            .chain(&self.nodes)
+            .chain(&self.services)
+            .chain(std::iter::once(&self.proxy))
     }
 }
 
@@ -39,23 +55,29 @@ impl Plan {
 /// assigns them.
 pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
     let n = args.nodes;
-    let last = args.base_port.checked_add(n - 1).filter(|p| *p > 0);
-    if args.base_port == 0 || last.is_none() {
-        bail!(
-            "--base-port {} leaves no room for {n} nodes (ports must be 1 to 65535)",
-            args.base_port
-        );
+    let ranges = [
+        ("--base-port", args.base_port, n),
+        ("--monitor-port", args.monitor_port, 1),
+        ("--service-port", args.service_port, args.services),
+        ("--proxy-port", args.proxy_port, 1),
+        ("--proxy-admin-port", args.proxy_admin_port, 1),
+    ];
+    for (flag, first, count) in ranges {
+        let fits = first > 0 && u32::from(first) + u32::from(count) <= 65_536;
+        if count > 0 && !fits {
+            bail!("{flag} {first} leaves no room for {count} port(s) (ports must be 1 to 65535)");
+        }
     }
-    if args.monitor_port == 0 {
-        bail!("--monitor-port must be 1 to 65535");
-    }
-    if (args.base_port..=args.base_port + (n - 1)).contains(&args.monitor_port) {
-        bail!(
-            "--monitor-port {} is one of the nodes' ports ({} to {}); pick another",
-            args.monitor_port,
-            args.base_port,
-            args.base_port + (n - 1)
-        );
+    for (i, (flag, first, count)) in ranges.iter().enumerate() {
+        for (other, o_first, o_count) in &ranges[..i] {
+            let (a, b) = (u32::from(*first), u32::from(*o_first));
+            let overlap = a < b + u32::from(*o_count) && b < a + u32::from(*count);
+            if *count > 0 && *o_count > 0 && overlap {
+                bail!(
+                    "{flag} {first} overlaps the ports of {other} {o_first} ({o_count} port(s) from there); pick another"
+                );
+            }
+        }
     }
     let token = path_arg(token_path);
     let monitor_url = format!("http://127.0.0.1:{}", args.monitor_port);
@@ -63,6 +85,8 @@ pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
         name: MONITOR.to_owned(),
         port: args.monitor_port,
         url: monitor_url.clone(),
+        health: format!("{monitor_url}/health"),
+        port_flag: "--monitor-port",
         args: vec![
             "monitor".into(),
             "--listen".into(),
@@ -94,11 +118,68 @@ pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
                 name,
                 port,
                 url: format!("http://127.0.0.1:{port}"),
+                health: format!("http://127.0.0.1:{port}/health"),
+                port_flag: "--base-port",
                 args,
             }
         })
         .collect();
-    Ok(Plan { monitor, nodes })
+    let proxy_url = format!("http://127.0.0.1:{}", args.proxy_port);
+    let services: Vec<Spec> = (1..=args.services)
+        .map(|k| {
+            let name = format!("service{k}");
+            let port = args.service_port + (k - 1);
+            let url = format!("http://127.0.0.1:{port}");
+            Spec {
+                args: vec![
+                    "service".into(),
+                    "--name".into(),
+                    name.clone(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    // Through the proxy's cluster route, which follows the primary.
+                    "--data".into(),
+                    proxy_url.clone(),
+                ],
+                health: format!("{url}/health"),
+                port_flag: "--service-port",
+                name,
+                port,
+                url,
+            }
+        })
+        .collect();
+    let proxy_admin = format!("http://127.0.0.1:{}", args.proxy_admin_port);
+    let mut proxy_args: Vec<String> = vec![
+        "proxy".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", args.proxy_port),
+        "--admin".into(),
+        format!("127.0.0.1:{}", args.proxy_admin_port),
+        "--cluster".into(),
+        monitor_url.clone(),
+        "--token-file".into(),
+        token.clone(),
+    ];
+    for service in &services {
+        proxy_args.push("--backend".into());
+        proxy_args.push(format!("{},name={}", service.url, service.name));
+    }
+    let proxy = Spec {
+        name: PROXY.to_owned(),
+        port: args.proxy_port,
+        url: proxy_url,
+        health: format!("{proxy_admin}/health"),
+        port_flag: "--proxy-port",
+        args: proxy_args,
+    };
+    Ok(Plan {
+        monitor,
+        nodes,
+        services,
+        proxy,
+        proxy_admin,
+    })
 }
 
 pub(super) fn path_arg(p: &Path) -> String {
@@ -127,21 +208,28 @@ fn shell_quote(s: &str) -> String {
 
 /// Fails before anything starts when a port is taken, naming it.
 pub(super) fn check_ports(plan: &Plan) -> anyhow::Result<()> {
-    for spec in plan.all() {
-        let flag = if spec.name == MONITOR {
-            "--monitor-port"
-        } else {
-            "--base-port"
-        };
-        match TcpListener::bind(("127.0.0.1", spec.port)) {
+    let admin_port = plan
+        .proxy_admin
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(0);
+    let ports = plan
+        .all()
+        .map(|s| (s.name.as_str(), s.port, s.port_flag))
+        .chain(std::iter::once((
+            "the proxy's admin API",
+            admin_port,
+            "--proxy-admin-port",
+        )));
+    for (name, port, flag) in ports {
+        match TcpListener::bind(("127.0.0.1", port)) {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::AddrInUse => bail!(
-                "port {} (for {}) is already in use on 127.0.0.1 — is another `keel up` running? \
-                 stop it, or pick other ports with {flag}",
-                spec.port,
-                spec.name
+                "port {port} (for {name}) is already in use on 127.0.0.1 — is another `keel up` running? \
+                 stop it, or pick other ports with {flag}"
             ),
-            Err(e) => bail!("cannot use port {} for {}: {e}", spec.port, spec.name),
+            Err(e) => bail!("cannot use port {port} for {name}: {e}"),
         }
     }
     Ok(())
@@ -159,6 +247,10 @@ mod tests {
             data_dir: PathBuf::from("/tmp/d"),
             base_port,
             monitor_port: 8070,
+            services: 2,
+            service_port: 5056,
+            proxy_port: 8080,
+            proxy_admin_port: 8090,
             verbose: false,
         }
     }
@@ -207,6 +299,41 @@ mod tests {
         clash.monitor_port = 8070;
         let err = plan(&clash, Path::new("t")).expect_err("8070 is app2's port");
         assert!(err.to_string().contains("--monitor-port 8070"), "{err}");
+        let mut clash = args(2, 9000);
+        clash.service_port = 8069;
+        let err = plan(&clash, Path::new("t")).expect_err("8070 is service2's port");
+        assert!(err.to_string().contains("--service-port 8069"), "{err}");
+    }
+
+    #[test]
+    fn the_proxy_fronts_the_services_and_follows_the_monitor() {
+        let plan = plan(&args(2, 9000), Path::new("/tmp/d/admin.token")).expect("plan");
+        let names: Vec<_> = plan.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["service1", "service2"]);
+        assert_eq!(plan.services[1].port, 5057);
+        let service = plan.services[0].args.join(" ");
+        assert!(
+            service.contains("--data http://127.0.0.1:8080"),
+            "{service}"
+        );
+        let proxy = plan.proxy.args.join(" ");
+        assert!(proxy.contains("--listen 127.0.0.1:8080"), "{proxy}");
+        assert!(proxy.contains("--admin 127.0.0.1:8090"), "{proxy}");
+        assert!(proxy.contains("--cluster http://127.0.0.1:8070"), "{proxy}");
+        assert!(
+            proxy.contains("--backend http://127.0.0.1:5056,name=service1"),
+            "{proxy}"
+        );
+        assert!(
+            proxy.contains("--backend http://127.0.0.1:5057,name=service2"),
+            "{proxy}"
+        );
+        assert_eq!(plan.proxy.health, "http://127.0.0.1:8090/health");
+        let order: Vec<_> = plan.all().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            order,
+            ["monitor", "app1", "app2", "service1", "service2", "proxy"]
+        );
     }
 
     #[test]
