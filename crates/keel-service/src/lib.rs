@@ -1,24 +1,36 @@
 //! keel's stateless app tier: the "hello" services of the load-balancing lab, the visits
 //! counter of the Redis demo, and the `/data` endpoint of the PostgreSQL homework's load
-//! script — one small HTTP server, run as many times as there are services.
+//! script — one small HTTP server, run as many times as there are services. Also the
+//! fault-tolerance lab's flaky service ([`flaky`], `keel flaky`).
 //!
 //! | route | answer |
 //! |---|---|
 //! | `GET /` | `Hello from service1`, the host name and the visits counter (text) |
 //! | `GET /data` | JSON: `backend_id` (this service) and what served its data |
-//! | `GET /health` | JSON: name, whether the data tier answers |
+//! | `GET /health` | JSON: name, the data tier or Redis, the breaker's state |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/events` | server-sent events: the Redis breaker's transitions |
 //!
 //! The service keeps no state of its own worth keeping: with `--data` the counter lives
 //! in the data tier (any URL that speaks the node API: a node, or `keel proxy`'s cluster
-//! route, which follows the primary through failovers), else in the process, which says
-//! so. When the data tier does not answer, `/` still answers — a degraded page that says
-//! what is missing — and `/data`, whose whole point is the data, answers 503.
+//! route, which follows the primary through failovers), with `--redis` in Redis (`INCR
+//! visits`) behind a circuit breaker and a timeout ([`redis_visits`]), else in the
+//! process, which says so. When the counter's store does not answer, `/` still answers —
+//! a degraded page that says what is missing ("The counter is temporarily disabled!"
+//! with Redis) — and `/data`, whose whole point is the data, answers 503.
+//!
+//! Modules: [`flaky`] (the flaky service), [`redis_visits`] (the counter in Redis and its
+//! breaker), [`events`] (the event stream), [`breaker_spec`] (breaker settings as a flag
+//! writes them), `data` (the data tier's client), `metrics` (request counters).
 
 #![forbid(unsafe_code)]
 
+pub mod breaker_spec;
 mod data;
+pub mod events;
+pub mod flaky;
 mod metrics;
+pub mod redis_visits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,13 +38,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use keel_core::http::{method_not_allowed, not_found};
 
 pub use data::{DataAnswer, DataError, DataTier};
+pub use events::{EventLog, EventRecord};
+pub use redis_visits::{RedisSetupError, RedisVisits, VisitsError};
+
+/// What `/` says in place of the counter when Redis cannot count (the demo's words).
+pub const COUNTER_DISABLED: &str = "The counter is temporarily disabled!";
 
 /// How a service is run.
 #[derive(Debug, Clone)]
@@ -45,6 +63,13 @@ pub struct ServiceConfig {
     pub data: Option<String>,
     /// How long one call to the data tier may take.
     pub data_timeout: Duration,
+    /// Redis URL (`redis://127.0.0.1:6379`) for the visits counter, if any; exclusive
+    /// with `data`.
+    pub redis: Option<String>,
+    /// How long one call to Redis may take ([`redis_visits::DEFAULT_TIMEOUT`]: 2 s).
+    pub redis_timeout: Duration,
+    /// The breaker in front of Redis ([`redis_visits::default_breaker`]).
+    pub redis_breaker: keel_resilience::Config,
 }
 
 /// Why the service could not run.
@@ -59,6 +84,12 @@ pub enum ServiceError {
     Serve(std::io::Error),
     #[error(transparent)]
     Data(#[from] DataError),
+    /// The Redis URL or the breaker's settings cannot be used.
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
+    /// The settings contradict each other or are out of range.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What the handlers share.
@@ -66,6 +97,10 @@ struct Service {
     name: String,
     host: String,
     data: Option<DataTier>,
+    redis: Option<RedisVisits>,
+    events: Arc<EventLog>,
+    /// Turns true when the server stops, ending the event streams.
+    stopping: tokio::sync::watch::Receiver<bool>,
     /// The counter when there is no data tier: this process's visits only.
     local_visits: AtomicU64,
     stats: metrics::Stats,
@@ -83,24 +118,54 @@ pub async fn run(
             source,
         })?;
     let addr = listener.local_addr().map_err(ServiceError::Serve)?;
-    tracing::info!(name = %config.name, %addr, data = ?config.data, "service listening");
-    let router = router(&config)?;
-    let (stopping, _) = tokio::sync::watch::channel(false);
+    tracing::info!(name = %config.name, %addr, data = ?config.data, redis = ?config.redis.as_deref().map(redis_visits::redacted), "service listening");
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let router = build(&config, stopped)?;
     keel_core::http::serve_draining(listener, router, shutdown, Duration::from_secs(5), stopping)
         .await
         .map_err(ServiceError::Serve)
 }
 
-/// The service's routes, for a server or a test.
+/// The service's routes, for a server or a test. Call it within a tokio runtime, so
+/// that the breaker's transitions reach `/v1/events`.
 pub fn router(config: &ServiceConfig) -> Result<Router, ServiceError> {
+    // Never stopped: its event streams end with their clients.
+    let (_, never) = tokio::sync::watch::channel(false);
+    build(config, never)
+}
+
+fn build(
+    config: &ServiceConfig,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<Router, ServiceError> {
+    if config.data.is_some() && config.redis.is_some() {
+        return Err(ServiceError::Config(
+            "--data and --redis both keep the visits counter; give one of them".to_owned(),
+        ));
+    }
     let data = match &config.data {
         Some(url) => Some(DataTier::new(url, config.data_timeout)?),
         None => None,
     };
+    let redis = match &config.redis {
+        Some(url) => Some(RedisVisits::new(
+            url,
+            config.redis_timeout,
+            config.redis_breaker,
+        )?),
+        None => None,
+    };
+    let events = Arc::new(EventLog::new());
+    if let Some(redis) = &redis {
+        events.follow(redis.breaker());
+    }
     let service = Arc::new(Service {
         name: config.name.clone(),
         host: host_name(),
         data,
+        redis,
+        events,
+        stopping,
         local_visits: AtomicU64::new(0),
         stats: metrics::Stats::default(),
     });
@@ -109,6 +174,7 @@ pub fn router(config: &ServiceConfig) -> Result<Router, ServiceError> {
         .route("/data", get(data_route))
         .route("/health", get(health))
         .route("/metrics", get(metrics_route))
+        .route("/v1/events", get(events_route))
         .fallback(fallback)
         .method_not_allowed_fallback(wrong_method)
         .with_state(service))
@@ -116,12 +182,19 @@ pub fn router(config: &ServiceConfig) -> Result<Router, ServiceError> {
 
 /// `GET /`: the lab's greeting, the host, and the visits counter.
 async fn hello(State(service): State<Arc<Service>>) -> Response {
-    let visits = match &service.data {
-        None => format!(
+    let visits = match (&service.redis, &service.data) {
+        (Some(redis), _) => match redis.incr().await {
+            Ok(visits) => format!("{visits} (redis {})", redis.url()),
+            Err(e) => {
+                tracing::debug!(error = %e, "visits counter disabled");
+                format!("{COUNTER_DISABLED} ({e})")
+            }
+        },
+        (None, None) => format!(
             "{} (kept in this process only: start with --data to keep it in the data tier)",
             service.local_visits.fetch_add(1, Ordering::Relaxed) + 1
         ),
-        Some(data) => match data.incr_visits().await {
+        (None, Some(data)) => match data.incr_visits().await {
             Ok(answer) => format!("{} (data node {})", answer.visits, answer.node_or_unknown()),
             Err(e) => {
                 service.stats.data_errors.fetch_add(1, Ordering::Relaxed);
@@ -148,13 +221,27 @@ async fn data_route(State(service): State<Arc<Service>>) -> Response {
         "backend_id": service.name,
         "host": service.host,
     });
-    let status = match &service.data {
-        None => {
+    let status = match (&service.redis, &service.data) {
+        (Some(redis), _) => {
+            body["data_source"] = redis.url().into();
+            match redis.get().await {
+                Ok(visits) => {
+                    body["visits"] = visits.into();
+                    StatusCode::OK
+                }
+                Err(e) => {
+                    body["error"] = "data_unavailable".into();
+                    body["message"] = format!("{COUNTER_DISABLED} ({e})").into();
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }
+        (None, None) => {
             body["visits"] = service.local_visits.load(Ordering::Relaxed).into();
             body["data_source"] = "process".into();
             StatusCode::OK
         }
-        Some(data) => {
+        (None, Some(data)) => {
             body["data_source"] = data.url().into();
             match data.read_visits().await {
                 Ok(answer) => {
@@ -176,28 +263,62 @@ async fn data_route(State(service): State<Arc<Service>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// `GET /health`: always 200 while the process serves; `status` is `degraded` while
+/// the Redis breaker is not closed.
 async fn health(State(service): State<Arc<Service>>) -> Response {
     let data = service.data.as_ref().map(DataTier::url);
     service.stats.count("/health", StatusCode::OK);
-    axum::Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "name": service.name,
         "status": "ok",
         "host": service.host,
         "data": data,
-    }))
-    .into_response()
+    });
+    if let Some(redis) = &service.redis {
+        let state = redis.breaker().state();
+        if !matches!(state, keel_resilience::State::Closed) {
+            body["status"] = "degraded".into();
+        }
+        body["redis"] = redis.url().into();
+        body["breaker"] = serde_json::json!({
+            "name": redis.breaker().name(),
+            "state": state.as_str(),
+            "timeout": keel_core::duration::format(redis.timeout()),
+            "settings": breaker_spec::describe(redis.breaker().config()),
+        });
+    }
+    axum::Json(body).into_response()
 }
 
 async fn metrics_route(State(service): State<Arc<Service>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        service.stats.render(&service.name),
+    let mut text = service.stats.render(&service.name);
+    if let Some(redis) = &service.redis {
+        redis.render_metrics(&mut text, &service.name);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `GET /v1/events`: the breaker's transitions as server-sent events.
+async fn events_route(
+    State(service): State<Arc<Service>>,
+    query: Result<Query<events::Since>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    events::stream(
+        Arc::clone(&service.events),
+        query,
+        &headers,
+        service.stopping.clone(),
     )
-        .into_response()
+    .await
 }
 
 async fn fallback(method: Method, uri: Uri) -> Response {
-    not_found(&method, &uri, "GET /, /data, /health or /metrics")
+    not_found(
+        &method,
+        &uri,
+        "GET /, /data, /health, /metrics or /v1/events",
+    )
 }
 
 async fn wrong_method(method: Method, uri: Uri) -> Response {

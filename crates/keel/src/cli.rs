@@ -35,11 +35,17 @@ pub enum Command {
     Up(UpArgs),
     /// Run the monitor: it assigns roles to the data nodes and fails over automatically.
     Monitor(MonitorArgs),
+    /// Put HTTP load on a URL of this machine: live view, latency percentiles, the spread
+    /// per backend, a timeline; with --verify, count lost acknowledged writes.
+    Load(LoadArgs),
     /// Run the front door: an HTTP load balancer with health checks, retries and a route
     /// that follows the data tier's primary.
     Proxy(ProxyArgs),
     /// Run an app service: hello, a visits counter kept in the data tier, /data.
     Service(ServiceArgs),
+    /// Run the fault-tolerance lab's flaky service: 503s at a failure rate, a degraded
+    /// mode, total failure; changeable while it runs.
+    Flaky(FlakyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +176,10 @@ pub enum ClientCommand {
     },
     /// Show the monitor's view of the cluster: epoch, primary, every node.
     Cluster,
+    /// GET a URL with retries, backoff, a timeout (--timeout), an optional circuit
+    /// breaker and a fallback: the cached last good answer, else the lab's fallback
+    /// message. Exit code 0 for a fresh answer, 2 when any answer came from the fallback.
+    Fetch(FetchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -317,10 +327,216 @@ pub struct ServiceArgs {
     /// How long a call to the data tier may take.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub data_timeout: Duration,
+
+    /// Keep the visits counter in Redis (`INCR visits`) behind a circuit breaker, e.g.
+    /// redis://127.0.0.1:6379.
+    #[arg(long, value_name = "URL", conflicts_with = "data")]
+    pub redis: Option<String>,
+
+    /// How long a call to Redis may take before it counts as a failure.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, requires = "redis")]
+    pub redis_timeout: Duration,
+
+    /// The breaker in front of Redis: key=value pairs among failure-rate, window,
+    /// min-calls, failures, open, half-open, slow, slow-rate (docs/resilience.md).
+    #[arg(long, value_name = "SPEC", default_value = "failures=1,open=5s,half-open=1",
+          value_parser = keel_service::breaker_spec::parse, requires = "redis")]
+    pub redis_breaker: keel_resilience::Config,
+}
+
+/// `keel flaky`: see docs/resilience.md.
+#[derive(Debug, Args)]
+pub struct FlakyArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:5055")]
+    pub listen: SocketAddr,
+
+    /// How GET / behaves: normal (503 at --failure-rate), fallback (degraded answer),
+    /// failure (always 503).
+    #[arg(long, env = "SERVICE_MODE", default_value = "normal")]
+    pub mode: keel_service::flaky::Mode,
+
+    /// In normal mode, the probability of a 503, from 0 to 1.
+    #[arg(long, default_value_t = keel_service::flaky::DEFAULT_FAILURE_RATE, value_parser = parse_rate)]
+    pub failure_rate: f64,
+
+    /// Delay before every answer of GET /.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub latency: Duration,
+
+    /// Seed the failure draws, so that a run's sequence of answers repeats exactly.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// File holding the admin token that PUT /admin/mode needs (else KEEL_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `keel client fetch URL`: see docs/resilience.md.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The URL to GET (http://).
+    pub url: String,
+
+    /// Retries after the first attempt (the lab's max_retries).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
+
+    /// The wait before a retry (with exponential backoff: before the first retry).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub retry_delay: Duration,
+
+    /// constant: the same wait every time; exponential: doubling up to --max-delay.
+    #[arg(long, value_enum, default_value_t = BackoffKind::Constant)]
+    pub backoff: BackoffKind,
+
+    /// The longest wait with exponential backoff [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_delay: Option<Duration>,
+
+    /// full: a random wait between 0 and the backoff's; none: exactly the backoff's
+    /// [default: none with constant backoff, full with exponential].
+    #[arg(long, value_enum)]
+    pub jitter: Option<JitterKind>,
+
+    /// Put a circuit breaker in front of the URL, e.g. failure-rate=50,window=10,open=5s
+    /// (keys: failure-rate, window, min-calls, failures, open, half-open, slow, slow-rate).
+    #[arg(long, value_name = "SPEC", value_parser = keel_service::breaker_spec::parse)]
+    pub breaker: Option<keel_resilience::Config>,
+
+    /// Keep the last good answer in DIR, and serve it (marked stale, with its age) when
+    /// every attempt fails. Without it, only this run's answers are remembered.
+    #[arg(long, value_name = "DIR")]
+    pub fallback_cache: Option<PathBuf>,
+
+    /// Fetch the URL this many times (one breaker and cache for all).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub count: u32,
+
+    /// The pause between fetches with --count.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackoffKind {
+    Constant,
+    Exponential,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JitterKind {
+    None,
+    Full,
+}
+
+/// `keel load URL`: see docs/load.md.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The URL to load: http:// on this machine (127.0.0.0/8, ::1 or localhost).
+    pub url: String,
+
+    /// Open loop: send N requests a second whatever the answers do; latency counts from
+    /// each request's intended send time (corrected for coordinated omission).
+    #[arg(long, value_name = "N", conflicts_with = "concurrency")]
+    pub rate: Option<u32>,
+
+    /// Closed loop: N connections, one request in flight on each [default: 10].
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+
+    /// With --rate: the connections that share the load [default: 32]. A request whose
+    /// time comes while all are busy waits for one, and the wait counts in its latency.
+    #[arg(long, value_name = "N", requires = "rate")]
+    pub connections: Option<u32>,
+
+    /// How long to send [default: 10s].
+    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+
+    /// Send exactly N requests, then stop.
+    #[arg(long, value_name = "N")]
+    pub requests: Option<u64>,
+
+    /// The method of the requests (not of the writes).
+    #[arg(long, short = 'X', default_value = "GET")]
+    pub method: String,
+
+    /// The request body: text, or @FILE to send a file's bytes.
+    #[arg(long, short = 'd', value_name = "TEXT|@FILE")]
+    pub body: Option<String>,
+
+    /// An extra request header (repeat for several).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<keel_load::HeaderLine>,
+
+    /// How long a request may take before it counts as a timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// The share of requests, 0 to 1, that are writes: PUT /v1/kv/load-<run>-<n> with a
+    /// unique value, on the URL's host and port.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub write_ratio: f64,
+
+    /// After the run, read every acknowledged write back from the primary and print
+    /// `lost acknowledged writes: N`; exit with 3 when N > 0.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Where --verify reads from [default: the primary --monitor names, else the URL's
+    /// host and port]. A standby's 421 is followed to its primary.
+    #[arg(long, value_name = "URL", requires = "verify")]
+    pub verify_url: Option<String>,
+
+    /// How long reading the writes back may take in all.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub verify_timeout: Duration,
+
+    /// Where the backend that answered is named: auto (header Keel-Backend, else
+    /// Keel-Node), header:NAME, json:FIELD (e.g. json:backend_id) or none.
+    #[arg(long, value_name = "HOW", default_value = "auto")]
+    pub spread_by: keel_load::SpreadBy,
+
+    /// The monitor: its events during the run are listed in the report and marked on
+    /// the plot, and --verify reads from the primary it names.
+    #[arg(long, value_name = "URL", visible_alias = "events")]
+    pub monitor: Option<String>,
+
+    /// Also write the full report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Draw throughput, errors and p99 per second, with the monitor's events, into an
+    /// SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// Worker threads [default: the CPUs this process may use].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// No live view on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Allow a URL outside this machine. Only load hosts you are responsible for.
+    #[arg(long)]
+    pub allow_remote: bool,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number: expected a probability such as 0.3"))?;
+    keel_service::flaky::check_rate(rate)?;
+    Ok(rate)
 }
 
 /// Parses `250ms`, `2s`, `1.5s`, `1m` or a bare number of seconds.

@@ -14,12 +14,16 @@
 //! - [`admin`]: `kill-primary`, `failover`, `cluster`
 //! - [`conn`]: one request to one server, and the errors a person sees
 //! - [`events`]: the monitor's event stream (shared with `keel up`)
-//! - [`backoff`]: the waits between tries
+//! - [`fetch`]: `keel client fetch URL`, the fault-tolerance lab's client (retry,
+//!   breaker, fallback), for any HTTP service such as `keel flaky`
+//!
+//! The waits between tries are `keel_resilience`'s backoff (full jitter, `Retry-After` as
+//! a floor).
 
 mod admin;
-mod backoff;
 mod conn;
 pub(crate) mod events;
+mod fetch;
 mod route;
 
 use std::collections::BTreeMap;
@@ -117,6 +121,7 @@ impl Client {
             ClientCommand::KillPrimary { watch } => self.kill_primary(watch).await,
             ClientCommand::Failover { to } => self.failover(to).await,
             ClientCommand::Cluster => self.cluster().await,
+            ClientCommand::Fetch(args) => fetch::run(args, self.timeout, self.json).await,
         }
     }
 

@@ -13,6 +13,9 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         data: args.data,
         data_timeout: args.data_timeout,
+        redis: args.redis,
+        redis_timeout: args.redis_timeout,
+        redis_breaker: args.redis_breaker,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -51,7 +51,10 @@ pub(super) struct Answer {
     pub(super) epoch: Option<String>,
     pub(super) lsn: Option<String>,
     pub(super) etag: Option<String>,
+    /// `Retry-After` as sent, for messages.
     pub(super) retry_after: Option<String>,
+    /// `Retry-After` as a wait (delta-seconds or an HTTP date), if it parsed.
+    pub(super) retry_after_wait: Option<Duration>,
     pub(super) body: Vec<u8>,
 }
 
@@ -207,6 +210,8 @@ impl Conn {
         );
         let etag = text(header::ETAG.as_str());
         let retry_after = text(header::RETRY_AFTER.as_str());
+        let retry_after_wait =
+            keel_resilience::failure::retry_after(resp.headers(), std::time::SystemTime::now());
         let status = resp.status();
         let body = resp.bytes().await.map_err(unanswered)?.to_vec();
         Ok(Answer {
@@ -218,6 +223,7 @@ impl Conn {
             lsn,
             etag,
             retry_after,
+            retry_after_wait,
             body,
         })
     }
@@ -271,7 +277,7 @@ pub(super) fn normalize_url(s: &str) -> anyhow::Result<String> {
 }
 
 /// The innermost cause, which is the one that names the problem ("connection refused").
-fn root_cause(e: &reqwest::Error) -> String {
+pub(super) fn root_cause(e: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;

@@ -19,9 +19,9 @@ use anyhow::{Context, anyhow, bail};
 use keel_core::ApiError;
 use keel_core::Role;
 use keel_monitor::wire::{ClusterView, Failover, FailoverPhase};
+use keel_resilience::{Backoff, Jitter};
 use reqwest::StatusCode;
 
-use super::backoff::{Backoff, jitter_unit, parse_retry_after};
 use super::conn::{Answer, Health, Req, Unanswered, normalize_url};
 use super::{Client, DEFAULT_NODE};
 use crate::cli::StateWhich;
@@ -30,6 +30,33 @@ use crate::cli::StateWhich;
 /// takes about a second, so waits beyond that would only add to it.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(1);
+
+/// The waits of one operation's retries: capped exponential backoff with full jitter, so
+/// that many clients thrown off by the same failover do not come back in step, and never
+/// shorter than the server's `Retry-After`.
+struct Waits {
+    backoff: Backoff,
+    /// Retries so far.
+    retries: u32,
+}
+
+impl Waits {
+    fn new() -> Self {
+        Waits {
+            backoff: Backoff::exponential(BACKOFF_BASE, BACKOFF_CAP),
+            retries: 0,
+        }
+    }
+
+    /// The wait before the next try, for a jitter draw `unit` in `[0, 1]`.
+    fn next(&mut self, retry_after: Option<Duration>, unit: f64) -> Duration {
+        let wait = self
+            .backoff
+            .delay(self.retries, Jitter::Full, unit, retry_after);
+        self.retries = self.retries.saturating_add(1);
+        wait
+    }
+}
 
 /// How requests find their node.
 pub(super) struct Route {
@@ -207,7 +234,7 @@ impl Client {
         safety: Safety,
     ) -> anyhow::Result<Answer> {
         let started = Instant::now();
-        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        let mut backoff = Waits::new();
         // A primary named by a standby's 421, tried next without asking the monitor.
         let mut named: Option<Target> = None;
         let mut followed_421 = false;
@@ -298,7 +325,7 @@ impl Client {
             if answer.status != StatusCode::SERVICE_UNAVAILABLE {
                 return Err(answer.failure().context(what.to_owned()));
             }
-            let retry_after = parse_retry_after(answer.retry_after.as_deref());
+            let retry_after = answer.retry_after_wait;
             let unknown = api
                 .as_ref()
                 .and_then(|e| e.details.get("written"))
@@ -340,7 +367,7 @@ impl Client {
     /// over first (or the server asks to wait longer than is left).
     async fn pause(
         &self,
-        backoff: &mut Backoff,
+        backoff: &mut Waits,
         started: Instant,
         what: &str,
         why: &str,
@@ -353,7 +380,7 @@ impl Client {
                 started.elapsed().as_secs_f64()
             );
         }
-        let wait = backoff.next(retry_after, jitter_unit()).min(left);
+        let wait = backoff.next(retry_after, rand::random::<f64>()).min(left);
         eprintln!("{why}; retrying in {:.1} s", wait.as_secs_f64());
         tokio::time::sleep(wait).await;
         Ok(())
@@ -590,5 +617,50 @@ pub(super) fn monitor_refusal(monitor: &str, answer: &Answer) -> anyhow::Error {
             "the monitor at {monitor} answered {}; is that a keel monitor?",
             answer.status
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn waits_double_up_to_the_cap() {
+        let mut waits = Waits::new();
+        let all: Vec<_> = (0..6).map(|_| waits.next(None, 1.0)).collect();
+        assert_eq!(
+            all,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+    }
+
+    #[test]
+    fn full_jitter_draws_below_the_ceiling() {
+        let mut waits = Waits::new();
+        assert_eq!(waits.next(None, 0.0), ms(0));
+        assert_eq!(waits.next(None, 0.5), ms(100));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_never_a_cap() {
+        let mut waits = Waits::new();
+        assert_eq!(waits.next(Some(ms(1000)), 0.3), ms(1000));
+        let mut waits = Waits::new();
+        waits.next(None, 0.0);
+        waits.next(None, 0.0);
+        // Ceiling 400 ms, drawn at 0.5: a shorter Retry-After does not shorten it.
+        assert_eq!(waits.next(Some(ms(100)), 0.5), ms(200));
+    }
+
+    #[test]
+    fn many_retries_stay_within_the_cap() {
+        let mut waits = Waits::new();
+        for _ in 0..100 {
+            assert!(waits.next(None, 1.0) <= BACKOFF_CAP);
+        }
     }
 }

@@ -1,0 +1,265 @@
+//! The service's event stream (`GET /v1/events`): every transition of its circuit
+//! breaker, as server-sent events in the monitor's style — one JSON object per `data:`
+//! line, with `id`, `at` (RFC 3339), `kind` and `message`, plus the breaker's `from`, `to`
+//! and `reason`.
+//!
+//! The last [`HISTORY`] events are kept, so a client can replay from an id (`?since=N` or
+//! `Last-Event-ID`); without either it gets only new events. Replay and subscription
+//! happen under one lock, so a client sees every event once, in order.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use keel_core::ApiError;
+use keel_resilience::{BreakerEvent, CircuitBreaker};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+
+/// How many events are kept for replay.
+pub const HISTORY: usize = 1_000;
+
+/// One event on the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Grows by one per event, from 1, over the process's life.
+    pub id: u64,
+    /// Wall-clock time of the transition, RFC 3339 UTC with milliseconds; for people.
+    pub at: String,
+    /// `breaker_open`, `breaker_half_open`, `breaker_closed`, `breaker_forced_open` or
+    /// `breaker_forced_closed`: the state entered.
+    pub kind: String,
+    /// The breaker's name (`redis`).
+    pub breaker: String,
+    /// The state it left.
+    pub from: String,
+    /// The state it entered.
+    pub to: String,
+    /// Why, e.g. `1 consecutive failures`, `open wait elapsed`.
+    pub reason: String,
+    /// A sentence for a person: `breaker redis: closed -> open (1 consecutive failures)`.
+    pub message: String,
+}
+
+/// The history and the live feed.
+#[derive(Debug)]
+pub struct EventLog {
+    // A std mutex: held for a push or a copy, never across an await.
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<EventRecord>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    history: VecDeque<EventRecord>,
+    last_id: u64,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        let (live, _) = broadcast::channel(256);
+        EventLog {
+            inner: Mutex::default(),
+            live,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a breaker transition and sends it to subscribers.
+    pub fn publish(&self, event: &BreakerEvent) -> EventRecord {
+        // The event's instant is on tokio's clock; the wall clock is only for people.
+        let at = SystemTime::now()
+            .checked_sub(event.at.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        let mut inner = self.lock();
+        inner.last_id += 1;
+        let record = EventRecord {
+            id: inner.last_id,
+            at: keel_monitor::events::rfc3339_millis(at),
+            kind: format!("breaker_{}", event.to.as_str()),
+            breaker: event.breaker.to_string(),
+            from: event.from.as_str().to_owned(),
+            to: event.to.as_str().to_owned(),
+            reason: event.reason.to_string(),
+            message: event.to_string(),
+        };
+        if inner.history.len() == HISTORY {
+            inner.history.pop_front();
+        }
+        inner.history.push_back(record.clone());
+        // No subscriber is not an error.
+        let _ = self.live.send(record.clone());
+        record
+    }
+
+    /// The kept events after `since`, and a receiver for everything after them.
+    pub fn subscribe(&self, since: u64) -> (Vec<EventRecord>, broadcast::Receiver<EventRecord>) {
+        let inner = self.lock();
+        let past = inner
+            .history
+            .iter()
+            .filter(|e| e.id > since)
+            .cloned()
+            .collect();
+        (past, self.live.subscribe())
+    }
+
+    /// The id of the newest event, 0 when none.
+    pub fn last_id(&self) -> u64 {
+        self.lock().last_id
+    }
+
+    /// Copies every transition of `breaker` into this log, from now until the breaker is
+    /// dropped. Needs a tokio runtime; outside one, nothing is copied (and a warning
+    /// says so).
+    pub fn follow(self: &Arc<Self>, breaker: &CircuitBreaker) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                breaker = breaker.name(),
+                "no async runtime: breaker transitions will not be on /v1/events"
+            );
+            return;
+        };
+        let mut rx = breaker.subscribe();
+        let log = Arc::clone(self);
+        runtime.spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => {
+                        log.publish(&event);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "breaker events missed");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+}
+
+/// The query of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Since {
+    since: Option<u64>,
+}
+
+/// `GET /v1/events`: the stream. Ends when `stopping` turns true.
+pub(crate) async fn stream(
+    log: Arc<EventLog>,
+    query: Result<Query<Since>, QueryRejection>,
+    headers: &HeaderMap,
+    mut stopping: watch::Receiver<bool>,
+) -> Response {
+    let since = match query {
+        Ok(Query(q)) => q.since,
+        Err(e) => {
+            return keel_core::http::error_response(
+                StatusCode::BAD_REQUEST,
+                ApiError::new(
+                    "bad_query",
+                    format!("?since= takes an event id (a whole number): {e}"),
+                ),
+            );
+        }
+    };
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    // Without either, only new events: a reader that wants history asks for it.
+    let since = since.or(last_event_id).unwrap_or_else(|| log.last_id());
+    let (past, rx) = log.subscribe(since);
+    let live = futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(e) => Some((e, rx)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "event stream client too slow; disconnecting it");
+                None
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    let stream = futures::stream::iter(past)
+        .chain(live)
+        .map(|e| {
+            let data = serde_json::to_string(&e).unwrap_or_default();
+            Ok::<_, Infallible>(
+                SseEvent::default()
+                    .id(e.id.to_string())
+                    .event(&e.kind)
+                    .data(data),
+            )
+        })
+        // End with the server, or the graceful shutdown would wait for every stream.
+        .take_until(async move {
+            if stopping.wait_for(|s| *s).await.is_err() {
+                // Nobody can stop this server any more: the stream ends with the client.
+                std::future::pending::<()>().await;
+            }
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use keel_resilience::Config;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn transitions_are_recorded_in_order_with_ids() {
+        let breaker = CircuitBreaker::new(
+            "redis",
+            Config {
+                consecutive_failures: Some(1),
+                ..Config::default()
+            },
+        )
+        .expect("valid");
+        let log = Arc::new(EventLog::new());
+        let (_, mut rx) = log.subscribe(0);
+        log.follow(&breaker);
+        breaker
+            .try_acquire()
+            .expect("closed")
+            .failure(Duration::from_millis(1));
+        breaker.reset();
+        let first = rx.recv().await.expect("open event");
+        let second = rx.recv().await.expect("reset event");
+        assert_eq!((first.id, first.kind.as_str()), (1, "breaker_open"));
+        assert_eq!(
+            first.message,
+            "breaker redis: closed -> open (1 consecutive failures)"
+        );
+        assert_eq!((second.id, second.kind.as_str()), (2, "breaker_closed"));
+        assert_eq!(second.reason, "reset");
+        assert_eq!(log.subscribe(1).0, vec![second]);
+        assert!(
+            first.at.ends_with('Z') && first.at.contains('T'),
+            "{}",
+            first.at
+        );
+    }
+}
