@@ -46,6 +46,9 @@ pub enum Command {
     /// Run the fault-tolerance lab's flaky service: 503s at a failure rate, a degraded
     /// mode, total failure; changeable while it runs.
     Flaky(FlakyArgs),
+    /// Break a stack that `keel up` runs: kill, pause, resume or restart a process, or
+    /// random faults for a while.
+    Chaos(ChaosArgs),
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +225,11 @@ pub struct UpArgs {
     /// Port of the proxy's admin API and metrics.
     #[arg(long, default_value_t = 8090)]
     pub proxy_admin_port: u16,
+
+    /// Port of keel up's own control API, which `keel chaos` uses (found through
+    /// <data-dir>/up.json).
+    #[arg(long, default_value_t = 8060)]
+    pub control_port: u16,
 
     /// Show the monitor's and the nodes' own logs at info level (default: warnings only,
     /// so that the monitor's events are what you read).
@@ -524,6 +532,76 @@ pub struct LoadArgs {
     /// Allow a URL outside this machine. Only load hosts you are responsible for.
     #[arg(long)]
     pub allow_remote: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// The data directory of the `keel up` to break: its up.json says where it listens,
+    /// its admin.token is the token.
+    #[arg(long, global = true, default_value = "./keel-data")]
+    pub data_dir: PathBuf,
+
+    /// keel up's control API, instead of reading it from <data-dir>/up.json.
+    #[arg(long, global = true, value_name = "URL")]
+    pub up: Option<String>,
+
+    /// File holding the admin token [default: <data-dir>/admin.token; KEEL_TOKEN works too].
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: ChaosCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChaosCommand {
+    /// Every process keel up runs, with its pid and state.
+    List,
+    /// SIGKILL a process (a crash); keel up does not restart it by itself.
+    Kill { name: String },
+    /// SIGSTOP a process (frozen, sockets open: a long pause or a hung disk).
+    Pause { name: String },
+    /// SIGCONT a paused process.
+    Resume { name: String },
+    /// Start a process again (killing it first if it runs) and wait for its health.
+    Restart { name: String },
+    /// Random faults at random times, each restored before the next, with a timeline.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How long to go on.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// The seed of the random draws: the same seed gives the same faults, targets and times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Which faults to draw from (comma-separated): kill (then restart), pause (then resume).
+    #[arg(long, default_value = "kill,pause")]
+    pub faults: String,
+
+    /// Which processes to hit (comma-separated) [default: the data nodes].
+    #[arg(long)]
+    pub targets: Option<String>,
+
+    /// Shortest quiet time before a fault.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub min_gap: Duration,
+
+    /// Longest quiet time before a fault.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub max_gap: Duration,
+
+    /// Shortest time a fault lasts.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub min_hold: Duration,
+
+    /// Longest time a fault lasts.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub max_hold: Duration,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

@@ -1,5 +1,6 @@
 //! One module per subcommand; `run` dispatches. This is the only place `anyhow` is used.
 
+mod chaos;
 mod client;
 mod flaky;
 mod load;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Monitor(args) => monitor::run(args),
         Command::Load(args) => load::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Service(args) => service::run(args),
         Command::Flaky(args) => flaky::run(args),
     }

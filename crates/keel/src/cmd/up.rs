@@ -47,7 +47,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+mod control;
 mod plan;
+
+pub(crate) use control::{Action, Done, ProcessInfo, UP_FILE, UpFile};
 
 use super::client::events::{EventStream, stream_client};
 use crate::cli::UpArgs;
@@ -75,6 +78,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// deadline.
 struct Supervised {
     name: String,
+    pid: Option<u32>,
     stop: oneshot::Sender<tokio::time::Instant>,
     task: JoinHandle<Option<String>>,
 }
@@ -96,6 +100,23 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let token_note = ensure_token(&token_path)?;
     let plan = plan(&args, &token_path)?;
     check_ports(&plan)?;
+    let control_addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.control_port));
+    let control_listener = tokio::net::TcpListener::bind(control_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {control_addr} for keel chaos — is another `keel up` running? \
+                 pick another port with --control-port"
+            )
+        })?;
+    let (commands_tx, mut commands) = mpsc::channel(16);
+    let control_token = Token::from_file(&token_path).ok();
+    let control_server = tokio::spawn(async move {
+        let app = control::router(control_token, commands_tx);
+        if let Err(e) = axum::serve(control_listener, app).await {
+            eprintln!("keel: the control API failed: {e}");
+        }
+    });
 
     let exe =
         std::env::current_exe().context("cannot find the keel executable to start the nodes")?;
@@ -119,6 +140,8 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(Ok(())) => {}
     }
     let view = tier.cluster().await;
+    let up_file = data_dir.join(UP_FILE);
+    write_up_file(&up_file, &plan, args.control_port)?;
     print_banner(&args, &plan, &tier, view.as_ref(), &token_path, token_note);
 
     let mut alive = plan.all().count();
@@ -126,6 +149,21 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             biased;
             () = &mut stop_signal => break,
+            Some(command) = commands.recv() => match command {
+                control::Command::List(reply) => {
+                    let _ = reply.send(tier.processes(&plan));
+                }
+                control::Command::Act { name, action, reply } => {
+                    let done = tier.act(&plan, &name, action).await;
+                    if let Ok(done) = &done {
+                        println!("keel chaos: {}", done.message);
+                        if matches!(action, Action::Restart) {
+                            alive = (alive + 1).min(plan.all().count());
+                        }
+                    }
+                    let _ = reply.send(done);
+                }
+            },
             Some((name, how)) = tier.exits.recv() => {
                 alive = alive.saturating_sub(1);
                 let again = plan
@@ -149,9 +187,23 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("stopping the data tier");
+    println!("stopping everything");
+    control_server.abort();
+    let _ = fs::remove_file(&up_file);
     tier.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `<data-dir>/up.json`: where `keel chaos` finds this `keel up`.
+fn write_up_file(path: &Path, plan: &Plan, control_port: u16) -> anyhow::Result<()> {
+    let file = UpFile {
+        control: format!("http://127.0.0.1:{control_port}"),
+        pid: std::process::id(),
+        monitor: plan.monitor.url.clone(),
+        proxy: plan.proxy.url.clone(),
+    };
+    let text = serde_json::to_string_pretty(&file).context("cannot write up.json")?;
+    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The children's `KEEL_LOG`: warnings only, unless `--verbose` or the person set
@@ -213,6 +265,8 @@ struct Tier {
     /// The monitor's URL, once planned.
     monitor: String,
     http: reqwest::Client,
+    /// Processes stopped with SIGSTOP by `keel chaos pause`.
+    paused: Vec<String>,
 }
 
 impl Tier {
@@ -230,7 +284,129 @@ impl Tier {
             pids: Vec::new(),
             monitor: String::new(),
             http: reqwest::Client::new(),
+            paused: Vec::new(),
         }
+    }
+
+    /// Every planned process and its state, for `keel chaos`.
+    fn processes(&self, plan: &Plan) -> Vec<ProcessInfo> {
+        plan.all()
+            .map(|spec| {
+                let running = self.running(&spec.name);
+                let state = match running {
+                    None => "exited",
+                    Some(_) if self.paused.contains(&spec.name) => "paused",
+                    Some(_) => "running",
+                };
+                ProcessInfo {
+                    name: spec.name.clone(),
+                    pid: running,
+                    state: state.to_owned(),
+                    url: spec.url.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The pid of `name` if its process is still running.
+    fn running(&self, name: &str) -> Option<u32> {
+        self.supervisors
+            .iter()
+            .rev()
+            .find(|s| s.name == name && !s.task.is_finished())
+            .and_then(|s| s.pid)
+    }
+
+    /// Carries out a `keel chaos` action on `name`.
+    async fn act(
+        &mut self,
+        plan: &Plan,
+        name: &str,
+        action: Action,
+    ) -> Result<Done, (reqwest::StatusCode, keel_core::ApiError)> {
+        use keel_core::ApiError;
+        use reqwest::StatusCode;
+        let Some(spec) = plan.all().find(|s| s.name == name) else {
+            let names: Vec<&str> = plan.all().map(|s| s.name.as_str()).collect();
+            return Err((
+                StatusCode::NOT_FOUND,
+                ApiError::new(
+                    "no_such_process",
+                    format!("keel up runs no {name:?}; it runs {}", names.join(", ")),
+                ),
+            ));
+        };
+        let pid = self.running(name);
+        let conflict = |why: String| Err((StatusCode::CONFLICT, ApiError::new("wrong_state", why)));
+        let signal = |pid: u32, signal: Signal| {
+            i32::try_from(pid)
+                .ok()
+                .map(|p| kill(Pid::from_raw(p), signal).is_ok())
+                .unwrap_or(false)
+        };
+        let paused = self.paused.iter().any(|n| n == name);
+        let (message, state) = match (action, pid) {
+            (Action::Kill, Some(pid)) => {
+                signal(pid, Signal::SIGKILL);
+                self.paused.retain(|n| n != name);
+                (format!("killed {name} (pid {pid}, SIGKILL)"), "exited")
+            }
+            (Action::Pause, Some(pid)) if !paused => {
+                signal(pid, Signal::SIGSTOP);
+                self.paused.push(name.to_owned());
+                (format!("paused {name} (pid {pid}, SIGSTOP)"), "paused")
+            }
+            (Action::Pause, Some(_)) => return conflict(format!("{name} is already paused")),
+            (Action::Resume, Some(pid)) if paused => {
+                signal(pid, Signal::SIGCONT);
+                self.paused.retain(|n| n != name);
+                (format!("resumed {name} (pid {pid}, SIGCONT)"), "running")
+            }
+            (Action::Resume, Some(_)) => return conflict(format!("{name} is not paused")),
+            (Action::Restart, _) => {
+                if let Some(pid) = pid {
+                    signal(pid, Signal::SIGKILL);
+                }
+                self.reap(name).await;
+                if let Err(e) = self.spawn(spec) {
+                    return Err((
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ApiError::new("restart_failed", format!("{e:#}")),
+                    ));
+                }
+                if let Err(e) = self.wait_healthy(spec).await {
+                    return Err((
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ApiError::new("restart_failed", format!("{e:#}")),
+                    ));
+                }
+                let pid = self.running(name).unwrap_or_default();
+                (format!("restarted {name} (pid {pid}), healthy"), "running")
+            }
+            (_, None) => {
+                return conflict(format!(
+                    "{name} is not running; `keel chaos restart {name}` starts it again"
+                ));
+            }
+        };
+        Ok(Done {
+            name: name.to_owned(),
+            action,
+            pid: self.running(name).or(pid),
+            state: state.to_owned(),
+            message,
+        })
+    }
+
+    /// Waits for the supervisor task of `name`'s last process to end (it was killed),
+    /// taking its exit report off the channel so it is not printed as a surprise.
+    async fn reap(&mut self, name: &str) {
+        let Some(i) = self.supervisors.iter().rposition(|s| s.name == name) else {
+            return;
+        };
+        let supervised = self.supervisors.remove(i);
+        drop(supervised.stop);
+        let _ = tokio::time::timeout(STOP_GRACE, supervised.task).await;
     }
 
     /// The monitor, then the node that should be primary, then the others — each only
@@ -394,7 +570,10 @@ impl Tier {
         if let Some(err) = child.stderr.take() {
             self.pumps.push(tokio::spawn(pump(prefix, err)));
         }
-        self.pids.push((spec.name.clone(), child.id()));
+        let pid = child.id();
+        self.pids.retain(|(n, _)| *n != spec.name);
+        self.pids.push((spec.name.clone(), pid));
+        self.paused.retain(|n| *n != spec.name);
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(supervise(
             spec.name.clone(),
@@ -404,6 +583,7 @@ impl Tier {
         ));
         self.supervisors.push(Supervised {
             name: spec.name.clone(),
+            pid,
             stop,
             task,
         });
@@ -541,8 +721,10 @@ async fn supervise(
 
 async fn terminate(name: &str, child: &mut Child, deadline: tokio::time::Instant) -> String {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        // An error means it is already gone, which `wait` below reports.
+        // An error means it is already gone, which `wait` below reports. A child paused
+        // by `keel chaos` only acts on SIGTERM once it runs again.
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
     }
     match tokio::time::timeout_at(deadline, child.wait()).await {
         Ok(Ok(status)) => format!("{name} stopped ({})", describe(status)),

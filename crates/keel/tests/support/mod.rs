@@ -778,18 +778,20 @@ impl KeelUp {
         );
         // The front door and the services on free ports too, so tests run side by side.
         let taken = |p: u16| (base_port..base_port + nodes).contains(&p) || p == monitor_port;
-        let (proxy_port, admin_port, service_port) = loop {
-            let (proxy, admin, services) = (free_port(), free_port(), free_port_range(2));
-            let all = [proxy, admin, services, services + 1];
-            let distinct = all.iter().collect::<std::collections::HashSet<_>>().len() == 4;
+        let (proxy_port, admin_port, service_port, control_port) = loop {
+            let (proxy, admin, services, control) =
+                (free_port(), free_port(), free_port_range(2), free_port());
+            let all = [proxy, admin, services, services + 1, control];
+            let distinct = all.iter().collect::<std::collections::HashSet<_>>().len() == 5;
             if distinct && !all.iter().any(|&p| taken(p)) {
-                break (proxy, admin, services);
+                break (proxy, admin, services, control);
             }
         };
-        let (proxy, admin, services) = (
+        let (proxy, admin, services, control) = (
             proxy_port.to_string(),
             admin_port.to_string(),
             service_port.to_string(),
+            control_port.to_string(),
         );
         let mut args = vec![
             "up",
@@ -807,6 +809,8 @@ impl KeelUp {
             &admin,
             "--service-port",
             &services,
+            "--control-port",
+            &control,
         ];
         args.extend_from_slice(extra);
         let mut proc = KeelProcess::spawn_captured("up", &args);

@@ -251,6 +251,7 @@ mod tests {
             service_port: 5056,
             proxy_port: 8080,
             proxy_admin_port: 8090,
+            control_port: 8060,
             verbose: false,
         }
     }

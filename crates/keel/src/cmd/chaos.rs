@@ -1,0 +1,228 @@
+//! `keel chaos`: faults on demand against a stack that `keel up` runs — the `docker kill`
+//! and `docker compose pause` steps of the seeds, as commands.
+//!
+//! The actions are carried out by `keel up`'s supervisor (its control API, found through
+//! `<data-dir>/up.json`), which is the parent of every process and reaps it; this command
+//! only asks, with the admin token. `keel chaos run` draws faults from a seeded random
+//! generator, so the same seed gives the same sequence of faults, targets and timings,
+//! and restores each fault before the next one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use keel_core::token::{TOKEN_FILE_NAME, Token};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::up::{Action, Done, ProcessInfo, UP_FILE, UpFile};
+use crate::cli::{ChaosArgs, ChaosCommand, RunArgs};
+
+pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(chaos(args))
+}
+
+/// A connection to a running `keel up`.
+struct Control {
+    url: String,
+    token: Option<Token>,
+    http: reqwest::Client,
+}
+
+async fn chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
+    let control = Control::find(&args)?;
+    match &args.command {
+        ChaosCommand::List => {
+            for p in control.processes().await? {
+                let pid = p.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+                println!("{:10} {:8} pid {:>7}  {}", p.name, p.state, pid, p.url);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ChaosCommand::Kill { name } => act_once(&control, name, Action::Kill).await,
+        ChaosCommand::Pause { name } => act_once(&control, name, Action::Pause).await,
+        ChaosCommand::Resume { name } => act_once(&control, name, Action::Resume).await,
+        ChaosCommand::Restart { name } => act_once(&control, name, Action::Restart).await,
+        ChaosCommand::Run(run) => chaos_run(&control, run).await,
+    }
+}
+
+async fn act_once(control: &Control, name: &str, action: Action) -> anyhow::Result<ExitCode> {
+    let done = control.act(name, action).await?;
+    println!("{}", done.message);
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Control {
+    /// Finds the control API (`--up`, else `<data-dir>/up.json`) and the token
+    /// (`--token-file`, `KEEL_TOKEN`, else `<data-dir>/admin.token`).
+    fn find(args: &ChaosArgs) -> anyhow::Result<Control> {
+        let url = match &args.up {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => read_up_file(&args.data_dir)?.control,
+        };
+        let env_token = std::env::var("KEEL_TOKEN").ok();
+        let default_file = args.data_dir.join(TOKEN_FILE_NAME);
+        let file: Option<PathBuf> = args
+            .token_file
+            .clone()
+            .or_else(|| (env_token.is_none() && default_file.exists()).then_some(default_file));
+        let token = Token::load(file.as_deref(), env_token.as_deref())?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            // A restart waits for the process to answer its health check.
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Control { url, token, http })
+    }
+
+    async fn processes(&self) -> anyhow::Result<Vec<ProcessInfo>> {
+        let url = format!("{}/v1/processes", self.url);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        let body: serde_json::Value = response.json().await.context("a bad answer from keel up")?;
+        serde_json::from_value(body["processes"].clone()).context("a bad answer from keel up")
+    }
+
+    async fn act(&self, name: &str, action: Action) -> anyhow::Result<Done> {
+        let verb = serde_json::to_value(action)?;
+        let url = format!(
+            "{}/v1/processes/{name}/{}",
+            self.url,
+            verb.as_str().unwrap_or("")
+        );
+        let mut request = self.http.post(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.secret());
+        }
+        let response = request.send().await.with_context(|| self.unreachable())?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.context("a bad answer from keel up")?;
+        if !status.is_success() {
+            let message = body["message"].as_str().unwrap_or("no message");
+            bail!("keel up refused: {message} ({status})");
+        }
+        serde_json::from_value(body).context("a bad answer from keel up")
+    }
+
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot reach keel up's control API at {} — is keel up running?",
+            self.url
+        )
+    }
+}
+
+fn read_up_file(data_dir: &Path) -> anyhow::Result<UpFile> {
+    let path = data_dir.join(UP_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: is `keel up` running with --data-dir {}? (or give --up URL)",
+            path.display(),
+            data_dir.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not keel up's file", path.display()))
+}
+
+/// `keel chaos run`: a fault at a random time on a random target, held for a while, then
+/// restored; again until the time is up. One fault at a time, so the stack is never asked
+/// to survive more than one failure at once.
+async fn chaos_run(control: &Control, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if args.min_gap > args.max_gap {
+        bail!("--min-gap must not exceed --max-gap");
+    }
+    if args.min_hold > args.max_hold {
+        bail!("--min-hold must not exceed --max-hold");
+    }
+    let faults: Vec<Action> = args
+        .faults
+        .split(',')
+        .map(|f| match f.trim() {
+            "kill" => Ok(Action::Kill),
+            "pause" => Ok(Action::Pause),
+            other => Err(anyhow!("--faults: {other:?} is not a fault (kill, pause)")),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let processes = control.processes().await?;
+    let targets: Vec<String> = match &args.targets {
+        Some(list) => list.split(',').map(|t| t.trim().to_owned()).collect(),
+        None => processes
+            .iter()
+            .filter(|p| p.name.starts_with("app"))
+            .map(|p| p.name.clone())
+            .collect(),
+    };
+    for target in &targets {
+        if !processes.iter().any(|p| &p.name == target) {
+            let names: Vec<&str> = processes.iter().map(|p| p.name.as_str()).collect();
+            bail!(
+                "--targets: keel up runs no {target:?}; it runs {}",
+                names.join(", ")
+            );
+        }
+    }
+    if targets.is_empty() {
+        bail!("no targets: keel up runs no data node");
+    }
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let started = tokio::time::Instant::now();
+    let clock = || format!("{:7.1} s", started.elapsed().as_secs_f64());
+    let draw = |rng: &mut StdRng, min: Duration, max: Duration| {
+        let (lo, hi) = (min.as_millis() as u64, max.as_millis() as u64);
+        Duration::from_millis(rng.random_range(lo..=hi))
+    };
+    println!(
+        "chaos: {} s, seed {}, faults {}, targets {}",
+        args.duration.as_secs_f64(),
+        args.seed,
+        args.faults,
+        targets.join(",")
+    );
+    let mut injected = 0;
+    let mut stop = std::pin::pin!(keel_core::shutdown::signal());
+    loop {
+        let gap = draw(&mut rng, args.min_gap, args.max_gap);
+        let fault = faults[rng.random_range(0..faults.len())];
+        let target = targets[rng.random_range(0..targets.len())].clone();
+        let hold = draw(&mut rng, args.min_hold, args.max_hold);
+        if started.elapsed() + gap + hold >= args.duration {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(gap) => {}
+            () = &mut stop => break,
+        }
+        let done = control.act(&target, fault).await?;
+        injected += 1;
+        println!("{}  {}", clock(), done.message);
+        let interrupted = tokio::select! {
+            () = tokio::time::sleep(hold) => false,
+            () = &mut stop => true,
+        };
+        let undo = match fault {
+            Action::Pause => Action::Resume,
+            _ => Action::Restart,
+        };
+        let done = control.act(&target, undo).await?;
+        println!("{}  {}", clock(), done.message);
+        if interrupted {
+            break;
+        }
+    }
+    println!(
+        "{}  chaos over: {injected} fault(s), each restored",
+        clock()
+    );
+    Ok(ExitCode::SUCCESS)
+}
