@@ -53,16 +53,7 @@ pub async fn cluster(
         .send()
         .await
         .map_err(|e| unreachable(monitor, &e))?;
-    let status = response.status();
-    if !status.is_success() {
-        let body = response.text().await.unwrap_or_default();
-        return Err(ClientError::Refused {
-            monitor: monitor.to_owned(),
-            url,
-            status: status.as_u16(),
-            body: body.trim().to_owned(),
-        });
-    }
+    let response = success(response, monitor, &url).await?;
     response
         .json::<ClusterView>()
         .await
@@ -70,6 +61,25 @@ pub async fn cluster(
             url,
             reason: e.to_string(),
         })
+}
+
+/// The response when it is a success, else the monitor's refusal with its body.
+async fn success(
+    response: reqwest::Response,
+    monitor: &str,
+    url: &str,
+) -> Result<reqwest::Response, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(ClientError::Refused {
+        monitor: monitor.to_owned(),
+        url: url.to_owned(),
+        status: status.as_u16(),
+        body: body.trim().to_owned(),
+    })
 }
 
 fn unreachable(monitor: &str, e: &reqwest::Error) -> ClientError {
@@ -110,16 +120,7 @@ impl EventStream {
             .send()
             .await
             .map_err(|e| unreachable(monitor, &e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(ClientError::Refused {
-                monitor: monitor.to_owned(),
-                url,
-                status: status.as_u16(),
-                body: body.trim().to_owned(),
-            });
-        }
+        let response = success(response, monitor, &url).await?;
         Ok(EventStream {
             response,
             pending: Vec::new(),
