@@ -1,0 +1,573 @@
+#!/usr/bin/env bash
+# scripts/bench/proxy.sh — the front door under load: keel proxy vs nginx vs HAProxy.
+#
+# One run, on 127.0.0.1 with free ports and everything in a temp dir: two stub backends
+# (each its own nginx, 1 worker, `return 200 "hello from stubN\n"`), and in front of
+# them each load balancer in turn, the same load on each from wrk, then a kill test.
+#
+#   direct   wrk straight at stub1: the ceiling of the stubs and the client
+#   keel     keel proxy --threads 1, round robin; active checks GET /health every 2 s,
+#            passive ejection on a connect failure, retries on the other backend
+#   nginx    1 worker, upstream of both stubs with keepalive 128, HTTP/1.1 to them;
+#            default proxy_next_upstream (error timeout): a GET is retried on the other
+#            stub when the connection fails. No active checks (not in nginx's free build).
+#   haproxy  nbthread 1, http-keep-alive, http-reuse always, retries 3, redispatch 1,
+#            retry-on all-retryable-errors, active checks GET /health every 2 s (fall 3,
+#            rise 2: keel's defaults), so that it has what keel has
+#
+# Placement: the system under test alone on core 0 (taskset -c 0); wrk and both stubs on
+# core 1. Keep-alive on both sides everywhere, access logs off, connection reuse not
+# capped (keepalive_requests raised on every nginx: its default of 1000 would make
+# clients reconnect, which the others do not ask of them).
+#
+# Each measured run follows a warm-up run of its own. Then the kill test, for each load
+# balancer: fresh stubs, warm-up, a measured run during which stub1 (its nginx master and
+# worker together) is killed with SIGKILL KILL_AT seconds in. Failed requests: non-2xx
+# answers plus wrk's socket read, write and timeout errors.
+#
+# Besides req/s and p99 the table gives the CPU time the system under test spent per
+# request: on a shared host other work takes turns on its core and moves req/s from one
+# run to the next, while the CPU each request costs hardly moves.
+#
+# Target: keel at least 1.1× nginx's requests per second with a p99 no worse, and no
+# failed request in the kill test.
+#
+# Usage:  scripts/bench/proxy.sh
+# Knobs (environment): CONNS=64 DURATION=10 WARMUP=2 KILL_AT=3 (seconds)
+#                      TARGETS="direct keel nginx haproxy"  KILL_TARGETS="keel nginx haproxy"
+#                      KEEP_TMP=1 (keep configs and logs)
+#                      SKIP_BUILD=1 (use the keel already in target/release)
+#
+# Needs root (or sudo) only to install nginx, haproxy, wrk, jq and curl when missing.
+# A benchmark, not a test: never part of scripts/test.
+set -euo pipefail
+
+CONNS=${CONNS:-64}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+KILL_AT=${KILL_AT:-3}
+TARGETS=${TARGETS:-direct keel nginx haproxy}
+KILL_TARGETS=${KILL_TARGETS-keel nginx haproxy}
+READY_TIMEOUT=30 # seconds to wait for a server to answer before giving up
+LB_CORE=0        # the system under test
+CLIENT_CORE=1    # wrk and the stubs
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+BIN_DIR=${CARGO_TARGET_DIR:-target}/release
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+for knob in CONNS DURATION WARMUP KILL_AT; do
+    [[ ${!knob} =~ ^[1-9][0-9]*$ ]] || die "$knob must be a whole number above 0, not '${!knob}'"
+done
+((KILL_AT < DURATION)) || die "KILL_AT ($KILL_AT) must fall inside DURATION ($DURATION)"
+
+# --- packages ---------------------------------------------------------------------------
+
+install_missing() {
+    local packages=()
+    # Debian installs nginx and haproxy under /usr/sbin, which a non-root PATH may lack.
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || packages+=(nginx)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || packages+=(haproxy)
+    command -v wrk >/dev/null || packages+=(wrk)
+    command -v jq >/dev/null || packages+=(jq)
+    command -v curl >/dev/null || packages+=(curl)
+    ((${#packages[@]} == 0)) && return
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    log "installing ${packages[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
+}
+PATH=$PATH:/usr/sbin
+
+# --- processes and cleanup --------------------------------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/keel-proxy-bench.XXXXXX")
+# Every server runs as the leader of its own process group (setsid), so that a signal to
+# the group reaches an nginx master and its worker alike: the worker holds the listening
+# socket, and a worker orphaned by its master would keep serving.
+declare -A GROUP_OF=() # name → process group (= the leader's pid) of each running server
+WRK_PID=""
+
+# stop_group PID: TERM to the group, up to 5 s for the leader to end, then KILL to the
+# group for whatever is left (a worker whose master is gone), and the leader reaped.
+stop_group() {
+    local pid=$1 deadline=$((SECONDS + 5))
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    while ((SECONDS < deadline)) && alive "$pid"; do
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# alive PID: whether PID runs (a zombie, ended but not yet reaped, does not count).
+alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+# Stops every process this script started, and only those.
+stop_all() {
+    local name
+    if [[ -n $WRK_PID ]]; then
+        kill -TERM "$WRK_PID" 2>/dev/null || true
+        wait "$WRK_PID" 2>/dev/null || true
+        WRK_PID=""
+    fi
+    for name in "${!GROUP_OF[@]}"; do
+        stop_group "${GROUP_OF[$name]}"
+    done
+    GROUP_OF=()
+}
+
+cleanup() {
+    stop_all
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CORE CMD...: runs CMD on CORE in a process group of its own, output to
+# $TMP/NAME.log.
+start() {
+    local name=$1 core=$2
+    shift 2
+    # Without job control a background job is not a group leader, so setsid makes the
+    # new session in place (no fork): $! is the server's pid and its group's id.
+    setsid taskset -c "$core" "$@" >>"$TMP/$name.log" 2>&1 &
+    GROUP_OF[$name]=$!
+    LAST_PID=$!
+}
+
+# stop NAME: stops one server started with start.
+stop() {
+    stop_group "${GROUP_OF[$1]}"
+    unset "GROUP_OF[$1]"
+}
+
+# free_port: see lib.sh.
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh # the script runs from the repository root (cd above)
+
+# wait_until WHAT CMD...: retries CMD every 0.2 s for READY_TIMEOUT seconds.
+wait_until() {
+    local what=$1
+    shift
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "$what not ready after ${READY_TIMEOUT}s (logs in $TMP; KEEP_TMP=1 keeps them)"
+        sleep 0.2
+    done
+}
+
+# says URL TEXT: whether GET URL answers 200 with a body holding TEXT.
+says() { curl -fsS --max-time 1 "$1" | grep -q "$2"; }
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# --- the stubs --------------------------------------------------------------------------
+
+# The http block every nginx here shares: no access log, and keep-alive connections never
+# closed for their number of requests.
+NGINX_HTTP_COMMON='
+    access_log off;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+    client_body_temp_path tmp/client_body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;'
+
+# nginx_conf DIR HTTP_BODY: writes DIR/nginx.conf, one worker in the foreground.
+nginx_conf() {
+    local dir=$1 body=$2
+    mkdir -p "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+$NGINX_HTTP_COMMON
+$body
+}
+EOF
+}
+
+# start_nginx NAME CORE: starts the nginx configured in $TMP/NAME.
+start_nginx() {
+    local dir=$TMP/$1
+    start "$1" "$2" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+}
+
+# start_stubs: two fresh stub backends on the client's core, STUB1 and STUB2 their ports.
+start_stubs() {
+    local i ports
+    STUB1=$(free_port)
+    STUB2=$(free_port)
+    ports=("$STUB1" "$STUB2")
+    for i in 1 2; do
+        rm -rf "$TMP/stub$i"
+        nginx_conf "$TMP/stub$i" "
+    server {
+        listen 127.0.0.1:${ports[i - 1]} backlog=4096;
+        location / { return 200 \"hello from stub$i\n\"; }
+    }"
+        start_nginx "stub$i" "$CLIENT_CORE"
+    done
+    wait_until "stub1" says "http://127.0.0.1:$STUB1/" "hello from stub1"
+    wait_until "stub2" says "http://127.0.0.1:$STUB2/" "hello from stub2"
+}
+
+# kill_stub1: the fault — SIGKILL to stub1's master and worker at once (its group).
+kill_stub1() {
+    local pid=${GROUP_OF[stub1]}
+    kill -KILL -- "-$pid"
+    wait "$pid" 2>/dev/null || true
+    unset "GROUP_OF[stub1]"
+    # The worker, reparented once its master is gone, may take a moment to be torn down.
+    local deadline=$((SECONDS + 2))
+    while ss -Htln "sport = :$STUB1" | grep -q .; do
+        ((SECONDS < deadline)) || die "stub1 still listens on $STUB1 after kill -9"
+        sleep 0.05
+    done
+}
+
+# --- the systems under test -------------------------------------------------------------
+
+# start_lb TARGET: starts TARGET in front of the stubs on core LB_CORE; sets URL (where
+# wrk goes) and, for keel, KEEL_PID and KEEL_ADMIN.
+start_lb() {
+    local port admin
+    if [[ $1 == direct ]]; then
+        URL="http://127.0.0.1:$STUB1/"
+        return
+    fi
+    port=$(free_port)
+    URL="http://127.0.0.1:$port/"
+    case $1 in
+    keel)
+        admin=$(free_port)
+        KEEL_ADMIN="http://127.0.0.1:$admin"
+        start keel "$LB_CORE" "$BIN_DIR/keel" proxy --threads 1 \
+            --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+            --backend "http://127.0.0.1:$STUB1,name=stub1" \
+            --backend "http://127.0.0.1:$STUB2,name=stub2"
+        KEEL_PID=$LAST_PID
+        # Both backends up and at full weight, so that the run measures the steady state.
+        wait_until "keel proxy's backends" keel_backends_up
+        ;;
+    nginx)
+        rm -rf "$TMP/nginx"
+        nginx_conf "$TMP/nginx" "
+    upstream stubs {
+        server 127.0.0.1:$STUB1;
+        server 127.0.0.1:$STUB2;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://stubs;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_connect_timeout 1s;
+        }
+    }"
+        start_nginx nginx "$LB_CORE"
+        ;;
+    haproxy)
+        cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    retries 3
+    option redispatch 1
+    retry-on all-retryable-errors
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 65s
+
+frontend front
+    bind 127.0.0.1:$port
+    default_backend stubs
+
+backend stubs
+    balance roundrobin
+    option httpchk GET /health
+    server stub1 127.0.0.1:$STUB1 check inter 2s fall 3 rise 2
+    server stub2 127.0.0.1:$STUB2 check inter 2s fall 3 rise 2
+EOF
+        start haproxy "$LB_CORE" haproxy -db -f "$TMP/haproxy.cfg"
+        ;;
+    *) die "unknown target $1 (direct, keel, nginx, haproxy)" ;;
+    esac
+    wait_until "$1" says "$URL" "hello from stub"
+}
+
+keel_backends_up() {
+    curl -fsS --max-time 1 "$KEEL_ADMIN/v1/backends" |
+        jq -e '[.backends[] | select(.state == "up")] | length == 2'
+}
+
+# keel_counters: keel's own account of each backend, one line each.
+keel_counters() {
+    curl -fsS --max-time 2 "$KEEL_ADMIN/v1/backends" | jq -r '
+        (.backends[] | "  keel \(.name): \(.state), \(.requests) requests, 2xx \(.responses["2xx"]), 5xx \(.responses["5xx"]), connect failures \(.connect_failures), failures \(.failures), retries \(.retries), ejections \(.ejections)"),
+        "  keel retry budget: \(.retry_budget.remaining) left, exhausted \(.retry_budget.exhausted_total) times"' ||
+        echo "  keel counters unavailable"
+}
+
+stop_lb() {
+    [[ $1 == direct ]] || stop "$1"
+}
+
+# --- the load ---------------------------------------------------------------------------
+
+# wrk_run SECONDS URL OUT [kill]: wrk on the client's core; with `kill`, stub1 is killed
+# KILL_AT seconds in.
+wrk_run() {
+    local secs=$1 url=$2 out=$3
+    taskset -c "$CLIENT_CORE" wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$url" >"$out" 2>&1 &
+    WRK_PID=$!
+    if [[ ${4:-} == kill ]]; then
+        sleep "$KILL_AT"
+        log "  kill -9 stub1 at ${KILL_AT}s"
+        kill_stub1
+    fi
+    wait "$WRK_PID" || die "wrk failed: $(tail -3 "$out")"
+    WRK_PID=""
+}
+
+# wrk_fields FILE: "req_per_s p99_ms non2xx connect read write timeout" from wrk's report.
+# Its latencies come as 812.00us, 3.00ms, 1.20s or 1.00m; the two error lines appear only
+# when something is counted.
+wrk_fields() {
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return v / 1000
+            if (v ~ /ms$/) return v + 0
+            if (v ~ /m$/) return v * 60000
+            if (v ~ /s$/) return v * 1000
+            return -1
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        $1 == "99%" { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ {
+            gsub(",", "")
+            for (i = 1; i < NF; i++) {
+                if ($i == "connect") conn = $(i + 1)
+                if ($i == "read") rd = $(i + 1)
+                if ($i == "write") wr = $(i + 1)
+                if ($i == "timeout") to = $(i + 1)
+            }
+        }
+        END {
+            if (rps == "" || p99 == "") exit 1
+            printf "%.0f %.3f %d %d %d %d %d\n", rps, p99, non2xx, conn, rd, wr, to
+        }' "$1"
+}
+
+declare -A RPS=() P99=() FAILED=() DETAIL=() CPU_US=() KRPS=() KP99=() KFAILED=() KDETAIL=()
+
+# group_cpu_ticks PGID: CPU time (user + system, in clock ticks) used so far by the
+# processes of a group, all their threads included.
+group_cpu_ticks() {
+    local pid sum=0 ticks
+    for pid in $(pgrep -g "$1"); do
+        # The fields after the command name, which is in parentheses and may hold spaces:
+        # utime and stime are the 12th and 13th of them.
+        ticks=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || continue
+        sum=$((sum + ${ticks:-0}))
+    done
+    echo "$sum"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# record KIND TARGET FILE: reads wrk's report into the tables (KIND: run or kill).
+record() {
+    local kind=$1 t=$2 file=$3 fields rps p99 non2xx conn rd wr to
+    fields=$(wrk_fields "$file") || die "cannot read wrk's report for $t: $(cat "$file")"
+    read -r rps p99 non2xx conn rd wr to <<<"$fields"
+    local failed=$((non2xx + rd + wr + to))
+    local detail="non-2xx $non2xx, socket errors: read $rd, write $wr, timeout $to, connect $conn"
+    if [[ $kind == run ]]; then
+        RPS[$t]=$rps P99[$t]=$p99 FAILED[$t]=$failed DETAIL[$t]=$detail
+    else
+        KRPS[$t]=$rps KP99[$t]=$p99 KFAILED[$t]=$failed KDETAIL[$t]=$detail
+    fi
+    log "  $t: $rps req/s, p99 $p99 ms, $failed failed ($detail)"
+}
+
+run_target() {
+    local t=$1
+    log "$t: $CONNS connections, warm-up ${WARMUP}s, measuring ${DURATION}s"
+    start_stubs
+    start_lb "$t"
+    wrk_run "$WARMUP" "$URL" "$TMP/$t.warmup.wrk"
+    # The CPU the system under test spends per request (the stub itself for direct):
+    # unlike req/s, barely moved by other work on the host taking turns on its core.
+    local group=${GROUP_OF[$t]:-${GROUP_OF[stub1]}} cpu_before cpu_after
+    cpu_before=$(group_cpu_ticks "$group")
+    wrk_run "$DURATION" "$URL" "$TMP/$t.wrk"
+    cpu_after=$(group_cpu_ticks "$group")
+    record run "$t" "$TMP/$t.wrk"
+    CPU_US[$t]=$(awk -v ticks=$((cpu_after - cpu_before)) -v hz="$CLK_TCK" -v rps="${RPS[$t]}" -v secs="$DURATION" \
+        'BEGIN { printf "%.1f", ticks / hz * 1e6 / (rps * secs) }')
+    log "  $t: ${CPU_US[$t]} µs of CPU per request"
+    if [[ $t == keel ]]; then
+        KEEL_RSS_AFTER=$(rss_kb "$KEEL_PID")
+        if ((FAILED[keel] > 0)); then
+            keel_counters >&2
+            log "last lines of keel's log:"
+            tail -20 "$TMP/keel.log" >&2 || true
+        fi
+    fi
+    stop_lb "$t"
+    stop stub1
+    stop stub2
+}
+
+kill_test() {
+    local t=$1
+    log "$t kill test: warm-up ${WARMUP}s, then ${DURATION}s with stub1 killed at ${KILL_AT}s"
+    start_stubs
+    start_lb "$t"
+    wrk_run "$WARMUP" "$URL" "$TMP/$t.kill-warmup.wrk"
+    wrk_run "$DURATION" "$URL" "$TMP/$t.kill.wrk" kill
+    record kill "$t" "$TMP/$t.kill.wrk"
+    if [[ $t == keel ]]; then
+        KEEL_COUNTERS_AFTER_KILL=$(keel_counters)
+        KEEL_RSS_AFTER_KILL=$(rss_kb "$KEEL_PID")
+        if ((KFAILED[keel] > 0)); then
+            log "last lines of keel's log:"
+            tail -20 "$TMP/keel.log" >&2 || true
+        fi
+    fi
+    stop_lb "$t"
+    stop stub2
+}
+
+# --- report -----------------------------------------------------------------------------
+
+# Prints "a/b" to two decimals, or "n/a" when either side did not run.
+ratio() {
+    if [[ -n $1 && -n $2 ]]; then
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'
+    else
+        echo "n/a"
+    fi
+}
+
+report() {
+    local t
+    echo
+    echo "HTTP load balancing, wrk -t1 -c$CONNS, ${DURATION}s after ${WARMUP}s warm-up; system under test on core $LB_CORE, wrk and two nginx stubs on core $CLIENT_CORE"
+    echo "host: $(nproc) cores, $(uname -r), load average at start ${LOADAVG_START}, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "versions: $("$BIN_DIR/keel" --version 2>&1 | head -1), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
+    echo
+    printf '%-8s %10s %8s %22s %12s %8s %14s\n' system req/s p99_ms "ratio to nginx (req/s)" "p99 vs nginx" failed "cpu_us/request"
+    for t in $TARGETS; do
+        [[ -n ${RPS[$t]:-} ]] || continue
+        printf '%-8s %10s %8.2f %22s %12s %8s %14s\n' "$t" "${RPS[$t]}" "${P99[$t]}" \
+            "$(ratio "${RPS[$t]}" "${RPS[nginx]:-}")" "$(ratio "${P99[$t]}" "${P99[nginx]:-}")" "${FAILED[$t]}" "${CPU_US[$t]}"
+    done
+    echo "(p99 vs nginx below 1: a lower p99 than nginx's; cpu_us/request: CPU time of the system"
+    echo " under test, all its processes and threads, over the measured run per request served)"
+    for t in $TARGETS; do
+        if [[ -n ${FAILED[$t]:-} && ${FAILED[$t]} != 0 ]]; then
+            echo "  $t failed requests: ${DETAIL[$t]}"
+        fi
+    done
+    if [[ -n $KILL_TARGETS ]]; then
+        echo
+        echo "kill test: kill -9 of stub1 (master and worker) ${KILL_AT}s into ${DURATION}s"
+        echo "(failed = non-2xx answers + socket read/write/timeout errors)"
+        printf '%-8s %10s %8s %8s\n' system req/s p99_ms failed
+        for t in $KILL_TARGETS; do
+            [[ -n ${KRPS[$t]:-} ]] || continue
+            printf '%-8s %10s %8.2f %8s   %s\n' "$t" "${KRPS[$t]}" "${KP99[$t]}" "${KFAILED[$t]}" "${KDETAIL[$t]}"
+        done
+        if [[ -n ${KEEL_COUNTERS_AFTER_KILL:-} ]]; then
+            echo "$KEEL_COUNTERS_AFTER_KILL"
+        fi
+    fi
+    echo
+    if [[ -n ${KEEL_RSS_AFTER:-} ]]; then
+        echo "keel proxy RSS: idle $((KEEL_RSS_IDLE / 1024)) MB before any load, $((KEEL_RSS_AFTER / 1024)) MB after the measured run${KEEL_RSS_AFTER_KILL:+, $((KEEL_RSS_AFTER_KILL / 1024)) MB after the kill test}"
+    fi
+    verdict
+}
+
+# verdict: whether keel meets its targets, one line each.
+verdict() {
+    local ok
+    if [[ -n ${RPS[keel]:-} && -n ${RPS[nginx]:-} ]]; then
+        ok=$(awk -v k="${RPS[keel]}" -v n="${RPS[nginx]}" 'BEGIN { print (k >= 1.1 * n) ? "met" : "MISSED" }')
+        echo "target keel req/s >= 1.1 x nginx's: $ok ($(ratio "${RPS[keel]}" "${RPS[nginx]}") x)"
+        ok=$(awk -v k="${P99[keel]}" -v n="${P99[nginx]}" 'BEGIN { print (k <= n) ? "met" : "MISSED" }')
+        echo "target keel p99 <= nginx's:        $ok (${P99[keel]} ms vs ${P99[nginx]} ms)"
+    fi
+    if [[ -n ${KFAILED[keel]:-} ]]; then
+        ok=$([[ ${KFAILED[keel]} == 0 ]] && echo met || echo MISSED)
+        echo "target keel 0 failed in kill test: $ok (${KFAILED[keel]} failed)"
+    fi
+}
+
+# keel_idle_rss: keel's resting RSS, from a proxy started alone before any load.
+keel_idle_rss() {
+    start_stubs
+    start_lb keel
+    sleep 1
+    KEEL_RSS_IDLE=$(rss_kb "$KEEL_PID")
+    stop keel
+    stop stub1
+    stop stub2
+}
+
+main() {
+    install_missing
+    if [[ ${SKIP_BUILD:-0} != 1 && " $TARGETS $KILL_TARGETS " == *" keel "* ]]; then
+        log "building keel (release)"
+        cargo build --release -p keel
+    fi
+    # wrk, the stubs and the system under test share the host's two cores with whatever
+    # else runs; a busy host (a build) skews every row.
+    LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+    local t
+    if [[ " $TARGETS " == *" keel "* ]]; then
+        keel_idle_rss
+    fi
+    for t in $TARGETS; do
+        run_target "$t"
+    done
+    for t in $KILL_TARGETS; do
+        [[ $t == direct ]] && die "the kill test needs a load balancer, not direct"
+        kill_test "$t"
+    done
+    report
+}
+
+main "$@"
