@@ -34,6 +34,19 @@ pub fn method_not_allowed(method: &Method, uri: &Uri) -> Response {
     )
 }
 
+/// Adds the JSON answers for a route that does not exist ([`not_found`], pointing at
+/// `docs`) and for a wrong method ([`method_not_allowed`]) to `router`.
+pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+    docs: &'static str,
+) -> axum::Router<S> {
+    router
+        .fallback(move |method: Method, uri: Uri| async move { not_found(&method, &uri, docs) })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            method_not_allowed(&method, &uri)
+        })
+}
+
 /// The answer for a body that could not be read: `413 body_too_large` past `limit`, else
 /// the rejection's own status with `code`.
 pub fn body_rejection(rejection: BytesRejection, limit: usize, code: &str) -> Response {

@@ -22,11 +22,11 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use keel_core::ApiError;
-use keel_core::http::{error_response, method_not_allowed, not_found};
+use keel_core::http::error_response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -50,18 +50,19 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
 
 /// The admin routes.
 pub fn router(proxy: Arc<Proxy>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/backends", get(backends))
-        .route("/v1/backends/{name}/weight", put(set_weight))
-        .route("/v1/backends/{name}/drain", post(drain))
-        .route("/v1/backends/{name}/undrain", post(undrain))
-        .route("/v1/reload", post(reload))
-        .route("/v1/cluster", get(cluster))
-        .fallback(fallback)
-        .method_not_allowed_fallback(wrong_method)
-        .with_state(proxy)
+    keel_core::http::json_fallbacks(
+        Router::new()
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .route("/v1/backends", get(backends))
+            .route("/v1/backends/{name}/weight", put(set_weight))
+            .route("/v1/backends/{name}/drain", post(drain))
+            .route("/v1/backends/{name}/undrain", post(undrain))
+            .route("/v1/reload", post(reload))
+            .route("/v1/cluster", get(cluster)),
+        "docs/proxy.md, \"Admin API\"",
+    )
+    .with_state(proxy)
 }
 
 type Answer = Result<Response, Response>;
@@ -289,12 +290,4 @@ fn authorized_backend(
             ),
         )
     })
-}
-
-async fn fallback(method: Method, uri: Uri) -> Response {
-    not_found(&method, &uri, "docs/proxy.md, \"Admin API\"")
-}
-
-async fn wrong_method(method: Method, uri: Uri) -> Response {
-    method_not_allowed(&method, &uri)
 }

@@ -30,11 +30,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use keel_core::ApiError;
-use keel_core::http::{error_response, method_not_allowed, not_found};
+use keel_core::http::error_response;
 use keel_core::token::{Token, check_admin};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -218,13 +218,7 @@ pub async fn run(
     config: FlakyConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(ServiceError::Serve)?;
+    let (listener, addr) = crate::bind(config.listen).await?;
     let settings = config.settings;
     tracing::info!(
         %addr,
@@ -259,15 +253,16 @@ pub fn router(
         token,
         stats: Mutex::default(),
     });
-    Ok(Router::new()
-        .route("/", get(flaky_endpoint))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/admin/mode", get(show_settings).put(change_settings))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .fallback(fallback)
-        .method_not_allowed_fallback(wrong_method)
-        .with_state(flaky))
+    Ok(keel_core::http::json_fallbacks(
+        Router::new()
+            .route("/", get(flaky_endpoint))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .route("/admin/mode", get(show_settings).put(change_settings))
+            .layer(DefaultBodyLimit::max(MAX_BODY)),
+        "GET /, /health, /metrics, GET or PUT /admin/mode (docs/resilience.md)",
+    )
+    .with_state(flaky))
 }
 
 /// `GET /`: the lab's flaky endpoint.
@@ -425,18 +420,6 @@ async fn metrics(State(flaky): State<Arc<Flaky>>) -> Response {
         stats.mode_changes
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-async fn fallback(method: Method, uri: Uri) -> Response {
-    not_found(
-        &method,
-        &uri,
-        "GET /, /health, /metrics, GET or PUT /admin/mode (docs/resilience.md)",
-    )
-}
-
-async fn wrong_method(method: Method, uri: Uri) -> Response {
-    method_not_allowed(&method, &uri)
 }
 
 #[cfg(test)]

@@ -40,10 +40,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use keel_core::http::{method_not_allowed, not_found};
 
 pub use data::{DataAnswer, DataError, DataTier};
 pub use events::{EventLog, EventRecord};
@@ -111,19 +110,24 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(ServiceError::Serve)?;
+    let (listener, addr) = crate::bind(config.listen).await?;
     tracing::info!(name = %config.name, %addr, data = ?config.data, redis = ?config.redis.as_deref().map(redis_visits::redacted), "service listening");
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let router = build(&config, stopped)?;
     keel_core::http::serve_draining(listener, router, shutdown, Duration::from_secs(5), stopping)
         .await
         .map_err(ServiceError::Serve)
+}
+
+/// Listens on `addr`; also the address it got (port 0 picks one).
+pub(crate) async fn bind(
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ServiceError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServiceError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(ServiceError::Serve)?;
+    Ok((listener, local))
 }
 
 /// The service's routes, for a server or a test. Call it within a tokio runtime, so
@@ -169,15 +173,16 @@ fn build(
         local_visits: AtomicU64::new(0),
         stats: metrics::Stats::default(),
     });
-    Ok(Router::new()
-        .route("/", get(hello))
-        .route("/data", get(data_route))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_route))
-        .route("/v1/events", get(events_route))
-        .fallback(fallback)
-        .method_not_allowed_fallback(wrong_method)
-        .with_state(service))
+    Ok(keel_core::http::json_fallbacks(
+        Router::new()
+            .route("/", get(hello))
+            .route("/data", get(data_route))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics_route))
+            .route("/v1/events", get(events_route)),
+        "GET /, /data, /health, /metrics or /v1/events",
+    )
+    .with_state(service))
 }
 
 /// `GET /`: the lab's greeting, the host, and the visits counter.
@@ -311,18 +316,6 @@ async fn events_route(
         service.stopping.clone(),
     )
     .await
-}
-
-async fn fallback(method: Method, uri: Uri) -> Response {
-    not_found(
-        &method,
-        &uri,
-        "GET /, /data, /health, /metrics or /v1/events",
-    )
-}
-
-async fn wrong_method(method: Method, uri: Uri) -> Response {
-    method_not_allowed(&method, &uri)
 }
 
 /// The machine's name, as the seeds' pages show it; `localhost` when it cannot be read.
