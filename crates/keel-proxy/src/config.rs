@@ -193,6 +193,9 @@ impl Default for ClusterConfig {
     }
 }
 
+/// The most backends a pool may hold.
+pub const MAX_BACKENDS: usize = 64;
+
 /// What is wrong with a configuration: the key and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -245,6 +248,15 @@ impl Config {
             return Err(invalid(
                 "backend",
                 "no backends: give at least one [[backend]] (or --backend URL), or a [cluster] route",
+            ));
+        }
+        if self.backends.len() > MAX_BACKENDS {
+            return Err(invalid(
+                "backend",
+                format!(
+                    "{} backends: a pool holds at most {MAX_BACKENDS}",
+                    self.backends.len()
+                ),
             ));
         }
         let mut names = HashSet::new();

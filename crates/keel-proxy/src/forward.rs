@@ -108,20 +108,24 @@ fn prepare(
             ),
         ));
     }
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    parts.uri = match target.parse() {
-        Ok(uri) => uri,
-        Err(_) => {
-            return Err(local(
-                StatusCode::BAD_REQUEST,
-                ApiError::new("bad_target", format!("{target:?} is not a request target")),
-            ));
-        }
-    };
+    // An absolute-form target (`GET http://host/path`) is sent on as its path; the usual
+    // origin-form one is kept as it is, without parsing it again.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        parts.uri = match target.parse() {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Err(local(
+                    StatusCode::BAD_REQUEST,
+                    ApiError::new("bad_target", format!("{target:?} is not a request target")),
+                ));
+            }
+        };
+    }
     strip_hop_by_hop(&mut parts.headers);
     let forwarded = match parts.headers.get(&X_FORWARDED_FOR).map(HeaderValue::to_str) {
         Some(Ok(earlier)) => format!("{earlier}, {}", peer.ip()),
@@ -150,7 +154,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     let id = format!("{:016x}", rand::random::<u64>());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -184,23 +188,28 @@ async fn forward(proxy: &Proxy, pool: &Pool, request: Request<Incoming>) -> Resp
     let replayable = body.is_end_stream();
     let mut streaming = (!replayable).then_some(body);
     let settings = proxy.settings();
-    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    // At most `retry.attempts` (10) backends are tried; kept on the stack.
+    let mut tried = [usize::MAX; 10];
+    let mut tries = 0;
     let mut failure: Option<Response<ProxyBody>> = None;
     loop {
-        let Some(pick) = pool.pick(&tried, Instant::now()) else {
+        let Some(pick) = pool.pick(&tried[..tries], Instant::now()) else {
             return failure.unwrap_or_else(|| no_backend(pool));
         };
         if pick.panic {
             proxy.stats.panic_picks.fetch_add(1, Ordering::Relaxed);
         }
-        tried.push(pick.index);
+        if let Some(slot) = tried.get_mut(tries) {
+            *slot = pick.index;
+        }
+        tries += 1;
         let backend = pick.backend;
         let body = match streaming.take() {
             Some(body) => Either::Left(body),
             None => Either::Right(Full::new(Bytes::new())),
         };
         let attempt = rebuild(&parts, body);
-        let more = tried.len() < settings.attempts as usize;
+        let more = tries < (settings.attempts as usize).min(tried.len());
         let in_flight = InFlight::start(Arc::clone(&backend));
         match exchange(
             &backend,

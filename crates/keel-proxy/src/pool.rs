@@ -8,7 +8,7 @@ use keel_resilience::budget::{BudgetConfig, RetryBudget};
 use tokio::time::Instant;
 
 use crate::backend::Backend;
-use crate::config::{Balance, Config};
+use crate::config::{Balance, Config, MAX_BACKENDS};
 use crate::health::{Policy, Transition};
 use crate::selection::{Candidate, SmoothWrr, least_request};
 
@@ -70,24 +70,32 @@ impl Pool {
             .filter(|b| !b.is_drained() && b.is_up())
             .count();
         let panic = total > 0 && (up == 0 || up * 100 < usize::from(self.panic_threshold) * total);
-        let candidates: Vec<Candidate> = self
-            .backends
-            .iter()
-            .enumerate()
-            .filter(|(i, b)| offered(*i, b) && (panic || b.is_up()))
-            .map(|(index, b)| Candidate {
-                index,
-                weight: b.effective_weight(now, &self.policy),
-                in_flight: b.in_flight.load(Ordering::Relaxed),
-            })
-            .collect();
+        // On the stack: a pick is made for every request, and a pool holds at most
+        // MAX_BACKENDS backends (the configuration is checked for it).
+        let mut buffer = [Candidate {
+            index: 0,
+            weight: 0,
+            in_flight: 0,
+        }; MAX_BACKENDS];
+        let mut n = 0;
+        for (index, b) in self.backends.iter().enumerate().take(MAX_BACKENDS) {
+            if offered(index, b) && (panic || b.is_up()) {
+                buffer[n] = Candidate {
+                    index,
+                    weight: b.effective_weight(now, &self.policy),
+                    in_flight: b.in_flight.load(Ordering::Relaxed),
+                };
+                n += 1;
+            }
+        }
+        let candidates = &buffer[..n];
         let index = match self.balance {
             Balance::RoundRobin => self
                 .wrr
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .pick(&candidates),
-            Balance::LeastRequest => least_request(&candidates, |n| rand::random_range(0..n)),
+                .pick(candidates),
+            Balance::LeastRequest => least_request(candidates, |n| rand::random_range(0..n)),
         }?;
         let backend = Arc::clone(self.backends.get(index)?);
         Some(Pick {
