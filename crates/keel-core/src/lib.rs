@@ -9,11 +9,14 @@
 //! - [`error`]: the JSON body of every 4xx/5xx answer ([`ApiError`]);
 //! - [`http`]: the answers every keel server gives a wrong route, method or body;
 //! - [`token`]: the admin bearer token (loading it, comparing it in constant time);
+//! - [`faults`]: the fault filter behind `keel chaos partition` — the peers this process
+//!   must not connect to, read from `KEEL_FAULTS_FILE` (inert without it);
 //! - [`shutdown`]: the Ctrl-C / SIGTERM future that servers take as their stop signal.
 #![forbid(unsafe_code)]
 
 pub mod duration;
 pub mod error;
+pub mod faults;
 pub mod headers;
 pub mod http;
 pub mod ids;

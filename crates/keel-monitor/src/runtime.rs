@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use keel_core::NodeId;
+use keel_core::faults::Faults;
 use keel_core::token::Token;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -90,6 +91,9 @@ pub(crate) struct App {
 /// Runs a monitor until `shutdown` resolves, then drains in-flight requests (up to a
 /// grace period). Returns an error if the state cannot be loaded or, later, written: a
 /// monitor that cannot make its decisions durable must not make any.
+///
+/// Its probes go through the fault filter named by `KEEL_FAULTS_FILE`
+/// ([`keel_core::faults`]), which is inert when it is unset.
 pub async fn run(
     config: MonitorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -134,6 +138,7 @@ pub async fn run(
         rx: core_rx,
         tx: core_tx.downgrade(),
         probe_client,
+        faults: Faults::from_env(),
     };
     let mut core_task = tokio::spawn(core.run(started));
 
@@ -163,6 +168,8 @@ struct Core {
     // Weak: the core must not keep its own channel open; probes upgrade it while they run.
     tx: mpsc::WeakSender<Msg>,
     probe_client: reqwest::Client,
+    /// The nodes the monitor must not connect to (`keel chaos partition`).
+    faults: Faults,
 }
 
 impl Core {
@@ -259,24 +266,31 @@ impl Core {
     }
 
     /// `GET {url}/health` with a timeout of one heartbeat interval, in its own task; the
-    /// result comes back as an input.
+    /// result comes back as an input. A probe the fault filter blocks fails at once, as a
+    /// refused connection would.
     fn probe(&self, node: NodeId, url: String, probe: u64) {
         let Some(tx) = self.tx.upgrade() else {
             return;
         };
         let client = self.probe_client.clone();
         let timeout = self.monitor.settings().heartbeat_interval;
+        let blocked = self.faults.blocks(&url);
         tokio::spawn(async move {
-            let ok = match client
-                .get(format!("{url}/health"))
-                .timeout(timeout)
-                .send()
-                .await
-            {
-                Ok(resp) => resp.status().is_success(),
-                Err(e) => {
-                    tracing::debug!(node = %node, error = %e, "probe failed");
-                    false
+            let ok = if blocked {
+                tracing::debug!(node = %node, "probe refused by keel's fault filter (keel chaos partition)");
+                false
+            } else {
+                match client
+                    .get(format!("{url}/health"))
+                    .timeout(timeout)
+                    .send()
+                    .await
+                {
+                    Ok(resp) => resp.status().is_success(),
+                    Err(e) => {
+                        tracing::debug!(node = %node, error = %e, "probe failed");
+                        false
+                    }
                 }
             };
             let _ = tx

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use keel_core::faults::Faults;
 use keel_core::{NodeId, Role};
 use keel_monitor::wire::{
     FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, StandbyReport, SyncDropRequest,
@@ -48,6 +49,7 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
         let result = if registered {
             post(
                 &client,
+                &shared.faults,
                 &format!("{monitor}/v1/heartbeat"),
                 &heartbeat(&shared),
                 timing.heartbeat_timeout,
@@ -56,6 +58,7 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
         } else {
             post(
                 &client,
+                &shared.faults,
                 &format!("{monitor}/v1/register"),
                 &register(&shared),
                 timing.heartbeat_timeout,
@@ -113,12 +116,20 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
     }
 }
 
+/// Sends one request to the monitor. One the fault filter blocks fails as a refused
+/// connection would, without a byte sent.
 async fn post<T: serde::Serialize>(
     client: &reqwest::Client,
+    faults: &Faults,
     url: &str,
     body: &T,
     timeout: Duration,
 ) -> Result<Answer, String> {
+    if faults.blocks(url) {
+        return Err(format!(
+            "{url}: connection refused by keel's fault filter (keel chaos partition)"
+        ));
+    }
     let resp = client
         .post(url)
         .json(body)
@@ -322,6 +333,7 @@ async fn drop_silent_standbys(
         };
         match post(
             client,
+            &shared.faults,
             &format!("{monitor}/v1/sync/drop"),
             &request,
             timing.heartbeat_timeout,

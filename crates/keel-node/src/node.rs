@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_core::faults::Faults;
 use keel_core::{Epoch, Role};
 use keel_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -46,6 +47,9 @@ pub enum NodeError {
 
 /// Runs a node until `shutdown` resolves, then drains in-flight requests (up to a grace
 /// period) and stops replication.
+///
+/// The node's outgoing connections (heartbeats, replication) go through the fault filter
+/// named by `KEEL_FAULTS_FILE` ([`keel_core::faults`]), which is inert when it is unset.
 pub async fn run(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -81,7 +85,7 @@ pub async fn run(
     );
 
     let monitor = config.monitor.clone();
-    let (shared, queue) = Shared::new(config, store);
+    let (shared, queue) = Shared::new(config, store, Faults::from_env());
     shared
         .writing_epoch
         .store(epoch.0, std::sync::atomic::Ordering::SeqCst);

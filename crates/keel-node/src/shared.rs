@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use keel_core::faults::Faults;
 use keel_core::{Epoch, Lsn, Role};
 use keel_store::Store;
 use serde::Serialize;
@@ -262,11 +263,18 @@ pub struct Shared {
     /// The epoch this node writes in as primary: the one it started or was promoted in.
     /// Never simply the highest epoch seen, which may be a rival's.
     pub writing_epoch: AtomicU64,
+    /// The peers this node must not connect to (`keel chaos partition`); inert unless
+    /// `KEEL_FAULTS_FILE` is set.
+    pub faults: Faults,
 }
 
 impl Shared {
     /// Builds the shared state; the writer's receiving end is returned beside it.
-    pub fn new(config: NodeConfig, store: Arc<Store>) -> (Arc<Self>, mpsc::Receiver<WriteRequest>) {
+    pub fn new(
+        config: NodeConfig,
+        store: Arc<Store>,
+        faults: Faults,
+    ) -> (Arc<Self>, mpsc::Receiver<WriteRequest>) {
         let (tx, rx) = mpsc::channel(4 * crate::config::MAX_BATCH);
         let config_monitored = config.monitor.is_some();
         let changes = Arc::new(watch::Sender::new(0));
@@ -311,6 +319,7 @@ impl Shared {
             inflight: AtomicU64::new(0),
             incarnation: incarnation(),
             writing_epoch: AtomicU64::new(0),
+            faults,
         };
         (Arc::new(shared), rx)
     }
@@ -563,7 +572,7 @@ mod tests {
             monitor: Some("http://127.0.0.1:2".into()),
         };
         let store = Arc::new(Store::open(dir, 100).expect("store"));
-        Shared::new(config, store).0
+        Shared::new(config, store, Faults::inert()).0
     }
 
     #[tokio::test(start_paused = true)]

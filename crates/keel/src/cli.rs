@@ -565,6 +565,17 @@ pub enum ChaosCommand {
     Resume { name: String },
     /// Start a process again (killing it first if it runs) and wait for its health.
     Restart { name: String },
+    /// Cut a process of the data tier (monitor, appN) off from others: keel's own
+    /// connections between them are refused by its fault filter (the kernel is untouched).
+    Partition {
+        /// The process to cut off.
+        node: String,
+        /// Whom from (repeat for several) [default: every other process of the data tier].
+        #[arg(long = "from", value_name = "NODE")]
+        from: Vec<String>,
+    },
+    /// End every partition.
+    Heal,
     /// Random faults at random times, each restored before the next, with a timeline.
     Run(RunArgs),
 }
@@ -579,7 +590,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
-    /// Which faults to draw from (comma-separated): kill (then restart), pause (then resume).
+    /// Which faults to draw from (comma-separated): kill (then restart), pause (then
+    /// resume), partition (from every other process of the data tier; then heal).
     #[arg(long, default_value = "kill,pause")]
     pub faults: String,
 

@@ -44,6 +44,8 @@ enum StreamError {
     Protocol(String),
     #[error("no answer from the standby for {0:?}")]
     Stalled(Duration),
+    #[error("connection refused by keel's fault filter (keel chaos partition)")]
+    Filtered,
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -125,6 +127,9 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         authority.host(),
         authority.port_u16().unwrap_or(80)
     );
+    if shared.faults.blocks(&addr) {
+        return Err(StreamError::Filtered);
+    }
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
         .await
         .map_err(|_| StreamError::Connect(format!("{addr}: timed out")))?
@@ -356,6 +361,12 @@ async fn stream(
 
     let mut log_end = shared.log_end.subscribe();
     let mut role = shared.role.subscribe();
+    // A partition that begins while the stream is open cuts it, as a network that drops
+    // its packets would. (Subscribed first, checked after: no change slips in between.)
+    let mut faults = shared.faults.subscribe();
+    if shared.faults.blocks(&link.url) {
+        return Err(StreamError::Filtered);
+    }
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = Instant::now();
     loop {
@@ -413,6 +424,11 @@ async fn stream(
                     }
                     ToPrimary::Stale { epoch } => return Err(StreamError::Fenced(epoch)),
                     other => return Err(StreamError::Protocol(format!("unexpected {other:?}"))),
+                }
+            }
+            () = faults.changed() => {
+                if shared.faults.blocks(&link.url) {
+                    return Err(StreamError::Filtered);
                 }
             }
             changed = role.changed() => {

@@ -1,9 +1,11 @@
 //! `keel chaos`: faults on demand against a stack that `keel up` runs — the `docker kill`
-//! and `docker compose pause` steps of the seeds, as commands.
+//! and `docker compose pause` steps of the seeds, as commands, and network partitions of
+//! the data tier.
 //!
 //! The actions are carried out by `keel up`'s supervisor (its control API, found through
-//! `<data-dir>/up.json`), which is the parent of every process and reaps it; this command
-//! only asks, with the admin token. `keel chaos run` draws faults from a seeded random
+//! `<data-dir>/up.json`), which is the parent of every process and reaps it, and which
+//! writes the fault files its children follow for a partition; this command only asks,
+//! with the admin token. `keel chaos run` draws faults from a seeded random
 //! generator, so the same seed gives the same sequence of faults, targets and timings,
 //! and restores each fault before the next one.
 
@@ -16,7 +18,7 @@ use keel_core::token::{TOKEN_FILE_NAME, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::up::{Action, Done, ProcessInfo, UP_FILE, UpFile};
+use super::up::{Action, Done, PartitionDone, PartitionRequest, ProcessInfo, UP_FILE, UpFile};
 use crate::cli::{ChaosArgs, ChaosCommand, RunArgs};
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
@@ -48,6 +50,16 @@ async fn chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         ChaosCommand::Pause { name } => act_once(&control, name, Action::Pause).await,
         ChaosCommand::Resume { name } => act_once(&control, name, Action::Resume).await,
         ChaosCommand::Restart { name } => act_once(&control, name, Action::Restart).await,
+        ChaosCommand::Partition { node, from } => {
+            let done = control.partition(node, from).await?;
+            println!("{}", done.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        ChaosCommand::Heal => {
+            let done = control.heal().await?;
+            println!("{}", done.message);
+            Ok(ExitCode::SUCCESS)
+        }
         ChaosCommand::Run(run) => chaos_run(&control, run).await,
     }
 }
@@ -96,14 +108,37 @@ impl Control {
 
     async fn act(&self, name: &str, action: Action) -> anyhow::Result<Done> {
         let verb = serde_json::to_value(action)?;
-        let url = format!(
-            "{}/v1/processes/{name}/{}",
-            self.url,
-            verb.as_str().unwrap_or("")
-        );
-        let mut request = self.http.post(&url);
+        let path = format!("/v1/processes/{name}/{}", verb.as_str().unwrap_or(""));
+        self.post(&path, None).await
+    }
+
+    /// Cuts `node` off from `from` (every other process of the data tier when empty).
+    async fn partition(&self, node: &str, from: &[String]) -> anyhow::Result<PartitionDone> {
+        let request = PartitionRequest {
+            node: node.to_owned(),
+            from: from.to_vec(),
+        };
+        self.post("/v1/partition", Some(serde_json::to_value(request)?))
+            .await
+    }
+
+    /// Ends every partition.
+    async fn heal(&self) -> anyhow::Result<PartitionDone> {
+        self.post("/v1/heal", None).await
+    }
+
+    /// `POST {control}{path}` with the token and an optional JSON body.
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let mut request = self.http.post(format!("{}{path}", self.url));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.secret());
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
         }
         let response = request.send().await.with_context(|| self.unreachable())?;
         let status = response.status();
@@ -135,6 +170,37 @@ fn read_up_file(data_dir: &Path) -> anyhow::Result<UpFile> {
     serde_json::from_str(&text).with_context(|| format!("{} is not keel up's file", path.display()))
 }
 
+/// A fault `keel chaos run` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL, restored by a restart.
+    Kill,
+    /// SIGSTOP, restored by SIGCONT.
+    Pause,
+    /// Cut off from every other process of the data tier, restored by a heal.
+    Partition,
+}
+
+impl Fault {
+    /// Carries the fault out on `target`; the line that says what was done.
+    async fn inject(self, control: &Control, target: &str) -> anyhow::Result<String> {
+        Ok(match self {
+            Fault::Kill => control.act(target, Action::Kill).await?.message,
+            Fault::Pause => control.act(target, Action::Pause).await?.message,
+            Fault::Partition => control.partition(target, &[]).await?.message,
+        })
+    }
+
+    /// Undoes [`Fault::inject`].
+    async fn restore(self, control: &Control, target: &str) -> anyhow::Result<String> {
+        Ok(match self {
+            Fault::Kill => control.act(target, Action::Restart).await?.message,
+            Fault::Pause => control.act(target, Action::Resume).await?.message,
+            Fault::Partition => control.heal().await?.message,
+        })
+    }
+}
+
 /// `keel chaos run`: a fault at a random time on a random target, held for a while, then
 /// restored; again until the time is up. One fault at a time, so the stack is never asked
 /// to survive more than one failure at once.
@@ -145,13 +211,16 @@ async fn chaos_run(control: &Control, args: &RunArgs) -> anyhow::Result<ExitCode
     if args.min_hold > args.max_hold {
         bail!("--min-hold must not exceed --max-hold");
     }
-    let faults: Vec<Action> = args
+    let faults: Vec<Fault> = args
         .faults
         .split(',')
         .map(|f| match f.trim() {
-            "kill" => Ok(Action::Kill),
-            "pause" => Ok(Action::Pause),
-            other => Err(anyhow!("--faults: {other:?} is not a fault (kill, pause)")),
+            "kill" => Ok(Fault::Kill),
+            "pause" => Ok(Fault::Pause),
+            "partition" => Ok(Fault::Partition),
+            other => Err(anyhow!(
+                "--faults: {other:?} is not a fault (kill, pause, partition)"
+            )),
         })
         .collect::<anyhow::Result<_>>()?;
     let processes = control.processes().await?;
@@ -174,6 +243,16 @@ async fn chaos_run(control: &Control, args: &RunArgs) -> anyhow::Result<ExitCode
     }
     if targets.is_empty() {
         bail!("no targets: keel up runs no data node");
+    }
+    if faults.contains(&Fault::Partition)
+        && let Some(client) = targets
+            .iter()
+            .find(|t| *t != "monitor" && !t.starts_with("app"))
+    {
+        bail!(
+            "--targets: {client} cannot be partitioned (only the data tier is: the monitor and the nodes); \
+             leave partition out of --faults or {client} out of --targets"
+        );
     }
     let mut rng = StdRng::seed_from_u64(args.seed);
     let started = tokio::time::Instant::now();
@@ -203,19 +282,15 @@ async fn chaos_run(control: &Control, args: &RunArgs) -> anyhow::Result<ExitCode
             () = tokio::time::sleep(gap) => {}
             () = &mut stop => break,
         }
-        let done = control.act(&target, fault).await?;
+        let message = fault.inject(control, &target).await?;
         injected += 1;
-        println!("{}  {}", clock(), done.message);
+        println!("{}  {message}", clock());
         let interrupted = tokio::select! {
             () = tokio::time::sleep(hold) => false,
             () = &mut stop => true,
         };
-        let undo = match fault {
-            Action::Pause => Action::Resume,
-            _ => Action::Restart,
-        };
-        let done = control.act(&target, undo).await?;
-        println!("{}  {}", clock(), done.message);
+        let message = fault.restore(control, &target).await?;
+        println!("{}  {message}", clock());
         if interrupted {
             break;
         }

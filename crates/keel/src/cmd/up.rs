@@ -17,6 +17,9 @@
 //! children's own logs are shown too, prefixed with their name, at warning level unless
 //! `--verbose`.
 //!
+//! Every child follows a fault file, `<data-dir>/faults/<name>.json` (`KEEL_FAULTS_FILE`),
+//! through which `keel chaos partition` cuts the data tier ([`partition`]).
+//!
 //! `keel up` never restarts anything by itself: a process that dies is reported, with
 //! the command that starts it again, and stays dead, so that what a test or a person does
 //! to a node is what they see — and what the monitor does about it. On Ctrl-C or SIGTERM
@@ -25,7 +28,7 @@
 //! SIGTERM each, and SIGKILL for whatever is left [`STOP_GRACE`] after the first.
 //!
 //! [`plan`] holds what is started (ports, command lines, the checks before anything
-//! runs); this file runs it.
+//! runs); [`control`] is the API `keel chaos` speaks; this file runs it all.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -38,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use keel_core::Role;
+use keel_core::faults::FAULTS_FILE_ENV;
 use keel_core::token::{TOKEN_FILE_NAME, Token};
 use keel_monitor::wire::ClusterView;
 use nix::sys::signal::{Signal, kill};
@@ -48,13 +52,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod control;
+mod partition;
 mod plan;
 
-pub(crate) use control::{Action, Done, ProcessInfo, UP_FILE, UpFile};
+pub(crate) use control::{
+    Action, Done, PartitionDone, PartitionRequest, ProcessInfo, UP_FILE, UpFile,
+};
 
 use super::client::events::{EventStream, stream_client};
 use crate::cli::UpArgs;
-use plan::{MONITOR, PROXY, Plan, Spec, check_ports, plan, shell_line};
+use partition::Partitions;
+use plan::{MONITOR, PROXY, Plan, Spec, check_ports, path_arg, plan, shell_line, shell_quote};
 
 /// How long the children get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -100,6 +108,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let token_note = ensure_token(&token_path)?;
     let plan = plan(&args, &token_path)?;
     check_ports(&plan)?;
+    let partitions = Partitions::start(data_dir, &plan)?;
     let control_addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.control_port));
     let control_listener = tokio::net::TcpListener::bind(control_addr)
         .await
@@ -121,7 +130,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let exe =
         std::env::current_exe().context("cannot find the keel executable to start the nodes")?;
     let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
-    let mut tier = Tier::new(exe, width, child_log_level(args.verbose));
+    let mut tier = Tier::new(exe, width, child_log_level(args.verbose), partitions);
 
     let started = tokio::select! {
         r = tier.start_all(&plan) => Some(r),
@@ -163,13 +172,35 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                     }
                     let _ = reply.send(done);
                 }
+                control::Command::Partition { request, reply } => {
+                    let done = tier.partitions.partition(&plan, &request.node, &request.from);
+                    if let Ok(done) = &done {
+                        println!("keel chaos: {}", done.message);
+                    }
+                    let _ = reply.send(done);
+                }
+                control::Command::Heal { reply } => {
+                    let done = tier.partitions.heal(&plan);
+                    if let Ok(done) = &done {
+                        println!("keel chaos: {}", done.message);
+                    }
+                    let _ = reply.send(done);
+                }
             },
             Some((name, how)) = tier.exits.recv() => {
                 alive = alive.saturating_sub(1);
                 let again = plan
                     .all()
                     .find(|s| s.name == name)
-                    .map(|s| shell_line(&tier.exe, &s.args))
+                    .map(|s| {
+                        // With its fault file, so that a partition in force still holds.
+                        let file = path_arg(&tier.partitions.file(&s.name));
+                        format!(
+                            "{FAULTS_FILE_ENV}={} {}",
+                            shell_quote(&file),
+                            shell_line(&tier.exe, &s.args)
+                        )
+                    })
                     .unwrap_or_default();
                 let consequence = if name == MONITOR {
                     "; nothing fails over until it is back (the nodes keep serving)"
@@ -267,10 +298,17 @@ struct Tier {
     http: reqwest::Client,
     /// Processes stopped with SIGSTOP by `keel chaos pause`.
     paused: Vec<String>,
+    /// The partitions in force and the children's fault files.
+    partitions: Partitions,
 }
 
 impl Tier {
-    fn new(exe: PathBuf, width: usize, log_level: Option<&'static str>) -> Self {
+    fn new(
+        exe: PathBuf,
+        width: usize,
+        log_level: Option<&'static str>,
+        partitions: Partitions,
+    ) -> Self {
         let (exits_tx, exits) = mpsc::unbounded_channel();
         Tier {
             exe,
@@ -285,6 +323,7 @@ impl Tier {
             monitor: String::new(),
             http: reqwest::Client::new(),
             paused: Vec::new(),
+            partitions,
         }
     }
 
@@ -560,6 +599,7 @@ impl Tier {
         if let Some(level) = self.log_level {
             command.env("KEEL_LOG", level);
         }
+        command.env(FAULTS_FILE_ENV, self.partitions.file(&spec.name));
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", spec.name))?;

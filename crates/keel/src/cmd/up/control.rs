@@ -1,6 +1,7 @@
 //! `keel up`'s control API: how `keel chaos` asks the supervisor to kill, pause, resume or
-//! restart one of its processes. The supervisor, not `keel chaos`, carries the action out,
-//! since it is the parent that holds the process and reaps it.
+//! restart one of its processes, or to partition the data tier and heal it. The
+//! supervisor, not `keel chaos`, carries the action out, since it is the parent that holds
+//! the process and reaps it, and writes the fault files its children follow.
 //!
 //! On `127.0.0.1:--control-port` (8060). Every action needs the admin token; the address
 //! is written to `<data-dir>/up.json` so `keel chaos` finds it.
@@ -9,6 +10,8 @@
 //! |---|---|
 //! | `GET /v1/processes` | every process: name, pid, state (`running`, `paused`, `exited`), URL |
 //! | `POST /v1/processes/{name}/{kill,pause,resume,restart}` | what was done: `{"name", "action", "pid", "state", "message"}` |
+//! | `POST /v1/partition` `{"node": "app1", "from": ["app2"]}` | `node` cut off from `from` (every other process of the data tier when empty or absent): `{"action", "node", "from", "partitions", "method", "message"}` |
+//! | `POST /v1/heal` | every partition ended, same shape |
 
 // Handlers return `Result<_, Response>`: the error side is a finished answer.
 #![allow(clippy::result_large_err)]
@@ -16,12 +19,14 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use keel_core::ApiError;
-use keel_core::http::{error_response, method_not_allowed, not_found};
+use keel_core::http::{body_rejection, error_response, method_not_allowed, not_found};
 use keel_core::token::Token;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -72,15 +77,55 @@ pub(crate) struct Done {
     pub(crate) message: String,
 }
 
+/// The body of `POST /v1/partition`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PartitionRequest {
+    /// The process to cut off.
+    pub(crate) node: String,
+    /// Whom from; empty or absent: every other process of the data tier.
+    #[serde(default)]
+    pub(crate) from: Vec<String>,
+}
+
+/// The answer to a partition or a heal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PartitionDone {
+    /// `partition` or `heal`.
+    pub(crate) action: String,
+    /// The process cut off (a partition).
+    pub(crate) node: Option<String>,
+    /// Whom from (a partition).
+    pub(crate) from: Vec<String>,
+    /// Every pair of processes cut off from each other now.
+    pub(crate) partitions: Vec<[String; 2]>,
+    /// How: `fault_filter` (keel's own network layer, not the kernel's).
+    pub(crate) method: String,
+    pub(crate) message: String,
+}
+
+/// What the supervisor answers: the result, or a status and an error.
+type Reply<T> = oneshot::Sender<Result<T, (StatusCode, ApiError)>>;
+
 /// A request to the supervisor's main loop, which owns the processes.
 pub(crate) enum Command {
     List(oneshot::Sender<Vec<ProcessInfo>>),
     Act {
         name: String,
         action: Action,
-        reply: oneshot::Sender<Result<Done, (StatusCode, ApiError)>>,
+        reply: Reply<Done>,
+    },
+    Partition {
+        request: PartitionRequest,
+        reply: Reply<PartitionDone>,
+    },
+    Heal {
+        reply: Reply<PartitionDone>,
     },
 }
+
+/// The largest body the control API reads.
+const MAX_BODY: usize = 64 << 10;
 
 struct App {
     token: Option<Token>,
@@ -92,9 +137,12 @@ pub(crate) fn router(token: Option<Token>, commands: mpsc::Sender<Command>) -> R
     Router::new()
         .route("/v1/processes", get(list))
         .route("/v1/processes/{name}/{action}", post(act))
+        .route("/v1/partition", post(partition))
+        .route("/v1/heal", post(heal))
         .route("/health", get(|| async { "ok" }))
         .fallback(fallback)
         .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::new(App { token, commands }))
 }
 
@@ -108,16 +156,21 @@ async fn list(State(app): State<Arc<App>>) -> Result<Response, Response> {
     Ok(axum::Json(serde_json::json!({ "processes": processes })).into_response())
 }
 
+/// Refuses a request without the admin token.
+fn check_token(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    keel_core::token::check_admin(app.token.as_ref(), authorization, "keel up")
+        .map_err(|(status, error)| error_response(status, error))
+}
+
 async fn act(
     State(app): State<Arc<App>>,
     Path((name, action)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Response> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    keel_core::token::check_admin(app.token.as_ref(), authorization, "keel up")
-        .map_err(|(status, error)| error_response(status, error))?;
+    check_token(&app, &headers)?;
     let action = Action::parse(&action).ok_or_else(|| {
         error_response(
             StatusCode::NOT_FOUND,
@@ -142,6 +195,47 @@ async fn act(
     }
 }
 
+async fn partition(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Response> {
+    check_token(&app, &headers)?;
+    let body = body.map_err(|r| body_rejection(r, MAX_BODY, "bad_partition"))?;
+    let request: PartitionRequest = serde_json::from_slice(&body).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(
+                "bad_partition",
+                format!("the body is not {{\"node\": \"app1\", \"from\": [\"app2\", …]}}: {e}"),
+            ),
+        )
+    })?;
+    let (reply, rx) = oneshot::channel();
+    app.commands
+        .send(Command::Partition { request, reply })
+        .await
+        .map_err(|_| stopping())?;
+    answer(rx.await.map_err(|_| stopping())?)
+}
+
+async fn heal(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, Response> {
+    check_token(&app, &headers)?;
+    let (reply, rx) = oneshot::channel();
+    app.commands
+        .send(Command::Heal { reply })
+        .await
+        .map_err(|_| stopping())?;
+    answer(rx.await.map_err(|_| stopping())?)
+}
+
+fn answer<T: Serialize>(result: Result<T, (StatusCode, ApiError)>) -> Result<Response, Response> {
+    match result {
+        Ok(done) => Ok(axum::Json(done).into_response()),
+        Err((status, error)) => Err(error_response(status, error)),
+    }
+}
+
 fn stopping() -> Response {
     error_response(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -153,7 +247,7 @@ async fn fallback(method: Method, uri: Uri) -> Response {
     not_found(
         &method,
         &uri,
-        "GET /v1/processes or POST /v1/processes/{name}/{action}",
+        "GET /v1/processes, POST /v1/processes/{name}/{action}, POST /v1/partition or POST /v1/heal",
     )
 }
 

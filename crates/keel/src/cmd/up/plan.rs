@@ -195,7 +195,8 @@ pub(super) fn shell_line(exe: &Path, args: &[String]) -> String {
         .join(" ")
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one shell word.
+pub(super) fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
