@@ -22,6 +22,7 @@
 # Knobs (environment): DURATION=10 (seconds, at most 10)  CONNS=8  THREADS=1  RATE=2000
 #                      KEEP_TMP=1 (keep logs)  SKIP_BUILD=1 (use the keel already built)
 #                      SKIP_CRITERION=1 (fast-fail figure only)
+#                      CARGO_TARGET_DIR (where cargo builds; target by default)
 #
 # Needs root (or sudo) only to install redis-server, wrk and curl when missing.
 # A benchmark, not a test: never part of scripts/test.
@@ -34,17 +35,12 @@ RATE=${RATE:-2000}
 READY_TIMEOUT=30 # seconds to wait for a server before giving up
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-BIN_DIR=${CARGO_TARGET_DIR:-target}/release
+# log, die, require_whole_numbers, install_packages, BIN_DIR, bench_init, start,
+# wait_until, free_port, wrk_field: see lib.sh.
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-for knob in DURATION CONNS THREADS RATE; do
-    [[ ${!knob} =~ ^[1-9][0-9]*$ ]] || die "$knob must be a whole number above 0, not '${!knob}'"
-done
+require_whole_numbers DURATION CONNS THREADS RATE
 ((DURATION <= 10)) || die "DURATION is at most 10 seconds, not $DURATION"
 
 # --- packages ---------------------------------------------------------------------------
@@ -54,13 +50,7 @@ command -v redis-server >/dev/null || packages+=(redis-server)
 command -v wrk >/dev/null || packages+=(wrk)
 command -v curl >/dev/null || packages+=(curl)
 command -v jq >/dev/null || packages+=(jq)
-if ((${#packages[@]})); then
-    sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    log "installing ${packages[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
-fi
+install_packages "${packages[@]}"
 
 # --- build ------------------------------------------------------------------------------
 
@@ -73,44 +63,7 @@ KEEL=$BIN_DIR/keel
 
 # --- processes and cleanup --------------------------------------------------------------
 
-# shellcheck source=scripts/bench/lib.sh
-source scripts/bench/lib.sh
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/keel-breaker-bench.XXXXXX")
-REDIS_PID=""
-SERVICE_PID=""
-
-cleanup() {
-    # A stopped process ends on KILL, but resume it first so TERM can end it cleanly.
-    if [[ -n $REDIS_PID ]]; then
-        kill -CONT "$REDIS_PID" 2>/dev/null || true
-        kill -TERM "$REDIS_PID" 2>/dev/null || true
-    fi
-    if [[ -n $SERVICE_PID ]]; then
-        kill -TERM "$SERVICE_PID" 2>/dev/null || true
-    fi
-    for pid in $REDIS_PID $SERVICE_PID; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_for WHAT CMD...: retries CMD every 0.2 s for READY_TIMEOUT seconds.
-wait_for() {
-    local what=$1
-    shift
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$what not ready after ${READY_TIMEOUT}s (logs in $TMP; KEEP_TMP=1 keeps them)"
-        sleep 0.2
-    done
-}
+bench_init keel-breaker-bench
 
 redis_ping() {
     local reply
@@ -132,20 +85,19 @@ REDIS_PORT=$(free_port)
 SERVICE_PORT=$(free_port)
 URL=http://127.0.0.1:$SERVICE_PORT
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
-    >"$TMP/redis.log" 2>&1 &
-REDIS_PID=$!
-wait_for redis-server redis_ping "$REDIS_PORT"
+start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$TMP"
+REDIS_PID=${PID_OF[redis]}
+wait_until redis-server redis_ping "$REDIS_PORT"
 
-"$KEEL" service --listen "127.0.0.1:$SERVICE_PORT" --redis "redis://127.0.0.1:$REDIS_PORT" \
-    --redis-breaker failures=1,open=10m,half-open=1 >"$TMP/service.log" 2>&1 &
-SERVICE_PID=$!
-wait_for "keel service" curl -fsS --max-time 1 "$URL/health"
+start service "$KEEL" service --listen "127.0.0.1:$SERVICE_PORT" \
+    --redis "redis://127.0.0.1:$REDIS_PORT" --redis-breaker failures=1,open=10m,half-open=1
+wait_until "keel service" curl -fsS --max-time 1 "$URL/health"
 
 curl -fsS "$URL/" | grep -q 'visits: 1 (redis' || die "the counter does not count with Redis up"
 
 log "pausing redis-server (SIGSTOP) and tripping the breaker"
-kill -STOP "$REDIS_PID"
+kill -STOP "$REDIS_PID" # stop_all resumes it before ending it
 start=$(date +%s.%N)
 curl -fsS --max-time 10 "$URL/" | grep -q 'temporarily disabled! (redis timed out' ||
     die "the first request after the pause did not time out"
@@ -158,10 +110,10 @@ log "wrk --latency -t$THREADS -c$CONNS -d${DURATION}s $URL/"
 load() { wrk --latency -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 5s "$1" >"$2"; }
 load "$URL/" "$TMP/wrk.txt"
 
-requests=$(awk '/requests in/ {print $1}' "$TMP/wrk.txt")
-rps=$(awk '/^Requests\/sec/ {print $2}' "$TMP/wrk.txt")
-p50=$(awk '$1 == "50%" {print $2}' "$TMP/wrk.txt")
-p99=$(awk '$1 == "99%" {print $2}' "$TMP/wrk.txt")
+requests=$(wrk_field "$TMP/wrk.txt" requests)
+rps=$(wrk_field "$TMP/wrk.txt" rps)
+p50=$(wrk_field "$TMP/wrk.txt" p50)
+p99=$(wrk_field "$TMP/wrk.txt" p99)
 errors=$(grep -E 'Non-2xx|Socket errors' "$TMP/wrk.txt" || true)
 rejected=$(($(metric 'keel_breaker_calls_total{breaker="redis",outcome="rejected"}') - rejected_before))
 timeouts=$(metric 'keel_service_redis_timeouts_total{service="service1"}')
@@ -174,9 +126,9 @@ timeouts=$(metric 'keel_service_redis_timeouts_total{service="service1"}')
 
 log "the same load on GET /health, for scale"
 load "$URL/health" "$TMP/wrk-health.txt"
-health_rps=$(awk '/^Requests\/sec/ {print $2}' "$TMP/wrk-health.txt")
-health_p50=$(awk '$1 == "50%" {print $2}' "$TMP/wrk-health.txt")
-health_p99=$(awk '$1 == "99%" {print $2}' "$TMP/wrk-health.txt")
+health_rps=$(wrk_field "$TMP/wrk-health.txt" rps)
+health_p50=$(wrk_field "$TMP/wrk-health.txt" p50)
+health_p99=$(wrk_field "$TMP/wrk-health.txt" p99)
 
 # open_loop PATH NAME: keel load at RATE requests a second; prints "p50 p99" of the
 # service time in ms.

@@ -29,7 +29,8 @@
 #                      FALSE_FAILOVER_DURATION=300s (0 skips it)
 #                      STEP_TIMEOUT=60 (seconds any one wait may take before giving up)
 #                      KEEP_TMP=1 (keep data dirs and logs)
-#                      SKIP_BUILD=1 (use the binaries already in target/release)
+#                      SKIP_BUILD=1 (use the binaries already built)
+#                      CARGO_TARGET_DIR (where cargo builds; target by default)
 #
 # Needs root (or sudo) only to install etcd-server, redis-server, jq and curl when missing.
 # (Sentinel is redis-server started with --sentinel; the redis-sentinel package only adds
@@ -49,15 +50,14 @@ REDIS_DOWN_AFTER_MS=1000
 # how long the replicas get to be reconfigured. Far above a cycle's needs, far below
 # the gap between two kills of the same master name.
 REDIS_FAILOVER_TIMEOUT_MS=10000
+READY_TIMEOUT=$STEP_TIMEOUT # for wait_until
+READY_POLL=0.05             # each step follows the last as soon as it can
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-BIN_DIR=${CARGO_TARGET_DIR:-target}/release
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+# log, die, install_packages, BIN_DIR, bench_init, start, stop, stop_all, kill9,
+# wait_until, free_port, etcd_healthy, etcd_leader: see lib.sh.
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
 # --- packages ---------------------------------------------------------------------------
 
@@ -69,58 +69,15 @@ install_missing() {
     fi
     command -v jq >/dev/null || packages+=(jq)
     command -v curl >/dev/null || packages+=(curl)
-    ((${#packages[@]} == 0)) && return
-    local sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    log "installing ${packages[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
+    install_packages "${packages[@]}"
 }
 
 # --- processes and cleanup --------------------------------------------------------------
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/keel-failover.XXXXXX")
-declare -A PID_OF=() # name → pid, for every server process running now
+bench_init keel-failover
 # target → how many times the primary changed, as the system itself counts it: more
 # than the kills means failovers nobody asked for.
 declare -A PRIMARY_CHANGES=()
-OTHER_PIDS=()        # the CPU burners
-WRITER_PID=""
-
-# Stops every process this script started (TERM, then KILL after 5 s), and only those.
-stop_all() {
-    local pid pids=("${PID_OF[@]}" "${OTHER_PIDS[@]}" ${WRITER_PID:+"$WRITER_PID"})
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait_exit "$pid" 5
-    done
-    PID_OF=()
-    OTHER_PIDS=()
-    WRITER_PID=""
-}
-
-# wait_exit PID SECONDS: waits for PID to end, and KILLs it after SECONDS.
-wait_exit() {
-    local pid=$1 deadline=$((SECONDS + $2))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    stop_all
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # define NAME CMD...: how to start NAME, kept so that a restart is the same command line.
 define() {
@@ -134,31 +91,7 @@ launch() {
     local name=$1
     shift
     local -n cmd="CMD_${name//-/_}"
-    "${cmd[@]}" "$@" >>"$TMP/$name.log" 2>&1 &
-    PID_OF[$name]=$!
-}
-
-# kill9 NAME: the fault under test.
-kill9() {
-    local pid=${PID_OF[$1]}
-    kill -KILL "$pid"
-    wait "$pid" 2>/dev/null || true
-    unset "PID_OF[$1]"
-}
-
-# free_port: see lib.sh.
-# shellcheck source=scripts/bench/lib.sh
-source scripts/bench/lib.sh  # the script runs from the repository root (cd above)
-
-# wait_until WHAT CMD...: retries CMD every 50 ms for STEP_TIMEOUT seconds.
-wait_until() {
-    local what=$1
-    shift
-    local deadline=$((SECONDS + STEP_TIMEOUT))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$what: not within ${STEP_TIMEOUT}s (logs in $TMP; KEEP_TMP=1 keeps them)"
-        sleep 0.05
-    done
+    start "$name" "${cmd[@]}" "$@"
 }
 
 # --- the writer -------------------------------------------------------------------------
@@ -168,12 +101,14 @@ wait_until() {
 start_writer() {
     local run=$1 target=$2 discover=$3
     shift 3
+    WRITER=$run-writer
     WRITER_STATUS=$TMP/$run.status
     WRITER_JSON=$TMP/$run.json
-    "$BIN_DIR/keel-writebench" failover --target "$target" --discover "$discover" \
+    start "$WRITER" --stdout "$WRITER_JSON" "$BIN_DIR/keel-writebench" failover \
+        --target "$target" --discover "$discover" \
         --concurrency "$CONCURRENCY" --rate "$RATE" --value-size "$VALUE_SIZE" \
-        --status-file "$WRITER_STATUS" --json "$@" >"$WRITER_JSON" 2>"$TMP/$run-writer.log" &
-    WRITER_PID=$!
+        --status-file "$WRITER_STATUS" --json "$@"
+    WRITER_PID=${PID_OF[$WRITER]}
     # The status file appears once the writer handles the signals below.
     wait_until "the $target writer to start" test -s "$WRITER_STATUS"
     wait_for_writes
@@ -194,10 +129,8 @@ mark_recovered() { kill -USR2 "$WRITER_PID"; }
 
 # Stops the writer; it reads every acknowledged write back and prints its report.
 stop_writer() {
-    kill -TERM "$WRITER_PID"
     # In-flight writes (2 s at most) and the read-back (30 s at most) take their time.
-    wait_exit "$WRITER_PID" 60
-    WRITER_PID=""
+    stop "$WRITER" 60
     jq -e . "$WRITER_JSON" >/dev/null || die "the writer printed no report (see $TMP/*-writer.log)"
     jq -r '"[bench] \(.target): \(.kills) kills, \(.recovered) recovered, window median \(.window_median_ms // 0 | round) ms, p99 \(.window_p99_ms // 0 | round) ms, \(.acked) acked, lost \(.lost)"' \
         "$WRITER_JSON" >&2
@@ -282,8 +215,7 @@ run_keel_under_load() {
     RATE=0 start_writer keel-load keel "$KEEL_MONITOR"
     local i
     for i in $(seq "$(nproc)"); do
-        yes >/dev/null &
-        OTHER_PIDS+=("$!")
+        start "cpu-burner-$i" --stdout /dev/null yes
     done
     log "keel under load for $FALSE_FAILOVER_DURATION: $(nproc) CPU burners, writes unthrottled, nothing killed"
     sleep "$FALSE_FAILOVER_DURATION"
@@ -294,8 +226,6 @@ run_keel_under_load() {
 }
 
 # --- etcd -------------------------------------------------------------------------------
-
-# etcd_healthy and etcd_leader: see lib.sh.
 
 # The raft term, which grows by one at every election.
 etcd_term() {

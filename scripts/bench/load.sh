@@ -17,7 +17,8 @@
 # Knobs (environment): DURATION=10s CONNECTIONS=64 ROUNDS=3
 #                      NGINX_CPU=1 CLIENT_CPU=0 (cores for taskset)
 #                      KEEP_TMP=1 (keep config and logs)
-#                      SKIP_BUILD=1 (use the keel already in target/release)
+#                      SKIP_BUILD=1 (use the keel already built)
+#                      CARGO_TARGET_DIR (where cargo builds; target by default)
 #
 # Needs root (or sudo) only to install nginx and wrk when missing.
 # A benchmark, not a test: never part of scripts/test.
@@ -31,13 +32,10 @@ CLIENT_CPU=${CLIENT_CPU:-0}
 READY_TIMEOUT=10 # seconds to wait for nginx to answer
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-BIN_DIR=${CARGO_TARGET_DIR:-target}/release
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+# log, die, install_packages, BIN_DIR, bench_init, start, wait_until, free_port, wrk_field,
+# wrk_ms, ratio: see lib.sh.
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
 # --- packages ---------------------------------------------------------------------------
 
@@ -48,43 +46,14 @@ install_missing() {
     command -v jq >/dev/null || packages+=(jq)
     command -v curl >/dev/null || packages+=(curl)
     command -v taskset >/dev/null || packages+=(util-linux)
-    ((${#packages[@]} == 0)) && return
-    local sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    log "installing ${packages[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
+    install_packages "${packages[@]}"
 }
 
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # --- processes and cleanup --------------------------------------------------------------
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench-load.XXXXXX")
-NGINX_PID=""
-
-cleanup() {
-    if [[ -n $NGINX_PID ]]; then
-        kill -TERM "$NGINX_PID" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$NGINX_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$NGINX_PID" 2>/dev/null || true
-        wait "$NGINX_PID" 2>/dev/null || true
-    fi
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# free_port: see lib.sh.
-# shellcheck source=scripts/bench/lib.sh
-source scripts/bench/lib.sh # the script runs from the repository root (cd above)
+bench_init keel-bench-load
 
 start_nginx() {
     local port=$1
@@ -119,27 +88,11 @@ http {
 }
 EOF
     # master_process off: a single process serves, so pinning it pins the server.
-    taskset -c "$NGINX_CPU" "$NGINX" -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log" \
-        >"$TMP/nginx.log" 2>&1 &
-    NGINX_PID=$!
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until curl -fsS --max-time 1 "http://127.0.0.1:$port/index.html" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "nginx not answering after ${READY_TIMEOUT}s: $(cat "$TMP/nginx-error.log" "$TMP/nginx.log" 2>/dev/null)"
-        sleep 0.1
-    done
+    start nginx --core "$NGINX_CPU" "$NGINX" -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log"
+    wait_until nginx curl -fsS --max-time 1 "http://127.0.0.1:$port/index.html"
 }
 
 # --- the two tools ----------------------------------------------------------------------
-
-# wrk's latency figures (`520.00us`, `1.23ms`, `2.00s`) in milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
-        else printf "%s", v
-    }'
-}
 
 # run_wrk N URL: prints "rps p50_ms p99_ms".
 run_wrk() {
@@ -148,9 +101,11 @@ run_wrk() {
         die "wrk failed: $(cat "$out")"
     grep -q 'Non-2xx\|Socket errors' "$out" && log "wrk saw errors: $(grep 'Non-2xx\|Socket errors' "$out")"
     local rps p50 p99
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
-    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+    rps=$(wrk_field "$out" rps)
+    p50=$(wrk_field "$out" p50)
+    p50=$(wrk_ms "$p50")
+    p99=$(wrk_field "$out" p99)
+    p99=$(wrk_ms "$p99")
     echo "$rps $p50 $p99"
 }
 
@@ -168,8 +123,6 @@ run_keel() {
 
 # median of the numbers on stdin.
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 main() {
     install_missing

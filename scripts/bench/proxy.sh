@@ -36,7 +36,8 @@
 # Knobs (environment): CONNS=64 DURATION=10 WARMUP=2 KILL_AT=3 (seconds)
 #                      TARGETS="direct keel nginx haproxy"  KILL_TARGETS="keel nginx haproxy"
 #                      KEEP_TMP=1 (keep configs and logs)
-#                      SKIP_BUILD=1 (use the keel already in target/release)
+#                      SKIP_BUILD=1 (use the keel already built)
+#                      CARGO_TARGET_DIR (where cargo builds; target by default)
 #
 # Needs root (or sudo) only to install nginx, haproxy, wrk, jq and curl when missing.
 # A benchmark, not a test: never part of scripts/test.
@@ -53,17 +54,12 @@ LB_CORE=0        # the system under test
 CLIENT_CORE=1    # wrk and the stubs
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-BIN_DIR=${CARGO_TARGET_DIR:-target}/release
+# log, die, require_whole_numbers, install_packages, BIN_DIR, bench_init, start, stop,
+# kill9, finish, wait_until, free_port, wrk_field, wrk_ms, ratio, rss_kb: see lib.sh.
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-for knob in CONNS DURATION WARMUP KILL_AT; do
-    [[ ${!knob} =~ ^[1-9][0-9]*$ ]] || die "$knob must be a whole number above 0, not '${!knob}'"
-done
+require_whole_numbers CONNS DURATION WARMUP KILL_AT
 ((KILL_AT < DURATION)) || die "KILL_AT ($KILL_AT) must fall inside DURATION ($DURATION)"
 
 # --- packages ---------------------------------------------------------------------------
@@ -76,105 +72,19 @@ install_missing() {
     command -v wrk >/dev/null || packages+=(wrk)
     command -v jq >/dev/null || packages+=(jq)
     command -v curl >/dev/null || packages+=(curl)
-    ((${#packages[@]} == 0)) && return
-    local sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    log "installing ${packages[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
+    install_packages "${packages[@]}"
 }
 PATH=$PATH:/usr/sbin
 
 # --- processes and cleanup --------------------------------------------------------------
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/keel-proxy-bench.XXXXXX")
-# Every server runs as the leader of its own process group (setsid), so that a signal to
-# the group reaches an nginx master and its worker alike: the worker holds the listening
-# socket, and a worker orphaned by its master would keep serving.
-declare -A GROUP_OF=() # name → process group (= the leader's pid) of each running server
-WRK_PID=""
-
-# stop_group PID: TERM to the group, up to 5 s for the leader to end, then KILL to the
-# group for whatever is left (a worker whose master is gone), and the leader reaped.
-stop_group() {
-    local pid=$1 deadline=$((SECONDS + 5))
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    while ((SECONDS < deadline)) && alive "$pid"; do
-        sleep 0.1
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# alive PID: whether PID runs (a zombie, ended but not yet reaped, does not count).
-alive() {
-    local state
-    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
-
-# Stops every process this script started, and only those.
-stop_all() {
-    local name
-    if [[ -n $WRK_PID ]]; then
-        kill -TERM "$WRK_PID" 2>/dev/null || true
-        wait "$WRK_PID" 2>/dev/null || true
-        WRK_PID=""
-    fi
-    for name in "${!GROUP_OF[@]}"; do
-        stop_group "${GROUP_OF[$name]}"
-    done
-    GROUP_OF=()
-}
-
-cleanup() {
-    stop_all
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME CORE CMD...: runs CMD on CORE in a process group of its own, output to
-# $TMP/NAME.log.
-start() {
-    local name=$1 core=$2
-    shift 2
-    # Without job control a background job is not a group leader, so setsid makes the
-    # new session in place (no fork): $! is the server's pid and its group's id.
-    setsid taskset -c "$core" "$@" >>"$TMP/$name.log" 2>&1 &
-    GROUP_OF[$name]=$!
-    LAST_PID=$!
-}
-
-# stop NAME: stops one server started with start.
-stop() {
-    stop_group "${GROUP_OF[$1]}"
-    unset "GROUP_OF[$1]"
-}
-
-# free_port: see lib.sh.
-# shellcheck source=scripts/bench/lib.sh
-source scripts/bench/lib.sh # the script runs from the repository root (cd above)
-
-# wait_until WHAT CMD...: retries CMD every 0.2 s for READY_TIMEOUT seconds.
-wait_until() {
-    local what=$1
-    shift
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$what not ready after ${READY_TIMEOUT}s (logs in $TMP; KEEP_TMP=1 keeps them)"
-        sleep 0.2
-    done
-}
+bench_init keel-proxy-bench
+# Every server runs as the leader of its own process group (start --group), so that a
+# signal to the group reaches an nginx master and its worker alike: the worker holds the
+# listening socket, and a worker orphaned by its master would keep serving.
 
 # says URL TEXT: whether GET URL answers 200 with a body holding TEXT.
 says() { curl -fsS --max-time 1 "$1" | grep -q "$2"; }
-
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # --- the stubs --------------------------------------------------------------------------
 
@@ -211,7 +121,7 @@ EOF
 # start_nginx NAME CORE: starts the nginx configured in $TMP/NAME.
 start_nginx() {
     local dir=$TMP/$1
-    start "$1" "$2" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+    start "$1" --group --core "$2" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
 }
 
 # start_stubs: two fresh stub backends on the client's core, STUB1 and STUB2 their ports.
@@ -235,10 +145,7 @@ start_stubs() {
 
 # kill_stub1: the fault — SIGKILL to stub1's master and worker at once (its group).
 kill_stub1() {
-    local pid=${GROUP_OF[stub1]}
-    kill -KILL -- "-$pid"
-    wait "$pid" 2>/dev/null || true
-    unset "GROUP_OF[stub1]"
+    kill9 stub1
     # The worker, reparented once its master is gone, may take a moment to be torn down.
     local deadline=$((SECONDS + 2))
     while ss -Htln "sport = :$STUB1" | grep -q .; do
@@ -263,11 +170,11 @@ start_lb() {
     keel)
         admin=$(free_port)
         KEEL_ADMIN="http://127.0.0.1:$admin"
-        start keel "$LB_CORE" "$BIN_DIR/keel" proxy --threads 1 \
+        start keel --group --core "$LB_CORE" "$BIN_DIR/keel" proxy --threads 1 \
             --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
             --backend "http://127.0.0.1:$STUB1,name=stub1" \
             --backend "http://127.0.0.1:$STUB2,name=stub2"
-        KEEL_PID=$LAST_PID
+        KEEL_PID=${PID_OF[keel]}
         # Both backends up and at full weight, so that the run measures the steady state.
         wait_until "keel proxy's backends" keel_backends_up
         ;;
@@ -319,7 +226,7 @@ backend stubs
     server stub1 127.0.0.1:$STUB1 check inter 2s fall 3 rise 2
     server stub2 127.0.0.1:$STUB2 check inter 2s fall 3 rise 2
 EOF
-        start haproxy "$LB_CORE" haproxy -db -f "$TMP/haproxy.cfg"
+        start haproxy --group --core "$LB_CORE" haproxy -db -f "$TMP/haproxy.cfg"
         ;;
     *) die "unknown target $1 (direct, keel, nginx, haproxy)" ;;
     esac
@@ -345,49 +252,17 @@ stop_lb() {
 
 # --- the load ---------------------------------------------------------------------------
 
-# wrk_run SECONDS URL OUT [kill]: wrk on the client's core; with `kill`, stub1 is killed
-# KILL_AT seconds in.
+# wrk_run SECONDS URL NAME [kill]: wrk on the client's core, its report in $TMP/NAME.log;
+# with `kill`, stub1 is killed KILL_AT seconds in.
 wrk_run() {
-    local secs=$1 url=$2 out=$3
-    taskset -c "$CLIENT_CORE" wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$url" >"$out" 2>&1 &
-    WRK_PID=$!
+    local secs=$1 url=$2 name=$3
+    start "$name" --core "$CLIENT_CORE" wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$url"
     if [[ ${4:-} == kill ]]; then
         sleep "$KILL_AT"
         log "  kill -9 stub1 at ${KILL_AT}s"
         kill_stub1
     fi
-    wait "$WRK_PID" || die "wrk failed: $(tail -3 "$out")"
-    WRK_PID=""
-}
-
-# wrk_fields FILE: "req_per_s p99_ms non2xx connect read write timeout" from wrk's report.
-# Its latencies come as 812.00us, 3.00ms, 1.20s or 1.00m; the two error lines appear only
-# when something is counted.
-wrk_fields() {
-    awk '
-        function ms(v) {
-            if (v ~ /us$/) return v / 1000
-            if (v ~ /ms$/) return v + 0
-            if (v ~ /m$/) return v * 60000
-            if (v ~ /s$/) return v * 1000
-            return -1
-        }
-        /^Requests\/sec:/ { rps = $2 }
-        $1 == "99%" { p99 = ms($2) }
-        /Non-2xx or 3xx responses:/ { non2xx = $NF }
-        /Socket errors:/ {
-            gsub(",", "")
-            for (i = 1; i < NF; i++) {
-                if ($i == "connect") conn = $(i + 1)
-                if ($i == "read") rd = $(i + 1)
-                if ($i == "write") wr = $(i + 1)
-                if ($i == "timeout") to = $(i + 1)
-            }
-        }
-        END {
-            if (rps == "" || p99 == "") exit 1
-            printf "%.0f %.3f %d %d %d %d %d\n", rps, p99, non2xx, conn, rd, wr, to
-        }' "$1"
+    finish "$name" || die "wrk failed: $(tail -3 "$TMP/$name.log")"
 }
 
 declare -A RPS=() P99=() FAILED=() DETAIL=() CPU_US=() KRPS=() KP99=() KFAILED=() KDETAIL=()
@@ -406,11 +281,19 @@ group_cpu_ticks() {
 }
 CLK_TCK=$(getconf CLK_TCK)
 
-# record KIND TARGET FILE: reads wrk's report into the tables (KIND: run or kill).
+# record KIND TARGET NAME: reads the report of wrk_run NAME into the tables (KIND: run or
+# kill).
 record() {
-    local kind=$1 t=$2 file=$3 fields rps p99 non2xx conn rd wr to
-    fields=$(wrk_fields "$file") || die "cannot read wrk's report for $t: $(cat "$file")"
-    read -r rps p99 non2xx conn rd wr to <<<"$fields"
+    local kind=$1 t=$2 file=$TMP/$3.log rps p99 non2xx conn rd wr to
+    rps=$(wrk_field "$file" rps)
+    rps=$(printf '%.0f' "$rps")
+    p99=$(wrk_field "$file" p99)
+    p99=$(wrk_ms "$p99")
+    non2xx=$(wrk_field "$file" non2xx)
+    conn=$(wrk_field "$file" connect)
+    rd=$(wrk_field "$file" read)
+    wr=$(wrk_field "$file" write)
+    to=$(wrk_field "$file" timeout)
     local failed=$((non2xx + rd + wr + to))
     local detail="non-2xx $non2xx, socket errors: read $rd, write $wr, timeout $to, connect $conn"
     if [[ $kind == run ]]; then
@@ -426,14 +309,15 @@ run_target() {
     log "$t: $CONNS connections, warm-up ${WARMUP}s, measuring ${DURATION}s"
     start_stubs
     start_lb "$t"
-    wrk_run "$WARMUP" "$URL" "$TMP/$t.warmup.wrk"
+    wrk_run "$WARMUP" "$URL" "wrk-$t-warmup"
     # The CPU the system under test spends per request (the stub itself for direct):
     # unlike req/s, barely moved by other work on the host taking turns on its core.
-    local group=${GROUP_OF[$t]:-${GROUP_OF[stub1]}} cpu_before cpu_after
+    # (Started with --group: the pid is the group's id.)
+    local group=${PID_OF[$t]:-${PID_OF[stub1]}} cpu_before cpu_after
     cpu_before=$(group_cpu_ticks "$group")
-    wrk_run "$DURATION" "$URL" "$TMP/$t.wrk"
+    wrk_run "$DURATION" "$URL" "wrk-$t"
     cpu_after=$(group_cpu_ticks "$group")
-    record run "$t" "$TMP/$t.wrk"
+    record run "$t" "wrk-$t"
     CPU_US[$t]=$(awk -v ticks=$((cpu_after - cpu_before)) -v hz="$CLK_TCK" -v rps="${RPS[$t]}" -v secs="$DURATION" \
         'BEGIN { printf "%.1f", ticks / hz * 1e6 / (rps * secs) }')
     log "  $t: ${CPU_US[$t]} µs of CPU per request"
@@ -455,9 +339,9 @@ kill_test() {
     log "$t kill test: warm-up ${WARMUP}s, then ${DURATION}s with stub1 killed at ${KILL_AT}s"
     start_stubs
     start_lb "$t"
-    wrk_run "$WARMUP" "$URL" "$TMP/$t.kill-warmup.wrk"
-    wrk_run "$DURATION" "$URL" "$TMP/$t.kill.wrk" kill
-    record kill "$t" "$TMP/$t.kill.wrk"
+    wrk_run "$WARMUP" "$URL" "wrk-$t-kill-warmup"
+    wrk_run "$DURATION" "$URL" "wrk-$t-kill" kill
+    record kill "$t" "wrk-$t-kill"
     if [[ $t == keel ]]; then
         KEEL_COUNTERS_AFTER_KILL=$(keel_counters)
         KEEL_RSS_AFTER_KILL=$(rss_kb "$KEEL_PID")
@@ -471,15 +355,6 @@ kill_test() {
 }
 
 # --- report -----------------------------------------------------------------------------
-
-# Prints "a/b" to two decimals, or "n/a" when either side did not run.
-ratio() {
-    if [[ -n $1 && -n $2 ]]; then
-        awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'
-    else
-        echo "n/a"
-    fi
-}
 
 report() {
     local t

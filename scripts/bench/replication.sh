@@ -12,7 +12,8 @@
 # Usage:  scripts/bench/replication.sh
 # Knobs (environment): DURATION=10s WARMUP=2s CONCURRENCY=64 VALUE_SIZE=64
 #                      TARGETS="keel etcd redis"  KEEP_TMP=1 (keep data dirs and logs)
-#                      SKIP_BUILD=1 (use the binaries already in target/release)
+#                      SKIP_BUILD=1 (use the binaries already built)
+#                      CARGO_TARGET_DIR (where cargo builds; target by default)
 #
 # Needs root (or sudo) only to install etcd-server, redis-server, jq and curl when missing.
 # A benchmark, not a test: never part of scripts/test.
@@ -26,13 +27,10 @@ TARGETS=${TARGETS:-keel etcd redis}
 READY_TIMEOUT=30 # seconds to wait for a cluster to be up before giving up
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-BIN_DIR=${CARGO_TARGET_DIR:-target}/release
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+# log, die, install_packages, BIN_DIR, bench_init, start, stop_all, wait_until, free_port,
+# ratio, rss_kb, etcd_healthy, etcd_leader: see lib.sh.
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
 # --- packages ---------------------------------------------------------------------------
 
@@ -42,75 +40,15 @@ install_missing() {
     { command -v redis-server && command -v redis-cli; } >/dev/null || packages+=(redis-server)
     command -v jq >/dev/null || packages+=(jq)
     command -v curl >/dev/null || packages+=(curl)
-    ((${#packages[@]} == 0)) && return
-    local sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    log "installing ${packages[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
+    install_packages "${packages[@]}"
 }
 
 # --- processes and cleanup --------------------------------------------------------------
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench.XXXXXX")
-PIDS=()
+bench_init keel-bench
 # What each replica holds after its run (warm-up writes included): a check that the
 # writes counted really landed on the copy.
 REPLICA_HOLDS=()
-
-# Stops every process this script started (TERM, then KILL after 5 s), and only those.
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
-
-cleanup() {
-    stop_all
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME CMD...: runs CMD in the background, output to $TMP/NAME.log.
-start() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.log" 2>&1 &
-    PIDS+=($!)
-    LAST_PID=$!
-}
-
-# free_port: see lib.sh.
-# shellcheck source=scripts/bench/lib.sh
-source scripts/bench/lib.sh  # the script runs from the repository root (cd above)
-
-# wait_until WHAT CMD...: retries CMD every 0.2 s for READY_TIMEOUT seconds.
-wait_until() {
-    local what=$1
-    shift
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$what not ready after ${READY_TIMEOUT}s (logs in $TMP; KEEP_TMP=1 keeps them)"
-        sleep 0.2
-    done
-}
-
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # bench TARGET URL: runs the client, keeps its JSON in $TMP/TARGET.json.
 bench() {
@@ -136,10 +74,10 @@ run_keel() {
     mkdir -p "$TMP/keel1" "$TMP/keel2"
     start keel-app2 "$BIN_DIR/keel" node --id app2 --listen "127.0.0.1:$p2" \
         --data-dir "$TMP/keel2" --role standby
-    standby=$LAST_PID
+    standby=${PID_OF[keel-app2]}
     start keel-app1 "$BIN_DIR/keel" node --id app1 --listen "127.0.0.1:$p1" \
         --data-dir "$TMP/keel1" --role primary --standby "http://127.0.0.1:$p2"
-    primary=$LAST_PID
+    primary=${PID_OF[keel-app1]}
     wait_until "keel primary with a streaming standby" keel_streaming "http://127.0.0.1:$p1"
     sleep 1 # idle, so that RSS is the resting figure and not start-up noise
     KEEL_RSS_PRIMARY=$(rss_kb "$primary")
@@ -152,8 +90,6 @@ run_keel() {
 }
 
 # --- etcd -------------------------------------------------------------------------------
-
-# etcd_healthy and etcd_leader: see lib.sh.
 
 run_etcd() {
     local i cluster="" client_urls=() peer_ports=() client_ports=() leader
@@ -211,15 +147,6 @@ run_redis() {
 }
 
 # --- report -----------------------------------------------------------------------------
-
-# Prints "a/b" to two decimals, or "n/a" when either side did not run.
-ratio() {
-    if [[ -n $1 && -n $2 ]]; then
-        awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'
-    else
-        echo "n/a"
-    fi
-}
 
 field() {
     if [[ -f $TMP/$1.json ]]; then jq -r ".$2" "$TMP/$1.json"; fi
