@@ -47,6 +47,26 @@ pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(
         })
 }
 
+/// The live part of an event stream (`/v1/events`): each message of `rx` until the
+/// channel closes. A reader too slow to keep up (the channel lagged) is disconnected
+/// rather than shown a stream with a gap; it reconnects with `?since=` and is replayed
+/// what it missed.
+pub fn live_events<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(message) => Some((message, rx)),
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "event stream client too slow; disconnecting it");
+                None
+            }
+            Err(RecvError::Closed) => None,
+        }
+    })
+}
+
 /// The answer for a body that could not be read: `413 body_too_large` past `limit`, else
 /// the rejection's own status with `code`.
 pub fn body_rejection(rejection: BytesRejection, limit: usize, code: &str) -> Response {

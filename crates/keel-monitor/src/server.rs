@@ -23,7 +23,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, header};
 use keel_core::ApiError;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::machine::{Answer, Input, Refusal};
 use crate::runtime::{App, Msg};
@@ -248,16 +248,7 @@ async fn events(
         since
     };
     let (past, rx) = app.events.subscribe(since);
-    let live = futures::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(e) => Some((e, rx)),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "event stream client too slow; disconnecting it");
-                None
-            }
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
-    });
+    let live = keel_core::http::live_events(rx);
     let mut stopping = app.stopping.clone();
     let stream = futures::stream::iter(past)
         .chain(live)

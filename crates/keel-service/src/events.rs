@@ -187,16 +187,7 @@ pub(crate) async fn stream(
     // Without either, only new events: a reader that wants history asks for it.
     let since = since.or(last_event_id).unwrap_or_else(|| log.last_id());
     let (past, rx) = log.subscribe(since);
-    let live = futures::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(e) => Some((e, rx)),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "event stream client too slow; disconnecting it");
-                None
-            }
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
-    });
+    let live = keel_core::http::live_events(rx);
     let stream = futures::stream::iter(past)
         .chain(live)
         .map(|e| {
