@@ -103,7 +103,17 @@ impl StandbyLink {
             .state
             .send_if_modified(|s| std::mem::replace(s, state) != state);
         if changed {
-            *lock(&self.down_since) = (state != LinkState::Streaming).then(Instant::now);
+            // Silent since it stopped streaming: a reconnect attempt that fails again
+            // (connecting, then disconnected) does not start the count anew, or a dead
+            // standby would leave the sync set only once the retry backoff grows past
+            // `heartbeat_timeout`.
+            let mut since = lock(&self.down_since);
+            if state == LinkState::Streaming {
+                *since = None;
+            } else if since.is_none() {
+                *since = Some(Instant::now());
+            }
+            drop(since);
             bump(&self.changes);
         }
     }
