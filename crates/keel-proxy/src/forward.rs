@@ -418,15 +418,18 @@ fn bad_gateway(backend: &Backend, why: &str, sent: bool) -> Response<ProxyBody> 
 }
 
 fn no_backend(pool: &Pool) -> Response<ProxyBody> {
+    let why = if pool.backends.is_empty() {
+        "this proxy has no backends: only its cluster route (the data tier) is configured"
+            .to_owned()
+    } else {
+        format!(
+            "no backend can take the request: {} configured, all drained or already tried",
+            pool.backends.len()
+        )
+    };
     let mut response = local(
         StatusCode::SERVICE_UNAVAILABLE,
-        ApiError::new(
-            "no_backend",
-            format!(
-                "no backend can take the request: {} configured, all drained or already tried",
-                pool.backends.len()
-            ),
-        ),
+        ApiError::new("no_backend", why),
     );
     response
         .headers_mut()
