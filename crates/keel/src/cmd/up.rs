@@ -188,6 +188,11 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 }
             },
             Some((name, how)) = tier.exits.recv() => {
+                if tier.running(&name).is_some() {
+                    // The process `keel chaos restart` killed and started again: its
+                    // successor runs, and `keel chaos` has already said what happened.
+                    continue;
+                }
                 alive = alive.saturating_sub(1);
                 let again = plan
                     .all()
@@ -437,8 +442,8 @@ impl Tier {
         })
     }
 
-    /// Waits for the supervisor task of `name`'s last process to end (it was killed),
-    /// taking its exit report off the channel so it is not printed as a surprise.
+    /// Waits for the supervisor task of `name`'s last process to end (it was killed). Its
+    /// exit report, if it sent one, is skipped by the main loop once the new process runs.
     async fn reap(&mut self, name: &str) {
         let Some(i) = self.supervisors.iter().rposition(|s| s.name == name) else {
             return;
