@@ -237,3 +237,33 @@ fn a_taken_port_fails_before_anything_starts() {
     );
     assert!(out.stderr.contains("--monitor-port"), "{out}");
 }
+
+/// A Ctrl-C in a terminal reaches every process of its process group at once. The
+/// children of `keel up` leave it to `keel up`, which stops them in its order.
+#[test]
+fn ctrl_c_to_the_whole_process_group_still_stops_in_order() {
+    let dir = support::tempdir();
+    let mut tier = KeelUp::start(&dir.path().join("keel-data"), 2, &[]);
+    let group = nix::unistd::Pid::from_raw(i32::try_from(tier.proc.pid()).expect("pid"));
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).expect("SIGINT the group");
+    let status = tier
+        .proc
+        .wait_timeout(Duration::from_secs(30))
+        .expect("keel up exits after Ctrl-C");
+    assert!(status.success(), "{}", tier.proc.log_report());
+    let log = tier.proc.log_text();
+    let (f, m, p, s) = (
+        at(&log, "proxy stopped"),
+        at(&log, "monitor stopped"),
+        at(&log, "app1 stopped"),
+        at(&log, "app2 stopped"),
+    );
+    assert!(
+        f < m && m < p && p < s,
+        "stop order proxy, monitor, app1, app2:\n{log}"
+    );
+    assert!(
+        !log.contains("failover started"),
+        "nothing fails over:\n{log}"
+    );
+}

@@ -601,6 +601,8 @@ impl Tier {
             .stderr(Stdio::piped())
             // Should `keel up` itself fail, its children must not outlive it.
             .kill_on_drop(true);
+        // Stopped by SIGTERM from here, in order; a terminal's Ctrl-C is ours to act on.
+        command.env(keel_core::shutdown::SUPERVISED_ENV, "1");
         if let Some(level) = self.log_level {
             command.env("KEEL_LOG", level);
         }
