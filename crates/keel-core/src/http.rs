@@ -47,15 +47,36 @@ pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(
         })
 }
 
-/// The live part of an event stream (`/v1/events`): each message of `rx` until the
-/// channel closes. A reader too slow to keep up (the channel lagged) is disconnected
-/// rather than shown a stream with a gap; it reconnects with `?since=` and is replayed
-/// what it missed.
-pub fn live_events<T: Clone + Send + 'static>(
-    rx: tokio::sync::broadcast::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
+/// Where a `GET /v1/events` reader wants to start: `?since=N`, else the `Last-Event-ID` a
+/// reconnecting browser sends; `None` for "only new events".
+pub fn events_since(query: Option<u64>, headers: &http::HeaderMap) -> Option<u64> {
+    query.or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    })
+}
+
+/// The answer to `GET /v1/events`: the kept events in `past`, then each new one from
+/// `live`, as server-sent events with `id:` and `event:` from `id_and_kind` and the JSON
+/// of the event as `data:`. A reader too slow to keep up (the channel lagged) is
+/// disconnected rather than shown a gap; it reconnects with `?since=` and is replayed
+/// what it missed. The stream ends when `stopping` turns true, or a graceful shutdown
+/// would wait for every open stream.
+pub fn event_stream<T>(
+    past: Vec<T>,
+    live: tokio::sync::broadcast::Receiver<T>,
+    id_and_kind: fn(&T) -> (u64, String),
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Response
+where
+    T: serde::Serialize + Clone + Send + Sync + 'static,
+{
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
     use tokio::sync::broadcast::error::RecvError;
-    futures::stream::unfold(rx, |mut rx| async move {
+    let live = futures::stream::unfold(live, |mut rx| async move {
         match rx.recv().await {
             Ok(message) => Some((message, rx)),
             Err(RecvError::Lagged(missed)) => {
@@ -64,7 +85,25 @@ pub fn live_events<T: Clone + Send + 'static>(
             }
             Err(RecvError::Closed) => None,
         }
-    })
+    });
+    let stream = futures::stream::iter(past)
+        .chain(live)
+        .map(move |event| {
+            let (id, kind) = id_and_kind(&event);
+            let data = serde_json::to_string(&event).unwrap_or_default();
+            Ok::<_, std::convert::Infallible>(
+                Event::default().id(id.to_string()).event(kind).data(data),
+            )
+        })
+        .take_until(async move {
+            if stopping.wait_for(|s| *s).await.is_err() {
+                // Nobody can stop this server any more: the stream ends with its reader.
+                std::future::pending::<()>().await;
+            }
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// The answer for a body that could not be read: `413 body_too_large` past `limit`, else

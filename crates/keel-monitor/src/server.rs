@@ -7,7 +7,6 @@
 // Handlers return `Result<Response, Response>`: the error side is a finished answer.
 #![allow(clippy::result_large_err)]
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -15,10 +14,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::StreamExt;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use keel_core::ApiError;
 use serde::Deserialize;
@@ -236,36 +233,14 @@ async fn events(
             ),
         )
     })?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     // Without either, only new events: a dashboard that wants history asks for it.
-    let since = params.since.or(last_event_id).unwrap_or(u64::MAX);
-    let since = if since == u64::MAX {
-        app.events.last_id()
-    } else {
-        since
-    };
-    let (past, rx) = app.events.subscribe(since);
-    let live = keel_core::http::live_events(rx);
-    let mut stopping = app.stopping.clone();
-    let stream = futures::stream::iter(past)
-        .chain(live)
-        .map(|e| {
-            let data = serde_json::to_string(&e).unwrap_or_default();
-            Ok::<_, Infallible>(
-                SseEvent::default()
-                    .id(e.id.to_string())
-                    .event(e.kind.as_str())
-                    .data(data),
-            )
-        })
-        // End with the monitor, or the graceful shutdown would wait for every stream.
-        .take_until(async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    let since = keel_core::http::events_since(params.since, &headers)
+        .unwrap_or_else(|| app.events.last_id());
+    let (past, live) = app.events.subscribe(since);
+    Ok(keel_core::http::event_stream(
+        past,
+        live,
+        |e| (e.id, e.kind.as_str().to_owned()),
+        app.stopping.clone(),
+    ))
 }

@@ -32,10 +32,9 @@ use keel_monitor::client::{EventStream, cluster as read_cluster, stream_client};
 use keel_monitor::wire::ClusterView;
 use tokio::sync::{Notify, watch};
 
-use crate::Proxy;
 use crate::backend::{Backend, InFlight};
 use crate::body::ProxyBody;
-use crate::config::{ClusterConfig, parse_backend_url};
+use crate::config::{ClusterConfig, Config, parse_backend_url};
 use crate::forward::{Exchange, exchange, local, pass_back, rebuild};
 
 /// The most a data request's body may hold (the nodes' own limit).
@@ -229,7 +228,7 @@ impl Cluster {
 
 /// Sends a data request to the node the view names.
 pub(crate) async fn forward(
-    proxy: &Proxy,
+    config: &Config,
     cluster: &Cluster,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -260,7 +259,6 @@ pub(crate) async fn forward(
             .headers
             .get(KEEL_READ)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"stale"));
-    let settings = proxy.settings();
     let mut asked_again = false;
     loop {
         let view = cluster.snapshot();
@@ -290,8 +288,8 @@ pub(crate) async fn forward(
         match exchange(
             &node,
             attempt,
-            settings.connect_timeout,
-            settings.request_timeout,
+            config.connect_timeout,
+            config.request_timeout,
         )
         .await
         {
@@ -344,7 +342,7 @@ pub(crate) async fn forward(
                         "gateway_timeout",
                         format!(
                             "data node {} did not answer within {:?}",
-                            node.name, settings.request_timeout
+                            node.name, config.request_timeout
                         ),
                     )
                     .with("node", node.name.as_str())

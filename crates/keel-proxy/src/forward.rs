@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::Proxy;
 use crate::backend::{Backend, ConnectError, InFlight, UpBody};
 use crate::body::{ProxyBody, Returning};
+use crate::config::Config;
 use crate::pool::Pool;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -66,9 +67,9 @@ pub(crate) async fn handle(
             let table = proxy.table();
             match &table.cluster {
                 Some(cluster) if cluster.routes(request.uri().path()) => {
-                    crate::cluster::forward(&proxy, cluster, request).await
+                    crate::cluster::forward(&table.config, cluster, request).await
                 }
-                _ => forward(&proxy, &table.pool, request).await,
+                _ => forward(&proxy, &table.config, &table.pool, request).await,
             }
         }
     };
@@ -180,14 +181,18 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
 }
 
 /// Sends a request to the pool, retrying on another backend where that is safe.
-async fn forward(proxy: &Proxy, pool: &Pool, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward(
+    proxy: &Proxy,
+    config: &Config,
+    pool: &Pool,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
     pool.budget.deposit_at(Instant::now());
     let (parts, body) = request.into_parts();
     let idempotent = is_idempotent(&parts.method);
     // Nothing to stream: the request can be built again for another backend.
     let replayable = body.is_end_stream();
     let mut streaming = (!replayable).then_some(body);
-    let settings = proxy.settings();
     // At most `retry.attempts` (10) backends are tried; kept on the stack.
     let mut tried = [usize::MAX; 10];
     let mut tries = 0;
@@ -209,13 +214,13 @@ async fn forward(proxy: &Proxy, pool: &Pool, request: Request<Incoming>) -> Resp
             None => Either::Right(Full::new(Bytes::new())),
         };
         let attempt = rebuild(&parts, body);
-        let more = tries < (settings.attempts as usize).min(tried.len());
+        let more = tries < (config.retry.attempts as usize).min(tried.len());
         let in_flight = InFlight::start(Arc::clone(&backend));
         match exchange(
             &backend,
             attempt,
-            settings.connect_timeout,
-            settings.request_timeout,
+            config.connect_timeout,
+            config.request_timeout,
         )
         .await
         {
@@ -270,7 +275,7 @@ async fn forward(proxy: &Proxy, pool: &Pool, request: Request<Incoming>) -> Resp
                         "gateway_timeout",
                         format!(
                             "backend {} did not answer within {:?} (request_timeout)",
-                            backend.name, settings.request_timeout
+                            backend.name, config.request_timeout
                         ),
                     )
                     .with("backend", backend.name.as_str()),

@@ -34,7 +34,6 @@ pub mod server;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
 
 use keel_core::token::Token;
 
@@ -63,17 +62,8 @@ pub struct Proxy {
 #[derive(Debug)]
 pub struct Table {
     pub config: Config,
-    pub settings: Settings,
     pub pool: Arc<Pool>,
     pub cluster: Option<Arc<Cluster>>,
-}
-
-/// What the request path reads of the configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub attempts: u32,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
 }
 
 /// What a reload did.
@@ -100,13 +90,6 @@ impl Proxy {
     /// The table in force.
     pub fn table(&self) -> Arc<Table> {
         Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub fn settings(&self) -> Settings {
-        self.table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .settings
     }
 
     pub fn token(&self) -> Option<&Token> {
@@ -245,14 +228,8 @@ fn build_table(config: Config, previous: Option<&Table>) -> Table {
             .filter(|old| old.monitor == c.monitor && old.prefix == c.prefix)
             .unwrap_or_else(|| Cluster::new(c))
     });
-    let settings = Settings {
-        attempts: config.retry.attempts,
-        connect_timeout: config.connect_timeout,
-        request_timeout: config.request_timeout,
-    };
     Table {
         config,
-        settings,
         pool,
         cluster,
     }

@@ -8,16 +8,13 @@
 //! happen under one lock, so a client sees every event once, in order.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use axum::response::Response;
 use keel_core::ApiError;
 use keel_resilience::{BreakerEvent, CircuitBreaker};
 use serde::{Deserialize, Serialize};
@@ -166,7 +163,7 @@ pub(crate) async fn stream(
     log: Arc<EventLog>,
     query: Result<Query<Since>, QueryRejection>,
     headers: &HeaderMap,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) -> Response {
     let since = match query {
         Ok(Query(q)) => q.since,
@@ -180,35 +177,10 @@ pub(crate) async fn stream(
             );
         }
     };
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     // Without either, only new events: a reader that wants history asks for it.
-    let since = since.or(last_event_id).unwrap_or_else(|| log.last_id());
-    let (past, rx) = log.subscribe(since);
-    let live = keel_core::http::live_events(rx);
-    let stream = futures::stream::iter(past)
-        .chain(live)
-        .map(|e| {
-            let data = serde_json::to_string(&e).unwrap_or_default();
-            Ok::<_, Infallible>(
-                SseEvent::default()
-                    .id(e.id.to_string())
-                    .event(&e.kind)
-                    .data(data),
-            )
-        })
-        // End with the server, or the graceful shutdown would wait for every stream.
-        .take_until(async move {
-            if stopping.wait_for(|s| *s).await.is_err() {
-                // Nobody can stop this server any more: the stream ends with the client.
-                std::future::pending::<()>().await;
-            }
-        });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    let since = keel_core::http::events_since(since, headers).unwrap_or_else(|| log.last_id());
+    let (past, live) = log.subscribe(since);
+    keel_core::http::event_stream(past, live, |e| (e.id, e.kind.clone()), stopping)
 }
 
 #[cfg(test)]

@@ -40,9 +40,7 @@ impl Service {
     }
 
     fn restart(&mut self) {
-        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.proc.respawn(&refs);
-        support::wait_for_health(&mut self.proc, &self.url);
+        self.proc.restart(&self.args, &self.url);
     }
 }
 

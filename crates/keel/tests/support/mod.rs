@@ -267,6 +267,17 @@ impl KeelProcess {
         )
     }
 
+    /// Starts `keel <args>` again (killing it first if it still runs) and waits until
+    /// `GET {url}/health` answers 200.
+    pub fn restart(&mut self, args: &[String], url: &str) {
+        if self.is_running() {
+            self.kill9();
+        }
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.respawn(&arg_refs);
+        wait_for_health(self, url);
+    }
+
     /// Starts the same command again (after the old process exited), logging to the same
     /// file.
     pub fn respawn(&mut self, args: &[&str]) {
@@ -409,12 +420,7 @@ impl TestNode {
     /// Starts the node again with the same flags, port and data dir, after it was killed
     /// (kills it first if it is still running), and waits for its health.
     pub fn restart(&mut self) {
-        if self.proc.is_running() {
-            self.proc.kill9();
-        }
-        let arg_refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.proc.respawn(&arg_refs);
-        self.wait_healthy();
+        self.proc.restart(&self.args, &self.url);
     }
 
     /// SIGKILL the node and reap it.
@@ -704,12 +710,7 @@ impl TestMonitor {
     /// Starts the monitor again with the same flags, port and data dir (kills it first if
     /// it is still running), and waits for its health.
     pub fn restart(&mut self) {
-        if self.proc.is_running() {
-            self.proc.kill9();
-        }
-        let arg_refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.proc.respawn(&arg_refs);
-        self.wait_healthy();
+        self.proc.restart(&self.args, &self.url);
     }
 
     /// `GET /v1/cluster` (panics unless 200).
