@@ -4,27 +4,42 @@
 //! The connection pool is written here rather than taken from hyper-util's client: the
 //! proxy must know whether a request reached the backend at all (a refused connection may
 //! be retried for any method, a request that went out may not), must hand a connection
-//! back only once its answer has been read to the end, and must not pay for a generic
-//! client's routing and pool keys on every request.
+//! back only once its answer has been read to the end, and relays bytes on the raw socket
+//! in the client connection's own task (see [`crate::wire`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::health::{Health, Policy, State, Transition};
 use crate::metrics::Histogram;
 
-/// The body of a request on its way to a backend: the client's, streamed, or one held in
-/// memory (empty, or buffered so that it can be sent again).
-pub type UpBody = Either<Incoming, Full<Bytes>>;
+/// A keep-alive connection to a backend: the socket and what has been read from it.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    /// Read from the backend and not yet passed on.
+    pub buf: BytesMut,
+    /// It served an earlier request (a backend may have closed it since).
+    pub reused: bool,
+}
+
+impl Conn {
+    /// Whether the backend has left the connection open and sent nothing unasked: a read
+    /// that would block. A closed connection reads its end (or an error) at once.
+    fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// The read buffer a connection starts with; it grows for larger heads.
+const CONN_BUFFER: usize = 8 * 1024;
 
 /// Idle connections kept per backend; more are closed when handed back.
 const MAX_IDLE: usize = 1024;
@@ -42,11 +57,16 @@ pub struct Backend {
     drained: AtomicBool,
     /// Mirrors `health.state() == Up`, read on every pick without the lock.
     up: AtomicBool,
+    /// Slow start is over: the pick takes the configured weight without the lock.
+    full_weight: AtomicBool,
+    /// Mirrors `health.in_error_streak()`: a good answer outside a streak changes nothing
+    /// and takes no lock.
+    error_streak: AtomicBool,
     health: Mutex<Health>,
     /// Requests sent and not yet answered to the end.
     pub in_flight: AtomicU32,
     pub stats: Stats,
-    idle: Mutex<Vec<SendRequest<UpBody>>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 /// A backend's counters, exported on `/metrics` and by the admin API.
@@ -79,11 +99,6 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the HTTP handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
 }
 
 impl Backend {
@@ -98,6 +113,8 @@ impl Backend {
             weight: AtomicU32::new(weight),
             drained: AtomicBool::new(false),
             up: AtomicBool::new(true),
+            full_weight: AtomicBool::new(false),
+            error_streak: AtomicBool::new(false),
             health: Mutex::new(Health::new()),
             in_flight: AtomicU32::new(0),
             stats: Stats::default(),
@@ -128,8 +145,22 @@ impl Backend {
     /// The weight a pick uses now: the configured one, scaled by slow start, in
     /// thousandths so that a tenth of weight 1 is still a whole number.
     pub fn effective_weight(&self, now: Instant, policy: &Policy) -> u32 {
-        let factor = self.health().weight_factor(now, policy);
+        if self.full_weight.load(Ordering::Relaxed) {
+            return self.weight().saturating_mul(1000);
+        }
+        let health = self.health();
+        let factor = health.weight_factor(now, policy);
+        if factor >= 1.0 {
+            // Set under the lock, so a recovery (which clears it under the lock) wins.
+            self.full_weight.store(true, Ordering::Relaxed);
+        }
+        drop(health);
         ((f64::from(self.weight()) * 1000.0 * factor).round() as u32).max(1)
+    }
+
+    /// Whether a good answer would change nothing in the health state.
+    pub fn answers_clean(&self) -> bool {
+        !self.error_streak.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the health state and publishes what it changed.
@@ -141,6 +172,12 @@ impl Backend {
         let change = f(&mut health);
         self.up
             .store(health.state() == State::Up, Ordering::Relaxed);
+        self.error_streak
+            .store(health.in_error_streak(), Ordering::Relaxed);
+        if matches!(change, Some(Transition::Up { .. })) {
+            // Slow start begins again.
+            self.full_weight.store(false, Ordering::Relaxed);
+        }
         drop(health);
         if let Some(change) = &change {
             match change {
@@ -166,24 +203,26 @@ impl Backend {
     }
 
     /// An idle connection that is still open, if there is one.
-    pub fn checkout(&self) -> Option<SendRequest<UpBody>> {
+    pub fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = idle.pop() {
+            if conn.is_open() {
+                return Some(conn);
             }
         }
         None
     }
 
-    /// Hands a connection back once its answer has been read to the end.
-    pub fn checkin(&self, sender: SendRequest<UpBody>) {
-        if sender.is_closed() {
+    /// Hands a connection back once its answer has been read to the end (and nothing
+    /// more: bytes beyond the answer mean the connection cannot be trusted).
+    pub fn checkin(&self, mut conn: Conn) {
+        if !conn.buf.is_empty() {
             return;
         }
+        conn.reused = true;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
@@ -195,11 +234,10 @@ impl Backend {
             .clear();
     }
 
-    /// A new connection, its HTTP/1.1 machinery running in its own task.
-    pub async fn connect(&self, timeout: Duration) -> Result<SendRequest<UpBody>, ConnectError> {
+    /// A new connection.
+    pub async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
         let addr = self.addr;
-        let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
-        {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(ConnectError::TimedOut {
                     addr,
@@ -210,16 +248,11 @@ impl Backend {
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%addr, error = %e, "backend connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(CONN_BUFFER),
+            reused: false,
+        })
     }
 
     /// Counts an answer of this status.

@@ -22,23 +22,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use http::{Method, StatusCode};
 use keel_core::ApiError;
 use keel_core::Role;
-use keel_core::headers::KEEL_READ;
 use keel_monitor::client::{EventStream, cluster as read_cluster, stream_client};
 use keel_monitor::wire::ClusterView;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::backend::{Backend, InFlight};
-use crate::body::ProxyBody;
 use crate::config::{ClusterConfig, Config, parse_backend_url};
-use crate::forward::{Exchange, exchange, local, pass_back, rebuild};
+use crate::forward::{Answer, Exchange, OutBody, exchange, hold, local, with_header};
 
 /// The most a data request's body may hold (the nodes' own limit).
-const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// How often the view is read again when no event comes.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// How long the route waits before reconnecting to a monitor that went away.
@@ -226,39 +223,25 @@ impl Cluster {
     }
 }
 
+/// A data request, its body read whole.
+#[derive(Debug)]
+pub(crate) struct DataRequest<'h> {
+    /// The head a node is sent, framing included.
+    pub head: &'h [u8],
+    pub body: Bytes,
+    pub method: Method,
+    /// The client asked for a stale read (`Keel-Read: stale`).
+    pub stale: bool,
+}
+
 /// Sends a data request to the node the view names.
 pub(crate) async fn forward(
     config: &Config,
     cluster: &Cluster,
-    request: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return local(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ApiError::new(
-                    "body_too_large",
-                    format!("a data request's body may hold at most {MAX_BODY} bytes"),
-                ),
-            );
-        }
-        Err(e) => {
-            return local(
-                StatusCode::BAD_REQUEST,
-                ApiError::new("bad_body", format!("the request's body broke off: {e}")),
-            );
-        }
-    };
-    let stale = matches!(parts.method, Method::GET | Method::HEAD)
-        && parts
-            .headers
-            .get(KEEL_READ)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"stale"));
+    request: &DataRequest<'_>,
+) -> Answer {
+    let read_only = matches!(request.method, Method::GET | Method::HEAD);
+    let stale = read_only && request.stale;
     let mut asked_again = false;
     loop {
         let view = cluster.snapshot();
@@ -283,29 +266,32 @@ pub(crate) async fn forward(
             };
             return unavailable(ApiError::new("no_primary", why));
         };
-        let attempt = rebuild(&parts, Either::Right(Full::new(Bytes::clone(&body))));
         let in_flight = InFlight::start(Arc::clone(&node));
-        match exchange(
-            &node,
-            attempt,
-            config.connect_timeout,
-            config.request_timeout,
-        )
-        .await
-        {
-            Exchange::Answered(response, sender, took) => {
+        let body = if request.body.is_empty() {
+            OutBody::Empty
+        } else {
+            OutBody::Buffered(&request.body)
+        };
+        let to_head = request.method == Method::HEAD;
+        match exchange(&node, request.head, body, to_head, config, Instant::now()).await {
+            Exchange::Answered(conn, head, took) => {
                 node.stats.latency.record(took);
-                node.count_answer(response.status().as_u16());
-                if response.status() == StatusCode::MISDIRECTED_REQUEST && !asked_again {
+                node.count_answer(head.status);
+                if head.status == StatusCode::MISDIRECTED_REQUEST.as_u16() && !asked_again {
                     // The node is no longer primary and did nothing: read the view again
                     // and send the request where it now points.
                     asked_again = true;
+                    let _ = hold(conn, head, &node).await;
                     cluster.refresh_view().await;
                     continue;
                 }
-                return pass_back(response, sender, in_flight);
+                return Answer::Relayed {
+                    conn,
+                    head,
+                    in_flight,
+                };
             }
-            Exchange::NotSent(_, error) => {
+            Exchange::NotSent(error) => {
                 node.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 cluster.refresh.notify_one();
                 return unavailable(
@@ -317,6 +303,8 @@ pub(crate) async fn forward(
                     .with("written", false),
                 );
             }
+            // The body was read whole before anything was sent.
+            Exchange::ClientGone | Exchange::BadBody(_) => return Answer::ClientGone,
             Exchange::Failed(error) => {
                 node.stats.failures.fetch_add(1, Ordering::Relaxed);
                 cluster.refresh.notify_one();
@@ -329,7 +317,7 @@ pub(crate) async fn forward(
                 )
                 .with("node", node.name.as_str());
                 // A read changed nothing; any other request may have been applied.
-                if !matches!(parts.method, Method::GET | Method::HEAD) {
+                if !read_only {
                     refusal = refusal.with("written", "unknown");
                 }
                 return unavailable(refusal);
@@ -354,10 +342,10 @@ pub(crate) async fn forward(
 }
 
 /// `503` with `Retry-After: 1`: the data tier is between primaries.
-fn unavailable(error: ApiError) -> Response<ProxyBody> {
-    let mut response = local(StatusCode::SERVICE_UNAVAILABLE, error);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+fn unavailable(error: ApiError) -> Answer {
+    with_header(
+        local(StatusCode::SERVICE_UNAVAILABLE, error),
+        header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    )
 }

@@ -1,5 +1,6 @@
-//! The request path: check and rewrite a client's request, send it to a backend, retry on
-//! another one when that is safe, and pass the answer back.
+//! The request path to a pool's backends: send a client's request to a backend, retry on
+//! another one when that is safe, and hand the answer's head (its body still on the
+//! backend's connection) to [`crate::front`], which passes it back.
 //!
 //! **When a request is retried.** At once and on a different backend, and only while the
 //! pool's retry budget allows it:
@@ -10,165 +11,156 @@
 //!   request has no body, since a body that has gone out cannot be sent again. A POST
 //!   whose body was sent is never retried: the backend may have acted on it.
 
-// Handlers return `Result<_, Response>`: the error side is a finished answer.
-#![allow(clippy::result_large_err)]
-
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
-use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::SendRequest;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
 use keel_core::ApiError;
-use keel_core::headers::KEEL_BACKEND;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::Proxy;
-use crate::backend::{Backend, ConnectError, InFlight, UpBody};
-use crate::body::{ProxyBody, Returning};
+use crate::backend::{Backend, Conn, ConnectError, InFlight};
 use crate::config::Config;
 use crate::pool::Pool;
+use crate::wire::{self, Chunked, Framing, ResponseHead};
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static KEEL_BACKEND_HEADER: HeaderName = HeaderName::from_static(KEEL_BACKEND);
+/// The most of a failed answer kept in memory while another backend is tried.
+const MAX_HELD: usize = 64 * 1024;
+/// How much is read from a socket at a time.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
-/// Headers that describe one hop, not the message (RFC 9110, 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// What the client is answered with.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// An answer the proxy made itself.
+    Local(Response<Bytes>),
+    /// A backend's answer: its head read into the connection's buffer, its body still
+    /// (partly) on the connection.
+    Relayed {
+        conn: Conn,
+        head: ResponseHead,
+        in_flight: InFlight,
+    },
+    /// A backend's whole answer, read into memory (head and body) while another backend
+    /// was tried; `bytes` holds the head at its start.
+    Held {
+        bytes: BytesMut,
+        head: ResponseHead,
+        backend: Arc<Backend>,
+    },
+    /// The client went away while its request's body was being sent on.
+    ClientGone,
+}
 
-/// Serves one client request.
-pub(crate) async fn handle(
-    proxy: Arc<Proxy>,
-    request: Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<Response<ProxyBody>, Infallible> {
-    proxy.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let request_id = request_id(request.headers());
-    let mut response = match prepare(request, peer, &request_id) {
-        Err(refusal) => {
-            proxy.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            refusal
+/// The body of a request still on the client's connection.
+#[derive(Debug)]
+pub(crate) struct Inbound<'a> {
+    pub stream: &'a mut TcpStream,
+    /// Read from the client and not yet used: the body's first bytes, perhaps more.
+    pub buf: &'a mut BytesMut,
+    pub framing: Framing,
+    /// `100 Continue` is owed to the client before its body is read.
+    pub send_continue: bool,
+    /// The whole body has been read from the client (so its connection can carry the
+    /// next request).
+    pub consumed: bool,
+}
+
+/// A request's body, as a backend is sent it.
+#[derive(Debug)]
+pub(crate) enum OutBody<'a, 'b> {
+    Empty,
+    /// Held in memory: it can be sent again.
+    Buffered(&'a [u8]),
+    /// Streamed from the client: it can be sent once.
+    Streamed(&'a mut Inbound<'b>),
+}
+
+/// Which side of a relay failed.
+enum PipeError {
+    /// The client left.
+    Client,
+    /// The client's chunked body broke the rules.
+    BadBody(String),
+    Backend(String),
+}
+
+impl Inbound<'_> {
+    /// Copies the body from the client to `to`, after `head` (sent with the body's first
+    /// bytes when they are already here).
+    async fn pipe(&mut self, head: &[u8], to: &mut TcpStream) -> Result<(), PipeError> {
+        if self.send_continue {
+            self.send_continue = false;
+            self.stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| PipeError::Client)?;
         }
-        Ok(request) => {
-            let table = proxy.table();
-            match &table.cluster {
-                Some(cluster) if cluster.routes(request.uri().path()) => {
-                    crate::cluster::forward(&table.config, cluster, request).await
+        let piped = self.pipe_body(head, to).await;
+        if piped.is_ok() {
+            self.consumed = true;
+        }
+        piped
+    }
+
+    async fn pipe_body(&mut self, head: &[u8], to: &mut TcpStream) -> Result<(), PipeError> {
+        let backend = |e: std::io::Error| PipeError::Backend(e.to_string());
+        match self.framing {
+            Framing::Empty | Framing::UntilClose => to.write_all(head).await.map_err(backend),
+            Framing::Length(n) => {
+                let mut left = n;
+                let have = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
+                // One write for a small request that came whole.
+                let mut first = Vec::with_capacity(head.len() + have);
+                first.extend_from_slice(head);
+                first.extend_from_slice(&self.buf[..have]);
+                self.buf.advance(have);
+                left -= have as u64;
+                to.write_all(&first).await.map_err(backend)?;
+                while left > 0 {
+                    self.fill().await?;
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len());
+                    to.write_all(&self.buf[..take]).await.map_err(backend)?;
+                    self.buf.advance(take);
+                    left -= take as u64;
                 }
-                _ => forward(&proxy, &table.config, &table.pool, request).await,
+                Ok(())
+            }
+            Framing::Chunked => {
+                to.write_all(head).await.map_err(backend)?;
+                let mut scanner = Chunked::default();
+                loop {
+                    if !self.buf.is_empty() {
+                        let used = scanner
+                            .scan(&self.buf[..], |_| {})
+                            .map_err(|e| PipeError::BadBody(e.to_string()))?;
+                        to.write_all(&self.buf[..used]).await.map_err(backend)?;
+                        self.buf.advance(used);
+                    }
+                    if scanner.is_done() {
+                        return Ok(());
+                    }
+                    self.fill().await?;
+                }
             }
         }
-    };
-    if response.extensions().get::<Local>().is_some() {
-        proxy.stats.local_answers.fetch_add(1, Ordering::Relaxed);
     }
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
-    Ok(response)
-}
 
-/// Marks an answer the proxy made itself, for the metrics.
-#[derive(Debug, Clone, Copy)]
-struct Local;
-
-/// Checks a request and rewrites it for the backend: origin-form target, no hop-by-hop
-/// headers, `X-Forwarded-For` and `X-Request-Id` added.
-fn prepare(
-    request: Request<Incoming>,
-    peer: SocketAddr,
-    request_id: &HeaderValue,
-) -> Result<Request<Incoming>, Response<ProxyBody>> {
-    let (mut parts, body) = request.into_parts();
-    if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
-        return Err(local(
-            StatusCode::BAD_REQUEST,
-            ApiError::new("missing_host", "an HTTP/1.1 request needs a Host header"),
-        ));
-    }
-    if parts.method == Method::CONNECT {
-        return Err(local(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::new(
-                "connect_refused",
-                "keel proxy is a reverse proxy: CONNECT tunnels are not offered",
-            ),
-        ));
-    }
-    // An absolute-form target (`GET http://host/path`) is sent on as its path; the usual
-    // origin-form one is kept as it is, without parsing it again.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        parts.uri = match target.parse() {
-            Ok(uri) => uri,
-            Err(_) => {
-                return Err(local(
-                    StatusCode::BAD_REQUEST,
-                    ApiError::new("bad_target", format!("{target:?} is not a request target")),
-                ));
-            }
-        };
-    }
-    strip_hop_by_hop(&mut parts.headers);
-    let forwarded = match parts.headers.get(&X_FORWARDED_FOR).map(HeaderValue::to_str) {
-        Some(Ok(earlier)) => format!("{earlier}, {}", peer.ip()),
-        _ => peer.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
-        parts.headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
-}
-
-/// The client's `X-Request-Id` when it is a reasonable one, else a new random one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(given) = headers.get(&X_REQUEST_ID) {
-        let ok = (1..=128).contains(&given.len())
-            && given
-                .as_bytes()
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if ok {
-            return given.clone();
+    /// Reads more of the body from the client.
+    async fn fill(&mut self) -> Result<(), PipeError> {
+        self.buf.reserve(READ_CHUNK);
+        match self.stream.read_buf(self.buf).await {
+            Ok(0) => Err(PipeError::Client),
+            Ok(_) => Ok(()),
+            Err(_) => Err(PipeError::Client),
         }
-    }
-    let id = format!("{:016x}", rand::random::<u64>());
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
     }
 }
 
@@ -180,25 +172,38 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// A request for a pool, ready to go: the head a backend is sent (framing included) and
+/// what is known of it.
+#[derive(Debug)]
+pub(crate) struct Outgoing<'h> {
+    pub head: &'h [u8],
+    pub method: Method,
+    /// Its body, if any, is still to be streamed from the client.
+    pub has_body: bool,
+}
+
 /// Sends a request to the pool, retrying on another backend where that is safe.
-async fn forward(
+pub(crate) async fn forward(
     proxy: &Proxy,
     config: &Config,
     pool: &Pool,
-    request: Request<Incoming>,
-) -> Response<ProxyBody> {
-    pool.budget.deposit_at(Instant::now());
-    let (parts, body) = request.into_parts();
-    let idempotent = is_idempotent(&parts.method);
-    // Nothing to stream: the request can be built again for another backend.
-    let replayable = body.is_end_stream();
-    let mut streaming = (!replayable).then_some(body);
+    request: &Outgoing<'_>,
+    inbound: &mut Inbound<'_>,
+) -> Answer {
+    // One reading of the clock per attempt: the pick, the budget and the health state
+    // all take it from here.
+    let mut now = Instant::now();
+    pool.budget.deposit_at(now);
+    let idempotent = is_idempotent(&request.method);
+    let to_head = request.method == Method::HEAD;
+    // Nothing to stream: the request can be sent again to another backend.
+    let replayable = !request.has_body;
     // At most `retry.attempts` (10) backends are tried; kept on the stack.
     let mut tried = [usize::MAX; 10];
     let mut tries = 0;
-    let mut failure: Option<Response<ProxyBody>> = None;
+    let mut failure: Option<Answer> = None;
     loop {
-        let Some(pick) = pool.pick(&tried[..tries], Instant::now()) else {
+        let Some(pick) = pool.pick(&tried[..tries], now) else {
             return failure.unwrap_or_else(|| no_backend(pool));
         };
         if pick.panic {
@@ -209,49 +214,56 @@ async fn forward(
         }
         tries += 1;
         let backend = pick.backend;
-        let body = match streaming.take() {
-            Some(body) => Either::Left(body),
-            None => Either::Right(Full::new(Bytes::new())),
-        };
-        let attempt = rebuild(&parts, body);
         let more = tries < (config.retry.attempts as usize).min(tried.len());
         let in_flight = InFlight::start(Arc::clone(&backend));
-        match exchange(
-            &backend,
-            attempt,
-            config.connect_timeout,
-            config.request_timeout,
-        )
-        .await
-        {
-            Exchange::Answered(response, sender, took) => {
-                let status = response.status();
+        let body = if replayable {
+            OutBody::Empty
+        } else {
+            OutBody::Streamed(&mut *inbound)
+        };
+        let exchanged = exchange(&backend, request.head, body, to_head, config, now).await;
+        now = match &exchanged {
+            Exchange::Answered(_, _, took) => now + *took,
+            _ => Instant::now(),
+        };
+        match exchanged {
+            Exchange::Answered(conn, head, took) => {
+                let status = head.status;
                 backend.stats.latency.record(took);
-                backend.count_answer(status.as_u16());
-                pool.answered(&backend, status.is_server_error(), Instant::now());
-                let retryable = matches!(status.as_u16(), 502..=504) && idempotent && replayable;
-                if retryable && more && may_retry(proxy, pool, &backend) {
-                    failure = Some(pass_back(response, sender, in_flight));
-                    continue;
+                backend.count_answer(status);
+                pool.answered(&backend, status >= 500, now);
+                let retryable = matches!(status, 502..=504) && idempotent && replayable;
+                if retryable && more && can_hold(&head) {
+                    if let Some(held) = hold(conn, head, &backend).await {
+                        if may_retry(proxy, pool, &backend, now) {
+                            failure = Some(held);
+                            continue;
+                        }
+                        return held;
+                    }
+                    return bad_gateway(&backend, "its error answer broke off", true);
                 }
-                return pass_back(response, sender, in_flight);
+                return Answer::Relayed {
+                    conn,
+                    head,
+                    in_flight,
+                };
             }
-            Exchange::NotSent(request, error) => {
-                if let Either::Left(body) = request.into_body() {
-                    streaming = Some(body);
-                }
-                pool.connect_failed(&backend, Instant::now());
+            Exchange::NotSent(error) => {
+                pool.connect_failed(&backend, now);
                 failure = Some(bad_gateway(&backend, &error.to_string(), false));
-                if more && may_retry(proxy, pool, &backend) {
+                if more && may_retry(proxy, pool, &backend, now) {
                     continue;
                 }
                 return failure.unwrap_or_else(|| no_backend(pool));
             }
+            Exchange::ClientGone => return Answer::ClientGone,
+            Exchange::BadBody(why) => return bad_body(&why),
             Exchange::Failed(error) => {
                 backend.stats.failures.fetch_add(1, Ordering::Relaxed);
-                pool.answered(&backend, true, Instant::now());
-                if idempotent && replayable && more && may_retry(proxy, pool, &backend) {
-                    failure = Some(bad_gateway(&backend, &error.to_string(), true));
+                pool.answered(&backend, true, now);
+                if idempotent && replayable && more && may_retry(proxy, pool, &backend, now) {
+                    failure = Some(bad_gateway(&backend, &error, true));
                     continue;
                 }
                 let why = if idempotent && replayable {
@@ -259,7 +271,7 @@ async fn forward(
                 } else if !idempotent {
                     format!(
                         "not retried: {} is not idempotent and the request went out",
-                        parts.method
+                        request.method
                     )
                 } else {
                     "not retried: the request's body went out and cannot be sent again".to_owned()
@@ -268,26 +280,36 @@ async fn forward(
             }
             Exchange::TimedOut => {
                 backend.stats.failures.fetch_add(1, Ordering::Relaxed);
-                pool.answered(&backend, true, Instant::now());
-                return local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ApiError::new(
-                        "gateway_timeout",
-                        format!(
-                            "backend {} did not answer within {:?} (request_timeout)",
-                            backend.name, config.request_timeout
-                        ),
-                    )
-                    .with("backend", backend.name.as_str()),
-                );
+                pool.answered(&backend, true, now);
+                return timed_out(&backend, config.request_timeout);
             }
         }
     }
 }
 
+/// `504`: the backend took longer than the request timeout.
+pub(crate) fn timed_out(backend: &Backend, after: Duration) -> Answer {
+    local(
+        StatusCode::GATEWAY_TIMEOUT,
+        ApiError::new(
+            "gateway_timeout",
+            format!(
+                "backend {} did not answer within {after:?} (request_timeout)",
+                backend.name
+            ),
+        )
+        .with("backend", backend.name.as_str()),
+    )
+}
+
+/// `400`: the client's body broke the rules.
+pub(crate) fn bad_body(why: &str) -> Answer {
+    local(StatusCode::BAD_REQUEST, ApiError::new("bad_body", why))
+}
+
 /// Takes one retry from the budget, counting it.
-fn may_retry(proxy: &Proxy, pool: &Pool, from: &Backend) -> bool {
-    if pool.budget.try_withdraw_at(Instant::now()) {
+fn may_retry(proxy: &Proxy, pool: &Pool, from: &Backend, now: Instant) -> bool {
+    if pool.budget.try_withdraw_at(now) {
         from.stats.retries.fetch_add(1, Ordering::Relaxed);
         true
     } else {
@@ -296,118 +318,192 @@ fn may_retry(proxy: &Proxy, pool: &Pool, from: &Backend) -> bool {
     }
 }
 
-/// A request to send: the client's method, target and headers with `body`.
-pub(crate) fn rebuild(parts: &http::request::Parts, body: UpBody) -> Request<UpBody> {
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.headers_mut() = parts.headers.clone();
-    request
+/// Whether an answer is small enough to be read into memory (a chunked one is found out
+/// while reading).
+fn can_hold(head: &ResponseHead) -> bool {
+    match head.framing {
+        Some(Framing::Empty | Framing::Chunked) => true,
+        Some(Framing::Length(n)) => n <= MAX_HELD as u64,
+        Some(Framing::UntilClose) | None => false,
+    }
+}
+
+/// Reads the rest of an answer into memory (at most [`MAX_HELD`] bytes) and hands its
+/// connection back; `None` when the answer is larger or breaks off.
+pub(crate) async fn hold(
+    mut conn: Conn,
+    head: ResponseHead,
+    backend: &Arc<Backend>,
+) -> Option<Answer> {
+    let framing = head.framing.unwrap_or(Framing::UntilClose);
+    let mut scanner = Chunked::default();
+    // How far the chunked body has been scanned.
+    let mut scanned = head.len;
+    let end = loop {
+        let end = match framing {
+            Framing::Empty => Some(head.len),
+            Framing::Length(n) => usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= conn.buf.len() - head.len)
+                .map(|n| head.len + n),
+            Framing::Chunked => {
+                scanned += scanner.scan(&conn.buf[scanned..], |_| {}).ok()?;
+                scanner.is_done().then_some(scanned)
+            }
+            Framing::UntilClose => return None,
+        };
+        if let Some(end) = end {
+            break end;
+        }
+        if conn.buf.len() > head.len + MAX_HELD {
+            return None;
+        }
+        conn.buf.reserve(READ_CHUNK);
+        if conn.stream.read_buf(&mut conn.buf).await.ok()? == 0 {
+            return None;
+        }
+    };
+    let bytes = conn.buf.split_to(end);
+    if head.connection.keep_alive {
+        backend.checkin(conn);
+    }
+    Some(Answer::Held {
+        bytes,
+        head,
+        backend: Arc::clone(backend),
+    })
 }
 
 /// How one exchange with a backend ended.
 pub(crate) enum Exchange {
-    /// The answer's head, the connection it came on, and how long it took.
-    Answered(Response<Incoming>, SendRequest<UpBody>, Duration),
-    /// Nothing reached the backend: the request is handed back.
-    NotSent(Request<UpBody>, ConnectError),
+    /// The answer's head (in the connection's buffer), and how long it took.
+    Answered(Conn, ResponseHead, Duration),
+    /// Nothing reached the backend.
+    NotSent(ConnectError),
     /// The request went out (perhaps partly) and no answer came.
-    Failed(hyper::Error),
+    Failed(String),
+    /// The client left while its body was being sent on.
+    ClientGone,
+    /// The client's body broke the rules on its way (the backend got part of it).
+    BadBody(String),
     /// No answer within the request timeout.
     TimedOut,
 }
 
-/// Sends `request` to `backend` on an idle connection if one is open, else a new one.
+/// Sends a request to `backend` on an idle connection if one is open, else a new one,
+/// and reads the answer's head; `started` is when the attempt began.
 pub(crate) async fn exchange(
     backend: &Backend,
-    mut request: Request<UpBody>,
-    connect_timeout: Duration,
-    request_timeout: Duration,
+    head: &[u8],
+    mut body: OutBody<'_, '_>,
+    to_head: bool,
+    config: &Config,
+    started: Instant,
 ) -> Exchange {
     backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let started = Instant::now();
-    while let Some(mut sender) = backend.checkout() {
-        if sender.ready().await.is_err() {
-            continue;
-        }
-        match send(&mut sender, request, request_timeout).await {
-            Sent::Answer(response) => {
-                return Exchange::Answered(response, sender, started.elapsed());
-            }
-            // The idle connection had been closed by the backend: try the next one.
-            Sent::Back(back) => request = back,
-            Sent::Failed(error) => return Exchange::Failed(error),
-            Sent::TimedOut => return Exchange::TimedOut,
-        }
-    }
-    let mut sender = match backend.connect(connect_timeout).await {
-        Ok(sender) => sender,
-        Err(error) => return Exchange::NotSent(request, error),
-    };
-    match send(&mut sender, request, request_timeout).await {
-        Sent::Answer(response) => Exchange::Answered(response, sender, started.elapsed()),
-        Sent::Back(back) => Exchange::NotSent(
-            back,
-            ConnectError::TimedOut {
-                addr: backend.addr,
-                after: connect_timeout,
+    let mut conn = loop {
+        let mut conn = match backend.checkout() {
+            Some(conn) => conn,
+            None => match backend.connect(config.connect_timeout).await {
+                Ok(conn) => conn,
+                Err(error) => return Exchange::NotSent(error),
             },
-        ),
-        Sent::Failed(error) => Exchange::Failed(error),
-        Sent::TimedOut => Exchange::TimedOut,
+        };
+        let sent = match &mut body {
+            OutBody::Empty => conn.stream.write_all(head).await.map_err(PipeError::from),
+            OutBody::Buffered(bytes) => {
+                let mut whole = Vec::with_capacity(head.len() + bytes.len());
+                whole.extend_from_slice(head);
+                whole.extend_from_slice(bytes);
+                conn.stream.write_all(&whole).await.map_err(PipeError::from)
+            }
+            OutBody::Streamed(inbound) => inbound.pipe(head, &mut conn.stream).await,
+        };
+        match sent {
+            Ok(()) => break conn,
+            Err(PipeError::Client) => return Exchange::ClientGone,
+            Err(PipeError::BadBody(why)) => return Exchange::BadBody(why),
+            // A kept-alive connection the backend had closed: the request did not reach
+            // it (nothing of a streamed body is read before the head is written).
+            Err(PipeError::Backend(_))
+                if conn.reused
+                    && !matches!(body, OutBody::Streamed(ref i) if i.framing != Framing::Empty) =>
+            {
+                continue;
+            }
+            Err(PipeError::Backend(e)) => return Exchange::Failed(e),
+        }
+    };
+    let mut answer = ResponseHead::default();
+    let read = tokio::time::timeout(
+        config.request_timeout,
+        read_head(&mut conn, to_head, &mut answer),
+    );
+    match read.await {
+        Err(_) => Exchange::TimedOut,
+        Ok(Err(error)) => Exchange::Failed(error),
+        Ok(Ok(())) => Exchange::Answered(conn, answer, started.elapsed()),
     }
 }
 
-enum Sent {
-    Answer(Response<Incoming>),
-    Back(Request<UpBody>),
-    Failed(hyper::Error),
-    TimedOut,
-}
-
-async fn send(
-    sender: &mut SendRequest<UpBody>,
-    request: Request<UpBody>,
-    timeout: Duration,
-) -> Sent {
-    match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
-        Err(_) => Sent::TimedOut,
-        Ok(Ok(response)) => Sent::Answer(response),
-        Ok(Err(mut error)) => match error.take_message() {
-            Some(request) => Sent::Back(request),
-            None => Sent::Failed(error.into_error()),
-        },
+impl From<std::io::Error> for PipeError {
+    fn from(e: std::io::Error) -> PipeError {
+        PipeError::Backend(e.to_string())
     }
 }
 
-/// A backend's answer on its way to the client, naming the backend.
-pub(crate) fn pass_back(
-    response: Response<Incoming>,
-    sender: SendRequest<UpBody>,
-    in_flight: InFlight,
-) -> Response<ProxyBody> {
-    let name = in_flight.0.name_header.clone();
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(KEEL_BACKEND_HEADER.clone(), name);
-    Response::from_parts(parts, Either::Left(Returning::new(body, sender, in_flight)))
+/// Reads an answer's head into the connection's buffer, passing over interim (1xx)
+/// answers.
+async fn read_head(conn: &mut Conn, to_head: bool, head: &mut ResponseHead) -> Result<(), String> {
+    loop {
+        if !conn.buf.is_empty() && wire::parse_response(&conn.buf, to_head, head)? {
+            match head.status {
+                101 => return Err("it switched protocols, which keel proxy does not relay".into()),
+                100..=199 => {
+                    conn.buf.advance(head.len);
+                    continue;
+                }
+                _ => return Ok(()),
+            }
+        }
+        conn.buf.reserve(READ_CHUNK);
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) if conn.buf.is_empty() => {
+                return Err("it closed the connection without answering".into());
+            }
+            Ok(0) => return Err("it closed the connection in the middle of its answer".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// An answer the proxy makes itself: the JSON error body every keel server uses.
-pub(crate) fn local(status: StatusCode, error: ApiError) -> Response<ProxyBody> {
+pub(crate) fn local(status: StatusCode, error: ApiError) -> Answer {
     let body = serde_json::to_vec(&error).unwrap_or_default();
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
-    response.extensions_mut().insert(Local);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    response
+    Answer::Local(response)
 }
 
-fn bad_gateway(backend: &Backend, why: &str, sent: bool) -> Response<ProxyBody> {
-    let mut response = local(
+/// Adds a header to a local answer.
+pub(crate) fn with_header(
+    mut answer: Answer,
+    name: header::HeaderName,
+    value: HeaderValue,
+) -> Answer {
+    if let Answer::Local(response) = &mut answer {
+        response.headers_mut().insert(name, value);
+    }
+    answer
+}
+
+fn bad_gateway(backend: &Backend, why: &str, sent: bool) -> Answer {
+    let answer = local(
         StatusCode::BAD_GATEWAY,
         ApiError::new(
             "bad_gateway",
@@ -416,13 +512,14 @@ fn bad_gateway(backend: &Backend, why: &str, sent: bool) -> Response<ProxyBody> 
         .with("backend", backend.name.as_str())
         .with("sent", sent),
     );
-    response
-        .headers_mut()
-        .insert(KEEL_BACKEND_HEADER.clone(), backend.name_header.clone());
-    response
+    with_header(
+        answer,
+        header::HeaderName::from_static(keel_core::headers::KEEL_BACKEND),
+        backend.name_header.clone(),
+    )
 }
 
-fn no_backend(pool: &Pool) -> Response<ProxyBody> {
+fn no_backend(pool: &Pool) -> Answer {
     let why = if pool.backends.is_empty() {
         "this proxy has no backends: only its cluster route (the data tier) is configured"
             .to_owned()
@@ -432,49 +529,19 @@ fn no_backend(pool: &Pool) -> Response<ProxyBody> {
             pool.backends.len()
         )
     };
-    let mut response = local(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ApiError::new("no_backend", why),
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+    with_header(
+        local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::new("no_backend", why),
+        ),
+        header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        headers.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut headers);
-        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["x-kept"]);
-    }
-
-    #[test]
-    fn a_good_request_id_is_kept_and_a_bad_one_replaced() {
-        let mut headers = HeaderMap::new();
-        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&headers), "abc-123");
-        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("a b"));
-        let fresh = request_id(&headers);
-        assert_eq!(fresh.len(), 16);
-        assert_ne!(fresh, "a b");
-    }
 
     #[test]
     fn only_idempotent_methods_are_retried_after_sending() {

@@ -173,6 +173,11 @@ impl Health {
         *self = Health::new();
     }
 
+    /// Whether a run of server errors has begun (an answer that is not one ends it).
+    pub fn in_error_streak(&self) -> bool {
+        self.five_xx_streak > 0
+    }
+
     /// The share of its weight the backend gets now: 1, or less during slow start.
     pub fn weight_factor(&self, now: Instant, policy: &Policy) -> f64 {
         match self.up_since {

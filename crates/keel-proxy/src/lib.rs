@@ -11,7 +11,9 @@
 //! - [`health`]: one backend's health state machine, pure, time passed in;
 //! - [`backend`]: a backend's weight, health, idle connections and counters;
 //! - [`pool`]: picks and ejections over a pool of backends;
-//! - [`forward`]: the request path, with retries;
+//! - [`wire`]: HTTP/1.1 heads, body framing and chunked bodies, parsed in place;
+//! - [`front`]: client connections: requests read and checked, answers relayed back;
+//! - [`forward`]: the request path to a pool, with retries;
 //! - [`cluster`]: the data tier route;
 //! - [`checks`]: the active health checks;
 //! - [`admin`]: the admin API and `/metrics`;
@@ -21,16 +23,17 @@
 
 pub mod admin;
 pub mod backend;
-pub mod body;
 pub mod checks;
 pub mod cluster;
 pub mod config;
 pub mod forward;
+pub mod front;
 pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod selection;
 pub mod server;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

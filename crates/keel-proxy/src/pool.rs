@@ -124,7 +124,10 @@ impl Pool {
     /// went out).
     pub fn answered(&self, backend: &Backend, server_error: bool, now: Instant) {
         if !server_error {
-            // The common case takes no pool lock.
+            // The common case takes no lock at all.
+            if backend.answers_clean() {
+                return;
+            }
             backend.update_health(|h| h.on_answer(false, now, &self.policy, false));
             return;
         }

@@ -9,19 +9,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use keel_core::token::Token;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::Proxy;
 use crate::config::Config;
-use crate::{Proxy, forward};
+use crate::front::{self, Flags};
 
 /// How long open connections may take to finish once the proxy is told to stop.
 const GRACE: Duration = Duration::from_secs(5);
-/// How long a client may take to send a request's head (slow clients hold a socket).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the proxy could not run.
 #[derive(Debug, thiserror::Error)]
@@ -117,10 +114,6 @@ async fn accept(
     mut stop: watch::Receiver<bool>,
 ) -> Arc<()> {
     let open = Arc::new(());
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -136,22 +129,23 @@ async fn accept(
         };
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
-        let service = service_fn(move |request| forward::handle(Arc::clone(&proxy), request, peer));
-        let connection = http.serve_connection(TokioIo::new(stream), service);
         let held = Arc::clone(&open);
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let _held = held;
-            let mut connection = std::pin::pin!(connection);
-            let stopping = async move {
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            };
+            let flags = Flags::default();
+            let mut connection = std::pin::pin!(front::serve(&proxy, stream, peer, &flags));
             tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stopping => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+                () = connection.as_mut() => return,
+                _ = stop.wait_for(|stopping| *stopping) => {}
+            }
+            // Stopping: an idle connection closes now, one serving a request finishes
+            // that request first.
+            flags
+                .stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if flags.busy.load(std::sync::atomic::Ordering::Relaxed) {
+                connection.await;
             }
         });
     }

@@ -659,6 +659,42 @@ fn bad_configuration_and_malformed_requests_get_clear_errors() {
     assert!(answer.contains("missing_host"), "{answer}");
     let answer = raw(b"THIS IS NOT HTTP\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Bodies whose length is ambiguous are refused before anything is sent on (request
+    // smuggling), and so is a transfer coding the proxy would have to drop.
+    for (request, status, code) in [
+        (
+            &b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+            "400",
+            "bad_framing",
+        ),
+        (
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            "400",
+            "bad_framing",
+        ),
+        (
+            b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "501",
+            "unknown_transfer_coding",
+        ),
+    ] {
+        let answer = raw(request);
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert!(answer.contains(code), "{answer}");
+    }
+    let mut huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    huge.resize(70 * 1024, b'a');
+    let answer = raw(&huge);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(
+        s1.proc.log_text().matches("POST /x").count(),
+        0,
+        "no refused request reached the backend"
+    );
+    // A chunked body that breaks the rules on its way: 400, and the connection closes.
+    let answer = raw(b"POST /y HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad chunked body"), "{answer}");
     assert_eq!(
         s1.proc.log_text().matches("GET /").count(),
         0,
@@ -706,6 +742,240 @@ fn bad_configuration_and_malformed_requests_get_clear_errors() {
         resp.text().unwrap_or_default().contains("service1"),
         "names the real ones"
     );
+}
+
+/// A backend that records every request exactly as it arrived (head and raw body) and
+/// answers by path: `/chunked` in chunks with a hop-by-hop header, `/close` as HTTP/1.0
+/// ended by closing, anything else with a `Content-Length` body naming the path.
+struct Recorder {
+    url: String,
+    seen: Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
+        let url = url_for(listener.local_addr().expect("addr").port());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = Arc::clone(&log);
+                thread::spawn(move || record(stream, &log));
+            }
+        });
+        Recorder { url, seen }
+    }
+
+    /// The requests seen so far on other paths than the health check's.
+    fn requests(&self) -> Vec<(String, Vec<u8>)> {
+        let seen = self.seen.lock().expect("lock");
+        seen.iter()
+            .filter(|(head, _)| !head.starts_with("GET /health"))
+            .cloned()
+            .collect()
+    }
+}
+
+fn record(stream: TcpStream, log: &std::sync::Mutex<Vec<(String, Vec<u8>)>>) {
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(clone);
+    let mut stream = stream;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let lower = head.to_ascii_lowercase();
+        let mut body = Vec::new();
+        if lower.contains("transfer-encoding: chunked") {
+            // The raw chunks, up to and including the empty line after the last one.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                body.extend_from_slice(line.as_bytes());
+                let size = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+                if size == 0 {
+                    let mut end = String::new();
+                    let _ = reader.read_line(&mut end);
+                    body.extend_from_slice(end.as_bytes());
+                    break;
+                }
+                let mut data = vec![0; size + 2];
+                if reader.read_exact(&mut data).is_err() {
+                    return;
+                }
+                body.extend_from_slice(&data);
+            }
+        } else if let Some(n) = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            body = vec![0; n];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        let is_head = head.starts_with("HEAD ");
+        log.lock().expect("lock").push((head, body.clone()));
+        let answer = match path.as_str() {
+            "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-hop\r\n\
+                           X-Hop: secret\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                .to_owned(),
+            "/close" => {
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil close");
+                return;
+            }
+            _ => {
+                let text = format!("{path} got {} body bytes\n", body.len());
+                let body = if is_head { "" } else { text.as_str() };
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    text.len()
+                )
+            }
+        };
+        if stream.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends `request` on a new connection and reads until the proxy closes it.
+fn exchange_raw(proxy: &Proxy, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy.url.trim_start_matches("http://")).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn the_proxy_relays_bodies_heads_and_connections_as_http_1_1_asks() {
+    let backend = Recorder::start();
+    let proxy = Proxy::start(&format!(
+        "[health]\ninterval = \"0s\"\n{}",
+        backend_block("rec", &backend.url, 1)
+    ));
+
+    // A chunked upload that waits for `100 Continue`: it gets one from the proxy before
+    // sending its body, and the backend gets the same chunks.
+    let mut stream = TcpStream::connect(proxy.url.trim_start_matches("http://")).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+              Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .expect("head");
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).expect("100 Continue");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream
+        .write_all(b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n")
+        .expect("body");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("/upload got 24 body bytes\n"), "{answer}");
+    let requests = backend.requests();
+    let (head, body) = requests.last().expect("the upload arrived");
+    assert!(head.starts_with("POST /upload HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("expect:"),
+        "answered by the proxy: {head}"
+    );
+    assert_eq!(body, b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n");
+
+    // Two requests in one write come back as two answers, in order.
+    let answer = exchange_raw(
+        &proxy,
+        b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let (one, two) = (answer.find("/one got 0"), answer.find("/two got 0"));
+    assert!(one.is_some() && one < two, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+
+    // A chunked answer stays chunked for an HTTP/1.1 client, loses the header its
+    // Connection names, and names the backend.
+    let answer = exchange_raw(
+        &proxy,
+        b"GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("transfer-encoding: chunked\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "{answer}"
+    );
+    assert!(!lower.contains("x-hop"), "hop-by-hop: {answer}");
+    assert!(lower.contains("keel-backend: rec\r\n"), "{answer}");
+    assert!(lower.contains("connection: close\r\n"), "{answer}");
+    // An HTTP/1.0 client cannot read chunks: it gets the bare body, ended by closing.
+    let answer = exchange_raw(&proxy, b"GET /chunked HTTP/1.0\r\n\r\n");
+    assert!(answer.ends_with("\r\n\r\nhello world"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("transfer-encoding"),
+        "{answer}"
+    );
+    // An answer the backend ends by closing is passed on the same way.
+    let answer = exchange_raw(&proxy, b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.ends_with("\r\n\r\nuntil close"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("connection: close\r\n"),
+        "{answer}"
+    );
+    // HEAD: the length of what GET would send, and no body.
+    let answer = exchange_raw(
+        &proxy,
+        b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.contains("Content-Length: 20\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "no body: {answer}");
+
+    // An absolute-form target goes on as its path; hop-by-hop headers stay behind;
+    // X-Forwarded-For gains the client.
+    let answer = exchange_raw(
+        &proxy,
+        b"GET http://example.com/abs?q=1 HTTP/1.1\r\nHost: example.com\r\n\
+          X-Forwarded-For: 10.0.0.1\r\nX-Secret: 1\r\nConnection: close, x-secret\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let requests = backend.requests();
+    let (head, _) = requests.last().expect("arrived");
+    assert!(head.starts_with("GET /abs?q=1 HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.contains("X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Host: example.com\r\n"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        !lower.contains("x-secret") && !lower.contains("connection:"),
+        "{head}"
+    );
+    assert!(lower.contains("x-request-id: "), "{head}");
 }
 
 #[test]

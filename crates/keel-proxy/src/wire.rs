@@ -1,0 +1,730 @@
+//! HTTP/1.1 on the wire, as the proxy relays it: request and response heads parsed in
+//! place (with httparse), how long each body is (RFC 9112, section 6), and a scanner that
+//! finds the end of a chunked body while its bytes pass through unchanged.
+//!
+//! Written here rather than taken from hyper's server and client: a relay that parses each
+//! head once, where it lies in the buffer, and copies bytes from one socket to the other in
+//! the client connection's own task spends a fraction of the CPU time of decoding every
+//! message into a typed request, handing it to a connection task over a channel and encoding
+//! it again (docs/benchmarks.md, "Front door", has the figures).
+
+/// The largest head accepted, request or response.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields a head may have.
+pub const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line (with its extensions) or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Where a part of a head lies in the buffer the head was parsed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    /// The span of `part`, a slice of `base`.
+    fn of(base: &[u8], part: &[u8]) -> Span {
+        // Both are slices of one buffer: the difference of their addresses is the offset.
+        let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+        Span {
+            start,
+            end: start + part.len(),
+        }
+    }
+
+    /// The bytes of this span in `bytes` (the buffer it was parsed from); empty if the
+    /// buffer is not that one.
+    pub fn get<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        bytes.get(self.start..self.end).unwrap_or_default()
+    }
+}
+
+/// One header field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Field {
+    pub name: Span,
+    pub value: Span,
+}
+
+/// How the end of a body is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Everything until the sender closes the connection (responses only).
+    UntilClose,
+}
+
+/// What the `Connection` header (and the version) say about one message.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// The connection stays open after this message.
+    pub keep_alive: bool,
+    /// The field names the `Connection` header lists (besides `close` and `keep-alive`):
+    /// hop-by-hop for this message only.
+    pub named: Vec<Span>,
+}
+
+/// Headers that describe one hop, not the message (RFC 9110, 7.6.1), in lower case.
+const HOP_BY_HOP: [&[u8]; 7] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// A request head, parsed where it lies in the client's buffer.
+#[derive(Debug, Default)]
+pub struct RequestHead {
+    /// The head's length, final empty line included.
+    pub len: usize,
+    pub method: Span,
+    pub target: Span,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub fields: Vec<Field>,
+    pub framing: Option<Framing>,
+    pub connection: Connection,
+    pub expect_continue: bool,
+    pub has_host: bool,
+}
+
+/// A response head, parsed where it lies in the backend connection's buffer.
+#[derive(Debug, Default)]
+pub struct ResponseHead {
+    pub len: usize,
+    pub status: u16,
+    pub reason: Span,
+    pub minor_version: u8,
+    pub fields: Vec<Field>,
+    pub framing: Option<Framing>,
+    pub connection: Connection,
+    pub has_date: bool,
+}
+
+/// Why a request head was refused; the status and code of the answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("the request's head is larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("the request has more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("the request is not HTTP/1.x: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    BadFraming(&'static str),
+    #[error("the request uses a transfer coding keel proxy does not know: {0}")]
+    UnknownCoding(String),
+}
+
+impl HeadError {
+    /// The status and error code the client is answered with.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            HeadError::TooLarge | HeadError::TooManyHeaders => (431, "head_too_large"),
+            HeadError::Malformed(_) => (400, "bad_request"),
+            HeadError::BadFraming(_) => (400, "bad_framing"),
+            HeadError::UnknownCoding(_) => (501, "unknown_transfer_coding"),
+        }
+    }
+}
+
+fn lower_eq(a: &[u8], lower: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(lower)
+}
+
+/// The comma-separated elements of a list-valued header field, trimmed, empty ones left out.
+fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').filter_map(|e| {
+        let e = e.trim_ascii();
+        (!e.is_empty()).then_some(e)
+    })
+}
+
+/// What a message's framing headers say, before deciding.
+#[derive(Default)]
+struct FramingHeaders {
+    length: Option<u64>,
+    bad_length: bool,
+    chunked_last: bool,
+    transfer_encoding: bool,
+    unknown_coding: Option<String>,
+}
+
+impl FramingHeaders {
+    fn see(&mut self, name: &[u8], value: &[u8]) {
+        if lower_eq(name, b"content-length") {
+            // Several values (in one field or several) must all agree (RFC 9110, 8.6).
+            for element in elements(value) {
+                let parsed = std::str::from_utf8(element)
+                    .ok()
+                    .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok());
+                match (parsed, self.length) {
+                    (None, _) => self.bad_length = true,
+                    (Some(n), Some(m)) if n != m => self.bad_length = true,
+                    (Some(n), _) => self.length = Some(n),
+                }
+            }
+            if elements(value).next().is_none() {
+                self.bad_length = true;
+            }
+        } else if lower_eq(name, b"transfer-encoding") {
+            self.transfer_encoding = true;
+            for coding in elements(value) {
+                // Only the last coding counts for framing; chunked must come last.
+                self.chunked_last = lower_eq(coding, b"chunked");
+                if !self.chunked_last && self.unknown_coding.is_none() {
+                    self.unknown_coding = Some(String::from_utf8_lossy(coding).into_owned());
+                }
+            }
+        }
+    }
+}
+
+fn read_connection(fields: &[Field], bytes: &[u8], minor_version: u8) -> Connection {
+    let (mut close, mut keep_alive) = (false, false);
+    let mut named = Vec::new();
+    for field in fields {
+        if !lower_eq(field.name.get(bytes), b"connection") {
+            continue;
+        }
+        for token in elements(field.value.get(bytes)) {
+            if lower_eq(token, b"close") {
+                close = true;
+            } else if lower_eq(token, b"keep-alive") {
+                keep_alive = true;
+            } else {
+                named.push(Span::of(bytes, token));
+            }
+        }
+    }
+    // "close" wins wherever it stands; HTTP/1.0 keeps the connection only when asked to.
+    Connection {
+        keep_alive: !close && (minor_version >= 1 || keep_alive),
+        named,
+    }
+}
+
+/// Whether a field of a message is hop-by-hop: one of RFC 9110's list, or named by the
+/// message's `Connection` header.
+pub fn is_hop_by_hop(name: &[u8], connection: &Connection, bytes: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| lower_eq(name, h))
+        || connection
+            .named
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.get(bytes)))
+}
+
+/// Parses a request head at the start of `buf` into `head`. `Ok(false)`: the head is not
+/// complete yet.
+pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(false)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    };
+    if len > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let (Some(method), Some(target), Some(minor_version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(HeadError::Malformed(
+            "the request line is incomplete".into(),
+        ));
+    };
+    head.len = len;
+    head.method = Span::of(buf, method.as_bytes());
+    head.target = Span::of(buf, target.as_bytes());
+    head.minor_version = minor_version;
+    head.fields.clear();
+    head.expect_continue = false;
+    head.has_host = false;
+    let mut framing = FramingHeaders::default();
+    for h in request.headers.iter() {
+        head.fields.push(Field {
+            name: Span::of(buf, h.name.as_bytes()),
+            value: Span::of(buf, h.value),
+        });
+        let name = h.name.as_bytes();
+        framing.see(name, h.value);
+        if lower_eq(name, b"host") {
+            head.has_host = true;
+        } else if lower_eq(name, b"expect") && lower_eq(h.value.trim_ascii(), b"100-continue") {
+            head.expect_continue = true;
+        }
+    }
+    head.connection = read_connection(&head.fields, buf, minor_version);
+    head.framing = Some(if framing.transfer_encoding {
+        if minor_version == 0 {
+            return Err(HeadError::BadFraming(
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request",
+            ));
+        }
+        if framing.length.is_some() || framing.bad_length {
+            return Err(HeadError::BadFraming(
+                "the request has both Transfer-Encoding and Content-Length",
+            ));
+        }
+        if let Some(coding) = framing.unknown_coding {
+            if !framing.chunked_last {
+                return Err(HeadError::BadFraming(
+                    "the request's last transfer coding must be chunked",
+                ));
+            }
+            return Err(HeadError::UnknownCoding(coding));
+        }
+        Framing::Chunked
+    } else if framing.bad_length {
+        return Err(HeadError::BadFraming(
+            "Content-Length must be one whole number (repeated values must agree)",
+        ));
+    } else {
+        match framing.length {
+            Some(0) | None => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        }
+    });
+    Ok(true)
+}
+
+/// Parses a response head at the start of `buf` into `head`, for a request whose method
+/// was HEAD when `to_head` is true. `Ok(false)`: not complete yet. An error says what was
+/// wrong with the backend's answer.
+pub fn parse_response(buf: &[u8], to_head: bool, head: &mut ResponseHead) -> Result<bool, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD {
+                Err(format!("its head is larger than {MAX_HEAD} bytes"))
+            } else {
+                Ok(false)
+            };
+        }
+        Err(e) => return Err(format!("its answer is not HTTP/1.x ({e})")),
+    };
+    let (Some(status), Some(minor_version)) = (response.code, response.version) else {
+        return Err("its status line is incomplete".into());
+    };
+    head.len = len;
+    head.status = status;
+    head.reason = Span::of(buf, response.reason.unwrap_or_default().as_bytes());
+    head.minor_version = minor_version;
+    head.fields.clear();
+    head.has_date = false;
+    let mut framing = FramingHeaders::default();
+    for h in response.headers.iter() {
+        head.fields.push(Field {
+            name: Span::of(buf, h.name.as_bytes()),
+            value: Span::of(buf, h.value),
+        });
+        framing.see(h.name.as_bytes(), h.value);
+        if lower_eq(h.name.as_bytes(), b"date") {
+            head.has_date = true;
+        }
+    }
+    head.connection = read_connection(&head.fields, buf, minor_version);
+    // RFC 9112, 6.3, in its order.
+    head.framing = Some(
+        if to_head || (100..200).contains(&status) || matches!(status, 204 | 304) {
+            Framing::Empty
+        } else if framing.transfer_encoding {
+            if framing.chunked_last {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            }
+        } else if framing.bad_length {
+            return Err("its Content-Length is not one whole number".into());
+        } else {
+            match framing.length {
+                Some(0) => Framing::Empty,
+                Some(n) => Framing::Length(n),
+                None => Framing::UntilClose,
+            }
+        },
+    );
+    if head.framing == Some(Framing::UntilClose) {
+        head.connection.keep_alive = false;
+    }
+    Ok(true)
+}
+
+/// Finds the end of a chunked body as its bytes go by.
+#[derive(Debug, Clone, Default)]
+pub struct Chunked {
+    state: ChunkState,
+    /// The chunk's size while reading it; then what is left of its data.
+    size: u64,
+    /// Bytes of the current size line or of the trailer section so far.
+    line: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// A chunked body that breaks the rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad chunked body: {0}")]
+pub struct ChunkError(&'static str);
+
+impl Chunked {
+    /// Whether the whole body, trailers included, has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Scans `input`, which follows what was scanned before; returns how many bytes belong
+    /// to the body (all of `input` unless the body ends inside it). `data` is handed the
+    /// payload's bytes, without the chunk framing.
+    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                ChunkState::Size => {
+                    if let Some(digit) = (b as char).to_digit(16) {
+                        if self.size > u64::MAX >> 4 {
+                            return Err(ChunkError("a chunk size is too large"));
+                        }
+                        self.size = (self.size << 4) | u64::from(digit);
+                    } else if self.line == 0 {
+                        return Err(ChunkError("a chunk size must start with a hex digit"));
+                    } else if matches!(b, b';' | b' ' | b'\t') {
+                        self.state = ChunkState::Extension;
+                    } else if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else {
+                        return Err(ChunkError("a chunk size is not a hex number"));
+                    }
+                    self.line += 1;
+                }
+                ChunkState::Extension => {
+                    if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    }
+                    self.line += 1;
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("a chunk size line must end with CRLF"));
+                    }
+                    self.line = 0;
+                    self.state = if self.size == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::Data => {
+                    let take = usize::try_from(self.size)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len() - i);
+                    data(&input[i..i + take]);
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(ChunkError("a chunk's data must end with CRLF"));
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("a chunk's data must end with CRLF"));
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::TrailerStart => {
+                    self.state = if b == b'\r' {
+                        ChunkState::EndLf
+                    } else {
+                        ChunkState::TrailerLine
+                    };
+                    self.line += 1;
+                }
+                ChunkState::TrailerLine => {
+                    if b == b'\r' {
+                        self.state = ChunkState::TrailerLf;
+                    }
+                    self.line += 1;
+                }
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("a trailer line must end with CRLF"));
+                    }
+                    self.state = ChunkState::TrailerStart;
+                    self.line += 1;
+                }
+                ChunkState::EndLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("a chunked body must end with CRLF"));
+                    }
+                    self.state = ChunkState::Done;
+                    return Ok(i + 1);
+                }
+                ChunkState::Done => return Ok(i),
+            }
+            if self.line > MAX_TRAILERS {
+                return Err(ChunkError("the trailers are too long"));
+            }
+            if matches!(self.state, ChunkState::Size | ChunkState::Extension)
+                && self.line > MAX_CHUNK_LINE
+            {
+                return Err(ChunkError("a chunk size line is too long"));
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends one header field.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Result<RequestHead, HeadError> {
+        let mut head = RequestHead::default();
+        assert!(parse_request(text.as_bytes(), &mut head)?, "complete");
+        Ok(head)
+    }
+
+    #[test]
+    fn a_request_head_is_found_in_place() {
+        let text = "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: close, x-secret\r\n\r\nrest";
+        let head = request(text).expect("parses");
+        let bytes = text.as_bytes();
+        assert_eq!(head.len, text.len() - 4);
+        assert_eq!(head.method.get(bytes), b"GET");
+        assert_eq!(head.target.get(bytes), b"/a?b=1");
+        assert_eq!(head.minor_version, 1);
+        assert!(head.has_host);
+        assert!(!head.connection.keep_alive);
+        assert!(is_hop_by_hop(b"X-Secret", &head.connection, bytes));
+        assert!(is_hop_by_hop(b"Keep-Alive", &head.connection, bytes));
+        assert!(!is_hop_by_hop(b"Host", &head.connection, bytes));
+        assert_eq!(head.framing, Some(Framing::Empty));
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_and_a_huge_one_is_refused() {
+        let mut head = RequestHead::default();
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHo", &mut head), Ok(false));
+        let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        huge.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(parse_request(&huge, &mut head), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_the_connection_header() {
+        assert!(
+            request("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("ok")
+                .connection
+                .keep_alive
+        );
+        assert!(
+            !request("GET / HTTP/1.0\r\n\r\n")
+                .expect("ok")
+                .connection
+                .keep_alive
+        );
+        let ka = request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").expect("ok");
+        assert!(ka.connection.keep_alive);
+        let both = request("GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n");
+        assert!(!both.expect("ok").connection.keep_alive);
+    }
+
+    #[test]
+    fn request_bodies_are_framed_by_length_or_chunks_and_ambiguity_is_refused() {
+        let len = request("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").expect("ok");
+        assert_eq!(len.framing, Some(Framing::Length(5)));
+        let same = request("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").expect("ok");
+        assert_eq!(same.framing, Some(Framing::Length(5)));
+        let chunked = request("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").expect("ok");
+        assert_eq!(chunked.framing, Some(Framing::Chunked));
+        // The proxy sends bodies on as they came, with chunked framing only: a coding it
+        // would have to keep is refused, not dropped.
+        let gzip = request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(
+            gzip.expect_err("refused").status_and_code(),
+            (501, "unknown_transfer_coding")
+        );
+        for (text, code) in [
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/2.0\r\n\r\n", 400),
+            ("GET\r\n\r\n", 400),
+        ] {
+            let error = request(text).expect_err(text);
+            assert_eq!(error.status_and_code().0, code, "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let frame = |text: &str, to_head: bool| {
+            let mut head = ResponseHead::default();
+            parse_response(text.as_bytes(), to_head, &mut head).map(|_| head.framing)
+        };
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(frame(ok, false), Ok(Some(Framing::Length(3))));
+        assert_eq!(frame(ok, true), Ok(Some(Framing::Empty)));
+        assert_eq!(
+            frame(
+                "HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+                false
+            ),
+            Ok(Some(Framing::Empty))
+        );
+        assert_eq!(
+            frame(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                false
+            ),
+            Ok(Some(Framing::Chunked))
+        );
+        assert_eq!(
+            frame("HTTP/1.1 200 OK\r\n\r\n", false),
+            Ok(Some(Framing::UntilClose))
+        );
+        assert!(frame("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+        assert!(frame("SMTP ready\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn a_chunked_body_is_followed_to_its_end_in_any_pieces() {
+        let body =
+            b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for piece in 1..=body.len() {
+            let mut scanner = Chunked::default();
+            let mut payload = Vec::new();
+            let mut consumed = 0;
+            for part in body.chunks(piece) {
+                if scanner.is_done() {
+                    break;
+                }
+                let used = scanner
+                    .scan(part, |d| payload.extend_from_slice(d))
+                    .expect("valid");
+                consumed += used;
+            }
+            assert!(scanner.is_done(), "pieces of {piece}");
+            assert_eq!(consumed, body.len() - 4, "pieces of {piece}");
+            assert_eq!(payload, b"helloabcdefghijklmnopqrstuvwxyz");
+        }
+    }
+
+    #[test]
+    fn a_broken_chunked_body_is_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\nhello",
+            b"fffffffffffffffff\r\n",
+        ] {
+            let mut scanner = Chunked::default();
+            assert!(
+                scanner.scan(bad, |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut ext = b"1;".to_vec();
+        ext.extend(vec![b'a'; MAX_CHUNK_LINE + 1]);
+        assert!(Chunked::default().scan(&ext, |_| {}).is_err());
+        let mut trailers = b"0\r\n".to_vec();
+        for _ in 0..MAX_TRAILERS {
+            trailers.extend_from_slice(b"X: 1\r\n");
+        }
+        assert!(Chunked::default().scan(&trailers, |_| {}).is_err());
+    }
+
+    #[test]
+    fn decimals_are_written_without_allocating() {
+        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+}
