@@ -749,8 +749,11 @@ fn bad_configuration_and_malformed_requests_get_clear_errors() {
 /// ended by closing, anything else with a `Content-Length` body naming the path.
 struct Recorder {
     url: String,
-    seen: Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    seen: Arc<Recorded>,
 }
+
+/// Each request as it arrived: its head, and its body's raw bytes.
+type Recorded = std::sync::Mutex<Vec<(String, Vec<u8>)>>;
 
 impl Recorder {
     fn start() -> Recorder {
@@ -777,7 +780,7 @@ impl Recorder {
     }
 }
 
-fn record(stream: TcpStream, log: &std::sync::Mutex<Vec<(String, Vec<u8>)>>) {
+fn record(stream: TcpStream, log: &Recorded) {
     let Ok(clone) = stream.try_clone() else {
         return;
     };
