@@ -34,6 +34,8 @@
 #
 # Usage:  scripts/bench/proxy.sh
 # Knobs (environment): CONNS=64 DURATION=10 WARMUP=2 KILL_AT=3 (seconds)
+#                      ROUNDS=3 (measured runs per system, taken in turns; the table gives
+#                      the median of each column)
 #                      TARGETS="direct keel nginx haproxy"  KILL_TARGETS="keel nginx haproxy"
 #                      KEEP_TMP=1 (keep configs and logs)
 #                      SKIP_BUILD=1 (use the keel already built)
@@ -47,6 +49,7 @@ CONNS=${CONNS:-64}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 KILL_AT=${KILL_AT:-3}
+ROUNDS=${ROUNDS:-3}
 TARGETS=${TARGETS:-direct keel nginx haproxy}
 KILL_TARGETS=${KILL_TARGETS-keel nginx haproxy}
 READY_TIMEOUT=30 # seconds to wait for a server to answer before giving up
@@ -59,7 +62,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
-require_whole_numbers CONNS DURATION WARMUP KILL_AT
+require_whole_numbers CONNS DURATION WARMUP KILL_AT ROUNDS
+((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
 ((KILL_AT < DURATION)) || die "KILL_AT ($KILL_AT) must fall inside DURATION ($DURATION)"
 
 # --- packages ---------------------------------------------------------------------------
@@ -265,21 +269,33 @@ wrk_run() {
     finish "$name" || die "wrk failed: $(tail -3 "$TMP/$name.log")"
 }
 
-declare -A RPS=() P99=() FAILED=() DETAIL=() CPU_US=() KRPS=() KP99=() KFAILED=() KDETAIL=()
+# Per system, one value per round (space-separated), and the medians the table shows.
+declare -A RUNS_RPS=() RUNS_P99=() RUNS_CPU=() RUNS_USER=() RUNS_CLIENT=()
+declare -A RPS=() P99=() FAILED=() DETAIL=() CPU_US=() USER_US=() CLIENT_BUSY=() KRPS=() KP99=() KFAILED=() KDETAIL=()
 
-# group_cpu_ticks PGID: CPU time (user + system, in clock ticks) used so far by the
-# processes of a group, all their threads included.
+# group_cpu_ticks PGID: CPU time used so far by the processes of a group, all their
+# threads included, in clock ticks: "user system".
 group_cpu_ticks() {
-    local pid sum=0 ticks
+    local pid user=0 system=0 u s
     for pid in $(pgrep -g "$1"); do
         # The fields after the command name, which is in parentheses and may hold spaces:
         # utime and stime are the 12th and 13th of them.
-        ticks=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || continue
-        sum=$((sum + ${ticks:-0}))
+        read -r u s < <(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12, $13}') || continue
+        user=$((user + ${u:-0})) system=$((system + ${s:-0}))
     done
-    echo "$sum"
+    echo "$user $system"
 }
 CLK_TCK=$(getconf CLK_TCK)
+
+# core_ticks CORE: "busy total" jiffies of one core so far, from /proc/stat.
+core_ticks() {
+    awk -v cpu="cpu$1" '$1 == cpu { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total - idle, total }' /proc/stat
+}
+
+# median VALUES...: the middle value (the lower middle of an even count).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
 
 # record KIND TARGET NAME: reads the report of wrk_run NAME into the tables (KIND: run or
 # kill).
@@ -297,7 +313,9 @@ record() {
     local failed=$((non2xx + rd + wr + to))
     local detail="non-2xx $non2xx, socket errors: read $rd, write $wr, timeout $to, connect $conn"
     if [[ $kind == run ]]; then
-        RPS[$t]=$rps P99[$t]=$p99 FAILED[$t]=$failed DETAIL[$t]=$detail
+        RPS[$t]=$rps P99[$t]=$p99 DETAIL[$t]=$detail
+        FAILED[$t]=$((${FAILED[$t]:-0} + failed))
+        RUNS_RPS[$t]+=" $rps" RUNS_P99[$t]+=" $p99"
     else
         KRPS[$t]=$rps KP99[$t]=$p99 KFAILED[$t]=$failed KDETAIL[$t]=$detail
     fi
@@ -305,22 +323,33 @@ record() {
 }
 
 run_target() {
-    local t=$1
+    local t=$1 round=${2:-1}
     log "$t: $CONNS connections, warm-up ${WARMUP}s, measuring ${DURATION}s"
     start_stubs
     start_lb "$t"
-    wrk_run "$WARMUP" "$URL" "wrk-$t-warmup"
+    wrk_run "$WARMUP" "$URL" "wrk-$t-warmup-$round"
     # The CPU the system under test spends per request (the stub itself for direct):
     # unlike req/s, barely moved by other work on the host taking turns on its core.
     # (Started with --group: the pid is the group's id.)
-    local group=${PID_OF[$t]:-${PID_OF[stub1]}} cpu_before cpu_after
-    cpu_before=$(group_cpu_ticks "$group")
-    wrk_run "$DURATION" "$URL" "wrk-$t"
-    cpu_after=$(group_cpu_ticks "$group")
-    record run "$t" "wrk-$t"
-    CPU_US[$t]=$(awk -v ticks=$((cpu_after - cpu_before)) -v hz="$CLK_TCK" -v rps="${RPS[$t]}" -v secs="$DURATION" \
-        'BEGIN { printf "%.1f", ticks / hz * 1e6 / (rps * secs) }')
-    log "  $t: ${CPU_US[$t]} µs of CPU per request"
+    # And how busy the client's core was: near 100%, wrk and the stubs set the pace, not
+    # the system under test.
+    local group=${PID_OF[$t]:-${PID_OF[stub1]}} user0 sys0 user1 sys1 busy0 all0 busy1 all1
+    read -r user0 sys0 < <(group_cpu_ticks "$group")
+    read -r busy0 all0 < <(core_ticks "$CLIENT_CORE")
+    wrk_run "$DURATION" "$URL" "wrk-$t-$round"
+    read -r user1 sys1 < <(group_cpu_ticks "$group")
+    read -r busy1 all1 < <(core_ticks "$CLIENT_CORE")
+    record run "$t" "wrk-$t-$round"
+    per_request() {
+        awk -v ticks="$1" -v hz="$CLK_TCK" -v rps="${RPS[$t]}" -v secs="$DURATION" \
+            'BEGIN { printf "%.1f", ticks / hz * 1e6 / (rps * secs) }'
+    }
+    local cpu user client
+    cpu=$(per_request $((user1 - user0 + sys1 - sys0)))
+    user=$(per_request $((user1 - user0)))
+    client=$(awk -v b=$((busy1 - busy0)) -v a=$((all1 - all0)) 'BEGIN { printf "%.0f", (a > 0 ? 100 * b / a : 0) }')
+    RUNS_CPU[$t]+=" $cpu" RUNS_USER[$t]+=" $user" RUNS_CLIENT[$t]+=" $client"
+    log "  $t: $cpu µs of CPU per request, $user µs of it in user space; client core ${client}% busy"
     if [[ $t == keel ]]; then
         KEEL_RSS_AFTER=$(rss_kb "$KEEL_PID")
         if ((FAILED[keel] > 0)); then
@@ -363,14 +392,19 @@ report() {
     echo "host: $(nproc) cores, $(uname -r), load average at start ${LOADAVG_START}, at end $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "versions: $("$BIN_DIR/keel" --version 2>&1 | head -1), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
     echo
-    printf '%-8s %10s %8s %22s %12s %8s %14s\n' system req/s p99_ms "ratio to nginx (req/s)" "p99 vs nginx" failed "cpu_us/request"
+    echo "medians of $ROUNDS rounds (the systems take turns; req/s of each round in brackets)"
+    printf '%-8s %10s %8s %22s %12s %8s %14s %12s %12s\n' system req/s p99_ms "ratio to nginx (req/s)" "p99 vs nginx" failed "cpu_us/request" "of it user" "client core"
     for t in $TARGETS; do
         [[ -n ${RPS[$t]:-} ]] || continue
-        printf '%-8s %10s %8.2f %22s %12s %8s %14s\n' "$t" "${RPS[$t]}" "${P99[$t]}" \
-            "$(ratio "${RPS[$t]}" "${RPS[nginx]:-}")" "$(ratio "${P99[$t]}" "${P99[nginx]:-}")" "${FAILED[$t]}" "${CPU_US[$t]}"
+        # shellcheck disable=SC2086 # the runs are space-separated on purpose
+        printf '%-8s %10s %8.2f %22s %12s %8s %14s %12s %11s%%   [%s ]\n' "$t" "${RPS[$t]}" "${P99[$t]}" \
+            "$(ratio "${RPS[$t]}" "${RPS[nginx]:-}")" "$(ratio "${P99[$t]}" "${P99[nginx]:-}")" "${FAILED[$t]}" \
+            "${CPU_US[$t]}" "${USER_US[$t]}" "${CLIENT_BUSY[$t]}" "${RUNS_RPS[$t]}"
     done
     echo "(p99 vs nginx below 1: a lower p99 than nginx's; cpu_us/request: CPU time of the system"
-    echo " under test, all its processes and threads, over the measured run per request served)"
+    echo " under test, all its processes and threads, over the measured run per request served;"
+    echo " of it user: the part spent in user space, the rest is the kernel's; client core: how"
+    echo " busy the core of wrk and the stubs was, near 100% when they set the pace)"
     for t in $TARGETS; do
         if [[ -n ${FAILED[$t]:-} && ${FAILED[$t]} != 0 ]]; then
             echo "  $t failed requests: ${DETAIL[$t]}"
@@ -435,8 +469,18 @@ main() {
     if [[ " $TARGETS " == *" keel "* ]]; then
         keel_idle_rss
     fi
+    local round
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "round $round of $ROUNDS"
+        for t in $TARGETS; do
+            run_target "$t" "$round"
+        done
+    done
+    # shellcheck disable=SC2086 # the runs are space-separated on purpose
     for t in $TARGETS; do
-        run_target "$t"
+        RPS[$t]=$(median ${RUNS_RPS[$t]}) P99[$t]=$(median ${RUNS_P99[$t]})
+        CPU_US[$t]=$(median ${RUNS_CPU[$t]}) USER_US[$t]=$(median ${RUNS_USER[$t]})
+        CLIENT_BUSY[$t]=$(median ${RUNS_CLIENT[$t]})
     done
     for t in $KILL_TARGETS; do
         [[ $t == direct ]] && die "the kill test needs a load balancer, not direct"

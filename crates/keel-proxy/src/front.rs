@@ -320,7 +320,6 @@ impl Front<'_> {
                 head,
                 in_flight,
             } => {
-                let name = in_flight.0.name_header.clone();
                 let relayed = relay(
                     &mut self.stream,
                     &mut self.out,
@@ -330,7 +329,7 @@ impl Front<'_> {
                     },
                     &head,
                     &Names {
-                        backend: &name,
+                        backend: &in_flight.0.name_header,
                         id: &self.id,
                     },
                     meta,

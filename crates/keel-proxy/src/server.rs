@@ -136,6 +136,8 @@ async fn accept(
             let flags = Flags::default();
             let mut connection = std::pin::pin!(front::serve(&proxy, stream, peer, &flags));
             tokio::select! {
+                // The connection first: the stop is looked at only while it waits.
+                biased;
                 () = connection.as_mut() => return,
                 _ = stop.wait_for(|stopping| *stopping) => {}
             }
