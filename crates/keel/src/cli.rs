@@ -235,6 +235,12 @@ pub struct UpArgs {
     /// so that the monitor's events are what you read).
     #[arg(long, short)]
     pub verbose: bool,
+
+    /// Run the monitor and every node in a network namespace of its own (Linux, as root,
+    /// needs iproute2's `ip`), so that `keel chaos partition` cuts them apart in the
+    /// kernel (see docs/chaos.md).
+    #[arg(long)]
+    pub netns: bool,
 }
 
 #[derive(Debug, Args)]
@@ -565,12 +571,15 @@ pub enum ChaosCommand {
     Resume { name: String },
     /// Start a process again (killing it first if it runs) and wait for its health.
     Restart { name: String },
-    /// Cut a process of the data tier (monitor, appN) off from others: keel's own
-    /// connections between them are refused by its fault filter (the kernel is untouched).
+    /// Cut a process of the data tier (monitor, appN) off from others: under `keel up
+    /// --netns` the kernel drops the packets between their namespaces; otherwise keel's
+    /// own connections between them are refused by its fault filter.
     Partition {
         /// The process to cut off.
         node: String,
-        /// Whom from (repeat for several) [default: every other process of the data tier].
+        /// Whom from (repeat for several) [default: every other process of the data tier,
+        /// and under --netns the clients too]; `clients` (--netns only) is everything
+        /// outside the data tier: the proxy, the services, curl, keel load.
         #[arg(long = "from", value_name = "NODE")]
         from: Vec<String>,
     },

@@ -4,7 +4,8 @@
 //!
 //! The actions are carried out by `keel up`'s supervisor (its control API, found through
 //! `<data-dir>/up.json`), which is the parent of every process and reaps it, and which
-//! writes the fault files its children follow for a partition; this command only asks,
+//! carries a partition out (the fault files its children follow, or under `keel up
+//! --netns` the kernel's rules in their namespaces); this command only asks,
 //! with the admin token. `keel chaos run` draws faults from a seeded random
 //! generator, so the same seed gives the same sequence of faults, targets and timings,
 //! and restores each fault before the next one.

@@ -18,7 +18,10 @@
 //! `--verbose`.
 //!
 //! Every child follows a fault file, `<data-dir>/faults/<name>.json` (`KEEL_FAULTS_FILE`),
-//! through which `keel chaos partition` cuts the data tier ([`partition`]).
+//! through which `keel chaos partition` cuts the data tier ([`partition`]). With
+//! `--netns` (Linux, root), the monitor and each node run in a network namespace of their
+//! own instead, and a partition is the kernel's ([`netns`]); the namespaces, their veths
+//! and the bridge are removed when `keel up` stops, or fails to start.
 //!
 //! `keel up` never restarts anything by itself: a process that dies is reported, with
 //! the command that starts it again, and stays dead, so that what a test or a person does
@@ -27,8 +30,8 @@
 //! while the tier stops), then the primary (while its standbys still acknowledge its last writes), then the standbys:
 //! SIGTERM each, and SIGKILL for whatever is left [`STOP_GRACE`] after the first.
 //!
-//! [`plan`] holds what is started (ports, command lines, the checks before anything
-//! runs); [`control`] is the API `keel chaos` speaks; this file runs it all.
+//! [`plan`] holds what is started (ports, addresses, command lines, the checks before
+//! anything runs); [`control`] is the API `keel chaos` speaks; this file runs it all.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -52,6 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod control;
+mod netns;
 mod partition;
 mod plan;
 
@@ -61,8 +65,12 @@ pub(crate) use control::{
 
 use super::client::events::{EventStream, stream_client};
 use crate::cli::UpArgs;
+use netns::Net;
 use partition::Partitions;
-use plan::{MONITOR, PROXY, Plan, Spec, check_ports, path_arg, plan, shell_line, shell_quote};
+use plan::{
+    MONITOR, PROXY, Placement, Plan, Spec, check_ports, data_tier_names, path_arg, plan,
+    shell_line, shell_quote,
+};
 
 /// How long the children get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -101,14 +109,38 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         () = std::future::ready(()) => {}
     }
 
+    // Before anything is made: a `--netns` that cannot run leaves nothing behind.
+    if args.netns {
+        netns::check()?;
+    }
     let data_dir = &args.data_dir;
     fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let token_path = data_dir.join(TOKEN_FILE_NAME);
     let token_note = ensure_token(&token_path)?;
-    let plan = plan(&args, &token_path)?;
+    let net = if args.netns {
+        let (net, leftovers) = Net::plan(data_dir, &data_tier_names(args.nodes))?;
+        for line in leftovers {
+            println!("{line}");
+        }
+        Some(net)
+    } else {
+        None
+    };
+    let placement = net
+        .as_ref()
+        .map_or_else(Placement::loopback, Net::placement);
+    let plan = plan(&args, &token_path, &placement)?;
     check_ports(&plan)?;
-    let partitions = Partitions::start(data_dir, &plan)?;
+    let net = match net {
+        Some(mut net) => {
+            net.create()?;
+            Some(net)
+        }
+        None => None,
+    };
+    // From here on, the namespaces go when `partitions` does, however `keel up` ends.
+    let partitions = Partitions::start(data_dir, &plan, net)?;
     let control_addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.control_port));
     let control_listener = tokio::net::TcpListener::bind(control_addr)
         .await
@@ -197,15 +229,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 let again = plan
                     .all()
                     .find(|s| s.name == name)
-                    .map(|s| {
-                        // With its fault file, so that a partition in force still holds.
-                        let file = path_arg(&tier.partitions.file(&s.name));
-                        format!(
-                            "{FAULTS_FILE_ENV}={} {}",
-                            shell_quote(&file),
-                            shell_line(&tier.exe, &s.args)
-                        )
-                    })
+                    .map(|s| tier.command_line(s))
                     .unwrap_or_default();
                 let consequence = if name == MONITOR {
                     "; nothing fails over until it is back (the nodes keep serving)"
@@ -418,14 +442,26 @@ impl Tier {
                         ApiError::new("restart_failed", format!("{e:#}")),
                     ));
                 }
-                if let Err(e) = self.wait_healthy(spec).await {
-                    return Err((
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        ApiError::new("restart_failed", format!("{e:#}")),
-                    ));
-                }
                 let pid = self.running(name).unwrap_or_default();
-                (format!("restarted {name} (pid {pid}), healthy"), "running")
+                if self.partitions.cut_from_clients(name) {
+                    // Its namespace drops what keel up sends: the check could only time out.
+                    (
+                        format!(
+                            "restarted {name} (pid {pid}) in its namespace; its health is not \
+                             checked: a partition cuts it off from the clients, keel up among them"
+                        ),
+                        "running",
+                    )
+                } else {
+                    if let Err(e) = self.wait_healthy(spec).await {
+                        return Err((
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            ApiError::new("restart_failed", format!("{e:#}")),
+                        ));
+                    }
+                    let pid = self.running(name).unwrap_or_default();
+                    (format!("restarted {name} (pid {pid}), healthy"), "running")
+                }
             }
             (_, None) => {
                 return conflict(format!(
@@ -593,7 +629,16 @@ impl Tier {
     }
 
     fn spawn(&mut self, spec: &Spec) -> anyhow::Result<()> {
-        let mut command = Command::new(&self.exe);
+        let mut command = match (&spec.netns, self.partitions.net()) {
+            // `ip netns exec` enters the namespace and execs keel: the pid stays the one
+            // that is signalled and waited for.
+            (Some(ns), Some(net)) => {
+                let mut command = Command::new(net.ip());
+                command.args(["netns", "exec", ns]).arg(&self.exe);
+                command
+            }
+            _ => Command::new(&self.exe),
+        };
         command
             .args(&spec.args)
             .stdin(Stdio::null())
@@ -606,7 +651,9 @@ impl Tier {
         if let Some(level) = self.log_level {
             command.env("KEEL_LOG", level);
         }
-        command.env(FAULTS_FILE_ENV, self.partitions.file(&spec.name));
+        if let Some(file) = self.partitions.file(&spec.name) {
+            command.env(FAULTS_FILE_ENV, file);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", spec.name))?;
@@ -635,6 +682,27 @@ impl Tier {
             task,
         });
         Ok(())
+    }
+
+    /// The command that starts `spec` again by hand: in its namespace, or with its fault
+    /// file, so that a partition in force still holds.
+    fn command_line(&self, spec: &Spec) -> String {
+        let keel = shell_line(&self.exe, &spec.args);
+        match (
+            &spec.netns,
+            self.partitions.net(),
+            self.partitions.file(&spec.name),
+        ) {
+            (Some(ns), Some(net), _) => format!(
+                "{} netns exec {} {keel}",
+                shell_quote(&path_arg(net.ip())),
+                shell_quote(ns)
+            ),
+            (_, _, Some(file)) => {
+                format!("{FAULTS_FILE_ENV}={} {keel}", shell_quote(&path_arg(&file)))
+            }
+            _ => keel,
+        }
     }
 
     /// Polls `/health` until it answers 200; fails when any child exits meanwhile.
@@ -717,6 +785,16 @@ impl Tier {
             }
         })
         .await;
+    }
+}
+
+impl Drop for Tier {
+    /// Once the children are stopped (or, when `keel up` ends by an error, killed), the
+    /// namespaces of `--netns` go, with a line that says so.
+    fn drop(&mut self) {
+        for line in self.partitions.teardown() {
+            println!("{line}");
+        }
     }
 }
 
@@ -868,11 +946,20 @@ fn print_banner(
         ));
     }
     text.push_str(&format!(
-        "  data in {}, admin token in {} ({token_note})\n\n",
+        "  data in {}, admin token in {} ({token_note})\n",
         args.data_dir.display(),
         token_path.display()
     ));
-    let monitor = if args.monitor_port == 8070 {
+    match tier.partitions.net() {
+        Some(net) => text.push_str(&format!(
+            "  the monitor and the nodes in {}; keel chaos partition: the kernel drops packets between them\n\n",
+            net.describe()
+        )),
+        None => text.push_str(
+            "  keel chaos partition: a fault filter in keel's own network layer (keel up --netns, as root: network namespaces)\n\n",
+        ),
+    }
+    let monitor = if args.monitor_port == 8070 && tier.partitions.net().is_none() {
         String::new()
     } else {
         format!(" --monitor {}", plan.monitor.url)
@@ -883,10 +970,11 @@ fn print_banner(
         } else {
             format!(" --token-file {}", token_path.display())
         };
-    let primary_port = view
+    let primary_url = view
         .and_then(|v| v.primary.as_ref())
         .and_then(|p| plan.nodes.iter().find(|s| s.name == p.node.as_str()))
-        .map_or(args.base_port, |s| s.port);
+        .or(plan.nodes.first())
+        .map_or_else(String::new, |s| s.url.clone());
     text.push_str("Try, in another terminal:\n");
     text.push_str(&format!(
         "  curl -s localhost:{}/                     # hello and visits, from a service\n",
@@ -899,7 +987,9 @@ fn print_banner(
     text.push_str(&format!("  keel client{monitor} cluster\n"));
     text.push_str(&format!("  keel client{monitor} set greeting=hello\n"));
     text.push_str(&format!("  keel client{monitor} state all\n"));
-    text.push_str(&format!("  curl -s localhost:{primary_port}/v1/entries\n"));
+    // `localhost:PORT` as in the other lines, unless the node has an address of its own.
+    let primary_url = primary_url.replace("http://127.0.0.1:", "localhost:");
+    text.push_str(&format!("  curl -s {primary_url}/v1/entries\n"));
     text.push_str(&format!(
         "  keel client{monitor}{token} kill-primary --watch   # a standby takes over\n"
     ));

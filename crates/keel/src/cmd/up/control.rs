@@ -1,7 +1,8 @@
 //! `keel up`'s control API: how `keel chaos` asks the supervisor to kill, pause, resume or
 //! restart one of its processes, or to partition the data tier and heal it. The
 //! supervisor, not `keel chaos`, carries the action out, since it is the parent that holds
-//! the process and reaps it, and writes the fault files its children follow.
+//! the process and reaps it, and writes the fault files its children follow (or, under
+//! `--netns`, the rules of their namespaces).
 //!
 //! On `127.0.0.1:--control-port` (8060). Every action needs the admin token; the address
 //! is written to `<data-dir>/up.json` so `keel chaos` finds it.
@@ -10,7 +11,7 @@
 //! |---|---|
 //! | `GET /v1/processes` | every process: name, pid, state (`running`, `paused`, `exited`), URL |
 //! | `POST /v1/processes/{name}/{kill,pause,resume,restart}` | what was done: `{"name", "action", "pid", "state", "message"}` |
-//! | `POST /v1/partition` `{"node": "app1", "from": ["app2"]}` | `node` cut off from `from` (every other process of the data tier when empty or absent): `{"action", "node", "from", "partitions", "method", "message"}` |
+//! | `POST /v1/partition` `{"node": "app1", "from": ["app2"]}` | `node` cut off from `from` (every other process of the data tier when empty or absent, and under `--netns` the `clients` too): `{"action", "node", "from", "partitions", "method", "message"}` |
 //! | `POST /v1/heal` | every partition ended, same shape |
 
 // Handlers return `Result<_, Response>`: the error side is a finished answer.
@@ -83,7 +84,8 @@ pub(crate) struct Done {
 pub(crate) struct PartitionRequest {
     /// The process to cut off.
     pub(crate) node: String,
-    /// Whom from; empty or absent: every other process of the data tier.
+    /// Whom from; empty or absent: every other process of the data tier (and, under
+    /// `--netns`, `clients`: everything outside it).
     #[serde(default)]
     pub(crate) from: Vec<String>,
 }
@@ -99,7 +101,8 @@ pub(crate) struct PartitionDone {
     pub(crate) from: Vec<String>,
     /// Every pair of processes cut off from each other now.
     pub(crate) partitions: Vec<[String; 2]>,
-    /// How: `fault_filter` (keel's own network layer, not the kernel's).
+    /// How: `fault_filter` (keel's own network layer, not the kernel's) or `netns` (the
+    /// kernel, between network namespaces).
     pub(crate) method: String,
     pub(crate) message: String,
 }

@@ -1,21 +1,25 @@
-//! Network partitions of the data tier, for `keel chaos partition` and `heal`.
+//! Network partitions of the data tier, for `keel chaos partition` and `heal`, carried
+//! out in one of two ways.
 //!
-//! Carried out by the fault filter in keel's own network layer ([`keel_core::faults`]):
-//! every child of `keel up` follows its file `<data-dir>/faults/<name>.json`
-//! (`KEEL_FAULTS_FILE`), and a partition between X and Y lists Y's address in X's file and
-//! X's in Y's, so that neither can open a connection to the other. The kernel still
-//! carries everything: clients (curl, `keel client`, the proxy and the services) are not
-//! filtered, and neither is anything outside keel.
+//! - **Network namespaces** (`keel up --netns`, [`Net`]): the kernel drops the packets
+//!   between two processes' namespaces. A partition with no `--from` cuts the process off
+//!   from everything: the rest of the data tier and the [`CLIENTS`] (the proxy, the
+//!   services, `keel up`'s checks, curl, `keel load`: everything in the root namespace),
+//!   which may also be named on their own (`--from clients`).
+//! - **The fault filter** in keel's own network layer ([`keel_core::faults`]), everywhere
+//!   else: every child of `keel up` follows its file `<data-dir>/faults/<name>.json`
+//!   (`KEEL_FAULTS_FILE`), and a partition between X and Y lists Y's address in X's file
+//!   and X's in Y's, so that neither can open a connection to the other. The kernel still
+//!   carries everything: clients (curl, `keel client`, the proxy and the services) are not
+//!   filtered, and neither is anything outside keel.
 //!
-//! Network namespaces would cut the kernel's paths too, but every process would need an
-//! address of its own and `keel up` would need root; the filter works everywhere.
-//!
-//! The supervisor keeps the set of cut pairs; every change rewrites the file of every
-//! process of the data tier (a temporary file, then a rename, so a process never reads
-//! half a file). The files outlive a restart of the process: a partitioned node that is
-//! restarted comes back partitioned, as it would on a real network.
+//! Either way the supervisor keeps the set of cut pairs, and every change makes what is
+//! in force match it: the rules of every namespace, or the file of every process of the
+//! data tier (a temporary file, then a rename, so a process never reads half a file).
+//! Both outlive a restart of the process: a partitioned node that is restarted comes back
+//! partitioned, as it would on a real network.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,23 +30,37 @@ use keel_core::faults::{FaultsFile, authority};
 use reqwest::StatusCode;
 
 use super::control::PartitionDone;
+use super::netns::Net;
 use super::plan::{Plan, Spec};
 
 /// The directory of the fault files, inside the data directory.
 pub(super) const FAULTS_DIR: &str = "faults";
 
-/// What the answers say about how a partition is carried out.
+/// What the answers say about how a partition is carried out: by keel's fault filter…
 pub(super) const METHOD: &str = "fault_filter";
+
+/// …or by the kernel, between network namespaces.
+pub(super) const METHOD_NETNS: &str = "netns";
 
 /// The sentence every answer ends with, so that nobody takes the partition for more than
 /// it is.
 const HOW: &str = "fault filter in keel's own network layer: connections between them are \
                    refused by keel, the kernel still carries them";
 
-/// The partitions in force and where the fault files are.
+/// The same, under `keel up --netns`.
+const HOW_NETNS: &str = "network namespaces: the kernel drops packets between them";
+
+/// Under `--netns`, the name of everything outside the data tier's namespaces: the proxy,
+/// the services, `keel up` itself and every client, all in the root namespace.
+pub(crate) const CLIENTS: &str = "clients";
+
+/// The partitions in force, and how they are carried out.
 #[derive(Debug)]
 pub(super) struct Partitions {
+    /// Where the fault files are (the fault filter).
     dir: PathBuf,
+    /// The namespaces, under `keel up --netns`; the fault filter when `None`.
+    net: Option<Net>,
     /// Pairs of processes cut off from each other, each as (smaller, larger) name.
     pairs: BTreeSet<(String, String)>,
 }
@@ -50,25 +68,69 @@ pub(super) struct Partitions {
 type Refused = (StatusCode, ApiError);
 
 impl Partitions {
-    /// Creates `<data_dir>/faults` and writes a file that blocks nothing for every
-    /// process of `plan` (a partition left over from an earlier `keel up` is gone).
-    pub(super) fn start(data_dir: &Path, plan: &Plan) -> anyhow::Result<Partitions> {
+    /// With `net` (`keel up --netns`, its namespaces made): partitions by the kernel.
+    /// Without: creates `<data_dir>/faults` and writes a file that blocks nothing for
+    /// every process of `plan` (a partition left over from an earlier `keel up` is gone).
+    pub(super) fn start(
+        data_dir: &Path,
+        plan: &Plan,
+        net: Option<Net>,
+    ) -> anyhow::Result<Partitions> {
         let dir = data_dir.join(FAULTS_DIR);
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
         let partitions = Partitions {
             dir,
+            net,
             pairs: BTreeSet::new(),
         };
-        for spec in plan.all() {
-            partitions.write_file(&spec.name, Vec::new())?;
+        if partitions.net.is_none() {
+            fs::create_dir_all(&partitions.dir).with_context(|| {
+                format!("cannot create the directory {}", partitions.dir.display())
+            })?;
+            for spec in plan.all() {
+                partitions.write_file(&spec.name, Vec::new())?;
+            }
         }
         Ok(partitions)
     }
 
-    /// The fault file of process `name`.
-    pub(super) fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
+    /// The fault file of process `name`, which it must follow; `None` under `--netns`,
+    /// where the kernel does the work.
+    pub(super) fn file(&self, name: &str) -> Option<PathBuf> {
+        self.net
+            .is_none()
+            .then(|| self.dir.join(format!("{name}.json")))
+    }
+
+    /// The namespaces, under `keel up --netns`.
+    pub(super) fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
+    }
+
+    /// How partitions are carried out: [`METHOD`] or [`METHOD_NETNS`].
+    pub(super) fn method(&self) -> &'static str {
+        if self.net.is_some() {
+            METHOD_NETNS
+        } else {
+            METHOD
+        }
+    }
+
+    /// The sentence that says so.
+    pub(super) fn how(&self) -> &'static str {
+        if self.net.is_some() { HOW_NETNS } else { HOW }
+    }
+
+    /// Whether a partition in force cuts `name` off from the clients, `keel up`'s health
+    /// checks among them.
+    pub(super) fn cut_from_clients(&self, name: &str) -> bool {
+        self.pairs.contains(&pair(name, CLIENTS))
+    }
+
+    /// Ends every partition and removes the namespaces (under `--netns`; nothing
+    /// otherwise): a line for what was removed, or could not be.
+    pub(super) fn teardown(&mut self) -> Vec<String> {
+        self.pairs.clear();
+        self.net.as_mut().map(Net::teardown).unwrap_or_default()
     }
 
     /// Cuts `node` off from each of `from` (every other process of the data tier when
@@ -80,16 +142,34 @@ impl Partitions {
         from: &[String],
     ) -> Result<PartitionDone, Refused> {
         let tier = data_tier(plan);
-        check_name(plan, node)?;
+        let netns = self.net.is_some();
+        if node == CLIENTS {
+            return Err(bad(format!(
+                "the clients cannot be cut off as a whole; cut a process of the data tier off \
+                 from them: keel chaos partition {} --from {CLIENTS}{}",
+                tier.get(1).map_or("app1", |s| s.name.as_str()),
+                if netns { "" } else { NEEDS_NETNS }
+            )));
+        }
+        check_name(plan, node, netns)?;
         let from: Vec<String> = if from.is_empty() {
             tier.iter()
                 .filter(|s| s.name != node)
                 .map(|s| s.name.clone())
+                .chain(netns.then(|| CLIENTS.to_owned()))
                 .collect()
         } else {
             let mut list = Vec::new();
             for other in from {
-                check_name(plan, other)?;
+                if other == CLIENTS && !netns {
+                    return Err(bad(format!(
+                        "the fault filter does not cut off the clients (the proxy, the \
+                         services, curl): only keel's own connections inside the data tier{NEEDS_NETNS}"
+                    )));
+                }
+                if other != CLIENTS {
+                    check_name(plan, other, netns)?;
+                }
                 if other == node {
                     return Err(bad(format!("{node} cannot be partitioned from itself")));
                 }
@@ -114,8 +194,12 @@ impl Partitions {
             node: Some(node.to_owned()),
             from: from.clone(),
             partitions: self.list(),
-            method: METHOD.into(),
-            message: format!("partitioned {node} from {} ({HOW})", from.join(", ")),
+            method: self.method().into(),
+            message: format!(
+                "partitioned {node} from {} ({})",
+                from.join(", "),
+                self.how()
+            ),
         })
     }
 
@@ -123,12 +207,13 @@ impl Partitions {
     pub(super) fn heal(&mut self, plan: &Plan) -> Result<PartitionDone, Refused> {
         let healed = self.list();
         self.apply(plan, BTreeSet::new())?;
+        let how = self.how();
         let message = if healed.is_empty() {
-            format!("healed: there was no partition ({HOW})")
+            format!("healed: there was no partition ({how})")
         } else {
             let pairs: Vec<String> = healed.iter().map(|[a, b]| format!("{a}–{b}")).collect();
             format!(
-                "healed {}: they connect to each other again ({HOW})",
+                "healed {}: they connect to each other again ({how})",
                 pairs.join(", ")
             )
         };
@@ -137,7 +222,7 @@ impl Partitions {
             node: None,
             from: Vec::new(),
             partitions: Vec::new(),
-            method: METHOD.into(),
+            method: self.method().into(),
             message,
         })
     }
@@ -150,10 +235,19 @@ impl Partitions {
             .collect()
     }
 
-    /// Writes the files of `pairs` and keeps them; on a failure, puts back the files of
-    /// the pairs in force before, so that what the processes follow is what this says.
+    /// Puts `pairs` in force (the namespaces' rules, or the files) and keeps them; on a
+    /// failure, puts back the pairs in force before, so that what the kernel or the
+    /// processes follow is what this says.
     fn apply(&mut self, plan: &Plan, pairs: BTreeSet<(String, String)>) -> Result<(), Refused> {
-        if let Err(e) = self.write_all(plan, &pairs) {
+        if let Some(net) = &mut self.net {
+            if let Err(e) = net.apply(&drops(&pairs)) {
+                let _ = net.apply(&drops(&self.pairs));
+                return Err((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ApiError::new("partition_failed", format!("{e:#}")),
+                ));
+            }
+        } else if let Err(e) = self.write_all(plan, &pairs) {
             let _ = self.write_all(plan, &self.pairs);
             return Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -173,7 +267,7 @@ impl Partitions {
 
     /// Replaces one fault file: a temporary file, then a rename.
     fn write_file(&self, name: &str, blocked: Vec<String>) -> anyhow::Result<()> {
-        let path = self.file(name);
+        let path = self.dir.join(format!("{name}.json"));
         let tmp = self.dir.join(format!(".{name}.json.tmp"));
         let text =
             serde_json::to_string(&FaultsFile { blocked }).context("cannot encode a fault file")?;
@@ -183,6 +277,19 @@ impl Partitions {
         drop(file);
         fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
+}
+
+/// How a partition under `--netns` is asked for, for the refusals without it.
+const NEEDS_NETNS: &str = " (`keel up --netns` can: there the kernel drops the packets)";
+
+/// For each process, the others (or [`CLIENTS`]) it must drop everything from.
+fn drops(pairs: &BTreeSet<(String, String)>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut drops: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (a, b) in pairs {
+        drops.entry(a.clone()).or_default().insert(b.clone());
+        drops.entry(b.clone()).or_default().insert(a.clone());
+    }
+    drops
 }
 
 /// The monitor and the nodes: the processes whose connections the filter governs.
@@ -220,15 +327,22 @@ fn blocked_for(plan: &Plan, pairs: &BTreeSet<(String, String)>, name: &str) -> V
 }
 
 /// A process of the data tier, or a refusal that names them.
-fn check_name(plan: &Plan, name: &str) -> Result<(), Refused> {
+fn check_name(plan: &Plan, name: &str, netns: bool) -> Result<(), Refused> {
     let tier: Vec<&str> = data_tier(plan).iter().map(|s| s.name.as_str()).collect();
     if tier.contains(&name) {
         return Ok(());
     }
     if plan.all().any(|s| s.name == name) {
+        let clients = if netns {
+            format!(
+                "; {name} is one of the {CLIENTS}, which a process of the data tier can be cut \
+                 off from with --from {CLIENTS}"
+            )
+        } else {
+            " (clients such as the proxy and the services are not filtered)".to_owned()
+        };
         return Err(bad(format!(
-            "{name} is not in the data tier: partitions are between {} (clients such as the \
-             proxy and the services are not filtered)",
+            "{name} is not in the data tier: partitions are between {}{clients}",
             tier.join(", ")
         )));
     }
@@ -271,12 +385,19 @@ mod tests {
             proxy_admin_port: 9090,
             control_port: 9060,
             verbose: false,
+            netns: false,
         };
-        super::super::plan::plan(&args, &dir.join("admin.token")).expect("plan")
+        super::super::plan::plan(
+            &args,
+            &dir.join("admin.token"),
+            &super::super::plan::Placement::loopback(),
+        )
+        .expect("plan")
     }
 
     fn read(partitions: &Partitions, name: &str) -> Vec<String> {
-        let text = fs::read_to_string(partitions.file(name)).expect("the file exists");
+        let path = partitions.file(name).expect("the fault filter has files");
+        let text = fs::read_to_string(path).expect("the file exists");
         let file: FaultsFile = serde_json::from_str(&text).expect("a fault file");
         file.blocked
     }
@@ -285,7 +406,7 @@ mod tests {
     fn every_process_starts_with_a_file_that_blocks_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let plan = plan(dir.path());
-        let partitions = Partitions::start(dir.path(), &plan).expect("start");
+        let partitions = Partitions::start(dir.path(), &plan, None).expect("start");
         for spec in plan.all() {
             assert!(read(&partitions, &spec.name).is_empty(), "{}", spec.name);
         }
@@ -295,7 +416,7 @@ mod tests {
     fn a_partition_blocks_both_sides_and_heal_clears_every_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let plan = plan(dir.path());
-        let mut partitions = Partitions::start(dir.path(), &plan).expect("start");
+        let mut partitions = Partitions::start(dir.path(), &plan, None).expect("start");
 
         let done = partitions
             .partition(&plan, "app2", &["app1".into()])
@@ -339,10 +460,70 @@ mod tests {
     }
 
     #[test]
+    fn the_fault_filter_refuses_to_cut_the_clients_and_says_what_can() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan = plan(dir.path());
+        let mut partitions = Partitions::start(dir.path(), &plan, None).expect("start");
+        assert_eq!(partitions.method(), METHOD);
+        let (status, error) = partitions
+            .partition(&plan, "app1", &[CLIENTS.into()])
+            .expect_err("the filter does not see the clients");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            error.message.contains("keel up --netns"),
+            "{}",
+            error.message
+        );
+        let (status, error) = partitions
+            .partition(&plan, CLIENTS, &[])
+            .expect_err("the clients are not a node");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            error.message.contains("partition app1 --from clients"),
+            "{}",
+            error.message
+        );
+        // Without --from, the data tier only: the clients are not the filter's.
+        let done = partitions.partition(&plan, "app1", &[]).expect("partition");
+        assert_eq!(done.from, ["monitor", "app2", "app3"]);
+        assert!(!partitions.cut_from_clients("app1"));
+        for spec in plan.all() {
+            assert!(
+                partitions.file(&spec.name).is_some(),
+                "every child follows a file"
+            );
+        }
+    }
+
+    #[test]
+    fn each_side_of_a_pair_drops_the_other() {
+        let pairs: BTreeSet<(String, String)> = [
+            pair("app1", "monitor"),
+            pair("app1", CLIENTS),
+            pair("app2", "app1"),
+        ]
+        .into_iter()
+        .collect();
+        let drops = drops(&pairs);
+        let names = |n: &str| -> Vec<&str> {
+            drops
+                .get(n)
+                .map(|s| s.iter().map(String::as_str).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(names("app1"), ["app2", CLIENTS, "monitor"]);
+        assert_eq!(names("app2"), ["app1"]);
+        assert_eq!(names("monitor"), ["app1"]);
+        // The clients have no namespace to drop anything in: app1's drops both ways.
+        assert_eq!(names(CLIENTS), ["app1"]);
+        assert!(names("app3").is_empty());
+    }
+
+    #[test]
     fn wrong_names_are_refused_and_change_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let plan = plan(dir.path());
-        let mut partitions = Partitions::start(dir.path(), &plan).expect("start");
+        let mut partitions = Partitions::start(dir.path(), &plan, None).expect("start");
         let (status, error) = partitions
             .partition(&plan, "app9", &[])
             .expect_err("unknown");

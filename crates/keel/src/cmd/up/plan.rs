@@ -1,8 +1,14 @@
 //! What `keel up` starts: the monitor, the nodes, the app services and the proxy in front
 //! of them, with their ports and command lines, checked before anything runs.
+//!
+//! Everything listens on 127.0.0.1, except under `keel up --netns`: then the monitor and
+//! the nodes each run in a network namespace of their own and listen on its address
+//! ([`Placement`]), on the same ports, while the services and the proxy stay on
+//! 127.0.0.1 and reach them through the bridge.
 
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::Path;
 
 use anyhow::bail;
@@ -25,6 +31,52 @@ pub(super) struct Spec {
     /// The flag that moves its port, for the message when the port is taken.
     pub(super) port_flag: &'static str,
     pub(super) args: Vec<String>,
+    /// The network namespace it runs in (`keel up --netns`), else `None`: this one's.
+    pub(super) netns: Option<String>,
+}
+
+/// Where each process of the data tier runs: its address and network namespace. Empty
+/// (everything on 127.0.0.1, in this namespace) unless `keel up --netns`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Placement {
+    by_name: BTreeMap<String, (Ipv4Addr, String)>,
+}
+
+impl Placement {
+    /// Everything on 127.0.0.1.
+    pub(super) fn loopback() -> Placement {
+        Placement::default()
+    }
+
+    /// Process `name` listens on `addr` inside the network namespace `netns`.
+    pub(super) fn insert(&mut self, name: &str, addr: Ipv4Addr, netns: &str) {
+        self.by_name
+            .insert(name.to_owned(), (addr, netns.to_owned()));
+    }
+
+    fn host(&self, name: &str) -> IpAddr {
+        self.by_name
+            .get(name)
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |(addr, _)| {
+                IpAddr::V4(*addr)
+            })
+    }
+
+    fn netns(&self, name: &str) -> Option<String> {
+        self.by_name.get(name).map(|(_, ns)| ns.clone())
+    }
+}
+
+/// The names of the data tier's processes, the monitor first: what `keel up --netns`
+/// gives a namespace each, and what a partition may cut.
+pub(super) fn data_tier_names(nodes: u16) -> Vec<String> {
+    std::iter::once(MONITOR.to_owned())
+        .chain((1..=nodes).map(node_name))
+        .collect()
+}
+
+fn node_name(k: u16) -> String {
+    format!("app{k}")
 }
 
 /// Everything `keel up` starts.
@@ -51,9 +103,13 @@ impl Plan {
     }
 }
 
-/// The monitor and the nodes with their command lines. No node gets a role: the monitor
-/// assigns them.
-pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
+/// The monitor and the nodes with their command lines, each placed by `placement`. No
+/// node gets a role: the monitor assigns them.
+pub(super) fn plan(
+    args: &UpArgs,
+    token_path: &Path,
+    placement: &Placement,
+) -> anyhow::Result<Plan> {
     let n = args.nodes;
     let ranges = [
         ("--base-port", args.base_port, n),
@@ -80,17 +136,19 @@ pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
         }
     }
     let token = path_arg(token_path);
-    let monitor_url = format!("http://127.0.0.1:{}", args.monitor_port);
+    let monitor_listen = std::net::SocketAddr::new(placement.host(MONITOR), args.monitor_port);
+    let monitor_url = format!("http://{monitor_listen}");
     let monitor = Spec {
         name: MONITOR.to_owned(),
         port: args.monitor_port,
         url: monitor_url.clone(),
         health: format!("{monitor_url}/health"),
         port_flag: "--monitor-port",
+        netns: placement.netns(MONITOR),
         args: vec![
             "monitor".into(),
             "--listen".into(),
-            format!("127.0.0.1:{}", args.monitor_port),
+            monitor_listen.to_string(),
             "--data-dir".into(),
             path_arg(&args.data_dir.join(MONITOR)),
             "--token-file".into(),
@@ -99,14 +157,15 @@ pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
     };
     let nodes = (1..=n)
         .map(|k| {
-            let name = format!("app{k}");
+            let name = node_name(k);
             let port = args.base_port + (k - 1);
+            let listen = std::net::SocketAddr::new(placement.host(&name), port);
             let args = vec![
                 "node".into(),
                 "--id".into(),
                 name.clone(),
                 "--listen".into(),
-                format!("127.0.0.1:{port}"),
+                listen.to_string(),
                 "--data-dir".into(),
                 path_arg(&args.data_dir.join(&name)),
                 "--monitor".into(),
@@ -115,10 +174,11 @@ pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
                 token.clone(),
             ];
             Spec {
+                netns: placement.netns(&name),
                 name,
                 port,
-                url: format!("http://127.0.0.1:{port}"),
-                health: format!("http://127.0.0.1:{port}/health"),
+                url: format!("http://{listen}"),
+                health: format!("http://{listen}/health"),
                 port_flag: "--base-port",
                 args,
             }
@@ -143,6 +203,7 @@ pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
                 ],
                 health: format!("{url}/health"),
                 port_flag: "--service-port",
+                netns: None,
                 name,
                 port,
                 url,
@@ -172,6 +233,7 @@ pub(super) fn plan(args: &UpArgs, token_path: &Path) -> anyhow::Result<Plan> {
         health: format!("{proxy_admin}/health"),
         port_flag: "--proxy-port",
         args: proxy_args,
+        netns: None,
     };
     Ok(Plan {
         monitor,
@@ -207,7 +269,8 @@ pub(super) fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Fails before anything starts when a port is taken, naming it.
+/// Fails before anything starts when a port is taken, naming it. A process that runs in a
+/// namespace of its own is not checked: nothing else listens there.
 pub(super) fn check_ports(plan: &Plan) -> anyhow::Result<()> {
     let admin_port = plan
         .proxy_admin
@@ -217,6 +280,7 @@ pub(super) fn check_ports(plan: &Plan) -> anyhow::Result<()> {
         .unwrap_or(0);
     let ports = plan
         .all()
+        .filter(|s| s.netns.is_none())
         .map(|s| (s.name.as_str(), s.port, s.port_flag))
         .chain(std::iter::once((
             "the proxy's admin API",
@@ -254,12 +318,18 @@ mod tests {
             proxy_admin_port: 8090,
             control_port: 8060,
             verbose: false,
+            netns: false,
         }
     }
 
     #[test]
     fn the_monitor_comes_first_and_every_node_is_told_where_it_is() {
-        let plan = plan(&args(3, 9000), Path::new("/tmp/d/admin.token")).expect("plan");
+        let plan = plan(
+            &args(3, 9000),
+            Path::new("/tmp/d/admin.token"),
+            &Placement::loopback(),
+        )
+        .expect("plan");
         let monitor = plan.monitor.args.join(" ");
         assert!(
             monitor.starts_with("monitor --listen 127.0.0.1:8070"),
@@ -295,21 +365,28 @@ mod tests {
 
     #[test]
     fn ports_past_65535_or_shared_with_the_monitor_are_refused() {
-        assert!(plan(&args(3, 65534), Path::new("t")).is_err());
-        assert!(plan(&args(2, 0), Path::new("t")).is_err());
+        assert!(plan(&args(3, 65534), Path::new("t"), &Placement::loopback()).is_err());
+        assert!(plan(&args(2, 0), Path::new("t"), &Placement::loopback()).is_err());
         let mut clash = args(3, 8069);
         clash.monitor_port = 8070;
-        let err = plan(&clash, Path::new("t")).expect_err("8070 is app2's port");
+        let err =
+            plan(&clash, Path::new("t"), &Placement::loopback()).expect_err("8070 is app2's port");
         assert!(err.to_string().contains("--monitor-port 8070"), "{err}");
         let mut clash = args(2, 9000);
         clash.service_port = 8069;
-        let err = plan(&clash, Path::new("t")).expect_err("8070 is service2's port");
+        let err = plan(&clash, Path::new("t"), &Placement::loopback())
+            .expect_err("8070 is service2's port");
         assert!(err.to_string().contains("--service-port 8069"), "{err}");
     }
 
     #[test]
     fn the_proxy_fronts_the_services_and_follows_the_monitor() {
-        let plan = plan(&args(2, 9000), Path::new("/tmp/d/admin.token")).expect("plan");
+        let plan = plan(
+            &args(2, 9000),
+            Path::new("/tmp/d/admin.token"),
+            &Placement::loopback(),
+        )
+        .expect("plan");
         let names: Vec<_> = plan.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["service1", "service2"]);
         assert_eq!(plan.services[1].port, 5057);
@@ -339,12 +416,72 @@ mod tests {
     }
 
     #[test]
+    fn in_namespaces_the_data_tier_listens_on_its_own_addresses_and_the_rest_stays_local() {
+        let mut placement = Placement::loopback();
+        for (name, ns, host) in [
+            ("monitor", "ns-m", 2),
+            ("app1", "ns-1", 3),
+            ("app2", "ns-2", 4),
+        ] {
+            placement.insert(name, Ipv4Addr::new(10, 77, 5, host), ns);
+        }
+        let plan = plan(&args(2, 8081), Path::new("/tmp/d/admin.token"), &placement).expect("plan");
+        assert_eq!(plan.monitor.url, "http://10.77.5.2:8070");
+        assert_eq!(plan.monitor.netns.as_deref(), Some("ns-m"));
+        assert!(
+            plan.monitor
+                .args
+                .join(" ")
+                .contains("--listen 10.77.5.2:8070"),
+            "{:?}",
+            plan.monitor.args
+        );
+        let app2 = plan.nodes[1].args.join(" ");
+        assert!(app2.contains("--listen 10.77.5.4:8082"), "{app2}");
+        assert!(app2.contains("--monitor http://10.77.5.2:8070"), "{app2}");
+        assert_eq!(plan.nodes[1].health, "http://10.77.5.4:8082/health");
+        assert_eq!(plan.nodes[1].netns.as_deref(), Some("ns-2"));
+        let proxy = plan.proxy.args.join(" ");
+        assert!(proxy.contains("--listen 127.0.0.1:8080"), "{proxy}");
+        assert!(proxy.contains("--cluster http://10.77.5.2:8070"), "{proxy}");
+        assert!(plan.proxy.netns.is_none() && plan.services.iter().all(|s| s.netns.is_none()));
+        assert_eq!(
+            data_tier_names(2),
+            ["monitor", "app1", "app2"],
+            "the names the namespaces are made for"
+        );
+        // A port held here is no obstacle for a process in a namespace of its own.
+        let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = held.local_addr().expect("addr").port();
+        let mut a = args(1, port);
+        a.monitor_port = if port == 1 { 2 } else { port - 1 };
+        a.services = 0;
+        let mut placement = Placement::loopback();
+        placement.insert("app1", Ipv4Addr::new(10, 77, 5, 3), "ns-1");
+        placement.insert("monitor", Ipv4Addr::new(10, 77, 5, 2), "ns-m");
+        let free = free_port_pair();
+        (a.proxy_port, a.proxy_admin_port) = free;
+        let small = super::plan(&a, Path::new("t"), &placement).expect("plan");
+        check_ports(&small).expect("app1's port is taken here, not in its namespace");
+    }
+
+    /// Two ports free now, for the proxy.
+    fn free_port_pair() -> (u16, u16) {
+        let a = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let b = TcpListener::bind("127.0.0.1:0").expect("bind");
+        (
+            a.local_addr().expect("addr").port(),
+            b.local_addr().expect("addr").port(),
+        )
+    }
+
+    #[test]
     fn a_taken_port_is_named() {
         let held = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = held.local_addr().expect("addr").port();
         let mut a = args(1, port);
         a.monitor_port = if port == 1 { 2 } else { port - 1 };
-        let plan = plan(&a, Path::new("t")).expect("plan");
+        let plan = plan(&a, Path::new("t"), &Placement::loopback()).expect("plan");
         let err = check_ports(&plan).expect_err("port is taken");
         assert!(err.to_string().contains(&format!("port {port}")), "{err}");
     }
