@@ -339,7 +339,7 @@ impl Front<'_> {
                 if relayed.backend_reusable && head.connection.keep_alive {
                     conn.buf.clear();
                     in_flight.0.checkin(conn);
-                } else if !relayed.complete {
+                } else if relayed.backend_broke {
                     in_flight.0.stats.failures.fetch_add(1, Ordering::Relaxed);
                 }
                 relayed.client_keep
@@ -584,8 +584,8 @@ struct Names<'a> {
 
 /// How relaying an answer went.
 struct Relayed {
-    /// The whole answer came from the backend.
-    complete: bool,
+    /// The backend broke off, or broke the rules, before the end of its answer.
+    backend_broke: bool,
     /// The backend's connection ended exactly at the answer's end.
     backend_reusable: bool,
     /// The client has the whole answer and its connection goes on.
@@ -606,8 +606,9 @@ async fn relay(
     // A chunked body goes to an HTTP/1.0 client without its chunks, ended by closing.
     let dechunk = framing == Framing::Chunked && meta.minor_version == 0;
     let keep = keep && framing != Framing::UntilClose && !dechunk;
+    // The client went away: nothing is known of the rest of the answer.
     let failed = Relayed {
-        complete: false,
+        backend_broke: false,
         backend_reusable: false,
         client_keep: false,
     };
@@ -687,7 +688,10 @@ async fn relay(
                 let Ok(used) = used else {
                     // A broken body: the client gets what came before it, then the end.
                     let _ = client.write_all(out).await;
-                    return failed;
+                    return Relayed {
+                        backend_broke: true,
+                        ..failed
+                    };
                 };
                 if !dechunk {
                     out.extend_from_slice(&source.buf[..used]);
@@ -721,7 +725,7 @@ async fn relay(
         }
     };
     Relayed {
-        complete,
+        backend_broke: !complete,
         backend_reusable: complete && source.buf.is_empty() && framing != Framing::UntilClose,
         client_keep: complete && keep,
     }

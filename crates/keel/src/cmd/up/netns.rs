@@ -449,33 +449,11 @@ impl Net {
                 .collect();
             let now = self.dropped.get(&m.name).cloned().unwrap_or_default();
             for addr in now.difference(&wanted) {
-                let from = format!("{addr}/32");
-                self.ip_ok(&[
-                    "-n",
-                    &m.namespace,
-                    "rule",
-                    "del",
-                    "pref",
-                    PARTITION_PREF,
-                    "from",
-                    &from,
-                    "blackhole",
-                ])?;
+                self.drop_rule("del", &m.namespace, *addr)?;
                 self.dropped.entry(m.name.clone()).or_default().remove(addr);
             }
             for addr in wanted.difference(&now) {
-                let from = format!("{addr}/32");
-                self.ip_ok(&[
-                    "-n",
-                    &m.namespace,
-                    "rule",
-                    "add",
-                    "pref",
-                    PARTITION_PREF,
-                    "from",
-                    &from,
-                    "blackhole",
-                ])?;
+                self.drop_rule("add", &m.namespace, *addr)?;
                 self.dropped
                     .entry(m.name.clone())
                     .or_default()
@@ -483,6 +461,23 @@ impl Net {
             }
         }
         Ok(())
+    }
+
+    /// Adds (`op` "add") or removes ("del") the rule in `namespace` that drops what comes
+    /// from `addr`.
+    fn drop_rule(&self, op: &str, namespace: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+        let from = format!("{addr}/32");
+        self.ip_ok(&[
+            "-n",
+            namespace,
+            "rule",
+            op,
+            "pref",
+            PARTITION_PREF,
+            "from",
+            &from,
+            "blackhole",
+        ])
     }
 
     /// The address a member (or the clients, by the bridge) sends from.
