@@ -36,6 +36,9 @@ pub struct Config {
     pub panic_threshold: u8,
     /// Worker threads (0: one per CPU the process may run on). Read at start only.
     pub threads: usize,
+    /// Client connections open at once; more wait in the kernel's accept queue until one
+    /// closes. Read at start only.
+    pub max_connections: usize,
     /// Active health checks.
     pub health: HealthConfig,
     /// Passive health: ejection on a backend's own failures.
@@ -142,6 +145,7 @@ impl Default for Config {
             slow_start: Duration::from_secs(10),
             panic_threshold: 0,
             threads: 0,
+            max_connections: 4096,
             health: HealthConfig::default(),
             passive: PassiveConfig::default(),
             retry: RetryConfig::default(),
@@ -334,6 +338,9 @@ impl Config {
         if self.request_timeout.is_zero() {
             return Err(invalid("request_timeout", "must be more than 0"));
         }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
         if self.panic_threshold > 100 {
             return Err(invalid(
                 "panic_threshold",
@@ -514,6 +521,10 @@ mod tests {
         assert_eq!(
             key_of(&format!("panic_threshold = 101\n{b}")),
             "panic_threshold"
+        );
+        assert_eq!(
+            key_of(&format!("max_connections = 0\n{b}")),
+            "max_connections"
         );
         assert_eq!(
             key_of(&format!(

@@ -167,6 +167,7 @@ impl Proxy {
         config.listen = old.config.listen;
         config.admin = old.config.admin;
         config.threads = old.config.threads;
+        config.max_connections = old.config.max_connections;
         let table = Arc::new(build_table(config, Some(&old)));
         start_background(self, &table, Some(&old));
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&table);

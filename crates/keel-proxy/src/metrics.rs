@@ -66,6 +66,10 @@ pub struct ProxyStats {
     pub local_answers: AtomicU64,
     /// Requests refused because they were malformed.
     pub bad_requests: AtomicU64,
+    /// Client connections open now.
+    pub connections_open: AtomicU64,
+    /// Times a connection waited because `max_connections` were open.
+    pub connections_limited: AtomicU64,
     /// Configuration reloads applied and refused.
     pub reloads: AtomicU64,
     pub reloads_refused: AtomicU64,
@@ -219,6 +223,18 @@ pub fn render(proxy: &Proxy) -> String {
         "counter",
         "Requests refused as malformed",
         s.bad_requests.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_connections_open",
+        "gauge",
+        "Client connections open now",
+        s.connections_open.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_connections_limited_total",
+        "counter",
+        "Times the proxy stopped accepting because max_connections were open",
+        s.connections_limited.load(Ordering::Relaxed),
     );
     single(
         "keel_proxy_reloads_total",

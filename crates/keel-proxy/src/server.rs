@@ -7,11 +7,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keel_core::token::Token;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::Proxy;
 use crate::config::Config;
@@ -114,7 +115,30 @@ async fn accept(
     mut stop: watch::Receiver<bool>,
 ) -> Arc<()> {
     let open = Arc::new(());
+    // Taken before each accept and held by the connection: at the limit the proxy stops
+    // accepting, and the kernel's queue holds the next clients until one leaves.
+    let limit = Arc::new(Semaphore::new(proxy.table().config.max_connections));
     loop {
+        let permit = match Arc::clone(&limit).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                proxy
+                    .stats
+                    .connections_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    max_connections = proxy.table().config.max_connections,
+                    "connection limit reached: new clients wait until one leaves"
+                );
+                tokio::select! {
+                    permit = Arc::clone(&limit).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return open,
+                    },
+                    _ = stop.changed() => return open,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -131,8 +155,13 @@ async fn accept(
         let proxy = Arc::clone(&proxy);
         let held = Arc::clone(&open);
         let mut stop = stop.clone();
+        proxy.stats.connections_open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _held = held;
+            let _open = Open {
+                _permit: permit,
+                proxy: Arc::clone(&proxy),
+            };
             let flags = Flags::default();
             let mut connection = std::pin::pin!(front::serve(&proxy, stream, peer, &flags));
             tokio::select! {
@@ -143,12 +172,26 @@ async fn accept(
             }
             // Stopping: an idle connection closes now, one serving a request finishes
             // that request first.
-            flags
-                .stopping
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            if flags.busy.load(std::sync::atomic::Ordering::Relaxed) {
+            flags.stopping.store(true, Ordering::Relaxed);
+            if flags.busy.load(Ordering::Relaxed) {
                 connection.await;
             }
         });
+    }
+}
+
+/// A client connection's place under `max_connections`: given back, and the connection
+/// no longer counted as open, when it ends.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    proxy: Arc<Proxy>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.proxy
+            .stats
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -982,6 +982,59 @@ fn the_proxy_relays_bodies_heads_and_connections_as_http_1_1_asks() {
 }
 
 #[test]
+fn a_full_proxy_holds_new_clients_until_one_leaves() {
+    let s1 = Service::start("service1");
+    let proxy = Proxy::start(&format!(
+        "max_connections = 2\n{}",
+        backend_block("service1", &s1.url, 1)
+    ));
+    let addr = proxy.url.trim_start_matches("http://").to_owned();
+    let connect = || {
+        let stream = TcpStream::connect(&addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        (stream, reader)
+    };
+    let (mut first, mut first_reader) = connect();
+    let (mut second, mut second_reader) = connect();
+    assert_eq!(get_on(&mut first, &mut first_reader).0, 200);
+    assert_eq!(get_on(&mut second, &mut second_reader).0, 200);
+    assert_eq!(proxy.metric("keel_proxy_connections_open"), 2.0);
+
+    // A third client: the kernel takes its connection, the proxy does not serve it while
+    // two are open.
+    let (mut third, third_reader) = connect();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let waited = third.read(&mut byte);
+    assert!(
+        matches!(&waited, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the third client was served while two were open: {waited:?}"
+    );
+    assert!(proxy.metric("keel_proxy_connections_limited_total") >= 1.0);
+    assert_eq!(proxy.metric("keel_proxy_connections_open"), 2.0);
+
+    // One leaves: the third is served.
+    drop(first_reader);
+    drop(first);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let mut reader = third_reader;
+    let _ = reader.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Hello from service1"), "{answer}");
+}
+
+#[test]
 fn a_drained_backend_gets_no_new_requests_until_undrained() {
     let (s1, s2) = (Service::start("service1"), Service::start("service2"));
     let proxy = Proxy::start(&format!(
