@@ -163,15 +163,24 @@ impl Front<'_> {
         let bytes = &buf[..];
         id.clear();
         request_id(head, bytes, id);
-        let method = Method::from_bytes(head.method.get(bytes)).unwrap_or(Method::GET);
+        // The parser accepts only token characters in a method, which is what `http`
+        // asks; a method it would still refuse is refused here, never taken for another.
+        let method = Method::from_bytes(head.method.get(bytes));
         let framing = head.framing.unwrap_or(Framing::Empty);
         let meta = Meta {
             minor_version: head.minor_version,
             keep_alive: head.connection.keep_alive,
-            to_head: method == Method::HEAD,
+            to_head: matches!(method, Ok(Method::HEAD)),
         };
         let send_continue = head.expect_continue && framing != Framing::Empty;
-        let target = match check(head, bytes, &method) {
+        let checked = match method {
+            Ok(method) => check(head, bytes, &method).map(|target| (method, target)),
+            Err(_) => Err(local(
+                StatusCode::BAD_REQUEST,
+                ApiError::new("bad_method", "the request's method is not an HTTP token"),
+            )),
+        };
+        let (method, target) = match checked {
             Ok(target) => target,
             Err(refusal) => {
                 proxy.stats.bad_requests.fetch_add(1, Ordering::Relaxed);

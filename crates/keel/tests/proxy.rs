@@ -383,12 +383,14 @@ fn an_ejected_backend_comes_back_after_rise_checks_and_ramps_up_slowly() {
     let proxy = Proxy::start(&format!(
         "slow_start = \"20s\"\n\
          [health]\ninterval = \"300ms\"\nfast_interval = \"100ms\"\nrise = 2\nfall = 2\n\
-         [passive]\nejection = \"300ms\"\n{}{}",
+         [passive]\nejection = \"10ms\"\n{}{}",
         backend_block("service1", &s1.url, 1),
         backend_block("service2", &s2.url, 1)
     ));
     s1.proc.kill9();
-    // Traffic finds the dead backend (a refused connection ejects it at once).
+    // Traffic finds the dead backend (a refused connection ejects it at once). The
+    // ejection is over long before service1 is back, so coming back is the checks' doing
+    // alone: exactly `rise` good ones.
     sequence(&proxy, 4);
     let state = |p: &Proxy| {
         p.backend("service1")["state"]
