@@ -97,7 +97,7 @@ impl Inbound<'_> {
         if self.send_continue {
             self.send_continue = false;
             self.stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .write_all(wire::CONTINUE)
                 .await
                 .map_err(|_| PipeError::Client)?;
         }

@@ -478,10 +478,7 @@ async fn read_body(
         return Err(too_large());
     }
     if send_continue {
-        stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .map_err(|_| None)?;
+        stream.write_all(wire::CONTINUE).await.map_err(|_| None)?;
     }
     let mut body = BytesMut::new();
     let mut scanner = Chunked::default();

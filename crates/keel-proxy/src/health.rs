@@ -168,11 +168,6 @@ impl Health {
         }
     }
 
-    /// An operator or a new configuration forgets the past: up, full weight.
-    pub fn reset(&mut self) {
-        *self = Health::new();
-    }
-
     /// Whether a run of server errors has begun (an answer that is not one ends it).
     pub fn in_error_streak(&self) -> bool {
         self.five_xx_streak > 0

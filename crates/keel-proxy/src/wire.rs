@@ -8,6 +8,8 @@
 //! message into a typed request, handing it to a connection task over a channel and encoding
 //! it again (docs/benchmarks.md, "Front door", has the figures).
 
+/// The interim answer to `Expect: 100-continue`, which the proxy sends itself.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// The largest head accepted, request or response.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields a head may have.

@@ -130,23 +130,7 @@ fn a_seeded_minute_of_kills_and_pauses_loses_no_acknowledged_write() {
         ],
     );
     let target = format!("{}/", tier.proxy_url);
-    let mut load = support::KeelProcess::spawn_captured(
-        "load",
-        &[
-            "load",
-            &target,
-            "--concurrency",
-            "4",
-            "--duration",
-            "62s",
-            "--write-ratio",
-            "0.5",
-            "--verify",
-            "--monitor",
-            &tier.monitor_url,
-            "--quiet",
-        ],
-    );
+    let mut load = support::spawn_verified_load(&target, "62s", &["--monitor", &tier.monitor_url]);
     let load_status = load
         .wait_timeout(Duration::from_secs(180))
         .expect("keel load ends after its 62 s and the read-back");
@@ -167,13 +151,7 @@ fn a_seeded_minute_of_kills_and_pauses_loses_no_acknowledged_write() {
         report.contains("lost acknowledged writes: 0"),
         "{report}\n{timeline}"
     );
-    let acknowledged: u64 = report
-        .lines()
-        .find_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            (words.first() == Some(&"writes")).then(|| words.get(4)?.parse().ok())?
-        })
-        .unwrap_or(0);
+    let acknowledged = support::acknowledged_writes(&report);
     assert!(
         acknowledged > 100,
         "writes went through between the faults: {report}"

@@ -329,7 +329,20 @@ fn the_spread_per_backend_from_a_header_is_exact() {
     let (out, report) = load(&[&stub.url, "--concurrency", "3", "--requests", "400"]);
     assert!(out.success(), "{out}");
     let t = stub.tally();
-    let spread: BTreeMap<String, u64> = report["spread"]
+    let spread: BTreeMap<String, u64> = spread_of(&report).into_iter().collect();
+    assert_eq!(spread, t.backends, "{out}");
+    let named: u64 = t.backends.values().sum();
+    assert_eq!(report["spread_unnamed"], 400 - named);
+    let a_share = t.backends["svc-a"] as f64 * 100.0 / named as f64;
+    assert!(
+        out.stdout.contains(&format!("{a_share:.2}%")),
+        "the share is printed: {a_share:.2}%\n{out}"
+    );
+}
+
+/// The report's spread: each backend's name and count, in the report's order.
+fn spread_of(report: &Value) -> Vec<(String, u64)> {
+    report["spread"]
         .as_array()
         .expect("spread")
         .iter()
@@ -339,15 +352,7 @@ fn the_spread_per_backend_from_a_header_is_exact() {
                 s["count"].as_u64().expect("count"),
             )
         })
-        .collect();
-    assert_eq!(spread, t.backends, "{out}");
-    let named: u64 = t.backends.values().sum();
-    assert_eq!(report["spread_unnamed"], 400 - named);
-    let a_share = t.backends["svc-a"] as f64 * 100.0 / named as f64;
-    assert!(
-        out.stdout.contains(&format!("{a_share:.2}%")),
-        "the share is printed: {a_share:.2}%\n{out}"
-    );
+        .collect()
 }
 
 #[test]
@@ -371,17 +376,7 @@ fn the_spread_per_backend_from_a_json_field_is_exact() {
     ]);
     assert!(out.success(), "{out}");
     let t = stub.tally();
-    let spread: Vec<(String, u64)> = report["spread"]
-        .as_array()
-        .expect("spread")
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().expect("name").to_owned(),
-                s["count"].as_u64().expect("count"),
-            )
-        })
-        .collect();
+    let spread = spread_of(&report);
     assert_eq!(
         spread,
         [

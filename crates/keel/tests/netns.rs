@@ -233,21 +233,7 @@ fn a_primary_cut_off_by_the_kernel_is_replaced_and_rejoins_fenced_after_heal() {
     // Writes and reads through the front door for the whole story; every acknowledged
     // write is read back through it at the end.
     let target = format!("{}/", stack.up.proxy_url);
-    let mut load = support::KeelProcess::spawn_captured(
-        "load",
-        &[
-            "load",
-            &target,
-            "--concurrency",
-            "4",
-            "--duration",
-            "25s",
-            "--write-ratio",
-            "0.5",
-            "--verify",
-            "--quiet",
-        ],
-    );
+    let mut load = support::spawn_verified_load(&target, "25s", &[]);
     std::thread::sleep(Duration::from_secs(3));
 
     let out = stack.chaos(&["partition", &old]);
@@ -322,13 +308,7 @@ fn a_primary_cut_off_by_the_kernel_is_replaced_and_rejoins_fenced_after_heal() {
     let report = load.log_text();
     assert!(status.success(), "{report}");
     assert!(report.contains("lost acknowledged writes: 0"), "{report}");
-    let acknowledged: u64 = report
-        .lines()
-        .find_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            (words.first() == Some(&"writes")).then(|| words.get(4)?.parse().ok())?
-        })
-        .unwrap_or(0);
+    let acknowledged = support::acknowledged_writes(&report);
     assert!(acknowledged > 50, "writes went through: {report}");
 
     stack.stop_and_check_clean();

@@ -16,6 +16,23 @@ fn at(haystack: &str, needle: &str) -> usize {
         .unwrap_or_else(|| panic!("{needle:?} not in the output:\n{haystack}"))
 }
 
+/// Checks the order `keel up` stopped its children in: the front door first; then the
+/// monitor, so that nothing fails over while the tier stops; then the primary, while its
+/// standby still acknowledges; then the standby. Returns where the monitor's stop is.
+fn assert_stop_order(log: &str) -> usize {
+    let (f, m, p, s) = (
+        at(log, "proxy stopped"),
+        at(log, "monitor stopped"),
+        at(log, "app1 stopped"),
+        at(log, "app2 stopped"),
+    );
+    assert!(
+        f < m && m < p && p < s,
+        "stop order proxy, monitor, app1, app2:\n{log}"
+    );
+    m
+}
+
 #[test]
 fn up_elects_app1_prints_the_events_stops_the_monitor_first_and_a_second_up_finds_the_data() {
     let dir = support::tempdir();
@@ -92,18 +109,7 @@ fn up_elects_app1_prints_the_events_stops_the_monitor_first_and_a_second_up_find
         );
     }
     let log = first.proc.log_text();
-    // The front door first; then the monitor, so that nothing fails over while the tier
-    // stops; then the primary, while its standby still acknowledges; then the standby.
-    let (f, m, p, s) = (
-        at(&log, "proxy stopped"),
-        at(&log, "monitor stopped"),
-        at(&log, "app1 stopped"),
-        at(&log, "app2 stopped"),
-    );
-    assert!(
-        f < m && m < p && p < s,
-        "stop order proxy, monitor, app1, app2:\n{log}"
-    );
+    let m = assert_stop_order(&log);
     assert!(
         !log[m..].contains("failover started"),
         "nothing fails over during shutdown:\n{log}"
@@ -252,16 +258,7 @@ fn ctrl_c_to_the_whole_process_group_still_stops_in_order() {
         .expect("keel up exits after Ctrl-C");
     assert!(status.success(), "{}", tier.proc.log_report());
     let log = tier.proc.log_text();
-    let (f, m, p, s) = (
-        at(&log, "proxy stopped"),
-        at(&log, "monitor stopped"),
-        at(&log, "app1 stopped"),
-        at(&log, "app2 stopped"),
-    );
-    assert!(
-        f < m && m < p && p < s,
-        "stop order proxy, monitor, app1, app2:\n{log}"
-    );
+    assert_stop_order(&log);
     assert!(
         !log.contains("failover started"),
         "nothing fails over:\n{log}"

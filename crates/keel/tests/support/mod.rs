@@ -938,3 +938,34 @@ pub fn read_events(monitor_url: &str, until: &str) -> String {
     }
     text
 }
+
+/// `keel load TARGET --concurrency 4 --duration DURATION --write-ratio 0.5 --verify
+/// --quiet EXTRA…`, its output captured: the load that checks no acknowledged write is
+/// lost while a test breaks things.
+pub fn spawn_verified_load(target: &str, duration: &str, extra: &[&str]) -> KeelProcess {
+    let mut args = vec![
+        "load",
+        target,
+        "--concurrency",
+        "4",
+        "--duration",
+        duration,
+        "--write-ratio",
+        "0.5",
+        "--verify",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    KeelProcess::spawn_captured("load", &args)
+}
+
+/// The number of acknowledged writes in `keel load`'s report (its `writes …` line).
+pub fn acknowledged_writes(report: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            (words.first() == Some(&"writes")).then(|| words.get(4)?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
