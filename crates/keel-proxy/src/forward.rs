@@ -21,6 +21,7 @@ use http::{Method, Response, StatusCode};
 use keel_core::ApiError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::WriteHalf;
 use tokio::time::Instant;
 
 use crate::Proxy;
@@ -93,7 +94,7 @@ enum PipeError {
 impl Inbound<'_> {
     /// Copies the body from the client to `to`, after `head` (sent with the body's first
     /// bytes when they are already here).
-    async fn pipe(&mut self, head: &[u8], to: &mut TcpStream) -> Result<(), PipeError> {
+    async fn pipe(&mut self, head: &[u8], to: &mut WriteHalf<'_>) -> Result<(), PipeError> {
         if self.send_continue {
             self.send_continue = false;
             self.stream
@@ -108,7 +109,7 @@ impl Inbound<'_> {
         piped
     }
 
-    async fn pipe_body(&mut self, head: &[u8], to: &mut TcpStream) -> Result<(), PipeError> {
+    async fn pipe_body(&mut self, head: &[u8], to: &mut WriteHalf<'_>) -> Result<(), PipeError> {
         let backend = |e: std::io::Error| PipeError::Backend(e.to_string());
         match self.framing {
             Framing::Empty | Framing::UntilClose => to.write_all(head).await.map_err(backend),
@@ -401,7 +402,7 @@ pub(crate) async fn exchange(
     started: Instant,
 ) -> Exchange {
     backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let mut conn = loop {
+    let (mut conn, sent) = loop {
         let mut conn = match backend.checkout() {
             Some(conn) => conn,
             None => match backend.connect(config.connect_timeout).await {
@@ -410,17 +411,26 @@ pub(crate) async fn exchange(
             },
         };
         let sent = match &mut body {
-            OutBody::Empty => conn.stream.write_all(head).await.map_err(PipeError::from),
+            OutBody::Empty => conn
+                .stream
+                .write_all(head)
+                .await
+                .map(|()| Sent::All)
+                .map_err(PipeError::from),
             OutBody::Buffered(bytes) => {
                 let mut whole = Vec::with_capacity(head.len() + bytes.len());
                 whole.extend_from_slice(head);
                 whole.extend_from_slice(bytes);
-                conn.stream.write_all(&whole).await.map_err(PipeError::from)
+                conn.stream
+                    .write_all(&whole)
+                    .await
+                    .map(|()| Sent::All)
+                    .map_err(PipeError::from)
             }
-            OutBody::Streamed(inbound) => inbound.pipe(head, &mut conn.stream).await,
+            OutBody::Streamed(inbound) => send_watching(inbound, head, &mut conn, to_head).await,
         };
         match sent {
-            Ok(()) => break conn,
+            Ok(sent) => break (conn, sent),
             Err(PipeError::Client) => return Exchange::ClientGone,
             Err(PipeError::BadBody(why)) => return Exchange::BadBody(why),
             // A kept-alive connection the backend had closed: the request did not reach
@@ -431,7 +441,9 @@ pub(crate) async fn exchange(
             {
                 continue;
             }
-            Err(PipeError::Backend(e)) => return Exchange::Failed(e),
+            // The backend may have answered (a 413, say) and closed before it took the
+            // whole request: what it sent before closing can still be read.
+            Err(PipeError::Backend(e)) => break (conn, Sent::Broken(e)),
         }
     };
     let mut answer = ResponseHead::default();
@@ -439,10 +451,78 @@ pub(crate) async fn exchange(
         config.request_timeout,
         read_head(&mut conn, to_head, &mut answer),
     );
-    match read.await {
-        Err(_) => Exchange::TimedOut,
-        Ok(Err(error)) => Exchange::Failed(error),
-        Ok(Ok(())) => Exchange::Answered(conn, answer, started.elapsed()),
+    match (read.await, sent) {
+        (Ok(Ok(())), sent) => {
+            if !matches!(sent, Sent::All) {
+                // The rest of the request was not sent: the connection cannot carry
+                // another one.
+                answer.connection.keep_alive = false;
+            }
+            Exchange::Answered(conn, answer, started.elapsed())
+        }
+        (_, Sent::Broken(error)) => Exchange::Failed(error),
+        (Err(_), _) => Exchange::TimedOut,
+        (Ok(Err(error)), _) => Exchange::Failed(error),
+    }
+}
+
+/// How much of a request went to the backend.
+enum Sent {
+    All,
+    /// The backend answered before the whole body was sent, with an error or a word that
+    /// it closes: the rest was not sent (RFC 9112, 9.5).
+    Early,
+    /// Sending broke off with this error; an answer may have come before it did.
+    Broken(String),
+}
+
+/// Streams the request to the backend while watching for an early answer: a backend
+/// that refuses a body (`413`, `401`…) may answer before reading it, and then stop
+/// reading, which would leave the proxy waiting to send forever.
+async fn send_watching(
+    inbound: &mut Inbound<'_>,
+    head: &[u8],
+    conn: &mut Conn,
+    to_head: bool,
+) -> Result<Sent, PipeError> {
+    let Conn { stream, buf, .. } = conn;
+    let (mut from, mut to) = stream.split();
+    let piping = inbound.pipe(head, &mut to);
+    tokio::pin!(piping);
+    let mut early = ResponseHead::default();
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            biased;
+            piped = &mut piping => return piped.map(|()| Sent::All),
+            read = async {
+                buf.reserve(READ_CHUNK);
+                from.read_buf(buf).await
+            }, if watching => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    // Closed or broken: sending will say so.
+                    watching = false;
+                    continue;
+                }
+                loop {
+                    match wire::parse_response(buf, to_head, &mut early) {
+                        Ok(false) => break,
+                        // An interim answer: the final one is still to come.
+                        Ok(true) if (100..200).contains(&early.status) && early.status != 101 => {
+                            buf.advance(early.len);
+                        }
+                        // A final answer that does not refuse the body: the body goes on,
+                        // and the answer waits in `buf`.
+                        Ok(true) if early.status < 400 && early.connection.keep_alive => {
+                            watching = false;
+                            break;
+                        }
+                        // A refusal, or something that is not HTTP: `read_head` says which.
+                        Ok(true) | Err(_) => return Ok(Sent::Early),
+                    }
+                }
+            }
+        }
     }
 }
 

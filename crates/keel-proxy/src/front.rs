@@ -36,6 +36,9 @@ use crate::wire::{self, Chunked, Framing, HeadError, RequestHead, ResponseHead};
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The idle timer is moved forward at most this often (moving it costs a timer update).
 const TIMER_SLACK: Duration = Duration::from_secs(1);
+/// How long what a client still sends is read and dropped once its connection is being
+/// closed with part of its request unread (see [`Front::linger`]).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// What a connection's task and its stopper share.
 #[derive(Debug, Default)]
@@ -64,6 +67,9 @@ struct Front<'p> {
     id: Vec<u8>,
     idle: Pin<Box<Sleep>>,
     idle_set: Instant,
+    /// The connection is closed with part of a request unread (a body refused or cut
+    /// short): it is closed by [`Front::linger`].
+    unread: bool,
 }
 
 /// What the client's request says about its answer.
@@ -92,6 +98,7 @@ pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, fl
         id: Vec::with_capacity(32),
         idle: Box::pin(tokio::time::sleep_until(now + HEADER_READ_TIMEOUT)),
         idle_set: now,
+        unread: false,
     };
     loop {
         match front.next_head().await {
@@ -111,6 +118,8 @@ pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, fl
                     to_head: false,
                 };
                 let _ = front.answer(answer, &meta).await;
+                front.unread = true;
+                front.linger().await;
                 return;
             }
         }
@@ -118,13 +127,40 @@ pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, fl
         proxy.stats.requests.fetch_add(1, Ordering::Relaxed);
         let keep = front.serve_one().await;
         flags.busy.store(false, Ordering::Relaxed);
-        if !keep || flags.stopping.load(Ordering::Relaxed) {
+        if !keep {
+            front.linger().await;
+            return;
+        }
+        if flags.stopping.load(Ordering::Relaxed) {
             return;
         }
     }
 }
 
 impl Front<'_> {
+    /// Ends a connection the proxy closes. When the client may still be sending (its
+    /// body was refused or cut short, or more requests came behind the last one), closing
+    /// at once would make the kernel reset the connection, and a reset can throw away the
+    /// answer before the client has read it. So the proxy shuts its side, then reads and
+    /// drops what still comes for up to [`LINGER`].
+    async fn linger(&mut self) {
+        if !self.unread && self.buf.is_empty() {
+            return;
+        }
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let until = Instant::now() + LINGER;
+        loop {
+            self.buf.clear();
+            self.buf.reserve(READ_CHUNK);
+            match tokio::time::timeout_at(until, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Waits for a whole request head. `Ok(false)`: the connection is over (closed by the
     /// client, idle too long, or the proxy is stopping).
     async fn next_head(&mut self) -> Result<bool, HeadError> {
@@ -187,6 +223,7 @@ impl Front<'_> {
                 let len = head.len;
                 buf.advance(len);
                 // The body was not read: the connection cannot carry another request.
+                self.unread = framing != Framing::Empty;
                 let meta = Meta {
                     keep_alive: meta.keep_alive && framing == Framing::Empty,
                     ..meta
@@ -267,6 +304,7 @@ impl Front<'_> {
                     forward::forward(proxy, &table.config, &table.pool, &outgoing, &mut inbound)
                         .await;
                 let consumed = inbound.consumed;
+                self.unread = !consumed;
                 let meta = Meta {
                     keep_alive: meta.keep_alive && consumed,
                     ..meta
@@ -284,6 +322,7 @@ impl Front<'_> {
                 {
                     Ok(body) => body,
                     Err(Some(refusal)) => {
+                        self.unread = true;
                         let meta = Meta {
                             keep_alive: false,
                             ..meta
@@ -551,7 +590,10 @@ fn write_local(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in response.headers() {
-        wire::push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        wire::push_title_case(out, name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Content-Length: ");
     wire::push_decimal(out, response.body().len() as u64);
@@ -638,7 +680,7 @@ async fn relay(
             wire::push_field(out, name, field.value.get(bytes));
         }
     }
-    wire::push_field(out, KEEL_BACKEND.as_bytes(), names.backend.as_bytes());
+    wire::push_field(out, b"Keel-Backend", names.backend.as_bytes());
     wire::push_field(out, b"X-Request-Id", names.id);
     if framing == Framing::Chunked && !dechunk {
         wire::push_field(out, b"Transfer-Encoding", b"chunked");

@@ -544,9 +544,31 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A field name as it is usually written (`content-type` as `Content-Type`): the `http`
+/// crate keeps names in lower case, and the proxy's own answers match the fields it
+/// writes by hand.
+pub fn push_title_case(out: &mut Vec<u8>, name: &[u8]) {
+    let mut upper = true;
+    for &b in name {
+        out.push(if upper { b.to_ascii_uppercase() } else { b });
+        upper = b == b'-';
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_names_are_written_in_title_case() {
+        let mut out = Vec::new();
+        push_title_case(&mut out, b"content-type");
+        out.push(b' ');
+        push_title_case(&mut out, b"retry-after");
+        out.push(b' ');
+        push_title_case(&mut out, b"x-request-id");
+        assert_eq!(out, b"Content-Type Retry-After X-Request-Id");
+    }
 
     fn request(text: &str) -> Result<RequestHead, HeadError> {
         let mut head = RequestHead::default();

@@ -1059,3 +1059,105 @@ fn a_drained_backend_gets_no_new_requests_until_undrained() {
     admin("undrain");
     assert!(sequence(&proxy, 6).contains(&"service1".to_owned()));
 }
+
+/// A backend that refuses bodies on sight: on `/close` and `/stall` it answers `413`
+/// after the head alone, then closes with the body unread (`/close`) or keeps the
+/// connection open without reading another byte (`/stall`). Other paths get `200`.
+fn start_refuser() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind refuser");
+    let url = url_for(listener.local_addr().expect("addr").port());
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let Ok(clone) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(clone);
+                let mut stream = stream;
+                while let Some((request_line, body_len)) = read_head(&mut reader) {
+                    let path = request_line.split(' ').nth(1).unwrap_or("/").to_owned();
+                    if path == "/close" || path == "/stall" {
+                        let refusal = "HTTP/1.1 413 Content Too Large\r\nContent-Length: 22\r\n\
+                                       Connection: close\r\n\r\nrefused: body too big\n";
+                        let refusal = if path == "/close" {
+                            refusal.to_owned()
+                        } else {
+                            refusal.replace("Connection: close\r\n", "")
+                        };
+                        let _ = stream.write_all(refusal.as_bytes());
+                        if path == "/stall" {
+                            thread::sleep(Duration::from_secs(15));
+                        }
+                        return;
+                    }
+                    let mut body = vec![0; body_len];
+                    if reader.read_exact(&mut body).is_err()
+                        || stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_backend_that_refuses_a_body_before_reading_it_gets_its_answer_to_the_client() {
+    let refuser = start_refuser();
+    let proxy = Proxy::start(&format!(
+        "[health]\ninterval = \"0s\"\n{}",
+        backend_block("refuser", &refuser, 1)
+    ));
+    let addr = proxy.url.trim_start_matches("http://").to_owned();
+    // 32 MiB: far more than the sockets between here and the backend can hold.
+    const BODY: usize = 32 << 20;
+    for path in ["/close", "/stall"] {
+        let mut client = TcpStream::connect(&addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut writer = client.try_clone().expect("clone");
+        // The client sends its body without waiting for an answer, as most do.
+        let sending = thread::spawn(move || {
+            let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n");
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            if writer.write_all(head.as_bytes()).is_ok() {
+                while sent < BODY && writer.write_all(&chunk).is_ok() {
+                    sent += chunk.len();
+                }
+            }
+        });
+        let mut answer = String::new();
+        let read = client.read_to_string(&mut answer);
+        assert!(read.is_ok(), "{path}: {read:?} after {answer:?}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{path}: the backend's own answer, not the proxy's: {answer}"
+        );
+        assert!(
+            answer.ends_with("refused: body too big\n"),
+            "{path}: {answer}"
+        );
+        assert!(
+            lower.contains("keel-backend: refuser\r\n"),
+            "{path}: {answer}"
+        );
+        // The rest of the body was never read: the connection cannot go on.
+        assert!(lower.contains("connection: close\r\n"), "{path}: {answer}");
+        drop(client);
+        sending.join().expect("sender");
+    }
+    // Neither refusal is held against the backend or left behind in its pool.
+    let client = support::http_client();
+    for _ in 0..3 {
+        let (status, backend) = get_backend(&client, &format!("{}/", proxy.url));
+        assert_eq!((status, backend.as_str()), (StatusCode::OK, "refuser"));
+    }
+    assert_eq!(proxy.backend("refuser")["state"], "up");
+}
