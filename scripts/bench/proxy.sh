@@ -270,8 +270,8 @@ wrk_run() {
 }
 
 # Per system, one value per round (space-separated), and the medians the table shows.
-declare -A RUNS_RPS=() RUNS_P99=() RUNS_CPU=() RUNS_USER=() RUNS_CLIENT=()
-declare -A RPS=() P99=() FAILED=() DETAIL=() CPU_US=() USER_US=() CLIENT_BUSY=() KRPS=() KP99=() KFAILED=() KDETAIL=()
+declare -A RUNS_RPS=() RUNS_P99=() RUNS_CPU=() RUNS_USER=() RUNS_CLIENT=() RUNS_CLIENT_US=()
+declare -A RPS=() P99=() FAILED=() DETAIL=() CPU_US=() USER_US=() CLIENT_BUSY=() CLIENT_US=() KRPS=() KP99=() KFAILED=() KDETAIL=()
 
 # group_cpu_ticks PGID: CPU time used so far by the processes of a group, all their
 # threads included, in clock ticks: "user system".
@@ -344,12 +344,15 @@ run_target() {
         awk -v ticks="$1" -v hz="$CLK_TCK" -v rps="${RPS[$t]}" -v secs="$DURATION" \
             'BEGIN { printf "%.1f", ticks / hz * 1e6 / (rps * secs) }'
     }
-    local cpu user client
+    local cpu user client client_us
     cpu=$(per_request $((user1 - user0 + sys1 - sys0)))
     user=$(per_request $((user1 - user0)))
     client=$(awk -v b=$((busy1 - busy0)) -v a=$((all1 - all0)) 'BEGIN { printf "%.0f", (a > 0 ? 100 * b / a : 0) }')
-    RUNS_CPU[$t]+=" $cpu" RUNS_USER[$t]+=" $user" RUNS_CLIENT[$t]+=" $client"
-    log "  $t: $cpu µs of CPU per request, $user µs of it in user space; client core ${client}% busy"
+    # The client core's time per request (wrk and the stubs, and the kernel's work on
+    # their side): its inverse is the most requests per second that core allows.
+    client_us=$(per_request $((busy1 - busy0)))
+    RUNS_CPU[$t]+=" $cpu" RUNS_USER[$t]+=" $user" RUNS_CLIENT[$t]+=" $client" RUNS_CLIENT_US[$t]+=" $client_us"
+    log "  $t: $cpu µs of CPU per request, $user µs of it in user space; client core ${client}% busy, $client_us µs per request"
     if [[ $t == keel ]]; then
         KEEL_RSS_AFTER=$(rss_kb "$KEEL_PID")
         if ((FAILED[keel] > 0)); then
@@ -393,18 +396,19 @@ report() {
     echo "versions: $("$BIN_DIR/keel" --version 2>&1 | head -1), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
     echo
     echo "medians of $ROUNDS rounds (the systems take turns; req/s of each round in brackets)"
-    printf '%-8s %10s %8s %22s %12s %8s %14s %12s %12s\n' system req/s p99_ms "ratio to nginx (req/s)" "p99 vs nginx" failed "cpu_us/request" "of it user" "client core"
+    printf '%-8s %10s %8s %22s %12s %8s %14s %12s %12s %12s\n' system req/s p99_ms "ratio to nginx (req/s)" "p99 vs nginx" failed "cpu_us/request" "of it user" "client core" "client_us"
     for t in $TARGETS; do
         [[ -n ${RPS[$t]:-} ]] || continue
         # shellcheck disable=SC2086 # the runs are space-separated on purpose
-        printf '%-8s %10s %8.2f %22s %12s %8s %14s %12s %11s%%   [%s ]\n' "$t" "${RPS[$t]}" "${P99[$t]}" \
+        printf '%-8s %10s %8.2f %22s %12s %8s %14s %12s %11s%% %12s   [%s ]\n' "$t" "${RPS[$t]}" "${P99[$t]}" \
             "$(ratio "${RPS[$t]}" "${RPS[nginx]:-}")" "$(ratio "${P99[$t]}" "${P99[nginx]:-}")" "${FAILED[$t]}" \
-            "${CPU_US[$t]}" "${USER_US[$t]}" "${CLIENT_BUSY[$t]}" "${RUNS_RPS[$t]}"
+            "${CPU_US[$t]}" "${USER_US[$t]}" "${CLIENT_BUSY[$t]}" "${CLIENT_US[$t]}" "${RUNS_RPS[$t]}"
     done
     echo "(p99 vs nginx below 1: a lower p99 than nginx's; cpu_us/request: CPU time of the system"
     echo " under test, all its processes and threads, over the measured run per request served;"
     echo " of it user: the part spent in user space, the rest is the kernel's; client core: how"
-    echo " busy the core of wrk and the stubs was, near 100% when they set the pace)"
+    echo " busy the core of wrk and the stubs was, near 100% when they set the pace; client_us: that"
+    echo " core's busy time per request, so 1e6/client_us is the most req/s it allows)"
     for t in $TARGETS; do
         if [[ -n ${FAILED[$t]:-} && ${FAILED[$t]} != 0 ]]; then
             echo "  $t failed requests: ${DETAIL[$t]}"
@@ -481,6 +485,7 @@ main() {
         RPS[$t]=$(median ${RUNS_RPS[$t]}) P99[$t]=$(median ${RUNS_P99[$t]})
         CPU_US[$t]=$(median ${RUNS_CPU[$t]}) USER_US[$t]=$(median ${RUNS_USER[$t]})
         CLIENT_BUSY[$t]=$(median ${RUNS_CLIENT[$t]})
+        CLIENT_US[$t]=$(median ${RUNS_CLIENT_US[$t]})
     done
     for t in $KILL_TARGETS; do
         [[ $t == direct ]] && die "the kill test needs a load balancer, not direct"
