@@ -123,9 +123,18 @@ pub fn body_rejection(rejection: BytesRejection, limit: usize, code: &str) -> Re
     }
 }
 
+/// How long a client may take to send a request's head; then its connection is closed, so
+/// that a client sending a byte now and then (slowloris) cannot hold a connection.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Connections a server serves at once. At the limit it stops accepting, and the next
+/// clients wait in the kernel's queue until one leaves, so that a flood of connections
+/// cannot exhaust its file descriptors.
+pub const MAX_CONNECTIONS: u32 = 1024;
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish for at most `grace`. `stopping` turns true the moment shutdown begins, so that
-/// the server's other tasks can stop with it.
+/// the server's other tasks (event streams among them) can stop with it. Connections are
+/// bounded by [`HEADER_READ_TIMEOUT`] and [`MAX_CONNECTIONS`].
 pub async fn serve_draining(
     listener: tokio::net::TcpListener,
     router: axum::Router,
@@ -133,20 +142,196 @@ pub async fn serve_draining(
     grace: std::time::Duration,
     stopping: tokio::sync::watch::Sender<bool>,
 ) -> std::io::Result<()> {
-    let mut stopped = stopping.subscribe();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("stopping: draining in-flight requests");
-        let _ = stopping.send(true);
-    });
+    let limits = Limits {
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        max_connections: MAX_CONNECTIONS,
+    };
+    serve_with(listener, router, shutdown, grace, stopping, limits).await
+}
+
+/// What one connection may take.
+struct Limits {
+    header_read_timeout: std::time::Duration,
+    max_connections: u32,
+}
+
+// The loop is written here rather than taken from `axum::serve`, which has neither a
+// header-read timeout nor a connection limit. Connections may be upgraded (a node's
+// replication stream is): an upgraded connection leaves the server's count and is not
+// waited for when it stops.
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+    stopping: tokio::sync::watch::Sender<bool>,
+    limits: Limits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    // A permit per open connection: when they are all back, every connection is done.
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = std::sync::Arc::clone(&open).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else {
+            break;
+        };
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection that went before it was
+                    // taken: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let connection = http
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router.clone()),
+            )
+            .with_upgrades();
+        let mut stop = stopping.subscribe();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
+                    // The request in flight is finished, then the connection closed.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("stopping: draining in-flight requests");
+    let _ = stopping.send(true);
+    drop(listener);
     tokio::select! {
-        r = server => r,
-        _ = async {
-            let _ = stopped.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        } => {
+        _ = open.acquire_many(limits.max_connections) => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "requests still open after the grace period; stopping anyway");
-            Ok(())
         }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// A server answering `GET /` with "ok", and what stops it.
+    async fn start(max_connections: u32) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        let limits = Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections,
+        };
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let server = tokio::spawn(async move {
+            let served = serve_with(
+                listener,
+                router,
+                shutdown,
+                Duration::from_secs(1),
+                stopping,
+                limits,
+            );
+            served.await.expect("serve");
+        });
+        (addr, stop, server)
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    /// Sends `GET /` and reads its answer (which is short: one read).
+    async fn get(stream: &mut TcpStream) -> String {
+        stream.write_all(GET).await.expect("write");
+        let mut answer = vec![0; 4096];
+        let n = stream.read(&mut answer).await.expect("read");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_still_unfinished_after_the_timeout_loses_its_connection() {
+        let (addr, stop, server) = start(8).await;
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+            .await
+            .expect("write");
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT * 2,
+            "closed after {waited:?}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("200 OK"),
+            "{rest:?}"
+        );
+        // A client that sends its head whole is served.
+        let mut quick = TcpStream::connect(addr).await.expect("connect");
+        let answer = get(&mut quick).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        let _ = stop.send(());
+        server.await.expect("server");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_connection_limit_the_next_client_waits_until_one_leaves() {
+        let (addr, stop, server) = start(1).await;
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        assert!(get(&mut first).await.starts_with("HTTP/1.1 200"));
+        // The kernel takes the second connection; the server does not serve it while the
+        // first is open.
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        second.write_all(GET).await.expect("write");
+        let mut answer = vec![0; 4096];
+        let waited = tokio::time::timeout(Duration::from_secs(5), second.read(&mut answer)).await;
+        assert!(
+            waited.is_err(),
+            "served while the first was open: {waited:?}"
+        );
+        drop(first);
+        let n = second.read(&mut answer).await.expect("read");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let _ = stop.send(());
+        server.await.expect("server");
     }
 }
