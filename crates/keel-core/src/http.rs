@@ -141,7 +141,7 @@ pub async fn serve_draining(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: std::time::Duration,
     stopping: tokio::sync::watch::Sender<bool>,
-) -> std::io::Result<()> {
+) {
     let limits = Limits {
         header_read_timeout: HEADER_READ_TIMEOUT,
         max_connections: MAX_CONNECTIONS,
@@ -166,7 +166,7 @@ async fn serve_with(
     grace: std::time::Duration,
     stopping: tokio::sync::watch::Sender<bool>,
     limits: Limits,
-) -> std::io::Result<()> {
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
@@ -228,7 +228,6 @@ async fn serve_with(
             tracing::warn!(?grace, "requests still open after the grace period; stopping anyway");
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -260,17 +259,14 @@ mod tests {
         let shutdown = async {
             let _ = stopped.await;
         };
-        let server = tokio::spawn(async move {
-            let served = serve_with(
-                listener,
-                router,
-                shutdown,
-                Duration::from_secs(1),
-                stopping,
-                limits,
-            );
-            served.await.expect("serve");
-        });
+        let server = tokio::spawn(serve_with(
+            listener,
+            router,
+            shutdown,
+            Duration::from_secs(1),
+            stopping,
+            limits,
+        ));
         (addr, stop, server)
     }
 

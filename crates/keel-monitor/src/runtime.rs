@@ -146,7 +146,7 @@ pub async fn run(
     let server =
         keel_core::http::serve_draining(listener, router, shutdown, GRACE, stop_tx.clone());
     let result = tokio::select! {
-        r = server => r.map_err(MonitorError::Serve),
+        () = server => Ok(()),
         r = &mut core_task => match r {
             Ok(Err(e)) => Err(e),
             Ok(Ok(())) => Ok(()),

@@ -16,7 +16,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderMap, Method, StatusCode, Uri, header};
+use http::{HeaderMap, StatusCode, header};
 use keel_core::ApiError;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -34,7 +34,7 @@ pub const MAX_BODY: usize = 1 << 20;
 type Answered = Result<Response, Response>;
 
 pub(crate) fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/register", post(register))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/sync/drop", post(sync_drop))
@@ -42,22 +42,13 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/events", get(events))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .route("/metrics", get(metrics));
+    keel_core::http::json_fallbacks(routes, "docs/failover.md")
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }
 
 use keel_core::http::error_response;
-
-async fn not_found(method: Method, uri: Uri) -> Response {
-    keel_core::http::not_found(&method, &uri, "docs/failover.md")
-}
-
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    keel_core::http::method_not_allowed(&method, &uri)
-}
 
 /// The body as JSON of type `T`; an empty body reads as `{}` when `empty_ok`.
 fn parse<T: DeserializeOwned>(

@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
 use keel_core::{ApiError, Lsn};
 use keel_store::{Command, Expect, Outcome, Rejection};
@@ -34,7 +34,7 @@ use crate::writer::{self, WriteError};
 
 /// The node's router.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/entries", get(get_entries).patch(patch_entries))
         .route("/v1/kv", get(list_kv))
         .route("/v1/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
@@ -43,9 +43,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/replication", get(receiver::accept))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/admin/kill", post(kill))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .route("/admin/kill", post(kill));
+    keel_core::http::json_fallbacks(routes, "docs/api.md")
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(shared.clone(), stamp))
         .with_state(shared)
@@ -74,14 +73,6 @@ async fn stamp(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
         h.insert(KEEL_LSN, HeaderValue::from(status.last.lsn.0));
     }
     resp
-}
-
-async fn not_found(method: Method, uri: Uri) -> Response {
-    keel_core::http::not_found(&method, &uri, "docs/api.md")
-}
-
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    keel_core::http::method_not_allowed(&method, &uri)
 }
 
 fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {

@@ -96,16 +96,14 @@ pub async fn run(
         .map(|url| tokio::spawn(crate::heartbeat::run(shared.clone(), url, stop_rx.clone())));
 
     let app = api::router(shared.clone());
-    let result = keel_core::http::serve_draining(listener, app, shutdown, GRACE, stop_tx)
-        .await
-        .map_err(NodeError::Serve);
+    keel_core::http::serve_draining(listener, app, shutdown, GRACE, stop_tx).await;
     shared.stop_senders();
     if let Some(h) = heartbeater {
         h.abort();
     }
     writer.abort();
     tracing::info!("node stopped");
-    result
+    Ok(())
 }
 
 enum EpochChoice {

@@ -37,15 +37,21 @@ use crate::Proxy;
 use crate::backend::Backend;
 use crate::health::State as HealthState;
 
-/// Serves the admin API until `stop` turns true.
+/// Serves the admin API until `stop` turns true, with the limits every keel server has
+/// (see [`keel_core::http::serve_draining`]).
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let app = router(proxy);
-    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
-    });
-    if let Err(e) = served.await {
-        tracing::error!(error = %e, "the admin server failed");
-    }
+    };
+    let (stopping, _) = watch::channel(false);
+    keel_core::http::serve_draining(
+        listener,
+        router(proxy),
+        shutdown,
+        std::time::Duration::from_secs(5),
+        stopping,
+    )
+    .await;
 }
 
 /// The admin routes.

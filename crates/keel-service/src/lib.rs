@@ -115,8 +115,8 @@ pub async fn run(
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let router = build(&config, stopped)?;
     keel_core::http::serve_draining(listener, router, shutdown, Duration::from_secs(5), stopping)
-        .await
-        .map_err(ServiceError::Serve)
+        .await;
+    Ok(())
 }
 
 /// Listens on `addr`; also the address it got (port 0 picks one).

@@ -645,17 +645,7 @@ fn bad_configuration_and_malformed_requests_get_clear_errors() {
 
     let s1 = Service::start("service1");
     let proxy = Proxy::start(&backend_block("service1", &s1.url, 1));
-    let raw = |request: &[u8]| {
-        let mut stream =
-            TcpStream::connect(proxy.url.trim_start_matches("http://")).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        stream.write_all(request).expect("write");
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
-    };
+    let raw = |request: &[u8]| exchange_raw(&proxy, request);
     let answer = raw(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("missing_host"), "{answer}");

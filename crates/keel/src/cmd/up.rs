@@ -154,9 +154,16 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let control_token = Token::from_file(&token_path).ok();
     let control_server = tokio::spawn(async move {
         let app = control::router(control_token, commands_tx);
-        if let Err(e) = axum::serve(control_listener, app).await {
-            eprintln!("keel: the control API failed: {e}");
-        }
+        // Served until `keel up` ends, which aborts this task.
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        keel_core::http::serve_draining(
+            control_listener,
+            app,
+            std::future::pending(),
+            std::time::Duration::ZERO,
+            stopping,
+        )
+        .await;
     });
 
     let exe =

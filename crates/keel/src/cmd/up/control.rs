@@ -23,11 +23,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use keel_core::ApiError;
-use keel_core::http::{body_rejection, error_response, method_not_allowed, not_found};
+use keel_core::http::{body_rejection, error_response};
 use keel_core::token::Token;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -137,15 +137,17 @@ struct App {
 
 /// The routes; requests become [`Command`]s on `commands`.
 pub(crate) fn router(token: Option<Token>, commands: mpsc::Sender<Command>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/processes", get(list))
         .route("/v1/processes/{name}/{action}", post(act))
         .route("/v1/partition", post(partition))
         .route("/v1/heal", post(heal))
-        .route("/health", get(|| async { "ok" }))
-        .fallback(fallback)
-        .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/health", get(|| async { "ok" }));
+    keel_core::http::json_fallbacks(
+        routes,
+        "GET /v1/processes, POST /v1/processes/{name}/{action}, POST /v1/partition or POST /v1/heal",
+    )
+    .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::new(App { token, commands }))
 }
 
@@ -244,18 +246,6 @@ fn stopping() -> Response {
         StatusCode::SERVICE_UNAVAILABLE,
         ApiError::new("shutting_down", "keel up is stopping"),
     )
-}
-
-async fn fallback(method: Method, uri: Uri) -> Response {
-    not_found(
-        &method,
-        &uri,
-        "GET /v1/processes, POST /v1/processes/{name}/{action}, POST /v1/partition or POST /v1/heal",
-    )
-}
-
-async fn wrong_method(method: Method, uri: Uri) -> Response {
-    method_not_allowed(&method, &uri)
 }
 
 /// What `<data-dir>/up.json` holds: where a running `keel up` can be reached.
