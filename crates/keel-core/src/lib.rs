@@ -9,11 +9,14 @@
 //! - [`error`]: the JSON body of every 4xx/5xx answer ([`ApiError`]);
 //! - [`http`]: the answers every keel server gives a wrong route, method or body;
 //! - [`token`]: the admin bearer token (loading it, comparing it in constant time);
+//! - [`auth`]: the cluster secret, and signed requests and answers (`Keel-Auth`) with
+//!   either credential — how members prove membership and operators their right to act;
 //! - [`faults`]: the fault filter behind `keel chaos partition` — the peers this process
 //!   must not connect to, read from `KEEL_FAULTS_FILE` (inert without it);
 //! - [`shutdown`]: the Ctrl-C / SIGTERM future that servers take as their stop signal.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod duration;
 pub mod error;
 pub mod faults;

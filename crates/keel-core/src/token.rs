@@ -74,11 +74,9 @@ impl Token {
 
     /// A fresh random token: 32 hex characters from the OS's random source.
     pub fn generate() -> std::io::Result<Self> {
-        let mut bytes = [0u8; 16];
-        let mut f = fs::File::open("/dev/urandom")?;
-        std::io::Read::read_exact(&mut f, &mut bytes)?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self(hex))
+        crate::auth::random_hex(16)
+            .map(Self)
+            .map_err(std::io::Error::other)
     }
 
     /// The secret itself, for writing it to a file or a header.
@@ -101,14 +99,16 @@ impl Token {
 }
 
 /// Checks an admin request: the process must have a token (`403 admin_disabled`
-/// otherwise) and the request's `Authorization` header must carry it (`401
-/// unauthorized`). `what` names the process in the message ("node", "monitor").
+/// otherwise) and the request must have proven it holds it (`401 unauthorized`):
+/// `authorized` is true when its `Authorization: Bearer` matched or its `Keel-Auth`
+/// signature was made with the token ([`crate::http::Guard`] checks both). `what`
+/// names the process in the message ("node", "monitor").
 pub fn check_admin(
     token: Option<&Token>,
-    authorization: Option<&str>,
+    authorized: bool,
     what: &str,
 ) -> Result<(), (http::StatusCode, crate::ApiError)> {
-    let Some(token) = token else {
+    if token.is_none() {
         return Err((
             http::StatusCode::FORBIDDEN,
             crate::ApiError::new(
@@ -119,12 +119,12 @@ pub fn check_admin(
             ),
         ));
     };
-    if !token.matches_header(authorization) {
+    if !authorized {
         return Err((
             http::StatusCode::UNAUTHORIZED,
             crate::ApiError::new(
                 "unauthorized",
-                "admin actions need 'Authorization: Bearer <token>' with the cluster's admin token",
+                "admin actions need the cluster's admin token: 'Authorization: Bearer <token>', or a Keel-Auth signature made with it",
             ),
         ));
     }
@@ -147,13 +147,13 @@ mod tests {
     #[test]
     fn admin_requests_need_a_configured_token_and_the_right_header() {
         let t = Token::new("0123456789abcdef", "test").expect("valid token");
-        assert!(check_admin(Some(&t), Some("Bearer 0123456789abcdef"), "node").is_ok());
-        let (status, body) = check_admin(Some(&t), None, "node").expect_err("no header");
+        assert!(check_admin(Some(&t), true, "node").is_ok());
+        let (status, body) = check_admin(Some(&t), false, "node").expect_err("no header");
         assert_eq!(
             (status.as_u16(), body.error.as_str()),
             (401, "unauthorized")
         );
-        let (status, body) = check_admin(None, Some("Bearer x"), "monitor").expect_err("no token");
+        let (status, body) = check_admin(None, true, "monitor").expect_err("no token");
         assert_eq!(
             (status.as_u16(), body.error.as_str()),
             (403, "admin_disabled")

@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use keel_core::auth::{AUTH_HEADER, Signed, Signer};
+
 use crate::wire::ClusterView;
 
 /// Why the monitor could not be read.
@@ -28,6 +30,8 @@ pub enum ClientError {
     BadAnswer { url: String, reason: String },
     #[error("the monitor's event stream broke off: {0}")]
     Broken(String),
+    #[error("the answer of {monitor} is not from a member of this cluster: {reason}")]
+    NotAMember { monitor: String, reason: String },
 }
 
 /// An HTTP client for event streams: a connect timeout, but none on the whole request
@@ -46,21 +50,102 @@ pub async fn cluster(
     monitor: &str,
     timeout: Duration,
 ) -> Result<ClusterView, ClientError> {
+    cluster_as(http, monitor, timeout, None).await
+}
+
+/// Reads `GET /v1/cluster` as a member: with a `signer`, the request is signed and the
+/// view is taken only if the monitor signed it (a member routes traffic by it).
+pub async fn cluster_as(
+    http: &reqwest::Client,
+    monitor: &str,
+    timeout: Duration,
+    signer: Option<&Signer>,
+) -> Result<ClusterView, ClientError> {
     let url = format!("{monitor}/v1/cluster");
-    let response = http
-        .get(&url)
+    let (request, signed) = signed_get(http, &url, monitor, signer)?;
+    let response = request
         .timeout(timeout)
         .send()
         .await
         .map_err(|e| unreachable(monitor, &e))?;
-    let response = success(response, monitor, &url).await?;
-    response
-        .json::<ClusterView>()
+    let status = response.status();
+    let header = answer_signature(&response);
+    let body = response
+        .bytes()
         .await
-        .map_err(|e| ClientError::BadAnswer {
+        .map_err(|e| unreachable(monitor, &e))?;
+    check_signed(
+        signer,
+        signed.as_ref(),
+        header.as_deref(),
+        status.as_u16(),
+        Some(&body),
+        monitor,
+    )?;
+    if !status.is_success() {
+        return Err(ClientError::Refused {
+            monitor: monitor.to_owned(),
             url,
-            reason: e.to_string(),
-        })
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).trim().to_owned(),
+        });
+    }
+    serde_json::from_slice::<ClusterView>(&body).map_err(|e| ClientError::BadAnswer {
+        url,
+        reason: e.to_string(),
+    })
+}
+
+/// A GET of `url`, signed when there is a signer.
+fn signed_get(
+    http: &reqwest::Client,
+    url: &str,
+    monitor: &str,
+    signer: Option<&Signer>,
+) -> Result<(reqwest::RequestBuilder, Option<Signed>), ClientError> {
+    let mut request = http.get(url);
+    let signed = match signer {
+        Some(signer) => {
+            let signed = signer
+                .sign("GET", url, b"")
+                .map_err(|e| ClientError::Unreachable {
+                    monitor: monitor.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            request = request.header(AUTH_HEADER, &signed.header);
+            Some(signed)
+        }
+        None => None,
+    };
+    Ok((request, signed))
+}
+
+fn answer_signature(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get(AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// With a signer, the answer must carry a member's signature over the request's nonce.
+fn check_signed(
+    signer: Option<&Signer>,
+    signed: Option<&Signed>,
+    header: Option<&str>,
+    status: u16,
+    body: Option<&[u8]>,
+    monitor: &str,
+) -> Result<(), ClientError> {
+    if let (Some(signer), Some(signed)) = (signer, signed) {
+        signer
+            .check_answer(signed, header, status, body)
+            .map_err(|e| ClientError::NotAMember {
+                monitor: monitor.to_owned(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 /// The response when it is a success, else the monitor's refusal with its body.
@@ -110,16 +195,40 @@ impl EventStream {
         monitor: &str,
         since: Option<u64>,
     ) -> Result<EventStream, ClientError> {
+        Self::open_as(http, monitor, since, None).await
+    }
+
+    /// Opens the stream as a member: signed, and taken only from a monitor that signed
+    /// its answer (whose status, not the stream's bytes: those only tell a member to
+    /// read the signed view again).
+    pub async fn open_as(
+        http: &reqwest::Client,
+        monitor: &str,
+        since: Option<u64>,
+        signer: Option<&Signer>,
+    ) -> Result<EventStream, ClientError> {
         let url = match since {
             Some(id) => format!("{monitor}/v1/events?since={id}"),
             None => format!("{monitor}/v1/events"),
         };
-        let response = http
-            .get(&url)
+        let (request, signed) = signed_get(http, &url, monitor, signer)?;
+        let response = request
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
             .map_err(|e| unreachable(monitor, &e))?;
+        if response.status().is_success() {
+            let header = answer_signature(&response);
+            let status = response.status().as_u16();
+            check_signed(
+                signer,
+                signed.as_ref(),
+                header.as_deref(),
+                status,
+                None,
+                monitor,
+            )?;
+        }
         let response = success(response, monitor, &url).await?;
         Ok(EventStream {
             response,

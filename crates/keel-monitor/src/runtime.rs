@@ -14,7 +14,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use keel_core::NodeId;
+use keel_core::auth::{ClusterSecret, Hosts, Signer};
 use keel_core::faults::Faults;
+use keel_core::http::Guard;
 use keel_core::token::Token;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -24,6 +26,9 @@ use crate::machine::{Answer, Input, Monitor, Output, Refusal, Stats};
 use crate::settings::{Settings, SettingsError};
 use crate::store::{Store, StoreError};
 use crate::wire::ClusterView;
+
+/// The id the monitor signs its answers and probes with.
+pub const MONITOR_ID: &str = "monitor";
 
 /// How long in-flight requests get to finish once the monitor is told to stop.
 const GRACE: Duration = Duration::from_secs(5);
@@ -39,6 +44,13 @@ pub struct MonitorConfig {
     pub settings: Settings,
     /// The admin token for `POST /v1/failover`; without one, switchovers are refused.
     pub token: Option<Token>,
+    /// The cluster secret: with it, only members may register, heartbeat and drop a
+    /// standby from the sync set, and probes trust only members' answers. Without it the
+    /// monitor is open to anyone who can reach it (loopback only; docs/security.md).
+    pub secret: Option<ClusterSecret>,
+    /// The lowest epoch the monitor may issue next: for a monitor whose state was lost
+    /// while its nodes kept theirs (they report epochs it never issued, which it refuses).
+    pub epoch_floor: Option<keel_core::Epoch>,
 }
 
 /// Why the monitor could not start, or stopped with an error.
@@ -80,7 +92,8 @@ pub(crate) enum Msg {
 pub(crate) struct App {
     pub core: mpsc::Sender<Msg>,
     pub events: Arc<EventLog>,
-    pub token: Option<Token>,
+    /// Checks members' signatures and the admin credential; signs answers to members.
+    pub guard: Arc<Guard>,
     /// Heartbeats refused before they reached the machine (unparsable bodies).
     pub malformed_heartbeats: AtomicU64,
     /// Turns `true` when the monitor stops: event streams end so that the server can
@@ -114,7 +127,10 @@ pub async fn run(
         .build()
         .map_err(MonitorError::Client)?;
 
-    let (monitor, started) = Monitor::new(config.settings, state, Instant::now());
+    let (mut monitor, mut started) = Monitor::new(config.settings, state, Instant::now());
+    if let Some(floor) = config.epoch_floor {
+        started.extend(monitor.raise_epoch_floor(floor));
+    }
     let state = monitor.state();
     tracing::info!(
         listen = %config.listen, state = %store.path().display(), version = state.version,
@@ -127,7 +143,13 @@ pub async fn run(
     let app = Arc::new(App {
         core: core_tx.clone(),
         events: events.clone(),
-        token: config.token,
+        guard: Arc::new(Guard::new(
+            "monitor",
+            MONITOR_ID,
+            config.secret.as_ref(),
+            config.token.as_ref(),
+            Hosts::of(config.listen, &[]),
+        )),
         malformed_heartbeats: AtomicU64::new(0),
         stopping: stop_rx.clone(),
     });
@@ -138,6 +160,10 @@ pub async fn run(
         rx: core_rx,
         tx: core_tx.downgrade(),
         probe_client,
+        signer: config
+            .secret
+            .as_ref()
+            .map(|s| Signer::new(s.key(), MONITOR_ID)),
         faults: Faults::from_env(),
     };
     let mut core_task = tokio::spawn(core.run(started));
@@ -168,6 +194,10 @@ struct Core {
     // Weak: the core must not keep its own channel open; probes upgrade it while they run.
     tx: mpsc::WeakSender<Msg>,
     probe_client: reqwest::Client,
+    /// Signs probes and checks the answers: with the cluster secret, only a member's
+    /// answer counts as alive, so a process that took a dead primary's port cannot hold
+    /// off its failover.
+    signer: Option<Signer>,
     /// The nodes the monitor must not connect to (`keel chaos partition`).
     faults: Faults,
 }
@@ -275,18 +305,14 @@ impl Core {
         let client = self.probe_client.clone();
         let timeout = self.monitor.settings().heartbeat_interval;
         let blocked = self.faults.blocks(&url);
+        let signer = self.signer.clone();
         tokio::spawn(async move {
             let ok = if blocked {
                 tracing::debug!(node = %node, "probe refused by keel's fault filter (keel chaos partition)");
                 false
             } else {
-                match client
-                    .get(format!("{url}/health"))
-                    .timeout(timeout)
-                    .send()
-                    .await
-                {
-                    Ok(resp) => resp.status().is_success(),
+                match probe_once(&client, signer.as_ref(), &url, timeout).await {
+                    Ok(()) => true,
                     Err(e) => {
                         tracing::debug!(node = %node, error = %e, "probe failed");
                         false
@@ -298,4 +324,43 @@ impl Core {
                 .await;
         });
     }
+}
+
+/// `GET {url}/health`, signed when the monitor holds the cluster secret; then the answer
+/// counts only if the member that answered signed it.
+async fn probe_once(
+    client: &reqwest::Client,
+    signer: Option<&Signer>,
+    url: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let target = format!("{url}/health");
+    let mut request = client.get(&target).timeout(timeout);
+    let signed = match signer {
+        Some(signer) => {
+            let signed = signer
+                .sign("GET", &target, b"")
+                .map_err(|e| e.to_string())?;
+            request = request.header(keel_core::auth::AUTH_HEADER, &signed.header);
+            Some(signed)
+        }
+        None => None,
+    };
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let header = response
+        .headers()
+        .get(keel_core::auth::AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    if let (Some(signer), Some(signed)) = (signer, &signed) {
+        signer
+            .check_answer(signed, header.as_deref(), status.as_u16(), Some(&body))
+            .map_err(|e| format!("answer not from a member: {e}"))?;
+    }
+    if !status.is_success() {
+        return Err(format!("answered {status}"));
+    }
+    Ok(())
 }

@@ -13,11 +13,12 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
 use keel_core::ApiError;
+use keel_core::auth::Principal;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -43,9 +44,18 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/events", get(events))
         .route("/health", get(health))
         .route("/metrics", get(metrics));
-    keel_core::http::json_fallbacks(routes, "docs/failover.md")
+    let guard = app.guard.clone();
+    let routes = keel_core::http::json_fallbacks(routes, "docs/failover.md")
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(app)
+        .with_state(app);
+    keel_core::http::guarded(routes, guard)
+}
+
+/// Who signed the request, if anyone ([`keel_core::http::guarded`] checked it).
+type Signed = Option<Extension<Principal>>;
+
+fn principal(signed: &Signed) -> Option<&Principal> {
+    signed.as_ref().map(|Extension(p)| p)
 }
 
 use keel_core::http::error_response;
@@ -126,13 +136,25 @@ fn check_epoch(epoch: keel_core::Epoch, code: &str) -> Result<(), Response> {
     Ok(())
 }
 
-async fn register(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
+async fn register(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    app.guard.require_member(principal(&signed), None)?;
     let req: RegisterRequest = parse(raw, codes::BAD_REGISTER, false)?;
+    app.guard
+        .require_member(principal(&signed), Some(req.node.as_str()))?;
     check_epoch(req.epoch, codes::BAD_REGISTER)?;
     ask(&app, Input::Register(req)).await
 }
 
-async fn heartbeat(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    app.guard.require_member(principal(&signed), None)?;
     let req: HeartbeatRequest = parse(raw, codes::BAD_HEARTBEAT, false)
         .and_then(|req: HeartbeatRequest| {
             check_epoch(req.epoch, codes::BAD_HEARTBEAT).map(|()| req)
@@ -140,25 +162,30 @@ async fn heartbeat(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejectio
         .inspect_err(|_| {
             app.malformed_heartbeats.fetch_add(1, Ordering::Relaxed);
         })?;
+    app.guard
+        .require_member(principal(&signed), Some(req.node.as_str()))?;
     ask(&app, Input::Heartbeat(req)).await
 }
 
-async fn sync_drop(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Answered {
+async fn sync_drop(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    app.guard.require_member(principal(&signed), None)?;
     let req: SyncDropRequest = parse(raw, codes::BAD_REQUEST, false)?;
+    app.guard
+        .require_member(principal(&signed), Some(req.node.as_str()))?;
     check_epoch(req.epoch, codes::BAD_REQUEST)?;
     ask(&app, Input::SyncDrop(req)).await
 }
 
 async fn failover(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    signed: Signed,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answered {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    keel_core::token::check_admin(app.token.as_ref(), authorization, "monitor")
-        .map_err(|(status, error)| error_response(status, error))?;
+    app.guard.require_admin(principal(&signed))?;
     let req: FailoverRequest = parse(raw, codes::BAD_REQUEST, true)?;
     tracing::warn!(to = ?req.to.as_ref().map(|n| n.as_str()), "switchover requested through /v1/failover");
     ask(&app, Input::Switchover { to: req.to }).await

@@ -217,6 +217,9 @@ pub mod codes {
     pub const PRIMARY_SUSPECTED: &str = "primary_suspected";
     /// `409`: a switchover needs a primary.
     pub const NO_PRIMARY: &str = "no_primary";
+    /// `409`: an epoch above the highest this monitor ever issued. Epochs are the
+    /// monitor's; a node cannot bring its own.
+    pub const EPOCH_NOT_ISSUED: &str = "epoch_not_issued";
 }
 
 /// `GET /v1/cluster`: the whole picture.
@@ -324,6 +327,10 @@ pub enum EventKind {
     SwitchoverRequested,
     /// A heartbeat was refused as stale.
     StaleHeartbeat,
+    /// A node reported an epoch this monitor never issued; it was refused.
+    EpochRefused,
+    /// The operator raised the epoch (`--epoch-floor`).
+    EpochRaised,
 }
 
 impl EventKind {
@@ -349,6 +356,8 @@ impl EventKind {
             EventKind::Rejoined => "rejoined",
             EventKind::SwitchoverRequested => "switchover_requested",
             EventKind::StaleHeartbeat => "stale_heartbeat",
+            EventKind::EpochRefused => "epoch_refused",
+            EventKind::EpochRaised => "epoch_raised",
         }
     }
 }

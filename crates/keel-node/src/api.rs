@@ -44,10 +44,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/admin/kill", post(kill));
-    keel_core::http::json_fallbacks(routes, "docs/api.md")
+    let guard = shared.guard.clone();
+    let routes = keel_core::http::json_fallbacks(routes, "docs/api.md")
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(shared.clone(), stamp))
-        .with_state(shared)
+        .with_state(shared.clone());
+    // The stamp goes outside the guard: a refused credential is answered by this node too.
+    keel_core::http::guarded(routes, guard).layer(middleware::from_fn_with_state(shared, stamp))
 }
 
 pub use keel_core::http::error_response;
@@ -519,12 +521,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn kill(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    keel_core::token::check_admin(shared.config.token.as_ref(), authorization, "node")
-        .map_err(|(status, error)| error_response(status, error))?;
+async fn kill(
+    State(shared): State<Arc<Shared>>,
+    signed: Option<axum::Extension<keel_core::auth::Principal>>,
+) -> Answer {
+    shared
+        .guard
+        .require_admin(signed.as_ref().map(|axum::Extension(p)| p))?;
     tracing::warn!("killed through /admin/kill");
     // Leave the answer a moment to go out, then die as abruptly as kill -9 would: no
     // draining, no flushing, nothing a real crash would get to do.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use keel_core::auth::ClusterSecret;
 use keel_core::token::Token;
 use keel_core::{Epoch, NodeId, Role};
 
@@ -32,6 +33,10 @@ pub struct NodeConfig {
     pub log_retain: u64,
     /// The admin token; without one, admin actions are refused.
     pub token: Option<Token>,
+    /// The cluster secret: with it, replication is accepted only from members, and the
+    /// node signs what it asks of the monitor and its standbys and trusts only their
+    /// signed answers (docs/security.md).
+    pub secret: Option<ClusterSecret>,
     /// The monitor's base URL: the role then comes from the monitor (`role` is only the
     /// starting point, standby), and so do the standbys and the epoch.
     pub monitor: Option<String>,

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use keel_core::faults::Faults;
 use keel_core::{NodeId, Role};
 use keel_monitor::wire::{
     FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, StandbyReport, SyncDropRequest,
@@ -49,7 +48,7 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
         let result = if registered {
             post(
                 &client,
-                &shared.faults,
+                &shared,
                 &format!("{monitor}/v1/heartbeat"),
                 &heartbeat(&shared),
                 timing.heartbeat_timeout,
@@ -58,7 +57,7 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
         } else {
             post(
                 &client,
-                &shared.faults,
+                &shared,
                 &format!("{monitor}/v1/register"),
                 &register(&shared),
                 timing.heartbeat_timeout,
@@ -117,28 +116,51 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
 }
 
 /// Sends one request to the monitor. One the fault filter blocks fails as a refused
-/// connection would, without a byte sent.
+/// connection would, without a byte sent. With the cluster secret, the request is signed
+/// and an answer counts only if the monitor signed it: a process that took the monitor's
+/// port, or a monitor of another cluster, is treated as no monitor at all.
 async fn post<T: serde::Serialize>(
     client: &reqwest::Client,
-    faults: &Faults,
+    shared: &Shared,
     url: &str,
     body: &T,
     timeout: Duration,
 ) -> Result<Answer, String> {
-    if faults.blocks(url) {
+    if shared.faults.blocks(url) {
         return Err(format!(
             "{url}: connection refused by keel's fault filter (keel chaos partition)"
         ));
     }
-    let resp = client
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let signed = match &shared.signer {
+        Some(signer) => Some(signer.sign("POST", url, &body).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut request = client
         .post(url)
-        .json(body)
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .timeout(timeout);
+    if let Some(signed) = &signed {
+        request = request.header(keel_core::auth::AUTH_HEADER, &signed.header);
+    }
+    let resp = request.body(body).send().await.map_err(|e| e.to_string())?;
     let status = resp.status();
+    let answer_sig = resp
+        .headers()
+        .get(keel_core::auth::AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    if let (Some(signer), Some(signed)) = (&shared.signer, &signed) {
+        signer
+            .check_answer(signed, answer_sig.as_deref(), status.as_u16(), Some(&bytes))
+            .map_err(|e| {
+                format!(
+                    "the answer ({status}: {}) is not from a member of this cluster: {e}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                )
+            })?;
+    }
     if status.is_success() {
         serde_json::from_slice(&bytes)
             .map(Answer::View)
@@ -333,7 +355,7 @@ async fn drop_silent_standbys(
         };
         match post(
             client,
-            &shared.faults,
+            shared,
             &format!("{monitor}/v1/sync/drop"),
             &request,
             timing.heartbeat_timeout,

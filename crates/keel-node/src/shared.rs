@@ -276,6 +276,12 @@ pub struct Shared {
     /// The peers this node must not connect to (`keel chaos partition`); inert unless
     /// `KEEL_FAULTS_FILE` is set.
     pub faults: Faults,
+    /// Checks the credentials of requests (members for replication, operators for
+    /// admin actions) and signs answers to members.
+    pub guard: Arc<keel_core::http::Guard>,
+    /// Signs this node's requests to the monitor and its standbys, and checks their
+    /// answers; `None` without the cluster secret.
+    pub signer: Option<keel_core::auth::Signer>,
 }
 
 impl Shared {
@@ -310,7 +316,20 @@ impl Shared {
             fenced_by: None,
         };
         let log_end = watch::Sender::new(store.status().last.lsn);
+        let guard = Arc::new(keel_core::http::Guard::new(
+            "node",
+            config.id.as_str(),
+            config.secret.as_ref(),
+            config.token.as_ref(),
+            keel_core::auth::Hosts::of(config.listen, &[config.advertise.as_str()]),
+        ));
+        let signer = config
+            .secret
+            .as_ref()
+            .map(|s| keel_core::auth::Signer::new(s.key(), config.id.as_str()));
         let shared = Self {
+            guard,
+            signer,
             config,
             store,
             role: watch::Sender::new(role),
@@ -579,6 +598,7 @@ mod tests {
             sync_timeout: Duration::from_secs(2),
             log_retain: 100,
             token: None,
+            secret: None,
             monitor: Some("http://127.0.0.1:2".into()),
         };
         let store = Arc::new(Store::open(dir, 100).expect("store"));

@@ -11,7 +11,8 @@
 //! | `POST /v1/reload` | read the configuration file again, as SIGHUP does (token) |
 //! | `GET /v1/cluster` | the data tier route's view |
 //!
-//! Changes need `Authorization: Bearer <token>`.
+//! Changes need the admin token: `Authorization: Bearer <token>`, or a `Keel-Auth`
+//! signature made with it.
 
 // Handlers return `Result<_, Response>`: the error side is a finished answer.
 #![allow(clippy::result_large_err)]
@@ -21,11 +22,12 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Extension, Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use keel_core::ApiError;
+use keel_core::auth::Principal;
 use keel_core::http::error_response;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -56,7 +58,8 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
 
 /// The admin routes.
 pub fn router(proxy: Arc<Proxy>) -> Router {
-    keel_core::http::json_fallbacks(
+    let guard = Arc::clone(proxy.guard());
+    let routes = keel_core::http::json_fallbacks(
         Router::new()
             .route("/health", get(health))
             .route("/metrics", get(metrics))
@@ -68,7 +71,8 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
             .route("/v1/cluster", get(cluster)),
         "docs/proxy.md, \"Admin API\"",
     )
-    .with_state(proxy)
+    .with_state(proxy);
+    keel_core::http::guarded(routes, guard)
 }
 
 type Answer = Result<Response, Response>;
@@ -172,10 +176,10 @@ struct WeightBody {
 async fn set_weight(
     State(proxy): State<Arc<Proxy>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    signed: Signed,
     body: Bytes,
 ) -> Answer {
-    let backend = authorized_backend(&proxy, &headers, &name)?;
+    let backend = authorized_backend(&proxy, &signed, &name)?;
     let parsed: WeightBody = serde_json::from_slice(&body).map_err(|e| {
         error_response(
             StatusCode::BAD_REQUEST,
@@ -199,21 +203,21 @@ async fn set_weight(
 async fn drain(
     State(proxy): State<Arc<Proxy>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    signed: Signed,
 ) -> Answer {
-    set_drained(&proxy, &headers, &name, true)
+    set_drained(&proxy, &signed, &name, true)
 }
 
 async fn undrain(
     State(proxy): State<Arc<Proxy>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    signed: Signed,
 ) -> Answer {
-    set_drained(&proxy, &headers, &name, false)
+    set_drained(&proxy, &signed, &name, false)
 }
 
-fn set_drained(proxy: &Proxy, headers: &HeaderMap, name: &str, drained: bool) -> Answer {
-    let backend = authorized_backend(proxy, headers, name)?;
+fn set_drained(proxy: &Proxy, signed: &Signed, name: &str, drained: bool) -> Answer {
+    let backend = authorized_backend(proxy, signed, name)?;
     backend.set_drained(drained);
     tracing::info!(backend = %name, drained, "drain set through the admin API");
     Ok(axum::Json(json!({
@@ -224,8 +228,8 @@ fn set_drained(proxy: &Proxy, headers: &HeaderMap, name: &str, drained: bool) ->
     .into_response())
 }
 
-async fn reload(State(proxy): State<Arc<Proxy>>, headers: HeaderMap) -> Answer {
-    authorize(&proxy, &headers)?;
+async fn reload(State(proxy): State<Arc<Proxy>>, signed: Signed) -> Answer {
+    authorize(&proxy, &signed)?;
     match proxy.reload() {
         Ok(outcome) => Ok(axum::Json(outcome).into_response()),
         Err(e) => Err(error_response(
@@ -263,20 +267,21 @@ async fn cluster(State(proxy): State<Arc<Proxy>>) -> Answer {
     .into_response())
 }
 
-fn authorize(proxy: &Proxy, headers: &HeaderMap) -> Result<(), Response> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    keel_core::token::check_admin(proxy.token(), authorization, "proxy")
-        .map_err(|(status, error)| error_response(status, error))
+/// Who signed the request, if anyone (the guard checked it).
+type Signed = Option<Extension<Principal>>;
+
+fn authorize(proxy: &Proxy, signed: &Signed) -> Result<(), Response> {
+    proxy
+        .guard()
+        .require_admin(signed.as_ref().map(|Extension(p)| p))
 }
 
 fn authorized_backend(
     proxy: &Proxy,
-    headers: &HeaderMap,
+    signed: &Signed,
     name: &str,
 ) -> Result<Arc<Backend>, Response> {
-    authorize(proxy, headers)?;
+    authorize(proxy, signed)?;
     proxy.backend(name).ok_or_else(|| {
         let known: Vec<String> = proxy
             .table()

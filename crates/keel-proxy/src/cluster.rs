@@ -25,7 +25,8 @@ use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use keel_core::ApiError;
 use keel_core::Role;
-use keel_monitor::client::{EventStream, cluster as read_cluster, stream_client};
+use keel_core::auth::Signer;
+use keel_monitor::client::{EventStream, cluster_as as read_cluster, stream_client};
 use keel_monitor::wire::ClusterView;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -53,6 +54,8 @@ pub struct Cluster {
     refresh: Notify,
     next_standby: AtomicUsize,
     http: reqwest::Client,
+    /// Signs reads of the monitor and checks its answers (with the cluster secret).
+    signer: Option<Signer>,
     stop: watch::Sender<bool>,
 }
 
@@ -73,7 +76,7 @@ pub struct View {
 
 impl Cluster {
     /// A route following the monitor of `config`; [`Cluster::watch`] keeps it current.
-    pub fn new(config: &ClusterConfig) -> Arc<Cluster> {
+    pub fn new(config: &ClusterConfig, signer: Option<Signer>) -> Arc<Cluster> {
         let http = stream_client(Duration::from_secs(1)).unwrap_or_default();
         Arc::new(Cluster {
             monitor: config.monitor.clone(),
@@ -83,6 +86,7 @@ impl Cluster {
             refresh: Notify::new(),
             next_standby: AtomicUsize::new(0),
             http,
+            signer,
             stop: watch::channel(false).0,
         })
     }
@@ -117,17 +121,20 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !*stop.borrow() {
             self.refresh_view().await;
-            let mut stream = match EventStream::open(&self.http, &self.monitor, None).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    self.note_monitor_error(e.to_string());
-                    tokio::select! {
-                        _ = tokio::time::sleep(RECONNECT_AFTER) => {}
-                        _ = stop.changed() => {}
+            let mut stream =
+                match EventStream::open_as(&self.http, &self.monitor, None, self.signer.as_ref())
+                    .await
+                {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        self.note_monitor_error(e.to_string());
+                        tokio::select! {
+                            _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+                            _ = stop.changed() => {}
+                        }
+                        continue;
                     }
-                    continue;
-                }
-            };
+                };
             // Events that happened between the read above and the stream's opening would
             // be missed: read once more now that the stream is open.
             self.refresh_view().await;
@@ -148,7 +155,14 @@ impl Cluster {
 
     /// Reads `/v1/cluster` and makes it the view.
     async fn refresh_view(&self) {
-        match read_cluster(&self.http, &self.monitor, Duration::from_secs(1)).await {
+        match read_cluster(
+            &self.http,
+            &self.monitor,
+            Duration::from_secs(1),
+            self.signer.as_ref(),
+        )
+        .await
+        {
             Ok(view) => self.apply(&view),
             Err(e) => self.note_monitor_error(e.to_string()),
         }

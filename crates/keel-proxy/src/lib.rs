@@ -38,7 +38,12 @@ pub mod wire;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use keel_core::auth::{ClusterSecret, Signer};
+use keel_core::http::Guard;
 use keel_core::token::Token;
+
+/// The id the proxy signs its requests to the monitor with.
+pub const PROXY_ID: &str = "proxy";
 
 use crate::backend::Backend;
 use crate::cluster::Cluster;
@@ -55,7 +60,11 @@ pub struct Proxy {
     pub stats: ProxyStats,
     /// The file SIGHUP reads again, when the configuration came from one.
     config_path: Option<PathBuf>,
-    token: Option<Token>,
+    /// Checks the admin credential on the admin API's changes.
+    guard: Arc<Guard>,
+    /// Signs the cluster route's reads of the monitor and checks its answers; `None`
+    /// without the cluster secret.
+    signer: Option<Signer>,
     /// The outcome of the last reload, for the admin API.
     last_reload: Mutex<Option<ReloadOutcome>>,
 }
@@ -78,14 +87,28 @@ pub struct ReloadOutcome {
 
 impl Proxy {
     /// A proxy serving `config` (already checked). `config_path` is the file to read again
-    /// on reload; `token` guards the admin API's changes.
-    pub fn new(config: Config, config_path: Option<PathBuf>, token: Option<Token>) -> Arc<Proxy> {
-        let table = build_table(config, None);
+    /// on reload; `token` guards the admin API's changes; with `secret`, the cluster
+    /// route reads the monitor as a member and follows only its signed answers.
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        token: Option<Token>,
+        secret: Option<ClusterSecret>,
+    ) -> Arc<Proxy> {
+        let signer = secret.as_ref().map(|s| Signer::new(s.key(), PROXY_ID));
+        let table = build_table(config, None, signer.as_ref());
         Arc::new(Proxy {
             table: RwLock::new(Arc::new(table)),
             stats: ProxyStats::default(),
             config_path,
-            token,
+            guard: Arc::new(Guard::new(
+                "proxy",
+                PROXY_ID,
+                None,
+                token.as_ref(),
+                keel_core::auth::Hosts::any(),
+            )),
+            signer,
             last_reload: Mutex::new(None),
         })
     }
@@ -95,8 +118,9 @@ impl Proxy {
         Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    pub fn token(&self) -> Option<&Token> {
-        self.token.as_ref()
+    /// The admin API's guard.
+    pub fn guard(&self) -> &Arc<Guard> {
+        &self.guard
     }
 
     /// Every backend: the pool's, then the data nodes of the cluster route.
@@ -168,7 +192,7 @@ impl Proxy {
         config.admin = old.config.admin;
         config.threads = old.config.threads;
         config.max_connections = old.config.max_connections;
-        let table = Arc::new(build_table(config, Some(&old)));
+        let table = Arc::new(build_table(config, Some(&old), self.signer.as_ref()));
         start_background(self, &table, Some(&old));
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&table);
         self.stats.reloads.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +224,7 @@ impl Proxy {
 
 /// Builds what `config` describes, keeping from `previous` the backends (same name and
 /// URL) and the cluster route (same monitor) that did not change.
-fn build_table(config: Config, previous: Option<&Table>) -> Table {
+fn build_table(config: Config, previous: Option<&Table>, signer: Option<&Signer>) -> Table {
     let backends = config
         .backends
         .iter()
@@ -230,7 +254,7 @@ fn build_table(config: Config, previous: Option<&Table>) -> Table {
         previous
             .and_then(|t| t.cluster.clone())
             .filter(|old| old.monitor == c.monitor && old.prefix == c.prefix)
-            .unwrap_or_else(|| Cluster::new(c))
+            .unwrap_or_else(|| Cluster::new(c, signer.cloned()))
     });
     Table {
         config,

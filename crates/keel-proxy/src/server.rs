@@ -39,6 +39,7 @@ pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     token: Option<Token>,
+    secret: Option<keel_core::auth::ClusterSecret>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
     let bind = |addr: SocketAddr, what: &'static str| async move {
@@ -52,7 +53,7 @@ pub async fn run(
         .map_err(ProxyError::Signal)?;
     let backends = config.backends.len();
     let cluster = config.cluster.as_ref().map(|c| c.monitor.clone());
-    let proxy = Proxy::new(config, config_path, token);
+    let proxy = Proxy::new(config, config_path, token, secret);
     crate::start_background(&proxy, &proxy.table(), None);
     tracing::info!(
         listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),

@@ -29,13 +29,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use keel_core::ApiError;
+use keel_core::auth::Principal;
+use keel_core::http::Guard;
 use keel_core::http::error_response;
-use keel_core::token::{Token, check_admin};
+use keel_core::token::Token;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -182,7 +184,7 @@ struct Flaky {
     // A std mutex: held to copy or replace a few words, never across an await.
     settings: Mutex<Settings>,
     rng: Mutex<StdRng>,
-    token: Option<Token>,
+    guard: Arc<Guard>,
     stats: Mutex<Stats>,
 }
 
@@ -247,13 +249,20 @@ pub fn router(
     token: Option<Token>,
 ) -> Result<Router, ServiceError> {
     settings.validate().map_err(ServiceError::Config)?;
+    let guard = Arc::new(Guard::new(
+        "flaky service",
+        "flaky",
+        None,
+        token.as_ref(),
+        keel_core::auth::Hosts::any(),
+    ));
     let flaky = Arc::new(Flaky {
         settings: Mutex::new(settings),
         rng: Mutex::new(rng),
-        token,
+        guard: guard.clone(),
         stats: Mutex::default(),
     });
-    Ok(keel_core::http::json_fallbacks(
+    let routes = keel_core::http::json_fallbacks(
         Router::new()
             .route("/", get(flaky_endpoint))
             .route("/health", get(health))
@@ -262,7 +271,8 @@ pub fn router(
             .layer(DefaultBodyLimit::max(MAX_BODY)),
         "GET /, /health, /metrics, GET or PUT /admin/mode (docs/resilience.md)",
     )
-    .with_state(flaky))
+    .with_state(flaky);
+    Ok(keel_core::http::guarded(routes, guard))
 }
 
 /// `GET /`: the lab's flaky endpoint.
@@ -313,15 +323,14 @@ const CHANGE_EXAMPLE: &str =
 /// `PUT /admin/mode`: changes the mode, failure rate or latency (admin token needed).
 async fn change_settings(
     State(flaky): State<Arc<Flaky>>,
-    headers: HeaderMap,
+    signed: Option<Extension<Principal>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Err((status, error)) = check_admin(flaky.token.as_ref(), authorization, "flaky service")
+    if let Err(refused) = flaky
+        .guard
+        .require_admin(signed.as_ref().map(|Extension(p)| p))
     {
-        return error_response(status, error);
+        return refused;
     }
     let body = match body {
         Ok(body) => body,

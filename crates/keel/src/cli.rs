@@ -104,6 +104,12 @@ pub struct NodeArgs {
     /// File holding the admin token (else the KEEL_TOKEN variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+
+    /// File holding the cluster secret that members sign their calls to each other with
+    /// (else the KEEL_CLUSTER_SECRET variable). Required on any address but loopback
+    /// (docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -281,6 +287,17 @@ pub struct MonitorArgs {
     /// POST /v1/failover.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+
+    /// File holding the cluster secret that members sign their calls to each other with
+    /// (else the KEEL_CLUSTER_SECRET variable). Required on any address but loopback
+    /// (docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// Take this epoch as issued: for a monitor whose state was lost while its nodes
+    /// kept theirs, which report epochs it otherwise refuses as never issued.
+    #[arg(long, value_name = "EPOCH")]
+    pub epoch_floor: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +338,12 @@ pub struct ProxyArgs {
     /// File holding the admin token (weights, drain, reload); KEEL_TOKEN works too.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+
+    /// File holding the cluster secret that members sign their calls to each other with
+    /// (else the KEEL_CLUSTER_SECRET variable). Required on any address but loopback
+    /// (docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

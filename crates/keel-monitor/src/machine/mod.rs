@@ -226,6 +226,9 @@ pub struct Monitor {
     /// Set by every change of the cluster state during one `handle`.
     dirty: bool,
     out: Vec<Output>,
+    /// The last epoch refused as never issued (node, incarnation, epoch): its event is
+    /// published once, not at every retry.
+    last_epoch_refused: Option<(NodeId, u64, Epoch)>,
 }
 
 /// The reply a request handler decided on; built after the version bump so that the
@@ -284,6 +287,7 @@ impl Monitor {
             stats: Stats::default(),
             dirty: false,
             out: Vec::new(),
+            last_epoch_refused: None,
         };
         let message = match &monitor.state.primary {
             Some(p) => format!(
@@ -295,6 +299,26 @@ impl Monitor {
         monitor.event(EventKind::MonitorStarted, None, message);
         let out = std::mem::take(&mut monitor.out);
         (monitor, out)
+    }
+
+    /// Raises the epoch to `floor` when it is lower, as if the monitor had issued it:
+    /// for a monitor whose state was lost while its nodes kept theirs (`keel monitor
+    /// --epoch-floor`). Nodes then report epochs it accepts, and the next failover takes
+    /// `floor + 1`.
+    pub fn raise_epoch_floor(&mut self, floor: Epoch) -> Vec<Output> {
+        self.out.clear();
+        if floor > self.state.epoch {
+            let was = self.state.epoch;
+            self.state.epoch = floor;
+            self.state.version += 1;
+            self.out.push(Output::Persist(self.state.clone()));
+            self.event(
+                EventKind::EpochRaised,
+                None,
+                format!("epoch raised from {was} to {floor} (--epoch-floor)"),
+            );
+        }
+        std::mem::take(&mut self.out)
     }
 
     /// Handles one input at `now`; returns what to do, in order.

@@ -30,6 +30,9 @@ impl Monitor {
             }
         };
         let node = req.node.clone();
+        if let Err(refusal) = self.check_epoch_issued(&node, req.epoch, req.incarnation) {
+            return Pending::Refuse(refusal, None);
+        }
         let existing = self.state.nodes.get(&node).cloned();
         if let Some(rec) = &existing
             && rec.url != url
@@ -169,6 +172,10 @@ impl Monitor {
     }
 
     pub(super) fn heartbeat(&mut self, hb: HeartbeatRequest, now: Instant) -> Pending {
+        if let Err(refusal) = self.check_epoch_issued(&hb.node, hb.epoch, hb.incarnation) {
+            self.stats.heartbeats_refused += 1;
+            return Pending::Refuse(refusal, None);
+        }
         if let Err(refusal) = self.check_heartbeat(&hb) {
             self.stats.heartbeats_refused += 1;
             if refusal.status == StatusCode::CONFLICT {
@@ -227,6 +234,35 @@ impl Monitor {
             }
         }
         Pending::View { node, grant: true }
+    }
+
+    /// Refuses an epoch above the highest this monitor ever issued (its current one:
+    /// epochs only grow, durably). A node never has a reason to report one; taking it
+    /// would let anyone push the next failover to an epoch of their choosing. The event
+    /// is published once per node, incarnation and epoch, not once per retry.
+    fn check_epoch_issued(
+        &mut self,
+        node: &NodeId,
+        epoch: keel_core::Epoch,
+        incarnation: u64,
+    ) -> Result<(), Refusal> {
+        if epoch <= self.state.epoch {
+            return Ok(());
+        }
+        let issued = self.state.epoch;
+        let message = format!(
+            "{node} reported epoch {epoch}, but this monitor has issued epochs up to {issued} only; if its state was lost, start it with --epoch-floor {epoch}"
+        );
+        let key = (node.clone(), incarnation, epoch);
+        if self.last_epoch_refused.as_ref() != Some(&key) {
+            self.last_epoch_refused = Some(key);
+            self.event(EventKind::EpochRefused, Some(node), message.clone());
+        }
+        Err(Refusal::new(
+            StatusCode::CONFLICT,
+            codes::EPOCH_NOT_ISSUED,
+            message,
+        ))
     }
 
     /// The refusals of `docs/failover.md`, decided before anything changes.

@@ -222,8 +222,49 @@ fn fail_primary(h: &mut Harness, ms: u64) -> Vec<Output> {
 // ---- registration ----
 
 #[test]
-fn first_registration_becomes_primary_above_every_known_epoch() {
+fn an_epoch_the_monitor_never_issued_is_refused_once_with_an_event() {
     let mut h = Harness::new();
+    let before = h.m.state().clone();
+    let out = h.register("app1", 1 << 40, 0, 0);
+    let r = refusal(&out);
+    assert_eq!(
+        (r.status, r.error),
+        (StatusCode::CONFLICT, codes::EPOCH_NOT_ISSUED)
+    );
+    assert!(
+        r.message.contains("--epoch-floor 1099511627776"),
+        "{}",
+        r.message
+    );
+    assert_eq!(kinds(&out), [EventKind::EpochRefused]);
+    assert_eq!(persisted(&out), None);
+    assert_eq!(
+        h.m.state(),
+        &before,
+        "a refused registration changes nothing"
+    );
+    // Retries of the same claim are refused without another event.
+    let out = h.register("app1", 1 << 40, 0, 10);
+    assert_eq!(refusal(&out).error, codes::EPOCH_NOT_ISSUED);
+    assert!(kinds(&out).is_empty());
+
+    // A member's heartbeat from beyond the monitor's epoch is refused the same way, and
+    // the next failover still takes the monitor's own next epoch.
+    let mut h = Harness::pair();
+    let out = h.heartbeat("app2", Role::Standby, 1 << 62, 10, 10);
+    assert_eq!(refusal(&out).error, codes::EPOCH_NOT_ISSUED);
+    assert_eq!(kinds(&out), [EventKind::EpochRefused]);
+    assert_eq!(h.m.state().epoch, Epoch(1));
+}
+
+#[test]
+fn an_epoch_floor_lets_nodes_of_a_lost_monitor_back_above_their_epoch() {
+    let mut h = Harness::new();
+    let out = h.m.raise_epoch_floor(Epoch(6));
+    assert_eq!(persisted(&out).map(|s| s.epoch), Some(Epoch(6)));
+    assert_eq!(kinds(&out), [EventKind::EpochRaised]);
+    // Raising it to where it already is does nothing.
+    assert!(h.m.raise_epoch_floor(Epoch(6)).is_empty());
     let out = h.register("app1", 6, 0, 0);
     let v = view(&out);
     assert_eq!(v.role, Role::Primary);
@@ -392,9 +433,9 @@ fn heartbeat_refusals_change_nothing() {
     let r = refusal(&out);
     assert_eq!(r.error, codes::STALE_EPOCH);
     assert_eq!(r.view.map(|v| v.role), Some(Role::Standby));
-    // The primary in a wrong epoch.
+    // The primary claiming an epoch the monitor never issued.
     let out = h.heartbeat("app1", Role::Primary, 2, 10, 10);
-    assert_eq!(refusal(&out).error, codes::STALE_EPOCH);
+    assert_eq!(refusal(&out).error, codes::EPOCH_NOT_ISSUED);
 
     assert_eq!(h.m.state(), &before, "no refusal changed the cluster state");
     assert_eq!(h.m.stats().heartbeats_refused, 5);

@@ -31,20 +31,15 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// `GET /v1/replication`: accepts a primary's stream.
 pub async fn accept(State(shared): State<Arc<Shared>>, mut req: Request) -> Response {
     let headers = req.headers();
-    if let Some(token) = &shared.config.token
-        && !token.matches_header(
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok()),
-        )
-    {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            ApiError::new(
-                "unauthorized",
-                "replication needs the cluster's admin token as a bearer token",
-            ),
-        );
+    // Only a member may replicate to this node, and only as itself: the signer must be
+    // the node the stream says it comes from.
+    let principal = req.extensions().get::<keel_core::auth::Principal>();
+    let sender_header = headers.get(KEEL_NODE).and_then(|v| v.to_str().ok());
+    if let Err(refused) = shared.guard.require_member(principal, None) {
+        return refused;
+    }
+    if let Err(refused) = shared.guard.require_member(principal, sender_header) {
+        return refused;
     }
     if !headers
         .get(header::UPGRADE)

@@ -143,15 +143,26 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         let _ = conn.with_upgrades().await;
     });
     let epoch = shared.writing_epoch();
-    let mut req = Request::get(format!("{}/v1/replication", link.url.trim_end_matches('/')))
+    let url = format!("{}/v1/replication", link.url.trim_end_matches('/'));
+    // With the cluster secret the upgrade is signed, and the stream starts only once the
+    // standby has signed its answer: no entry leaves for a process that is not a member.
+    let signed = match &shared.signer {
+        Some(signer) => Some(
+            signer
+                .sign("GET", &url, b"")
+                .map_err(|e| StreamError::Connect(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut req = Request::get(&url)
         .header(header::HOST, authority.as_str())
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, PROTOCOL)
         .header(KEEL_EPOCH, epoch.0.to_string())
         .header(KEEL_NODE, shared.config.id.as_str())
         .header(PRIMARY_URL_HEADER, shared.config.advertise.as_str());
-    if let Some(token) = &shared.config.token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {}", token.secret()));
+    if let Some(signed) = &signed {
+        req = req.header(keel_core::auth::AUTH_HEADER, &signed.header);
     }
     let req = req
         .body(Empty::<Bytes>::new())
@@ -161,6 +172,11 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .map_err(|_| StreamError::Connect(format!("{addr}: no answer to the upgrade")))?
         .map_err(|e| StreamError::Connect(e.to_string()))?;
     let status = resp.status();
+    let answer_sig = resp
+        .headers()
+        .get(keel_core::auth::AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if status != StatusCode::SWITCHING_PROTOCOLS {
         // Whatever answered may not be a keel node: read at most 64 KiB, briefly.
         let limited = http_body_util::Limited::new(resp.into_body(), 64 << 10);
@@ -171,6 +187,15 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let text = String::from_utf8_lossy(&body).into_owned();
+        if let (Some(signer), Some(signed)) = (&shared.signer, &signed)
+            && let Err(e) =
+                signer.check_answer(signed, answer_sig.as_deref(), status.as_u16(), Some(&body))
+        {
+            // Only a member's refusal may depose this primary.
+            return Err(StreamError::Refused(format!(
+                "{status} from something that is not a member of this cluster ({e}): {text}"
+            )));
+        }
         // 409 with a newer epoch: a standby has seen a newer primary; this one is deposed.
         let newer = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -181,6 +206,15 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
             Some(epoch) => StreamError::Fenced(epoch),
             None => StreamError::Refused(format!("{status}: {text}")),
         });
+    }
+    if let (Some(signer), Some(signed)) = (&shared.signer, &signed) {
+        signer
+            .check_answer(signed, answer_sig.as_deref(), status.as_u16(), None)
+            .map_err(|e| {
+                StreamError::Refused(format!(
+                    "the upgrade was answered by something that is not a member of this cluster: {e}"
+                ))
+            })?;
     }
     let upgraded = hyper::upgrade::on(resp)
         .await

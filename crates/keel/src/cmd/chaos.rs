@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use keel_core::auth::{Key, Signer};
 use keel_core::token::{TOKEN_FILE_NAME, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -134,12 +135,23 @@ impl Control {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<T> {
-        let mut request = self.http.post(format!("{}{path}", self.url));
+        let url = format!("{}{path}", self.url);
+        let body = match body {
+            Some(body) => serde_json::to_vec(&body).context("cannot encode the request")?,
+            None => Vec::new(),
+        };
+        let mut request = self.http.post(&url);
+        // Signed with the token rather than carrying it (docs/security.md).
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token.secret());
+            let signed = Signer::new(Key::admin(token), "keel-chaos")
+                .sign("POST", &url, &body)
+                .context("cannot sign the request")?;
+            request = request.header(keel_core::auth::AUTH_HEADER, signed.header);
         }
-        if let Some(body) = body {
-            request = request.json(&body);
+        if !body.is_empty() {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
         }
         let response = request.send().await.with_context(|| self.unreachable())?;
         let status = response.status();

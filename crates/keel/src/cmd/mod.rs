@@ -10,7 +10,12 @@ mod proxy;
 mod service;
 mod up;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use keel_core::auth::{ClusterSecret, SECRET_ENV};
 
 use crate::cli::{Cli, Command, LogFormat};
 
@@ -48,4 +53,32 @@ fn init_tracing(format: LogFormat, default_level: &str) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// The cluster secret from `file`, else from `KEEL_CLUSTER_SECRET`.
+fn load_secret(file: Option<&Path>) -> anyhow::Result<Option<ClusterSecret>> {
+    let env = std::env::var(SECRET_ENV).ok();
+    ClusterSecret::load(file, env.as_deref()).context("cannot load the cluster secret")
+}
+
+/// Refuses to serve `addrs` beyond loopback without the cluster secret: anyone on the
+/// network could then register, heartbeat or replicate as a member.
+fn require_secret_beyond_loopback(
+    what: &str,
+    addrs: &[SocketAddr],
+    secret: Option<&ClusterSecret>,
+) -> anyhow::Result<()> {
+    if secret.is_some() {
+        return Ok(());
+    }
+    if let Some(addr) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "{what} would listen on {addr} without a cluster secret, and anyone who can reach it could join or take over the cluster; \
+             pass --cluster-secret-file FILE (keel up and keel certs write one) or set {SECRET_ENV}, or listen on 127.0.0.1 (docs/security.md)"
+        );
+    }
+    tracing::warn!(
+        "no cluster secret (--cluster-secret-file or {SECRET_ENV}): any process on this machine can act as a member of the cluster"
+    );
+    Ok(())
 }

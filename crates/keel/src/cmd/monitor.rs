@@ -38,11 +38,15 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     if token.is_none() {
         tracing::warn!("no admin token (--token-file or KEEL_TOKEN): POST /v1/failover is refused");
     }
+    let secret = super::load_secret(args.cluster_secret_file.as_deref())?;
+    super::require_secret_beyond_loopback("the monitor", &[args.listen], secret.as_ref())?;
     let config = MonitorConfig {
         listen: args.listen,
         data_dir: args.data_dir,
         settings,
         token,
+        secret,
+        epoch_floor: args.epoch_floor.map(keel_core::Epoch),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -32,10 +32,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let env_token = std::env::var("KEEL_TOKEN").ok();
     let token = Token::load(args.token_file.as_deref(), env_token.as_deref())?;
     if token.is_none() {
-        tracing::warn!(
-            "no admin token (--token-file or KEEL_TOKEN): admin actions are refused and replication is not authenticated"
-        );
+        tracing::warn!("no admin token (--token-file or KEEL_TOKEN): admin actions are refused");
     }
+    let secret = super::load_secret(args.cluster_secret_file.as_deref())?;
+    super::require_secret_beyond_loopback("this node", &[args.listen], secret.as_ref())?;
     let config = NodeConfig {
         id: args.id,
         listen: args.listen,
@@ -52,6 +52,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         sync_timeout: args.sync_timeout,
         log_retain: args.log_retain,
         token,
+        secret,
         monitor: args.monitor.map(|u| u.trim_end_matches('/').to_owned()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

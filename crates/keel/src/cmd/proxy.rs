@@ -17,6 +17,14 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             "no admin token (--token-file or KEEL_TOKEN): weights, drains and reloads through the admin API are refused"
         );
     }
+    let secret = super::load_secret(args.cluster_secret_file.as_deref())?;
+    if config.cluster.is_some() {
+        super::require_secret_beyond_loopback(
+            "the proxy, following the cluster,",
+            &[config.listen, config.admin],
+            secret.as_ref(),
+        )?;
+    }
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
@@ -38,6 +46,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         config,
         args.config.clone(),
         token,
+        secret,
         keel_core::shutdown::signal(),
     ))?;
     Ok(ExitCode::SUCCESS)

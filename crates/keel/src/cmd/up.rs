@@ -44,8 +44,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use keel_core::Role;
+use keel_core::auth::ClusterSecret;
 use keel_core::faults::FAULTS_FILE_ENV;
-use keel_core::token::{TOKEN_FILE_NAME, Token};
+use keel_core::token::Token;
 use keel_monitor::wire::ClusterView;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -68,8 +69,8 @@ use crate::cli::UpArgs;
 use netns::Net;
 use partition::Partitions;
 use plan::{
-    MONITOR, PROXY, Placement, Plan, Spec, check_ports, data_tier_names, path_arg, plan,
-    shell_line, shell_quote,
+    Credentials, MONITOR, PROXY, Placement, Plan, Spec, check_ports, data_tier_names, path_arg,
+    plan, shell_line, shell_quote,
 };
 
 /// How long the children get to stop after SIGTERM before they are killed.
@@ -116,8 +117,36 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data_dir = &args.data_dir;
     fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let token_path = data_dir.join(TOKEN_FILE_NAME);
-    let token_note = ensure_token(&token_path)?;
+    let credentials = Credentials::in_dir(data_dir);
+    let token_path = credentials.token.clone();
+    let token_note = ensure_secret_file(
+        &token_path,
+        "admin token",
+        || {
+            Token::generate()
+                .map(|t| t.secret().to_owned())
+                .context("cannot generate an admin token")
+        },
+        |path| {
+            Token::from_file(path)
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        },
+    )?;
+    ensure_secret_file(
+        &credentials.secret,
+        "cluster secret",
+        || {
+            ClusterSecret::generate()
+                .map(|s| s.secret().to_owned())
+                .context("cannot generate a cluster secret")
+        },
+        |path| {
+            ClusterSecret::from_file(path)
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        },
+    )?;
     let net = if args.netns {
         let (net, leftovers) = Net::plan(data_dir, &data_tier_names(args.nodes))?;
         for line in leftovers {
@@ -130,7 +159,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let placement = net
         .as_ref()
         .map_or_else(Placement::loopback, Net::placement);
-    let plan = plan(&args, &token_path, &placement)?;
+    let plan = plan(&args, &credentials, &placement)?;
     check_ports(&plan)?;
     let net = match net {
         Some(mut net) => {
@@ -288,28 +317,34 @@ fn child_log_level(verbose: bool) -> Option<&'static str> {
     }
 }
 
-/// Keeps the token of an earlier `keel up` (nodes and scripts may hold it), else writes a
-/// new one readable by the owner only. Returns a note for the banner.
-fn ensure_token(path: &Path) -> anyhow::Result<&'static str> {
+/// Keeps the credential of an earlier `keel up` in `path` (nodes and scripts may hold
+/// it) if `check` accepts it, else writes a new one from `generate`, readable by the
+/// owner only. Returns a note for the banner.
+fn ensure_secret_file(
+    path: &Path,
+    what: &str,
+    generate: impl FnOnce() -> anyhow::Result<String>,
+    check: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<&'static str> {
     if path.exists() {
-        Token::from_file(path).with_context(|| {
+        check(path).with_context(|| {
             format!(
-                "the admin token in {} is unusable; delete the file and `keel up` writes a new one",
+                "the {what} in {} is unusable; delete the file and `keel up` writes a new one",
                 path.display()
             )
         })?;
         return Ok("kept");
     }
-    let token = Token::generate().context("cannot generate an admin token")?;
+    let secret = generate()?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
-    writeln!(file, "{}", token.secret())
+        .with_context(|| format!("cannot write the {what} to {}", path.display()))?;
+    writeln!(file, "{secret}")
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+        .with_context(|| format!("cannot write the {what} to {}", path.display()))?;
     Ok("new")
 }
 

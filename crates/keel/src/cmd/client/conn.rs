@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use keel_core::ApiError;
+use keel_core::auth::{AUTH_HEADER, Key, Kind, Signer};
 use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
 use reqwest::{Method, StatusCode, Url, header};
 use serde::Deserialize;
@@ -186,14 +187,28 @@ impl Conn {
         if !req.query.is_empty() {
             url.query_pairs_mut().extend_pairs(&req.query);
         }
+        // The admin token itself never leaves this process: the request is signed with it
+        // (docs/security.md), so whatever answers at `base` learns nothing it could reuse.
+        let signature = match &req.bearer {
+            Some(token) => {
+                let signer = Signer::new(Key::new(Kind::Admin, token.as_bytes()), "keel-client");
+                let body = req.body.as_ref().map_or(&[][..], |(_, b)| b.as_slice());
+                Some(
+                    signer
+                        .sign(req.method.as_str(), url.as_str(), body)
+                        .map_err(|e| not_sent(anyhow!("{e}")))?,
+                )
+            }
+            None => None,
+        };
         let mut builder = self.http.request(req.method.clone(), url);
         if let Some((content_type, body)) = &req.body {
             builder = builder
                 .header(header::CONTENT_TYPE, *content_type)
                 .body(body.clone());
         }
-        if let Some(token) = &req.bearer {
-            builder = builder.bearer_auth(token);
+        if let Some(signed) = &signature {
+            builder = builder.header(AUTH_HEADER, &signed.header);
         }
         let resp = builder.send().await.map_err(unanswered)?;
         let text = |name: &str| {

@@ -22,11 +22,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use keel_core::ApiError;
+use keel_core::auth::{Hosts, Principal};
+use keel_core::http::Guard;
 use keel_core::http::{body_rejection, error_response};
 use keel_core::token::Token;
 use serde::{Deserialize, Serialize};
@@ -131,7 +133,7 @@ pub(crate) enum Command {
 const MAX_BODY: usize = 64 << 10;
 
 struct App {
-    token: Option<Token>,
+    guard: Arc<Guard>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -143,12 +145,23 @@ pub(crate) fn router(token: Option<Token>, commands: mpsc::Sender<Command>) -> R
         .route("/v1/partition", post(partition))
         .route("/v1/heal", post(heal))
         .route("/health", get(|| async { "ok" }));
-    keel_core::http::json_fallbacks(
+    let routes = keel_core::http::json_fallbacks(
         routes,
         "GET /v1/processes, POST /v1/processes/{name}/{action}, POST /v1/partition or POST /v1/heal",
     )
-    .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Arc::new(App { token, commands }))
+    .layer(DefaultBodyLimit::max(MAX_BODY));
+    let guard = Arc::new(Guard::new(
+        "keel up",
+        "keel-up",
+        None,
+        token.as_ref(),
+        Hosts::any(),
+    ));
+    let routes = routes.with_state(Arc::new(App {
+        guard: guard.clone(),
+        commands,
+    }));
+    keel_core::http::guarded(routes, guard)
 }
 
 async fn list(State(app): State<Arc<App>>) -> Result<Response, Response> {
@@ -161,21 +174,21 @@ async fn list(State(app): State<Arc<App>>) -> Result<Response, Response> {
     Ok(axum::Json(serde_json::json!({ "processes": processes })).into_response())
 }
 
+/// Who signed the request, if anyone (the guard checked it).
+type Signed = Option<Extension<Principal>>;
+
 /// Refuses a request without the admin token.
-fn check_token(app: &App, headers: &HeaderMap) -> Result<(), Response> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    keel_core::token::check_admin(app.token.as_ref(), authorization, "keel up")
-        .map_err(|(status, error)| error_response(status, error))
+fn check_token(app: &App, signed: &Signed) -> Result<(), Response> {
+    app.guard
+        .require_admin(signed.as_ref().map(|Extension(p)| p))
 }
 
 async fn act(
     State(app): State<Arc<App>>,
     Path((name, action)): Path<(String, String)>,
-    headers: HeaderMap,
+    signed: Signed,
 ) -> Result<Response, Response> {
-    check_token(&app, &headers)?;
+    check_token(&app, &signed)?;
     let action = Action::parse(&action).ok_or_else(|| {
         error_response(
             StatusCode::NOT_FOUND,
@@ -202,10 +215,10 @@ async fn act(
 
 async fn partition(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    signed: Signed,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Response> {
-    check_token(&app, &headers)?;
+    check_token(&app, &signed)?;
     let body = body.map_err(|r| body_rejection(r, MAX_BODY, "bad_partition"))?;
     let request: PartitionRequest = serde_json::from_slice(&body).map_err(|e| {
         error_response(
@@ -224,8 +237,8 @@ async fn partition(
     answer(rx.await.map_err(|_| stopping())?)
 }
 
-async fn heal(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, Response> {
-    check_token(&app, &headers)?;
+async fn heal(State(app): State<Arc<App>>, signed: Signed) -> Result<Response, Response> {
+    check_token(&app, &signed)?;
     let (reply, rx) = oneshot::channel();
     app.commands
         .send(Command::Heal { reply })

@@ -389,7 +389,7 @@ mod tests {
         };
         super::super::plan::plan(
             &args,
-            &dir.join("admin.token"),
+            &super::super::plan::Credentials::in_dir(dir),
             &super::super::plan::Placement::loopback(),
         )
         .expect("plan")

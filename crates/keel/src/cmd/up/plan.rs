@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
@@ -103,11 +103,30 @@ impl Plan {
     }
 }
 
+/// Where the two credentials every process is started with live (docs/security.md).
+#[derive(Debug, Clone)]
+pub(super) struct Credentials {
+    /// The admin token: operators' actions.
+    pub(super) token: PathBuf,
+    /// The cluster secret: members' calls to each other.
+    pub(super) secret: PathBuf,
+}
+
+impl Credentials {
+    /// The files `keel up` keeps in its data directory.
+    pub(super) fn in_dir(dir: &Path) -> Credentials {
+        Credentials {
+            token: dir.join(keel_core::token::TOKEN_FILE_NAME),
+            secret: dir.join(keel_core::auth::SECRET_FILE_NAME),
+        }
+    }
+}
+
 /// The monitor and the nodes with their command lines, each placed by `placement`. No
 /// node gets a role: the monitor assigns them.
 pub(super) fn plan(
     args: &UpArgs,
-    token_path: &Path,
+    credentials: &Credentials,
     placement: &Placement,
 ) -> anyhow::Result<Plan> {
     let n = args.nodes;
@@ -135,7 +154,8 @@ pub(super) fn plan(
             }
         }
     }
-    let token = path_arg(token_path);
+    let token = path_arg(&credentials.token);
+    let secret = path_arg(&credentials.secret);
     let monitor_listen = std::net::SocketAddr::new(placement.host(MONITOR), args.monitor_port);
     let monitor_url = format!("http://{monitor_listen}");
     let monitor = Spec {
@@ -153,6 +173,8 @@ pub(super) fn plan(
             path_arg(&args.data_dir.join(MONITOR)),
             "--token-file".into(),
             token.clone(),
+            "--cluster-secret-file".into(),
+            secret.clone(),
         ],
     };
     let nodes = (1..=n)
@@ -172,6 +194,8 @@ pub(super) fn plan(
                 monitor_url.clone(),
                 "--token-file".into(),
                 token.clone(),
+                "--cluster-secret-file".into(),
+                secret.clone(),
             ];
             Spec {
                 netns: placement.netns(&name),
@@ -221,6 +245,8 @@ pub(super) fn plan(
         monitor_url.clone(),
         "--token-file".into(),
         token.clone(),
+        "--cluster-secret-file".into(),
+        secret.clone(),
     ];
     for service in &services {
         proxy_args.push("--backend".into());
@@ -326,7 +352,7 @@ mod tests {
     fn the_monitor_comes_first_and_every_node_is_told_where_it_is() {
         let plan = plan(
             &args(3, 9000),
-            Path::new("/tmp/d/admin.token"),
+            &Credentials::in_dir(Path::new("/tmp/d")),
             &Placement::loopback(),
         )
         .expect("plan");
@@ -365,17 +391,39 @@ mod tests {
 
     #[test]
     fn ports_past_65535_or_shared_with_the_monitor_are_refused() {
-        assert!(plan(&args(3, 65534), Path::new("t"), &Placement::loopback()).is_err());
-        assert!(plan(&args(2, 0), Path::new("t"), &Placement::loopback()).is_err());
+        assert!(
+            plan(
+                &args(3, 65534),
+                &Credentials::in_dir(Path::new("t")),
+                &Placement::loopback()
+            )
+            .is_err()
+        );
+        assert!(
+            plan(
+                &args(2, 0),
+                &Credentials::in_dir(Path::new("t")),
+                &Placement::loopback()
+            )
+            .is_err()
+        );
         let mut clash = args(3, 8069);
         clash.monitor_port = 8070;
-        let err =
-            plan(&clash, Path::new("t"), &Placement::loopback()).expect_err("8070 is app2's port");
+        let err = plan(
+            &clash,
+            &Credentials::in_dir(Path::new("t")),
+            &Placement::loopback(),
+        )
+        .expect_err("8070 is app2's port");
         assert!(err.to_string().contains("--monitor-port 8070"), "{err}");
         let mut clash = args(2, 9000);
         clash.service_port = 8069;
-        let err = plan(&clash, Path::new("t"), &Placement::loopback())
-            .expect_err("8070 is service2's port");
+        let err = plan(
+            &clash,
+            &Credentials::in_dir(Path::new("t")),
+            &Placement::loopback(),
+        )
+        .expect_err("8070 is service2's port");
         assert!(err.to_string().contains("--service-port 8069"), "{err}");
     }
 
@@ -383,7 +431,7 @@ mod tests {
     fn the_proxy_fronts_the_services_and_follows_the_monitor() {
         let plan = plan(
             &args(2, 9000),
-            Path::new("/tmp/d/admin.token"),
+            &Credentials::in_dir(Path::new("/tmp/d")),
             &Placement::loopback(),
         )
         .expect("plan");
@@ -425,7 +473,12 @@ mod tests {
         ] {
             placement.insert(name, Ipv4Addr::new(10, 77, 5, host), ns);
         }
-        let plan = plan(&args(2, 8081), Path::new("/tmp/d/admin.token"), &placement).expect("plan");
+        let plan = plan(
+            &args(2, 8081),
+            &Credentials::in_dir(Path::new("/tmp/d")),
+            &placement,
+        )
+        .expect("plan");
         assert_eq!(plan.monitor.url, "http://10.77.5.2:8070");
         assert_eq!(plan.monitor.netns.as_deref(), Some("ns-m"));
         assert!(
@@ -461,7 +514,8 @@ mod tests {
         placement.insert("monitor", Ipv4Addr::new(10, 77, 5, 2), "ns-m");
         let free = free_port_pair();
         (a.proxy_port, a.proxy_admin_port) = free;
-        let small = super::plan(&a, Path::new("t"), &placement).expect("plan");
+        let small =
+            super::plan(&a, &Credentials::in_dir(Path::new("t")), &placement).expect("plan");
         check_ports(&small).expect("app1's port is taken here, not in its namespace");
     }
 
@@ -481,7 +535,12 @@ mod tests {
         let port = held.local_addr().expect("addr").port();
         let mut a = args(1, port);
         a.monitor_port = if port == 1 { 2 } else { port - 1 };
-        let plan = plan(&a, Path::new("t"), &Placement::loopback()).expect("plan");
+        let plan = plan(
+            &a,
+            &Credentials::in_dir(Path::new("t")),
+            &Placement::loopback(),
+        )
+        .expect("plan");
         let err = check_ports(&plan).expect_err("port is taken");
         assert!(err.to_string().contains(&format!("port {port}")), "{err}");
     }
