@@ -23,9 +23,10 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// A monitor and `n` nodes (app1 registers first and becomes primary).
+    /// A monitor and `n` nodes (app1 registers first and becomes primary), closed to
+    /// outsiders as `keel up` starts them: every call between them is signed.
     fn start(root: &Path, n: usize) -> Cluster {
-        let monitor = TestMonitor::start(&root.join("monitor"), &[]);
+        let monitor = TestMonitor::start_closed(&root.join("monitor"), &[]);
         let monitor_url = monitor.url.clone();
         let mut cluster = Cluster {
             root: root.to_owned(),
@@ -52,13 +53,9 @@ impl Cluster {
     }
 
     fn add_node(&mut self, id: &str) {
-        let token_file = self.monitor.token_file.display().to_string();
-        let node = TestNode::monitored(
-            id,
-            self.root.join(id),
-            &self.monitor_url,
-            &["--token-file", &token_file],
-        );
+        let flags = self.monitor.member_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let node = TestNode::monitored(id, self.root.join(id), &self.monitor_url, &flags);
         self.nodes.insert(id.to_owned(), node);
     }
 

@@ -663,6 +663,8 @@ pub struct TestMonitor {
     /// The admin token (also in `token_file`).
     pub token: String,
     pub token_file: PathBuf,
+    /// The cluster secret's file, when the monitor was started closed ([`TestMonitor::start_closed`]).
+    pub secret_file: Option<PathBuf>,
     args: Vec<String>,
 }
 
@@ -673,6 +675,36 @@ impl TestMonitor {
     /// Starts `keel monitor --data-dir <data_dir> --token-file <data_dir>/admin.token`
     /// with `extra` flags and waits for its `/health`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> TestMonitor {
+        Self::start_with(data_dir, extra, None)
+    }
+
+    /// A cluster secret that `keel_core::auth::ClusterSecret` accepts.
+    pub const SECRET: &'static str = "test-cluster-secret-0123456789abcdef0123456789";
+
+    /// Like [`TestMonitor::start`], closed to outsiders: with the cluster secret in
+    /// `<data_dir>/cluster.secret`, so only members may register and heartbeat.
+    pub fn start_closed(data_dir: &Path, extra: &[&str]) -> TestMonitor {
+        fs::create_dir_all(data_dir).expect("create monitor data dir");
+        let secret_file = data_dir.join("cluster.secret");
+        fs::write(&secret_file, Self::SECRET).expect("write secret file");
+        Self::start_with(data_dir, extra, Some(secret_file))
+    }
+
+    /// The flags a member of this monitor's cluster is started with: the admin token and,
+    /// when closed, the cluster secret.
+    pub fn member_flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            "--token-file".to_owned(),
+            self.token_file.display().to_string(),
+        ];
+        if let Some(secret) = &self.secret_file {
+            flags.push("--cluster-secret-file".to_owned());
+            flags.push(secret.display().to_string());
+        }
+        flags
+    }
+
+    fn start_with(data_dir: &Path, extra: &[&str], secret_file: Option<PathBuf>) -> TestMonitor {
         fs::create_dir_all(data_dir).expect("create monitor data dir");
         let token_file = data_dir.join("admin.token");
         fs::write(&token_file, Self::TOKEN).expect("write token file");
@@ -687,6 +719,10 @@ impl TestMonitor {
             "--token-file".into(),
             token_file.display().to_string(),
         ];
+        if let Some(secret) = &secret_file {
+            args.push("--cluster-secret-file".into());
+            args.push(secret.display().to_string());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut monitor = TestMonitor {
@@ -696,6 +732,7 @@ impl TestMonitor {
             data_dir: data_dir.to_owned(),
             token: Self::TOKEN.to_owned(),
             token_file,
+            secret_file,
             args,
         };
         monitor.wait_healthy();
