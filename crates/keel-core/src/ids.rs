@@ -123,6 +123,24 @@ impl FromStr for Role {
 #[serde(transparent)]
 pub struct Epoch(pub u64);
 
+/// Epochs and log positions at or above this are refused wherever they arrive from the
+/// wire: no real cluster comes near it (a failover a millisecond for a hundred million
+/// years), and every `+ 1` below it has room.
+pub const WIRE_LIMIT: u64 = 1 << 62;
+
+impl Epoch {
+    /// Whether this epoch may be taken from the wire ([`WIRE_LIMIT`]).
+    pub fn in_range(self) -> bool {
+        self.0 < WIRE_LIMIT
+    }
+
+    /// The epoch after this one; saturates rather than wrapping (it never gets there:
+    /// epochs from the wire are checked against [`WIRE_LIMIT`]).
+    pub fn next(self) -> Epoch {
+        Epoch(self.0.saturating_add(1))
+    }
+}
+
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -139,9 +157,15 @@ impl fmt::Display for Epoch {
 pub struct Lsn(pub u64);
 
 impl Lsn {
-    /// The position after this one.
+    /// The position after this one; saturates rather than wrapping (positions from the
+    /// wire are checked against [`WIRE_LIMIT`]).
     pub fn next(self) -> Lsn {
-        Lsn(self.0 + 1)
+        Lsn(self.0.saturating_add(1))
+    }
+
+    /// Whether this position may be taken from the wire ([`WIRE_LIMIT`]).
+    pub fn in_range(self) -> bool {
+        self.0 < WIRE_LIMIT
     }
 }
 

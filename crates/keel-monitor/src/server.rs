@@ -119,21 +119,27 @@ fn refused(r: Refusal) -> Response {
     error_response(r.status, body)
 }
 
-/// Epochs at or above this are refused: no real cluster gets near it, and one that did
-/// would leave no room for the next failover (the monitor needs `epoch + 1`).
-const MAX_EPOCH: u64 = 1 << 62;
-
-fn check_epoch(epoch: keel_core::Epoch, code: &str) -> Result<(), Response> {
-    if epoch.0 >= MAX_EPOCH {
-        return Err(error_response(
+/// Epochs and log positions at or above [`keel_core::ids::WIRE_LIMIT`] are refused: no
+/// real cluster gets near it, and one that did would leave no room for the next failover
+/// (the monitor needs `epoch + 1`).
+fn check_epoch(epoch: keel_core::Epoch, lsn: keel_core::Lsn, code: &str) -> Result<(), Response> {
+    let limit = keel_core::ids::WIRE_LIMIT;
+    let wrong = if !epoch.in_range() {
+        Some(format!(
+            "epoch {epoch} is out of range (the limit is {limit})"
+        ))
+    } else if !lsn.in_range() {
+        Some(format!("lsn {lsn} is out of range (the limit is {limit})"))
+    } else {
+        None
+    };
+    match wrong {
+        Some(message) => Err(error_response(
             StatusCode::BAD_REQUEST,
-            ApiError::new(
-                code,
-                format!("epoch {epoch} is out of range (the limit is {MAX_EPOCH})"),
-            ),
-        ));
+            ApiError::new(code, message),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn register(
@@ -145,7 +151,7 @@ async fn register(
     let req: RegisterRequest = parse(raw, codes::BAD_REGISTER, false)?;
     app.guard
         .require_member(principal(&signed), Some(req.node.as_str()))?;
-    check_epoch(req.epoch, codes::BAD_REGISTER)?;
+    check_epoch(req.epoch, req.lsn, codes::BAD_REGISTER)?;
     ask(&app, Input::Register(req)).await
 }
 
@@ -157,7 +163,7 @@ async fn heartbeat(
     app.guard.require_member(principal(&signed), None)?;
     let req: HeartbeatRequest = parse(raw, codes::BAD_HEARTBEAT, false)
         .and_then(|req: HeartbeatRequest| {
-            check_epoch(req.epoch, codes::BAD_HEARTBEAT).map(|()| req)
+            check_epoch(req.epoch, req.lsn, codes::BAD_HEARTBEAT).map(|()| req)
         })
         .inspect_err(|_| {
             app.malformed_heartbeats.fetch_add(1, Ordering::Relaxed);
@@ -176,7 +182,7 @@ async fn sync_drop(
     let req: SyncDropRequest = parse(raw, codes::BAD_REQUEST, false)?;
     app.guard
         .require_member(principal(&signed), Some(req.node.as_str()))?;
-    check_epoch(req.epoch, codes::BAD_REQUEST)?;
+    check_epoch(req.epoch, keel_core::Lsn(0), codes::BAD_REQUEST)?;
     ask(&app, Input::SyncDrop(req)).await
 }
 

@@ -53,5 +53,8 @@ pub const PING_INTERVAL: Duration = Duration::from_millis(250);
 /// How many log entries go in one replication frame at most.
 pub const FRAME_ENTRIES: usize = 512;
 /// How many bytes of keys and values go in one replication frame at most (one entry may
-/// exceed it alone; a value is at most 1 MiB).
-pub const FRAME_BYTES: usize = 32 << 20;
+/// exceed it alone; a value is at most 1 MiB), well under the frame limit of
+/// [`crate::repl::frame::MAX_FRAME`].
+pub const FRAME_BYTES: usize = 4 << 20;
+/// How many bytes of keys and values go in one part of a snapshot at most.
+pub const SNAPSHOT_PART_BYTES: usize = 4 << 20;

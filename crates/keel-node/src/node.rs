@@ -148,16 +148,14 @@ fn choose_epoch(config: &NodeConfig, store: &Store) -> Result<Epoch, EpochChoice
         (Role::Primary, Some(asked)) if asked > seen => take(asked),
         (Role::Primary, Some(asked)) => Err(EpochChoice::Refused(format!(
             "--epoch {asked} is not newer than epoch {seen}, which this node has already seen; use --epoch {}",
-            seen.0 + 1
+            seen.next()
         ))),
-        (Role::Primary, None) if seen == Epoch(0) || was_primary_in == seen => {
-            take(Epoch(seen.0 + 1))
-        }
+        (Role::Primary, None) if seen == Epoch(0) || was_primary_in == seen => take(seen.next()),
         (Role::Primary, None) => Err(EpochChoice::Refused(format!(
             "this node has seen epoch {seen} from another primary (it was last primary in epoch {}); \
              start it as a standby, or promote it explicitly with --epoch {}",
             was_primary_in.0,
-            seen.0 + 1
+            seen.next()
         ))),
     }
 }

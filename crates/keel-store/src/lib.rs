@@ -27,5 +27,5 @@ pub mod store;
 
 pub use matching::agreement;
 pub use op::{Command, Expect, LogEntry, Op, Outcome, Rejection};
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotPart};
 pub use store::{Applied, LogStatus, Store, StoreError};

@@ -433,7 +433,11 @@ impl Store {
             return Ok(next.last);
         }
         for entry in entries {
-            if entry.pos.lsn != next.last.lsn.next() || entry.pos.epoch < next.last.epoch {
+            let in_range = entry.pos.lsn.in_range() && entry.pos.epoch.in_range();
+            if !in_range
+                || entry.pos.lsn != next.last.lsn.next()
+                || entry.pos.epoch < next.last.epoch
+            {
                 return Err(StoreError::Gap {
                     last: next.last,
                     next: entry.pos,

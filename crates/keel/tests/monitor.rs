@@ -317,6 +317,13 @@ fn bad_requests_get_json_errors() {
         resp.json::<Value>().expect("JSON")["error"],
         "body_too_large"
     );
+    // A heartbeat that is not one is counted as refused.
+    let resp = client
+        .post(format!("{}/v1/heartbeat", monitor.url))
+        .body("not json")
+        .send()
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     let (status, body) = monitor.post(
         "/v1/register",

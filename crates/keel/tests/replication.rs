@@ -219,7 +219,7 @@ fn open_stream(url: &str, epoch: u64) -> (u16, String, TcpStream) {
         .expect("timeout");
     write!(
         tcp,
-        "GET /v1/replication HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: keel-replication/1\r\nKeel-Epoch: {epoch}\r\nKeel-Node: rogue\r\n\r\n"
+        "GET /v1/replication HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: keel-replication/2\r\nKeel-Epoch: {epoch}\r\nKeel-Node: rogue\r\n\r\n"
     )
     .expect("send upgrade");
     let mut head = Vec::new();
@@ -645,4 +645,134 @@ fn every_answer_names_the_node_and_health_and_metrics_describe_it() {
     // Told to stop, a node drains and exits cleanly.
     let exit = primary.proc.terminate();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// Writes a cluster secret under `root` and returns the flags that start a member with it.
+fn closed(root: &tempfile::TempDir) -> (std::path::PathBuf, Vec<String>) {
+    let file = root.path().join("cluster.secret");
+    std::fs::write(&file, support::TestMonitor::SECRET).expect("secret");
+    let flags = vec![
+        "--cluster-secret-file".to_owned(),
+        file.display().to_string(),
+    ];
+    (file, flags)
+}
+
+/// The process's data segment (what its heap may use), from `/proc/PID/status`, in KiB.
+fn vm_data_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmData:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmData")
+}
+
+#[test]
+fn a_peer_declaring_a_huge_frame_costs_the_standby_only_what_it_sent() {
+    let root = tempdir();
+    let (secret, flags) = closed(&root);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let standby = TestNode::standby("app2", root.path().join("app2"), &flags);
+    let before = vm_data_kib(standby.proc.pid());
+    let signer = keel_core::auth::Signer::new(
+        keel_core::auth::ClusterSecret::from_file(&secret)
+            .expect("secret")
+            .key(),
+        "rogue",
+    );
+    let open = |declared: u32| {
+        let url = format!("{}/v1/replication", standby.url);
+        let signed = signer.sign("GET", &url, b"").expect("sign");
+        let addr = standby.url.trim_start_matches("http://");
+        let mut tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            tcp,
+            "GET /v1/replication HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: {}\r\nKeel-Epoch: 1\r\nKeel-Node: rogue\r\nKeel-Auth: {}\r\n\r\n",
+            keel_node::repl::PROTOCOL,
+            signed.header
+        )
+        .expect("send upgrade");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut byte).expect("read head");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        // The declared length, then only a few of its bytes.
+        tcp.write_all(&declared.to_be_bytes()).expect("length");
+        tcp.write_all(&[0u8; 100]).expect("some bytes");
+        tcp
+    };
+    // Just under the frame limit, with 100 bytes of it sent: the standby waits for the
+    // rest without setting aside room for it.
+    let under = u32::try_from(frame::MAX_FRAME).expect("fits");
+    let held: Vec<TcpStream> = (0..8).map(|_| open(under)).collect();
+    thread::sleep(Duration::from_millis(300));
+    let grew = vm_data_kib(standby.proc.pid()).saturating_sub(before);
+    assert!(
+        grew < 32 << 10,
+        "eight frames of 8 MiB declared, 800 bytes sent: the standby grew by {grew} KiB"
+    );
+    // 512 MiB declared: the stream is ended at once, nothing allocated for it.
+    let mut huge = open(512 << 20);
+    let mut rest = Vec::new();
+    let _ = huge.read_to_end(&mut rest);
+    let grew = vm_data_kib(standby.proc.pid()).saturating_sub(before);
+    assert!(grew < 32 << 10, "the standby grew by {grew} KiB");
+    assert_eq!(standby.health()["role"], "standby");
+    drop(held);
+}
+
+#[test]
+fn a_store_larger_than_one_frame_streams_its_snapshot_to_a_new_standby() {
+    let root = tempdir();
+    let (_, flags) = closed(&root);
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend(["--log-retain", "8"]);
+    // The standby's port is known before it runs; the primary writes alone meanwhile.
+    let port = support::free_port();
+    let standby_url = support::url_for(port);
+    let mut primary_flags = extra.clone();
+    primary_flags.push("--async");
+    let primary = TestNode::primary(
+        "app1",
+        root.path().join("app1"),
+        std::slice::from_ref(&standby_url),
+        &primary_flags,
+    );
+    let value = "v".repeat(512 << 10);
+    let keys = 3 * frame::MAX_FRAME / value.len();
+    for i in 0..keys {
+        let resp = put_kv(&primary.url, &format!("big{i}"), &value);
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{}",
+            resp.text().unwrap_or_default()
+        );
+    }
+    let health = primary.health();
+    assert!(
+        health["snapshot_lsn"].as_u64().expect("snapshot_lsn") > 8,
+        "the log was not truncated: {health}"
+    );
+    let standby = TestNode::standby_on_port("app2", port, root.path().join("app2"), &extra);
+    wait_for_streaming(&primary);
+    for i in 0..keys {
+        assert_eq!(
+            get_value(&standby.url, &format!("big{i}")).map(|v| v.len()),
+            Some(value.len()),
+            "big{i} is missing on the new standby"
+        );
+    }
+    let log = standby.proc.log_text();
+    assert!(log.contains("installed a snapshot"), "{log}");
 }

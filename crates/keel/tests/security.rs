@@ -270,7 +270,7 @@ fn outsiders_cannot_register_heartbeat_drop_replicate_or_act_and_the_cluster_is_
     let resp = http_client()
         .get(format!("{}/v1/replication", cluster.url("app2")))
         .header("connection", "upgrade")
-        .header("upgrade", "keel-replication/1")
+        .header("upgrade", "keel-replication/2")
         .header("keel-epoch", "99")
         .header("keel-node", "app1")
         .send()
@@ -324,7 +324,7 @@ fn a_member_never_sends_a_credential_and_streams_nothing_to_an_unproven_standby(
     })
     .expect("encode");
     let mut answer =
-        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: keel-replication/1\r\n\r\n"
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: keel-replication/2\r\n\r\n"
             .to_vec();
     answer.extend_from_slice(&u32::try_from(hello.len()).expect("len").to_be_bytes());
     answer.extend_from_slice(&hello);
@@ -452,4 +452,66 @@ fn without_a_cluster_secret_nothing_listens_beyond_loopback() {
         assert!(out.stderr.contains("without a cluster secret"), "{out}");
         assert!(out.stderr.contains("--cluster-secret-file"), "{out}");
     }
+}
+
+#[test]
+fn the_monitor_answers_members_while_1100_connections_hold_half_sent_bodies() {
+    let root = tempdir();
+    let monitor = TestMonitor::start_closed(&root.path().join("monitor"), &[]);
+    let flags = monitor.member_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node = TestNode::monitored("app1", root.path().join("app1"), &monitor.url, &flags);
+    assert!(
+        wait_until(
+            Duration::from_secs(10),
+            || monitor.cluster()["primary"]["node"] == "app1"
+        ),
+        "no primary: {}",
+        monitor.cluster()
+    );
+    let host = format!("127.0.0.1:{}", monitor.port);
+    let half = format!(
+        "POST /v1/heartbeat HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"node\": "
+    );
+    let mut flood = Vec::new();
+    for _ in 0..1100 {
+        let mut slow = TcpStream::connect(&host).expect("connect");
+        slow.write_all(half.as_bytes()).expect("write");
+        flood.push(slow);
+    }
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    for round in 0..5 {
+        let health = quick.get(format!("{}/health", monitor.url)).send();
+        assert!(
+            health.as_ref().is_ok_and(|r| r.status() == StatusCode::OK),
+            "round {round}: /health did not answer within 1 s: {health:?}"
+        );
+        let view: Value = quick
+            .get(format!("{}/v1/cluster", monitor.url))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| {
+                panic!("round {round}: /v1/cluster did not answer within 1 s: {e}")
+            });
+        let app1 = &view["nodes"][0];
+        assert_eq!(app1["healthy"], true, "round {round}: {view}");
+        assert!(
+            app1["last_heartbeat_ms_ago"]
+                .as_u64()
+                .is_some_and(|ms| ms < 1000),
+            "round {round}: the member's heartbeats stopped getting through: {view}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // The primary kept its lease through its heartbeats: writes are acknowledged.
+    let resp = quick
+        .put(format!("{}/v1/kv/during-the-flood", node.url))
+        .body("yes")
+        .send()
+        .expect("PUT within 1 s");
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(flood);
 }

@@ -54,14 +54,17 @@ pub async fn accept(State(shared): State<Arc<Shared>>, mut req: Request) -> Resp
             ),
         );
     }
-    let epoch = match header_u64(headers, KEEL_EPOCH) {
-        Some(e) => Epoch(e),
-        None => {
+    let epoch = match header_u64(headers, KEEL_EPOCH).map(Epoch) {
+        Some(e) if e.in_range() => e,
+        _ => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 ApiError::new(
                     "bad_epoch",
-                    "the Keel-Epoch header must hold the sender's epoch as a number",
+                    format!(
+                        "the Keel-Epoch header must hold the sender's epoch as a number below {}",
+                        keel_core::ids::WIRE_LIMIT
+                    ),
                 ),
             );
         }
@@ -151,7 +154,7 @@ enum FollowError {
     Replaced,
 }
 
-type Io = Framed<TokioIo<hyper::upgrade::Upgraded>, tokio_util::codec::LengthDelimitedCodec>;
+type Io = Framed<TokioIo<hyper::upgrade::Upgraded>, frame::Codec>;
 
 async fn reply(io: &mut Io, frame: &ToPrimary) -> Result<(), FollowError> {
     let bytes = frame::encode(frame).map_err(|e| FollowError::Frame(e.to_string()))?;
@@ -175,6 +178,8 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
     };
     reply(&mut io, &hello).await?;
     let mut pending: Option<ToStandby> = None;
+    // The parts of a snapshot received so far, until its last.
+    let mut snapshot: Option<keel_store::SnapshotBuilder> = None;
     // Frames handled so far; every ack says how many, so the primary knows which of its
     // frames the ack answers and can time its lease from when it sent that one.
     let mut frames: u64 = 0;
@@ -193,6 +198,17 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
         frames += 1;
         if shared.stream_generation.load(Ordering::SeqCst) != generation {
             return Err(FollowError::Replaced);
+        }
+        if !frame.epoch().in_range() {
+            return Err(FollowError::Frame(format!(
+                "epoch {} is out of range",
+                frame.epoch()
+            )));
+        }
+        if snapshot.is_some() && !matches!(frame, ToStandby::SnapshotPart { .. }) {
+            return Err(FollowError::Frame(
+                "a frame other than a snapshot part arrived in the middle of a snapshot".into(),
+            ));
         }
         let seen = store.status().epoch;
         if frame.epoch() < seen {
@@ -250,10 +266,17 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
                     Err(e) => return Err(e),
                 }
             }
-            ToStandby::Snapshot { snapshot, .. } => {
+            ToStandby::SnapshotPart { part, last, .. } => {
+                let parts = snapshot.get_or_insert_with(Default::default);
+                parts.add(*part).map_err(FollowError::Frame)?;
+                if !last {
+                    // Only the whole snapshot is answered.
+                    continue;
+                }
+                let whole = snapshot.take().unwrap_or_default().finish();
                 let store = store.clone();
-                let at = snapshot.last;
-                let last = run_blocking(move || store.install(&snapshot)).await?;
+                let at = whole.last;
+                let last = run_blocking(move || store.install(&whole)).await?;
                 tracing::info!(lsn = %at.lsn, "installed a snapshot from the primary");
                 ToPrimary::Ack { last, frames }
             }

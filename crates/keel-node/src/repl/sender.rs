@@ -26,7 +26,9 @@ use tokio_util::codec::Framed;
 
 use super::frame::{self, ToPrimary, ToStandby};
 use super::{PRIMARY_URL_HEADER, PROTOCOL};
-use crate::config::{CONNECT_TIMEOUT, FRAME_BYTES, FRAME_ENTRIES, PING_INTERVAL};
+use crate::config::{
+    CONNECT_TIMEOUT, FRAME_BYTES, FRAME_ENTRIES, PING_INTERVAL, SNAPSHOT_PART_BYTES,
+};
 use crate::shared::{LinkState, Shared, StandbyLink};
 
 /// Why a stream ended.
@@ -50,7 +52,7 @@ enum StreamError {
     Store(#[from] StoreError),
 }
 
-type Io = Framed<TokioIo<hyper::upgrade::Upgraded>, tokio_util::codec::LengthDelimitedCodec>;
+type Io = Framed<TokioIo<hyper::upgrade::Upgraded>, frame::Codec>;
 
 /// Keeps one standby in step with this primary until shutdown or until this node is
 /// fenced.
@@ -305,16 +307,16 @@ async fn send_snapshot(
         .map_err(|e| StreamError::Protocol(e.to_string()))??;
     tracing::info!(lsn = %snapshot.last.lsn, "sending a snapshot to a standby the log no longer reaches");
     let epoch = shared.writing_epoch();
-    send(
-        io,
-        sent,
-        &ToStandby::Snapshot {
+    let parts = snapshot.into_parts(SNAPSHOT_PART_BYTES);
+    let count = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        let frame = ToStandby::SnapshotPart {
             epoch,
-            snapshot: Box::new(snapshot),
-        },
-        within * 10,
-    )
-    .await?;
+            part: Box::new(part),
+            last: i + 1 == count,
+        };
+        send(io, sent, &frame, within * 10).await?;
+    }
     // Installing a large snapshot takes a while: allow more than a write would.
     expect_ack(io, sent, within * 10)
         .await?
