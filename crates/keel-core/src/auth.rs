@@ -38,7 +38,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use ring::{digest, hmac};
+use aws_lc_rs::{digest, hmac};
 
 /// The request and response header.
 pub const AUTH_HEADER: &str = "keel-auth";
@@ -143,9 +143,9 @@ impl ClusterSecret {
 
 /// `n` random bytes from the operating system, as hex.
 pub fn random_hex(n: usize) -> Result<String, SecretError> {
-    use ring::rand::SecureRandom;
+    use aws_lc_rs::rand::SecureRandom;
     let mut bytes = vec![0u8; n];
-    ring::rand::SystemRandom::new()
+    aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| SecretError::Random)?;
     Ok(hex(&bytes))

@@ -11,6 +11,8 @@
 //! - [`token`]: the admin bearer token (loading it, comparing it in constant time);
 //! - [`auth`]: the cluster secret, and signed requests and answers (`Keel-Auth`) with
 //!   either credential — how members prove membership and operators their right to act;
+//! - [`tls`]: TLS across hosts with rustls: a process's certificate, key and the cluster
+//!   CA, for its listeners and its calls to members;
 //! - [`faults`]: the fault filter behind `keel chaos partition` — the peers this process
 //!   must not connect to, read from `KEEL_FAULTS_FILE` (inert without it);
 //! - [`shutdown`]: the Ctrl-C / SIGTERM future that servers take as their stop signal.
@@ -24,6 +26,7 @@ pub mod headers;
 pub mod http;
 pub mod ids;
 pub mod shutdown;
+pub mod tls;
 pub mod token;
 
 pub use error::ApiError;

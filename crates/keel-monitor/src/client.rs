@@ -37,11 +37,21 @@ pub enum ClientError {
 /// An HTTP client for event streams: a connect timeout, but none on the whole request
 /// (the body of an event stream lasts as long as the stream does).
 pub fn stream_client(connect_timeout: Duration) -> Result<reqwest::Client, ClientError> {
-    reqwest::Client::builder()
+    stream_client_tls(connect_timeout, None)
+}
+
+/// [`stream_client`] speaking TLS with `tls` to `https://` monitors.
+pub fn stream_client_tls(
+    connect_timeout: Duration,
+    tls: Option<&keel_core::tls::Tls>,
+) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(ClientError::Setup)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls.client_config());
+    }
+    builder.build().map_err(ClientError::Setup)
 }
 
 /// Reads `GET /v1/cluster`.

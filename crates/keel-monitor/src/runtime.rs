@@ -51,6 +51,8 @@ pub struct MonitorConfig {
     /// The lowest epoch the monitor may issue next: for a monitor whose state was lost
     /// while its nodes kept theirs (they report epochs it never issued, which it refuses).
     pub epoch_floor: Option<keel_core::Epoch>,
+    /// TLS for the listener and the probes (`--tls-*`); plaintext without it.
+    pub tls: Option<keel_core::tls::Tls>,
 }
 
 /// Why the monitor could not start, or stopped with an error.
@@ -122,10 +124,11 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    let probe_client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(MonitorError::Client)?;
+    let mut probe_client = reqwest::Client::builder().no_proxy();
+    if let Some(tls) = &config.tls {
+        probe_client = probe_client.tls_backend_preconfigured(tls.client_config());
+    }
+    let probe_client = probe_client.build().map_err(MonitorError::Client)?;
 
     let (mut monitor, mut started) = Monitor::new(config.settings, state, Instant::now());
     if let Some(floor) = config.epoch_floor {
@@ -169,8 +172,14 @@ pub async fn run(
     let mut core_task = tokio::spawn(core.run(started));
 
     let router = crate::server::router(app);
-    let server =
-        keel_core::http::serve_draining(listener, router, shutdown, GRACE, stop_tx.clone());
+    let server = keel_core::http::serve_draining(
+        listener,
+        router,
+        shutdown,
+        GRACE,
+        stop_tx.clone(),
+        config.tls.as_ref(),
+    );
     let result = tokio::select! {
         () = server => Ok(()),
         r = &mut core_task => match r {

@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// node signs what it asks of the monitor and its standbys and trusts only their
     /// signed answers (docs/security.md).
     pub secret: Option<ClusterSecret>,
+    /// TLS for the listener, the calls to the monitor and replication (`--tls-*`);
+    /// plaintext without it. The advertised URL is then `https://`.
+    pub tls: Option<keel_core::tls::Tls>,
     /// The monitor's base URL: the role then comes from the monitor (`role` is only the
     /// starting point, standby), and so do the standbys and the epoch.
     pub monitor: Option<String>,

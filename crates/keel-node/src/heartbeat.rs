@@ -31,7 +31,11 @@ enum Answer {
 
 /// Runs until `stop` turns true.
 pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver<bool>) {
-    let client = match reqwest::Client::builder().build() {
+    let mut builder = reqwest::Client::builder();
+    if let Some(tls) = &shared.config.tls {
+        builder = builder.tls_backend_preconfigured(tls.client_config());
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build an HTTP client; not talking to the monitor");
@@ -143,14 +147,14 @@ async fn post<T: serde::Serialize>(
     if let Some(signed) = &signed {
         request = request.header(keel_core::auth::AUTH_HEADER, &signed.header);
     }
-    let resp = request.body(body).send().await.map_err(|e| e.to_string())?;
+    let resp = request.body(body).send().await.map_err(|e| chain(&e))?;
     let status = resp.status();
     let answer_sig = resp
         .headers()
         .get(keel_core::auth::AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    let bytes = resp.bytes().await.map_err(|e| chain(&e))?;
     if let (Some(signer), Some(signed)) = (&shared.signer, &signed) {
         signer
             .check_answer(signed, answer_sig.as_deref(), status.as_u16(), Some(&bytes))
@@ -176,6 +180,22 @@ async fn post<T: serde::Serialize>(
             body,
         })
     }
+}
+
+/// An error with every cause after it ("error sending request: …: invalid peer
+/// certificate: UnknownIssuer"): reqwest's own message alone does not say what failed.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn register(shared: &Shared) -> RegisterRequest {

@@ -96,7 +96,8 @@ pub async fn run(
         .map(|url| tokio::spawn(crate::heartbeat::run(shared.clone(), url, stop_rx.clone())));
 
     let app = api::router(shared.clone());
-    keel_core::http::serve_draining(listener, app, shutdown, GRACE, stop_tx).await;
+    let tls = shared.config.tls.clone();
+    keel_core::http::serve_draining(listener, app, shutdown, GRACE, stop_tx, tls.as_ref()).await;
     shared.stop_senders();
     if let Some(h) = heartbeater {
         h.abort();

@@ -599,6 +599,7 @@ mod tests {
             log_retain: 100,
             token: None,
             secret: None,
+            tls: None,
             monitor: Some("http://127.0.0.1:2".into()),
         };
         let store = Arc::new(Store::open(dir, 100).expect("store"));

@@ -46,12 +46,14 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
         let _ = stop.wait_for(|s| *s).await;
     };
     let (stopping, _) = watch::channel(false);
+    let tls = proxy.tls().cloned();
     keel_core::http::serve_draining(
         listener,
         router(proxy),
         shutdown,
         std::time::Duration::from_secs(5),
         stopping,
+        tls.as_ref(),
     )
     .await;
 }

@@ -26,7 +26,7 @@ use http::{Method, StatusCode};
 use keel_core::ApiError;
 use keel_core::Role;
 use keel_core::auth::Signer;
-use keel_monitor::client::{EventStream, cluster_as as read_cluster, stream_client};
+use keel_monitor::client::{EventStream, cluster_as as read_cluster, stream_client_tls};
 use keel_monitor::wire::ClusterView;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -76,8 +76,18 @@ pub struct View {
 
 impl Cluster {
     /// A route following the monitor of `config`; [`Cluster::watch`] keeps it current.
-    pub fn new(config: &ClusterConfig, signer: Option<Signer>) -> Arc<Cluster> {
-        let http = stream_client(Duration::from_secs(1)).unwrap_or_default();
+    pub fn new(
+        config: &ClusterConfig,
+        signer: Option<Signer>,
+        tls: Option<&keel_core::tls::Tls>,
+    ) -> Arc<Cluster> {
+        let http = match stream_client_tls(Duration::from_secs(1), tls) {
+            Ok(http) => http,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the client for the monitor; reading it without TLS");
+                reqwest::Client::default()
+            }
+        };
         Arc::new(Cluster {
             monitor: config.monitor.clone(),
             prefix: config.prefix.clone(),

@@ -297,8 +297,12 @@ impl Config {
         }
         self.check_timing()?;
         if let Some(cluster) = &mut self.cluster {
-            parse_backend_url(&cluster.monitor)
-                .map_err(|reason| invalid("cluster.monitor", reason))?;
+            // The monitor is read with an HTTP client, which speaks TLS to an https one.
+            let plain = match cluster.monitor.strip_prefix("https://") {
+                Some(rest) => format!("http://{rest}"),
+                None => cluster.monitor.clone(),
+            };
+            parse_backend_url(&plain).map_err(|reason| invalid("cluster.monitor", reason))?;
             cluster.monitor = cluster.monitor.trim_end_matches('/').to_owned();
             if !cluster.prefix.starts_with('/') || cluster.prefix.len() < 2 {
                 return Err(invalid(

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use keel_core::auth::{ClusterSecret, Signer};
 use keel_core::http::Guard;
+use keel_core::tls::Tls;
 use keel_core::token::Token;
 
 /// The id the proxy signs its requests to the monitor with.
@@ -65,6 +66,8 @@ pub struct Proxy {
     /// Signs the cluster route's reads of the monitor and checks its answers; `None`
     /// without the cluster secret.
     signer: Option<Signer>,
+    /// TLS for the admin API and for the cluster route's calls to the monitor.
+    tls: Option<Tls>,
     /// The outcome of the last reload, for the admin API.
     last_reload: Mutex<Option<ReloadOutcome>>,
 }
@@ -94,9 +97,10 @@ impl Proxy {
         config_path: Option<PathBuf>,
         token: Option<Token>,
         secret: Option<ClusterSecret>,
+        tls: Option<Tls>,
     ) -> Arc<Proxy> {
         let signer = secret.as_ref().map(|s| Signer::new(s.key(), PROXY_ID));
-        let table = build_table(config, None, signer.as_ref());
+        let table = build_table(config, None, signer.as_ref(), tls.as_ref());
         Arc::new(Proxy {
             table: RwLock::new(Arc::new(table)),
             stats: ProxyStats::default(),
@@ -109,6 +113,7 @@ impl Proxy {
                 keel_core::auth::Hosts::any(),
             )),
             signer,
+            tls,
             last_reload: Mutex::new(None),
         })
     }
@@ -116,6 +121,11 @@ impl Proxy {
     /// The table in force.
     pub fn table(&self) -> Arc<Table> {
         Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// TLS for the admin API, if the proxy has it.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// The admin API's guard.
@@ -192,7 +202,12 @@ impl Proxy {
         config.admin = old.config.admin;
         config.threads = old.config.threads;
         config.max_connections = old.config.max_connections;
-        let table = Arc::new(build_table(config, Some(&old), self.signer.as_ref()));
+        let table = Arc::new(build_table(
+            config,
+            Some(&old),
+            self.signer.as_ref(),
+            self.tls.as_ref(),
+        ));
         start_background(self, &table, Some(&old));
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&table);
         self.stats.reloads.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +239,12 @@ impl Proxy {
 
 /// Builds what `config` describes, keeping from `previous` the backends (same name and
 /// URL) and the cluster route (same monitor) that did not change.
-fn build_table(config: Config, previous: Option<&Table>, signer: Option<&Signer>) -> Table {
+fn build_table(
+    config: Config,
+    previous: Option<&Table>,
+    signer: Option<&Signer>,
+    tls: Option<&Tls>,
+) -> Table {
     let backends = config
         .backends
         .iter()
@@ -254,7 +274,7 @@ fn build_table(config: Config, previous: Option<&Table>, signer: Option<&Signer>
         previous
             .and_then(|t| t.cluster.clone())
             .filter(|old| old.monitor == c.monitor && old.prefix == c.prefix)
-            .unwrap_or_else(|| Cluster::new(c, signer.cloned()))
+            .unwrap_or_else(|| Cluster::new(c, signer.cloned(), tls))
     });
     Table {
         config,

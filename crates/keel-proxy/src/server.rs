@@ -40,6 +40,7 @@ pub async fn run(
     config_path: Option<PathBuf>,
     token: Option<Token>,
     secret: Option<keel_core::auth::ClusterSecret>,
+    tls: Option<keel_core::tls::Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
     let bind = |addr: SocketAddr, what: &'static str| async move {
@@ -53,7 +54,7 @@ pub async fn run(
         .map_err(ProxyError::Signal)?;
     let backends = config.backends.len();
     let cluster = config.cluster.as_ref().map(|c| c.monitor.clone());
-    let proxy = Proxy::new(config, config_path, token, secret);
+    let proxy = Proxy::new(config, config_path, token, secret, tls);
     crate::start_background(&proxy, &proxy.table(), None);
     tracing::info!(
         listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),

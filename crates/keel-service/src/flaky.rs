@@ -237,8 +237,15 @@ pub async fn run(
     };
     let router = router(settings, rng, config.token)?;
     let (stopping, _) = tokio::sync::watch::channel(false);
-    keel_core::http::serve_draining(listener, router, shutdown, Duration::from_secs(5), stopping)
-        .await;
+    keel_core::http::serve_draining(
+        listener,
+        router,
+        shutdown,
+        Duration::from_secs(5),
+        stopping,
+        None,
+    )
+    .await;
     Ok(())
 }
 

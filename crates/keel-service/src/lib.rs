@@ -114,8 +114,15 @@ pub async fn run(
     tracing::info!(name = %config.name, %addr, data = ?config.data, redis = ?config.redis.as_deref().map(redis_visits::redacted), "service listening");
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let router = build(&config, stopped)?;
-    keel_core::http::serve_draining(listener, router, shutdown, Duration::from_secs(5), stopping)
-        .await;
+    keel_core::http::serve_draining(
+        listener,
+        router,
+        shutdown,
+        Duration::from_secs(5),
+        stopping,
+        None,
+    )
+    .await;
     Ok(())
 }
 

@@ -49,6 +49,45 @@ pub enum Command {
     /// Break a stack that `keel up` runs: kill, pause, resume or restart a process, or
     /// random faults for a while.
     Chaos(ChaosArgs),
+    /// Make a small CA and a certificate per process, for TLS across hosts.
+    Certs(CertsArgs),
+}
+
+/// TLS for a process that listens and calls members (docs/security.md).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// This process's certificate (PEM), signed by the cluster CA. With --tls-key and
+    /// --tls-ca its listener speaks TLS and its calls to members are TLS, with this as
+    /// its client certificate (keel certs writes all three).
+    #[arg(long, value_name = "FILE", env = "KEEL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This process's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "KEEL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster CA's certificate (PEM): members' certificates are checked against it,
+    /// and only it.
+    #[arg(long, value_name = "FILE", env = "KEEL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// The processes to make certificates for, each as NAME or NAME=HOST,HOST (the
+    /// addresses or DNS names others reach it by, besides localhost), e.g. monitor
+    /// app1=10.0.0.1 app2=10.0.0.2 proxy.
+    #[arg(required = true, value_name = "NAME[=HOST,…]")]
+    pub names: Vec<String>,
+
+    /// Where the CA and the certificates go; an existing CA there is kept and signs the
+    /// new certificates.
+    #[arg(long, default_value = "keel-data/tls")]
+    pub dir: PathBuf,
+
+    /// A host every certificate names (repeat the flag for several).
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +149,9 @@ pub struct NodeArgs {
     /// (docs/security.md).
     #[arg(long, value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +182,11 @@ pub struct ClientArgs {
     /// Retry-After, a standby's 421) before giving up.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub retry_for: Duration,
+
+    /// The cluster CA (PEM) to check https:// monitors and nodes against (a stack started
+    /// with keel up --tls: <data-dir>/tls/ca.pem).
+    #[arg(long, global = true, value_name = "FILE", env = "KEEL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: ClientCommand,
@@ -247,6 +294,11 @@ pub struct UpArgs {
     /// kernel (see docs/chaos.md).
     #[arg(long)]
     pub netns: bool,
+
+    /// Run every process on TLS, with certificates from a CA made in <data-dir>/tls (kept
+    /// across runs), as a multi-host set-up would; the banner's URLs are then https.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +345,9 @@ pub struct MonitorArgs {
     /// (docs/security.md).
     #[arg(long, value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Take this epoch as issued: for a monitor whose state was lost while its nodes
     /// kept theirs, which report epochs it otherwise refuses as never issued.
@@ -344,6 +399,9 @@ pub struct ProxyArgs {
     /// (docs/security.md).
     #[arg(long, value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]

@@ -86,14 +86,16 @@ impl Default for Limits {
 /// Serves `router` on `listener` with the default [`Limits`] until `shutdown` resolves,
 /// then lets in-flight requests finish for at most `grace`. `stopping` turns true the
 /// moment shutdown begins, so that the server's other tasks (event streams among them)
-/// can stop with it.
+/// can stop with it. With `tls`, every connection is TLS ([`crate::tls`]).
 pub async fn serve_draining(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     stopping: watch::Sender<bool>,
+    tls: Option<&crate::tls::Tls>,
 ) {
+    let tls = tls.map(crate::tls::Tls::acceptor);
     serve_with(
         listener,
         router,
@@ -101,6 +103,7 @@ pub async fn serve_draining(
         grace,
         stopping,
         Limits::default(),
+        tls,
     )
     .await
 }
@@ -113,6 +116,7 @@ pub async fn serve_with(
     grace: Duration,
     stopping: watch::Sender<bool>,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
 
@@ -178,12 +182,33 @@ pub async fn serve_with(
             conn: conn.clone(),
             conns: conns.clone(),
         };
-        let connection = http
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
         let mut stop = stopping.subscribe();
-        let conns = conns.clone();
+        let (conns, http, tls) = (conns.clone(), http.clone(), tls.clone());
         tokio::spawn(async move {
+            // The handshake is the first thing a client must finish, in the time it has
+            // for its head, and in this task: a slow one never holds up accepting.
+            let io = match tls {
+                None => Io::Plain(io),
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));
+                    match handshake.await {
+                        Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake refused");
+                            conns.remove(conn.id);
+                            return;
+                        }
+                        Err(_) => {
+                            conns.remove(conn.id);
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = http
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             let mut connection = pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -441,6 +466,70 @@ impl Conns {
     }
 }
 
+/// A connection's stream: plain, or TLS over it.
+enum Io {
+    Plain(Tracked),
+    Tls(Box<tokio_rustls::server::TlsStream<Tracked>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_flush(cx),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The connection's socket, noting when a write stops making progress (the send
 /// timeout's clock).
 struct Tracked {
@@ -565,6 +654,7 @@ mod tests {
             Duration::from_secs(1),
             stopping,
             limits,
+            None,
         ));
         (addr, stop, server)
     }

@@ -510,8 +510,8 @@ impl Monitor {
 fn check_url(url: &str) -> Result<String, &'static str> {
     let trimmed = url.trim_end_matches('/');
     let uri: http::Uri = trimmed.parse().map_err(|_| "not a URL")?;
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// URLs are supported");
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("only http:// and https:// URLs are supported");
     }
     match uri.authority() {
         Some(a) if a.port_u16().is_some() && !a.host().is_empty() => {}

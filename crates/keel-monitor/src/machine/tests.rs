@@ -360,7 +360,8 @@ fn registration_with_a_bad_url_is_refused() {
     let mut h = Harness::new();
     for bad in [
         "127.0.0.1:8081",
-        "https://x:1",
+        "ftp://x:1",
+        "https://x",
         "http://x:1/path",
         "http://x",
     ] {

@@ -124,10 +124,15 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .authority()
         .ok_or_else(|| StreamError::Connect(format!("URL {} has no host:port", link.url)))?
         .clone();
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
     let addr = format!(
         "{}:{}",
         authority.host(),
-        authority.port_u16().unwrap_or(80)
+        authority.port_u16().unwrap_or(default_port)
     );
     if shared.faults.blocks(&addr) {
         return Err(StreamError::Filtered);
@@ -138,12 +143,25 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .map_err(|e| StreamError::Connect(format!("{addr}: {e}")))?;
     tcp.set_nodelay(true)
         .map_err(|e| StreamError::Connect(e.to_string()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| StreamError::Connect(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let https = uri.scheme_str() == Some("https");
+    let mut sender = match (&shared.config.tls, https) {
+        (Some(tls), true) => {
+            let name = keel_core::tls::server_name(authority.host())
+                .map_err(|e| StreamError::Connect(e.to_string()))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector().connect(name, tcp))
+                .await
+                .map_err(|_| StreamError::Connect(format!("{addr}: no TLS handshake in time")))?
+                .map_err(|e| StreamError::Connect(format!("{addr}: TLS: {e}")))?;
+            handshake(TokioIo::new(stream)).await?
+        }
+        (None, true) => {
+            return Err(StreamError::Connect(format!(
+                "{} is https, but this node has no TLS (--tls-cert, --tls-key, --tls-ca)",
+                link.url
+            )));
+        }
+        (_, false) => handshake(TokioIo::new(tcp)).await?,
+    };
     let epoch = shared.writing_epoch();
     let url = format!("{}/v1/replication", link.url.trim_end_matches('/'));
     // With the cluster secret the upgrade is signed, and the stream starts only once the
@@ -222,6 +240,22 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .await
         .map_err(|e| StreamError::Connect(e.to_string()))?;
     Ok(Framed::new(TokioIo::new(upgraded), frame::codec()))
+}
+
+/// An HTTP/1.1 client connection on `io`, driven in its own task (with upgrades).
+async fn handshake<T>(
+    io: T,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, StreamError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| StreamError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
 }
 
 /// The frames sent on a stream and when, so that an ack (which says how many frames it

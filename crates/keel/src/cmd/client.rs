@@ -75,6 +75,8 @@ struct Client {
     token_file: Option<PathBuf>,
     timeout: Duration,
     retry_for: Duration,
+    /// TLS towards https:// monitors and nodes (`--tls-ca`).
+    tls: Option<keel_core::tls::ClientConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,8 +102,16 @@ impl Client {
             // and does not answer is an error the person should see.
             None => Route::monitor(monitor.clone(), args.monitor.is_none()),
         };
+        let tls = match &args.tls_ca {
+            Some(ca) => Some(
+                keel_core::tls::client_for_ca(ca)
+                    .with_context(|| format!("--tls-ca {}", ca.display()))?,
+            ),
+            None => None,
+        };
         Ok(Client {
-            conn: Conn::new(args.timeout)?,
+            conn: Conn::new(args.timeout, tls.clone())?,
+            tls,
             route,
             monitor,
             json: args.json,

@@ -1,5 +1,6 @@
 //! One module per subcommand; `run` dispatches. This is the only place `anyhow` is used.
 
+mod certs;
 mod chaos;
 mod client;
 mod flaky;
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chaos(args) => chaos::run(args),
         Command::Service(args) => service::run(args),
         Command::Flaky(args) => flaky::run(args),
+        Command::Certs(args) => certs::run(args),
     }
 }
 
@@ -81,4 +83,14 @@ fn require_secret_beyond_loopback(
         "no cluster secret (--cluster-secret-file or {SECRET_ENV}): any process on this machine can act as a member of the cluster"
     );
     Ok(())
+}
+
+/// The TLS of `--tls-cert`, `--tls-key` and `--tls-ca`, if given.
+fn load_tls(args: &crate::cli::TlsArgs) -> anyhow::Result<Option<keel_core::tls::Tls>> {
+    keel_core::tls::Tls::from_flags(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_ca.as_deref(),
+    )
+    .context("cannot set up TLS")
 }

@@ -22,12 +22,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     for url in &args.standbys {
         check_url(url).with_context(|| format!("--standby {url}"))?;
     }
+    let tls = super::load_tls(&args.tls)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let advertise = match args.advertise {
         Some(url) => {
             check_url(&url).with_context(|| format!("--advertise {url}"))?;
             url.trim_end_matches('/').to_owned()
         }
-        None => format!("http://{}", args.listen),
+        None => format!("{scheme}://{}", args.listen),
     };
     let env_token = std::env::var("KEEL_TOKEN").ok();
     let token = Token::load(args.token_file.as_deref(), env_token.as_deref())?;
@@ -53,6 +55,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         log_retain: args.log_retain,
         token,
         secret,
+        tls,
         monitor: args.monitor.map(|u| u.trim_end_matches('/').to_owned()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -64,11 +67,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A base URL must be plain http with a host and port and no path.
+/// A base URL must be http or https with a host and port and no path.
 fn check_url(url: &str) -> anyhow::Result<()> {
     let uri: http::Uri = url.parse().context("not a URL")?;
-    if uri.scheme_str() != Some("http") {
-        anyhow::bail!("only http:// URLs are supported");
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        anyhow::bail!("only http:// and https:// URLs are supported");
     }
     if uri.authority().is_none() {
         anyhow::bail!("the URL needs a host and port, like http://127.0.0.1:8082");

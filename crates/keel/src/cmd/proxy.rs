@@ -47,6 +47,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         args.config.clone(),
         token,
         secret,
+        super::load_tls(&args.tls)?,
         keel_core::shutdown::signal(),
     ))?;
     Ok(ExitCode::SUCCESS)

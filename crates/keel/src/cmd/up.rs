@@ -117,7 +117,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data_dir = &args.data_dir;
     fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let credentials = Credentials::in_dir(data_dir);
+    let mut credentials = Credentials::in_dir(data_dir);
     let token_path = credentials.token.clone();
     let token_note = ensure_secret_file(
         &token_path,
@@ -159,6 +159,26 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let placement = net
         .as_ref()
         .map_or_else(Placement::loopback, Net::placement);
+    let client_tls = if args.tls {
+        let dir = data_dir.join("tls");
+        // Each of the data tier named by its own address too (a network namespace's, under
+        // --netns): the others reach it there.
+        let mut wanted: Vec<(String, Vec<String>)> = data_tier_names(args.nodes)
+            .into_iter()
+            .map(|name| {
+                let host = placement.host(&name).to_string();
+                (name, vec![host])
+            })
+            .collect();
+        wanted.push((PROXY.to_owned(), Vec::new()));
+        super::certs::ensure(&dir, &wanted)?;
+        let client = keel_core::tls::client_for_ca(&dir.join("ca.pem"))
+            .context("cannot set up TLS towards the tier")?;
+        credentials.tls = Some(dir);
+        Some(client)
+    } else {
+        None
+    };
     let plan = plan(&args, &credentials, &placement)?;
     check_ports(&plan)?;
     let net = match net {
@@ -191,6 +211,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             std::future::pending(),
             std::time::Duration::ZERO,
             stopping,
+            None,
         )
         .await;
     });
@@ -198,7 +219,13 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let exe =
         std::env::current_exe().context("cannot find the keel executable to start the nodes")?;
     let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
-    let mut tier = Tier::new(exe, width, child_log_level(args.verbose), partitions);
+    let mut tier = Tier::new(
+        exe,
+        width,
+        child_log_level(args.verbose),
+        partitions,
+        client_tls,
+    )?;
 
     let started = tokio::select! {
         r = tier.start_all(&plan) => Some(r),
@@ -367,6 +394,8 @@ struct Tier {
     /// The monitor's URL, once planned.
     monitor: String,
     http: reqwest::Client,
+    /// TLS towards the tier, with `--tls`.
+    tls: Option<keel_core::tls::ClientConfig>,
     /// Processes stopped with SIGSTOP by `keel chaos pause`.
     paused: Vec<String>,
     /// The partitions in force and the children's fault files.
@@ -379,9 +408,15 @@ impl Tier {
         width: usize,
         log_level: Option<&'static str>,
         partitions: Partitions,
-    ) -> Self {
+        tls: Option<keel_core::tls::ClientConfig>,
+    ) -> anyhow::Result<Self> {
         let (exits_tx, exits) = mpsc::unbounded_channel();
-        Tier {
+        let mut http = reqwest::Client::builder();
+        if let Some(tls) = &tls {
+            http = http.tls_backend_preconfigured(tls.clone());
+        }
+        let http = http.build().context("cannot set up the HTTP client")?;
+        Ok(Tier {
             exe,
             width,
             log_level,
@@ -392,10 +427,11 @@ impl Tier {
             events: None,
             pids: Vec::new(),
             monitor: String::new(),
-            http: reqwest::Client::new(),
+            http,
+            tls,
             paused: Vec::new(),
             partitions,
-        }
+        })
     }
 
     /// Every planned process and its state, for `keel chaos`.
@@ -591,7 +627,7 @@ impl Tier {
 
     /// Prints the monitor's events as they happen, for as long as `keel up` runs.
     fn follow_events(&mut self) -> anyhow::Result<()> {
-        let http = stream_client(Duration::from_secs(1))?;
+        let http = stream_client(Duration::from_secs(1), self.tls.clone())?;
         self.events = Some(tokio::spawn(follow_events(http, self.monitor.clone())));
         Ok(())
     }
@@ -1001,11 +1037,27 @@ fn print_banner(
             "  keel chaos partition: a fault filter in keel's own network layer (keel up --netns, as root: network namespaces)\n\n",
         ),
     }
-    let monitor = if args.monitor_port == 8070 && tier.partitions.net().is_none() {
+    let monitor = if args.monitor_port == 8070 && tier.partitions.net().is_none() && !args.tls {
         String::new()
     } else {
         format!(" --monitor {}", plan.monitor.url)
     };
+    // With --tls, the CA that the client checks the tier's certificates against.
+    let (monitor, curl_ca) = if args.tls {
+        let ca = args.data_dir.join("tls").join("ca.pem");
+        (
+            format!("{monitor} --tls-ca {}", ca.display()),
+            format!(" --cacert {}", ca.display()),
+        )
+    } else {
+        (monitor, String::new())
+    };
+    if args.tls {
+        text.push_str(&format!(
+            "  TLS between every member, certificates in {} (keel certs adds more)\n",
+            args.data_dir.join("tls").display()
+        ));
+    }
     let token =
         if args.data_dir == Path::new("./keel-data") || args.data_dir == Path::new("keel-data") {
             String::new()
@@ -1031,7 +1083,7 @@ fn print_banner(
     text.push_str(&format!("  keel client{monitor} state all\n"));
     // `localhost:PORT` as in the other lines, unless the node has an address of its own.
     let primary_url = primary_url.replace("http://127.0.0.1:", "localhost:");
-    text.push_str(&format!("  curl -s {primary_url}/v1/entries\n"));
+    text.push_str(&format!("  curl -s{curl_ca} {primary_url}/v1/entries\n"));
     text.push_str(&format!(
         "  keel client{monitor}{token} kill-primary --watch   # a standby takes over\n"
     ));

@@ -201,7 +201,7 @@ impl Client {
 
     /// The monitor's event stream, or `None` (with a note) when it cannot be opened.
     async fn open_events(&self) -> Option<EventStream> {
-        let opened = match stream_client(self.timeout) {
+        let opened = match stream_client(self.timeout, self.tls.clone()) {
             Ok(http) => EventStream::open(&http, &self.monitor, None).await,
             Err(e) => Err(e),
         };

@@ -141,14 +141,19 @@ pub(super) struct StandbyInfo {
 }
 
 impl Conn {
-    pub(super) fn new(timeout: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+    pub(super) fn new(
+        timeout: Duration,
+        tls: Option<keel_core::tls::ClientConfig>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             // A node never redirects; a 3xx would come from something else on the port.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("cannot set up the HTTP client")?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder.build().context("cannot set up the HTTP client")?;
         Ok(Conn { http, timeout })
     }
 

@@ -102,8 +102,17 @@ impl EventStream {
 /// An HTTP client for event streams: a connect timeout, but none on the whole request.
 pub(crate) fn stream_client(
     connect_timeout: std::time::Duration,
+    tls: Option<keel_core::tls::ClientConfig>,
 ) -> anyhow::Result<reqwest::Client> {
-    Ok(keel_monitor::client::stream_client(connect_timeout)?)
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder
+        .build()
+        .context("cannot set up the HTTP client for the monitor's events")
 }
 
 #[cfg(test)]

@@ -386,6 +386,7 @@ mod tests {
             control_port: 9060,
             verbose: false,
             netns: false,
+            tls: false,
         };
         super::super::plan::plan(
             &args,

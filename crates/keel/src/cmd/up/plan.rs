@@ -54,7 +54,7 @@ impl Placement {
             .insert(name.to_owned(), (addr, netns.to_owned()));
     }
 
-    fn host(&self, name: &str) -> IpAddr {
+    pub(super) fn host(&self, name: &str) -> IpAddr {
         self.by_name
             .get(name)
             .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |(addr, _)| {
@@ -110,6 +110,8 @@ pub(super) struct Credentials {
     pub(super) token: PathBuf,
     /// The cluster secret: members' calls to each other.
     pub(super) secret: PathBuf,
+    /// With `--tls`: the directory of the CA and every process's certificate.
+    pub(super) tls: Option<PathBuf>,
 }
 
 impl Credentials {
@@ -118,7 +120,28 @@ impl Credentials {
         Credentials {
             token: dir.join(keel_core::token::TOKEN_FILE_NAME),
             secret: dir.join(keel_core::auth::SECRET_FILE_NAME),
+            tls: None,
         }
+    }
+
+    /// The flags that give process `name` its certificate, with `--tls`.
+    fn tls_flags(&self, name: &str) -> Vec<String> {
+        let Some(dir) = &self.tls else {
+            return Vec::new();
+        };
+        vec![
+            "--tls-cert".into(),
+            path_arg(&dir.join(format!("{name}.pem"))),
+            "--tls-key".into(),
+            path_arg(&dir.join(format!("{name}.key"))),
+            "--tls-ca".into(),
+            path_arg(&dir.join("ca.pem")),
+        ]
+    }
+
+    /// `https` with `--tls`, else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
@@ -157,7 +180,8 @@ pub(super) fn plan(
     let token = path_arg(&credentials.token);
     let secret = path_arg(&credentials.secret);
     let monitor_listen = std::net::SocketAddr::new(placement.host(MONITOR), args.monitor_port);
-    let monitor_url = format!("http://{monitor_listen}");
+    let scheme = credentials.scheme();
+    let monitor_url = format!("{scheme}://{monitor_listen}");
     let monitor = Spec {
         name: MONITOR.to_owned(),
         port: args.monitor_port,
@@ -175,7 +199,10 @@ pub(super) fn plan(
             token.clone(),
             "--cluster-secret-file".into(),
             secret.clone(),
-        ],
+        ]
+        .into_iter()
+        .chain(credentials.tls_flags(MONITOR))
+        .collect(),
     };
     let nodes = (1..=n)
         .map(|k| {
@@ -196,13 +223,16 @@ pub(super) fn plan(
                 token.clone(),
                 "--cluster-secret-file".into(),
                 secret.clone(),
-            ];
+            ]
+            .into_iter()
+            .chain(credentials.tls_flags(&name))
+            .collect();
             Spec {
                 netns: placement.netns(&name),
                 name,
                 port,
-                url: format!("http://{listen}"),
-                health: format!("http://{listen}/health"),
+                url: format!("{scheme}://{listen}"),
+                health: format!("{scheme}://{listen}/health"),
                 port_flag: "--base-port",
                 args,
             }
@@ -234,7 +264,7 @@ pub(super) fn plan(
             }
         })
         .collect();
-    let proxy_admin = format!("http://127.0.0.1:{}", args.proxy_admin_port);
+    let proxy_admin = format!("{scheme}://127.0.0.1:{}", args.proxy_admin_port);
     let mut proxy_args: Vec<String> = vec![
         "proxy".into(),
         "--listen".into(),
@@ -248,6 +278,7 @@ pub(super) fn plan(
         "--cluster-secret-file".into(),
         secret.clone(),
     ];
+    proxy_args.extend(credentials.tls_flags(PROXY));
     for service in &services {
         proxy_args.push("--backend".into());
         proxy_args.push(format!("{},name={}", service.url, service.name));
@@ -345,6 +376,7 @@ mod tests {
             control_port: 8060,
             verbose: false,
             netns: false,
+            tls: false,
         }
     }
 
