@@ -225,6 +225,23 @@ fn a_tier_on_mutual_tls_replicates_fails_over_and_refuses_another_cas_member() {
     );
     drop(app3);
 
+    // A member of the right CA signing as another member: app4 with app2's certificate.
+    let port = free_port();
+    let mut args = tier.node_args("app4", port, &tier.tls);
+    for arg in args.iter_mut() {
+        *arg = arg
+            .replace("app4.pem", "app2.pem")
+            .replace("app4.key", "app2.key");
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut app4 = KeelProcess::spawn("app4", &refs);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(app4.is_running(), "{}", app4.log_report());
+    assert_eq!(node(&tier.view(), "app4"), &Value::Null, "{}", tier.view());
+    let log = app4.log_text();
+    assert!(log.contains("wrong_member"), "{log}");
+    drop(app4);
+
     // The primary dies: probes and promotion go over TLS too.
     tier.nodes[0].2.kill9();
     assert!(

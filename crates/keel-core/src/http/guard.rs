@@ -198,6 +198,27 @@ async fn authenticate(
             let checked = guard
                 .verifier()
                 .verify(&claim, &over, crate::auth::unix_ms());
+            // Over TLS, a member signs only as the member its certificate names: the
+            // secret alone does not let one member speak for another there.
+            let checked = match (checked, parts.extensions.get::<super::TlsPeer>()) {
+                (Ok(crate::auth::Principal::Member(id)), Some(peer)) if !peer.names(&id) => {
+                    return error_response(
+                        StatusCode::FORBIDDEN,
+                        ApiError::new(
+                            "wrong_member",
+                            format!(
+                                "signed as member {id}, but the TLS certificate this call came with {}",
+                                if peer.cert.is_some() {
+                                    "names another"
+                                } else {
+                                    "is missing"
+                                }
+                            ),
+                        ),
+                    );
+                }
+                (checked, _) => checked,
+            };
             match checked {
                 Ok(principal) => (
                     axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)),

@@ -8,7 +8,7 @@ mod guard;
 mod serve;
 
 pub use guard::{Guard, MAX_SIGNED_BODY, SIGNED_BODY_TIMEOUT, guarded};
-pub use serve::{Limits, serve_draining, serve_with};
+pub use serve::{Limits, TlsPeer, serve_draining, serve_with};
 
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};

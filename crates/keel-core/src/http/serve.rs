@@ -170,13 +170,7 @@ pub async fn serve_with(
             }
         }
         let conn = conns.add();
-        let service = {
-            let (router, conn, conns) = (router.clone(), conn.clone(), conns.clone());
-            hyper::service::service_fn(move |request| {
-                let (router, conn, conns) = (router.clone(), conn.clone(), conns.clone());
-                async move { Ok::<_, Infallible>(handle(router, &conn, &conns, limits, request).await) }
-            })
-        };
+        let router = router.clone();
         let io = Tracked {
             io: stream,
             conn: conn.clone(),
@@ -187,13 +181,21 @@ pub async fn serve_with(
         tokio::spawn(async move {
             // The handshake is the first thing a client must finish, in the time it has
             // for its head, and in this task: a slow one never holds up accepting.
-            let io = match tls {
-                None => Io::Plain(io),
+            let (io, transport) = match tls {
+                None => (Io::Plain(io), None),
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));
                     match handshake.await {
-                        Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
+                        Ok(Ok(tls)) => {
+                            let peer = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|certs| certs.first())
+                                .map(|cert| cert.clone().into_owned());
+                            (Io::Tls(Box::new(tls)), Some(TlsPeer { cert: peer }))
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake refused");
                             conns.remove(conn.id);
@@ -205,6 +207,19 @@ pub async fn serve_with(
                         }
                     }
                 }
+            };
+            let service = {
+                let conn = conn.clone();
+                let conns = conns.clone();
+                hyper::service::service_fn(move |mut request: http::Request<_>| {
+                    if let Some(peer) = &transport {
+                        request.extensions_mut().insert(peer.clone());
+                    }
+                    let (router, conn, conns) = (router.clone(), conn.clone(), conns.clone());
+                    async move {
+                        Ok::<_, Infallible>(handle(router, &conn, &conns, limits, request).await)
+                    }
+                })
             };
             let connection = http
                 .serve_connection(TokioIo::new(io), service)
@@ -235,6 +250,27 @@ pub async fn serve_with(
         }
     }
     sweeper.abort();
+}
+
+/// On a request that came over TLS: the certificate the client showed, if any (checked
+/// against the cluster CA by the handshake). A member's signature over TLS must come
+/// with a certificate that names the member ([`super::Guard`]).
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    /// The client's certificate.
+    pub cert: Option<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl TlsPeer {
+    /// Whether the client's certificate names `id` (as one of its DNS names).
+    pub fn names(&self, id: &str) -> bool {
+        let (Some(cert), Ok(name)) = (&self.cert, rustls_pki_types::ServerName::try_from(id))
+        else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(cert)
+            .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+    }
 }
 
 /// One request: its body read whole within the body timeout, then the router.
