@@ -674,6 +674,9 @@ async fn relay(
             if wire::is_hop_by_hop(name, &head.connection, bytes)
                 || name.eq_ignore_ascii_case(KEEL_BACKEND.as_bytes())
                 || name.eq_ignore_ascii_case(b"x-request-id")
+                // Transfer-Encoding wins: the length would tell the client a different
+                // end than the chunks do (RFC 9112, 6.3).
+                || (head.transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
             {
                 continue;
             }
