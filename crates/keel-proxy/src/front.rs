@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 use crate::Proxy;
 use crate::cluster::{self, DataRequest, MAX_BODY};
 use crate::forward::{self, Answer, Inbound, Outgoing, READ_CHUNK, local};
+use crate::forwarded;
 use crate::wire::{self, Chunked, Framing, HeadError, RequestHead, ResponseHead};
 
 /// How long a client may take to send a request's head, idle time before it included.
@@ -54,7 +55,8 @@ struct Front<'p> {
     proxy: &'p Proxy,
     flags: &'p Flags,
     stream: TcpStream,
-    /// The client's address, as written in `X-Forwarded-For`.
+    /// The client's address, and as written in `X-Forwarded-For`.
+    peer: IpAddr,
     peer_ip: Vec<u8>,
     /// Read from the client and not yet used.
     buf: BytesMut,
@@ -83,13 +85,16 @@ struct Meta {
 /// Serves a client connection until it closes, times out, or the proxy stops (which
 /// `flags` says).
 pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, flags: &Flags) {
+    // An IPv4 client on an IPv6 socket is written (and trusted) as the IPv4 address.
+    let peer = peer.ip().to_canonical();
     let mut peer_ip = Vec::with_capacity(16);
-    let _ = write!(peer_ip, "{}", peer.ip());
+    let _ = write!(peer_ip, "{peer}");
     let now = Instant::now();
     let mut front = Front {
         proxy,
         flags,
         stream,
+        peer,
         peer_ip,
         buf: BytesMut::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(READ_CHUNK),
@@ -243,12 +248,10 @@ impl Front<'_> {
         up.extend_from_slice(&target);
         up.extend_from_slice(b" HTTP/1.1\r\n");
         let mut stale = false;
-        let mut forwarded_for = false;
         for field in &head.fields {
             let name = field.name.get(bytes);
             let value = field.value.get(bytes);
-            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-                forwarded_for = true;
+            if forwarded::is_forwarded_for(name) {
                 continue;
             }
             if wire::is_hop_by_hop(name, &head.connection, bytes)
@@ -263,22 +266,8 @@ impl Front<'_> {
             }
             wire::push_field(up, name, value);
         }
-        // Earlier hops as the client listed them, then the client.
-        up.extend_from_slice(b"X-Forwarded-For: ");
-        if forwarded_for {
-            for field in &head.fields {
-                if field
-                    .name
-                    .get(bytes)
-                    .eq_ignore_ascii_case(b"x-forwarded-for")
-                {
-                    up.extend_from_slice(field.value.get(bytes).trim_ascii());
-                    up.extend_from_slice(b", ");
-                }
-            }
-        }
-        up.extend_from_slice(&self.peer_ip);
-        up.extend_from_slice(b"\r\n");
+        let trusted = forwarded::is_trusted(&table.config.trusted_proxies, self.peer);
+        forwarded::push_forwarded_for(up, head, bytes, &self.peer_ip, trusted);
         wire::push_field(up, b"X-Request-Id", id);
         let head_len = head.len;
         buf.advance(head_len);

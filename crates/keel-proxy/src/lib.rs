@@ -13,6 +13,7 @@
 //! - [`pool`]: picks and ejections over a pool of backends;
 //! - [`wire`]: HTTP/1.1 heads, body framing and chunked bodies, parsed in place;
 //! - [`front`]: client connections: requests read and checked, answers relayed back;
+//! - [`forwarded`]: `X-Forwarded-For` and the trusted proxies that may add to it;
 //! - [`forward`]: the request path to a pool, with retries;
 //! - [`cluster`]: the data tier route;
 //! - [`checks`]: the active health checks;
@@ -27,6 +28,7 @@ pub mod checks;
 pub mod cluster;
 pub mod config;
 pub mod forward;
+pub mod forwarded;
 pub mod front;
 pub mod health;
 pub mod metrics;
