@@ -29,13 +29,15 @@ use tokio::time::{Instant, Sleep};
 
 use crate::Proxy;
 use crate::cluster::{self, DataRequest, MAX_BODY};
+use crate::config::Config;
+use crate::evict::{Phase, Slot};
+use crate::metrics::{ProxyStats, Timeout};
 use crate::forward::{self, Answer, Inbound, Outgoing, READ_CHUNK, local};
 use crate::forwarded;
 use crate::wire::{self, Chunked, Framing, HeadError, RequestHead, ResponseHead};
 
-/// How long a client may take to send a request's head, idle time before it included.
-pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// The idle timer is moved forward at most this often (moving it costs a timer update).
+/// A connection's timer is moved at most this much later than asked (moving it costs a
+/// timer update), so a timeout may run out up to this much early.
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 /// How long what a client still sends is read and dropped once its connection is being
 /// closed with part of its request unread (see [`Front::linger`]).
@@ -50,10 +52,48 @@ pub(crate) struct Flags {
     pub stopping: AtomicBool,
 }
 
+/// The timeouts of a client connection, from the configuration in force (read again at
+/// each request, so a reload applies to the next one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub idle: Duration,
+    pub header: Duration,
+    pub body: Duration,
+    pub send: Duration,
+    /// The longest pause in a backend's answer (`request_timeout`).
+    pub backend: Duration,
+}
+
+impl Limits {
+    pub fn of(config: &Config) -> Limits {
+        Limits {
+            idle: config.idle_timeout,
+            header: config.header_timeout,
+            body: config.body_timeout,
+            send: config.send_timeout,
+            backend: config.request_timeout,
+        }
+    }
+}
+
+/// Writes all of `bytes`, or fails with `TimedOut` when the other side has not taken
+/// them within `limit` (it does not read).
+pub(crate) async fn write_within(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, stream.write_all(bytes))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 /// One client connection.
 struct Front<'p> {
     proxy: &'p Proxy,
     flags: &'p Flags,
+    /// Its place among the open connections: which phase it is in, for eviction.
+    slot: &'p Slot,
     stream: TcpStream,
     /// The client's address, and as written in `X-Forwarded-For`.
     peer: IpAddr,
@@ -67,8 +107,12 @@ struct Front<'p> {
     up: Vec<u8>,
     /// This request's `X-Request-Id`.
     id: Vec<u8>,
-    idle: Pin<Box<Sleep>>,
-    idle_set: Instant,
+    limits: Limits,
+    /// The idle and header timer, and when it runs out.
+    timer: Pin<Box<Sleep>>,
+    timer_at: Instant,
+    /// A request was served: the connection is kept alive between requests.
+    kept_alive: bool,
     /// The connection is closed with part of a request unread (a body refused or cut
     /// short): it is closed by [`Front::linger`].
     unread: bool,
@@ -83,16 +127,24 @@ struct Meta {
 }
 
 /// Serves a client connection until it closes, times out, or the proxy stops (which
-/// `flags` says).
-pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, flags: &Flags) {
+/// `flags` says); `slot` is its place among the open connections.
+pub(crate) async fn serve(
+    proxy: &Proxy,
+    stream: TcpStream,
+    peer: SocketAddr,
+    flags: &Flags,
+    slot: &Slot,
+) {
     // An IPv4 client on an IPv6 socket is written (and trusted) as the IPv4 address.
     let peer = peer.ip().to_canonical();
     let mut peer_ip = Vec::with_capacity(16);
     let _ = write!(peer_ip, "{peer}");
+    let limits = Limits::of(&proxy.table().config);
     let now = Instant::now();
     let mut front = Front {
         proxy,
         flags,
+        slot,
         stream,
         peer,
         peer_ip,
@@ -101,8 +153,10 @@ pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, fl
         head: RequestHead::default(),
         up: Vec::with_capacity(1024),
         id: Vec::with_capacity(32),
-        idle: Box::pin(tokio::time::sleep_until(now + HEADER_READ_TIMEOUT)),
-        idle_set: now,
+        limits,
+        timer: Box::pin(tokio::time::sleep_until(now + limits.idle)),
+        timer_at: now + limits.idle,
+        kept_alive: false,
         unread: false,
     };
     loop {
@@ -111,7 +165,11 @@ pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, fl
             Ok(false) => return,
             Err(refused) => {
                 proxy.stats.requests.fetch_add(1, Ordering::Relaxed);
-                proxy.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                if let HeadError::TimedOut(_) = refused {
+                    proxy.stats.timed_out(Timeout::Header);
+                } else {
+                    proxy.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                }
                 let (status, code) = refused.status_and_code();
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 let answer = local(status, ApiError::new(code, refused.to_string()));
@@ -136,6 +194,7 @@ pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, fl
             front.linger().await;
             return;
         }
+        front.kept_alive = true;
         if flags.stopping.load(Ordering::Relaxed) {
             return;
         }
@@ -152,10 +211,15 @@ impl Front<'_> {
         if !self.unread && self.buf.is_empty() {
             return;
         }
+        // A connection on its way out is the first to make room for a new one.
+        let now = Instant::now();
+        if !self.slot.enter(Phase::Closing, now) {
+            return;
+        }
         if self.stream.shutdown().await.is_err() {
             return;
         }
-        let until = Instant::now() + LINGER;
+        let until = now + LINGER;
         loop {
             self.buf.clear();
             self.buf.reserve(READ_CHUNK);
@@ -166,16 +230,42 @@ impl Front<'_> {
         }
     }
 
-    /// Waits for a whole request head. `Ok(false)`: the connection is over (closed by the
-    /// client, idle too long, or the proxy is stopping).
+    /// Sets the idle and header timer to run out `after` from `now`, or leaves it where it
+    /// is when that is at most a little earlier.
+    fn arm(&mut self, now: Instant, after: Duration) {
+        let at = now + after;
+        // A short timeout gets a proportionally short slack, so it never runs out early
+        // by more than an eighth of itself.
+        let slack = TIMER_SLACK.min(after / 8);
+        if self.timer_at > at || at - self.timer_at > slack {
+            self.timer.as_mut().reset(at);
+            self.timer_at = at;
+        }
+    }
+
+    /// Waits for a whole request head: its first byte within `idle_timeout`, then the
+    /// rest within `header_timeout`. `Ok(false)`: the connection is over (closed by the
+    /// client, idle too long, evicted, or the proxy is stopping).
     async fn next_head(&mut self) -> Result<bool, HeadError> {
         let now = Instant::now();
-        if now.duration_since(self.idle_set) > TIMER_SLACK {
-            self.idle.as_mut().reset(now + HEADER_READ_TIMEOUT);
-            self.idle_set = now;
+        // Waiting for the first byte of a request (none came behind the last one).
+        let mut waiting = self.buf.is_empty();
+        if self.kept_alive {
+            // A new connection keeps the phase it was registered with: receiving since
+            // it was accepted, so that one that never sends ranks as the slowest sender.
+            let phase = if waiting {
+                Phase::Idle
+            } else {
+                Phase::Receiving
+            };
+            if !self.slot.enter(phase, now) {
+                return Ok(false);
+            }
         }
+        let limits = self.limits;
+        self.arm(now, if waiting { limits.idle } else { limits.header });
         loop {
-            if !self.buf.is_empty() && wire::parse_request(&self.buf, &mut self.head)? {
+            if !waiting && wire::parse_request(&self.buf, &mut self.head)? {
                 return Ok(true);
             }
             if self.flags.stopping.load(Ordering::Relaxed) {
@@ -185,11 +275,25 @@ impl Front<'_> {
             let read = tokio::select! {
                 biased;
                 read = self.stream.read_buf(&mut self.buf) => read,
-                () = self.idle.as_mut() => return Ok(false),
+                () = self.timer.as_mut() => {
+                    if waiting {
+                        self.proxy.stats.timed_out(Timeout::Idle);
+                        return Ok(false);
+                    }
+                    return Err(HeadError::TimedOut(limits.header));
+                }
             };
             match read {
                 Ok(0) | Err(_) => return Ok(false),
                 Ok(_) => {}
+            }
+            if waiting {
+                waiting = false;
+                let now = Instant::now();
+                if self.kept_alive && !self.slot.enter(Phase::Receiving, now) {
+                    return Ok(false);
+                }
+                self.arm(now, limits.header);
             }
         }
     }
@@ -198,6 +302,8 @@ impl Front<'_> {
     async fn serve_one(&mut self) -> bool {
         let proxy = self.proxy;
         let table = proxy.table();
+        self.limits = Limits::of(&table.config);
+        let limits = self.limits;
         let Front {
             buf, head, up, id, ..
         } = self;
@@ -213,7 +319,8 @@ impl Front<'_> {
             keep_alive: head.connection.keep_alive,
             to_head: matches!(method, Ok(Method::HEAD)),
         };
-        let send_continue = head.expect_continue && framing != Framing::Empty;
+        let mut send_continue =
+            head.expect_continue && framing != Framing::Empty && head.minor_version >= 1;
         let checked = match method {
             Ok(method) => check(head, bytes, &method).map(|target| (method, target)),
             Err(_) => Err(local(
@@ -271,12 +378,40 @@ impl Front<'_> {
         wire::push_field(up, b"X-Request-Id", id);
         let head_len = head.len;
         buf.advance(head_len);
+        // The whole body must be in by then (a request without one reads no clock).
+        let body_deadline = if framing == Framing::Empty {
+            if !self.slot.serving() {
+                return false;
+            }
+            self.timer_at
+        } else {
+            Instant::now() + limits.body
+        };
         match cluster {
             None => {
-                if framing == Framing::Chunked {
-                    up.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+                if framing != Framing::Empty && self.buf.is_empty() {
+                    // None of the body came with the head: wait for its first bytes
+                    // before a backend is picked, so that a client that sends a head and
+                    // stalls holds no backend connection, and gets its 408 — nothing of
+                    // its request went anywhere.
+                    match self.await_body(send_continue, body_deadline).await {
+                        Ok(()) => send_continue = false,
+                        Err(Some(refusal)) => {
+                            self.unread = true;
+                            let meta = Meta {
+                                keep_alive: false,
+                                ..meta
+                            };
+                            return self.answer(refusal, &meta).await;
+                        }
+                        Err(None) => return false,
+                    }
                 }
-                up.extend_from_slice(b"\r\n");
+                if framing == Framing::Chunked {
+                    self.up
+                        .extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+                }
+                self.up.extend_from_slice(b"\r\n");
                 let outgoing = Outgoing {
                     head: &self.up,
                     method,
@@ -286,8 +421,11 @@ impl Front<'_> {
                     stream: &mut self.stream,
                     buf: &mut self.buf,
                     framing,
-                    send_continue: send_continue && meta.minor_version >= 1,
+                    send_continue,
                     consumed: framing == Framing::Empty,
+                    deadline: body_deadline,
+                    send_timeout: limits.send,
+                    slot: self.slot,
                 };
                 let answer =
                     forward::forward(proxy, &table.config, &table.pool, &outgoing, &mut inbound)
@@ -305,12 +443,24 @@ impl Front<'_> {
                     &mut self.stream,
                     &mut self.buf,
                     framing,
-                    send_continue && meta.minor_version >= 1,
+                    send_continue,
+                    body_deadline,
+                    limits.send,
                 )
                 .await
                 {
-                    Ok(body) => body,
-                    Err(Some(refusal)) => {
+                    Ok(body) if self.slot.serving() => body,
+                    Ok(_) => return false,
+                    Err(ReadBody::TimedOut) => {
+                        proxy.stats.timed_out(Timeout::Body);
+                        self.unread = true;
+                        let meta = Meta {
+                            keep_alive: false,
+                            ..meta
+                        };
+                        return self.answer(body_timed_out(limits.body), &meta).await;
+                    }
+                    Err(ReadBody::Refused(refusal)) => {
                         self.unread = true;
                         let meta = Meta {
                             keep_alive: false,
@@ -318,7 +468,7 @@ impl Front<'_> {
                         };
                         return self.answer(refusal, &meta).await;
                     }
-                    Err(None) => return false,
+                    Err(ReadBody::Gone) => return false,
                 };
                 if !body.is_empty() {
                     up.extend_from_slice(b"Content-Length: ");
@@ -338,10 +488,47 @@ impl Front<'_> {
         }
     }
 
+    /// Waits for the first bytes of a body (sending `100 Continue` first when the client
+    /// waits for it) until `deadline`. `Err(Some(answer))`: none came in time;
+    /// `Err(None)`: the client went away.
+    async fn await_body(
+        &mut self,
+        send_continue: bool,
+        deadline: Instant,
+    ) -> Result<(), Option<Answer>> {
+        if send_continue {
+            write_within(&mut self.stream, wire::CONTINUE, self.limits.send)
+                .await
+                .map_err(|_| None)?;
+        }
+        while self.buf.is_empty() {
+            self.buf.reserve(READ_CHUNK);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(None),
+                Err(_) => {
+                    self.proxy.stats.timed_out(Timeout::Body);
+                    return Err(Some(body_timed_out(self.limits.body)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `answer` to the client; whether the connection goes on.
     async fn answer(&mut self, answer: Answer, meta: &Meta) -> bool {
         let stopping = self.flags.stopping.load(Ordering::Relaxed);
         let keep = meta.keep_alive && !stopping;
+        // From here the connection is serving its request (even if its body was cut
+        // short): it is not evicted mid-answer.
+        if !self.slot.serving() {
+            return false;
+        }
+        let bounds = Wire {
+            send: self.limits.send,
+            backend: self.limits.backend,
+            stats: &self.proxy.stats,
+        };
         match answer {
             Answer::ClientGone => false,
             Answer::Local(response) => {
@@ -350,7 +537,9 @@ impl Front<'_> {
                     .local_answers
                     .fetch_add(1, Ordering::Relaxed);
                 write_local(&mut self.out, &response, &self.id, meta, keep);
-                self.stream.write_all(&self.out).await.is_ok() && keep
+                let written = write_within(&mut self.stream, &self.out, bounds.send).await;
+                bounds.count(&written);
+                written.is_ok() && keep
             }
             Answer::Relayed {
                 mut conn,
@@ -363,6 +552,7 @@ impl Front<'_> {
                     Source {
                         buf: &mut conn.buf,
                         stream: Some(&mut conn.stream),
+                        gap: bounds.backend,
                     },
                     &head,
                     &Names {
@@ -371,6 +561,7 @@ impl Front<'_> {
                     },
                     meta,
                     keep,
+                    &bounds,
                 )
                 .await;
                 if relayed.backend_reusable && head.connection.keep_alive {
@@ -392,6 +583,7 @@ impl Front<'_> {
                     Source {
                         buf: &mut bytes,
                         stream: None,
+                        gap: bounds.backend,
                     },
                     &head,
                     &Names {
@@ -400,6 +592,7 @@ impl Front<'_> {
                     },
                     meta,
                     keep,
+                    &bounds,
                 )
                 .await;
                 relayed.client_keep
@@ -482,16 +675,38 @@ fn new_request_id(id: &mut Vec<u8>) {
     }
 }
 
-/// Reads a data request's body whole (at most [`MAX_BODY`] bytes). `Err(Some(answer))`:
-/// refused; `Err(None)`: the client went away.
+/// `408`: the body did not arrive in time, and nothing of the request went anywhere.
+fn body_timed_out(after: Duration) -> Answer {
+    local(
+        StatusCode::REQUEST_TIMEOUT,
+        ApiError::new(
+            "body_timeout",
+            format!("the request's body did not arrive whole within {after:?} (body_timeout)"),
+        ),
+    )
+}
+
+/// Why a data request's body was not read.
+enum ReadBody {
+    /// Refused, with this answer.
+    Refused(Answer),
+    /// It did not arrive whole by the deadline.
+    TimedOut,
+    /// The client went away.
+    Gone,
+}
+
+/// Reads a data request's body whole (at most [`MAX_BODY`] bytes), by `deadline`.
 async fn read_body(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     framing: Framing,
     send_continue: bool,
-) -> Result<BytesMut, Option<Answer>> {
+    deadline: Instant,
+    send_timeout: Duration,
+) -> Result<BytesMut, ReadBody> {
     let too_large = || {
-        Some(local(
+        ReadBody::Refused(local(
             StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::new(
                 "body_too_large",
@@ -506,7 +721,9 @@ async fn read_body(
         return Err(too_large());
     }
     if send_continue {
-        stream.write_all(wire::CONTINUE).await.map_err(|_| None)?;
+        write_within(stream, wire::CONTINUE, send_timeout)
+            .await
+            .map_err(|_| ReadBody::Gone)?;
     }
     let mut body = BytesMut::new();
     let mut scanner = Chunked::default();
@@ -529,7 +746,7 @@ async fn read_body(
                             body.extend_from_slice(data);
                         }
                     })
-                    .map_err(|e| Some(forward::bad_body(&e.to_string())))?;
+                    .map_err(|e| ReadBody::Refused(forward::bad_body(&e.to_string())))?;
                 buf.advance(used);
                 if over {
                     return Err(too_large());
@@ -541,9 +758,10 @@ async fn read_body(
             Framing::Empty | Framing::UntilClose => return Ok(body),
         }
         buf.reserve(READ_CHUNK);
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(None),
-            Ok(_) => {}
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => return Err(ReadBody::TimedOut),
+            Ok(Ok(0) | Err(_)) => return Err(ReadBody::Gone),
+            Ok(Ok(_)) => {}
         }
     }
 }
@@ -600,16 +818,57 @@ fn write_local(
 struct Source<'a> {
     buf: &'a mut BytesMut,
     stream: Option<&'a mut TcpStream>,
+    /// The longest the backend may pause in its answer.
+    gap: Duration,
+}
+
+/// What reading more of an answer gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    More,
+    /// The connection (or what was held) ended.
+    End,
+    /// The backend sent nothing for `gap`: it is stuck, and the answer is given up.
+    Stalled,
 }
 
 impl Source<'_> {
-    /// Reads more into `buf`; false at the end of the connection (or of what was held).
-    async fn fill(&mut self) -> bool {
+    /// Reads more into `buf`.
+    async fn fill(&mut self) -> Fill {
         let Some(stream) = self.stream.as_mut() else {
-            return false;
+            return Fill::End;
         };
         self.buf.reserve(READ_CHUNK);
-        matches!(stream.read_buf(self.buf).await, Ok(n) if n > 0)
+        match tokio::time::timeout(self.gap, stream.read_buf(self.buf)).await {
+            Ok(Ok(n)) if n > 0 => Fill::More,
+            Ok(_) => Fill::End,
+            Err(_) => Fill::Stalled,
+        }
+    }
+}
+
+/// The bounds of writing an answer to a client.
+struct Wire<'a> {
+    /// How long one write may wait for the client to take it.
+    send: Duration,
+    /// The longest pause in a backend's answer.
+    backend: Duration,
+    stats: &'a ProxyStats,
+}
+
+impl Wire<'_> {
+    /// Writes to the client within the send timeout.
+    async fn write(&self, client: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+        let written = write_within(client, bytes, self.send).await;
+        self.count(&written);
+        written
+    }
+
+    /// Counts a write that ran out of time.
+    fn count(&self, written: &std::io::Result<()>) {
+        if matches!(written, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+            self.stats.timed_out(Timeout::Send);
+        }
     }
 }
 
@@ -638,6 +897,7 @@ async fn relay(
     names: &Names<'_>,
     meta: &Meta,
     keep: bool,
+    bounds: &Wire<'_>,
 ) -> Relayed {
     let framing = head.framing.unwrap_or(Framing::UntilClose);
     // A chunked body goes to an HTTP/1.0 client without its chunks, ended by closing.
@@ -686,7 +946,7 @@ async fn relay(
     // The body: what is already here goes out with the head.
     let complete = match framing {
         Framing::Empty => {
-            if client.write_all(out).await.is_err() {
+            if bounds.write(client, out).await.is_err() {
                 return failed;
             }
             true
@@ -699,17 +959,17 @@ async fn relay(
             out.extend_from_slice(&source.buf[..take]);
             source.buf.advance(take);
             left -= take as u64;
-            if client.write_all(out).await.is_err() {
+            if bounds.write(client, out).await.is_err() {
                 return failed;
             }
             while left > 0 {
-                if !source.fill().await {
+                if source.fill().await != Fill::More {
                     break;
                 }
                 let take = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(source.buf.len());
-                if client.write_all(&source.buf[..take]).await.is_err() {
+                if bounds.write(client, &source.buf[..take]).await.is_err() {
                     return failed;
                 }
                 source.buf.advance(take);
@@ -727,7 +987,7 @@ async fn relay(
                 };
                 let Ok(used) = used else {
                     // A broken body: the client gets what came before it, then the end.
-                    let _ = client.write_all(out).await;
+                    let _ = bounds.write(client, out).await;
                     return Relayed {
                         backend_broke: true,
                         ..failed
@@ -737,14 +997,14 @@ async fn relay(
                     out.extend_from_slice(&source.buf[..used]);
                 }
                 source.buf.advance(used);
-                if client.write_all(out).await.is_err() {
+                if bounds.write(client, out).await.is_err() {
                     return failed;
                 }
                 out.clear();
                 if scanner.is_done() {
                     break true;
                 }
-                if !source.fill().await {
+                if source.fill().await != Fill::More {
                     break false;
                 }
             }
@@ -752,16 +1012,20 @@ async fn relay(
         Framing::UntilClose => {
             out.extend_from_slice(&source.buf[..]);
             source.buf.clear();
-            if client.write_all(out).await.is_err() {
+            if bounds.write(client, out).await.is_err() {
                 return failed;
             }
-            while source.fill().await {
-                if client.write_all(&source.buf[..]).await.is_err() {
+            let ended = loop {
+                match source.fill().await {
+                    Fill::More => {}
+                    end => break end,
+                }
+                if bounds.write(client, &source.buf[..]).await.is_err() {
                     return failed;
                 }
                 source.buf.clear();
-            }
-            true
+            };
+            ended == Fill::End
         }
     };
     Relayed {

@@ -18,6 +18,7 @@
 //! - [`cluster`]: the data tier route;
 //! - [`checks`]: the active health checks;
 //! - [`admin`]: the admin API and `/metrics`;
+//! - [`evict`]: which connection gives way to a new one when the proxy is full, pure;
 //! - [`server`]: accepting connections, reloading, stopping.
 
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod backend;
 pub mod checks;
 pub mod cluster;
 pub mod config;
+pub mod evict;
 pub mod forward;
 pub mod forwarded;
 pub mod front;
