@@ -596,7 +596,10 @@ mod tests {
         ] {
             assert_eq!(timeout, Duration::from_secs(30));
         }
-        assert!(config.trusted_proxies.is_empty(), "nobody is trusted unless named");
+        assert!(
+            config.trusted_proxies.is_empty(),
+            "nobody is trusted unless named"
+        );
         let config = Config::parse(&format!(
             "body_timeout = \"500ms\"\nsend_timeout = \"2s\"\n\
              trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n{b}"

@@ -121,10 +121,12 @@ impl Slot {
             if current == EVICTED {
                 return false;
             }
-            match self
-                .word
-                .compare_exchange_weak(current, word, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.word.compare_exchange_weak(
+                current,
+                word,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(now) => current = now,
             }
@@ -276,7 +278,12 @@ mod tests {
     fn the_rule_takes_closing_then_the_longest_idle_then_the_slowest_sender() {
         use Phase::*;
         assert_eq!(
-            choose([(0, Receiving, 1), (1, Idle, 9), (2, Idle, 5), (3, Serving, 0)]),
+            choose([
+                (0, Receiving, 1),
+                (1, Idle, 9),
+                (2, Idle, 5),
+                (3, Serving, 0)
+            ]),
             Some(2),
             "the longest idle, before any still sending"
         );
@@ -290,7 +297,11 @@ mod tests {
             Some(1),
             "one being closed anyway goes first"
         );
-        assert_eq!(choose([(4, Idle, 2), (3, Idle, 2)]), Some(3), "ties: lowest index");
+        assert_eq!(
+            choose([(4, Idle, 2), (3, Idle, 2)]),
+            Some(3),
+            "ties: lowest index"
+        );
         assert_eq!(
             choose([(0, Serving, 0), (1, Serving, 0)]),
             None,
@@ -322,7 +333,10 @@ mod tests {
             kept_alive.is_evicted(),
             "the idle one goes first, though younger"
         );
-        assert!(!kept_alive.enter(Phase::Receiving, Instant::now()), "it must end");
+        assert!(
+            !kept_alive.enter(Phase::Receiving, Instant::now()),
+            "it must end"
+        );
         assert_eq!(registry.open(), 3);
 
         assert!(registry.evict_one());

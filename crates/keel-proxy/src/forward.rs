@@ -469,7 +469,7 @@ pub(crate) async fn exchange(
             // the client for request_timeout more.
             Err(PipeError::BackendStalled) => {
                 return Exchange::Failed(format!(
-                    "it took nothing of the request for {:?} (send_timeout)",
+                    "it stopped taking the request for {:?} (send_timeout)",
                     config.send_timeout
                 ));
             }

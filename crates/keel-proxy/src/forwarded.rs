@@ -139,7 +139,10 @@ mod tests {
         assert!(ten.contains(ip("10.0.0.0")));
         assert!(ten.contains(ip("10.255.255.255")));
         assert!(!ten.contains(ip("11.0.0.0")));
-        assert!(!ten.contains(ip("::a00:1")), "an IPv6 address is not in a v4 network");
+        assert!(
+            !ten.contains(ip("::a00:1")),
+            "an IPv6 address is not in a v4 network"
+        );
         assert!(
             ten.contains(ip("::ffff:10.1.2.3")),
             "a v4 peer on a v6 socket counts as v4"
@@ -153,7 +156,10 @@ mod tests {
         assert!(net("0.0.0.0/0").contains(ip("192.0.2.1")));
         assert!(net("::1").contains(ip("::1")));
         assert!(is_trusted(&[one, ten], ip("10.9.9.9")));
-        assert!(!is_trusted(&[], ip("127.0.0.1")), "nobody is trusted by default");
+        assert!(
+            !is_trusted(&[], ip("127.0.0.1")),
+            "nobody is trusted by default"
+        );
     }
 
     #[test]

@@ -31,9 +31,9 @@ use crate::Proxy;
 use crate::cluster::{self, DataRequest, MAX_BODY};
 use crate::config::Config;
 use crate::evict::{Phase, Slot};
-use crate::metrics::{ProxyStats, Timeout};
 use crate::forward::{self, Answer, Inbound, Outgoing, READ_CHUNK, local};
 use crate::forwarded;
+use crate::metrics::{ProxyStats, Timeout};
 use crate::wire::{self, Chunked, Framing, HeadError, RequestHead, ResponseHead};
 
 /// A connection's timer is moved at most this much later than asked (moving it costs a
@@ -408,8 +408,7 @@ impl Front<'_> {
                     }
                 }
                 if framing == Framing::Chunked {
-                    self.up
-                        .extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+                    self.up.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
                 }
                 self.up.extend_from_slice(b"\r\n");
                 let outgoing = Outgoing {
@@ -524,9 +523,10 @@ impl Front<'_> {
         if !self.slot.serving() {
             return false;
         }
-        let bounds = Wire {
+        let gap = self.limits.backend;
+        let mut client = Client {
+            stream: &mut self.stream,
             send: self.limits.send,
-            backend: self.limits.backend,
             stats: &self.proxy.stats,
         };
         match answer {
@@ -537,9 +537,7 @@ impl Front<'_> {
                     .local_answers
                     .fetch_add(1, Ordering::Relaxed);
                 write_local(&mut self.out, &response, &self.id, meta, keep);
-                let written = write_within(&mut self.stream, &self.out, bounds.send).await;
-                bounds.count(&written);
-                written.is_ok() && keep
+                client.write(&self.out).await.is_ok() && keep
             }
             Answer::Relayed {
                 mut conn,
@@ -547,12 +545,12 @@ impl Front<'_> {
                 in_flight,
             } => {
                 let relayed = relay(
-                    &mut self.stream,
+                    &mut client,
                     &mut self.out,
                     Source {
                         buf: &mut conn.buf,
                         stream: Some(&mut conn.stream),
-                        gap: bounds.backend,
+                        gap,
                     },
                     &head,
                     &Names {
@@ -561,7 +559,6 @@ impl Front<'_> {
                     },
                     meta,
                     keep,
-                    &bounds,
                 )
                 .await;
                 if relayed.backend_reusable && head.connection.keep_alive {
@@ -578,12 +575,12 @@ impl Front<'_> {
                 backend,
             } => {
                 let relayed = relay(
-                    &mut self.stream,
+                    &mut client,
                     &mut self.out,
                     Source {
                         buf: &mut bytes,
                         stream: None,
-                        gap: bounds.backend,
+                        gap,
                     },
                     &head,
                     &Names {
@@ -592,7 +589,6 @@ impl Front<'_> {
                     },
                     meta,
                     keep,
-                    &bounds,
                 )
                 .await;
                 relayed.client_keep
@@ -687,6 +683,8 @@ fn body_timed_out(after: Duration) -> Answer {
 }
 
 /// Why a data request's body was not read.
+// The large variant is the finished refusal, built once per refused request.
+#[allow(clippy::large_enum_variant)]
 enum ReadBody {
     /// Refused, with this answer.
     Refused(Answer),
@@ -847,28 +845,22 @@ impl Source<'_> {
     }
 }
 
-/// The bounds of writing an answer to a client.
-struct Wire<'a> {
-    /// How long one write may wait for the client to take it.
+/// The client an answer goes to: its socket, and how long a write may wait for it.
+struct Client<'a> {
+    stream: &'a mut TcpStream,
     send: Duration,
-    /// The longest pause in a backend's answer.
-    backend: Duration,
     stats: &'a ProxyStats,
 }
 
-impl Wire<'_> {
-    /// Writes to the client within the send timeout.
-    async fn write(&self, client: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-        let written = write_within(client, bytes, self.send).await;
-        self.count(&written);
-        written
-    }
-
-    /// Counts a write that ran out of time.
-    fn count(&self, written: &std::io::Result<()>) {
-        if matches!(written, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+impl Client<'_> {
+    /// Writes to the client within the send timeout, counting a write that ran out of
+    /// time.
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let written = write_within(self.stream, bytes, self.send).await;
+        if matches!(&written, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
             self.stats.timed_out(Timeout::Send);
         }
+        written
     }
 }
 
@@ -890,14 +882,13 @@ struct Relayed {
 
 /// Passes a backend's answer, whose head is at the start of `source.buf`, to the client.
 async fn relay(
-    client: &mut TcpStream,
+    client: &mut Client<'_>,
     out: &mut Vec<u8>,
     mut source: Source<'_>,
     head: &ResponseHead,
     names: &Names<'_>,
     meta: &Meta,
     keep: bool,
-    bounds: &Wire<'_>,
 ) -> Relayed {
     let framing = head.framing.unwrap_or(Framing::UntilClose);
     // A chunked body goes to an HTTP/1.0 client without its chunks, ended by closing.
@@ -946,7 +937,7 @@ async fn relay(
     // The body: what is already here goes out with the head.
     let complete = match framing {
         Framing::Empty => {
-            if bounds.write(client, out).await.is_err() {
+            if client.write(out).await.is_err() {
                 return failed;
             }
             true
@@ -959,7 +950,7 @@ async fn relay(
             out.extend_from_slice(&source.buf[..take]);
             source.buf.advance(take);
             left -= take as u64;
-            if bounds.write(client, out).await.is_err() {
+            if client.write(out).await.is_err() {
                 return failed;
             }
             while left > 0 {
@@ -969,7 +960,7 @@ async fn relay(
                 let take = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(source.buf.len());
-                if bounds.write(client, &source.buf[..take]).await.is_err() {
+                if client.write(&source.buf[..take]).await.is_err() {
                     return failed;
                 }
                 source.buf.advance(take);
@@ -987,7 +978,7 @@ async fn relay(
                 };
                 let Ok(used) = used else {
                     // A broken body: the client gets what came before it, then the end.
-                    let _ = bounds.write(client, out).await;
+                    let _ = client.write(out).await;
                     return Relayed {
                         backend_broke: true,
                         ..failed
@@ -997,7 +988,7 @@ async fn relay(
                     out.extend_from_slice(&source.buf[..used]);
                 }
                 source.buf.advance(used);
-                if bounds.write(client, out).await.is_err() {
+                if client.write(out).await.is_err() {
                     return failed;
                 }
                 out.clear();
@@ -1012,7 +1003,7 @@ async fn relay(
         Framing::UntilClose => {
             out.extend_from_slice(&source.buf[..]);
             source.buf.clear();
-            if bounds.write(client, out).await.is_err() {
+            if client.write(out).await.is_err() {
                 return failed;
             }
             let ended = loop {
@@ -1020,7 +1011,7 @@ async fn relay(
                     Fill::More => {}
                     end => break end,
                 }
-                if bounds.write(client, &source.buf[..]).await.is_err() {
+                if client.write(&source.buf[..]).await.is_err() {
                     return failed;
                 }
                 source.buf.clear();

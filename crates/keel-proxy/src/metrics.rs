@@ -94,12 +94,7 @@ pub enum Timeout {
 }
 
 impl Timeout {
-    pub const ALL: [Timeout; 4] = [
-        Timeout::Idle,
-        Timeout::Header,
-        Timeout::Body,
-        Timeout::Send,
-    ];
+    pub const ALL: [Timeout; 4] = [Timeout::Idle, Timeout::Header, Timeout::Body, Timeout::Send];
 
     fn label(self) -> &'static str {
         match self {

@@ -244,8 +244,9 @@ fn read_connection(fields: &[Field], bytes: &[u8], minor_version: u8) -> Connect
                 close = true;
             } else if lower_eq(token, b"keep-alive") {
                 keep_alive = true;
-            } else if let Some((_, shown)) =
-                NEVER_HOP_BY_HOP.iter().find(|(lower, _)| lower_eq(token, lower))
+            } else if let Some((_, shown)) = NEVER_HOP_BY_HOP
+                .iter()
+                .find(|(lower, _)| lower_eq(token, lower))
             {
                 names_protected = names_protected.or(Some(*shown));
             } else {
@@ -814,7 +815,8 @@ mod tests {
 
     #[test]
     fn a_backend_cannot_drop_its_own_content_length_through_connection() {
-        let text = "HTTP/1.1 200 OK\r\nConnection: content-length, x-hop\r\nContent-Length: 3\r\n\r\nabc";
+        let text =
+            "HTTP/1.1 200 OK\r\nConnection: content-length, x-hop\r\nContent-Length: 3\r\n\r\nabc";
         let mut head = ResponseHead::default();
         assert_eq!(parse_response(text.as_bytes(), false, &mut head), Ok(true));
         let bytes = text.as_bytes();
@@ -829,7 +831,10 @@ mod tests {
         let mut head = ResponseHead::default();
         assert_eq!(parse_response(text.as_bytes(), false, &mut head), Ok(true));
         assert_eq!(head.framing, Some(Framing::Chunked));
-        assert!(head.transfer_encoding, "its Content-Length is dropped on the way");
+        assert!(
+            head.transfer_encoding,
+            "its Content-Length is dropped on the way"
+        );
         assert!(!head.connection.keep_alive);
         let plain = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(parse_response(plain.as_bytes(), false, &mut head), Ok(true));
@@ -889,7 +894,11 @@ mod tests {
             );
             let mut scanner = Chunked::default();
             let failed = bad.chunks(1).any(|b| scanner.scan(b, |_| {}).is_err());
-            assert!(failed, "a byte at a time: {:?}", String::from_utf8_lossy(bad));
+            assert!(
+                failed,
+                "a byte at a time: {:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // Tabs are allowed where whitespace is.
         let mut scanner = Chunked::default();
