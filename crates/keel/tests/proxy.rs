@@ -961,10 +961,7 @@ fn the_proxy_relays_bodies_heads_and_connections_as_http_1_1_asks() {
     let requests = backend.requests();
     let (head, _) = requests.last().expect("arrived");
     assert!(head.starts_with("GET /abs?q=1 HTTP/1.1\r\n"), "{head}");
-    assert!(
-        head.contains("X-Forwarded-For: 127.0.0.1\r\n"),
-        "{head}"
-    );
+    assert!(head.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{head}");
     assert!(head.contains("Host: example.com\r\n"), "{head}");
     let lower = head.to_ascii_lowercase();
     assert!(
