@@ -15,6 +15,7 @@
 //! - [`front`]: client connections: requests read and checked, answers relayed back;
 //! - [`forwarded`]: `X-Forwarded-For` and the trusted proxies that may add to it;
 //! - [`forward`]: the request path to a pool, with retries;
+//! - [`relay`]: answers on their way back to the client;
 //! - [`cluster`]: the data tier route;
 //! - [`checks`]: the active health checks;
 //! - [`admin`]: the admin API and `/metrics`;
@@ -35,6 +36,7 @@ pub mod front;
 pub mod health;
 pub mod metrics;
 pub mod pool;
+pub mod relay;
 pub mod selection;
 pub mod server;
 pub mod wire;
