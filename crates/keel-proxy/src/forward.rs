@@ -100,7 +100,7 @@ enum PipeError {
     /// The client's chunked body broke the rules.
     BadBody(String),
     Backend(String),
-    /// The backend took nothing of the request for `send_timeout`.
+    /// The backend took no more of the request for `send_timeout`.
     BackendStalled,
 }
 

@@ -375,7 +375,8 @@ impl Front<'_> {
         wire::push_field(up, b"X-Request-Id", id);
         let head_len = head.len;
         buf.advance(head_len);
-        // The whole body must be in by then (a request without one reads no clock).
+        // The whole body must be in by then. A request without one is served from here
+        // on, and reads no clock: its deadline is never looked at.
         let body_deadline = if framing == Framing::Empty {
             if !self.slot.serving() {
                 return false;
