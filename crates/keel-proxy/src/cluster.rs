@@ -305,7 +305,7 @@ pub(crate) async fn forward(
                     // The node is no longer primary and did nothing: read the view again
                     // and send the request where it now points.
                     asked_again = true;
-                    let _ = hold(conn, head, &node).await;
+                    let _ = hold(conn, head, &node, config.request_timeout).await;
                     cluster.refresh_view().await;
                     continue;
                 }
@@ -328,7 +328,9 @@ pub(crate) async fn forward(
                 );
             }
             // The body was read whole before anything was sent.
-            Exchange::ClientGone | Exchange::BadBody(_) => return Answer::ClientGone,
+            Exchange::ClientGone | Exchange::ClientTimedOut | Exchange::BadBody(_) => {
+                return Answer::ClientGone;
+            }
             Exchange::Failed(error) => {
                 node.stats.failures.fetch_add(1, Ordering::Relaxed);
                 cluster.refresh.notify_one();

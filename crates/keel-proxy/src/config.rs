@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::forwarded::IpNet;
+
 /// A whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,9 +38,30 @@ pub struct Config {
     pub panic_threshold: u8,
     /// Worker threads (0: one per CPU the process may run on). Read at start only.
     pub threads: usize,
-    /// Client connections open at once; more wait in the kernel's accept queue until one
-    /// closes. Read at start only.
+    /// Client connections open at once. A new one beyond it closes the connection idle
+    /// the longest, or else the one slowest to send its request (see
+    /// [`crate::evict`]); when every connection is serving a request, new ones wait in
+    /// the kernel's accept queue. Read at start only.
     pub max_connections: usize,
+    /// How long a connection may wait for the first byte of a request — its first, or
+    /// the next one on a kept-alive connection — before it is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// From a request's first byte, how long its head may take to arrive whole (then
+    /// `408`).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// From the end of a request's head, how long its whole body may take to arrive
+    /// (then `408` if none of it went to a backend yet, else the connection is closed).
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// How long one write may wait for the other side to take it: a client that does not
+    /// read its answer, a backend that does not read a body.
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
+    /// Peers (addresses or networks) whose `X-Forwarded-For` is kept and added to; from
+    /// anyone else it is replaced by the peer's address.
+    pub trusted_proxies: Vec<IpNet>,
     /// Active health checks.
     pub health: HealthConfig,
     /// Passive health: ejection on a backend's own failures.
@@ -146,6 +169,11 @@ impl Default for Config {
             panic_threshold: 0,
             threads: 0,
             max_connections: 4096,
+            idle_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
             health: HealthConfig::default(),
             passive: PassiveConfig::default(),
             retry: RetryConfig::default(),
@@ -345,6 +373,16 @@ impl Config {
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
+        for (key, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("send_timeout", self.send_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
         if self.panic_threshold > 100 {
             return Err(invalid(
                 "panic_threshold",
@@ -540,6 +578,50 @@ mod tests {
             key_of("[cluster]\nmonitor = \"127.0.0.1:8070\"\n"),
             "cluster.monitor"
         );
+        for key in [
+            "idle_timeout",
+            "header_timeout",
+            "body_timeout",
+            "send_timeout",
+        ] {
+            assert_eq!(key_of(&format!("{key} = \"0s\"\n{b}")), key);
+        }
+    }
+
+    #[test]
+    fn wire_timeouts_and_trusted_proxies_have_defaults_and_parse() {
+        let b = "[[backend]]\nurl = \"http://127.0.0.1:5056\"\n";
+        let config = Config::parse(b).expect("defaults");
+        for timeout in [
+            config.idle_timeout,
+            config.header_timeout,
+            config.body_timeout,
+            config.send_timeout,
+        ] {
+            assert_eq!(timeout, Duration::from_secs(30));
+        }
+        assert!(
+            config.trusted_proxies.is_empty(),
+            "nobody is trusted unless named"
+        );
+        let config = Config::parse(&format!(
+            "body_timeout = \"500ms\"\nsend_timeout = \"2s\"\n\
+             trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n{b}"
+        ))
+        .expect("valid");
+        assert_eq!(config.body_timeout, Duration::from_millis(500));
+        assert_eq!(config.send_timeout, Duration::from_secs(2));
+        assert_eq!(
+            config.trusted_proxies,
+            vec![
+                IpNet::parse("127.0.0.1").expect("ip"),
+                IpNet::parse("10.0.0.0/8").expect("net")
+            ]
+        );
+        let err = Config::parse(&format!("trusted_proxies = [\"10.0.0.1/8\"]\n{b}"))
+            .expect_err("host bits");
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        assert!(err.to_string().contains("first address"), "{err}");
     }
 
     #[test]

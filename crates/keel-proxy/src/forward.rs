@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use keel_core::ApiError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::WriteHalf;
 use tokio::time::Instant;
@@ -27,6 +27,9 @@ use tokio::time::Instant;
 use crate::Proxy;
 use crate::backend::{Backend, Conn, ConnectError, InFlight};
 use crate::config::Config;
+use crate::evict::Slot;
+use crate::front::write_within;
+use crate::metrics::Timeout;
 use crate::pool::Pool;
 use crate::wire::{self, Chunked, Framing, ResponseHead};
 
@@ -70,6 +73,12 @@ pub(crate) struct Inbound<'a> {
     /// The whole body has been read from the client (so its connection can carry the
     /// next request).
     pub consumed: bool,
+    /// When the whole body must have arrived (`body_timeout`).
+    pub deadline: Instant,
+    /// How long one write may wait for the other side to take it (`send_timeout`).
+    pub send_timeout: Duration,
+    /// The client connection's place: serving, no longer receiving, once the body is in.
+    pub slot: &'a Slot,
 }
 
 /// A request's body, as a backend is sent it.
@@ -84,11 +93,15 @@ pub(crate) enum OutBody<'a, 'b> {
 
 /// Which side of a relay failed.
 enum PipeError {
-    /// The client left.
+    /// The client left (or its connection was evicted).
     Client,
+    /// The client's body did not arrive whole by its deadline.
+    ClientTimedOut,
     /// The client's chunked body broke the rules.
     BadBody(String),
     Backend(String),
+    /// The backend took no more of the request for `send_timeout`.
+    BackendStalled,
 }
 
 impl Inbound<'_> {
@@ -97,22 +110,31 @@ impl Inbound<'_> {
     async fn pipe(&mut self, head: &[u8], to: &mut WriteHalf<'_>) -> Result<(), PipeError> {
         if self.send_continue {
             self.send_continue = false;
-            self.stream
-                .write_all(wire::CONTINUE)
+            write_within(self.stream, wire::CONTINUE, self.send_timeout)
                 .await
                 .map_err(|_| PipeError::Client)?;
         }
         let piped = self.pipe_body(head, to).await;
         if piped.is_ok() {
             self.consumed = true;
+            if !self.slot.serving() {
+                // Evicted just as the body came in: the connection ends.
+                return Err(PipeError::Client);
+            }
         }
         piped
     }
 
+    /// Writes to the backend within the send timeout.
+    async fn send(&self, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), PipeError> {
+        write_within(to, bytes, self.send_timeout)
+            .await
+            .map_err(PipeError::from)
+    }
+
     async fn pipe_body(&mut self, head: &[u8], to: &mut WriteHalf<'_>) -> Result<(), PipeError> {
-        let backend = |e: std::io::Error| PipeError::Backend(e.to_string());
         match self.framing {
-            Framing::Empty | Framing::UntilClose => to.write_all(head).await.map_err(backend),
+            Framing::Empty | Framing::UntilClose => self.send(to, head).await,
             Framing::Length(n) => {
                 let mut left = n;
                 let have = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
@@ -122,27 +144,27 @@ impl Inbound<'_> {
                 first.extend_from_slice(&self.buf[..have]);
                 self.buf.advance(have);
                 left -= have as u64;
-                to.write_all(&first).await.map_err(backend)?;
+                self.send(to, &first).await?;
                 while left > 0 {
                     self.fill().await?;
                     let take = usize::try_from(left)
                         .unwrap_or(usize::MAX)
                         .min(self.buf.len());
-                    to.write_all(&self.buf[..take]).await.map_err(backend)?;
+                    self.send(to, &self.buf[..take]).await?;
                     self.buf.advance(take);
                     left -= take as u64;
                 }
                 Ok(())
             }
             Framing::Chunked => {
-                to.write_all(head).await.map_err(backend)?;
+                self.send(to, head).await?;
                 let mut scanner = Chunked::default();
                 loop {
                     if !self.buf.is_empty() {
                         let used = scanner
                             .scan(&self.buf[..], |_| {})
                             .map_err(|e| PipeError::BadBody(e.to_string()))?;
-                        to.write_all(&self.buf[..used]).await.map_err(backend)?;
+                        self.send(to, &self.buf[..used]).await?;
                         self.buf.advance(used);
                     }
                     if scanner.is_done() {
@@ -154,13 +176,13 @@ impl Inbound<'_> {
         }
     }
 
-    /// Reads more of the body from the client.
+    /// Reads more of the body from the client, by the body's deadline.
     async fn fill(&mut self) -> Result<(), PipeError> {
         self.buf.reserve(READ_CHUNK);
-        match self.stream.read_buf(self.buf).await {
-            Ok(0) => Err(PipeError::Client),
-            Ok(_) => Ok(()),
-            Err(_) => Err(PipeError::Client),
+        match tokio::time::timeout_at(self.deadline, self.stream.read_buf(self.buf)).await {
+            Ok(Ok(0) | Err(_)) => Err(PipeError::Client),
+            Ok(Ok(_)) => Ok(()),
+            Err(_) => Err(PipeError::ClientTimedOut),
         }
     }
 }
@@ -235,7 +257,7 @@ pub(crate) async fn forward(
                 pool.answered(&backend, status >= 500, now);
                 let retryable = matches!(status, 502..=504) && idempotent && replayable;
                 if retryable && more && can_hold(&head) {
-                    if let Some(held) = hold(conn, head, &backend).await {
+                    if let Some(held) = hold(conn, head, &backend, config.request_timeout).await {
                         if may_retry(proxy, pool, &backend, now) {
                             failure = Some(held);
                             continue;
@@ -259,6 +281,13 @@ pub(crate) async fn forward(
                 return failure.unwrap_or_else(|| no_backend(pool));
             }
             Exchange::ClientGone => return Answer::ClientGone,
+            Exchange::ClientTimedOut => {
+                // Part of the request went to the backend: no answer can be trusted to
+                // say what it did with it, so the connection is closed without one.
+                proxy.stats.timed_out(Timeout::Body);
+                tracing::debug!(backend = %backend.name, "request body timed out mid-way");
+                return Answer::ClientGone;
+            }
             Exchange::BadBody(why) => return bad_body(&why),
             Exchange::Failed(error) => {
                 backend.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -330,11 +359,13 @@ fn can_hold(head: &ResponseHead) -> bool {
 }
 
 /// Reads the rest of an answer into memory (at most [`MAX_HELD`] bytes) and hands its
-/// connection back; `None` when the answer is larger or breaks off.
+/// connection back; `None` when the answer is larger, breaks off, or pauses longer than
+/// `gap`.
 pub(crate) async fn hold(
     mut conn: Conn,
     head: ResponseHead,
     backend: &Arc<Backend>,
+    gap: Duration,
 ) -> Option<Answer> {
     let framing = head.framing.unwrap_or(Framing::UntilClose);
     let mut scanner = Chunked::default();
@@ -360,7 +391,8 @@ pub(crate) async fn hold(
             return None;
         }
         conn.buf.reserve(READ_CHUNK);
-        if conn.stream.read_buf(&mut conn.buf).await.ok()? == 0 {
+        let read = tokio::time::timeout(gap, conn.stream.read_buf(&mut conn.buf));
+        if read.await.ok()?.ok()? == 0 {
             return None;
         }
     };
@@ -385,6 +417,8 @@ pub(crate) enum Exchange {
     Failed(String),
     /// The client left while its body was being sent on.
     ClientGone,
+    /// The client's body did not arrive whole in time (the backend got part of it).
+    ClientTimedOut,
     /// The client's body broke the rules on its way (the backend got part of it).
     BadBody(String),
     /// No answer within the request timeout.
@@ -411,9 +445,7 @@ pub(crate) async fn exchange(
             },
         };
         let sent = match &mut body {
-            OutBody::Empty => conn
-                .stream
-                .write_all(head)
+            OutBody::Empty => write_within(&mut conn.stream, head, config.send_timeout)
                 .await
                 .map(|()| Sent::All)
                 .map_err(PipeError::from),
@@ -421,8 +453,7 @@ pub(crate) async fn exchange(
                 let mut whole = Vec::with_capacity(head.len() + bytes.len());
                 whole.extend_from_slice(head);
                 whole.extend_from_slice(bytes);
-                conn.stream
-                    .write_all(&whole)
+                write_within(&mut conn.stream, &whole, config.send_timeout)
                     .await
                     .map(|()| Sent::All)
                     .map_err(PipeError::from)
@@ -432,7 +463,16 @@ pub(crate) async fn exchange(
         match sent {
             Ok(sent) => break (conn, sent),
             Err(PipeError::Client) => return Exchange::ClientGone,
+            Err(PipeError::ClientTimedOut) => return Exchange::ClientTimedOut,
             Err(PipeError::BadBody(why)) => return Exchange::BadBody(why),
+            // A backend that reads nothing will hardly answer: waiting for one would hold
+            // the client for request_timeout more.
+            Err(PipeError::BackendStalled) => {
+                return Exchange::Failed(format!(
+                    "it stopped taking the request for {:?} (send_timeout)",
+                    config.send_timeout
+                ));
+            }
             // A kept-alive connection the backend had closed: the request did not reach
             // it (nothing of a streamed body is read before the head is written).
             Err(PipeError::Backend(_))
@@ -528,7 +568,11 @@ async fn send_watching(
 
 impl From<std::io::Error> for PipeError {
     fn from(e: std::io::Error) -> PipeError {
-        PipeError::Backend(e.to_string())
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            PipeError::BackendStalled
+        } else {
+            PipeError::Backend(e.to_string())
+        }
     }
 }
 

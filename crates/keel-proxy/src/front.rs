@@ -1,7 +1,12 @@
 //! The client side: one task per client connection reads each request's head, checks it,
 //! rewrites it for the backend (origin-form target, hop-by-hop headers out,
-//! `X-Forwarded-For` and `X-Request-Id` in), sends it down its route and relays the answer
-//! back, bodies streamed between the two sockets as they come.
+//! `X-Forwarded-For` and `X-Request-Id` in), sends it down its route and has the answer
+//! relayed back ([`crate::relay`]), bodies streamed between the two sockets as they come.
+//!
+//! Every wait on the client is bounded: `idle_timeout` for a request to begin,
+//! `header_timeout` for its head, `body_timeout` for its body, `send_timeout` for each
+//! write of its answer; and the connection's phase is kept in its [`Slot`] so that a full
+//! proxy knows which connection may give way to a new one ([`crate::evict`]).
 //!
 //! Everything a request needs lives in buffers the connection keeps from one request to
 //! the next: on the usual path a request is parsed once, copied once to the backend and its
@@ -13,28 +18,31 @@
 
 use std::borrow::Cow;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use http::header::HeaderValue;
-use http::{Method, Response, StatusCode};
+use http::{Method, StatusCode};
 use keel_core::ApiError;
-use keel_core::headers::{KEEL_BACKEND, KEEL_READ};
+use keel_core::headers::KEEL_READ;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::Proxy;
 use crate::cluster::{self, DataRequest, MAX_BODY};
+use crate::config::Config;
+use crate::evict::{Phase, Slot};
 use crate::forward::{self, Answer, Inbound, Outgoing, READ_CHUNK, local};
-use crate::wire::{self, Chunked, Framing, HeadError, RequestHead, ResponseHead};
+use crate::forwarded;
+use crate::metrics::Timeout;
+use crate::relay::{Client, Meta, Names, Source, relay, write_local};
+use crate::wire::{self, Chunked, Framing, HeadError, RequestHead};
 
-/// How long a client may take to send a request's head, idle time before it included.
-pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// The idle timer is moved forward at most this often (moving it costs a timer update).
+/// A connection's timer is moved at most this much later than asked (moving it costs a
+/// timer update), so a timeout may run out up to this much early.
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 /// How long what a client still sends is read and dropped once its connection is being
 /// closed with part of its request unread (see [`Front::linger`]).
@@ -49,12 +57,51 @@ pub(crate) struct Flags {
     pub stopping: AtomicBool,
 }
 
+/// The timeouts of a client connection, from the configuration in force (read again at
+/// each request, so a reload applies to the next one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub idle: Duration,
+    pub header: Duration,
+    pub body: Duration,
+    pub send: Duration,
+    /// The longest pause in a backend's answer (`request_timeout`).
+    pub backend: Duration,
+}
+
+impl Limits {
+    pub fn of(config: &Config) -> Limits {
+        Limits {
+            idle: config.idle_timeout,
+            header: config.header_timeout,
+            body: config.body_timeout,
+            send: config.send_timeout,
+            backend: config.request_timeout,
+        }
+    }
+}
+
+/// Writes all of `bytes`, or fails with `TimedOut` when the other side has not taken
+/// them within `limit` (it does not read).
+pub(crate) async fn write_within(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, stream.write_all(bytes))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 /// One client connection.
 struct Front<'p> {
     proxy: &'p Proxy,
     flags: &'p Flags,
+    /// Its place among the open connections: which phase it is in, for eviction.
+    slot: &'p Slot,
     stream: TcpStream,
-    /// The client's address, as written in `X-Forwarded-For`.
+    /// The client's address, and as written in `X-Forwarded-For`.
+    peer: IpAddr,
     peer_ip: Vec<u8>,
     /// Read from the client and not yet used.
     buf: BytesMut,
@@ -65,39 +112,48 @@ struct Front<'p> {
     up: Vec<u8>,
     /// This request's `X-Request-Id`.
     id: Vec<u8>,
-    idle: Pin<Box<Sleep>>,
-    idle_set: Instant,
+    limits: Limits,
+    /// The idle and header timer, and when it runs out.
+    timer: Pin<Box<Sleep>>,
+    timer_at: Instant,
+    /// A request was served: the connection is kept alive between requests.
+    kept_alive: bool,
     /// The connection is closed with part of a request unread (a body refused or cut
     /// short): it is closed by [`Front::linger`].
     unread: bool,
 }
 
-/// What the client's request says about its answer.
-struct Meta {
-    minor_version: u8,
-    /// The client wants the connection kept, and nothing forbids it.
-    keep_alive: bool,
-    to_head: bool,
-}
-
 /// Serves a client connection until it closes, times out, or the proxy stops (which
-/// `flags` says).
-pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, flags: &Flags) {
+/// `flags` says); `slot` is its place among the open connections.
+pub(crate) async fn serve(
+    proxy: &Proxy,
+    stream: TcpStream,
+    peer: SocketAddr,
+    flags: &Flags,
+    slot: &Slot,
+) {
+    // An IPv4 client on an IPv6 socket is written (and trusted) as the IPv4 address.
+    let peer = peer.ip().to_canonical();
     let mut peer_ip = Vec::with_capacity(16);
-    let _ = write!(peer_ip, "{}", peer.ip());
+    let _ = write!(peer_ip, "{peer}");
+    let limits = Limits::of(&proxy.table().config);
     let now = Instant::now();
     let mut front = Front {
         proxy,
         flags,
+        slot,
         stream,
+        peer,
         peer_ip,
         buf: BytesMut::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(READ_CHUNK),
         head: RequestHead::default(),
         up: Vec::with_capacity(1024),
         id: Vec::with_capacity(32),
-        idle: Box::pin(tokio::time::sleep_until(now + HEADER_READ_TIMEOUT)),
-        idle_set: now,
+        limits,
+        timer: Box::pin(tokio::time::sleep_until(now + limits.idle)),
+        timer_at: now + limits.idle,
+        kept_alive: false,
         unread: false,
     };
     loop {
@@ -106,7 +162,11 @@ pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, fl
             Ok(false) => return,
             Err(refused) => {
                 proxy.stats.requests.fetch_add(1, Ordering::Relaxed);
-                proxy.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                if let HeadError::TimedOut(_) = refused {
+                    proxy.stats.timed_out(Timeout::Header);
+                } else {
+                    proxy.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                }
                 let (status, code) = refused.status_and_code();
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 let answer = local(status, ApiError::new(code, refused.to_string()));
@@ -131,6 +191,7 @@ pub(crate) async fn serve(proxy: &Proxy, stream: TcpStream, peer: SocketAddr, fl
             front.linger().await;
             return;
         }
+        front.kept_alive = true;
         if flags.stopping.load(Ordering::Relaxed) {
             return;
         }
@@ -147,10 +208,15 @@ impl Front<'_> {
         if !self.unread && self.buf.is_empty() {
             return;
         }
+        // A connection on its way out is the first to make room for a new one.
+        let now = Instant::now();
+        if !self.slot.enter(Phase::Closing, now) {
+            return;
+        }
         if self.stream.shutdown().await.is_err() {
             return;
         }
-        let until = Instant::now() + LINGER;
+        let until = now + LINGER;
         loop {
             self.buf.clear();
             self.buf.reserve(READ_CHUNK);
@@ -161,16 +227,42 @@ impl Front<'_> {
         }
     }
 
-    /// Waits for a whole request head. `Ok(false)`: the connection is over (closed by the
-    /// client, idle too long, or the proxy is stopping).
+    /// Sets the idle and header timer to run out `after` from `now`, or leaves it where it
+    /// is when that is at most a little earlier.
+    fn arm(&mut self, now: Instant, after: Duration) {
+        let at = now + after;
+        // A short timeout gets a proportionally short slack, so it never runs out early
+        // by more than an eighth of itself.
+        let slack = TIMER_SLACK.min(after / 8);
+        if self.timer_at > at || at - self.timer_at > slack {
+            self.timer.as_mut().reset(at);
+            self.timer_at = at;
+        }
+    }
+
+    /// Waits for a whole request head: its first byte within `idle_timeout`, then the
+    /// rest within `header_timeout`. `Ok(false)`: the connection is over (closed by the
+    /// client, idle too long, evicted, or the proxy is stopping).
     async fn next_head(&mut self) -> Result<bool, HeadError> {
         let now = Instant::now();
-        if now.duration_since(self.idle_set) > TIMER_SLACK {
-            self.idle.as_mut().reset(now + HEADER_READ_TIMEOUT);
-            self.idle_set = now;
+        // Waiting for the first byte of a request (none came behind the last one).
+        let mut waiting = self.buf.is_empty();
+        if self.kept_alive {
+            // A new connection keeps the phase it was registered with: receiving since
+            // it was accepted, so that one that never sends ranks as the slowest sender.
+            let phase = if waiting {
+                Phase::Idle
+            } else {
+                Phase::Receiving
+            };
+            if !self.slot.enter(phase, now) {
+                return Ok(false);
+            }
         }
+        let limits = self.limits;
+        self.arm(now, if waiting { limits.idle } else { limits.header });
         loop {
-            if !self.buf.is_empty() && wire::parse_request(&self.buf, &mut self.head)? {
+            if !waiting && wire::parse_request(&self.buf, &mut self.head)? {
                 return Ok(true);
             }
             if self.flags.stopping.load(Ordering::Relaxed) {
@@ -180,11 +272,25 @@ impl Front<'_> {
             let read = tokio::select! {
                 biased;
                 read = self.stream.read_buf(&mut self.buf) => read,
-                () = self.idle.as_mut() => return Ok(false),
+                () = self.timer.as_mut() => {
+                    if waiting {
+                        self.proxy.stats.timed_out(Timeout::Idle);
+                        return Ok(false);
+                    }
+                    return Err(HeadError::TimedOut(limits.header));
+                }
             };
             match read {
                 Ok(0) | Err(_) => return Ok(false),
                 Ok(_) => {}
+            }
+            if waiting {
+                waiting = false;
+                let now = Instant::now();
+                if self.kept_alive && !self.slot.enter(Phase::Receiving, now) {
+                    return Ok(false);
+                }
+                self.arm(now, limits.header);
             }
         }
     }
@@ -193,6 +299,8 @@ impl Front<'_> {
     async fn serve_one(&mut self) -> bool {
         let proxy = self.proxy;
         let table = proxy.table();
+        self.limits = Limits::of(&table.config);
+        let limits = self.limits;
         let Front {
             buf, head, up, id, ..
         } = self;
@@ -208,7 +316,8 @@ impl Front<'_> {
             keep_alive: head.connection.keep_alive,
             to_head: matches!(method, Ok(Method::HEAD)),
         };
-        let send_continue = head.expect_continue && framing != Framing::Empty;
+        let mut send_continue =
+            head.expect_continue && framing != Framing::Empty && head.minor_version >= 1;
         let checked = match method {
             Ok(method) => check(head, bytes, &method).map(|target| (method, target)),
             Err(_) => Err(local(
@@ -243,12 +352,10 @@ impl Front<'_> {
         up.extend_from_slice(&target);
         up.extend_from_slice(b" HTTP/1.1\r\n");
         let mut stale = false;
-        let mut forwarded_for = false;
         for field in &head.fields {
             let name = field.name.get(bytes);
             let value = field.value.get(bytes);
-            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-                forwarded_for = true;
+            if forwarded::is_forwarded_for(name) {
                 continue;
             }
             if wire::is_hop_by_hop(name, &head.connection, bytes)
@@ -263,31 +370,45 @@ impl Front<'_> {
             }
             wire::push_field(up, name, value);
         }
-        // Earlier hops as the client listed them, then the client.
-        up.extend_from_slice(b"X-Forwarded-For: ");
-        if forwarded_for {
-            for field in &head.fields {
-                if field
-                    .name
-                    .get(bytes)
-                    .eq_ignore_ascii_case(b"x-forwarded-for")
-                {
-                    up.extend_from_slice(field.value.get(bytes).trim_ascii());
-                    up.extend_from_slice(b", ");
-                }
-            }
-        }
-        up.extend_from_slice(&self.peer_ip);
-        up.extend_from_slice(b"\r\n");
+        let trusted = forwarded::is_trusted(&table.config.trusted_proxies, self.peer);
+        forwarded::push_forwarded_for(up, head, bytes, &self.peer_ip, trusted);
         wire::push_field(up, b"X-Request-Id", id);
         let head_len = head.len;
         buf.advance(head_len);
+        // The whole body must be in by then. A request without one is served from here
+        // on, and reads no clock: its deadline is never looked at.
+        let body_deadline = if framing == Framing::Empty {
+            if !self.slot.serving() {
+                return false;
+            }
+            self.timer_at
+        } else {
+            Instant::now() + limits.body
+        };
         match cluster {
             None => {
-                if framing == Framing::Chunked {
-                    up.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+                if framing != Framing::Empty && self.buf.is_empty() {
+                    // None of the body came with the head: wait for its first bytes
+                    // before a backend is picked, so that a client that sends a head and
+                    // stalls holds no backend connection, and gets its 408 — nothing of
+                    // its request went anywhere.
+                    match self.await_body(send_continue, body_deadline).await {
+                        Ok(()) => send_continue = false,
+                        Err(Some(refusal)) => {
+                            self.unread = true;
+                            let meta = Meta {
+                                keep_alive: false,
+                                ..meta
+                            };
+                            return self.answer(refusal, &meta).await;
+                        }
+                        Err(None) => return false,
+                    }
                 }
-                up.extend_from_slice(b"\r\n");
+                if framing == Framing::Chunked {
+                    self.up.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+                }
+                self.up.extend_from_slice(b"\r\n");
                 let outgoing = Outgoing {
                     head: &self.up,
                     method,
@@ -297,8 +418,11 @@ impl Front<'_> {
                     stream: &mut self.stream,
                     buf: &mut self.buf,
                     framing,
-                    send_continue: send_continue && meta.minor_version >= 1,
+                    send_continue,
                     consumed: framing == Framing::Empty,
+                    deadline: body_deadline,
+                    send_timeout: limits.send,
+                    slot: self.slot,
                 };
                 let answer =
                     forward::forward(proxy, &table.config, &table.pool, &outgoing, &mut inbound)
@@ -316,12 +440,24 @@ impl Front<'_> {
                     &mut self.stream,
                     &mut self.buf,
                     framing,
-                    send_continue && meta.minor_version >= 1,
+                    send_continue,
+                    body_deadline,
+                    limits.send,
                 )
                 .await
                 {
-                    Ok(body) => body,
-                    Err(Some(refusal)) => {
+                    Ok(body) if self.slot.serving() => body,
+                    Ok(_) => return false,
+                    Err(ReadBody::TimedOut) => {
+                        proxy.stats.timed_out(Timeout::Body);
+                        self.unread = true;
+                        let meta = Meta {
+                            keep_alive: false,
+                            ..meta
+                        };
+                        return self.answer(body_timed_out(limits.body), &meta).await;
+                    }
+                    Err(ReadBody::Refused(refusal)) => {
                         self.unread = true;
                         let meta = Meta {
                             keep_alive: false,
@@ -329,7 +465,7 @@ impl Front<'_> {
                         };
                         return self.answer(refusal, &meta).await;
                     }
-                    Err(None) => return false,
+                    Err(ReadBody::Gone) => return false,
                 };
                 if !body.is_empty() {
                     up.extend_from_slice(b"Content-Length: ");
@@ -349,10 +485,48 @@ impl Front<'_> {
         }
     }
 
+    /// Waits for the first bytes of a body (sending `100 Continue` first when the client
+    /// waits for it) until `deadline`. `Err(Some(answer))`: none came in time;
+    /// `Err(None)`: the client went away.
+    async fn await_body(
+        &mut self,
+        send_continue: bool,
+        deadline: Instant,
+    ) -> Result<(), Option<Answer>> {
+        if send_continue {
+            write_within(&mut self.stream, wire::CONTINUE, self.limits.send)
+                .await
+                .map_err(|_| None)?;
+        }
+        while self.buf.is_empty() {
+            self.buf.reserve(READ_CHUNK);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(None),
+                Err(_) => {
+                    self.proxy.stats.timed_out(Timeout::Body);
+                    return Err(Some(body_timed_out(self.limits.body)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `answer` to the client; whether the connection goes on.
     async fn answer(&mut self, answer: Answer, meta: &Meta) -> bool {
         let stopping = self.flags.stopping.load(Ordering::Relaxed);
         let keep = meta.keep_alive && !stopping;
+        // From here the connection is serving its request (even if its body was cut
+        // short): it is not evicted mid-answer.
+        if !self.slot.serving() {
+            return false;
+        }
+        let gap = self.limits.backend;
+        let mut client = Client {
+            stream: &mut self.stream,
+            send: self.limits.send,
+            stats: &self.proxy.stats,
+        };
         match answer {
             Answer::ClientGone => false,
             Answer::Local(response) => {
@@ -361,7 +535,7 @@ impl Front<'_> {
                     .local_answers
                     .fetch_add(1, Ordering::Relaxed);
                 write_local(&mut self.out, &response, &self.id, meta, keep);
-                self.stream.write_all(&self.out).await.is_ok() && keep
+                client.write(&self.out).await.is_ok() && keep
             }
             Answer::Relayed {
                 mut conn,
@@ -369,11 +543,12 @@ impl Front<'_> {
                 in_flight,
             } => {
                 let relayed = relay(
-                    &mut self.stream,
+                    &mut client,
                     &mut self.out,
                     Source {
                         buf: &mut conn.buf,
                         stream: Some(&mut conn.stream),
+                        gap,
                     },
                     &head,
                     &Names {
@@ -398,11 +573,12 @@ impl Front<'_> {
                 backend,
             } => {
                 let relayed = relay(
-                    &mut self.stream,
+                    &mut client,
                     &mut self.out,
                     Source {
                         buf: &mut bytes,
                         stream: None,
+                        gap,
                     },
                     &head,
                     &Names {
@@ -493,16 +669,40 @@ fn new_request_id(id: &mut Vec<u8>) {
     }
 }
 
-/// Reads a data request's body whole (at most [`MAX_BODY`] bytes). `Err(Some(answer))`:
-/// refused; `Err(None)`: the client went away.
+/// `408`: the body did not arrive in time, and nothing of the request went anywhere.
+fn body_timed_out(after: Duration) -> Answer {
+    local(
+        StatusCode::REQUEST_TIMEOUT,
+        ApiError::new(
+            "body_timeout",
+            format!("the request's body did not arrive whole within {after:?} (body_timeout)"),
+        ),
+    )
+}
+
+/// Why a data request's body was not read.
+// The large variant is the finished refusal, built once per refused request.
+#[allow(clippy::large_enum_variant)]
+enum ReadBody {
+    /// Refused, with this answer.
+    Refused(Answer),
+    /// It did not arrive whole by the deadline.
+    TimedOut,
+    /// The client went away.
+    Gone,
+}
+
+/// Reads a data request's body whole (at most [`MAX_BODY`] bytes), by `deadline`.
 async fn read_body(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     framing: Framing,
     send_continue: bool,
-) -> Result<BytesMut, Option<Answer>> {
+    deadline: Instant,
+    send_timeout: Duration,
+) -> Result<BytesMut, ReadBody> {
     let too_large = || {
-        Some(local(
+        ReadBody::Refused(local(
             StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::new(
                 "body_too_large",
@@ -517,7 +717,9 @@ async fn read_body(
         return Err(too_large());
     }
     if send_continue {
-        stream.write_all(wire::CONTINUE).await.map_err(|_| None)?;
+        write_within(stream, wire::CONTINUE, send_timeout)
+            .await
+            .map_err(|_| ReadBody::Gone)?;
     }
     let mut body = BytesMut::new();
     let mut scanner = Chunked::default();
@@ -540,7 +742,7 @@ async fn read_body(
                             body.extend_from_slice(data);
                         }
                     })
-                    .map_err(|e| Some(forward::bad_body(&e.to_string())))?;
+                    .map_err(|e| ReadBody::Refused(forward::bad_body(&e.to_string())))?;
                 buf.advance(used);
                 if over {
                     return Err(too_large());
@@ -552,229 +754,10 @@ async fn read_body(
             Framing::Empty | Framing::UntilClose => return Ok(body),
         }
         buf.reserve(READ_CHUNK);
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(None),
-            Ok(_) => {}
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => return Err(ReadBody::TimedOut),
+            Ok(Ok(0) | Err(_)) => return Err(ReadBody::Gone),
+            Ok(Ok(_)) => {}
         }
-    }
-}
-
-/// The date for a `Date` header, now.
-fn push_date(out: &mut Vec<u8>) {
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    wire::push_field(out, b"Date", date.as_bytes());
-}
-
-/// The end of an answer's head: how the connection goes on.
-fn push_connection(out: &mut Vec<u8>, meta: &Meta, keep: bool) {
-    if !keep {
-        wire::push_field(out, b"Connection", b"close");
-    } else if meta.minor_version == 0 {
-        wire::push_field(out, b"Connection", b"keep-alive");
-    }
-}
-
-/// An answer the proxy made, whole, into `out`.
-fn write_local(
-    out: &mut Vec<u8>,
-    response: &Response<bytes::Bytes>,
-    id: &[u8],
-    meta: &Meta,
-    keep: bool,
-) {
-    out.clear();
-    let status = response.status();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in response.headers() {
-        wire::push_title_case(out, name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"Content-Length: ");
-    wire::push_decimal(out, response.body().len() as u64);
-    out.extend_from_slice(b"\r\n");
-    wire::push_field(out, b"X-Request-Id", id);
-    push_date(out);
-    push_connection(out, meta, keep);
-    out.extend_from_slice(b"\r\n");
-    if !meta.to_head {
-        out.extend_from_slice(response.body());
-    }
-}
-
-/// Where a backend's answer is read from: what is in memory, then the connection.
-struct Source<'a> {
-    buf: &'a mut BytesMut,
-    stream: Option<&'a mut TcpStream>,
-}
-
-impl Source<'_> {
-    /// Reads more into `buf`; false at the end of the connection (or of what was held).
-    async fn fill(&mut self) -> bool {
-        let Some(stream) = self.stream.as_mut() else {
-            return false;
-        };
-        self.buf.reserve(READ_CHUNK);
-        matches!(stream.read_buf(self.buf).await, Ok(n) if n > 0)
-    }
-}
-
-/// The names an answer is given on its way back.
-struct Names<'a> {
-    backend: &'a HeaderValue,
-    id: &'a [u8],
-}
-
-/// How relaying an answer went.
-struct Relayed {
-    /// The backend broke off, or broke the rules, before the end of its answer.
-    backend_broke: bool,
-    /// The backend's connection ended exactly at the answer's end.
-    backend_reusable: bool,
-    /// The client has the whole answer and its connection goes on.
-    client_keep: bool,
-}
-
-/// Passes a backend's answer, whose head is at the start of `source.buf`, to the client.
-async fn relay(
-    client: &mut TcpStream,
-    out: &mut Vec<u8>,
-    mut source: Source<'_>,
-    head: &ResponseHead,
-    names: &Names<'_>,
-    meta: &Meta,
-    keep: bool,
-) -> Relayed {
-    let framing = head.framing.unwrap_or(Framing::UntilClose);
-    // A chunked body goes to an HTTP/1.0 client without its chunks, ended by closing.
-    let dechunk = framing == Framing::Chunked && meta.minor_version == 0;
-    let keep = keep && framing != Framing::UntilClose && !dechunk;
-    // The client went away: nothing is known of the rest of the answer.
-    let failed = Relayed {
-        backend_broke: false,
-        backend_reusable: false,
-        client_keep: false,
-    };
-    // The head.
-    out.clear();
-    {
-        let bytes = &source.buf[..head.len];
-        out.extend_from_slice(b"HTTP/1.1 ");
-        wire::push_decimal(out, u64::from(head.status));
-        out.push(b' ');
-        out.extend_from_slice(head.reason.get(bytes));
-        out.extend_from_slice(b"\r\n");
-        for field in &head.fields {
-            let name = field.name.get(bytes);
-            if wire::is_hop_by_hop(name, &head.connection, bytes)
-                || name.eq_ignore_ascii_case(KEEL_BACKEND.as_bytes())
-                || name.eq_ignore_ascii_case(b"x-request-id")
-            {
-                continue;
-            }
-            wire::push_field(out, name, field.value.get(bytes));
-        }
-    }
-    wire::push_field(out, b"Keel-Backend", names.backend.as_bytes());
-    wire::push_field(out, b"X-Request-Id", names.id);
-    if framing == Framing::Chunked && !dechunk {
-        wire::push_field(out, b"Transfer-Encoding", b"chunked");
-    }
-    if !head.has_date {
-        push_date(out);
-    }
-    push_connection(out, meta, keep);
-    out.extend_from_slice(b"\r\n");
-    source.buf.advance(head.len);
-    // The body: what is already here goes out with the head.
-    let complete = match framing {
-        Framing::Empty => {
-            if client.write_all(out).await.is_err() {
-                return failed;
-            }
-            true
-        }
-        Framing::Length(n) => {
-            let mut left = n;
-            let take = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .min(source.buf.len());
-            out.extend_from_slice(&source.buf[..take]);
-            source.buf.advance(take);
-            left -= take as u64;
-            if client.write_all(out).await.is_err() {
-                return failed;
-            }
-            while left > 0 {
-                if !source.fill().await {
-                    break;
-                }
-                let take = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(source.buf.len());
-                if client.write_all(&source.buf[..take]).await.is_err() {
-                    return failed;
-                }
-                source.buf.advance(take);
-                left -= take as u64;
-            }
-            left == 0
-        }
-        Framing::Chunked => {
-            let mut scanner = Chunked::default();
-            loop {
-                let used = if dechunk {
-                    scanner.scan(&source.buf[..], |data| out.extend_from_slice(data))
-                } else {
-                    scanner.scan(&source.buf[..], |_| {})
-                };
-                let Ok(used) = used else {
-                    // A broken body: the client gets what came before it, then the end.
-                    let _ = client.write_all(out).await;
-                    return Relayed {
-                        backend_broke: true,
-                        ..failed
-                    };
-                };
-                if !dechunk {
-                    out.extend_from_slice(&source.buf[..used]);
-                }
-                source.buf.advance(used);
-                if client.write_all(out).await.is_err() {
-                    return failed;
-                }
-                out.clear();
-                if scanner.is_done() {
-                    break true;
-                }
-                if !source.fill().await {
-                    break false;
-                }
-            }
-        }
-        Framing::UntilClose => {
-            out.extend_from_slice(&source.buf[..]);
-            source.buf.clear();
-            if client.write_all(out).await.is_err() {
-                return failed;
-            }
-            while source.fill().await {
-                if client.write_all(&source.buf[..]).await.is_err() {
-                    return failed;
-                }
-                source.buf.clear();
-            }
-            true
-        }
-    };
-    Relayed {
-        backend_broke: !complete,
-        backend_reusable: complete && source.buf.is_empty() && framing != Framing::UntilClose,
-        client_keep: complete && keep,
     }
 }

@@ -13,10 +13,13 @@
 //! - [`pool`]: picks and ejections over a pool of backends;
 //! - [`wire`]: HTTP/1.1 heads, body framing and chunked bodies, parsed in place;
 //! - [`front`]: client connections: requests read and checked, answers relayed back;
+//! - [`forwarded`]: `X-Forwarded-For` and the trusted proxies that may add to it;
 //! - [`forward`]: the request path to a pool, with retries;
+//! - [`relay`]: answers on their way back to the client;
 //! - [`cluster`]: the data tier route;
 //! - [`checks`]: the active health checks;
 //! - [`admin`]: the admin API and `/metrics`;
+//! - [`evict`]: which connection gives way to a new one when the proxy is full, pure;
 //! - [`server`]: accepting connections, reloading, stopping.
 
 #![forbid(unsafe_code)]
@@ -26,11 +29,14 @@ pub mod backend;
 pub mod checks;
 pub mod cluster;
 pub mod config;
+pub mod evict;
 pub mod forward;
+pub mod forwarded;
 pub mod front;
 pub mod health;
 pub mod metrics;
 pub mod pool;
+pub mod relay;
 pub mod selection;
 pub mod server;
 pub mod wire;

@@ -68,11 +68,49 @@ pub struct ProxyStats {
     pub bad_requests: AtomicU64,
     /// Client connections open now.
     pub connections_open: AtomicU64,
-    /// Times a connection waited because `max_connections` were open.
+    /// Times a new connection waited because `max_connections` were open and every one
+    /// was serving a request.
     pub connections_limited: AtomicU64,
+    /// Connections closed to make room for a new one at `max_connections`.
+    pub connections_evicted: AtomicU64,
+    /// Client connections cut off by a timeout, by [`Timeout`].
+    pub timeouts: [AtomicU64; Timeout::ALL.len()],
     /// Configuration reloads applied and refused.
     pub reloads: AtomicU64,
     pub reloads_refused: AtomicU64,
+}
+
+/// Which of a client connection's timeouts ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// No request began within `idle_timeout`.
+    Idle,
+    /// A head was not whole within `header_timeout`.
+    Header,
+    /// A body was not whole within `body_timeout`.
+    Body,
+    /// The client took no part of its answer within `send_timeout`.
+    Send,
+}
+
+impl Timeout {
+    pub const ALL: [Timeout; 4] = [Timeout::Idle, Timeout::Header, Timeout::Body, Timeout::Send];
+
+    fn label(self) -> &'static str {
+        match self {
+            Timeout::Idle => "idle",
+            Timeout::Header => "header",
+            Timeout::Body => "body",
+            Timeout::Send => "send",
+        }
+    }
+}
+
+impl ProxyStats {
+    /// Counts a client connection cut off by `timeout`.
+    pub fn timed_out(&self, timeout: Timeout) {
+        self.timeouts[timeout as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Renders every metric.
@@ -233,8 +271,14 @@ pub fn render(proxy: &Proxy) -> String {
     single(
         "keel_proxy_connections_limited_total",
         "counter",
-        "Times the proxy stopped accepting because max_connections were open",
+        "Times a new connection waited because max_connections were open, all serving requests",
         s.connections_limited.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_connections_evicted_total",
+        "counter",
+        "Connections closed to make room for a new one at max_connections",
+        s.connections_evicted.load(Ordering::Relaxed),
     );
     single(
         "keel_proxy_reloads_total",
@@ -267,6 +311,19 @@ pub fn render(proxy: &Proxy) -> String {
             "gauge",
             "1 when a primary is known",
             u64::from(view.primary.is_some()),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP keel_proxy_client_timeouts_total Client connections cut off by a timeout, by kind\n\
+         # TYPE keel_proxy_client_timeouts_total counter"
+    );
+    for kind in Timeout::ALL {
+        let _ = writeln!(
+            out,
+            "keel_proxy_client_timeouts_total{{kind=\"{}\"}} {}",
+            kind.label(),
+            s.timeouts[kind as usize].load(Ordering::Relaxed)
         );
     }
     out

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use keel_core::token::Token;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::Proxy;
 use crate::config::Config;
+use crate::evict::{Registry, Slot};
 use crate::front::{self, Flags};
 
 /// How long open connections may take to finish once the proxy is told to stop.
@@ -117,30 +119,9 @@ async fn accept(
     mut stop: watch::Receiver<bool>,
 ) -> Arc<()> {
     let open = Arc::new(());
-    // Taken before each accept and held by the connection: at the limit the proxy stops
-    // accepting, and the kernel's queue holds the next clients until one leaves.
-    let limit = Arc::new(Semaphore::new(proxy.table().config.max_connections));
+    let max_connections = proxy.table().config.max_connections;
+    let registry = Arc::new(Registry::new(Instant::now()));
     loop {
-        let permit = match Arc::clone(&limit).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                proxy
-                    .stats
-                    .connections_limited
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    max_connections = proxy.table().config.max_connections,
-                    "connection limit reached: new clients wait until one leaves"
-                );
-                tokio::select! {
-                    permit = Arc::clone(&limit).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return open,
-                    },
-                    _ = stop.changed() => return open,
-                }
-            }
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -153,23 +134,35 @@ async fn accept(
             },
             _ = stop.changed() => return open,
         };
+        if registry.open() >= max_connections
+            && !make_room(&proxy, &registry, max_connections, &mut stop).await
+        {
+            return open;
+        }
         let _ = stream.set_nodelay(true);
+        let slot = registry.register(Instant::now());
         let proxy = Arc::clone(&proxy);
         let held = Arc::clone(&open);
         let mut stop = stop.clone();
         proxy.stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        let open_guard = Open {
+            registry: Arc::clone(&registry),
+            slot: Arc::clone(&slot),
+            proxy: Arc::clone(&proxy),
+        };
         tokio::spawn(async move {
             let _held = held;
-            let _open = Open {
-                _permit: permit,
-                proxy: Arc::clone(&proxy),
-            };
+            let _open = open_guard;
             let flags = Flags::default();
-            let mut connection = std::pin::pin!(front::serve(&proxy, stream, peer, &flags));
+            let mut connection = std::pin::pin!(front::serve(&proxy, stream, peer, &flags, &slot));
             tokio::select! {
-                // The connection first: the stop is looked at only while it waits.
+                // The connection first: the stop and an eviction are looked at only while
+                // it waits.
                 biased;
                 () = connection.as_mut() => return,
+                // Made room for a newer connection: dropping the future closes the socket
+                // (and any backend connection it held).
+                () = slot.evicted() => return,
                 _ = stop.wait_for(|stopping| *stopping) => {}
             }
             // Stopping: an idle connection closes now, one serving a request finishes
@@ -182,15 +175,62 @@ async fn accept(
     }
 }
 
+/// How often a full proxy whose connections are all serving looks again for one that
+/// may give way (besides when one leaves).
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// Makes a place for a connection accepted at `max_connections`: evicts one by the rule of
+/// [`crate::evict`], or waits until one may be evicted or leaves. False if the proxy
+/// stops meanwhile.
+async fn make_room(
+    proxy: &Proxy,
+    registry: &Registry,
+    max_connections: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut waited = false;
+    loop {
+        if registry.open() < max_connections {
+            return true;
+        }
+        if registry.evict_one() {
+            proxy
+                .stats
+                .connections_evicted
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(max_connections, "connection evicted for a new one");
+            return true;
+        }
+        if !waited {
+            waited = true;
+            proxy
+                .stats
+                .connections_limited
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                max_connections,
+                "connection limit reached, every connection serving a request: new clients wait"
+            );
+        }
+        tokio::select! {
+            () = registry.left() => {}
+            () = tokio::time::sleep(RECHECK) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+}
+
 /// A client connection's place under `max_connections`: given back, and the connection
 /// no longer counted as open, when it ends.
 struct Open {
-    _permit: OwnedSemaphorePermit,
+    registry: Arc<Registry>,
+    slot: Arc<Slot>,
     proxy: Arc<Proxy>,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
+        self.registry.release(&self.slot);
         self.proxy
             .stats
             .connections_open

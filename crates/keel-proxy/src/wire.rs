@@ -71,7 +71,23 @@ pub struct Connection {
     /// The field names the `Connection` header lists (besides `close` and `keep-alive`):
     /// hop-by-hop for this message only.
     pub named: Vec<Span>,
+    /// A field of [`NEVER_HOP_BY_HOP`] the `Connection` header named (it is not in
+    /// `named`: it stays). A request that does this is refused.
+    pub names_protected: Option<&'static str>,
 }
+
+/// Fields a `Connection` header may not make hop-by-hop, in lower case and as written in
+/// an error. They frame or route the message: a proxy that dropped `Content-Length`
+/// because the client listed it would send on a body the next hop cannot delimit — the
+/// rest of it read there as a second request (request smuggling) — and one that dropped
+/// `Host` would send a request the backend cannot route. `Upgrade` is not among them:
+/// RFC 9110, 7.8 asks every sender of `Upgrade` to list it in `Connection`, and the proxy
+/// drops it anyway (it relays no protocol switch), so the backend sees a plain request.
+const NEVER_HOP_BY_HOP: [(&[u8], &str); 3] = [
+    (b"content-length", "Content-Length"),
+    (b"transfer-encoding", "Transfer-Encoding"),
+    (b"host", "Host"),
+];
 
 /// Headers that describe one hop, not the message (RFC 9110, 7.6.1), in lower case.
 const HOP_BY_HOP: [&[u8]; 7] = [
@@ -111,6 +127,9 @@ pub struct ResponseHead {
     pub framing: Option<Framing>,
     pub connection: Connection,
     pub has_date: bool,
+    /// The answer has a `Transfer-Encoding`, which overrides any `Content-Length` it also
+    /// has: that one is dropped on the way (RFC 9112, 6.3).
+    pub transfer_encoding: bool,
 }
 
 /// Why a request head was refused; the status and code of the answer.
@@ -126,6 +145,14 @@ pub enum HeadError {
     BadFraming(&'static str),
     #[error("the request uses a transfer coding keel proxy does not know: {0}")]
     UnknownCoding(String),
+    #[error("the request has more than one Host header; it must have exactly one")]
+    DuplicateHost,
+    #[error(
+        "the Connection header names {0}, which frames or routes the request and cannot be dropped as hop-by-hop"
+    )]
+    ProtectedField(&'static str),
+    #[error("the request's head did not arrive whole within {0:?} (header_timeout)")]
+    TimedOut(std::time::Duration),
 }
 
 impl HeadError {
@@ -136,6 +163,9 @@ impl HeadError {
             HeadError::Malformed(_) => (400, "bad_request"),
             HeadError::BadFraming(_) => (400, "bad_framing"),
             HeadError::UnknownCoding(_) => (501, "unknown_transfer_coding"),
+            HeadError::DuplicateHost => (400, "duplicate_host"),
+            HeadError::ProtectedField(_) => (400, "bad_connection_option"),
+            HeadError::TimedOut(_) => (408, "header_timeout"),
         }
     }
 }
@@ -158,7 +188,11 @@ struct FramingHeaders {
     length: Option<u64>,
     bad_length: bool,
     chunked_last: bool,
+    /// How many times `chunked` was listed (more than once is refused in a request).
+    chunked: u32,
     transfer_encoding: bool,
+    /// A `Transfer-Encoding` field with no coding in it.
+    empty_coding: bool,
     unknown_coding: Option<String>,
 }
 
@@ -182,9 +216,13 @@ impl FramingHeaders {
             }
         } else if lower_eq(name, b"transfer-encoding") {
             self.transfer_encoding = true;
+            if elements(value).next().is_none() {
+                self.empty_coding = true;
+            }
             for coding in elements(value) {
                 // Only the last coding counts for framing; chunked must come last.
                 self.chunked_last = lower_eq(coding, b"chunked");
+                self.chunked += u32::from(self.chunked_last);
                 if !self.chunked_last && self.unknown_coding.is_none() {
                     self.unknown_coding = Some(String::from_utf8_lossy(coding).into_owned());
                 }
@@ -196,6 +234,7 @@ impl FramingHeaders {
 fn read_connection(fields: &[Field], bytes: &[u8], minor_version: u8) -> Connection {
     let (mut close, mut keep_alive) = (false, false);
     let mut named = Vec::new();
+    let mut names_protected = None;
     for field in fields {
         if !lower_eq(field.name.get(bytes), b"connection") {
             continue;
@@ -205,6 +244,11 @@ fn read_connection(fields: &[Field], bytes: &[u8], minor_version: u8) -> Connect
                 close = true;
             } else if lower_eq(token, b"keep-alive") {
                 keep_alive = true;
+            } else if let Some((_, shown)) = NEVER_HOP_BY_HOP
+                .iter()
+                .find(|(lower, _)| lower_eq(token, lower))
+            {
+                names_protected = names_protected.or(Some(*shown));
             } else {
                 named.push(Span::of(bytes, token));
             }
@@ -214,6 +258,7 @@ fn read_connection(fields: &[Field], bytes: &[u8], minor_version: u8) -> Connect
     Connection {
         keep_alive: !close && (minor_version >= 1 || keep_alive),
         named,
+        names_protected,
     }
 }
 
@@ -270,13 +315,31 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<bool, HeadErr
         let name = h.name.as_bytes();
         framing.see(name, h.value);
         if lower_eq(name, b"host") {
+            // Two hosts: the proxy and the backend might each route by a different one
+            // (RFC 9112, 3.2 asks for a 400).
+            if head.has_host {
+                return Err(HeadError::DuplicateHost);
+            }
             head.has_host = true;
         } else if lower_eq(name, b"expect") && lower_eq(h.value.trim_ascii(), b"100-continue") {
             head.expect_continue = true;
         }
     }
     head.connection = read_connection(&head.fields, buf, minor_version);
+    if let Some(field) = head.connection.names_protected {
+        return Err(HeadError::ProtectedField(field));
+    }
     head.framing = Some(if framing.transfer_encoding {
+        if framing.empty_coding {
+            return Err(HeadError::BadFraming(
+                "the request's Transfer-Encoding is empty: it must end with chunked",
+            ));
+        }
+        if framing.chunked > 1 {
+            return Err(HeadError::BadFraming(
+                "the request's Transfer-Encoding lists chunked more than once",
+            ));
+        }
         if minor_version == 0 {
             return Err(HeadError::BadFraming(
                 "Transfer-Encoding is not allowed in an HTTP/1.0 request",
@@ -347,6 +410,12 @@ pub fn parse_response(buf: &[u8], to_head: bool, head: &mut ResponseHead) -> Res
         }
     }
     head.connection = read_connection(&head.fields, buf, minor_version);
+    head.transfer_encoding = framing.transfer_encoding;
+    if framing.transfer_encoding && (framing.length.is_some() || framing.bad_length) {
+        // Both framings: a backend that sends that may be out of step with the proxy on
+        // where its answer ends, so its connection is not used again (RFC 9112, 6.3).
+        head.connection.keep_alive = false;
+    }
     // RFC 9112, 6.3, in its order.
     head.framing = Some(
         if to_head || (100..200).contains(&status) || matches!(status, 204 | 304) {
@@ -438,6 +507,10 @@ impl Chunked {
                 ChunkState::Extension => {
                     if b == b'\r' {
                         self.state = ChunkState::SizeLf;
+                    } else if b == b'\n' {
+                        return Err(ChunkError("a chunk extension holds a bare LF"));
+                    } else if is_control(b) {
+                        return Err(ChunkError("a chunk extension holds a control character"));
                     }
                     self.line += 1;
                 }
@@ -477,16 +550,23 @@ impl Chunked {
                     self.state = ChunkState::Size;
                 }
                 ChunkState::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        ChunkState::EndLf
-                    } else {
-                        ChunkState::TrailerLine
+                    self.state = match b {
+                        b'\r' => ChunkState::EndLf,
+                        b'\n' => return Err(ChunkError("the trailers hold a bare LF")),
+                        _ if is_control(b) => {
+                            return Err(ChunkError("the trailers hold a control character"));
+                        }
+                        _ => ChunkState::TrailerLine,
                     };
                     self.line += 1;
                 }
                 ChunkState::TrailerLine => {
                     if b == b'\r' {
                         self.state = ChunkState::TrailerLf;
+                    } else if b == b'\n' {
+                        return Err(ChunkError("the trailers hold a bare LF"));
+                    } else if is_control(b) {
+                        return Err(ChunkError("the trailers hold a control character"));
                     }
                     self.line += 1;
                 }
@@ -518,6 +598,15 @@ impl Chunked {
         }
         Ok(i)
     }
+}
+
+/// A control character other than HTAB (CR and LF are looked at before this). A bare LF
+/// or CR in a chunk extension or a trailer is where two parsers of one body part ways —
+/// one ends the line there, the other does not — so a chunk hidden from the proxy could
+/// reach the backend: the scanner refuses every line byte a lenient parser might read
+/// as an end.
+fn is_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
 /// Appends `n` in decimal.
@@ -693,6 +782,129 @@ mod tests {
         );
         assert!(frame("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
         assert!(frame("SMTP ready\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn a_connection_header_may_not_drop_a_framing_or_routing_field() {
+        // The smuggling request: without Content-Length, the body would go on with no
+        // length, and `GET /smuggled` would be a second request to the backend.
+        let smuggle = "POST / HTTP/1.1\r\nHost: x\r\nConnection: Content-Length\r\n\
+                       Content-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+        let refused = request(smuggle).expect_err("refused");
+        assert_eq!(refused.status_and_code(), (400, "bad_connection_option"));
+        assert!(refused.to_string().contains("Content-Length"), "{refused}");
+        for (connection, field) in [
+            ("keep-alive, transfer-encoding", "Transfer-Encoding"),
+            ("HOST", "Host"),
+            ("x-a, content-length", "Content-Length"),
+        ] {
+            let text = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\n\r\n");
+            let refused = request(&text).expect_err(&text);
+            assert_eq!(refused, HeadError::ProtectedField(field), "{text}");
+            assert!(refused.to_string().contains(field), "{refused}");
+        }
+        // Upgrade must be listed by whoever sends it (RFC 9110, 7.8); it is dropped, as
+        // it always is, and the request goes on as a plain one.
+        let text = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        let head = request(text).expect("an upgrade offer is served as a plain request");
+        let bytes = text.as_bytes();
+        assert!(is_hop_by_hop(b"Upgrade", &head.connection, bytes));
+        assert!(is_hop_by_hop(b"HTTP2-Settings", &head.connection, bytes));
+    }
+
+    #[test]
+    fn a_backend_cannot_drop_its_own_content_length_through_connection() {
+        let text =
+            "HTTP/1.1 200 OK\r\nConnection: content-length, x-hop\r\nContent-Length: 3\r\n\r\nabc";
+        let mut head = ResponseHead::default();
+        assert_eq!(parse_response(text.as_bytes(), false, &mut head), Ok(true));
+        let bytes = text.as_bytes();
+        assert_eq!(head.framing, Some(Framing::Length(3)));
+        assert!(!is_hop_by_hop(b"Content-Length", &head.connection, bytes));
+        assert!(is_hop_by_hop(b"X-Hop", &head.connection, bytes));
+    }
+
+    #[test]
+    fn a_response_with_both_framings_is_chunked_and_its_connection_not_reused() {
+        let text = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut head = ResponseHead::default();
+        assert_eq!(parse_response(text.as_bytes(), false, &mut head), Ok(true));
+        assert_eq!(head.framing, Some(Framing::Chunked));
+        assert!(
+            head.transfer_encoding,
+            "its Content-Length is dropped on the way"
+        );
+        assert!(!head.connection.keep_alive);
+        let plain = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(parse_response(plain.as_bytes(), false, &mut head), Ok(true));
+        assert!(!head.transfer_encoding && head.connection.keep_alive);
+    }
+
+    #[test]
+    fn an_empty_or_repeated_chunked_transfer_encoding_is_refused() {
+        for text in [
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        ] {
+            let refused = request(text).expect_err(text);
+            assert_eq!(refused.status_and_code(), (400, "bad_framing"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_second_host_header_is_refused() {
+        let refused = request("GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nhost: b\r\n\r\n");
+        assert_eq!(refused.expect_err("two hosts"), HeadError::DuplicateHost);
+        assert_eq!(
+            HeadError::DuplicateHost.status_and_code(),
+            (400, "duplicate_host")
+        );
+        assert!(request("GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn a_bare_lf_anywhere_in_a_chunked_body_is_refused() {
+        for bad in [
+            // In the places the scanner always checked: after a size, after data, at
+            // the end of a trailer line and of the body.
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\nX-T: 1\n\r\n",
+            b"0\r\n\n",
+            // In a chunk extension: a parser that ends the line at the LF reads `0` as
+            // the last chunk, and what follows as a new request.
+            b"5;a=b\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n\r\nhello\r\n0\r\n\r\n",
+            b"5;\nx\r\nhello\r\n0\r\n\r\n",
+            // In the trailers, inside a line and where one starts.
+            b"0\r\nX-T: a\nb\r\n\r\n",
+            b"0\r\n\nX-T: 1\r\n\r\n",
+            // Other control characters there too.
+            b"5;a=\0\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nX-T: \x0b\r\n\r\n",
+        ] {
+            // Whole, and a byte at a time (the LF may come alone in a read).
+            let mut scanner = Chunked::default();
+            assert!(
+                scanner.scan(bad, |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+            let mut scanner = Chunked::default();
+            let failed = bad.chunks(1).any(|b| scanner.scan(b, |_| {}).is_err());
+            assert!(
+                failed,
+                "a byte at a time: {:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Tabs are allowed where whitespace is.
+        let mut scanner = Chunked::default();
+        let good = b"5;\ta=b\r\nhello\r\n0\r\nX-T:\t1\r\n\r\n";
+        assert_eq!(scanner.scan(good, |_| {}), Ok(good.len()));
+        assert!(scanner.is_done());
     }
 
     #[test]

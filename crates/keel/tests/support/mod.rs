@@ -1006,3 +1006,43 @@ pub fn acknowledged_writes(report: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Makes sure this process may hold `want` open files (and so may the processes it
+/// starts from now on, which inherit the limit), raising the soft limit up to the hard one
+/// with `prlimit(1)`. Panics, saying why, when that is not possible: a test that needs
+/// many connections would otherwise fail in a way that hides the cause.
+pub fn raise_open_files(want: u64) {
+    fn limits() -> (u64, String) {
+        let text = fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_default()
+            .to_owned();
+        let mut numbers = line
+            .split_whitespace()
+            .skip(3)
+            .map(|n| n.parse::<u64>().unwrap_or(u64::MAX));
+        let soft = numbers.next().unwrap_or(0);
+        let hard = numbers.next().unwrap_or(0);
+        (soft, format!("soft {soft}, hard {hard}"))
+    }
+    let (soft, shown) = limits();
+    if soft >= want {
+        return;
+    }
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={want}:"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let (now, after) = limits();
+    assert!(
+        now >= want,
+        "this test needs {want} open files; the limit was {shown} and prlimit ({status:?}) left it at {after}"
+    );
+}
