@@ -6,12 +6,14 @@
 # one write in flight each, unique keys, same value size), stops it, and prints a table.
 #
 #   keel   primary + 1 sync standby          PUT /v1/kv/{key}
+#   keel-tls  the same, closed and on mutual TLS (cluster secret, keel certs): replication
+#          and the client's connections encrypted — the cost of running across hosts
 #   etcd   3 members (Debian etcd-server)     POST /v3/kv/put via the JSON gateway, to the leader
 #   redis  master + 1 replica, appendfsync always on both; SET then WAIT 1 0
 #
 # Usage:  scripts/bench/replication.sh
 # Knobs (environment): DURATION=10s WARMUP=2s CONCURRENCY=64 VALUE_SIZE=64
-#                      TARGETS="keel etcd redis"  KEEP_TMP=1 (keep data dirs and logs)
+#                      TARGETS="keel keel-tls etcd redis"  KEEP_TMP=1 (keep data dirs and logs)
 #                      SKIP_BUILD=1 (use the binaries already built)
 #                      CARGO_TARGET_DIR (where cargo builds; target by default)
 #
@@ -23,7 +25,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-64}
 VALUE_SIZE=${VALUE_SIZE:-64}
-TARGETS=${TARGETS:-keel etcd redis}
+TARGETS=${TARGETS:-keel keel-tls etcd redis}
 READY_TIMEOUT=30 # seconds to wait for a cluster to be up before giving up
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -54,11 +56,12 @@ REPLICA_HOLDS=()
 bench() {
     local target=$1 url=$2
     log "$target: ${CONCURRENCY} clients, warm-up ${WARMUP}, measuring ${DURATION}"
+    local label=${3:-$target} extra=("${@:4}")
     "$BIN_DIR/keel-writebench" --target "$target" --url "$url" --concurrency "$CONCURRENCY" \
         --duration "$DURATION" --warmup "$WARMUP" --value-size "$VALUE_SIZE" --json \
-        >"$TMP/$target.json"
+        "${extra[@]}" | jq --arg label "$label" '.target = $label' >"$TMP/$label.json"
     jq -r '"[bench] \(.target): \(.writes_per_s | floor) writes/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, \(.errors) errors"' \
-        "$TMP/$target.json" >&2
+        "$TMP/$label.json" >&2
 }
 
 # --- keel -------------------------------------------------------------------------------
@@ -87,6 +90,35 @@ run_keel() {
     KEEL_RSS_PRIMARY_AFTER=$(rss_kb "$primary")
     REPLICA_HOLDS+=("keel standby lsn $(curl -fsS --max-time 2 "http://127.0.0.1:$p2/health" | jq -r .lsn)")
     stop_all
+}
+
+# keel closed and on TLS: the same pair with the cluster secret and certificates from
+# keel certs; the client speaks TLS to the primary too.
+run_keel_tls() {
+    local p1 p2 tls="$TMP/tls" ca member_flags
+    p1=$(free_port)
+    p2=$(free_port)
+    mkdir -p "$TMP/keeltls1" "$TMP/keeltls2"
+    "$BIN_DIR/keel" certs --dir "$tls" app1 app2 >/dev/null
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TMP/cluster.secret"
+    ca="$tls/ca.pem"
+    tls_of() { echo --tls-cert "$tls/$1.pem" --tls-key "$tls/$1.key" --tls-ca "$ca"; }
+    member_flags=(--cluster-secret-file "$TMP/cluster.secret")
+    # shellcheck disable=SC2046 # tls_of prints flags to split
+    start keel-tls-app2 "$BIN_DIR/keel" node --id app2 --listen "127.0.0.1:$p2" \
+        --data-dir "$TMP/keeltls2" --role standby "${member_flags[@]}" $(tls_of app2)
+    # shellcheck disable=SC2046
+    start keel-tls-app1 "$BIN_DIR/keel" node --id app1 --listen "127.0.0.1:$p1" \
+        --data-dir "$TMP/keeltls1" --role primary --standby "https://127.0.0.1:$p2" \
+        "${member_flags[@]}" $(tls_of app1)
+    wait_until "keel (TLS) primary with a streaming standby" keel_streaming_tls "https://127.0.0.1:$p1" "$ca"
+    bench keel "https://127.0.0.1:$p1" keel-tls --tls-ca "$ca"
+    REPLICA_HOLDS+=("keel-tls standby lsn $(curl -fsS --cacert "$ca" --max-time 2 "https://127.0.0.1:$p2/health" | jq -r .lsn)")
+    stop_all
+}
+
+keel_streaming_tls() {
+    curl -fsS --cacert "$2" --max-time 1 "$1/health" | jq -e '.standbys | length > 0 and all(.state == "streaming")'
 }
 
 # --- etcd -------------------------------------------------------------------------------
@@ -159,11 +191,11 @@ report() {
     echo "host: $(nproc) cores, $(uname -r), load average at start ${LOADAVG}"
     echo "fsync probe: ${FSYNC_US} µs per 4 KiB O_DSYNC write (dd) in ${TMPDIR:-/tmp}"
     echo
-    printf '%-7s %11s %9s %9s %9s %9s %8s\n' target writes/s p50_ms p99_ms p99.9_ms max_ms errors
+    printf '%-8s %11s %9s %9s %9s %9s %8s\n' target writes/s p50_ms p99_ms p99.9_ms max_ms errors
     for t in $TARGETS; do
         if [[ -f $TMP/$t.json ]]; then
             jq -r '[.target, (.writes_per_s | floor), .p50_ms, .p99_ms, .p999_ms, .max_ms, .errors] | @tsv' "$TMP/$t.json" |
-                awk -F'\t' '{ printf "%-7s %11d %9.2f %9.2f %9.2f %9.2f %8d\n", $1, $2, $3, $4, $5, $6, $7 }'
+                awk -F'\t' '{ printf "%-8s %11d %9.2f %9.2f %9.2f %9.2f %8d\n", $1, $2, $3, $4, $5, $6, $7 }'
         fi
     done
     for t in $TARGETS; do
@@ -179,7 +211,11 @@ report() {
     ep=$(field etcd p99_ms)
     rw=$(field redis writes_per_s)
     rp=$(field redis p99_ms)
-    echo "writes/s  keel/etcd $(ratio "$kw" "$ew")   keel/redis $(ratio "$kw" "$rw")"
+    local tw tp
+    tw=$(field keel-tls writes_per_s)
+    tp=$(field keel-tls p99_ms)
+    echo "writes/s  keel/etcd $(ratio "$kw" "$ew")   keel/redis $(ratio "$kw" "$rw")   keel-tls/keel $(ratio "$tw" "$kw") (target: at least 0.85)"
+    echo "p99       keel-tls/keel $(ratio "$tp" "$kp")"
     echo "p99       keel/etcd $(ratio "$kp" "$ep")   keel/redis $(ratio "$kp" "$rp")   (below 1: keel's p99 is lower)"
     if ((${#REPLICA_HOLDS[@]} > 0)); then
         local holds
@@ -208,7 +244,7 @@ main() {
     install_missing
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         local packages=(-p keel-bench)
-        [[ " $TARGETS " == *" keel "* ]] && packages+=(-p keel)
+        [[ " $TARGETS " == *" keel"* ]] && packages+=(-p keel)
         log "building ${packages[*]} (release)"
         cargo build --release "${packages[@]}"
     fi
@@ -219,9 +255,10 @@ main() {
     for t in $TARGETS; do
         case $t in
         keel) run_keel ;;
+        keel-tls) run_keel_tls ;;
         etcd) run_etcd ;;
         redis) run_redis ;;
-        *) die "unknown target $t (keel, etcd, redis)" ;;
+        *) die "unknown target $t (keel, keel-tls, etcd, redis)" ;;
         esac
     done
     report

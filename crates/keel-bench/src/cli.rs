@@ -69,6 +69,10 @@ pub struct Args {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
+
+    /// The CA (PEM) to check an `https://` target's certificate against (keel on TLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// The failover writer. It finds the primary itself and follows it through failovers;

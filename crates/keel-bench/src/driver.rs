@@ -56,13 +56,21 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
 }
 
 async fn connect_all(args: &Args) -> anyhow::Result<Vec<Writer>> {
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            keel_core::tls::client_for_ca(ca)
+                .with_context(|| format!("--tls-ca {}", ca.display()))?,
+        ))),
+        None => None,
+    };
     let mut pending = JoinSet::new();
     for _ in 0..args.concurrency {
         let url = args.url.clone();
         let target = args.target;
         let timeout = args.timeout;
+        let tls = tls.clone();
         pending.spawn(async move {
-            tokio::time::timeout(timeout, Writer::connect(target, &url))
+            tokio::time::timeout(timeout, Writer::connect(target, &url, tls.as_ref()))
                 .await
                 .with_context(|| format!("connecting to {url} took over {timeout:?}"))?
         });

@@ -243,11 +243,12 @@ async fn attempt(
     let writer = match connection {
         Some((url, writer)) if *url == primary => writer,
         slot => {
-            let writer = tokio::time::timeout(plan.timeout, Writer::connect(plan.target, &primary))
-                .await
-                .with_context(|| {
-                    format!("connecting to {primary} took over {:?}", plan.timeout)
-                })??;
+            let writer =
+                tokio::time::timeout(plan.timeout, Writer::connect(plan.target, &primary, None))
+                    .await
+                    .with_context(|| {
+                        format!("connecting to {primary} took over {:?}", plan.timeout)
+                    })??;
             &mut slot.insert((primary, writer)).1
         }
     };

@@ -28,25 +28,42 @@ pub struct HttpWriter {
     authority: String,
     /// `None` after a transport error; the next write reconnects.
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// For an `https://` URL: TLS, and the name to check the server's certificate for.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
 }
 
 impl HttpWriter {
-    pub async fn connect(api: HttpApi, url: &str) -> anyhow::Result<Self> {
+    pub async fn connect(
+        api: HttpApi,
+        url: &str,
+        tls: Option<&tokio_rustls::TlsConnector>,
+    ) -> anyhow::Result<Self> {
         let uri: Uri = url
             .parse()
             .with_context(|| format!("`{url}` is not a URL like http://127.0.0.1:8081"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("`{url}`: only http:// is supported");
-        }
         let authority = uri
             .authority()
-            .with_context(|| format!("`{url}` has no host:port"))?
-            .to_string();
-        let sender = open(&authority).await?;
+            .with_context(|| format!("`{url}` has no host:port"))?;
+        let tls = match (uri.scheme_str(), tls) {
+            (Some("http"), _) => None,
+            (Some("https"), Some(tls)) => {
+                Some((tls.clone(), keel_core::tls::server_name(authority.host())?))
+            }
+            (Some("https"), None) => {
+                bail!("`{url}` is https: pass --tls-ca with the CA to check it against")
+            }
+            _ => bail!("`{url}`: only http:// and https:// are supported"),
+        };
+        let authority = authority.to_string();
+        let sender = open(&authority, tls.as_ref()).await?;
         Ok(Self {
             api,
             authority,
             sender: Some(sender),
+            tls,
         })
     }
 
@@ -54,7 +71,7 @@ impl HttpWriter {
         let request = self.request(key, value)?;
         let sender = match &mut self.sender {
             Some(sender) if !sender.is_closed() => sender,
-            slot => slot.insert(open(&self.authority).await?),
+            slot => slot.insert(open(&self.authority, self.tls.as_ref()).await?),
         };
         match exchange(sender, request).await {
             Ok(Ok(())) => Ok(()),
@@ -95,13 +112,35 @@ impl HttpWriter {
     }
 }
 
-async fn open(authority: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+async fn open(
+    authority: &str,
+    tls: Option<&(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(authority)
         .await
         .with_context(|| format!("connecting to {authority}"))?;
     // Every request is one small write; Nagle would hold it back waiting for an ACK.
     stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    match tls {
+        Some((connector, name)) => {
+            let stream = connector
+                .connect(name.clone(), stream)
+                .await
+                .with_context(|| format!("TLS with {authority}"))?;
+            handshake(TokioIo::new(stream)).await
+        }
+        None => handshake(TokioIo::new(stream)).await,
+    }
+}
+
+async fn handshake<T>(io: T) -> anyhow::Result<SendRequest<Full<Bytes>>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io).await?;
     tokio::spawn(async move {
         // A broken connection shows up as an error on the next request, which is where
         // it is counted; nothing to do with it here.

@@ -15,10 +15,15 @@ pub enum Writer {
 
 impl Writer {
     /// Opens the connection, so that connecting is not timed as part of the first write.
-    pub async fn connect(target: Target, url: &str) -> anyhow::Result<Self> {
+    /// `tls` speaks TLS to an `https://` URL.
+    pub async fn connect(
+        target: Target,
+        url: &str,
+        tls: Option<&tokio_rustls::TlsConnector>,
+    ) -> anyhow::Result<Self> {
         Ok(match target {
-            Target::Keel => Self::Http(HttpWriter::connect(HttpApi::Keel, url).await?),
-            Target::Etcd => Self::Http(HttpWriter::connect(HttpApi::Etcd, url).await?),
+            Target::Keel => Self::Http(HttpWriter::connect(HttpApi::Keel, url, tls).await?),
+            Target::Etcd => Self::Http(HttpWriter::connect(HttpApi::Etcd, url, tls).await?),
             Target::Redis => Self::Redis(RedisWriter::connect(url).await?),
         })
     }
