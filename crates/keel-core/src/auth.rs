@@ -682,6 +682,14 @@ impl Verifier {
     }
 }
 
+/// The `Keel-Auth` value of a message's headers, if it has one (as text).
+pub fn signature_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get(AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// A member or operator tool's signing side: its key and the id it signs as.
 #[derive(Debug, Clone)]
 pub struct Signer {

@@ -131,11 +131,7 @@ fn signed_get(
 }
 
 fn answer_signature(response: &reqwest::Response) -> Option<String> {
-    response
-        .headers()
-        .get(AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    keel_core::auth::signature_of(response.headers())
 }
 
 /// With a signer, the answer must carry a member's signature over the request's nonce.

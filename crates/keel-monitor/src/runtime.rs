@@ -357,11 +357,7 @@ async fn probe_once(
     };
     let response = request.send().await.map_err(|e| e.to_string())?;
     let status = response.status();
-    let header = response
-        .headers()
-        .get(keel_core::auth::AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = keel_core::auth::signature_of(response.headers());
     let body = response.bytes().await.map_err(|e| e.to_string())?;
     if let (Some(signer), Some(signed)) = (signer, &signed) {
         signer

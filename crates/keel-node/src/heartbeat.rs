@@ -149,11 +149,7 @@ async fn post<T: serde::Serialize>(
     }
     let resp = request.body(body).send().await.map_err(|e| chain(&e))?;
     let status = resp.status();
-    let answer_sig = resp
-        .headers()
-        .get(keel_core::auth::AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let answer_sig = keel_core::auth::signature_of(resp.headers());
     let bytes = resp.bytes().await.map_err(|e| chain(&e))?;
     if let (Some(signer), Some(signed)) = (&shared.signer, &signed) {
         signer

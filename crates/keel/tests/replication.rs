@@ -211,6 +211,17 @@ fn kill9_standby_gives_bounded_503s_never_an_unreplicated_ack_then_it_catches_up
     assert_eq!(standby.health()["lsn"], primary.health()["lsn"]);
 }
 
+/// Reads an answer's head, byte by byte so that nothing after it is taken.
+fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("read head");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// Opens a replication stream by hand, the way a primary would.
 fn open_stream(url: &str, epoch: u64) -> (u16, String, TcpStream) {
     let addr = url.trim_start_matches("http://");
@@ -222,13 +233,7 @@ fn open_stream(url: &str, epoch: u64) -> (u16, String, TcpStream) {
         "GET /v1/replication HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: keel-replication/2\r\nKeel-Epoch: {epoch}\r\nKeel-Node: rogue\r\n\r\n"
     )
     .expect("send upgrade");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte).expect("read head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    let head = read_head(&mut tcp);
     let status: u16 = head
         .split_whitespace()
         .nth(1)
@@ -695,17 +700,8 @@ fn a_peer_declaring_a_huge_frame_costs_the_standby_only_what_it_sent() {
             signed.header
         )
         .expect("send upgrade");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            tcp.read_exact(&mut byte).expect("read head");
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        let head = read_head(&mut tcp);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         // The declared length, then only a few of its bytes.
         tcp.write_all(&declared.to_be_bytes()).expect("length");
         tcp.write_all(&[0u8; 100]).expect("some bytes");

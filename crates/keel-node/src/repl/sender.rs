@@ -192,11 +192,7 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .map_err(|_| StreamError::Connect(format!("{addr}: no answer to the upgrade")))?
         .map_err(|e| StreamError::Connect(e.to_string()))?;
     let status = resp.status();
-    let answer_sig = resp
-        .headers()
-        .get(keel_core::auth::AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let answer_sig = keel_core::auth::signature_of(resp.headers());
     if status != StatusCode::SWITCHING_PROTOCOLS {
         // Whatever answered may not be a keel node: read at most 64 KiB, briefly.
         let limited = http_body_util::Limited::new(resp.into_body(), 64 << 10);
