@@ -33,7 +33,7 @@ impl DataAnswer {
 /// Why the data tier did not give an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("--data {url:?} is not an http:// URL")]
+    #[error("--data {url:?} is not an http:// URL (or https:// with --tls-cert, --tls-key and --tls-ca)")]
     BadUrl { url: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(reqwest::Error),
@@ -47,17 +47,26 @@ pub enum DataError {
 
 impl DataTier {
     /// A client for the data tier at `url`; every call gives up after `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> Result<DataTier, DataError> {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        tls: Option<&keel_core::tls::Tls>,
+    ) -> Result<DataTier, DataError> {
         let url = url.trim_end_matches('/').to_owned();
-        if !url.starts_with("http://") || url.len() == "http://".len() {
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://").filter(|_| tls.is_some()));
+        if host.is_none_or(str::is_empty) {
             return Err(DataError::BadUrl { url });
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(DataError::Client)?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(tls) = tls {
+            http = http.tls_backend_preconfigured(tls.client_config());
+        }
+        let http = http.build().map_err(DataError::Client)?;
         Ok(DataTier { url, http })
     }
 

@@ -69,6 +69,8 @@ pub struct ServiceConfig {
     pub redis_timeout: Duration,
     /// The breaker in front of Redis ([`redis_visits::default_breaker`]).
     pub redis_breaker: keel_resilience::Config,
+    /// TLS for the listener and for the calls to an `https://` data tier (`--tls-*`).
+    pub tls: Option<keel_core::tls::Tls>,
 }
 
 /// Why the service could not run.
@@ -120,7 +122,7 @@ pub async fn run(
         shutdown,
         Duration::from_secs(5),
         stopping,
-        None,
+        config.tls.as_ref(),
     )
     .await;
     Ok(())
@@ -155,7 +157,11 @@ fn build(
         ));
     }
     let data = match &config.data {
-        Some(url) => Some(DataTier::new(url, config.data_timeout)?),
+        Some(url) => Some(DataTier::new(
+            url,
+            config.data_timeout,
+            config.tls.as_ref(),
+        )?),
         None => None,
     };
     let redis = match &config.redis {

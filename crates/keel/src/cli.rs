@@ -437,6 +437,9 @@ pub struct ServiceArgs {
     #[arg(long, value_name = "SPEC", default_value = "failures=1,open=5s,half-open=1",
           value_parser = keel_service::breaker_spec::parse, requires = "redis")]
     pub redis_breaker: keel_resilience::Config,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// `keel flaky`: see docs/resilience.md.

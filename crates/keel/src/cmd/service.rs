@@ -16,6 +16,7 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         redis: args.redis,
         redis_timeout: args.redis_timeout,
         redis_breaker: args.redis_breaker,
+        tls: super::load_tls(&args.tls)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
