@@ -284,7 +284,11 @@ pub(crate) async fn forward(
                 };
             }
             Exchange::NotSent(error) => {
-                pool.connect_failed(&backend, now);
+                if pool.connect_failed(&backend, now).is_some() {
+                    // The ejection's own line says only that no connection was made;
+                    // this one says why (a certificate another CA signed, say).
+                    tracing::warn!(backend = %backend.name, %error, "no connection to the backend");
+                }
                 failure = Some(bad_gateway(&backend, &error.to_string(), false));
                 if more && may_retry(proxy, pool, &backend, now) {
                     continue;
