@@ -393,3 +393,41 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_backend_url;
+
+    #[tokio::test]
+    async fn an_https_backend_without_the_proxys_tls_is_not_connected_and_says_what_to_do() {
+        // A data node of a tier on TLS, as a proxy started without TLS sees it.
+        let url = "https://127.0.0.1:1";
+        let addr = parse_backend_url(url).expect("an https URL");
+        let backend = Backend::new("app1".into(), url.into(), &addr, 1, None);
+        assert!(backend.is_tls());
+        let err = backend
+            .connect(Duration::from_secs(1))
+            .await
+            .expect_err("no TLS to connect with");
+        assert!(matches!(err, ConnectError::NoTls { .. }), "{err}");
+        let said = err.to_string();
+        assert!(said.contains(url) && said.contains("--tls-cert"), "{said}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_backend_is_reached_without_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let addr = parse_backend_url(&url).expect("an http URL");
+        let backend = Backend::new("app".into(), url, &addr, 1, None);
+        assert!(!backend.is_tls());
+        let conn = backend
+            .connect(Duration::from_secs(1))
+            .await
+            .expect("a connection");
+        assert!(matches!(conn.stream, Stream::Plain(_)));
+    }
+}

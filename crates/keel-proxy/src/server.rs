@@ -265,15 +265,17 @@ mod tests {
         tls: Option<Tls>,
         edit: impl FnOnce(&mut Config),
     ) -> (SocketAddr, Arc<Proxy>, watch::Sender<bool>) {
-        let mut config = Config::default();
-        config.backends = backends
-            .iter()
-            .map(|(name, url)| BackendConfig {
-                name: (*name).to_owned(),
-                url: (*url).to_owned(),
-                weight: 1,
-            })
-            .collect();
+        let mut config = Config {
+            backends: backends
+                .iter()
+                .map(|(name, url)| BackendConfig {
+                    name: (*name).to_owned(),
+                    url: (*url).to_owned(),
+                    weight: 1,
+                })
+                .collect(),
+            ..Config::default()
+        };
         config.health.interval = Duration::ZERO;
         edit(&mut config);
         config.check().expect("a valid configuration");
