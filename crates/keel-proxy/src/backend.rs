@@ -6,23 +6,35 @@
 //! be retried for any method, a request that went out may not), must hand a connection
 //! back only once its answer has been read to the end, and relays bytes on the raw socket
 //! in the client connection's own task (see [`crate::wire`]).
+//!
+//! An `https://` backend is reached over TLS: the proxy checks the backend's certificate
+//! against the cluster CA for the URL's host, and shows its own certificate as a client
+//! (a member's, as between any two members). Its connections are kept alive in the same
+//! pool as plain ones.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Context;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use keel_core::tls::Tls;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::config::{BackendAddr, Scheme};
 use crate::health::{Health, Policy, State, Transition};
 use crate::metrics::Histogram;
+use crate::stream::{BackendStream, Stream};
 
 /// A keep-alive connection to a backend: the socket and what has been read from it.
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     /// Read from the backend and not yet passed on.
     pub buf: BytesMut,
     /// It served an earlier request (a backend may have closed it since).
@@ -32,9 +44,26 @@ pub struct Conn {
 impl Conn {
     /// Whether the backend has left the connection open and sent nothing unasked: a read
     /// that would block. A closed connection reads its end (or an error) at once.
-    fn is_open(&self) -> bool {
+    fn is_open(&mut self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        match &mut self.stream {
+            Stream::Plain(stream) => {
+                matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            // Not the socket itself: what is on it is TLS records, and a server may send
+            // some unasked that are not data (TLS 1.3 session tickets), which rustls takes
+            // in without a byte for the reader. So one read through TLS, polled once, with
+            // a waker that is never woken: pending means nothing came but records rustls
+            // dealt with; data, an end, a close_notify or an error means the connection
+            // cannot carry a request.
+            Stream::Tls(stream) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut buf = ReadBuf::new(&mut probe);
+                Pin::new(stream.as_mut())
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
+            }
+        }
     }
 }
 
@@ -44,6 +73,30 @@ const CONN_BUFFER: usize = 8 * 1024;
 /// Idle connections kept per backend; more are closed when handed back.
 const MAX_IDLE: usize = 1024;
 
+/// How connections to a backend are opened.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    /// TLS, checking the backend's certificate for `name`.
+    Tls {
+        connector: tokio_rustls::TlsConnector,
+        name: ServerName<'static>,
+    },
+    /// An `https://` backend, and the proxy has no TLS to reach it with (a data node
+    /// of a tier on TLS, seen by a proxy started without it).
+    NoTls,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Plain => f.write_str("Plain"),
+            Transport::Tls { name, .. } => write!(f, "Tls({name:?})"),
+            Transport::NoTls => f.write_str("NoTls"),
+        }
+    }
+}
+
 /// A backend of a pool, or a data node of the cluster route.
 #[derive(Debug)]
 pub struct Backend {
@@ -52,6 +105,7 @@ pub struct Backend {
     pub name_header: http::HeaderValue,
     pub url: String,
     pub addr: SocketAddr,
+    transport: Transport,
     /// The configured weight (the admin API may change it).
     weight: AtomicU32,
     drained: AtomicBool,
@@ -92,24 +146,58 @@ pub struct Stats {
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The connection (TLS handshake included) was not made in time.
     #[error("connecting to {addr} timed out after {after:?}")]
     TimedOut { addr: SocketAddr, after: Duration },
+    /// The backend refused the connection, or could not be reached.
     #[error("cannot connect to {addr}: {source}")]
     Refused {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The TLS handshake failed: most often a certificate another CA signed, or one
+    /// that does not name the URL's host.
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// An `https://` backend, and the proxy has no TLS.
+    #[error(
+        "{url} is on TLS and this proxy has none: start it with --tls-cert, --tls-key and --tls-ca"
+    )]
+    NoTls { url: String },
 }
 
 impl Backend {
-    pub fn new(name: String, url: String, addr: SocketAddr, weight: u32) -> Backend {
+    /// A backend at `addr`; with `tls` (the proxy's), an `https://` one is reached over
+    /// TLS.
+    pub fn new(
+        name: String,
+        url: String,
+        addr: &BackendAddr,
+        weight: u32,
+        tls: Option<&Tls>,
+    ) -> Backend {
         let name_header = http::HeaderValue::from_str(&name)
             .unwrap_or_else(|_| http::HeaderValue::from_static("backend"));
+        let transport = match (addr.scheme, tls) {
+            (Scheme::Http, _) => Transport::Plain,
+            (Scheme::Https, None) => Transport::NoTls,
+            (Scheme::Https, Some(tls)) => Transport::Tls {
+                connector: tls.connector(),
+                // The host of a parsed URL is an IP address or `localhost`, both names a
+                // certificate can carry; were it neither, the address connected to is.
+                name: keel_core::tls::server_name(&addr.host)
+                    .unwrap_or_else(|_| ServerName::IpAddress(addr.socket.ip().into())),
+            },
+        };
         Backend {
             name_header,
             name,
             url,
-            addr,
+            addr: addr.socket,
+            transport,
             weight: AtomicU32::new(weight),
             drained: AtomicBool::new(false),
             up: AtomicBool::new(true),
@@ -205,7 +293,7 @@ impl Backend {
     /// An idle connection that is still open, if there is one.
     pub fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(conn) = idle.pop() {
+        while let Some(mut conn) = idle.pop() {
             if conn.is_open() {
                 return Some(conn);
             }
@@ -234,25 +322,52 @@ impl Backend {
             .clear();
     }
 
-    /// A new connection.
+    /// Whether connections to it are TLS.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.transport, Transport::Plain)
+    }
+
+    /// A new connection, for requests.
     pub async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+        Ok(Conn {
+            stream: self.open(timeout).await?,
+            buf: BytesMut::with_capacity(CONN_BUFFER),
+            reused: false,
+        })
+    }
+
+    /// A new connection, TLS handshake done for an `https://` backend, all within
+    /// `timeout`: to a client of the proxy, opening a connection is one step, however
+    /// many round trips it takes.
+    pub async fn open(&self, timeout: Duration) -> Result<BackendStream, ConnectError> {
         let addr = self.addr;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err(ConnectError::TimedOut {
-                    addr,
-                    after: timeout,
-                });
-            }
+        if let Transport::NoTls = self.transport {
+            return Err(ConnectError::NoTls {
+                url: self.url.clone(),
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let timed_out = || ConnectError::TimedOut {
+            addr,
+            after: timeout,
+        };
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Err(_) => return Err(timed_out()),
             Ok(Err(source)) => return Err(ConnectError::Refused { addr, source }),
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
-        Ok(Conn {
-            stream,
-            buf: BytesMut::with_capacity(CONN_BUFFER),
-            reused: false,
-        })
+        match &self.transport {
+            Transport::Plain | Transport::NoTls => Ok(Stream::Plain(stream)),
+            Transport::Tls { connector, name } => {
+                let handshake = connector.connect(name.clone(), stream);
+                match tokio::time::timeout_at(deadline, handshake).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(Err(source)) => Err(ConnectError::Tls { addr, source }),
+                    Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
+                }
+            }
+        }
     }
 
     /// Counts an answer of this status.
@@ -276,5 +391,43 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_backend_url;
+
+    #[tokio::test]
+    async fn an_https_backend_without_the_proxys_tls_is_not_connected_and_says_what_to_do() {
+        // A data node of a tier on TLS, as a proxy started without TLS sees it.
+        let url = "https://127.0.0.1:1";
+        let addr = parse_backend_url(url).expect("an https URL");
+        let backend = Backend::new("app1".into(), url.into(), &addr, 1, None);
+        assert!(backend.is_tls());
+        let err = backend
+            .connect(Duration::from_secs(1))
+            .await
+            .expect_err("no TLS to connect with");
+        assert!(matches!(err, ConnectError::NoTls { .. }), "{err}");
+        let said = err.to_string();
+        assert!(said.contains(url) && said.contains("--tls-cert"), "{said}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_backend_is_reached_without_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let addr = parse_backend_url(&url).expect("an http URL");
+        let backend = Backend::new("app".into(), url, &addr, 1, None);
+        assert!(!backend.is_tls());
+        let conn = backend
+            .connect(Duration::from_secs(1))
+            .await
+            .expect("a connection");
+        assert!(matches!(conn.stream, Stream::Plain(_)));
     }
 }

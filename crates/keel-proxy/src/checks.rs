@@ -3,7 +3,9 @@
 //!
 //! A new connection each time, as HAProxy does: a check then also proves that the backend
 //! still accepts connections, which a reused keep-alive connection would not.
-//! A check passes on any 2xx or 3xx answer within `health.timeout`.
+//! A check passes on any 2xx or 3xx answer within `health.timeout`. An `https://`
+//! backend is checked over TLS, as requests reach it: a backend whose certificate the
+//! proxy would refuse fails its checks.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -52,16 +54,14 @@ pub async fn run(proxy: Weak<Proxy>, backend: Weak<Backend>) {
 
 /// One check: `Ok` on a 2xx or 3xx within `timeout`, else what went wrong.
 pub async fn check_once(backend: &Backend, path: &str, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, exchange(backend, path)).await {
+    match tokio::time::timeout(timeout, exchange(backend, path, timeout)).await {
         Err(_) => Err(format!("no answer within {timeout:?}")),
         Ok(result) => result,
     }
 }
 
-async fn exchange(backend: &Backend, path: &str) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(backend.addr)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+async fn exchange(backend: &Backend, path: &str, timeout: Duration) -> Result<(), String> {
+    let stream = backend.open(timeout).await.map_err(|e| e.to_string())?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -11,6 +11,10 @@
 //!   which is how reads spread over the data nodes as in the PostgreSQL homework.
 //! - While a failover runs, or when no primary is known, the answer is
 //!   `503 failover_in_progress` (or `no_primary`) with `Retry-After` and a JSON reason.
+//! - When the tier runs on TLS its nodes are `https://` in the monitor's view, and the
+//!   route reaches them over TLS with the proxy's own certificate, checking theirs
+//!   against the cluster CA (a proxy without TLS answers `503 node_unreachable` saying
+//!   so).
 //! - The body of a data request is read whole first (a node takes at most 1 MiB), so a
 //!   request a node refused with 421, or that could not be delivered, can go to the new
 //!   primary unchanged.
@@ -56,6 +60,8 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Signs reads of the monitor and checks its answers (with the cluster secret).
     signer: Option<Signer>,
+    /// The proxy's TLS, for the monitor and for data nodes on TLS.
+    tls: Option<keel_core::tls::Tls>,
     stop: watch::Sender<bool>,
 }
 
@@ -97,6 +103,7 @@ impl Cluster {
             next_standby: AtomicUsize::new(0),
             http,
             signer,
+            tls: tls.cloned(),
             stop: watch::channel(false).0,
         })
     }
@@ -232,7 +239,13 @@ impl Cluster {
             return Some(Arc::clone(backend));
         }
         let addr = parse_backend_url(url).ok()?;
-        let backend = Arc::new(Backend::new(id.to_owned(), url.to_owned(), addr, 1));
+        let backend = Arc::new(Backend::new(
+            id.to_owned(),
+            url.to_owned(),
+            &addr,
+            1,
+            self.tls.as_ref(),
+        ));
         nodes.insert(url.to_owned(), Arc::clone(&backend));
         Some(backend)
     }

@@ -147,7 +147,7 @@ pub struct BackendConfig {
     /// The name in `Keel-Backend`, the admin API and the metrics (default: host:port).
     #[serde(default)]
     pub name: String,
-    /// `http://IP:PORT`.
+    /// `http://IP:PORT`, or `https://IP:PORT` for a backend on TLS ([`parse_backend_url`]).
     pub url: String,
     #[serde(default = "one")]
     pub weight: u32,
@@ -298,7 +298,7 @@ impl Config {
             let addr =
                 parse_backend_url(&backend.url).map_err(|reason| invalid(key("url"), reason))?;
             if backend.name.is_empty() {
-                backend.name = addr.to_string();
+                backend.name = addr.socket.to_string();
             }
             check_name(&backend.name).map_err(|reason| invalid(key("name"), reason))?;
             if !names.insert(backend.name.clone()) {
@@ -310,7 +310,9 @@ impl Config {
                     ),
                 ));
             }
-            if !urls.insert(addr) {
+            // One server, whichever way it is written (http or https, localhost or
+            // 127.0.0.1): a port speaks one protocol.
+            if !urls.insert(addr.socket) {
                 return Err(invalid(
                     key("url"),
                     format!("{} is listed twice", backend.url),
@@ -325,17 +327,37 @@ impl Config {
         }
         self.check_timing()?;
         if let Some(cluster) = &mut self.cluster {
-            // The monitor is read with an HTTP client, which speaks TLS to an https one.
-            let plain = match cluster.monitor.strip_prefix("https://") {
-                Some(rest) => format!("http://{rest}"),
-                None => cluster.monitor.clone(),
-            };
-            parse_backend_url(&plain).map_err(|reason| invalid("cluster.monitor", reason))?;
+            parse_backend_url(&cluster.monitor)
+                .map_err(|reason| invalid("cluster.monitor", reason))?;
             cluster.monitor = cluster.monitor.trim_end_matches('/').to_owned();
             if !cluster.prefix.starts_with('/') || cluster.prefix.len() < 2 {
                 return Err(invalid(
                     "cluster.prefix",
                     format!("{:?} must be a path such as /v1/", cluster.prefix),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the proxy can speak to every `https://` backend: it needs TLS of its
+    /// own (`tls`: started with `--tls-cert`, `--tls-key` and `--tls-ca`) to check their
+    /// certificates against the cluster CA and show its own. Kept apart from
+    /// [`Config::check`] because TLS comes from flags, not from the file.
+    pub fn check_tls(&self, tls: bool) -> Result<(), ConfigError> {
+        if tls {
+            return Ok(());
+        }
+        for (i, backend) in self.backends.iter().enumerate() {
+            if parse_backend_url(&backend.url).is_ok_and(|a| a.scheme == Scheme::Https) {
+                return Err(invalid(
+                    format!("backend[{i}].url"),
+                    format!(
+                        "{} is an https:// backend, and this proxy has no TLS to reach it with: \
+                         start the proxy with --tls-cert, --tls-key and --tls-ca (keel certs \
+                         makes them), or give the backend as http://",
+                        backend.url
+                    ),
                 ));
             }
         }
@@ -416,24 +438,97 @@ impl Config {
     }
 }
 
-/// `http://IP:PORT` (or `localhost`) with nothing after it: a backend is a server, not
-/// a path on one.
-pub fn parse_backend_url(url: &str) -> Result<SocketAddr, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+/// How the proxy speaks to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP/1.1 (`http://`).
+    Http,
+    /// HTTP/1.1 over TLS (`https://`): the backend's certificate is checked against the
+    /// cluster CA, and the proxy shows its own.
+    Https,
+}
+
+impl Scheme {
+    /// The port a URL of this scheme means when it names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Where a backend is and how it is spoken to, from its URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendAddr {
+    pub scheme: Scheme,
+    /// The host as the URL names it (an IP address, or `localhost`), without brackets:
+    /// the name an `https://` backend's certificate must carry.
+    pub host: String,
+    /// The address connected to (`localhost` is 127.0.0.1).
+    pub socket: SocketAddr,
+}
+
+/// `http://HOST[:PORT]` or `https://HOST[:PORT]`, where HOST is an IP address (IPv6 in
+/// brackets) or `localhost`, with nothing after it: a backend is a server, not a path on
+/// one. The port defaults to 80 for http and 443 for https.
+pub fn parse_backend_url(url: &str) -> Result<BackendAddr, String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        return Err(format!("{url:?} is not an http:// or https:// URL"));
+    };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains('/') || authority.contains('?') {
+    if authority.contains(['/', '?', '#']) {
         return Err(format!(
-            "{url:?} has a path; give the server only, e.g. http://127.0.0.1:5056"
+            "{url:?} has a path; give the server only, e.g. {}://127.0.0.1:5056",
+            scheme.as_str()
         ));
     }
-    let authority = match authority.strip_prefix("localhost:") {
-        Some(port) => format!("127.0.0.1:{port}"),
-        None => authority.to_owned(),
+    let not_ip = || {
+        format!(
+            "{url:?} is not {}://IP[:PORT] (host names other than localhost are not looked up)",
+            scheme.as_str()
+        )
     };
-    authority.parse().map_err(|_| {
-        format!("{url:?} is not http://IP:PORT (host names other than localhost are not looked up)")
+    // The host, and what follows it (empty, or ":PORT").
+    let (host, after) = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').ok_or_else(not_ip)?,
+        None => match authority.find(':') {
+            Some(colon) => authority.split_at(colon),
+            None => (authority, ""),
+        },
+    };
+    let ip: std::net::IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        host.parse().map_err(|_| not_ip())?
+    };
+    // An IPv6 address is written in brackets, so that its colons are not taken for a port.
+    if ip.is_ipv6() != authority.starts_with('[') {
+        return Err(not_ip());
+    }
+    let port = match after {
+        "" => scheme.default_port(),
+        _ => after
+            .strip_prefix(':')
+            .and_then(|port| port.parse::<u16>().ok())
+            .filter(|&port| port != 0)
+            .ok_or_else(|| format!("{url:?} has no valid port (1 to 65535) after its host"))?,
+    };
+    Ok(BackendAddr {
+        scheme,
+        host: host.to_ascii_lowercase(),
+        socket: SocketAddr::new(ip, port),
     })
 }
 
@@ -633,6 +728,93 @@ mod tests {
         assert!(err.to_string().contains("interval"), "{err}");
         let err = Config::parse("listen = [").expect_err("not TOML");
         assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn backend_urls_carry_their_scheme_and_default_the_port_by_it() {
+        let addr = parse_backend_url("https://127.0.0.1:8443").expect("https");
+        assert_eq!(addr.scheme, Scheme::Https);
+        assert_eq!(addr.host, "127.0.0.1");
+        assert_eq!(addr.socket, SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let addr = parse_backend_url("https://127.0.0.1/").expect("https, no port");
+        assert_eq!(addr.socket.port(), 443, "https defaults to 443");
+        let addr = parse_backend_url("http://10.0.0.1").expect("http, no port");
+        assert_eq!((addr.scheme, addr.socket.port()), (Scheme::Http, 80));
+        let addr = parse_backend_url("https://localhost:9000").expect("localhost");
+        assert_eq!(
+            addr.host, "localhost",
+            "the certificate is checked for localhost"
+        );
+        assert_eq!(addr.socket, SocketAddr::from(([127, 0, 0, 1], 9000)));
+        let addr = parse_backend_url("https://[::1]").expect("IPv6");
+        assert_eq!(addr.host, "::1");
+        assert_eq!(
+            addr.socket,
+            "[::1]:443".parse::<SocketAddr>().expect("addr")
+        );
+        let addr = parse_backend_url("http://[::1]:5056").expect("IPv6 with a port");
+        assert_eq!(addr.socket.port(), 5056);
+    }
+
+    #[test]
+    fn backend_urls_that_name_no_single_server_are_refused_with_why() {
+        for (url, says) in [
+            ("ftp://127.0.0.1:21", "not an http:// or https:// URL"),
+            ("127.0.0.1:5056", "not an http:// or https:// URL"),
+            ("https://127.0.0.1:8443/api", "has a path"),
+            ("https://127.0.0.1:8443?x=1", "has a path"),
+            (
+                "https://app1.example:8443",
+                "host names other than localhost",
+            ),
+            ("https://::1:8443", "not https://IP[:PORT]"),
+            ("http://[127.0.0.1]:80", "not http://IP[:PORT]"),
+            ("https://[::1", "not https://IP[:PORT]"),
+            ("https://127.0.0.1:", "no valid port"),
+            ("https://127.0.0.1:0", "no valid port"),
+            ("https://127.0.0.1:70000", "no valid port"),
+            ("http://[::1]x", "no valid port"),
+        ] {
+            let err = parse_backend_url(url).expect_err(url);
+            assert!(err.contains(says), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_https_backend_needs_the_proxy_to_have_tls_and_the_error_says_how() {
+        let config = Config::parse(
+            "[[backend]]\nurl = \"http://127.0.0.1:5056\"\n\
+             [[backend]]\nname = \"secure\"\nurl = \"https://127.0.0.1:5443\"\n",
+        )
+        .expect("https backends parse");
+        assert_eq!(config.backends[1].name, "secure");
+        assert_eq!(config.check_tls(true), Ok(()));
+        let err = config.check_tls(false).expect_err("no TLS");
+        let ConfigError::Invalid { key, reason } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(key, "backend[1].url");
+        for says in [
+            "https://127.0.0.1:5443",
+            "--tls-cert",
+            "--tls-key",
+            "--tls-ca",
+            "http://",
+        ] {
+            assert!(reason.contains(says), "{reason}");
+        }
+        let plain = Config::parse("[[backend]]\nurl = \"http://127.0.0.1:5056\"\n").expect("plain");
+        assert_eq!(plain.check_tls(false), Ok(()), "plain backends need no TLS");
+    }
+
+    #[test]
+    fn one_server_written_two_ways_is_listed_twice() {
+        let err = Config::parse(
+            "[[backend]]\nurl = \"http://127.0.0.1:5056\"\n\
+             [[backend]]\nname = \"b\"\nurl = \"https://localhost:5056\"\n",
+        )
+        .expect_err("the same port");
+        assert!(err.to_string().contains("listed twice"), "{err}");
     }
 
     #[test]

@@ -19,9 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use keel_core::ApiError;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::WriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::Proxy;
@@ -31,6 +29,7 @@ use crate::evict::Slot;
 use crate::front::write_within;
 use crate::metrics::Timeout;
 use crate::pool::Pool;
+use crate::stream::{ClientStream, Stream};
 use crate::wire::{self, Chunked, Framing, ResponseHead};
 
 /// The most of a failed answer kept in memory while another backend is tried.
@@ -64,7 +63,7 @@ pub(crate) enum Answer {
 /// The body of a request still on the client's connection.
 #[derive(Debug)]
 pub(crate) struct Inbound<'a> {
-    pub stream: &'a mut TcpStream,
+    pub stream: &'a mut ClientStream,
     /// Read from the client and not yet used: the body's first bytes, perhaps more.
     pub buf: &'a mut BytesMut,
     pub framing: Framing,
@@ -107,7 +106,11 @@ enum PipeError {
 impl Inbound<'_> {
     /// Copies the body from the client to `to`, after `head` (sent with the body's first
     /// bytes when they are already here).
-    async fn pipe(&mut self, head: &[u8], to: &mut WriteHalf<'_>) -> Result<(), PipeError> {
+    async fn pipe(
+        &mut self,
+        head: &[u8],
+        to: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<(), PipeError> {
         if self.send_continue {
             self.send_continue = false;
             write_within(self.stream, wire::CONTINUE, self.send_timeout)
@@ -126,13 +129,21 @@ impl Inbound<'_> {
     }
 
     /// Writes to the backend within the send timeout.
-    async fn send(&self, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), PipeError> {
+    async fn send(
+        &self,
+        to: &mut (impl AsyncWrite + Unpin),
+        bytes: &[u8],
+    ) -> Result<(), PipeError> {
         write_within(to, bytes, self.send_timeout)
             .await
             .map_err(PipeError::from)
     }
 
-    async fn pipe_body(&mut self, head: &[u8], to: &mut WriteHalf<'_>) -> Result<(), PipeError> {
+    async fn pipe_body(
+        &mut self,
+        head: &[u8],
+        to: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<(), PipeError> {
         match self.framing {
             Framing::Empty | Framing::UntilClose => self.send(to, head).await,
             Framing::Length(n) => {
@@ -273,7 +284,11 @@ pub(crate) async fn forward(
                 };
             }
             Exchange::NotSent(error) => {
-                pool.connect_failed(&backend, now);
+                if pool.connect_failed(&backend, now).is_some() {
+                    // The ejection's own line says only that no connection was made;
+                    // this one says why (a certificate another CA signed, say).
+                    tracing::warn!(backend = %backend.name, %error, "no connection to the backend");
+                }
                 failure = Some(bad_gateway(&backend, &error.to_string(), false));
                 if more && may_retry(proxy, pool, &backend, now) {
                     continue;
@@ -526,7 +541,29 @@ async fn send_watching(
     to_head: bool,
 ) -> Result<Sent, PipeError> {
     let Conn { stream, buf, .. } = conn;
-    let (mut from, mut to) = stream.split();
+    match stream {
+        Stream::Plain(stream) => {
+            let (from, to) = stream.split();
+            send_reading(inbound, head, from, to, buf, to_head).await
+        }
+        // A TLS stream has no halves that borrow it: tokio's split shares it behind a
+        // lock instead, at one allocation per request with a body, on TLS only.
+        Stream::Tls(stream) => {
+            let (from, to) = tokio::io::split(stream.as_mut());
+            send_reading(inbound, head, from, to, buf, to_head).await
+        }
+    }
+}
+
+/// [`send_watching`] on a connection's two halves.
+async fn send_reading(
+    inbound: &mut Inbound<'_>,
+    head: &[u8],
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    buf: &mut BytesMut,
+    to_head: bool,
+) -> Result<Sent, PipeError> {
     let piping = inbound.pipe(head, &mut to);
     tokio::pin!(piping);
     let mut early = ResponseHead::default();

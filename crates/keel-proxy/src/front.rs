@@ -3,6 +3,11 @@
 //! `X-Forwarded-For` and `X-Request-Id` in), sends it down its route and has the answer
 //! relayed back ([`crate::relay`]), bodies streamed between the two sockets as they come.
 //!
+//! When the proxy has TLS, the connection is TLS: its handshake is the first thing done
+//! here, within `header_timeout`, and until it is done the connection ranks for eviction
+//! as it was accepted — receiving, the slowest sender — so a client that opens TLS and
+//! stalls holds its place no longer than one that sends half a head.
+//!
 //! Every wait on the client is bounded: `idle_timeout` for a request to begin,
 //! `header_timeout` for its head, `body_timeout` for its body, `send_timeout` for each
 //! write of its answer; and the connection's phase is kept in its [`Slot`] so that a full
@@ -39,6 +44,7 @@ use crate::forward::{self, Answer, Inbound, Outgoing, READ_CHUNK, local};
 use crate::forwarded;
 use crate::metrics::Timeout;
 use crate::relay::{Client, Meta, Names, Source, relay, write_local};
+use crate::stream::{ClientStream, Stream};
 use crate::wire::{self, Chunked, Framing, HeadError, RequestHead};
 
 /// A connection's timer is moved at most this much later than asked (moving it costs a
@@ -88,9 +94,40 @@ pub(crate) async fn write_within(
     bytes: &[u8],
     limit: Duration,
 ) -> std::io::Result<()> {
-    tokio::time::timeout(limit, stream.write_all(bytes))
+    // The flush is for TLS, which may keep the last records of a write in its buffer when
+    // the socket is full; on a plain socket it returns at once.
+    let written = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(limit, written)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// The client's connection: TLS when the proxy has it, once the handshake is done within
+/// `limit` (`header_timeout`); `None` when it failed or ran out of time (counted).
+async fn handshake(proxy: &Proxy, stream: TcpStream, limit: Duration) -> Option<ClientStream> {
+    let Some(tls) = proxy.tls() else {
+        return Some(Stream::Plain(stream));
+    };
+    match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => Some(Stream::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            // Plain HTTP on the TLS port, a client certificate another CA signed, a
+            // client that does not trust ours and says so.
+            proxy
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "TLS handshake refused");
+            None
+        }
+        Err(_) => {
+            proxy.stats.timed_out(Timeout::Handshake);
+            None
+        }
+    }
 }
 
 /// One client connection.
@@ -99,7 +136,7 @@ struct Front<'p> {
     flags: &'p Flags,
     /// Its place among the open connections: which phase it is in, for eviction.
     slot: &'p Slot,
-    stream: TcpStream,
+    stream: ClientStream,
     /// The client's address, and as written in `X-Forwarded-For`.
     peer: IpAddr,
     peer_ip: Vec<u8>,
@@ -121,6 +158,8 @@ struct Front<'p> {
     /// The connection is closed with part of a request unread (a body refused or cut
     /// short): it is closed by [`Front::linger`].
     unread: bool,
+    /// The proxy's side of the connection is shut (TLS: its close_notify is sent).
+    shut: bool,
 }
 
 /// Serves a client connection until it closes, times out, or the proxy stops (which
@@ -132,11 +171,14 @@ pub(crate) async fn serve(
     flags: &Flags,
     slot: &Slot,
 ) {
+    let limits = Limits::of(&proxy.table().config);
+    let Some(stream) = handshake(proxy, stream, limits.header).await else {
+        return;
+    };
     // An IPv4 client on an IPv6 socket is written (and trusted) as the IPv4 address.
     let peer = peer.ip().to_canonical();
     let mut peer_ip = Vec::with_capacity(16);
     let _ = write!(peer_ip, "{peer}");
-    let limits = Limits::of(&proxy.table().config);
     let now = Instant::now();
     let mut front = Front {
         proxy,
@@ -155,11 +197,12 @@ pub(crate) async fn serve(
         timer_at: now + limits.idle,
         kept_alive: false,
         unread: false,
+        shut: false,
     };
     loop {
         match front.next_head().await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => break,
             Err(refused) => {
                 proxy.stats.requests.fetch_add(1, Ordering::Relaxed);
                 if let HeadError::TimedOut(_) = refused {
@@ -180,7 +223,7 @@ pub(crate) async fn serve(
                 let _ = front.answer(answer, &meta).await;
                 front.unread = true;
                 front.linger().await;
-                return;
+                break;
             }
         }
         flags.busy.store(true, Ordering::Relaxed);
@@ -189,13 +232,14 @@ pub(crate) async fn serve(
         flags.busy.store(false, Ordering::Relaxed);
         if !keep {
             front.linger().await;
-            return;
+            break;
         }
         front.kept_alive = true;
         if flags.stopping.load(Ordering::Relaxed) {
-            return;
+            break;
         }
     }
+    front.close().await;
 }
 
 impl Front<'_> {
@@ -213,10 +257,16 @@ impl Front<'_> {
         if !self.slot.enter(Phase::Closing, now) {
             return;
         }
-        if self.stream.shutdown().await.is_err() {
+        self.shut = true;
+        let until = now + LINGER;
+        // Bounded too: over TLS, shutting down writes a close_notify, which a client that
+        // reads nothing never takes.
+        if !matches!(
+            tokio::time::timeout_at(until, self.stream.shutdown()).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
-        let until = now + LINGER;
         loop {
             self.buf.clear();
             self.buf.reserve(READ_CHUNK);
@@ -225,6 +275,21 @@ impl Front<'_> {
                 _ => return,
             }
         }
+    }
+
+    /// Ends a TLS connection with its close_notify, within `send_timeout`: without one a
+    /// client cannot tell an answer that ends with the connection (an HTTP/1.0 client's,
+    /// one without a length) from one cut short. A plain socket's end says as much by
+    /// itself, and it is just dropped.
+    async fn close(&mut self) {
+        if self.shut || matches!(self.stream, Stream::Plain(_)) {
+            return;
+        }
+        if !self.slot.enter(Phase::Closing, Instant::now()) {
+            return;
+        }
+        self.shut = true;
+        let _ = tokio::time::timeout(self.limits.send, self.stream.shutdown()).await;
     }
 
     /// Sets the idle and header timer to run out `after` from `now`, or leaves it where it
@@ -694,7 +759,7 @@ enum ReadBody {
 
 /// Reads a data request's body whole (at most [`MAX_BODY`] bytes), by `deadline`.
 async fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     framing: Framing,
     send_continue: bool,

@@ -134,7 +134,12 @@ impl Health {
         policy: &Policy,
         may_eject: bool,
     ) -> Option<Transition> {
-        self.eject("connection refused or timed out", now, policy, may_eject)
+        self.eject(
+            "connection refused, timed out or its TLS handshake failed",
+            now,
+            policy,
+            may_eject,
+        )
     }
 
     /// The backend answered (`server_error`: with a 5xx) or broke off after the request
@@ -324,7 +329,7 @@ mod tests {
         assert_eq!(
             h.on_connect_failure(t0, &p, true),
             Some(Transition::Down {
-                why: "ejected: connection refused or timed out".into(),
+                why: "ejected: connection refused, timed out or its TLS handshake failed".into(),
                 ejected_for: Some(secs(5)),
             })
         );

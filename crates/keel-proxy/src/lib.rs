@@ -12,7 +12,9 @@
 //! - [`backend`]: a backend's weight, health, idle connections and counters;
 //! - [`pool`]: picks and ejections over a pool of backends;
 //! - [`wire`]: HTTP/1.1 heads, body framing and chunked bodies, parsed in place;
-//! - [`front`]: client connections: requests read and checked, answers relayed back;
+//! - [`stream`]: a connection's socket, plain or TLS, without a box on the plain path;
+//! - [`front`]: client connections: the TLS handshake, requests read and checked,
+//!   answers relayed back;
 //! - [`forwarded`]: `X-Forwarded-For` and the trusted proxies that may add to it;
 //! - [`forward`]: the request path to a pool, with retries;
 //! - [`relay`]: answers on their way back to the client;
@@ -39,6 +41,9 @@ pub mod pool;
 pub mod relay;
 pub mod selection;
 pub mod server;
+pub mod stream;
+#[cfg(test)]
+mod testing;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -72,7 +77,8 @@ pub struct Proxy {
     /// Signs the cluster route's reads of the monitor and checks its answers; `None`
     /// without the cluster secret.
     signer: Option<Signer>,
-    /// TLS for the admin API and for the cluster route's calls to the monitor.
+    /// TLS for the front door, the admin API, `https://` backends (the data nodes of a
+    /// tier on TLS among them) and the cluster route's calls to the monitor.
     tls: Option<Tls>,
     /// The outcome of the last reload, for the admin API.
     last_reload: Mutex<Option<ReloadOutcome>>,
@@ -129,7 +135,8 @@ impl Proxy {
         Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// TLS for the admin API, if the proxy has it.
+    /// The proxy's TLS, if it has it: its listeners serve TLS, and it reaches
+    /// `https://` backends with it.
     pub fn tls(&self) -> Option<&Tls> {
         self.tls.as_ref()
     }
@@ -187,7 +194,11 @@ impl Proxy {
                     .to_owned(),
             });
         };
-        let mut config = match Config::load(path) {
+        let loaded = Config::load(path).and_then(|config| {
+            config.check_tls(self.tls.is_some())?;
+            Ok(config)
+        });
+        let mut config = match loaded {
             Ok(config) => config,
             Err(e) => {
                 self.stats.reloads_refused.fetch_add(1, Ordering::Relaxed);
@@ -270,8 +281,9 @@ fn build_table(
             Some(Arc::new(Backend::new(
                 b.name.clone(),
                 b.url.clone(),
-                addr,
+                &addr,
                 b.weight,
+                tls,
             )))
         })
         .collect();

@@ -75,6 +75,9 @@ pub struct ProxyStats {
     pub connections_evicted: AtomicU64,
     /// Client connections cut off by a timeout, by [`Timeout`].
     pub timeouts: [AtomicU64; Timeout::ALL.len()],
+    /// TLS handshakes with clients that failed (plain HTTP on the TLS port, a client
+    /// certificate another CA signed, …).
+    pub tls_handshake_failures: AtomicU64,
     /// Configuration reloads applied and refused.
     pub reloads: AtomicU64,
     pub reloads_refused: AtomicU64,
@@ -91,10 +94,18 @@ pub enum Timeout {
     Body,
     /// The client took no part of its answer within `send_timeout`.
     Send,
+    /// A TLS client did not finish its handshake within `header_timeout`.
+    Handshake,
 }
 
 impl Timeout {
-    pub const ALL: [Timeout; 4] = [Timeout::Idle, Timeout::Header, Timeout::Body, Timeout::Send];
+    pub const ALL: [Timeout; 5] = [
+        Timeout::Idle,
+        Timeout::Header,
+        Timeout::Body,
+        Timeout::Send,
+        Timeout::Handshake,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -102,6 +113,7 @@ impl Timeout {
             Timeout::Header => "header",
             Timeout::Body => "body",
             Timeout::Send => "send",
+            Timeout::Handshake => "tls_handshake",
         }
     }
 }
@@ -279,6 +291,12 @@ pub fn render(proxy: &Proxy) -> String {
         "counter",
         "Connections closed to make room for a new one at max_connections",
         s.connections_evicted.load(Ordering::Relaxed),
+    );
+    single(
+        "keel_proxy_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes with clients that failed (not counting those that timed out)",
+        s.tls_handshake_failures.load(Ordering::Relaxed),
     );
     single(
         "keel_proxy_reloads_total",

@@ -177,13 +177,14 @@ mod tests {
         let backends = config
             .backends
             .iter()
-            .enumerate()
-            .map(|(i, b)| {
+            .map(|b| {
+                let addr = crate::config::parse_backend_url(&b.url).expect("a backend URL");
                 Arc::new(Backend::new(
                     b.name.clone(),
                     b.url.clone(),
-                    std::net::SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)),
+                    &addr,
                     b.weight,
+                    None,
                 ))
             })
             .collect();

@@ -11,11 +11,11 @@ use http::Response;
 use http::header::HeaderValue;
 use keel_core::headers::KEEL_BACKEND;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::forward::READ_CHUNK;
 use crate::front::write_within;
 use crate::metrics::{ProxyStats, Timeout};
+use crate::stream::{BackendStream, ClientStream};
 use crate::wire::{self, Chunked, Framing, ResponseHead};
 
 /// What the client's request says about its answer.
@@ -77,7 +77,7 @@ pub(crate) fn write_local(
 /// Where a backend's answer is read from: what is in memory, then the connection.
 pub(crate) struct Source<'a> {
     pub buf: &'a mut BytesMut,
-    pub stream: Option<&'a mut TcpStream>,
+    pub stream: Option<&'a mut BackendStream>,
     /// The longest the backend may pause in its answer.
     pub gap: Duration,
 }
@@ -109,7 +109,7 @@ impl Source<'_> {
 
 /// The client an answer goes to: its socket, and how long a write may wait for it.
 pub(crate) struct Client<'a> {
-    pub stream: &'a mut TcpStream,
+    pub stream: &'a mut ClientStream,
     pub send: Duration,
     pub stats: &'a ProxyStats,
 }

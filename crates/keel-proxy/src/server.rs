@@ -34,6 +34,10 @@ pub enum ProxyError {
     },
     #[error("cannot watch for SIGHUP: {0}")]
     Signal(std::io::Error),
+    /// The configuration asks for what the proxy cannot do (an `https://` backend
+    /// without TLS).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Runs the proxy until `shutdown` resolves.
@@ -45,6 +49,7 @@ pub async fn run(
     tls: Option<keel_core::tls::Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
+    config.check_tls(tls.is_some())?;
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -235,5 +240,297 @@ impl Drop for Open {
             .stats
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+
+    use keel_core::tls::Tls;
+    use rustls_pki_types::ServerName;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::config::BackendConfig;
+    use crate::metrics::Timeout;
+    use crate::testing::Ca;
+
+    /// A proxy over `backends` (name, URL) with `tls`, accepting on a free port, without
+    /// active checks (the tests say what the backends do); and what stops it.
+    async fn start(
+        backends: &[(&str, &str)],
+        tls: Option<Tls>,
+        edit: impl FnOnce(&mut Config),
+    ) -> (SocketAddr, Arc<Proxy>, watch::Sender<bool>) {
+        let mut config = Config {
+            backends: backends
+                .iter()
+                .map(|(name, url)| BackendConfig {
+                    name: (*name).to_owned(),
+                    url: (*url).to_owned(),
+                    weight: 1,
+                })
+                .collect(),
+            ..Config::default()
+        };
+        config.health.interval = Duration::ZERO;
+        edit(&mut config);
+        config.check().expect("a valid configuration");
+        let proxy = Proxy::new(config, None, None, None, tls);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept(Arc::clone(&proxy), listener, stopped));
+        (addr, proxy, stop)
+    }
+
+    /// A backend that answers every request `200` with the body it was sent, keeping
+    /// connections alive, over TLS with `tls`: its URL, and how many connections it
+    /// accepted.
+    async fn backend(tls: Option<Tls>) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!(
+            "{scheme}://127.0.0.1:{}",
+            listener.local_addr().expect("addr").port()
+        );
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let acceptor = tls.as_ref().map(Tls::acceptor);
+                tokio::spawn(async move {
+                    match acceptor {
+                        None => echo(stream).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                echo(stream).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    async fn echo(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
+        let mut buf = Vec::new();
+        while let Some((_, body)) = read_message(&mut stream, &mut buf).await {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let mut answer = head.into_bytes();
+            answer.extend_from_slice(&body);
+            if stream.write_all(&answer).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Reads one message (a head, and a body of its `Content-Length`) from `stream`,
+    /// `buf` holding what was read beyond the last one; `None` at the end.
+    async fn read_message(
+        stream: &mut (impl AsyncRead + Unpin),
+        buf: &mut Vec<u8>,
+    ) -> Option<(String, Vec<u8>)> {
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < end + length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[end..end + length].to_vec();
+        buf.drain(..end + length);
+        Some((head, body))
+    }
+
+    /// Sends `request` and reads its answer: the head and the body.
+    async fn ask(
+        stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+        request: &[u8],
+    ) -> (String, String) {
+        stream.write_all(request).await.expect("write");
+        stream.flush().await.expect("flush");
+        let (head, body) = read_message(stream, &mut Vec::new())
+            .await
+            .expect("an answer");
+        (head, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A TLS connection to the proxy at `addr`, as a client trusting `ca`.
+    async fn tls_client(ca: &Ca, addr: SocketAddr) -> impl AsyncRead + AsyncWrite + Unpin {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("127.0.0.1").expect("a name");
+        ca.client()
+            .connect(name, tcp)
+            .await
+            .expect("a TLS handshake")
+    }
+
+    /// Whether the proxy closed `stream` within a minute (it reads to its end, perhaps
+    /// after a TLS alert, or fails).
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    #[tokio::test]
+    async fn https_backends_are_reached_over_tls_and_kept_alive_like_plain_ones() {
+        let ca = Ca::new("cluster CA");
+        let (url, accepted) = backend(Some(ca.tls("app"))).await;
+        let (addr, proxy, _stop) = start(&[("app", &url)], Some(ca.tls("proxy")), |_| {}).await;
+        // A client with the CA and no certificate of its own is served at the front door.
+        let mut client = tls_client(&ca, addr).await;
+        for _ in 0..3 {
+            let (head, _) = ask(&mut client, GET).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(head.contains("Keel-Backend: app"), "{head}");
+        }
+        // A body streams to the backend over TLS too, on the same kept-alive connection.
+        let (head, body) = ask(
+            &mut client,
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello there",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "hello there");
+        let (head, _) = ask(&mut tls_client(&ca, addr).await, GET).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "five requests from two clients, one TLS connection to the backend"
+        );
+        let backend = proxy.backend("app").expect("the backend");
+        assert!(backend.is_tls());
+        let checked = crate::checks::check_once(&backend, "/health", Duration::from_secs(5)).await;
+        assert_eq!(checked, Ok(()), "checked over TLS");
+    }
+
+    #[tokio::test]
+    async fn a_backend_whose_certificate_another_ca_signed_is_ejected_and_fails_its_checks() {
+        let ca = Ca::new("cluster CA");
+        let other = Ca::new("another CA");
+        let (good, _) = backend(Some(ca.tls("good"))).await;
+        let (bad, _) = backend(Some(other.tls("bad"))).await;
+        let (addr, proxy, _stop) = start(
+            &[("bad", &bad), ("good", &good)],
+            Some(ca.tls("proxy")),
+            |_| {},
+        )
+        .await;
+        let mut client = tls_client(&ca, addr).await;
+        for _ in 0..4 {
+            let (head, _) = ask(&mut client, GET).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(head.contains("Keel-Backend: good"), "{head}");
+        }
+        let bad = proxy.backend("bad").expect("the backend");
+        assert!(!bad.is_up(), "ejected on its refused handshake");
+        assert_eq!(bad.stats.connect_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            bad.stats
+                .answers
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            0
+        );
+        let checked = crate::checks::check_once(&bad, "/health", Duration::from_secs(5)).await;
+        let why = checked.expect_err("its check fails");
+        assert!(
+            why.contains("TLS with") && why.contains("UnknownIssuer"),
+            "{why}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_client_that_stalls_in_its_handshake_is_closed_after_the_header_timeout() {
+        let ca = Ca::new("cluster CA");
+        let (url, _) = backend(None).await;
+        let header = Duration::from_secs(5);
+        let (addr, proxy, _stop) = start(&[("app", &url)], Some(ca.tls("proxy")), |c| {
+            c.header_timeout = header;
+            c.idle_timeout = Duration::from_secs(60);
+        })
+        .await;
+        // The start of a ClientHello record, and nothing more.
+        let mut stalled = TcpStream::connect(addr).await.expect("connect");
+        stalled
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8])
+            .await
+            .expect("write");
+        let started = Instant::now();
+        assert!(closed(&mut stalled).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= header && waited < header + Duration::from_secs(1),
+            "closed after {waited:?}"
+        );
+        assert_eq!(
+            proxy.stats.timeouts[Timeout::Handshake as usize].load(Ordering::Relaxed),
+            1
+        );
+        // Plain HTTP on the TLS port: closed at once, counted.
+        let mut plain = TcpStream::connect(addr).await.expect("connect");
+        plain.write_all(GET).await.expect("write");
+        let started = Instant::now();
+        assert!(closed(&mut plain).await);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            proxy.stats.tls_handshake_failures.load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_a_stalled_tls_handshake_gives_way_to_a_new_client() {
+        let ca = Ca::new("cluster CA");
+        let (url, _) = backend(None).await;
+        let (addr, proxy, _stop) = start(&[("app", &url)], Some(ca.tls("proxy")), |c| {
+            c.max_connections = 1;
+        })
+        .await;
+        let mut stalled = TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let served = async {
+            let mut client = tls_client(&ca, addr).await;
+            ask(&mut client, GET).await
+        };
+        let (head, _) = tokio::time::timeout(Duration::from_secs(1), served)
+            .await
+            .expect("served while the proxy was full");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            closed(&mut stalled).await,
+            "the stalled handshake stayed open"
+        );
+        assert_eq!(proxy.stats.connections_evicted.load(Ordering::Relaxed), 1);
     }
 }

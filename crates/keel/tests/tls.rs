@@ -242,6 +242,60 @@ fn a_tier_on_mutual_tls_replicates_fails_over_and_refuses_another_cas_member() {
     assert!(log.contains("wrong_member"), "{log}");
     drop(app4);
 
+    // The proxy follows the monitor over TLS, as a member, and serves its front door on
+    // TLS: a client trusting the CA, with no certificate of its own, reaches the
+    // primary through it.
+    let (proxy_port, proxy_admin) = (free_port(), free_port());
+    let mut args: Vec<String> = [
+        "proxy",
+        "--listen",
+        &format!("127.0.0.1:{proxy_port}"),
+        "--admin",
+        &format!("127.0.0.1:{proxy_admin}"),
+        "--cluster",
+        &tier.monitor_url,
+        "--cluster-secret-file",
+        &tier.secret.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(tls_flags(&tier.tls, "proxy", &tier.tls));
+    let admin = format!("https://127.0.0.1:{proxy_admin}");
+    let front = format!("https://127.0.0.1:{proxy_port}");
+    let _proxy = start("proxy", &args, &format!("{admin}/health"), &tier.http);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            get_json(&tier.http, &format!("{admin}/v1/cluster"))["primary"]["node"] == "app1"
+        }),
+        "the proxy never learnt the primary: {}",
+        get_json(&tier.http, &format!("{admin}/v1/cluster"))
+    );
+    let resp = tier
+        .http
+        .put(format!("{front}/v1/kv/through-proxy"))
+        .body("over tls")
+        .send()
+        .expect("PUT through the proxy");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["keel-node"], "app1");
+    let resp = tier
+        .http
+        .get(format!("{front}/v1/kv/through-proxy"))
+        .send()
+        .expect("GET through the proxy");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["keel-node"], "app1");
+    assert_eq!(resp.text().expect("body"), "over tls");
+    // Plain HTTP on the proxy's TLS port gets nothing.
+    let plain_front = front.replace("https://", "http://");
+    assert!(
+        plain
+            .get(format!("{plain_front}/v1/kv/through-proxy"))
+            .send()
+            .is_err()
+    );
+
     // The primary dies: probes and promotion go over TLS too.
     tier.nodes[0].2.kill9();
     assert!(
@@ -259,4 +313,180 @@ fn a_tier_on_mutual_tls_replicates_fails_over_and_refuses_another_cas_member() {
         .send()
         .expect("PUT");
     assert_eq!(resp.status(), StatusCode::OK);
+
+    // Through the proxy, requests now reach app2, over TLS.
+    let mut last = String::new();
+    let through = wait_until(Duration::from_secs(10), || {
+        match tier.http.get(format!("{front}/v1/kv/through-proxy")).send() {
+            Ok(resp) => {
+                let node = resp.headers().get("keel-node").cloned();
+                last = format!("{} {:?}", resp.status(), node);
+                resp.status() == StatusCode::OK && node.is_some_and(|n| n == "app2")
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        }
+    });
+    assert!(through, "the proxy never reached app2: last answer {last}");
+    let resp = tier
+        .http
+        .put(format!("{front}/v1/kv/through-proxy-after"))
+        .body("yes")
+        .send()
+        .expect("PUT through the proxy");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["keel-node"], "app2");
+}
+
+/// Starts `keel proxy --config FILE` on TLS as `proxy` (its certificate in `tls`), the
+/// file holding `body` after its `listen` and `admin`; returns the front door's URL, the
+/// admin API's, and the process.
+fn start_proxy(
+    root: &Path,
+    name: &str,
+    tls: &Path,
+    body: &str,
+    http: &reqwest::blocking::Client,
+) -> (String, String, KeelProcess) {
+    let (port, admin_port) = (free_port(), free_port());
+    let config = root.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{body}"),
+    )
+    .expect("write the proxy's configuration");
+    let mut args = vec![
+        "proxy".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
+    ];
+    args.extend(tls_flags(tls, "proxy", tls));
+    let admin = format!("https://127.0.0.1:{admin_port}");
+    let proc = start(name, &args, &format!("{admin}/health"), http);
+    (format!("https://127.0.0.1:{port}"), admin, proc)
+}
+
+/// Backend `name` as the proxy's admin API describes it.
+fn backend_state(http: &reqwest::blocking::Client, admin: &str, name: &str) -> Value {
+    let all = get_json(http, &format!("{admin}/v1/backends"));
+    all["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_proxy_balances_over_https_backends_and_never_uses_one_another_ca_signed() {
+    let root = tempdir();
+    let tls = root.path().join("tls");
+    certs(&tls, &["b1", "b2", "proxy"]);
+    let other = root.path().join("other-ca");
+    certs(&other, &["b3"]);
+    let http = client(&tls);
+    // Three nodes on TLS as the pool's backends; b3's certificate is another CA's.
+    let mut backends = Vec::new();
+    for (name, dir) in [("b1", &tls), ("b2", &tls), ("b3", &other)] {
+        let port = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        let mut args: Vec<String> = [
+            "node",
+            "--id",
+            name,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            &root.path().join(name).display().to_string(),
+            "--role",
+            "primary",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(tls_flags(dir, name, dir));
+        let proc = start(name, &args, &format!("{url}/health"), &client(dir));
+        backends.push((name, url, proc));
+    }
+    let blocks: String = backends
+        .iter()
+        .map(|(name, url, _)| format!("[[backend]]\nname = \"{name}\"\nurl = \"{url}\"\n"))
+        .collect();
+
+    // Passive health only: the request b3 is picked for fails at its handshake, which
+    // ejects b3, and goes to another backend at once.
+    let (front, admin, _passive) = start_proxy(
+        root.path(),
+        "passive",
+        &tls,
+        &format!("[health]\ninterval = \"0s\"\n{blocks}"),
+        &http,
+    );
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for _ in 0..20 {
+        let resp = http
+            .get(format!("{front}/health"))
+            .send()
+            .expect("GET through the proxy");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let name = resp
+            .headers()
+            .get("keel-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        *seen.entry(name).or_default() += 1;
+    }
+    assert_eq!(seen.get("b3"), None, "{seen:?}");
+    let (b1, b2) = (seen.get("b1"), seen.get("b2"));
+    assert!(
+        b1.is_some_and(|&n| n >= 8) && b2.is_some_and(|&n| n >= 8),
+        "balanced over b1 and b2: {seen:?}"
+    );
+    let b3 = backend_state(&http, &admin, "b3");
+    assert_eq!(b3["state"], "ejected", "{b3}");
+    assert_eq!(b3["connect_failures"], 1, "{b3}");
+    assert_eq!(b3["responses"]["2xx"], 0, "{b3}");
+
+    // Active checks go over TLS too: b1 and b2 pass theirs, b3 fails its own and is
+    // taken down before any request is sent to it.
+    let (_, admin, _checked) = start_proxy(
+        root.path(),
+        "checked",
+        &tls,
+        &format!("[health]\ninterval = \"200ms\"\nfast_interval = \"100ms\"\n{blocks}"),
+        &http,
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || backend_state(
+            &http, &admin, "b3"
+        )["state"]
+            == "down"),
+        "b3 passed its checks: {}",
+        backend_state(&http, &admin, "b3")
+    );
+    let b3 = backend_state(&http, &admin, "b3");
+    assert_eq!(b3["why"], "3 failed checks", "{b3}");
+    assert_eq!(b3["connect_failures"], 0, "{b3}");
+    for name in ["b1", "b2"] {
+        let b = backend_state(&http, &admin, name);
+        assert_eq!(b["state"], "up", "{b}");
+    }
+
+    // A proxy without TLS of its own refuses an https:// backend, and says what to do.
+    let out = run_keel(&[
+        "proxy",
+        "--backend",
+        &backends[0].1,
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--admin",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains("--backend[0].url") && out.stderr.contains("--tls-cert"),
+        "{out}"
+    );
 }

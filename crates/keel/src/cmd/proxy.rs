@@ -4,12 +4,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use keel_core::token::Token;
-use keel_proxy::config::{Balance, ClusterConfig, Config, parse_backend_flag};
+use keel_proxy::config::{Balance, ClusterConfig, Config, ConfigError, parse_backend_flag};
 
 use crate::cli::ProxyArgs;
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = config_of(&args)?;
+    let tls = super::load_tls(&args.tls)?;
+    // Before anything starts: an https:// backend needs the proxy's TLS to be reached.
+    config
+        .check_tls(tls.is_some())
+        .map_err(|e| refused(&args, &e))?;
     let env_token = std::env::var("KEEL_TOKEN").ok();
     let token = Token::load(args.token_file.as_deref(), env_token.as_deref())?;
     if token.is_none() {
@@ -47,7 +52,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         args.config.clone(),
         token,
         secret,
-        super::load_tls(&args.tls)?,
+        tls,
         keel_core::shutdown::signal(),
     ))?;
     Ok(ExitCode::SUCCESS)
@@ -90,12 +95,15 @@ fn config_of(args: &ProxyArgs) -> anyhow::Result<Config> {
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
-    config.check().map_err(|e| {
-        if args.config.is_some() {
-            anyhow!("{e}")
-        } else {
-            anyhow!("{}", e.to_string().replace("backend[", "--backend["))
-        }
-    })?;
+    config.check().map_err(|e| refused(args, &e))?;
     Ok(config)
+}
+
+/// A configuration error, naming the flag when the configuration came from flags.
+fn refused(args: &ProxyArgs, e: &ConfigError) -> anyhow::Error {
+    if args.config.is_some() {
+        anyhow!("{e}")
+    } else {
+        anyhow!("{}", e.to_string().replace("backend[", "--backend["))
+    }
 }
