@@ -33,7 +33,9 @@ impl DataAnswer {
 /// Why the data tier did not give an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("--data {url:?} is not an http:// URL (or https:// with --tls-cert, --tls-key and --tls-ca)")]
+    #[error(
+        "--data {url:?} is not an http:// URL (or https:// with --tls-cert, --tls-key and --tls-ca)"
+    )]
     BadUrl { url: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(reqwest::Error),

@@ -361,8 +361,8 @@ pub struct ProxyArgs {
     #[arg(long, conflicts_with_all = ["backend", "cluster"])]
     pub config: Option<PathBuf>,
 
-    /// A backend: URL[,weight=N][,name=NAME], e.g. http://127.0.0.1:5056,weight=3. Repeat
-    /// the flag for each backend.
+    /// A backend: URL[,weight=N][,name=NAME], e.g. http://127.0.0.1:5056,weight=3 (or
+    /// https://, with --tls-cert, --tls-key and --tls-ca). Repeat the flag for each backend.
     #[arg(long, value_name = "URL[,weight=N][,name=NAME]")]
     pub backend: Vec<String>,
 

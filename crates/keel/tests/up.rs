@@ -264,3 +264,71 @@ fn ctrl_c_to_the_whole_process_group_still_stops_in_order() {
         "nothing fails over:\n{log}"
     );
 }
+
+#[test]
+fn up_with_tls_runs_every_process_on_tls_and_its_banner_commands_work() {
+    let dir = support::tempdir();
+    let data = dir.path().join("keel-data");
+    let up = KeelUp::start(&data, 2, &["--tls"]);
+    let log = up.proc.log_text();
+    let ca = data.join("tls").join("ca.pem");
+    assert!(log.contains(&format!("--tls-ca {}", ca.display())), "{log}");
+    assert!(log.contains("https://127.0.0.1"), "{log}");
+    for (file, secret) in [
+        ("ca.key", true),
+        ("ca.pem", false),
+        ("app1.key", true),
+        ("proxy.pem", false),
+    ] {
+        let mode = std::fs::metadata(data.join("tls").join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode == 0o600, secret, "{file} has mode {mode:o}");
+    }
+    let secret_mode = std::fs::metadata(data.join("cluster.secret"))
+        .expect("cluster.secret")
+        .permissions()
+        .mode();
+    assert_eq!(secret_mode & 0o777, 0o600);
+
+    // The front door, the services behind it and the data tier behind them, all on TLS.
+    let pem = std::fs::read(&ca).expect("ca.pem");
+    let http = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("a certificate")])
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let front = up.proxy_url.replace("http://", "https://");
+    let hello = http
+        .get(format!("{front}/"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("GET / through the TLS front door");
+    assert!(hello.starts_with("Hello from service"), "{hello}");
+    assert!(hello.contains("visits: 1 (data node app1)"), "{hello}");
+    assert!(
+        reqwest::blocking::get(format!("{}/", up.proxy_url)).is_err(),
+        "the front door answered plain HTTP"
+    );
+    let monitor = up.monitor_url.replace("http://", "https://");
+    let ca_arg = ca.display().to_string();
+    let out = support::run_keel(&[
+        "client",
+        "--monitor",
+        &monitor,
+        "--tls-ca",
+        &ca_arg,
+        "set",
+        "greeting=hello",
+    ]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("greeting = hello"), "{out}");
+    let got = http
+        .get(format!("{front}/v1/kv/greeting"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("GET through the proxy");
+    assert_eq!(got, "hello");
+}

@@ -171,6 +171,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         wanted.push((PROXY.to_owned(), Vec::new()));
+        wanted.extend((1..=args.services).map(|k| (format!("service{k}"), Vec::new())));
         super::certs::ensure(&dir, &wanted)?;
         let client = keel_core::tls::client_for_ca(&dir.join("ca.pem"))
             .context("cannot set up TLS towards the tier")?;
@@ -1028,6 +1029,12 @@ fn print_banner(
         args.data_dir.display(),
         token_path.display()
     ));
+    if args.tls {
+        text.push_str(&format!(
+            "  TLS between every process, certificates in {} (keel certs adds more)\n",
+            args.data_dir.join("tls").display()
+        ));
+    }
     match tier.partitions.net() {
         Some(net) => text.push_str(&format!(
             "  the monitor and the nodes in {}; keel chaos partition: the kernel drops packets between them\n\n",
@@ -1052,12 +1059,6 @@ fn print_banner(
     } else {
         (monitor, String::new())
     };
-    if args.tls {
-        text.push_str(&format!(
-            "  TLS between every member, certificates in {} (keel certs adds more)\n",
-            args.data_dir.join("tls").display()
-        ));
-    }
     let token =
         if args.data_dir == Path::new("./keel-data") || args.data_dir == Path::new("keel-data") {
             String::new()
@@ -1070,19 +1071,24 @@ fn print_banner(
         .or(plan.nodes.first())
         .map_or_else(String::new, |s| s.url.clone());
     text.push_str("Try, in another terminal:\n");
+    let front = if args.tls {
+        format!("{curl_ca} https://localhost:{}", args.proxy_port)
+    } else {
+        format!(" localhost:{}", args.proxy_port)
+    };
     text.push_str(&format!(
-        "  curl -s localhost:{}/                     # hello and visits, from a service\n",
-        args.proxy_port
+        "  curl -s{front}/                     # hello and visits, from a service\n"
     ));
     text.push_str(&format!(
-        "  curl -s localhost:{}/v1/counters/visits   # the data tier, through the proxy\n",
-        args.proxy_port
+        "  curl -s{front}/v1/counters/visits   # the data tier, through the proxy\n"
     ));
     text.push_str(&format!("  keel client{monitor} cluster\n"));
     text.push_str(&format!("  keel client{monitor} set greeting=hello\n"));
     text.push_str(&format!("  keel client{monitor} state all\n"));
     // `localhost:PORT` as in the other lines, unless the node has an address of its own.
-    let primary_url = primary_url.replace("http://127.0.0.1:", "localhost:");
+    let primary_url = primary_url
+        .replace("http://127.0.0.1:", "localhost:")
+        .replace("https://127.0.0.1:", "https://localhost:");
     text.push_str(&format!("  curl -s{curl_ca} {primary_url}/v1/entries\n"));
     text.push_str(&format!(
         "  keel client{monitor}{token} kill-primary --watch   # a standby takes over\n"

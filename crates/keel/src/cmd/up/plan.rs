@@ -238,12 +238,12 @@ pub(super) fn plan(
             }
         })
         .collect();
-    let proxy_url = format!("http://127.0.0.1:{}", args.proxy_port);
+    let proxy_url = format!("{scheme}://127.0.0.1:{}", args.proxy_port);
     let services: Vec<Spec> = (1..=args.services)
         .map(|k| {
             let name = format!("service{k}");
             let port = args.service_port + (k - 1);
-            let url = format!("http://127.0.0.1:{port}");
+            let url = format!("{scheme}://127.0.0.1:{port}");
             Spec {
                 args: vec![
                     "service".into(),
@@ -254,7 +254,10 @@ pub(super) fn plan(
                     // Through the proxy's cluster route, which follows the primary.
                     "--data".into(),
                     proxy_url.clone(),
-                ],
+                ]
+                .into_iter()
+                .chain(credentials.tls_flags(&name))
+                .collect(),
                 health: format!("{url}/health"),
                 port_flag: "--service-port",
                 netns: None,
