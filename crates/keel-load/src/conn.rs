@@ -41,6 +41,20 @@ pub struct RequestTemplate {
     run_id: String,
     spread_by: SpreadBy,
     timeout: Duration,
+    /// For an `https://` target: TLS, and the name its certificate must be valid for.
+    tls: Option<TargetTls>,
+}
+
+/// TLS towards the target: the connector and the name the certificate must be valid for.
+struct TargetTls(
+    tokio_rustls::TlsConnector,
+    rustls_pki_types::ServerName<'static>,
+);
+
+impl std::fmt::Debug for TargetTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TargetTls({:?})", self.1)
+    }
 }
 
 impl RequestTemplate {
@@ -66,6 +80,14 @@ impl RequestTemplate {
             run_id: run_id.to_owned(),
             spread_by: plan.settings.spread_by.clone(),
             timeout: plan.settings.timeout,
+            tls: match (&plan.settings.tls, plan.target.https) {
+                (Some(tls), true) => Some(TargetTls(
+                    tokio_rustls::TlsConnector::from(Arc::new(tls.clone())),
+                    keel_core::tls::server_name(&plan.target.host)
+                        .map_err(|e| bad(&e.to_string()))?,
+                )),
+                _ => None,
+            },
         })
     }
 
@@ -143,7 +165,7 @@ impl HttpConn {
     /// Opens the connection now (so that a run starts with every connection up, and an
     /// unreachable target is an error before the run rather than a run of errors).
     pub async fn connect(&mut self) -> std::io::Result<()> {
-        let sender = open(self.addr, self.template.timeout).await?;
+        let sender = open(self.addr, &self.template).await?;
         self.sender = Some(sender);
         Ok(())
     }
@@ -155,7 +177,7 @@ impl HttpConn {
         for _ in 0..2 {
             let sender = match &mut self.sender {
                 Some(sender) if !sender.is_closed() => sender,
-                slot => match open(self.addr, self.template.timeout).await {
+                slot => match open(self.addr, &self.template).await {
                     Ok(sender) => slot.insert(sender),
                     Err(_) => {
                         *slot = None;
@@ -261,15 +283,33 @@ struct ErrorBody {
     written: Option<serde_json::Value>,
 }
 
-async fn open(addr: SocketAddr, timeout: Duration) -> std::io::Result<SendRequest<Full<Bytes>>> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+async fn open(
+    addr: SocketAddr,
+    template: &RequestTemplate,
+) -> std::io::Result<SendRequest<Full<Bytes>>> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+    let stream = tokio::time::timeout(template.timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| timed_out())??;
     // Every request is one small write; Nagle would hold it back waiting for an ACK.
     stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
+    match &template.tls {
+        Some(TargetTls(connector, name)) => {
+            let stream =
+                tokio::time::timeout(template.timeout, connector.connect(name.clone(), stream))
+                    .await
+                    .map_err(|_| timed_out())??;
+            handshake(TokioIo::new(stream)).await
+        }
+        None => handshake(TokioIo::new(stream)).await,
+    }
+}
+
+async fn handshake<T>(io: T) -> std::io::Result<SendRequest<Full<Bytes>>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io).await.map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         // A broken connection shows on the next request, which is where it is counted.
         let _ = connection.await;
@@ -294,6 +334,7 @@ mod tests {
             write_ratio,
             spread_by: SpreadBy::Auto,
             allow_remote: false,
+            tls: None,
         })
         .expect("plan");
         RequestTemplate::new(&plan, "abcd0123").expect("template")

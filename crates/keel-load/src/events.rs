@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use keel_monitor::client::{self, ClientError, EventStream};
+use keel_monitor::client::{ClientError, EventStream};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -88,13 +88,22 @@ pub struct Collector {
 impl Collector {
     /// Opens `{monitor}/v1/events` and collects every event from now on. Fails when the
     /// monitor does not answer or answers with anything but a stream.
-    pub async fn start(monitor: &str) -> Result<Collector, LoadError> {
+    pub async fn start(
+        monitor: &str,
+        tls: Option<keel_core::tls::ClientConfig>,
+    ) -> Result<Collector, LoadError> {
         let monitor = monitor.trim_end_matches('/').to_owned();
         let failed = |e: ClientError| LoadError::Monitor {
             url: monitor.clone(),
             why: e.to_string(),
         };
-        let http = client::stream_client(CONNECT_TIMEOUT).map_err(failed)?;
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(tls) = tls {
+            http = http.tls_backend_preconfigured(tls);
+        }
+        let http = http.build().map_err(|e| failed(ClientError::Setup(e)))?;
         let stream = EventStream::open(&http, &monitor, None)
             .await
             .map_err(failed)?;

@@ -157,7 +157,7 @@ pub async fn run(
     }
 
     let collector = match &options.monitor {
-        Some(monitor) => Some(Collector::start(monitor).await?),
+        Some(monitor) => Some(Collector::start(monitor, plan.settings.tls.clone()).await?),
         None => None,
     };
 

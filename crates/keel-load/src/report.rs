@@ -405,6 +405,7 @@ mod tests {
             write_ratio,
             spread_by: SpreadBy::Auto,
             allow_remote: false,
+            tls: None,
         })
         .expect("valid plan")
     }

@@ -109,6 +109,9 @@ pub struct Settings {
     pub spread_by: SpreadBy,
     /// Allow a target outside this machine.
     pub allow_remote: bool,
+    /// TLS towards an `https://` target (`--tls-ca`): its certificate checked against the
+    /// cluster CA.
+    pub tls: Option<keel_core::tls::ClientConfig>,
 }
 
 /// A checked [`Settings`]: the target split into what a connection needs.
@@ -125,13 +128,15 @@ pub struct Plan {
 pub struct Target {
     /// The URL as given.
     pub url: String,
-    /// `http://host:port`: where writes (`/v1/kv/…`) and read-backs go.
+    /// `http://host:port` (or `https://`): where writes (`/v1/kv/…`) and read-backs go.
     pub origin: String,
+    /// The URL is `https://`.
+    pub https: bool,
     /// `host:port`, for DNS and the `Host` header.
     pub authority: String,
     /// The host alone (no brackets around an IPv6 address).
     pub host: String,
-    /// The port (80 when the URL names none).
+    /// The port (80, or 443 for https, when the URL names none).
     pub port: u16,
     /// The path and query of the requests that are not writes.
     pub path_and_query: String,
@@ -172,6 +177,13 @@ impl Plan {
     /// every number is inside its range.
     pub fn new(settings: Settings) -> Result<Plan, PlanError> {
         let target = Target::parse(&settings.url)?;
+        if target.https && settings.tls.is_none() {
+            return Err(PlanError::BadUrl {
+                url: settings.url.clone(),
+                why: "an https:// target needs --tls-ca, the CA to check its certificate against"
+                    .to_owned(),
+            });
+        }
         if !settings.allow_remote && !is_local_host(&target.host) {
             return Err(PlanError::NotLocal {
                 url: settings.url.clone(),
@@ -231,7 +243,7 @@ fn in_range(flag: &'static str, value: u64, max: u64) -> Result<(), PlanError> {
 }
 
 impl Target {
-    /// Splits an `http://host[:port][/path][?query]` URL.
+    /// Splits an `http(s)://host[:port][/path][?query]` URL.
     pub fn parse(url: &str) -> Result<Target, PlanError> {
         let bad = |why: &str| PlanError::BadUrl {
             url: url.to_owned(),
@@ -240,11 +252,11 @@ impl Target {
         let uri: Uri = url
             .parse()
             .map_err(|_| bad("expected e.g. http://127.0.0.1:8080/"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(bad("https is not supported; use http://")),
-            Some(_) | None => return Err(bad("it must start with http://")),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(_) | None => return Err(bad("it must start with http:// or https://")),
+        };
         let authority = uri.authority().ok_or_else(|| bad("it names no host"))?;
         if authority.as_str().contains('@') {
             return Err(bad("user names and passwords in URLs are not supported"));
@@ -257,7 +269,7 @@ impl Target {
         if host.is_empty() {
             return Err(bad("it names no host"));
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let path_and_query = if path_and_query.is_empty() {
             "/".to_owned()
@@ -271,7 +283,8 @@ impl Target {
         };
         Ok(Target {
             url: url.to_owned(),
-            origin: format!("http://{authority}"),
+            origin: format!("{}://{authority}", if https { "https" } else { "http" }),
+            https,
             authority,
             host,
             port,
@@ -318,6 +331,7 @@ mod tests {
             write_ratio: 0.0,
             spread_by: SpreadBy::Auto,
             allow_remote: false,
+            tls: None,
         }
     }
 
@@ -352,9 +366,14 @@ mod tests {
     }
 
     #[test]
-    fn urls_that_are_not_plain_http_are_refused_with_the_reason() {
-        let err = Plan::new(settings("https://127.0.0.1/")).expect_err("https");
-        assert!(err.to_string().contains("https is not supported"), "{err}");
+    fn urls_that_are_not_http_or_https_with_a_ca_are_refused_with_the_reason() {
+        let err = Plan::new(settings("https://127.0.0.1/")).expect_err("https without a CA");
+        assert!(err.to_string().contains("--tls-ca"), "{err}");
+        let target = Target::parse("https://127.0.0.1/").expect("https parses");
+        assert_eq!(
+            (target.port, target.origin.as_str()),
+            (443, "https://127.0.0.1:443")
+        );
         let err = Plan::new(settings("127.0.0.1:80")).expect_err("no scheme");
         assert!(err.to_string().contains("http://"), "{err}");
         let err = Plan::new(settings("http://u:p@127.0.0.1/")).expect_err("user info");

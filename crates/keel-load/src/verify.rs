@@ -62,6 +62,8 @@ pub struct VerifyOptions {
     pub within: Duration,
     /// Follow a primary outside this machine.
     pub allow_remote: bool,
+    /// TLS towards `https://` nodes and monitors.
+    pub tls: Option<keel_core::tls::ClientConfig>,
 }
 
 /// What reading back found.
@@ -118,12 +120,14 @@ enum Promise {
 
 /// Reads back every write of `log` that was acknowledged or whose outcome is unknown.
 pub async fn verify(log: &WriteLog, options: &VerifyOptions) -> Result<VerifySummary, LoadError> {
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .timeout(READ_TIMEOUT)
         .connect_timeout(Duration::from_secs(2))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| LoadError::Verify(e.to_string()))?;
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(tls) = &options.tls {
+        http = http.tls_backend_preconfigured(tls.clone());
+    }
+    let http = http.build().map_err(|e| LoadError::Verify(e.to_string()))?;
     let locator = Arc::new(Locator {
         base: options.read_from.trim_end_matches('/').to_owned(),
         monitor: options

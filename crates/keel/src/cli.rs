@@ -532,7 +532,8 @@ pub enum JitterKind {
 /// `keel load URL`: see docs/load.md.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// The URL to load: http:// on this machine (127.0.0.0/8, ::1 or localhost).
+    /// The URL to load: http:// (or https:// with --tls-ca) on this machine (127.0.0.0/8,
+    /// ::1 or localhost).
     pub url: String,
 
     /// Open loop: send N requests a second whatever the answers do; latency counts from
@@ -622,6 +623,11 @@ pub struct LoadArgs {
     /// Allow a URL outside this machine. Only load hosts you are responsible for.
     #[arg(long)]
     pub allow_remote: bool,
+
+    /// The cluster CA (PEM) to check https:// targets, nodes and monitors against (a stack
+    /// started with keel up --tls: <data-dir>/tls/ca.pem).
+    #[arg(long, value_name = "FILE", env = "KEEL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

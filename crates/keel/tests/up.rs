@@ -331,4 +331,24 @@ fn up_with_tls_runs_every_process_on_tls_and_its_banner_commands_work() {
         .and_then(|r| r.text())
         .expect("GET through the proxy");
     assert_eq!(got, "hello");
+
+    // keel load through the TLS front door, its writes read back from the TLS tier.
+    let out = support::run_keel(&[
+        "load",
+        &format!("{front}/"),
+        "--tls-ca",
+        &ca_arg,
+        "--requests",
+        "60",
+        "--concurrency",
+        "2",
+        "--write-ratio",
+        "0.5",
+        "--verify",
+        "--monitor",
+        &monitor,
+        "--quiet",
+    ]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("lost acknowledged writes: 0"), "{out}");
 }

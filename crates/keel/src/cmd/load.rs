@@ -71,6 +71,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         let mut report = outcome.report;
         if args.verify {
             let options = VerifyOptions {
+                tls: plan.settings.tls.clone(),
                 run_id: report.run_id.clone(),
                 read_from: verify_from.unwrap_or_else(|| plan.target.origin.clone()),
                 // An explicit --verify-url is where to read; the monitor is asked only
@@ -146,6 +147,13 @@ fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
         write_ratio: args.write_ratio,
         spread_by: args.spread_by.clone(),
         allow_remote: args.allow_remote,
+        tls: match &args.tls_ca {
+            Some(ca) => Some(
+                keel_core::tls::client_for_ca(ca)
+                    .with_context(|| format!("--tls-ca {}", ca.display()))?,
+            ),
+            None => None,
+        },
     })?)
 }
 
