@@ -14,6 +14,10 @@
 #   haproxy  nbthread 1, http-keep-alive, http-reuse always, retries 3, redispatch 1,
 #            retry-on all-retryable-errors, active checks GET /health every 2 s (fall 3,
 #            rise 2: keel's defaults), so that it has what keel has
+#   keel-tls   keel with TLS at its front door (--tls-cert/--tls-key/--tls-ca, a
+#              certificate from keel certs); wrk speaks https to it
+#   nginx-tls  nginx terminating TLS with the same certificate (TLS 1.2 and 1.3, session
+#              cache on), the same upstream
 #
 # Placement: the system under test alone on core 0 (taskset -c 0); wrk and both stubs on
 # core 1. Keep-alive on both sides everywhere, access logs off, connection reuse not
@@ -36,7 +40,8 @@
 # Knobs (environment): CONNS=64 DURATION=10 WARMUP=2 KILL_AT=3 (seconds)
 #                      ROUNDS=3 (measured runs per system, taken in turns; the table gives
 #                      the median of each column)
-#                      TARGETS="direct keel nginx haproxy"  KILL_TARGETS="keel nginx haproxy"
+#                      TARGETS="direct keel nginx haproxy keel-tls nginx-tls"
+#                      KILL_TARGETS="keel nginx haproxy"
 #                      KEEP_TMP=1 (keep configs and logs)
 #                      SKIP_BUILD=1 (use the keel already built)
 #                      CARGO_TARGET_DIR (where cargo builds; target by default)
@@ -50,7 +55,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 KILL_AT=${KILL_AT:-3}
 ROUNDS=${ROUNDS:-3}
-TARGETS=${TARGETS:-direct keel nginx haproxy}
+TARGETS=${TARGETS:-direct keel nginx haproxy keel-tls nginx-tls}
 KILL_TARGETS=${KILL_TARGETS-keel nginx haproxy}
 READY_TIMEOUT=30 # seconds to wait for a server to answer before giving up
 LB_CORE=0        # the system under test
@@ -87,8 +92,16 @@ bench_init keel-proxy-bench
 # signal to the group reaches an nginx master and its worker alike: the worker holds the
 # listening socket, and a worker orphaned by its master would keep serving.
 
+# get URL: GET URL within a second, its body on stdout; an https URL is checked against
+# the CA of ensure_certs.
+get() {
+    local ca=()
+    [[ $1 == https://* ]] && ca=(--cacert "$TMP/tls/ca.pem")
+    curl -fsS "${ca[@]}" --max-time 1 "$1"
+}
+
 # says URL TEXT: whether GET URL answers 200 with a body holding TEXT.
-says() { curl -fsS --max-time 1 "$1" | grep -q "$2"; }
+says() { get "$1" | grep -q "$2"; }
 
 # --- the stubs --------------------------------------------------------------------------
 
@@ -171,16 +184,49 @@ start_lb() {
     port=$(free_port)
     URL="http://127.0.0.1:$port/"
     case $1 in
-    keel)
+    keel | keel-tls)
         admin=$(free_port)
         KEEL_ADMIN="http://127.0.0.1:$admin"
-        start keel --group --core "$LB_CORE" "$BIN_DIR/keel" proxy --threads 1 \
+        local tls=()
+        if [[ $1 == keel-tls ]]; then
+            ensure_certs
+            tls=(--tls-cert "$TMP/tls/proxy.pem" --tls-key "$TMP/tls/proxy.key" --tls-ca "$TMP/tls/ca.pem")
+            URL="https://127.0.0.1:$port/"
+            KEEL_ADMIN="https://127.0.0.1:$admin"
+        fi
+        start "$1" --group --core "$LB_CORE" "$BIN_DIR/keel" proxy --threads 1 \
             --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
             --backend "http://127.0.0.1:$STUB1,name=stub1" \
-            --backend "http://127.0.0.1:$STUB2,name=stub2"
-        KEEL_PID=${PID_OF[keel]}
+            --backend "http://127.0.0.1:$STUB2,name=stub2" "${tls[@]}"
+        KEEL_PID=${PID_OF[$1]}
         # Both backends up and at full weight, so that the run measures the steady state.
         wait_until "keel proxy's backends" keel_backends_up
+        ;;
+    nginx-tls)
+        ensure_certs
+        URL="https://127.0.0.1:$port/"
+        rm -rf "$TMP/nginx-tls"
+        nginx_conf "$TMP/nginx-tls" "
+    upstream stubs {
+        server 127.0.0.1:$STUB1;
+        server 127.0.0.1:$STUB2;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port ssl backlog=4096;
+        ssl_certificate $TMP/tls/proxy.pem;
+        ssl_certificate_key $TMP/tls/proxy.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:1m;
+        location / {
+            proxy_pass http://stubs;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_connect_timeout 1s;
+        }
+    }"
+        start_nginx nginx-tls "$LB_CORE"
         ;;
     nginx)
         rm -rf "$TMP/nginx"
@@ -232,13 +278,18 @@ backend stubs
 EOF
         start haproxy --group --core "$LB_CORE" haproxy -db -f "$TMP/haproxy.cfg"
         ;;
-    *) die "unknown target $1 (direct, keel, nginx, haproxy)" ;;
+    *) die "unknown target $1 (direct, keel, nginx, haproxy, keel-tls, nginx-tls)" ;;
     esac
     wait_until "$1" says "$URL" "hello from stub"
 }
 
+# ensure_certs: a CA and the proxies' certificate in $TMP/tls (keel certs), once.
+ensure_certs() {
+    [[ -f $TMP/tls/proxy.pem ]] || "$BIN_DIR/keel" certs --dir "$TMP/tls" proxy >/dev/null
+}
+
 keel_backends_up() {
-    curl -fsS --max-time 1 "$KEEL_ADMIN/v1/backends" |
+    get "$KEEL_ADMIN/v1/backends" |
         jq -e '[.backends[] | select(.state == "up")] | length == 2'
 }
 
@@ -396,11 +447,11 @@ report() {
     echo "versions: $("$BIN_DIR/keel" --version 2>&1 | head -1), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
     echo
     echo "medians of $ROUNDS rounds (the systems take turns; req/s of each round in brackets)"
-    printf '%-8s %10s %8s %22s %12s %8s %14s %12s %12s %12s\n' system req/s p99_ms "ratio to nginx (req/s)" "p99 vs nginx" failed "cpu_us/request" "of it user" "client core" "client_us"
+    printf '%-9s %10s %8s %22s %12s %8s %14s %12s %12s %12s\n' system req/s p99_ms "ratio to nginx (req/s)" "p99 vs nginx" failed "cpu_us/request" "of it user" "client core" "client_us"
     for t in $TARGETS; do
         [[ -n ${RPS[$t]:-} ]] || continue
         # shellcheck disable=SC2086 # the runs are space-separated on purpose
-        printf '%-8s %10s %8.2f %22s %12s %8s %14s %12s %11s%% %12s   [%s ]\n' "$t" "${RPS[$t]}" "${P99[$t]}" \
+        printf '%-9s %10s %8.2f %22s %12s %8s %14s %12s %11s%% %12s   [%s ]\n' "$t" "${RPS[$t]}" "${P99[$t]}" \
             "$(ratio "${RPS[$t]}" "${RPS[nginx]:-}")" "$(ratio "${P99[$t]}" "${P99[nginx]:-}")" "${FAILED[$t]}" \
             "${CPU_US[$t]}" "${USER_US[$t]}" "${CLIENT_BUSY[$t]}" "${CLIENT_US[$t]}" "${RUNS_RPS[$t]}"
     done
@@ -443,6 +494,9 @@ verdict() {
         ok=$(awk -v k="${P99[keel]}" -v n="${P99[nginx]}" 'BEGIN { print (k <= n) ? "met" : "MISSED" }')
         echo "target keel p99 <= nginx's:        $ok (${P99[keel]} ms vs ${P99[nginx]} ms)"
     fi
+    if [[ -n ${RPS[keel-tls]:-} && -n ${RPS[keel]:-} ]]; then
+        echo "TLS: keel-tls/keel req/s $(ratio "${RPS[keel-tls]}" "${RPS[keel]}"), CPU per request $(ratio "${CPU_US[keel-tls]}" "${CPU_US[keel]}")${RPS[nginx-tls]:+; nginx-tls/nginx req/s $(ratio "${RPS[nginx-tls]}" "${RPS[nginx]:-}"); keel-tls/nginx-tls req/s $(ratio "${RPS[keel-tls]}" "${RPS[nginx-tls]}"), CPU per request $(ratio "${CPU_US[keel-tls]}" "${CPU_US[nginx-tls]}")}"
+    fi
     if [[ -n ${KFAILED[keel]:-} ]]; then
         ok=$([[ ${KFAILED[keel]} == 0 ]] && echo met || echo MISSED)
         echo "target keel 0 failed in kill test: $ok (${KFAILED[keel]} failed)"
@@ -462,7 +516,7 @@ keel_idle_rss() {
 
 main() {
     install_missing
-    if [[ ${SKIP_BUILD:-0} != 1 && " $TARGETS $KILL_TARGETS " == *" keel "* ]]; then
+    if [[ ${SKIP_BUILD:-0} != 1 && " $TARGETS $KILL_TARGETS " == *" keel"* ]]; then
         log "building keel (release)"
         cargo build --release -p keel
     fi
