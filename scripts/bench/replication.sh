@@ -59,7 +59,7 @@ bench() {
     local label=${3:-$target} extra=("${@:4}")
     "$BIN_DIR/keel-writebench" --target "$target" --url "$url" --concurrency "$CONCURRENCY" \
         --duration "$DURATION" --warmup "$WARMUP" --value-size "$VALUE_SIZE" --json \
-        "${extra[@]}" | jq --arg label "$label" '.target = $label' >"$TMP/$label.json"
+        "${extra[@]}" | jq --arg name "$label" '.target = $name' >"$TMP/$label.json"
     jq -r '"[bench] \(.target): \(.writes_per_s | floor) writes/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, \(.errors) errors"' \
         "$TMP/$label.json" >&2
 }
