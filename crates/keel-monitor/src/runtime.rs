@@ -53,6 +53,9 @@ pub struct MonitorConfig {
     pub epoch_floor: Option<keel_core::Epoch>,
     /// TLS for the listener and the probes (`--tls-*`); plaintext without it.
     pub tls: Option<keel_core::tls::Tls>,
+    /// The URLs members reach the monitor at besides its listen address
+    /// (`--advertise`): signatures for other hosts are refused.
+    pub advertise: Vec<String>,
 }
 
 /// Why the monitor could not start, or stopped with an error.
@@ -151,7 +154,14 @@ pub async fn run(
             MONITOR_ID,
             config.secret.as_ref(),
             config.token.as_ref(),
-            Hosts::of(config.listen, &[]),
+            Hosts::of(
+                config.listen,
+                &config
+                    .advertise
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            ),
         )),
         malformed_heartbeats: AtomicU64::new(0),
         stopping: stop_rx.clone(),

@@ -311,6 +311,13 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
 
+    /// A URL members reach the monitor at, when it is not its --listen address (a DNS
+    /// name, an address behind NAT); repeat for several. Requests signed for any other
+    /// host are refused, so that a request captured on its way to one process cannot be
+    /// replayed to another.
+    #[arg(long, value_name = "URL")]
+    pub advertise: Vec<String>,
+
     /// How often nodes heartbeat (handed to them in every answer).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,

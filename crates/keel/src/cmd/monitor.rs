@@ -47,6 +47,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
         token,
         secret,
         epoch_floor: args.epoch_floor.map(keel_core::Epoch),
+        advertise: args.advertise.clone(),
         tls: super::load_tls(&args.tls)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
