@@ -7,7 +7,9 @@
 //! - [`headers`]: the `Keel-*` response headers every node sets;
 //! - [`duration`]: durations as flags and config files write them (`250ms`, `2s`);
 //! - [`error`]: the JSON body of every 4xx/5xx answer ([`ApiError`]);
-//! - [`http`]: the answers every keel server gives a wrong route, method or body;
+//! - [`http`]: what every keel server shares: the answers to a wrong route, method or
+//!   body, the server loop with its limits and eviction ([`http::serve_with`]), and the
+//!   check of credentials before any handler ([`http::Guard`]);
 //! - [`token`]: the admin bearer token (loading it, comparing it in constant time);
 //! - [`auth`]: the cluster secret, and signed requests and answers (`Keel-Auth`) with
 //!   either credential — how members prove membership and operators their right to act;

@@ -50,11 +50,6 @@ impl Guard {
         }
     }
 
-    /// A guard that checks nothing and signs nothing: a server with neither credential.
-    pub fn open(what: &'static str) -> Guard {
-        Guard::new(what, what, None, None, crate::auth::Hosts::any())
-    }
-
     /// Whether member routes need a member's signature (the server holds the secret).
     pub fn members_only(&self) -> bool {
         self.verifier().has_member_key()
@@ -240,7 +235,14 @@ async fn authenticate(
                     return unauthorized("wrong_credential", message);
                 }
                 Err(e) => {
-                    tracing::warn!(signer = %claim.signer, error = %e, "refused a signed request");
+                    // A member's clock or address is wrong: say so where its operator
+                    // looks. A forged or replayed request is an outsider's noise.
+                    use crate::auth::AuthError::{Busy, Expired, WrongHost};
+                    if matches!(e, Expired { .. } | WrongHost { .. } | Busy) {
+                        tracing::warn!(signer = %claim.signer, error = %e, "refused a signed request");
+                    } else {
+                        tracing::debug!(signer = %claim.signer, error = %e, "refused a signed request");
+                    }
                     return unauthorized(e.code(), e.to_string());
                 }
             }
