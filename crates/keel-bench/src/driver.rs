@@ -58,7 +58,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
 async fn connect_all(args: &Args) -> anyhow::Result<Vec<Writer>> {
     let tls = match &args.tls_ca {
         Some(ca) => Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-            keel_core::tls::client_for_ca(ca)
+            keel_auth::tls::client_for_ca(ca)
                 .with_context(|| format!("--tls-ca {}", ca.display()))?,
         ))),
         None => None,

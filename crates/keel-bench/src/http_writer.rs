@@ -50,7 +50,7 @@ impl HttpWriter {
         let tls = match (uri.scheme_str(), tls) {
             (Some("http"), _) => None,
             (Some("https"), Some(tls)) => {
-                Some((tls.clone(), keel_core::tls::server_name(authority.host())?))
+                Some((tls.clone(), keel_auth::tls::server_name(authority.host())?))
             }
             (Some("https"), None) => {
                 bail!("`{url}` is https: pass --tls-ca with the CA to check it against")

@@ -74,9 +74,11 @@ impl Token {
 
     /// A fresh random token: 32 hex characters from the OS's random source.
     pub fn generate() -> std::io::Result<Self> {
-        crate::auth::random_hex(16)
-            .map(Self)
-            .map_err(std::io::Error::other)
+        let mut bytes = [0u8; 16];
+        let mut f = fs::File::open("/dev/urandom")?;
+        std::io::Read::read_exact(&mut f, &mut bytes)?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self(hex))
     }
 
     /// The secret itself, for writing it to a file or a header.
@@ -101,7 +103,7 @@ impl Token {
 /// Checks an admin request: the process must have a token (`403 admin_disabled`
 /// otherwise) and the request must have proven it holds it (`401 unauthorized`):
 /// `authorized` is true when its `Authorization: Bearer` matched or its `Keel-Auth`
-/// signature was made with the token ([`crate::http::Guard`] checks both). `what`
+/// signature was made with the token (`keel_http::Guard` checks both). `what`
 /// names the process in the message ("node", "monitor").
 pub fn check_admin(
     token: Option<&Token>,

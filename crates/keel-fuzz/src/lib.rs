@@ -186,7 +186,7 @@ pub fn monitor_requests(data: &[u8]) {
 /// Parses a `Keel-Auth` header and checks it against a fixed request: whatever it
 /// holds, it is refused (the fuzzer does not know the secret).
 pub fn auth_header(data: &[u8]) {
-    use keel_core::auth::{Claim, ClusterSecret, Hosts, RequestParts, Verifier, body_digest};
+    use keel_auth::{Claim, ClusterSecret, Hosts, RequestParts, Verifier, body_digest};
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

@@ -83,7 +83,7 @@ impl RequestTemplate {
             tls: match (&plan.settings.tls, plan.target.https) {
                 (Some(tls), true) => Some(TargetTls(
                     tokio_rustls::TlsConnector::from(Arc::new(tls.clone())),
-                    keel_core::tls::server_name(&plan.target.host)
+                    keel_auth::tls::server_name(&plan.target.host)
                         .map_err(|e| bad(&e.to_string()))?,
                 )),
                 _ => None,

@@ -90,7 +90,7 @@ impl Collector {
     /// monitor does not answer or answers with anything but a stream.
     pub async fn start(
         monitor: &str,
-        tls: Option<keel_core::tls::ClientConfig>,
+        tls: Option<keel_auth::tls::ClientConfig>,
     ) -> Result<Collector, LoadError> {
         let monitor = monitor.trim_end_matches('/').to_owned();
         let failed = |e: ClientError| LoadError::Monitor {

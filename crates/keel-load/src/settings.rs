@@ -111,7 +111,7 @@ pub struct Settings {
     pub allow_remote: bool,
     /// TLS towards an `https://` target (`--tls-ca`): its certificate checked against the
     /// cluster CA.
-    pub tls: Option<keel_core::tls::ClientConfig>,
+    pub tls: Option<keel_auth::tls::ClientConfig>,
 }
 
 /// A checked [`Settings`]: the target split into what a connection needs.

@@ -63,7 +63,7 @@ pub struct VerifyOptions {
     /// Follow a primary outside this machine.
     pub allow_remote: bool,
     /// TLS towards `https://` nodes and monitors.
-    pub tls: Option<keel_core::tls::ClientConfig>,
+    pub tls: Option<keel_auth::tls::ClientConfig>,
 }
 
 /// What reading back found.

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use keel_core::auth::{AUTH_HEADER, Signed, Signer};
+use keel_auth::{AUTH_HEADER, Signed, Signer};
 
 use crate::wire::ClusterView;
 
@@ -43,7 +43,7 @@ pub fn stream_client(connect_timeout: Duration) -> Result<reqwest::Client, Clien
 /// [`stream_client`] speaking TLS with `tls` to `https://` monitors.
 pub fn stream_client_tls(
     connect_timeout: Duration,
-    tls: Option<&keel_core::tls::Tls>,
+    tls: Option<&keel_auth::tls::Tls>,
 ) -> Result<reqwest::Client, ClientError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
@@ -131,7 +131,7 @@ fn signed_get(
 }
 
 fn answer_signature(response: &reqwest::Response) -> Option<String> {
-    keel_core::auth::signature_of(response.headers())
+    keel_auth::signature_of(response.headers())
 }
 
 /// With a signer, the answer must carry a member's signature over the request's nonce.

@@ -12,7 +12,6 @@
 //! - [`settings`]: [`Settings`], the timing the monitor runs on and hands to the nodes;
 //! - [`state`]: [`ClusterState`], what the monitor keeps durably;
 //! - [`store`]: `monitor.json`, written atomically and fsync'd;
-//! - [`events`]: the event history and its live subscribers;
 //! - [`client`]: reading the monitor from outside (its view and its event stream);
 //! - [`server`]: the HTTP API (axum);
 //! - [`metrics`]: the Prometheus text of `/metrics`;
@@ -30,7 +29,6 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
-pub mod events;
 pub mod machine;
 pub mod metrics;
 pub mod runtime;

@@ -13,19 +13,37 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use keel_auth::{ClusterSecret, Hosts, Signer};
 use keel_core::NodeId;
-use keel_core::auth::{ClusterSecret, Hosts, Signer};
 use keel_core::faults::Faults;
-use keel_core::http::Guard;
 use keel_core::token::Token;
+use keel_http::Guard;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::events::EventLog;
 use crate::machine::{Answer, Input, Monitor, Output, Refusal, Stats};
 use crate::settings::{Settings, SettingsError};
 use crate::store::{Store, StoreError};
-use crate::wire::ClusterView;
+use crate::wire::{ClusterView, EventRecord};
+
+/// The events of the monitor's life kept for replay on `GET /v1/events`.
+pub(crate) type EventLog = keel_http::EventLog<EventRecord>;
+
+/// How many events are kept for replay.
+pub const HISTORY: usize = 10_000;
+
+/// An event of the machine, stamped with the wall-clock time for people (never compared
+/// with another clock).
+fn record_of(event: crate::machine::Event) -> EventRecord {
+    EventRecord {
+        id: event.id,
+        at: keel_core::duration::rfc3339_millis(std::time::SystemTime::now()),
+        kind: event.kind,
+        node: event.node,
+        epoch: event.epoch,
+        message: event.message,
+    }
+}
 
 /// The id the monitor signs its answers and probes with.
 pub const MONITOR_ID: &str = "monitor";
@@ -52,7 +70,7 @@ pub struct MonitorConfig {
     /// while its nodes kept theirs (they report epochs it never issued, which it refuses).
     pub epoch_floor: Option<keel_core::Epoch>,
     /// TLS for the listener and the probes (`--tls-*`); plaintext without it.
-    pub tls: Option<keel_core::tls::Tls>,
+    pub tls: Option<keel_auth::tls::Tls>,
     /// The URLs members reach the monitor at besides its listen address
     /// (`--advertise`): signatures for other hosts are refused.
     pub advertise: Vec<String>,
@@ -143,7 +161,7 @@ pub async fn run(
         epoch = %state.epoch, primary = state.primary.as_ref().map_or("-", NodeId::as_str),
         "monitor started"
     );
-    let events = Arc::new(EventLog::new());
+    let events = Arc::new(EventLog::new(HISTORY, |e: &EventRecord| e.id));
     let (core_tx, core_rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(App {
@@ -182,7 +200,7 @@ pub async fn run(
     let mut core_task = tokio::spawn(core.run(started));
 
     let router = crate::server::router(app);
-    let server = keel_core::http::serve_draining(
+    let server = keel_http::serve_draining(
         listener,
         router,
         shutdown,
@@ -293,7 +311,7 @@ impl Core {
                 }
                 Output::Probe { node, url, probe } => self.probe(node, url, probe),
                 Output::Event(event) => {
-                    let record = self.events.publish(event);
+                    let record = self.events.publish(record_of(event));
                     // The kind is the message (`promoted`, `suspected`); the sentence
                     // rides along for people reading the log.
                     tracing::info!(
@@ -360,14 +378,14 @@ async fn probe_once(
             let signed = signer
                 .sign("GET", &target, b"")
                 .map_err(|e| e.to_string())?;
-            request = request.header(keel_core::auth::AUTH_HEADER, &signed.header);
+            request = request.header(keel_auth::AUTH_HEADER, &signed.header);
             Some(signed)
         }
         None => None,
     };
     let response = request.send().await.map_err(|e| e.to_string())?;
     let status = response.status();
-    let header = keel_core::auth::signature_of(response.headers());
+    let header = keel_auth::signature_of(response.headers());
     let body = response.bytes().await.map_err(|e| e.to_string())?;
     if let (Some(signer), Some(signed)) = (signer, &signed) {
         signer

@@ -17,8 +17,8 @@ use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
+use keel_auth::Principal;
 use keel_core::ApiError;
-use keel_core::auth::Principal;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -45,20 +45,20 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics));
     let guard = app.guard.clone();
-    let routes = keel_core::http::json_fallbacks(routes, "docs/failover.md")
+    let routes = keel_http::json_fallbacks(routes, "docs/failover.md")
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app);
-    keel_core::http::guarded(routes, guard)
+    keel_http::guarded(routes, guard)
 }
 
-/// Who signed the request, if anyone ([`keel_core::http::guarded`] checked it).
+/// Who signed the request, if anyone ([`keel_http::guarded`] checked it).
 type Signed = Option<Extension<Principal>>;
 
 fn principal(signed: &Signed) -> Option<&Principal> {
     signed.as_ref().map(|Extension(p)| p)
 }
 
-use keel_core::http::error_response;
+use keel_http::error_response;
 
 /// The body as JSON of type `T`; an empty body reads as `{}` when `empty_ok`.
 fn parse<T: DeserializeOwned>(
@@ -66,8 +66,7 @@ fn parse<T: DeserializeOwned>(
     code: &str,
     empty_ok: bool,
 ) -> Result<T, Response> {
-    let raw =
-        raw.map_err(|rejection| keel_core::http::body_rejection(rejection, MAX_BODY, code))?;
+    let raw = raw.map_err(|rejection| keel_http::body_rejection(rejection, MAX_BODY, code))?;
     let text: &[u8] = if empty_ok && raw.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -258,10 +257,10 @@ async fn events(
         )
     })?;
     // Without either, only new events: a dashboard that wants history asks for it.
-    let since = keel_core::http::events_since(params.since, &headers)
-        .unwrap_or_else(|| app.events.last_id());
+    let since =
+        keel_http::events_since(params.since, &headers).unwrap_or_else(|| app.events.last_id());
     let (past, live) = app.events.subscribe(since);
-    Ok(keel_core::http::event_stream(
+    Ok(keel_http::event_stream(
         past,
         live,
         |e| (e.id, e.kind.as_str().to_owned()),

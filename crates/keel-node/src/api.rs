@@ -45,14 +45,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/kill", post(kill));
     let guard = shared.guard.clone();
-    let routes = keel_core::http::json_fallbacks(routes, "docs/api.md")
+    let routes = keel_http::json_fallbacks(routes, "docs/api.md")
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared.clone());
     // The stamp goes outside the guard: a refused credential is answered by this node too.
-    keel_core::http::guarded(routes, guard).layer(middleware::from_fn_with_state(shared, stamp))
+    keel_http::guarded(routes, guard).layer(middleware::from_fn_with_state(shared, stamp))
 }
 
-pub use keel_core::http::error_response;
+pub use keel_http::error_response;
 
 type Answer = Result<Response, Response>;
 
@@ -78,7 +78,7 @@ async fn stamp(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
 }
 
 fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
-    body.map_err(|rejection| keel_core::http::body_rejection(rejection, MAX_BODY, "bad_body"))
+    body.map_err(|rejection| keel_http::body_rejection(rejection, MAX_BODY, "bad_body"))
 }
 
 fn key(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
@@ -523,7 +523,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn kill(
     State(shared): State<Arc<Shared>>,
-    signed: Option<axum::Extension<keel_core::auth::Principal>>,
+    signed: Option<axum::Extension<keel_auth::Principal>>,
 ) -> Answer {
     shared
         .guard

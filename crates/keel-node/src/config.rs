@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keel_core::auth::ClusterSecret;
+use keel_auth::ClusterSecret;
 use keel_core::token::Token;
 use keel_core::{Epoch, NodeId, Role};
 
@@ -39,7 +39,7 @@ pub struct NodeConfig {
     pub secret: Option<ClusterSecret>,
     /// TLS for the listener, the calls to the monitor and replication (`--tls-*`);
     /// plaintext without it. The advertised URL is then `https://`.
-    pub tls: Option<keel_core::tls::Tls>,
+    pub tls: Option<keel_auth::tls::Tls>,
     /// The monitor's base URL: the role then comes from the monitor (`role` is only the
     /// starting point, standby), and so do the standbys and the epoch.
     pub monitor: Option<String>,

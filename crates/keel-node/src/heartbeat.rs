@@ -145,11 +145,11 @@ async fn post<T: serde::Serialize>(
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .timeout(timeout);
     if let Some(signed) = &signed {
-        request = request.header(keel_core::auth::AUTH_HEADER, &signed.header);
+        request = request.header(keel_auth::AUTH_HEADER, &signed.header);
     }
     let resp = request.body(body).send().await.map_err(|e| chain(&e))?;
     let status = resp.status();
-    let answer_sig = keel_core::auth::signature_of(resp.headers());
+    let answer_sig = keel_auth::signature_of(resp.headers());
     let bytes = resp.bytes().await.map_err(|e| chain(&e))?;
     if let (Some(signer), Some(signed)) = (&shared.signer, &signed) {
         signer

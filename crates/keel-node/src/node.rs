@@ -97,7 +97,7 @@ pub async fn run(
 
     let app = api::router(shared.clone());
     let tls = shared.config.tls.clone();
-    keel_core::http::serve_draining(listener, app, shutdown, GRACE, stop_tx, tls.as_ref()).await;
+    keel_http::serve_draining(listener, app, shutdown, GRACE, stop_tx, tls.as_ref()).await;
     shared.stop_senders();
     if let Some(h) = heartbeater {
         h.abort();

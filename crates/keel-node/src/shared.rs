@@ -278,10 +278,10 @@ pub struct Shared {
     pub faults: Faults,
     /// Checks the credentials of requests (members for replication, operators for
     /// admin actions) and signs answers to members.
-    pub guard: Arc<keel_core::http::Guard>,
+    pub guard: Arc<keel_http::Guard>,
     /// Signs this node's requests to the monitor and its standbys, and checks their
     /// answers; `None` without the cluster secret.
-    pub signer: Option<keel_core::auth::Signer>,
+    pub signer: Option<keel_auth::Signer>,
 }
 
 impl Shared {
@@ -316,17 +316,17 @@ impl Shared {
             fenced_by: None,
         };
         let log_end = watch::Sender::new(store.status().last.lsn);
-        let guard = Arc::new(keel_core::http::Guard::new(
+        let guard = Arc::new(keel_http::Guard::new(
             "node",
             config.id.as_str(),
             config.secret.as_ref(),
             config.token.as_ref(),
-            keel_core::auth::Hosts::of(config.listen, &[config.advertise.as_str()]),
+            keel_auth::Hosts::of(config.listen, &[config.advertise.as_str()]),
         ));
         let signer = config
             .secret
             .as_ref()
-            .map(|s| keel_core::auth::Signer::new(s.key(), config.id.as_str()));
+            .map(|s| keel_auth::Signer::new(s.key(), config.id.as_str()));
         let shared = Self {
             guard,
             signer,

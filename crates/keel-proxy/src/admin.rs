@@ -26,9 +26,9 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use keel_auth::Principal;
 use keel_core::ApiError;
-use keel_core::auth::Principal;
-use keel_core::http::error_response;
+use keel_http::error_response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -40,14 +40,14 @@ use crate::backend::Backend;
 use crate::health::State as HealthState;
 
 /// Serves the admin API until `stop` turns true, with the limits every keel server has
-/// (see [`keel_core::http::serve_draining`]).
+/// (see [`keel_http::serve_draining`]).
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
     let (stopping, _) = watch::channel(false);
     let tls = proxy.tls().cloned();
-    keel_core::http::serve_draining(
+    keel_http::serve_draining(
         listener,
         router(proxy),
         shutdown,
@@ -61,7 +61,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
 /// The admin routes.
 pub fn router(proxy: Arc<Proxy>) -> Router {
     let guard = Arc::clone(proxy.guard());
-    let routes = keel_core::http::json_fallbacks(
+    let routes = keel_http::json_fallbacks(
         Router::new()
             .route("/health", get(health))
             .route("/metrics", get(metrics))
@@ -74,7 +74,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         "docs/proxy.md, \"Admin API\"",
     )
     .with_state(proxy);
-    keel_core::http::guarded(routes, guard)
+    keel_http::guarded(routes, guard)
 }
 
 type Answer = Result<Response, Response>;

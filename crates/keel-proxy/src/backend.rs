@@ -20,7 +20,7 @@ use std::task::Context;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use keel_core::tls::Tls;
+use keel_auth::tls::Tls;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
@@ -188,7 +188,7 @@ impl Backend {
                 connector: tls.connector(),
                 // The host of a parsed URL is an IP address or `localhost`, both names a
                 // certificate can carry; were it neither, the address connected to is.
-                name: keel_core::tls::server_name(&addr.host)
+                name: keel_auth::tls::server_name(&addr.host)
                     .unwrap_or_else(|_| ServerName::IpAddress(addr.socket.ip().into())),
             },
         };

@@ -27,9 +27,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
+use keel_auth::Signer;
 use keel_core::ApiError;
 use keel_core::Role;
-use keel_core::auth::Signer;
 use keel_monitor::client::{EventStream, cluster_as as read_cluster, stream_client_tls};
 use keel_monitor::wire::ClusterView;
 use tokio::sync::{Notify, watch};
@@ -61,7 +61,7 @@ pub struct Cluster {
     /// Signs reads of the monitor and checks its answers (with the cluster secret).
     signer: Option<Signer>,
     /// The proxy's TLS, for the monitor and for data nodes on TLS.
-    tls: Option<keel_core::tls::Tls>,
+    tls: Option<keel_auth::tls::Tls>,
     stop: watch::Sender<bool>,
 }
 
@@ -85,7 +85,7 @@ impl Cluster {
     pub fn new(
         config: &ClusterConfig,
         signer: Option<Signer>,
-        tls: Option<&keel_core::tls::Tls>,
+        tls: Option<&keel_auth::tls::Tls>,
     ) -> Arc<Cluster> {
         let http = match stream_client_tls(Duration::from_secs(1), tls) {
             Ok(http) => http,

@@ -49,10 +49,10 @@ pub mod wire;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use keel_core::auth::{ClusterSecret, Signer};
-use keel_core::http::Guard;
-use keel_core::tls::Tls;
+use keel_auth::tls::Tls;
+use keel_auth::{ClusterSecret, Signer};
 use keel_core::token::Token;
+use keel_http::Guard;
 
 /// The id the proxy signs its requests to the monitor with.
 pub const PROXY_ID: &str = "proxy";
@@ -122,7 +122,7 @@ impl Proxy {
                 PROXY_ID,
                 None,
                 token.as_ref(),
-                keel_core::auth::Hosts::any(),
+                keel_auth::Hosts::any(),
             )),
             signer,
             tls,

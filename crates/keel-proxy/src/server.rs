@@ -45,8 +45,8 @@ pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     token: Option<Token>,
-    secret: Option<keel_core::auth::ClusterSecret>,
-    tls: Option<keel_core::tls::Tls>,
+    secret: Option<keel_auth::ClusterSecret>,
+    tls: Option<keel_auth::tls::Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
     config.check_tls(tls.is_some())?;
@@ -248,7 +248,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::AtomicUsize;
 
-    use keel_core::tls::Tls;
+    use keel_auth::tls::Tls;
     use rustls_pki_types::ServerName;
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::TcpStream;

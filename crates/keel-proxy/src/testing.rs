@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use keel_core::tls::{Tls, TlsFiles};
+use keel_auth::tls::{Tls, TlsFiles};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -62,7 +62,7 @@ impl Ca {
 impl Ca {
     /// A client that trusts this CA and shows no certificate (curl with `--cacert`).
     pub fn client(&self) -> tokio_rustls::TlsConnector {
-        let config = keel_core::tls::client_for_ca(&self.dir.path().join("ca.pem"))
+        let config = keel_auth::tls::client_for_ca(&self.dir.path().join("ca.pem"))
             .expect("a client of the CA");
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
     }

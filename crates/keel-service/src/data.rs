@@ -52,7 +52,7 @@ impl DataTier {
     pub fn new(
         url: &str,
         timeout: Duration,
-        tls: Option<&keel_core::tls::Tls>,
+        tls: Option<&keel_auth::tls::Tls>,
     ) -> Result<DataTier, DataError> {
         let url = url.trim_end_matches('/').to_owned();
         let host = url

@@ -7,8 +7,7 @@
 //! `Last-Event-ID`); without either it gets only new events. Replay and subscription
 //! happen under one lock, so a client sees every event once, in order.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::Query;
@@ -47,17 +46,7 @@ pub struct EventRecord {
 
 /// The history and the live feed.
 #[derive(Debug)]
-pub struct EventLog {
-    // A std mutex: held for a push or a copy, never across an await.
-    inner: Mutex<Inner>,
-    live: broadcast::Sender<EventRecord>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    history: VecDeque<EventRecord>,
-    last_id: u64,
-}
+pub struct EventLog(keel_http::EventLog<EventRecord>);
 
 impl Default for EventLog {
     fn default() -> Self {
@@ -68,15 +57,7 @@ impl Default for EventLog {
 impl EventLog {
     /// An empty log.
     pub fn new() -> Self {
-        let (live, _) = broadcast::channel(256);
-        EventLog {
-            inner: Mutex::default(),
-            live,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        EventLog(keel_http::EventLog::new(HISTORY, |e| e.id))
     }
 
     /// Records a breaker transition and sends it to subscribers.
@@ -85,42 +66,26 @@ impl EventLog {
         let at = SystemTime::now()
             .checked_sub(event.at.elapsed())
             .unwrap_or_else(SystemTime::now);
-        let mut inner = self.lock();
-        inner.last_id += 1;
-        let record = EventRecord {
-            id: inner.last_id,
-            at: keel_monitor::events::rfc3339_millis(at),
+        self.0.publish_next(|id| EventRecord {
+            id,
+            at: keel_core::duration::rfc3339_millis(at),
             kind: format!("breaker_{}", event.to.as_str()),
             breaker: event.breaker.to_string(),
             from: event.from.as_str().to_owned(),
             to: event.to.as_str().to_owned(),
             reason: event.reason.to_string(),
             message: event.to_string(),
-        };
-        if inner.history.len() == HISTORY {
-            inner.history.pop_front();
-        }
-        inner.history.push_back(record.clone());
-        // No subscriber is not an error.
-        let _ = self.live.send(record.clone());
-        record
+        })
     }
 
     /// The kept events after `since`, and a receiver for everything after them.
     pub fn subscribe(&self, since: u64) -> (Vec<EventRecord>, broadcast::Receiver<EventRecord>) {
-        let inner = self.lock();
-        let past = inner
-            .history
-            .iter()
-            .filter(|e| e.id > since)
-            .cloned()
-            .collect();
-        (past, self.live.subscribe())
+        self.0.subscribe(since)
     }
 
     /// The id of the newest event, 0 when none.
     pub fn last_id(&self) -> u64 {
-        self.lock().last_id
+        self.0.last_id()
     }
 
     /// Copies every transition of `breaker` into this log, from now until the breaker is
@@ -168,7 +133,7 @@ pub(crate) async fn stream(
     let since = match query {
         Ok(Query(q)) => q.since,
         Err(e) => {
-            return keel_core::http::error_response(
+            return keel_http::error_response(
                 StatusCode::BAD_REQUEST,
                 ApiError::new(
                     "bad_query",
@@ -178,9 +143,9 @@ pub(crate) async fn stream(
         }
     };
     // Without either, only new events: a reader that wants history asks for it.
-    let since = keel_core::http::events_since(since, headers).unwrap_or_else(|| log.last_id());
+    let since = keel_http::events_since(since, headers).unwrap_or_else(|| log.last_id());
     let (past, live) = log.subscribe(since);
-    keel_core::http::event_stream(past, live, |e| (e.id, e.kind.clone()), stopping)
+    keel_http::event_stream(past, live, |e| (e.id, e.kind.clone()), stopping)
 }
 
 #[cfg(test)]

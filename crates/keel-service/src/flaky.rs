@@ -33,11 +33,11 @@ use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use keel_auth::Principal;
 use keel_core::ApiError;
-use keel_core::auth::Principal;
-use keel_core::http::Guard;
-use keel_core::http::error_response;
 use keel_core::token::Token;
+use keel_http::Guard;
+use keel_http::error_response;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -237,7 +237,7 @@ pub async fn run(
     };
     let router = router(settings, rng, config.token)?;
     let (stopping, _) = tokio::sync::watch::channel(false);
-    keel_core::http::serve_draining(
+    keel_http::serve_draining(
         listener,
         router,
         shutdown,
@@ -261,7 +261,7 @@ pub fn router(
         "flaky",
         None,
         token.as_ref(),
-        keel_core::auth::Hosts::any(),
+        keel_auth::Hosts::any(),
     ));
     let flaky = Arc::new(Flaky {
         settings: Mutex::new(settings),
@@ -269,7 +269,7 @@ pub fn router(
         guard: guard.clone(),
         stats: Mutex::default(),
     });
-    let routes = keel_core::http::json_fallbacks(
+    let routes = keel_http::json_fallbacks(
         Router::new()
             .route("/", get(flaky_endpoint))
             .route("/health", get(health))
@@ -279,7 +279,7 @@ pub fn router(
         "GET /, /health, /metrics, GET or PUT /admin/mode (docs/resilience.md)",
     )
     .with_state(flaky);
-    Ok(keel_core::http::guarded(routes, guard))
+    Ok(keel_http::guarded(routes, guard))
 }
 
 /// `GET /`: the lab's flaky endpoint.
@@ -342,7 +342,7 @@ async fn change_settings(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return keel_core::http::body_rejection(rejection, MAX_BODY, "bad_body");
+            return keel_http::body_rejection(rejection, MAX_BODY, "bad_body");
         }
     };
     let bad = |message: String| {

@@ -70,7 +70,7 @@ pub struct ServiceConfig {
     /// The breaker in front of Redis ([`redis_visits::default_breaker`]).
     pub redis_breaker: keel_resilience::Config,
     /// TLS for the listener and for the calls to an `https://` data tier (`--tls-*`).
-    pub tls: Option<keel_core::tls::Tls>,
+    pub tls: Option<keel_auth::tls::Tls>,
 }
 
 /// Why the service could not run.
@@ -116,7 +116,7 @@ pub async fn run(
     tracing::info!(name = %config.name, %addr, data = ?config.data, redis = ?config.redis.as_deref().map(redis_visits::redacted), "service listening");
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let router = build(&config, stopped)?;
-    keel_core::http::serve_draining(
+    keel_http::serve_draining(
         listener,
         router,
         shutdown,
@@ -186,7 +186,7 @@ fn build(
         local_visits: AtomicU64::new(0),
         stats: metrics::Stats::default(),
     });
-    Ok(keel_core::http::json_fallbacks(
+    Ok(keel_http::json_fallbacks(
         Router::new()
             .route("/", get(hello))
             .route("/data", get(data_route))

@@ -680,8 +680,8 @@ fn a_peer_declaring_a_huge_frame_costs_the_standby_only_what_it_sent() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let standby = TestNode::standby("app2", root.path().join("app2"), &flags);
     let before = vm_data_kib(standby.proc.pid());
-    let signer = keel_core::auth::Signer::new(
-        keel_core::auth::ClusterSecret::from_file(&secret)
+    let signer = keel_auth::Signer::new(
+        keel_auth::ClusterSecret::from_file(&secret)
             .expect("secret")
             .key(),
         "rogue",

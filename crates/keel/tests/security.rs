@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use keel_core::auth::{AUTH_HEADER, ClusterSecret, Signer};
+use keel_auth::{AUTH_HEADER, ClusterSecret, Signer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{

@@ -33,7 +33,7 @@ pub async fn accept(State(shared): State<Arc<Shared>>, mut req: Request) -> Resp
     let headers = req.headers();
     // Only a member may replicate to this node, and only as itself: the signer must be
     // the node the stream says it comes from.
-    let principal = req.extensions().get::<keel_core::auth::Principal>();
+    let principal = req.extensions().get::<keel_auth::Principal>();
     let sender_header = headers.get(KEEL_NODE).and_then(|v| v.to_str().ok());
     if let Err(refused) = shared.guard.require_member(principal, None) {
         return refused;

@@ -146,7 +146,7 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
     let https = uri.scheme_str() == Some("https");
     let mut sender = match (&shared.config.tls, https) {
         (Some(tls), true) => {
-            let name = keel_core::tls::server_name(authority.host())
+            let name = keel_auth::tls::server_name(authority.host())
                 .map_err(|e| StreamError::Connect(e.to_string()))?;
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector().connect(name, tcp))
                 .await
@@ -182,7 +182,7 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .header(KEEL_NODE, shared.config.id.as_str())
         .header(PRIMARY_URL_HEADER, shared.config.advertise.as_str());
     if let Some(signed) = &signed {
-        req = req.header(keel_core::auth::AUTH_HEADER, &signed.header);
+        req = req.header(keel_auth::AUTH_HEADER, &signed.header);
     }
     let req = req
         .body(Empty::<Bytes>::new())
@@ -192,7 +192,7 @@ async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError>
         .map_err(|_| StreamError::Connect(format!("{addr}: no answer to the upgrade")))?
         .map_err(|e| StreamError::Connect(e.to_string()))?;
     let status = resp.status();
-    let answer_sig = keel_core::auth::signature_of(resp.headers());
+    let answer_sig = keel_auth::signature_of(resp.headers());
     if status != StatusCode::SWITCHING_PROTOCOLS {
         // Whatever answered may not be a keel node: read at most 64 KiB, briefly.
         let limited = http_body_util::Limited::new(resp.into_body(), 64 << 10);

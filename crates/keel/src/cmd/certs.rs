@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("ca.pem")).expect("ca"), ca);
         // Both certificates chain to the one CA: TLS set up from either works.
         for name in ["app1", "app2"] {
-            keel_core::tls::Tls::load(&keel_core::tls::TlsFiles {
+            keel_auth::tls::Tls::load(&keel_auth::tls::TlsFiles {
                 cert: dir.path().join(format!("{name}.pem")),
                 key: dir.path().join(format!("{name}.key")),
                 ca: dir.path().join("ca.pem"),

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use keel_core::auth::{Key, Signer};
+use keel_auth::{Key, Signer};
 use keel_core::token::{TOKEN_FILE_NAME, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -146,7 +146,7 @@ impl Control {
             let signed = Signer::new(Key::admin(token), "keel-chaos")
                 .sign("POST", &url, &body)
                 .context("cannot sign the request")?;
-            request = request.header(keel_core::auth::AUTH_HEADER, signed.header);
+            request = request.header(keel_auth::AUTH_HEADER, signed.header);
         }
         if !body.is_empty() {
             request = request

@@ -76,7 +76,7 @@ struct Client {
     timeout: Duration,
     retry_for: Duration,
     /// TLS towards https:// monitors and nodes (`--tls-ca`).
-    tls: Option<keel_core::tls::ClientConfig>,
+    tls: Option<keel_auth::tls::ClientConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,7 +104,7 @@ impl Client {
         };
         let tls = match &args.tls_ca {
             Some(ca) => Some(
-                keel_core::tls::client_for_ca(ca)
+                keel_auth::tls::client_for_ca(ca)
                     .with_context(|| format!("--tls-ca {}", ca.display()))?,
             ),
             None => None,

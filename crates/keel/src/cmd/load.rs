@@ -149,7 +149,7 @@ fn plan(args: &LoadArgs) -> anyhow::Result<Plan> {
         allow_remote: args.allow_remote,
         tls: match &args.tls_ca {
             Some(ca) => Some(
-                keel_core::tls::client_for_ca(ca)
+                keel_auth::tls::client_for_ca(ca)
                     .with_context(|| format!("--tls-ca {}", ca.display()))?,
             ),
             None => None,

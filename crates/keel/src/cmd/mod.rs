@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use keel_core::auth::{ClusterSecret, SECRET_ENV};
+use keel_auth::{ClusterSecret, SECRET_ENV};
 
 use crate::cli::{Cli, Command, LogFormat};
 
@@ -86,8 +86,8 @@ fn require_secret_beyond_loopback(
 }
 
 /// The TLS of `--tls-cert`, `--tls-key` and `--tls-ca`, if given.
-fn load_tls(args: &crate::cli::TlsArgs) -> anyhow::Result<Option<keel_core::tls::Tls>> {
-    keel_core::tls::Tls::from_flags(
+fn load_tls(args: &crate::cli::TlsArgs) -> anyhow::Result<Option<keel_auth::tls::Tls>> {
+    keel_auth::tls::Tls::from_flags(
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
         args.tls_ca.as_deref(),

@@ -43,8 +43,8 @@ use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use keel_auth::ClusterSecret;
 use keel_core::Role;
-use keel_core::auth::ClusterSecret;
 use keel_core::faults::FAULTS_FILE_ENV;
 use keel_core::token::Token;
 use keel_monitor::wire::ClusterView;
@@ -173,7 +173,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         wanted.push((PROXY.to_owned(), Vec::new()));
         wanted.extend((1..=args.services).map(|k| (format!("service{k}"), Vec::new())));
         super::certs::ensure(&dir, &wanted)?;
-        let client = keel_core::tls::client_for_ca(&dir.join("ca.pem"))
+        let client = keel_auth::tls::client_for_ca(&dir.join("ca.pem"))
             .context("cannot set up TLS towards the tier")?;
         credentials.tls = Some(dir);
         Some(client)
@@ -206,7 +206,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         let app = control::router(control_token, commands_tx);
         // Served until `keel up` ends, which aborts this task.
         let (stopping, _) = tokio::sync::watch::channel(false);
-        keel_core::http::serve_draining(
+        keel_http::serve_draining(
             control_listener,
             app,
             std::future::pending(),
@@ -396,7 +396,7 @@ struct Tier {
     monitor: String,
     http: reqwest::Client,
     /// TLS towards the tier, with `--tls`.
-    tls: Option<keel_core::tls::ClientConfig>,
+    tls: Option<keel_auth::tls::ClientConfig>,
     /// Processes stopped with SIGSTOP by `keel chaos pause`.
     paused: Vec<String>,
     /// The partitions in force and the children's fault files.
@@ -409,7 +409,7 @@ impl Tier {
         width: usize,
         log_level: Option<&'static str>,
         partitions: Partitions,
-        tls: Option<keel_core::tls::ClientConfig>,
+        tls: Option<keel_auth::tls::ClientConfig>,
     ) -> anyhow::Result<Self> {
         let (exits_tx, exits) = mpsc::unbounded_channel();
         let mut http = reqwest::Client::builder();

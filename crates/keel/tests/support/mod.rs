@@ -678,7 +678,7 @@ impl TestMonitor {
         Self::start_with(data_dir, extra, None)
     }
 
-    /// A cluster secret that `keel_core::auth::ClusterSecret` accepts.
+    /// A cluster secret that `keel_auth::ClusterSecret` accepts.
     pub const SECRET: &'static str = "test-cluster-secret-0123456789abcdef0123456789";
 
     /// Like [`TestMonitor::start`], closed to outsiders: with the cluster secret in

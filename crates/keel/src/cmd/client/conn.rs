@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use keel_auth::{AUTH_HEADER, Key, Kind, Signer};
 use keel_core::ApiError;
-use keel_core::auth::{AUTH_HEADER, Key, Kind, Signer};
 use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
 use reqwest::{Method, StatusCode, Url, header};
 use serde::Deserialize;
@@ -143,7 +143,7 @@ pub(super) struct StandbyInfo {
 impl Conn {
     pub(super) fn new(
         timeout: Duration,
-        tls: Option<keel_core::tls::ClientConfig>,
+        tls: Option<keel_auth::tls::ClientConfig>,
     ) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)

@@ -102,7 +102,7 @@ impl EventStream {
 /// An HTTP client for event streams: a connect timeout, but none on the whole request.
 pub(crate) fn stream_client(
     connect_timeout: std::time::Duration,
-    tls: Option<keel_core::tls::ClientConfig>,
+    tls: Option<keel_auth::tls::ClientConfig>,
 ) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)

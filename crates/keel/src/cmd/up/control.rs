@@ -26,11 +26,11 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use keel_auth::{Hosts, Principal};
 use keel_core::ApiError;
-use keel_core::auth::{Hosts, Principal};
-use keel_core::http::Guard;
-use keel_core::http::{body_rejection, error_response};
 use keel_core::token::Token;
+use keel_http::Guard;
+use keel_http::{body_rejection, error_response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -145,7 +145,7 @@ pub(crate) fn router(token: Option<Token>, commands: mpsc::Sender<Command>) -> R
         .route("/v1/partition", post(partition))
         .route("/v1/heal", post(heal))
         .route("/health", get(|| async { "ok" }));
-    let routes = keel_core::http::json_fallbacks(
+    let routes = keel_http::json_fallbacks(
         routes,
         "GET /v1/processes, POST /v1/processes/{name}/{action}, POST /v1/partition or POST /v1/heal",
     )
@@ -161,7 +161,7 @@ pub(crate) fn router(token: Option<Token>, commands: mpsc::Sender<Command>) -> R
         guard: guard.clone(),
         commands,
     }));
-    keel_core::http::guarded(routes, guard)
+    keel_http::guarded(routes, guard)
 }
 
 async fn list(State(app): State<Arc<App>>) -> Result<Response, Response> {

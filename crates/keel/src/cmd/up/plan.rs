@@ -119,7 +119,7 @@ impl Credentials {
     pub(super) fn in_dir(dir: &Path) -> Credentials {
         Credentials {
             token: dir.join(keel_core::token::TOKEN_FILE_NAME),
-            secret: dir.join(keel_core::auth::SECRET_FILE_NAME),
+            secret: dir.join(keel_auth::SECRET_FILE_NAME),
             tls: None,
         }
     }

@@ -9,7 +9,7 @@
 //!
 //! A client without a certificate may still connect (an operator's `keel client` with
 //! just the CA, `curl --cacert`): what it may do is decided above TLS, where member
-//! routes need a member's signature ([`crate::auth`]) and admin routes the admin token.
+//! routes need a member's signature ([`crate`]) and admin routes the admin token.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,23 +1,23 @@
 //! [`Guard`]: what a server checks of the credentials a request carries (a member's
 //! signature, an operator's token) before any handler runs, and the signature it puts on
-//! its answers to members ([`crate::auth`]).
+//! its answers to members ([`keel_auth`]).
 
 use axum::response::Response;
 use http::StatusCode;
 
-use super::error_response;
-use crate::ApiError;
+use crate::error_response;
+use keel_core::ApiError;
 
 /// What a server checks of the credentials a request carries, and how it signs its
-/// answers to members ([`crate::auth`]).
+/// answers to members ([`keel_auth`]).
 #[derive(Debug)]
 pub struct Guard {
     /// The id this server signs its answers as.
     id: String,
     /// Names the server in messages ("monitor", "node").
     what: &'static str,
-    verifier: std::sync::Mutex<crate::auth::Verifier>,
-    admin: Option<crate::token::Token>,
+    verifier: std::sync::Mutex<keel_auth::Verifier>,
+    admin: Option<keel_core::token::Token>,
 }
 
 /// How long a signed request's body may take to arrive: its signature covers the body,
@@ -33,13 +33,13 @@ impl Guard {
     pub fn new(
         what: &'static str,
         id: impl Into<String>,
-        secret: Option<&crate::auth::ClusterSecret>,
-        admin: Option<&crate::token::Token>,
-        hosts: crate::auth::Hosts,
+        secret: Option<&keel_auth::ClusterSecret>,
+        admin: Option<&keel_core::token::Token>,
+        hosts: keel_auth::Hosts,
     ) -> Guard {
-        let verifier = crate::auth::Verifier::new(
-            secret.map(crate::auth::ClusterSecret::key),
-            admin.map(crate::auth::Key::admin),
+        let verifier = keel_auth::Verifier::new(
+            secret.map(keel_auth::ClusterSecret::key),
+            admin.map(keel_auth::Key::admin),
             hosts,
         );
         Guard {
@@ -55,7 +55,7 @@ impl Guard {
         self.verifier().has_member_key()
     }
 
-    fn verifier(&self) -> std::sync::MutexGuard<'_, crate::auth::Verifier> {
+    fn verifier(&self) -> std::sync::MutexGuard<'_, keel_auth::Verifier> {
         // A panic while holding it leaves a cache that is still consistent: take it.
         self.verifier
             .lock()
@@ -69,14 +69,14 @@ impl Guard {
     #[allow(clippy::result_large_err)]
     pub fn require_member(
         &self,
-        principal: Option<&crate::auth::Principal>,
+        principal: Option<&keel_auth::Principal>,
         speaks_for: Option<&str>,
     ) -> Result<(), Response> {
         if !self.members_only() {
             return Ok(());
         }
         match principal {
-            Some(crate::auth::Principal::Member(id)) => match speaks_for {
+            Some(keel_auth::Principal::Member(id)) => match speaks_for {
                 Some(node) if node != id => Err(error_response(
                     StatusCode::FORBIDDEN,
                     ApiError::new(
@@ -104,12 +104,9 @@ impl Guard {
     /// Refuses an operator action without the admin credential: `403 admin_disabled`
     /// when this server has no admin token, `401 unauthorized` without it.
     #[allow(clippy::result_large_err)]
-    pub fn require_admin(
-        &self,
-        principal: Option<&crate::auth::Principal>,
-    ) -> Result<(), Response> {
-        let authorized = matches!(principal, Some(crate::auth::Principal::Admin));
-        crate::token::check_admin(self.admin.as_ref(), authorized, self.what)
+    pub fn require_admin(&self, principal: Option<&keel_auth::Principal>) -> Result<(), Response> {
+        let authorized = matches!(principal, Some(keel_auth::Principal::Admin));
+        keel_core::token::check_admin(self.admin.as_ref(), authorized, self.what)
             .map_err(|(status, error)| error_response(status, error))
     }
 }
@@ -130,7 +127,7 @@ async fn authenticate(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    use crate::auth::{AUTH_HEADER, Claim, Principal, RequestParts, body_digest};
+    use keel_auth::{AUTH_HEADER, Claim, Principal, RequestParts, body_digest};
     let signed = request
         .headers()
         .get(AUTH_HEADER)
@@ -190,13 +187,11 @@ async fn authenticate(
                 path,
                 body: &digest,
             };
-            let checked = guard
-                .verifier()
-                .verify(&claim, &over, crate::auth::unix_ms());
+            let checked = guard.verifier().verify(&claim, &over, keel_auth::unix_ms());
             // Over TLS, a member signs only as the member its certificate names: the
             // secret alone does not let one member speak for another there.
-            let checked = match (checked, parts.extensions.get::<super::TlsPeer>()) {
-                (Ok(crate::auth::Principal::Member(id)), Some(peer)) if !peer.names(&id) => {
+            let checked = match (checked, parts.extensions.get::<crate::TlsPeer>()) {
+                (Ok(keel_auth::Principal::Member(id)), Some(peer)) if !peer.names(&id) => {
                     return error_response(
                         StatusCode::FORBIDDEN,
                         ApiError::new(
@@ -220,7 +215,7 @@ async fn authenticate(
                     Some(principal),
                     Some(claim.nonce),
                 ),
-                Err(crate::auth::AuthError::WrongKind { got }) => {
+                Err(keel_auth::AuthError::WrongKind { got }) => {
                     let message = if got == "member" {
                         format!(
                             "this {} holds no cluster secret, so it cannot check a member's signature; start it with --cluster-secret-file (docs/security.md)",
@@ -237,7 +232,7 @@ async fn authenticate(
                 Err(e) => {
                     // A member's clock or address is wrong: say so where its operator
                     // looks. A forged or replayed request is an outsider's noise.
-                    use crate::auth::AuthError::{Busy, Expired, WrongHost};
+                    use keel_auth::AuthError::{Busy, Expired, WrongHost};
                     if matches!(e, Expired { .. } | WrongHost { .. } | Busy) {
                         tracing::warn!(signer = %claim.signer, error = %e, "refused a signed request");
                     } else {
@@ -290,7 +285,7 @@ async fn sign_answer(guard: &Guard, nonce: &str, response: Response) -> Response
     } else {
         match axum::body::to_bytes(body, usize::MAX).await {
             Ok(bytes) => {
-                let digest = crate::auth::body_digest(&bytes);
+                let digest = keel_auth::body_digest(&bytes);
                 (axum::body::Body::from(bytes), Some(digest))
             }
             Err(e) => {
@@ -304,7 +299,7 @@ async fn sign_answer(guard: &Guard, nonce: &str, response: Response) -> Response
     };
     let header = key.sign_response(&guard.id, nonce, status, digest.as_ref());
     if let Ok(value) = http::HeaderValue::from_str(&header) {
-        parts.headers.insert(crate::auth::AUTH_HEADER, value);
+        parts.headers.insert(keel_auth::AUTH_HEADER, value);
     }
     Response::from_parts(parts, body)
 }

@@ -6,7 +6,7 @@
 //! - the **cluster secret**, held by every member (monitors, nodes, proxies and services
 //!   that follow the cluster): registering, heartbeating, dropping a standby from the sync
 //!   set, replication and probes need it;
-//! - the **admin token** ([`crate::token`]), held by operators: kill, failover, drain,
+//! - the **admin token** ([`keel_core::token`]), held by operators: kill, failover, drain,
 //!   chaos, mode changes need it.
 //!
 //! A request carries a `Keel-Auth` header with an HMAC-SHA256 over what it asks for —
@@ -224,7 +224,7 @@ impl Key {
     }
 
     /// The admin token's key.
-    pub fn admin(token: &crate::token::Token) -> Key {
+    pub fn admin(token: &keel_core::token::Token) -> Key {
         Key::new(Kind::Admin, token.secret().as_bytes())
     }
 
@@ -575,7 +575,7 @@ impl Hosts {
             names.push(format!("localhost:{}", listen.port()));
         }
         for url in urls {
-            if let Some(authority) = crate::faults::authority(url) {
+            if let Some(authority) = keel_core::faults::authority(url) {
                 names.push(authority.to_ascii_lowercase());
             }
         }
@@ -957,7 +957,7 @@ mod tests {
     #[test]
     fn admin_signatures_need_the_admin_key_and_member_ones_the_secret() {
         let body = body_digest(b"");
-        let token = crate::token::Token::new("0123456789abcdef0123", "test").expect("token");
+        let token = keel_core::token::Token::new("0123456789abcdef0123", "test").expect("token");
         let admin = Key::admin(&token);
         let claim = Claim::parse(&admin.sign_request("keel-client", &parts(&body), NOW, NONCE))
             .expect("parses");

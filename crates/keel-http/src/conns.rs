@@ -1,5 +1,5 @@
 //! Which connection goes when a server is full, and which has overstayed: the decisions
-//! behind [`super::serve_with`]'s limits, pure, with time passed in.
+//! behind [`crate::serve_with`]'s limits, pure, with time passed in.
 //!
 //! A server at its connection cap used to stop accepting, so a thousand clients that each
 //! sent half a request could keep every member out. Now a new connection is always

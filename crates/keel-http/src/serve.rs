@@ -10,7 +10,7 @@
 //! | body timeout | 10 s | a body not complete in time is answered `408` and the connection closed |
 //! | body size | 1 MiB | a larger body is answered `413` |
 //! | send timeout | 30 s | a connection whose client has not read for that long is closed |
-//! | connections | 1,024 | at the cap, the connection waiting longest on its client is closed for the new one ([`super::conns`]) |
+//! | connections | 1,024 | at the cap, the connection waiting longest on its client is closed for the new one ([`crate::conns`]) |
 //!
 //! Bodies are read whole, within the body timeout, before the router sees the request:
 //! every keel handler reads its body whole anyway, and a server that reads it first
@@ -39,9 +39,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::conns::{Deadlines, Phase, Seen, overstayed, victim};
-use super::error_response;
-use crate::ApiError;
+use crate::conns::{Deadlines, Phase, Seen, overstayed, victim};
+use crate::error_response;
+use keel_core::ApiError;
 
 /// How long a client may take to send a request's head, and how long a kept-alive
 /// connection may stay idle.
@@ -86,16 +86,16 @@ impl Default for Limits {
 /// Serves `router` on `listener` with the default [`Limits`] until `shutdown` resolves,
 /// then lets in-flight requests finish for at most `grace`. `stopping` turns true the
 /// moment shutdown begins, so that the server's other tasks (event streams among them)
-/// can stop with it. With `tls`, every connection is TLS ([`crate::tls`]).
+/// can stop with it. With `tls`, every connection is TLS ([`keel_auth::tls`]).
 pub async fn serve_draining(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     stopping: watch::Sender<bool>,
-    tls: Option<&crate::tls::Tls>,
+    tls: Option<&keel_auth::tls::Tls>,
 ) {
-    let tls = tls.map(crate::tls::Tls::acceptor);
+    let tls = tls.map(keel_auth::tls::Tls::acceptor);
     serve_with(
         listener,
         router,
@@ -254,7 +254,7 @@ pub async fn serve_with(
 
 /// On a request that came over TLS: the certificate the client showed, if any (checked
 /// against the cluster CA by the handshake). A member's signature over TLS must come
-/// with a certificate that names the member ([`super::Guard`]).
+/// with a certificate that names the member ([`crate::Guard`]).
 #[derive(Debug, Clone)]
 pub struct TlsPeer {
     /// The client's certificate.
@@ -319,7 +319,7 @@ async fn handle(
                     "body_timeout",
                     format!(
                         "the body did not arrive within {}",
-                        crate::duration::format(limits.body_timeout)
+                        keel_core::duration::format(limits.body_timeout)
                     ),
                 );
             }
