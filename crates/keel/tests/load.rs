@@ -585,7 +585,7 @@ fn bad_flags_and_targets_are_refused_with_a_clear_error() {
         ),
         (&["http://10.1.2.3:80/"], "--allow-remote"),
         (&["http://example.com/"], "is not on this machine"),
-        (&["https://127.0.0.1/"], "https is not supported"),
+        (&["https://127.0.0.1/"], "an https:// target needs --tls-ca"),
         (
             &["http://127.0.0.1:1/", "--write-ratio", "2"],
             "--write-ratio must be from 0 to 1",
