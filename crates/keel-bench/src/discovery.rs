@@ -12,6 +12,8 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use keel_client::Found;
+
 use crate::cli::Target;
 
 /// A lookup younger than this is answered from memory.
@@ -130,15 +132,21 @@ impl Discovery {
         }
     }
 
-    /// `GET /v1/cluster` on the monitor: `.primary` names the node (a string, or an
-    /// object with `node` and maybe `url`); its URL is in `.nodes[]`.
+    /// The primary in the monitor's view, as every keel client finds it
+    /// ([`keel_client::primary_of`]): none while a failover runs or the one named is not
+    /// heartbeating.
     async fn keel_primary(&self) -> anyhow::Result<String> {
         let mut last_error = None;
         for monitor in &self.endpoints {
-            let url = format!("{}/v1/cluster", monitor.trim_end_matches('/'));
-            match self.get_json(&url).await {
-                Ok(view) => return keel_primary_url(&view),
-                Err(err) => last_error = Some(err),
+            let monitor = monitor.trim_end_matches('/');
+            match keel_client::monitor::cluster(&self.http, monitor, ASK_TIMEOUT).await {
+                Ok(view) => {
+                    return match keel_client::primary_of(&view) {
+                        Found::Node(target) => Ok(target.url),
+                        Found::Wait(why) => Err(anyhow::anyhow!("{why}")),
+                    };
+                }
+                Err(err) => last_error = Some(anyhow::Error::from(err)),
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no monitor given")))
@@ -211,67 +219,5 @@ impl Discovery {
         let (host, port) = address
             .with_context(|| format!("sentinel {sentinel} does not know {}", self.master_name))?;
         Ok(format!("redis://{host}:{port}"))
-    }
-
-    async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?
-            .error_for_status()
-            .with_context(|| format!("GET {url}"))?;
-        response
-            .json()
-            .await
-            .with_context(|| format!("GET {url}: not JSON"))
-    }
-}
-
-/// The primary's URL in a `/v1/cluster` view.
-fn keel_primary_url(view: &Value) -> anyhow::Result<String> {
-    let primary = &view["primary"];
-    if let Some(url) = primary["url"].as_str() {
-        return Ok(url.to_owned());
-    }
-    let name = primary
-        .as_str()
-        .or_else(|| primary["node"].as_str())
-        .context("the monitor names no primary")?;
-    view["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|node| node["node"].as_str() == Some(name))
-        .and_then(|node| node["url"].as_str())
-        .map(str::to_owned)
-        .with_context(|| format!("the monitor names {name} primary but lists no URL for it"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keel_primary_is_found_by_name_or_by_url() {
-        let by_name = serde_json::json!({
-            "primary": "app2",
-            "nodes": [
-                {"node": "app1", "url": "http://127.0.0.1:1", "role": "standby"},
-                {"node": "app2", "url": "http://127.0.0.1:2", "role": "primary"},
-            ],
-        });
-        assert_eq!(
-            keel_primary_url(&by_name).ok().as_deref(),
-            Some("http://127.0.0.1:2")
-        );
-        let by_object =
-            serde_json::json!({"primary": {"node": "app1", "url": "http://127.0.0.1:1"}});
-        assert_eq!(
-            keel_primary_url(&by_object).ok().as_deref(),
-            Some("http://127.0.0.1:1")
-        );
-        assert!(keel_primary_url(&serde_json::json!({"primary": null, "nodes": []})).is_err());
     }
 }

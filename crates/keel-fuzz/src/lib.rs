@@ -17,8 +17,8 @@
 #![forbid(unsafe_code)]
 
 use bytes::BytesMut;
+use keel_client::wire::{FailoverRequest, HeartbeatRequest, RegisterRequest, SyncDropRequest};
 use keel_monitor::machine::{Input, Monitor, Output};
-use keel_monitor::wire::{FailoverRequest, HeartbeatRequest, RegisterRequest, SyncDropRequest};
 use keel_node::repl::frame::{self, ToPrimary, ToStandby};
 use tokio_util::codec::Decoder;
 

@@ -240,7 +240,10 @@ impl HttpConn {
                 && let Ok(err) = serde_json::from_slice::<ErrorBody>(&bytes)
             {
                 error_code = err.error;
-                outcome_unknown = err.written.as_ref().and_then(|w| w.as_str()) == Some("unknown");
+                outcome_unknown = err
+                    .written
+                    .and_then(|w| serde_json::from_value::<keel_client::Written>(w).ok())
+                    == Some(keel_client::Written::Unknown);
             }
         } else {
             // Read and drop: the connection must be past this body before the next
@@ -279,7 +282,8 @@ impl Exchange for HttpConn {
 #[derive(Deserialize)]
 struct ErrorBody {
     error: Option<String>,
-    /// `false`, `true` or `"unknown"`.
+    /// `false`, `true` or `"unknown"` ([`keel_client::Written`]); read apart, so that a
+    /// bad value loses only itself, not the error code beside it.
     written: Option<serde_json::Value>,
 }
 

@@ -6,7 +6,7 @@
 //! single machine the two differ by the stream's delivery time, well under the one-second
 //! buckets of the timeline.
 //!
-//! The stream is read with [`keel_monitor::client::EventStream`]. An event of a kind this
+//! The stream is read with [`keel_client::monitor::EventStream`]. An event of a kind this
 //! version does not know is kept as it is. When the stream breaks (the monitor
 //! restarted) it is opened again with `?since=` the last id, so nothing in between is
 //! lost while the monitor keeps its history.
@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use keel_monitor::client::{ClientError, EventStream};
+use keel_client::monitor::{ClientError, EventStream};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

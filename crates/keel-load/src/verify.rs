@@ -254,11 +254,11 @@ impl Locator {
         let Some(monitor) = &self.monitor else {
             return false;
         };
-        keel_monitor::client::cluster(&self.http, monitor, READ_TIMEOUT)
-            .await
-            .ok()
-            .and_then(|view| view.primary)
-            .is_some_and(|primary| self.go_to(&primary.url))
+        let view = keel_client::monitor::cluster(&self.http, monitor, READ_TIMEOUT).await;
+        match view.as_ref().map(keel_client::primary_of) {
+            Ok(keel_client::Found::Node(primary)) => self.go_to(&primary.url),
+            _ => false,
+        }
     }
 
     /// Looks for the primary again after `from` failed or answered as a standby: the

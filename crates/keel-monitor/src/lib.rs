@@ -5,14 +5,13 @@
 //! the primary dies promotes the most up-to-date standby that is safe to promote. The
 //! protocol is docs/failover.md.
 //!
-//! - [`wire`]: the JSON bodies of the protocol, shared with the nodes (serde and
-//!   keel-core only, so a node can depend on it cheaply);
+//! - [`wire`]: the JSON bodies of the protocol, from `keel-client`, which every client of
+//!   the monitor shares;
 //! - [`machine`]: [`Monitor`], the decisions — registration, heartbeats, failure
 //!   detection, failover, switchover, the sync set — as a pure state machine;
 //! - [`settings`]: [`Settings`], the timing the monitor runs on and hands to the nodes;
 //! - [`state`]: [`ClusterState`], what the monitor keeps durably;
 //! - [`store`]: `monitor.json`, written atomically and fsync'd;
-//! - [`client`]: reading the monitor from outside (its view and its event stream);
 //! - [`server`]: the HTTP API (axum);
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`runtime`]: [`run`], which loads the state, serves, drives the machine (ticks,
@@ -28,7 +27,6 @@
 //! behind it goes out.
 #![forbid(unsafe_code)]
 
-pub mod client;
 pub mod machine;
 pub mod metrics;
 pub mod runtime;
@@ -36,8 +34,9 @@ pub mod server;
 pub mod settings;
 pub mod state;
 pub mod store;
-pub mod wire;
 
+/// The wire types, which the monitor shares with its clients (`keel-client`).
+pub use keel_client::wire;
 pub use machine::Monitor;
 pub use runtime::{MonitorConfig, MonitorError, run};
 pub use settings::Settings;

@@ -20,6 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use keel_client::Written;
 use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
 use keel_core::{ApiError, Lsn};
 use keel_store::{Command, Expect, Outcome, Rejection};
@@ -193,7 +194,7 @@ fn write_failed(e: WriteError) -> Response {
         WriteError::NoLease => (
             StatusCode::SERVICE_UNAVAILABLE,
             retry_after,
-            axum::Json(ApiError::new("no_lease", message).with("written", false)),
+            axum::Json(ApiError::new("no_lease", message).with("written", Written::No.to_json())),
         )
             .into_response(),
         WriteError::LeaseLapsed { lsn } => (
@@ -201,7 +202,7 @@ fn write_failed(e: WriteError) -> Response {
             retry_after,
             axum::Json(
                 ApiError::new("lease_lapsed", message)
-                    .with("written", "unknown")
+                    .with("written", Written::Unknown.to_json())
                     .with("lsn", lsn.0),
             ),
         )
@@ -209,8 +210,10 @@ fn write_failed(e: WriteError) -> Response {
         WriteError::Fenced { epoch, committed } => {
             let mut err = ApiError::new("fenced", message).with("epoch", epoch.0);
             err = match committed {
-                Some(lsn) => err.with("written", "unknown").with("lsn", lsn.0),
-                None => err.with("written", false),
+                Some(lsn) => err
+                    .with("written", Written::Unknown.to_json())
+                    .with("lsn", lsn.0),
+                None => err.with("written", Written::No.to_json()),
             };
             (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -222,7 +225,10 @@ fn write_failed(e: WriteError) -> Response {
         WriteError::SyncUnavailable { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             retry_after,
-            axum::Json(ApiError::new("sync_standby_unavailable", message).with("written", false)),
+            axum::Json(
+                ApiError::new("sync_standby_unavailable", message)
+                    .with("written", Written::No.to_json()),
+            ),
         )
             .into_response(),
         WriteError::ReplicationTimeout { lsn, .. } => (
@@ -230,7 +236,7 @@ fn write_failed(e: WriteError) -> Response {
             retry_after,
             axum::Json(
                 ApiError::new("replication_timeout", message)
-                    .with("written", "unknown")
+                    .with("written", Written::Unknown.to_json())
                     .with("lsn", lsn.0),
             ),
         )

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use keel_core::{NodeId, Role};
-use keel_monitor::wire::{
+use keel_client::wire::{
     FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, StandbyReport, SyncDropRequest,
     View, codes,
 };
+use keel_core::{NodeId, Role};
 use tokio::sync::watch;
 use tokio::time::Instant;
 

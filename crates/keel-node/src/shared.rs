@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use keel_monitor::wire::Failover;
+use keel_client::wire::Failover;
 
 use crate::config::NodeConfig;
 use crate::writer::WriteRequest;

@@ -28,10 +28,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use keel_auth::Signer;
+use keel_client::Written;
+use keel_client::monitor::{EventStream, cluster_as as read_cluster, stream_client_tls};
+use keel_client::wire::ClusterView;
 use keel_core::ApiError;
 use keel_core::Role;
-use keel_monitor::client::{EventStream, cluster_as as read_cluster, stream_client_tls};
-use keel_monitor::wire::ClusterView;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -337,7 +338,7 @@ pub(crate) async fn forward(
                         format!("data node {} cannot be reached ({error}); the monitor will replace it if it is down", node.name),
                     )
                     .with("node", node.name.as_str())
-                    .with("written", false),
+                    .with("written", Written::No.to_json()),
                 );
             }
             // The body was read whole before anything was sent.
@@ -357,7 +358,7 @@ pub(crate) async fn forward(
                 .with("node", node.name.as_str());
                 // A read changed nothing; any other request may have been applied.
                 if !read_only {
-                    refusal = refusal.with("written", "unknown");
+                    refusal = refusal.with("written", Written::Unknown.to_json());
                 }
                 return unavailable(refusal);
             }
@@ -373,7 +374,7 @@ pub(crate) async fn forward(
                         ),
                     )
                     .with("node", node.name.as_str())
-                    .with("written", "unknown"),
+                    .with("written", Written::Unknown.to_json()),
                 );
             }
         }

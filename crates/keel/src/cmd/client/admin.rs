@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::bail;
+use keel_client::wire::{EventKind, FailoverRequest, NodeStatus};
 use keel_core::{NodeId, Role};
-use keel_monitor::wire::{EventKind, FailoverRequest, NodeStatus};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::time::Instant;
@@ -289,7 +289,7 @@ impl Client {
                 let state = view.as_ref().map_or_else(
                     || "the monitor does not answer".to_owned(),
                     |v| match (&v.failover, &v.primary) {
-                        (Some(f), _) => super::route::describe_failover(f),
+                        (Some(f), _) => keel_client::discovery::describe_failover(f),
                         (None, Some(p)) => format!("the primary is {}", p.node),
                         (None, None) => "there is no primary".to_owned(),
                     },

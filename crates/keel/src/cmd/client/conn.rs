@@ -157,6 +157,16 @@ impl Conn {
         Ok(Conn { http, timeout })
     }
 
+    /// The HTTP client, for the monitor's reads (`keel_client::monitor`).
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// How long one request may take.
+    pub(super) fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+
     /// Sends `req` to the node at `base`. Only a failure to get any answer is an error.
     pub(super) async fn send(&self, base: &str, req: &Req) -> anyhow::Result<Answer> {
         self.try_send(base, req).await.map_err(|u| u.error)
@@ -296,19 +306,7 @@ pub(super) fn normalize_url(s: &str) -> anyhow::Result<String> {
     Ok(with_scheme)
 }
 
-/// The innermost cause, which is the one that names the problem ("connection refused").
-pub(super) fn root_cause(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    if let Some(io) = cause.downcast_ref::<std::io::Error>()
-        && io.kind() == std::io::ErrorKind::ConnectionRefused
-    {
-        return "connection refused".to_owned();
-    }
-    cause.to_string()
-}
+pub(super) use keel_client::monitor::root_cause;
 
 fn shorten(s: &str) -> String {
     match s.char_indices().nth(200) {

@@ -5,7 +5,7 @@
 //! prints every event as it happens.
 
 use anyhow::{Context, anyhow};
-use keel_monitor::wire::{EventKind, EventRecord};
+use keel_client::wire::{EventKind, EventRecord};
 
 /// One event as read from the stream.
 ///
@@ -75,7 +75,7 @@ fn clock_time(at: &str) -> &str {
 }
 
 /// An open `GET /v1/events` stream, read as [`Seen`] events.
-pub(crate) struct EventStream(keel_monitor::client::EventStream);
+pub(crate) struct EventStream(keel_client::monitor::EventStream);
 
 impl EventStream {
     /// Opens the stream; `since` asks the monitor to replay its history after that event
@@ -86,7 +86,7 @@ impl EventStream {
         since: Option<u64>,
     ) -> anyhow::Result<EventStream> {
         Ok(EventStream(
-            keel_monitor::client::EventStream::open(http, monitor, since).await?,
+            keel_client::monitor::EventStream::open(http, monitor, since).await?,
         ))
     }
 

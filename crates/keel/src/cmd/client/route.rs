@@ -16,47 +16,18 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use keel_client::discovery::describe_failover;
+use keel_client::outcome::Written;
+use keel_client::wire::ClusterView;
+pub(super) use keel_client::{Found, Safety, Target};
+use keel_client::{Waits, primary_of};
 use keel_core::ApiError;
 use keel_core::Role;
-use keel_monitor::wire::{ClusterView, Failover, FailoverPhase};
-use keel_resilience::{Backoff, Jitter};
 use reqwest::StatusCode;
 
-use super::conn::{Answer, Health, Req, Unanswered, normalize_url};
+use super::conn::{Answer, Health, Req, normalize_url};
 use super::{Client, DEFAULT_NODE};
 use crate::cli::StateWhich;
-
-/// The first wait between tries, and the longest: a failover at the default settings
-/// takes about a second, so waits beyond that would only add to it.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(1);
-
-/// The waits of one operation's retries: capped exponential backoff with full jitter, so
-/// that many clients thrown off by the same failover do not come back in step, and never
-/// shorter than the server's `Retry-After`.
-struct Waits {
-    backoff: Backoff,
-    /// Retries so far.
-    retries: u32,
-}
-
-impl Waits {
-    fn new() -> Self {
-        Waits {
-            backoff: Backoff::exponential(BACKOFF_BASE, BACKOFF_CAP),
-            retries: 0,
-        }
-    }
-
-    /// The wait before the next try, for a jitter draw `unit` in `[0, 1]`.
-    fn next(&mut self, retry_after: Option<Duration>, unit: f64) -> Duration {
-        let wait = self
-            .backoff
-            .delay(self.retries, Jitter::Full, unit, retry_after);
-        self.retries = self.retries.saturating_add(1);
-        wait
-    }
-}
 
 /// How requests find their node.
 pub(super) struct Route {
@@ -100,37 +71,6 @@ impl Route {
     }
 }
 
-/// Whether a request may be sent again when its outcome is unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Safety {
-    /// Applying it twice is the same as once (reads, PUT, PATCH of entries).
-    Idempotent,
-    /// Applying it twice is not the same (an increment): send it at most once after it
-    /// may have been received.
-    Once,
-}
-
-/// A node to send to.
-#[derive(Debug, Clone)]
-pub(super) struct Target {
-    /// Its id, when known (from the monitor).
-    pub(super) name: Option<String>,
-    pub(super) url: String,
-}
-
-impl Target {
-    fn label(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.url)
-    }
-}
-
-/// Where the primary is, as far as the client can tell now.
-pub(super) enum Found {
-    Node(Target),
-    /// Nowhere yet: wait and ask again. The reason, for a person.
-    Wait(String),
-}
-
 /// A node `state` shows.
 pub(super) struct StateTarget {
     pub(super) name: Option<String>,
@@ -159,27 +99,35 @@ impl Client {
         &self,
         monitor: &str,
     ) -> Result<ClusterView, (anyhow::Error, bool)> {
-        let answer = self
-            .conn
-            .try_send(monitor, &Req::get(&["v1", "cluster"]))
-            .await
-            .map_err(|u: Unanswered| {
-                (
-                    anyhow!(
-                        "cannot reach the monitor at {monitor}: {} — is `keel up` running? \
-                         (to talk to a node directly, pass --node URL)",
-                        u.reason
+        use keel_client::monitor::ClientError;
+        let read = keel_client::monitor::cluster(self.conn.http(), monitor, self.conn.timeout());
+        match read.await {
+            Ok(view) => Ok(view),
+            Err(ClientError::Unreachable { reason, .. }) => Err((
+                anyhow!(
+                    "cannot reach the monitor at {monitor}: {reason} — is `keel up` running? \
+                     (to talk to a node directly, pass --node URL)"
+                ),
+                false,
+            )),
+            Err(ClientError::Refused { status, body, .. }) => Err((
+                match serde_json::from_str::<ApiError>(&body) {
+                    Ok(e) => anyhow!(
+                        "the monitor at {monitor} refused: {} ({status} {})",
+                        e.message,
+                        e.error
                     ),
-                    false,
-                )
-            })?;
-        if !answer.status.is_success() {
-            return Err((monitor_refusal(monitor, &answer), true));
+                    Err(_) => anyhow!(
+                        "the monitor at {monitor} answered {status}; is that a keel monitor?"
+                    ),
+                },
+                true,
+            )),
+            Err(e) => Err((
+                anyhow!("{monitor} does not answer like a keel monitor: {e}"),
+                true,
+            )),
         }
-        answer
-            .json()
-            .with_context(|| format!("{monitor} does not answer like a keel monitor"))
-            .map_err(|e| (e, true))
     }
 
     /// Whether requests go to a node directly rather than where the monitor says.
@@ -326,11 +274,8 @@ impl Client {
                 return Err(answer.failure().context(what.to_owned()));
             }
             let retry_after = answer.retry_after_wait;
-            let unknown = api
-                .as_ref()
-                .and_then(|e| e.details.get("written"))
-                .is_some_and(|w| w == "unknown");
-            if unknown {
+            let written = api.as_ref().and_then(|e| Written::of(&e.details));
+            if written == Some(Written::Unknown) {
                 match safety {
                     Safety::Idempotent => {
                         let why = format!(
@@ -525,39 +470,6 @@ impl Client {
     }
 }
 
-/// The primary in a monitor's view, or why there is none to send to right now.
-fn primary_of(view: &ClusterView) -> Found {
-    if let Some(f) = &view.failover {
-        return Found::Wait(describe_failover(f));
-    }
-    let Some(primary) = &view.primary else {
-        return Found::Wait("the monitor names no primary yet".to_owned());
-    };
-    let status = view.nodes.iter().find(|n| n.node == primary.node);
-    // A primary the monitor no longer hears from is dead or frozen: a request to a frozen
-    // one would hang until --timeout, so wait for the monitor's verdict instead.
-    if status.is_some_and(|s| !s.healthy) {
-        return Found::Wait(format!(
-            "{} (the primary) is not heartbeating; waiting for the monitor to fail over",
-            primary.node
-        ));
-    }
-    Found::Node(Target {
-        name: Some(primary.node.to_string()),
-        url: primary.url.trim_end_matches('/').to_owned(),
-    })
-}
-
-/// `failover in progress (promoting app2: waiting for app1's lease to run out)`
-pub(super) fn describe_failover(f: &Failover) -> String {
-    let step = match f.phase {
-        FailoverPhase::Draining => format!("{} is draining", f.from),
-        FailoverPhase::WaitingForLeases => format!("waiting for {}'s lease to run out", f.from),
-        FailoverPhase::Promoting => format!("{} is taking over", f.to),
-    };
-    format!("failover in progress (promoting {}: {step})", f.to)
-}
-
 /// One line for a `503` that asks to come back later.
 fn unavailable(who: &str, code: &str, api: Option<&ApiError>) -> String {
     match code {
@@ -617,50 +529,5 @@ pub(super) fn monitor_refusal(monitor: &str, answer: &Answer) -> anyhow::Error {
             "the monitor at {monitor} answered {}; is that a keel monitor?",
             answer.status
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn waits_double_up_to_the_cap() {
-        let mut waits = Waits::new();
-        let all: Vec<_> = (0..6).map(|_| waits.next(None, 1.0)).collect();
-        assert_eq!(
-            all,
-            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
-        );
-    }
-
-    #[test]
-    fn full_jitter_draws_below_the_ceiling() {
-        let mut waits = Waits::new();
-        assert_eq!(waits.next(None, 0.0), ms(0));
-        assert_eq!(waits.next(None, 0.5), ms(100));
-    }
-
-    #[test]
-    fn retry_after_is_a_floor_never_a_cap() {
-        let mut waits = Waits::new();
-        assert_eq!(waits.next(Some(ms(1000)), 0.3), ms(1000));
-        let mut waits = Waits::new();
-        waits.next(None, 0.0);
-        waits.next(None, 0.0);
-        // Ceiling 400 ms, drawn at 0.5: a shorter Retry-After does not shorten it.
-        assert_eq!(waits.next(Some(ms(100)), 0.5), ms(200));
-    }
-
-    #[test]
-    fn many_retries_stay_within_the_cap() {
-        let mut waits = Waits::new();
-        for _ in 0..100 {
-            assert!(waits.next(None, 1.0) <= BACKOFF_CAP);
-        }
     }
 }

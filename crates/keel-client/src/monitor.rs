@@ -179,9 +179,25 @@ fn unreachable(monitor: &str, e: &reqwest::Error) -> ClientError {
         reason: if e.is_timeout() {
             "timed out".to_owned()
         } else {
-            e.to_string()
+            root_cause(e)
         },
     }
+}
+
+/// The innermost cause of a transport error, which is the one that names the problem
+/// ("connection refused", "invalid peer certificate: UnknownIssuer"): reqwest's own
+/// message only says that sending failed.
+pub fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if let Some(io) = cause.downcast_ref::<std::io::Error>()
+        && io.kind() == std::io::ErrorKind::ConnectionRefused
+    {
+        return "connection refused".to_owned();
+    }
+    cause.to_string()
 }
 
 /// An open `GET /v1/events` stream, read one `data:` payload at a time.
