@@ -2,8 +2,8 @@
 //! `-kill-primary`) made real, plus the key/value space, counters, a manual switchover
 //! and the monitor's view.
 //!
-//! By default every command finds the primary through the monitor (`--monitor`,
-//! `/v1/cluster`) and rides through a failover: when the primary cannot be reached, or
+//! By default every command finds the primary through the monitor (`--monitor`, read
+//! with `keel_client`) and rides through a failover: when the primary cannot be reached, or
 //! answers that a failover is in progress, the client says so in one line on stderr,
 //! asks the monitor again and retries with backoff, for up to `--retry-for`. `--node`
 //! talks to one node directly instead (a standby names its primary in a 421, which is
@@ -24,7 +24,9 @@ mod admin;
 mod conn;
 pub(crate) mod events;
 mod fetch;
+mod print;
 mod route;
+mod state;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -41,6 +43,7 @@ use serde_json::json;
 use crate::cli::{ClientArgs, ClientCommand, StateWhich};
 use conn::{Conn, Req, normalize_url};
 use keel_node::update::{self, UpdateError};
+use print::{display_width, print_json, print_map};
 use route::{Route, Safety};
 
 /// Where `keel up` writes the token when run with its default data dir.
@@ -370,47 +373,5 @@ impl Client {
              (`keel up` writes one to <data-dir>/{TOKEN_FILE_NAME}; {} does not exist)",
             default.display()
         )
-    }
-}
-
-/// Prints a map as aligned `key = value` lines, sorted by key.
-fn print_map(entries: &BTreeMap<String, String>) {
-    if entries.is_empty() {
-        println!("  (no entries)");
-        return;
-    }
-    let width = entries.keys().map(|k| display_width(k)).max().unwrap_or(0);
-    for (key, value) in entries {
-        println!("  {key:width$} = {}", printable(value));
-    }
-}
-
-/// A value with control characters escaped, so that one entry stays on one line.
-fn printable(value: &str) -> String {
-    if value.chars().any(char::is_control) {
-        value.escape_debug().to_string()
-    } else {
-        value.to_owned()
-    }
-}
-
-/// Width for alignment: characters, not bytes, so accented keys line up.
-fn display_width(s: &str) -> usize {
-    s.chars().count()
-}
-
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_characters_are_escaped_in_values() {
-        assert_eq!(printable("a\r\nb"), "a\\r\\nb");
-        assert_eq!(printable("plain"), "plain");
     }
 }

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use super::conn::Req;
 use super::events::{EventStream, Seen, stream_client};
-use super::route::{Found, monitor_refusal, print_view_header};
+use super::route::{Found, monitor_refusal};
+use super::state::print_view_header;
 use super::{Client, print_json};
 
 /// How long `kill-primary --watch` and `failover` follow the monitor's events for the

@@ -1,45 +1,44 @@
 //! Where a request goes, and the loop that carries it through a failover.
 //!
-//! With the monitor, the primary is whatever `/v1/cluster` names; without it (`--node`,
+//! With the monitor, the primary is the one its view names (found the way every client
+//! finds it: `keel_client::primary_of`); without it (`--node`,
 //! or the default monitor not answering), the node given, and the primary a standby
 //! names in a 421. [`Client::ride`] sends a request there and, on the answers that mean
 //! "not now" — nothing listening, `503` with `Retry-After`, `421` — says in one line what
 //! happened, asks again where the primary is and retries with capped, jittered backoff
-//! that honours `Retry-After`, until `--retry-for` runs out.
+//! that honours `Retry-After` (`keel_client::Waits`), until `--retry-for` runs out.
 //!
 //! The one thing it never does silently is send again a write whose outcome is unknown
-//! (no answer after it was sent, or `503` with `"written": "unknown"`): that is done only
-//! for [`Safety::Idempotent`] requests, and said; for the rest the unknown outcome is the
-//! answer.
+//! (no answer after it was sent, or `503` with `Written::Unknown`): that is done only for
+//! [`Safety::Idempotent`] requests (`keel_client::Safety`'s rule), and said; for the rest
+//! the unknown outcome is the answer. What is here beyond `keel_client` is what a person
+//! sees: a line for each wait, and the falling back to a node when no monitor answers.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
-use keel_client::discovery::describe_failover;
+use anyhow::{anyhow, bail};
 use keel_client::outcome::Written;
 use keel_client::wire::ClusterView;
 pub(super) use keel_client::{Found, Safety, Target};
 use keel_client::{Waits, primary_of};
 use keel_core::ApiError;
-use keel_core::Role;
 use reqwest::StatusCode;
 
-use super::conn::{Answer, Health, Req, normalize_url};
+use super::conn::{Answer, Req, normalize_url};
 use super::{Client, DEFAULT_NODE};
-use crate::cli::StateWhich;
 
 /// How requests find their node.
 pub(super) struct Route {
     /// `--node`: this node, else `None` (ask the monitor).
-    node: Option<String>,
+    pub(super) node: Option<String>,
     /// The monitor's URL.
-    monitor: String,
+    pub(super) monitor: String,
     /// The monitor is the default one, and when it does not answer the client may turn
     /// to [`DEFAULT_NODE`].
-    may_fall_back: bool,
+    pub(super) may_fall_back: bool,
     /// Set once the client did turn to [`DEFAULT_NODE`].
-    fell_back: Cell<bool>,
+    pub(super) fell_back: Cell<bool>,
 }
 
 impl Route {
@@ -62,33 +61,11 @@ impl Route {
     }
 
     /// The node to talk to directly, when the monitor is not asked.
-    fn direct_node(&self) -> Option<&str> {
+    pub(super) fn direct_node(&self) -> Option<&str> {
         match &self.node {
             Some(node) => Some(node),
             None if self.fell_back.get() => Some(DEFAULT_NODE),
             None => None,
-        }
-    }
-}
-
-/// A node `state` shows.
-pub(super) struct StateTarget {
-    pub(super) name: Option<String>,
-    pub(super) url: String,
-    /// The role the monitor assigned, when asked.
-    pub(super) role: Option<Role>,
-    /// Whether it should answer (the monitor has heard from it lately, or it was not
-    /// asked).
-    pub(super) expected_up: bool,
-}
-
-impl StateTarget {
-    /// The heading of a node that did not answer: `app1 (primary per the monitor) URL`.
-    pub(super) fn title(&self) -> String {
-        let name = self.name.as_deref().unwrap_or("?");
-        match self.role {
-            Some(role) => format!("{name} ({role} per the monitor) {}", self.url),
-            None => format!("{name} {}", self.url),
         }
     }
 }
@@ -330,144 +307,6 @@ impl Client {
         tokio::time::sleep(wait).await;
         Ok(())
     }
-
-    /// The nodes `state` shows, each with what is known about it.
-    pub(super) async fn state_targets(
-        &self,
-        which: StateWhich,
-    ) -> anyhow::Result<Vec<StateTarget>> {
-        if self.route.direct_node().is_none() {
-            match self.cluster_view(&self.route.monitor).await {
-                Ok(view) => {
-                    print_view_header(&self.route.monitor, &view, self.json);
-                    let wanted = |role: Role| match which {
-                        StateWhich::All => true,
-                        StateWhich::Primary => role == Role::Primary,
-                        StateWhich::Standby => role == Role::Standby,
-                    };
-                    let targets: Vec<StateTarget> = view
-                        .nodes
-                        .iter()
-                        // The primary first, as a person reads it.
-                        .filter(|n| wanted(n.role) && n.role == Role::Primary)
-                        .chain(
-                            view.nodes
-                                .iter()
-                                .filter(|n| wanted(n.role) && n.role != Role::Primary),
-                        )
-                        .map(|n| StateTarget {
-                            name: Some(n.node.to_string()),
-                            url: n.url.clone(),
-                            role: Some(n.role),
-                            expected_up: n.healthy,
-                        })
-                        .collect();
-                    if targets.is_empty() {
-                        bail!(
-                            "the monitor at {} knows no {} node",
-                            self.route.monitor,
-                            match which {
-                                StateWhich::Primary => "primary",
-                                StateWhich::Standby => "standby",
-                                StateWhich::All => "",
-                            }
-                        );
-                    }
-                    return Ok(targets);
-                }
-                Err((e, true)) => return Err(e),
-                Err((e, false)) if !self.route.may_fall_back => return Err(e),
-                Err(_) => {
-                    eprintln!(
-                        "note: no monitor answers at {}; asking {DEFAULT_NODE} directly \
-                         (pass --monitor URL or --node URL to choose)",
-                        self.route.monitor
-                    );
-                    self.route.fell_back.set(true);
-                }
-            }
-        }
-        let node = self.route.direct_node().unwrap_or(DEFAULT_NODE).to_owned();
-        self.state_targets_from_node(&node, which).await
-    }
-
-    /// Without the monitor: the primary's URL and health, found from the node at `base`
-    /// (whose health is `health`): the node itself when it is primary, else the primary
-    /// it names.
-    pub(super) async fn locate_primary(
-        &self,
-        base: &str,
-        health: Health,
-    ) -> anyhow::Result<(String, Health)> {
-        if health.role == "primary" {
-            return Ok((base.to_owned(), health));
-        }
-        let Some(primary) = health.primary.as_deref().filter(|p| !p.is_empty()) else {
-            bail!(
-                "{} at {base} is a {} and does not know its primary (no primary is connected to it); \
-                 pass the primary's URL with --node",
-                health.node,
-                health.role
-            );
-        };
-        let primary = normalize_url(primary)?;
-        let found = self
-            .conn
-            .health(&primary)
-            .await
-            .with_context(|| format!("{} names {primary} as its primary", health.node))?;
-        if found.role != "primary" {
-            bail!(
-                "{} names {primary} as its primary, but {} there is a {}; a failover may be under way, try again",
-                health.node,
-                found.node,
-                found.role
-            );
-        }
-        Ok((primary, found))
-    }
-
-    /// Without the monitor: the node given, the primary it names, the primary's standbys.
-    async fn state_targets_from_node(
-        &self,
-        node: &str,
-        which: StateWhich,
-    ) -> anyhow::Result<Vec<StateTarget>> {
-        let target = |url: String| StateTarget {
-            name: None,
-            url,
-            role: None,
-            expected_up: true,
-        };
-        let given = self.conn.health(node).await?;
-        let given_is_standby = given.role != "primary";
-        let urls: Vec<String> = match (self.locate_primary(node, given).await, which) {
-            (Ok((url, _)), StateWhich::Primary) => vec![url],
-            (Ok((url, health)), which) => {
-                let standbys = health
-                    .standbys
-                    .iter()
-                    .map(|s| s.url.trim_end_matches('/').to_owned());
-                let mut urls: Vec<String> = match which {
-                    StateWhich::All => std::iter::once(url).chain(standbys).collect(),
-                    _ => standbys.collect(),
-                };
-                urls.dedup();
-                if urls.is_empty() {
-                    eprintln!("the primary at {node} has no standbys");
-                }
-                urls
-            }
-            // Without a primary a standby can still show what it holds (the seed's
-            // `-get_state=standby` after the primary was killed).
-            (Err(e), StateWhich::Standby | StateWhich::All) if given_is_standby => {
-                eprintln!("warning: {e:#}; showing {node} only");
-                vec![node.to_owned()]
-            }
-            (Err(e), _) => return Err(e),
-        };
-        Ok(urls.into_iter().map(target).collect())
-    }
 }
 
 /// One line for a `503` that asks to come back later.
@@ -491,28 +330,6 @@ fn unavailable(who: &str, code: &str, api: Option<&ApiError>) -> String {
             Some(e) => format!("{who}: {} ({code})", e.message),
             None => format!("{who} is unavailable"),
         },
-    }
-}
-
-/// `monitor http://…: epoch 3, primary app1, no failover in progress` (stderr under
-/// `--json`, so that stdout stays one JSON document).
-pub(super) fn print_view_header(monitor: &str, view: &ClusterView, json: bool) {
-    let primary = view.primary.as_ref().map_or_else(
-        || "no primary".to_owned(),
-        |p| format!("primary {}", p.node),
-    );
-    let failover = view
-        .failover
-        .as_ref()
-        .map_or_else(|| "no failover in progress".to_owned(), describe_failover);
-    let line = format!(
-        "monitor {monitor}: epoch {}, {primary}, {failover}",
-        view.epoch
-    );
-    if json {
-        eprintln!("{line}");
-    } else {
-        println!("{line}\n");
     }
 }
 
