@@ -8,6 +8,7 @@
 //!   (docs/failover.md), shared with the monitor that answers them;
 //! - [`monitor`]: reading the monitor from outside — its view (`GET /v1/cluster`) and
 //!   its event stream (`GET /v1/events`), signed as a member when the reader is one;
+//! - [`node`]: the nodes' answers clients read (counters, keys, a node's health);
 //! - [`discovery`]: the primary in a view, or why there is none to send to now;
 //! - [`waits`]: the backoff between tries, never shorter than `Retry-After`;
 //! - [`outcome`]: [`Written`], what became of a refused write, the one way it travels,
@@ -16,6 +17,7 @@
 
 pub mod discovery;
 pub mod monitor;
+pub mod node;
 pub mod outcome;
 pub mod waits;
 pub mod wire;

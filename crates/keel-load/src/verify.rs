@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -226,11 +226,6 @@ struct Locator {
     http: reqwest::Client,
 }
 
-#[derive(Deserialize)]
-struct PrimaryField {
-    primary: Option<String>,
-}
-
 impl Locator {
     fn current(&self) -> String {
         self.current
@@ -268,7 +263,9 @@ impl Locator {
             return;
         }
         let named = match self.http.get(format!("{from}/health")).send().await {
-            Ok(r) if r.status().is_success() => r.json::<PrimaryField>().await.ok(),
+            Ok(r) if r.status().is_success() => {
+                r.json::<keel_client::node::NodeHealth>().await.ok()
+            }
             _ => None,
         };
         if let Some(primary) = named.and_then(|h| h.primary)
@@ -329,9 +326,10 @@ impl Locator {
                 404 => return Found::Absent(None),
                 421 => {
                     last = format!("{from} is not the primary");
-                    let named = serde_json::from_slice::<PrimaryField>(&body)
+                    // A standby's 421 names its primary (docs/api.md).
+                    let named = serde_json::from_slice::<keel_core::ApiError>(&body)
                         .ok()
-                        .and_then(|p| p.primary);
+                        .and_then(|e| e.details.get("primary")?.as_str().map(str::to_owned));
                     let moved =
                         named.is_some_and(|p| p.trim_end_matches('/') != from && self.go_to(&p));
                     if !moved {

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use keel_client::Written;
+use keel_client::node::{Counter, KeyList, KeyVersion};
 use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
 use keel_core::{ApiError, Lsn};
 use keel_store::{Command, Expect, Outcome, Rejection};
@@ -315,11 +316,11 @@ async fn patch_entries(
 
 async fn list_kv(State(shared): State<Arc<Shared>>) -> Answer {
     let keys = read(&shared, |s| s.kv_keys()).await?;
-    let keys: Vec<_> = keys
+    let keys = keys
         .into_iter()
-        .map(|(key, version)| json!({"key": key, "version": version}))
+        .map(|(key, version)| KeyVersion { key, version })
         .collect();
-    Ok(axum::Json(json!({ "keys": keys })).into_response())
+    Ok(axum::Json(KeyList { keys }).into_response())
 }
 
 async fn get_kv(
@@ -468,7 +469,7 @@ async fn incr(
         _ => 0,
     };
     Ok(with_lsn(
-        axum::Json(json!({"name": name, "value": value})).into_response(),
+        axum::Json(Counter { name, value }).into_response(),
         lsn,
     ))
 }
@@ -480,7 +481,7 @@ async fn get_counter(
     let name = key(path)?;
     let lookup = name.clone();
     let value = read(&shared, move |s| s.counter(&lookup)).await?;
-    Ok(axum::Json(json!({"name": name, "value": value})).into_response())
+    Ok(axum::Json(Counter { name, value }).into_response())
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {

@@ -113,22 +113,19 @@ impl DataTier {
         };
         let (node, role) = (header(KEEL_NODE), header(KEEL_ROLE));
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(unreachable)?;
+        let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
-            let message = body
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("no message")
-                .to_owned();
+            let message = serde_json::from_slice::<keel_core::ApiError>(&body)
+                .map_or_else(|_| "no message".to_owned(), |e| e.message);
             return Err(DataError::Refused {
                 status: status.as_u16(),
                 message,
             });
         }
-        let visits = body
-            .get("value")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| DataError::BadAnswer(body.to_string()))?;
+        let counter: keel_client::node::Counter = serde_json::from_slice(&body)
+            .map_err(|_| DataError::BadAnswer(String::from_utf8_lossy(&body).into_owned()))?;
+        let visits = u64::try_from(counter.value)
+            .map_err(|_| DataError::BadAnswer(format!("a count of {}", counter.value)))?;
         Ok(DataAnswer { visits, node, role })
     }
 }

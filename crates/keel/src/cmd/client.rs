@@ -37,11 +37,11 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use keel_core::token::{TOKEN_FILE_NAME, Token};
 use reqwest::Method;
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::cli::{ClientArgs, ClientCommand, StateWhich};
 use conn::{Conn, Req, normalize_url};
+use keel_client::node::KeyList;
 use keel_node::update::{self, UpdateError};
 use print::{display_width, print_json, print_map};
 use route::{Route, Safety};
@@ -80,17 +80,6 @@ struct Client {
     retry_for: Duration,
     /// TLS towards https:// monitors and nodes (`--tls-ca`).
     tls: Option<keel_auth::tls::ClientConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-struct KeyList {
-    keys: Vec<KeyVersion>,
-}
-
-#[derive(Debug, Deserialize)]
-struct KeyVersion {
-    key: String,
-    version: u64,
 }
 
 impl Client {

@@ -8,7 +8,6 @@ use keel_auth::{AUTH_HEADER, Key, Kind, Signer};
 use keel_core::ApiError;
 use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
 use reqwest::{Method, StatusCode, Url, header};
-use serde::Deserialize;
 
 /// An HTTP connection pool with the client's time limit.
 pub(super) struct Conn {
@@ -125,20 +124,7 @@ pub(super) struct Unanswered {
 }
 
 /// The parts of `GET /health` the client uses (docs/api.md).
-#[derive(Debug, Deserialize)]
-pub(super) struct Health {
-    pub(super) node: String,
-    pub(super) role: String,
-    #[serde(default)]
-    pub(super) primary: Option<String>,
-    #[serde(default)]
-    pub(super) standbys: Vec<StandbyInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(super) struct StandbyInfo {
-    pub(super) url: String,
-}
+pub(super) type Health = keel_client::node::NodeHealth;
 
 impl Conn {
     pub(super) fn new(
