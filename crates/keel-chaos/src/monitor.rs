@@ -1,0 +1,140 @@
+//! What `keel up` reads from its monitor: the cluster view (`GET /v1/cluster`), to start
+//! the recorded primary first, to wait for a primary and for promotable standbys before
+//! it announces the system, and to stop the primary before its standbys; and the event
+//! stream (`GET /v1/events`), printed as it comes.
+//!
+//! The reading itself is `keel_monitor::client`'s; this adds the waiting and the
+//! printing.
+
+use std::time::Duration;
+
+use keel_core::Role;
+use keel_monitor::wire::ClusterView;
+use tokio::time::Instant;
+
+use crate::plan::Plan;
+
+/// How long to wait for the monitor to name a primary, and for the standbys to catch up
+/// and become promotable, before going on without (with a note).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one read of the view may take.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the view is read while waiting.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+
+/// How long to wait before opening the event stream again once it broke.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// The line to print for one event of the monitor's stream (the JSON of a `data:` line),
+/// with the event's id; `None` for something that is not an event. The binary provides
+/// it, so that `keel up` prints events exactly as `keel client` does.
+pub type EventLine = fn(&str) -> Option<(u64, String)>;
+
+/// `keel up`'s monitor, read from outside.
+#[derive(Debug, Clone)]
+pub(crate) struct MonitorClient {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl MonitorClient {
+    pub(crate) fn new(http: reqwest::Client, url: String) -> MonitorClient {
+        MonitorClient { http, url }
+    }
+
+    /// The monitor's view, or `None` when it does not answer.
+    pub(crate) async fn view(&self) -> Option<ClusterView> {
+        keel_monitor::client::cluster(&self.http, &self.url, VIEW_TIMEOUT)
+            .await
+            .ok()
+    }
+
+    /// The node the monitor names primary, if it answers and names one.
+    pub(crate) async fn primary(&self) -> Option<String> {
+        self.view()
+            .await
+            .and_then(|v| v.primary)
+            .map(|p| p.node.to_string())
+    }
+
+    /// Waits until the monitor names a primary that heartbeats, with no failover
+    /// running; `false` after [`SETTLE_TIMEOUT`] (the other nodes may be what it waits
+    /// for).
+    pub(crate) async fn wait_for_primary(&self) -> bool {
+        self.settle(has_live_primary).await
+    }
+
+    /// Waits until every node of `plan` has registered and every standby has caught up
+    /// and is promotable, so that the system announced can fail over at once; `false`
+    /// after [`SETTLE_TIMEOUT`].
+    pub(crate) async fn wait_for_promotable(&self, plan: &Plan) -> bool {
+        self.settle(|v| ready_to_fail_over(v, plan)).await
+    }
+
+    /// Reads the view until `done` holds; `false` after [`SETTLE_TIMEOUT`].
+    async fn settle(&self, done: impl Fn(&ClusterView) -> bool) -> bool {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            if self.view().await.is_some_and(|v| done(&v)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+
+    /// Prints every event of the monitor, one line each, from its first (`since=0`: the
+    /// history of this monitor's life, so that nothing between its start and this
+    /// subscription is missed), for as long as the task runs. When the stream breaks (the
+    /// monitor was killed), it opens it again every half second, quietly, and resumes
+    /// after the last event printed. `http` must have no timeout on the whole request: a
+    /// stream lasts as long as the monitor does.
+    pub(crate) async fn follow_events(self, http: reqwest::Client, line_of: EventLine) {
+        let mut last = 0;
+        loop {
+            if let Ok(mut stream) =
+                keel_monitor::client::EventStream::open(&http, &self.url, Some(last)).await
+            {
+                while let Ok(Some(data)) = stream.next_data().await {
+                    let Some((id, line)) = line_of(&data) else {
+                        break;
+                    };
+                    // The monitor replays only what follows `since`; this guards against
+                    // printing an event twice should it ever replay more.
+                    if id > last {
+                        last = id;
+                        crate::say(&line);
+                    }
+                }
+            }
+            tokio::time::sleep(RECONNECT).await;
+        }
+    }
+}
+
+/// A primary is named, heartbeats, and no failover runs.
+fn has_live_primary(v: &ClusterView) -> bool {
+    !v.failover_in_progress
+        && v.primary
+            .as_ref()
+            .is_some_and(|p| v.nodes.iter().any(|n| n.node == p.node && n.healthy))
+}
+
+/// Every node of `plan` registered, and every standby promotable.
+fn ready_to_fail_over(v: &ClusterView, plan: &Plan) -> bool {
+    // A node answers /health before it has registered: the view may not list it yet,
+    // and a standby missing from it is not one that is ready.
+    let registered = plan
+        .nodes
+        .iter()
+        .all(|s| v.nodes.iter().any(|n| n.node.as_str() == s.name));
+    registered
+        && v.nodes
+            .iter()
+            .filter(|n| n.role == Role::Standby)
+            .all(|n| n.promotable)
+}
