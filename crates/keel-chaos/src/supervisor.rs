@@ -14,6 +14,8 @@
 mod decide;
 mod host;
 mod os;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::time::Duration;

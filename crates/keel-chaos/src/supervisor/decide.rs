@@ -95,3 +95,114 @@ pub(crate) fn exit_report(name: &str, how: &str, again: &str) -> String {
 pub(crate) fn superseded(exited: Option<u32>, running: Option<u32>) -> bool {
     running.is_some() && running != exited
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_door_stops_first_then_the_monitor_then_the_primary_then_the_standbys() {
+        let started = [
+            "monitor", "app1", "app2", "app3", "service1", "service2", "proxy",
+        ];
+        let mut order = started.to_vec();
+        order.sort_by_key(|name| stop_rank(name, Some("app2")));
+        assert_eq!(
+            order,
+            [
+                "proxy", "service1", "service2", "monitor", "app2", "app1", "app3"
+            ]
+        );
+        let mut unknown = started.to_vec();
+        unknown.sort_by_key(|name| stop_rank(name, None));
+        assert_eq!(
+            unknown,
+            [
+                "proxy", "service1", "service2", "monitor", "app1", "app2", "app3"
+            ],
+            "without a known primary the nodes keep their start order"
+        );
+    }
+
+    #[test]
+    fn each_action_needs_the_state_it_changes() {
+        assert_eq!(
+            step("app1", Action::Kill, Some(7), false).ok(),
+            Some(Step::Kill(7))
+        );
+        assert_eq!(
+            step("app1", Action::Kill, Some(7), true).ok(),
+            Some(Step::Kill(7)),
+            "a paused process can be killed"
+        );
+        assert_eq!(
+            step("app1", Action::Pause, Some(7), false).ok(),
+            Some(Step::Pause(7))
+        );
+        assert_eq!(
+            step("app1", Action::Resume, Some(7), true).ok(),
+            Some(Step::Resume(7))
+        );
+        assert_eq!(
+            step("app1", Action::Restart, Some(7), true).ok(),
+            Some(Step::Restart(Some(7)))
+        );
+        assert_eq!(
+            step("app1", Action::Restart, None, false).ok(),
+            Some(Step::Restart(None)),
+            "a restart starts what is not running"
+        );
+        for (action, running, paused, why) in [
+            (Action::Pause, Some(7), true, "app1 is already paused"),
+            (Action::Resume, Some(7), false, "app1 is not paused"),
+            (
+                Action::Kill,
+                None,
+                false,
+                "app1 is not running; `keel chaos restart app1` starts it again",
+            ),
+            (
+                Action::Pause,
+                None,
+                false,
+                "app1 is not running; `keel chaos restart app1` starts it again",
+            ),
+            (
+                Action::Resume,
+                None,
+                true,
+                "app1 is not running; `keel chaos restart app1` starts it again",
+            ),
+        ] {
+            let (status, error) =
+                step("app1", action, running, paused).expect_err("a conflict with the state");
+            assert_eq!(status, StatusCode::CONFLICT, "{action:?}");
+            assert_eq!(error.message, why, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn an_exit_is_reported_by_exit_code_or_signal_with_what_it_means() {
+        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exit code 1");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal 9");
+        assert_eq!(
+            exit_report("app1", "signal 9", "keel node --id app1"),
+            "app1 exited (signal 9); keel up does not restart it. To start it again:\n  keel node --id app1"
+        );
+        assert!(
+            exit_report(MONITOR, "exit code 1", "x")
+                .starts_with("monitor exited (exit code 1); keel up does not restart it; nothing fails over until it is back")
+        );
+        assert!(
+            exit_report(PROXY, "signal 15", "x")
+                .contains("; the front door is closed until it is back")
+        );
+    }
+
+    #[test]
+    fn only_the_exit_of_a_replaced_process_is_superseded() {
+        assert!(superseded(Some(7), Some(8)), "restarted: 8 replaced 7");
+        assert!(!superseded(Some(8), Some(8)), "the running one itself");
+        assert!(!superseded(Some(7), None), "nothing replaced it");
+    }
+}
