@@ -163,3 +163,43 @@ where
         .map_err(write_error)
         .map(|()| Origin::New)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn credentials_are_written_for_the_owner_only_then_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let credentials = Credentials::in_dir(dir.path());
+        assert_eq!(credentials.ensure().expect("written"), Origin::New);
+        let token = std::fs::read_to_string(&credentials.token).expect("token");
+        for file in [&credentials.token, &credentials.secret] {
+            let mode = std::fs::metadata(file)
+                .expect("metadata")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
+        assert_eq!(credentials.ensure().expect("kept"), Origin::Kept);
+        assert_eq!(
+            std::fs::read_to_string(&credentials.token).expect("token"),
+            token
+        );
+    }
+
+    #[test]
+    fn an_unusable_token_is_refused_with_the_way_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let credentials = Credentials::in_dir(dir.path());
+        std::fs::write(&credentials.token, "short").expect("write");
+        let err = credentials.ensure().expect_err("too short to be a token");
+        assert!(
+            err.to_string()
+                .contains("is unusable; delete the file and `keel up` writes a new one"),
+            "{err}"
+        );
+    }
+}

@@ -138,3 +138,99 @@ fn ready_to_fail_over(v: &ClusterView, plan: &Plan) -> bool {
             .filter(|n| n.role == Role::Standby)
             .all(|n| n.promotable)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::Settings;
+    use crate::credentials::Credentials;
+    use crate::plan::{Placement, plan};
+
+    /// A view of app1 and app2: who is primary, who heartbeats, who may be promoted.
+    fn view(primary: Option<&str>, failover: bool, app2: (&str, bool, bool)) -> ClusterView {
+        let (role2, healthy2, promotable2) = app2;
+        let primary = primary.map_or(
+            serde_json::Value::Null,
+            |p| serde_json::json!({"node": p, "url": "http://127.0.0.1:8081"}),
+        );
+        serde_json::from_value(serde_json::json!({
+            "version": 3, "epoch": 2, "primary": primary,
+            "failover_in_progress": failover, "failover": null,
+            "nodes": [
+                {"node": "app1", "url": "http://127.0.0.1:8081", "role": "primary", "sync": false,
+                 "promotable": false, "why_not_promotable": null, "lsn": 7, "epoch": 2,
+                 "healthy": true, "last_heartbeat_ms_ago": 20},
+                {"node": "app2", "url": "http://127.0.0.1:8082", "role": role2, "sync": promotable2,
+                 "promotable": promotable2, "why_not_promotable": null, "lsn": 7, "epoch": 2,
+                 "healthy": healthy2, "last_heartbeat_ms_ago": 20}
+            ]
+        }))
+        .expect("a cluster view")
+    }
+
+    fn two_nodes() -> Plan {
+        let settings = Settings {
+            nodes: 2,
+            data_dir: "/tmp/d".into(),
+            base_port: 8081,
+            monitor_port: 8070,
+            services: 0,
+            service_port: 5056,
+            proxy_port: 8080,
+            proxy_admin_port: 8090,
+            control_port: 8060,
+            verbose: false,
+            netns: false,
+            tls: false,
+        };
+        plan(
+            &settings,
+            &Credentials::in_dir(Path::new("/tmp/d")),
+            &Placement::loopback(),
+        )
+        .expect("a plan")
+    }
+
+    #[test]
+    fn a_primary_counts_once_it_heartbeats_and_no_failover_runs() {
+        assert!(has_live_primary(&view(
+            Some("app1"),
+            false,
+            ("standby", true, true)
+        )));
+        assert!(!has_live_primary(&view(
+            None,
+            false,
+            ("standby", true, true)
+        )));
+        assert!(
+            !has_live_primary(&view(Some("app1"), true, ("standby", true, true))),
+            "a failover runs"
+        );
+        assert!(
+            !has_live_primary(&view(Some("app2"), false, ("primary", false, false))),
+            "the primary named does not heartbeat"
+        );
+    }
+
+    #[test]
+    fn the_tier_is_ready_once_every_node_registered_and_every_standby_is_promotable() {
+        let plan = two_nodes();
+        assert!(ready_to_fail_over(
+            &view(Some("app1"), false, ("standby", true, true)),
+            &plan
+        ));
+        assert!(!ready_to_fail_over(
+            &view(Some("app1"), false, ("standby", true, false)),
+            &plan
+        ));
+        let mut one = view(Some("app1"), false, ("standby", true, true));
+        one.nodes.truncate(1);
+        assert!(
+            !ready_to_fail_over(&one, &plan),
+            "app2 answers /health but has not registered yet"
+        );
+    }
+}

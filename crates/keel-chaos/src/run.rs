@@ -244,3 +244,58 @@ pub async fn run(
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(seed: u64) -> RunSettings {
+        RunSettings {
+            duration: Duration::from_secs(60),
+            seed,
+            faults: "kill,pause".into(),
+            targets: None,
+            min_gap: Duration::from_secs(2),
+            max_gap: Duration::from_secs(5),
+            min_hold: Duration::from_secs(1),
+            max_hold: Duration::from_secs(3),
+        }
+    }
+
+    fn first(settings: &RunSettings, n: usize) -> Vec<Draw> {
+        let faults = Fault::parse_list(&settings.faults).expect("faults");
+        let targets = vec!["app1".to_owned(), "app2".to_owned()];
+        let mut draws = Draws::new(settings, &faults, &targets);
+        (0..n).map(|_| draws.next()).collect()
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_faults_targets_and_times_within_bounds() {
+        let a = first(&settings(42), 50);
+        assert_eq!(a, first(&settings(42), 50));
+        assert_ne!(a, first(&settings(43), 50), "another seed, another run");
+        for d in &a {
+            assert!((Duration::from_secs(2)..=Duration::from_secs(5)).contains(&d.gap));
+            assert!((Duration::from_secs(1)..=Duration::from_secs(3)).contains(&d.hold));
+        }
+        for fault in [Fault::Kill, Fault::Pause] {
+            assert!(a.iter().any(|d| d.fault == fault), "{fault:?} is drawn");
+        }
+        for target in ["app1", "app2"] {
+            assert!(a.iter().any(|d| d.target == target), "{target} is drawn");
+        }
+    }
+
+    #[test]
+    fn a_fault_that_is_not_one_is_named() {
+        let err = Fault::parse_list("kill, crash").expect_err("crash is no fault");
+        assert_eq!(
+            err.to_string(),
+            "--faults: \"crash\" is not a fault (kill, pause, partition)"
+        );
+        assert_eq!(
+            Fault::parse_list(" partition ,pause").expect("trimmed"),
+            [Fault::Partition, Fault::Pause]
+        );
+    }
+}

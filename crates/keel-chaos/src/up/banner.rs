@@ -173,3 +173,115 @@ fn banner(facts: &Facts<'_>) -> String {
     );
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::credentials::Credentials;
+    use crate::plan::{Placement, plan};
+
+    fn settings(data_dir: &str, monitor_port: u16, tls: bool) -> Settings {
+        Settings {
+            nodes: 2,
+            data_dir: PathBuf::from(data_dir),
+            base_port: 8081,
+            monitor_port,
+            services: 1,
+            service_port: 5056,
+            proxy_port: 8080,
+            proxy_admin_port: 8090,
+            control_port: 8060,
+            verbose: false,
+            netns: false,
+            tls,
+        }
+    }
+
+    /// The banner of `settings`, the monitor naming app2 primary in epoch 4.
+    fn text(settings: &Settings) -> String {
+        let mut credentials = Credentials::in_dir(&settings.data_dir);
+        if settings.tls {
+            credentials.tls = Some(settings.data_dir.join("tls"));
+        }
+        let plan = plan(settings, &credentials, &Placement::loopback()).expect("a plan");
+        let view: ClusterView = serde_json::from_value(serde_json::json!({
+            "version": 5, "epoch": 4,
+            "primary": {"node": "app2", "url": "http://127.0.0.1:8082"},
+            "failover_in_progress": false, "failover": null,
+            "nodes": [
+                {"node": "app1", "url": "http://127.0.0.1:8081", "role": "standby", "sync": true,
+                 "promotable": true, "why_not_promotable": null, "lsn": 9, "epoch": 4,
+                 "healthy": true, "last_heartbeat_ms_ago": 20},
+                {"node": "app2", "url": "http://127.0.0.1:8082", "role": "primary", "sync": false,
+                 "promotable": false, "why_not_promotable": null, "lsn": 9, "epoch": 4,
+                 "healthy": true, "last_heartbeat_ms_ago": 20}
+            ]
+        }))
+        .expect("a cluster view");
+        let pids = ["monitor", "app1", "app2", "service1", "proxy"];
+        let pid = |name: &str| {
+            pids.iter()
+                .position(|p| *p == name)
+                .and_then(|i| u32::try_from(100 + i).ok())
+        };
+        banner(&Facts {
+            settings,
+            plan: &plan,
+            pid: &pid,
+            netns: None,
+            token: &credentials.token,
+            token_note: "kept",
+            view: Some(&view),
+        })
+    }
+
+    #[test]
+    fn the_banner_shows_the_roles_the_monitor_gave_with_pids() {
+        let text = text(&settings("./keel-data", 8070, false));
+        assert!(
+            text.starts_with("\nkeel data tier is up (sync replication, epoch 4):\n"),
+            "{text}"
+        );
+        for line in [
+            "  monitor            http://127.0.0.1:8070  pid 100\n",
+            "  app1      standby  http://127.0.0.1:8081  pid 101\n",
+            "  app2      primary  http://127.0.0.1:8082  pid 102\n",
+            "  proxy              http://127.0.0.1:8080  (admin http://127.0.0.1:8090)  pid 104\n",
+            "  service1           http://127.0.0.1:5056  pid 103\n",
+            "  data in ./keel-data, admin token in ./keel-data/admin.token (kept)\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_commands_to_try_need_no_flags_at_the_defaults() {
+        let text = text(&settings("./keel-data", 8070, false));
+        for line in [
+            "  curl -s localhost:8080/                     # hello and visits",
+            "  keel client cluster\n",
+            // The primary the monitor names, not app1.
+            "  curl -s localhost:8082/v1/entries\n",
+            "  keel client kill-primary --watch   # a standby takes over\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        assert!(!text.contains("TLS"), "{text}");
+    }
+
+    #[test]
+    fn the_commands_to_try_name_the_monitor_the_ca_and_the_token_when_they_moved() {
+        let text = text(&settings("/srv/k", 9070, true));
+        for line in [
+            "  TLS between every process, certificates in /srv/k/tls (keel certs adds more)\n",
+            "  curl -s --cacert /srv/k/tls/ca.pem https://localhost:8080/ ",
+            "  keel client --monitor https://127.0.0.1:9070 --tls-ca /srv/k/tls/ca.pem cluster\n",
+            "  curl -s --cacert /srv/k/tls/ca.pem https://localhost:8082/v1/entries\n",
+            "  keel client --monitor https://127.0.0.1:9070 --tls-ca /srv/k/tls/ca.pem --token-file /srv/k/admin.token kill-primary --watch",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+    }
+}
