@@ -36,6 +36,9 @@ pub fn primary_of(view: &ClusterView) -> Found {
     if let Some(f) = &view.failover {
         return Found::Wait(describe_failover(f));
     }
+    if view.failover_in_progress {
+        return Found::Wait("failover in progress".to_owned());
+    }
     let Some(primary) = &view.primary else {
         return Found::Wait("the monitor names no primary yet".to_owned());
     };
@@ -123,6 +126,12 @@ mod tests {
                 "failover in progress (promoting app2: waiting for app1's lease to run out)"
                     .to_owned()
             )
+        );
+        let mut flagged = view(true, None);
+        flagged.failover_in_progress = true;
+        assert_eq!(
+            primary_of(&flagged),
+            Found::Wait("failover in progress".to_owned())
         );
         let mut none = view(true, None);
         none.primary = None;

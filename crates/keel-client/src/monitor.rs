@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keel_auth::{AUTH_HEADER, Signed, Signer};
 
-use crate::wire::ClusterView;
+use crate::wire::{ClusterView, EventKind, EventRecord};
 
 /// Why the monitor could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -35,21 +35,18 @@ pub enum ClientError {
 }
 
 /// An HTTP client for event streams: a connect timeout, but none on the whole request
-/// (the body of an event stream lasts as long as the stream does).
-pub fn stream_client(connect_timeout: Duration) -> Result<reqwest::Client, ClientError> {
-    stream_client_tls(connect_timeout, None)
-}
-
-/// [`stream_client`] speaking TLS with `tls` to `https://` monitors.
-pub fn stream_client_tls(
+/// (the body of an event stream lasts as long as the stream does), no redirects, and
+/// with `tls`, TLS towards `https://` monitors (a member's whole configuration,
+/// `Tls::client_config`, or a tool's that only checks the CA, `tls::client_for_ca`).
+pub fn stream_client(
     connect_timeout: Duration,
-    tls: Option<&keel_auth::tls::Tls>,
+    tls: Option<keel_auth::tls::ClientConfig>,
 ) -> Result<reqwest::Client, ClientError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none());
     if let Some(tls) = tls {
-        builder = builder.tls_backend_preconfigured(tls.client_config());
+        builder = builder.tls_backend_preconfigured(tls);
     }
     builder.build().map_err(ClientError::Setup)
 }
@@ -200,6 +197,74 @@ pub fn root_cause(e: &reqwest::Error) -> String {
     cause.to_string()
 }
 
+/// One event as read from the stream.
+///
+/// The monitor may learn new kinds of event before this binary does; such an event is
+/// still shown (from its raw fields) rather than ending the stream, hence the `kind` as a
+/// string rather than an [`EventKind`].
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub id: u64,
+    /// The wire name of the kind (`promoted`).
+    pub kind: String,
+    pub node: Option<String>,
+    pub at: String,
+    pub message: String,
+}
+
+impl Seen {
+    /// Parses the JSON of one `data:` line; the error says what was wrong with it.
+    pub fn parse(data: &str) -> Result<Seen, String> {
+        if let Ok(record) = serde_json::from_str::<EventRecord>(data) {
+            return Ok(Seen {
+                id: record.id,
+                kind: record.kind.as_str().to_owned(),
+                node: record.node.as_ref().map(ToString::to_string),
+                at: record.at,
+                message: record.message,
+            });
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(data).map_err(|e| format!("not an event ({e}): {data}"))?;
+        let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok(Seen {
+            id: value
+                .get("id")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| format!("an event without an id: {data}"))?,
+            kind: text("kind").unwrap_or_else(|| "event".to_owned()),
+            node: text("node"),
+            at: text("at").unwrap_or_default(),
+            message: text("message").unwrap_or_default(),
+        })
+    }
+
+    /// Whether it is an event of `kind`.
+    pub fn is(&self, kind: EventKind) -> bool {
+        self.kind == kind.as_str()
+    }
+
+    /// `03:04:05.123  monitor  promoted: app2 is told to promote in epoch 4`
+    ///
+    /// The kind comes first, in words, because it is what a person scans for; the
+    /// monitor's sentence after it names the nodes and numbers.
+    pub fn line(&self) -> String {
+        format!(
+            "{}  monitor  {}: {}",
+            clock_time(&self.at),
+            self.kind.replace('_', " "),
+            self.message
+        )
+    }
+}
+
+/// The time of day of an RFC 3339 timestamp (`2026-11-22T03:04:05.123Z` → `03:04:05.123`),
+/// or the whole text when it is not one. UTC, as the nodes' own log lines.
+fn clock_time(at: &str) -> &str {
+    at.split_once('T')
+        .map_or(at, |(_, time)| time.trim_end_matches('Z'))
+}
+
 /// An open `GET /v1/events` stream, read one `data:` payload at a time.
 pub struct EventStream {
     response: reqwest::Response,
@@ -290,5 +355,45 @@ impl EventStream {
                     .push_back(text.trim_end_matches(['\n', '\r']).to_owned());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_event_reads_as_its_kind_and_message() {
+        let seen = Seen::parse(
+            r#"{"id": 12, "at": "2026-11-22T03:04:05.123Z", "kind": "promoted", "node": "app2",
+                "epoch": 4, "message": "app2 is told to promote in epoch 4"}"#,
+        )
+        .expect("parses");
+        assert!(seen.is(EventKind::Promoted));
+        assert_eq!(seen.node.as_deref(), Some("app2"));
+        assert_eq!(
+            seen.line(),
+            "03:04:05.123  monitor  promoted: app2 is told to promote in epoch 4"
+        );
+    }
+
+    #[test]
+    fn an_event_of_a_kind_this_binary_does_not_know_is_still_shown() {
+        let seen = Seen::parse(
+            r#"{"id": 3, "at": "2026-11-22T03:04:05.123Z", "kind": "moon_phase_changed",
+                "node": null, "epoch": 1, "message": "full moon"}"#,
+        )
+        .expect("parses");
+        assert_eq!(seen.kind, "moon_phase_changed");
+        assert_eq!(
+            seen.line(),
+            "03:04:05.123  monitor  moon phase changed: full moon"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Seen::parse("not json").is_err());
+        assert!(Seen::parse(r#"{"kind": "promoted"}"#).is_err());
     }
 }

@@ -97,13 +97,7 @@ impl Collector {
             url: monitor.clone(),
             why: e.to_string(),
         };
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(tls) = tls {
-            http = http.tls_backend_preconfigured(tls);
-        }
-        let http = http.build().map_err(|e| failed(ClientError::Setup(e)))?;
+        let http = keel_client::monitor::stream_client(CONNECT_TIMEOUT, tls).map_err(failed)?;
         let stream = EventStream::open(&http, &monitor, None)
             .await
             .map_err(failed)?;

@@ -29,7 +29,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use keel_auth::Signer;
 use keel_client::Written;
-use keel_client::monitor::{EventStream, cluster_as as read_cluster, stream_client_tls};
+use keel_client::monitor::{EventStream, cluster_as as read_cluster, stream_client};
 use keel_client::wire::ClusterView;
 use keel_core::ApiError;
 use keel_core::Role;
@@ -88,7 +88,10 @@ impl Cluster {
         signer: Option<Signer>,
         tls: Option<&keel_auth::tls::Tls>,
     ) -> Arc<Cluster> {
-        let http = match stream_client_tls(Duration::from_secs(1), tls) {
+        let http = match stream_client(
+            Duration::from_secs(1),
+            tls.map(keel_auth::tls::Tls::client_config),
+        ) {
             Ok(http) => http,
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up the client for the monitor; reading it without TLS");

@@ -3,7 +3,7 @@
 //!
 //! These tests need root (namespaces, veths and a bridge are root's to make). Run as
 //! another user, each says loudly that it was skipped and passes: the refusal itself is
-//! pinned by the unit tests of `cmd/up/netns.rs`, with an injected uid.
+//! pinned by the unit tests of `keel-chaos/src/netns.rs`, with an injected uid.
 
 mod support;
 

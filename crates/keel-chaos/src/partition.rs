@@ -24,23 +24,31 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use axum::http::StatusCode;
 use keel_core::ApiError;
 use keel_core::faults::{FaultsFile, authority};
-use reqwest::StatusCode;
 
-use super::control::PartitionDone;
-use super::netns::Net;
-use super::plan::{Plan, Spec};
+use crate::control::{PartitionDone, Refused};
+use crate::netns::Net;
+use crate::plan::{Plan, Spec};
+
+/// A fault file that cannot be written: the processes would not follow the partitions.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {verb} {}", path.display())]
+pub struct FaultFileError {
+    verb: &'static str,
+    path: PathBuf,
+    source: std::io::Error,
+}
 
 /// The directory of the fault files, inside the data directory.
-pub(super) const FAULTS_DIR: &str = "faults";
+pub(crate) const FAULTS_DIR: &str = "faults";
 
 /// What the answers say about how a partition is carried out: by keel's fault filter…
-pub(super) const METHOD: &str = "fault_filter";
+pub(crate) const METHOD: &str = "fault_filter";
 
 /// …or by the kernel, between network namespaces.
-pub(super) const METHOD_NETNS: &str = "netns";
+pub(crate) const METHOD_NETNS: &str = "netns";
 
 /// The sentence every answer ends with, so that nobody takes the partition for more than
 /// it is.
@@ -56,7 +64,7 @@ pub(crate) const CLIENTS: &str = "clients";
 
 /// The partitions in force, and how they are carried out.
 #[derive(Debug)]
-pub(super) struct Partitions {
+pub(crate) struct Partitions {
     /// Where the fault files are (the fault filter).
     dir: PathBuf,
     /// The namespaces, under `keel up --netns`; the fault filter when `None`.
@@ -65,17 +73,15 @@ pub(super) struct Partitions {
     pairs: BTreeSet<(String, String)>,
 }
 
-type Refused = (StatusCode, ApiError);
-
 impl Partitions {
     /// With `net` (`keel up --netns`, its namespaces made): partitions by the kernel.
     /// Without: creates `<data_dir>/faults` and writes a file that blocks nothing for
     /// every process of `plan` (a partition left over from an earlier `keel up` is gone).
-    pub(super) fn start(
+    pub(crate) fn start(
         data_dir: &Path,
         plan: &Plan,
         net: Option<Net>,
-    ) -> anyhow::Result<Partitions> {
+    ) -> Result<Partitions, FaultFileError> {
         let dir = data_dir.join(FAULTS_DIR);
         let partitions = Partitions {
             dir,
@@ -83,8 +89,10 @@ impl Partitions {
             pairs: BTreeSet::new(),
         };
         if partitions.net.is_none() {
-            fs::create_dir_all(&partitions.dir).with_context(|| {
-                format!("cannot create the directory {}", partitions.dir.display())
+            fs::create_dir_all(&partitions.dir).map_err(|source| FaultFileError {
+                verb: "create the directory",
+                path: partitions.dir.clone(),
+                source,
             })?;
             for spec in plan.all() {
                 partitions.write_file(&spec.name, Vec::new())?;
@@ -95,19 +103,19 @@ impl Partitions {
 
     /// The fault file of process `name`, which it must follow; `None` under `--netns`,
     /// where the kernel does the work.
-    pub(super) fn file(&self, name: &str) -> Option<PathBuf> {
+    pub(crate) fn file(&self, name: &str) -> Option<PathBuf> {
         self.net
             .is_none()
             .then(|| self.dir.join(format!("{name}.json")))
     }
 
     /// The namespaces, under `keel up --netns`.
-    pub(super) fn net(&self) -> Option<&Net> {
+    pub(crate) fn net(&self) -> Option<&Net> {
         self.net.as_ref()
     }
 
     /// How partitions are carried out: [`METHOD`] or [`METHOD_NETNS`].
-    pub(super) fn method(&self) -> &'static str {
+    pub(crate) fn method(&self) -> &'static str {
         if self.net.is_some() {
             METHOD_NETNS
         } else {
@@ -116,26 +124,26 @@ impl Partitions {
     }
 
     /// The sentence that says so.
-    pub(super) fn how(&self) -> &'static str {
+    pub(crate) fn how(&self) -> &'static str {
         if self.net.is_some() { HOW_NETNS } else { HOW }
     }
 
     /// Whether a partition in force cuts `name` off from the clients, `keel up`'s health
     /// checks among them.
-    pub(super) fn cut_from_clients(&self, name: &str) -> bool {
+    pub(crate) fn cut_from_clients(&self, name: &str) -> bool {
         self.pairs.contains(&pair(name, CLIENTS))
     }
 
     /// Ends every partition and removes the namespaces (under `--netns`; nothing
     /// otherwise): a line for what was removed, or could not be.
-    pub(super) fn teardown(&mut self) -> Vec<String> {
+    pub(crate) fn teardown(&mut self) -> Vec<String> {
         self.pairs.clear();
         self.net.as_mut().map(Net::teardown).unwrap_or_default()
     }
 
     /// Cuts `node` off from each of `from` (every other process of the data tier when
     /// empty), in addition to the partitions already in force.
-    pub(super) fn partition(
+    pub(crate) fn partition(
         &mut self,
         plan: &Plan,
         node: &str,
@@ -204,7 +212,7 @@ impl Partitions {
     }
 
     /// Ends every partition.
-    pub(super) fn heal(&mut self, plan: &Plan) -> Result<PartitionDone, Refused> {
+    pub(crate) fn heal(&mut self, plan: &Plan) -> Result<PartitionDone, Refused> {
         let healed = self.list();
         self.apply(plan, BTreeSet::new())?;
         let how = self.how();
@@ -244,21 +252,25 @@ impl Partitions {
                 let _ = net.apply(&drops(&self.pairs));
                 return Err((
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    ApiError::new("partition_failed", format!("{e:#}")),
+                    ApiError::new("partition_failed", crate::chain(&e)),
                 ));
             }
         } else if let Err(e) = self.write_all(plan, &pairs) {
             let _ = self.write_all(plan, &self.pairs);
             return Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
-                ApiError::new("faults_not_written", format!("{e:#}")),
+                ApiError::new("faults_not_written", crate::chain(&e)),
             ));
         }
         self.pairs = pairs;
         Ok(())
     }
 
-    fn write_all(&self, plan: &Plan, pairs: &BTreeSet<(String, String)>) -> anyhow::Result<()> {
+    fn write_all(
+        &self,
+        plan: &Plan,
+        pairs: &BTreeSet<(String, String)>,
+    ) -> Result<(), FaultFileError> {
         for spec in data_tier(plan) {
             self.write_file(&spec.name, blocked_for(plan, pairs, &spec.name))?;
         }
@@ -266,16 +278,23 @@ impl Partitions {
     }
 
     /// Replaces one fault file: a temporary file, then a rename.
-    fn write_file(&self, name: &str, blocked: Vec<String>) -> anyhow::Result<()> {
+    fn write_file(&self, name: &str, blocked: Vec<String>) -> Result<(), FaultFileError> {
         let path = self.dir.join(format!("{name}.json"));
         let tmp = self.dir.join(format!(".{name}.json.tmp"));
-        let text =
-            serde_json::to_string(&FaultsFile { blocked }).context("cannot encode a fault file")?;
-        let mut file =
-            fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        writeln!(file, "{text}").with_context(|| format!("cannot write {}", tmp.display()))?;
+        let failed = |path: &Path| {
+            let path = path.to_owned();
+            move |source| FaultFileError {
+                verb: "write",
+                path,
+                source,
+            }
+        };
+        // A list of addresses always encodes.
+        let text = serde_json::to_string(&FaultsFile { blocked }).unwrap_or_default();
+        let mut file = fs::File::create(&tmp).map_err(failed(&tmp))?;
+        writeln!(file, "{text}").map_err(failed(&tmp))?;
         drop(file);
-        fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+        fs::rename(&tmp, &path).map_err(failed(&path))
     }
 }
 
@@ -369,12 +388,13 @@ fn bad(message: String) -> Refused {
 
 #[cfg(test)]
 mod tests {
-    use super::super::plan::MONITOR;
     use super::*;
-    use crate::cli::UpArgs;
+    use crate::Settings;
+    use crate::credentials::Credentials;
+    use crate::plan::{MONITOR, Placement};
 
     fn plan(dir: &Path) -> Plan {
-        let args = UpArgs {
+        let args = Settings {
             nodes: 3,
             data_dir: dir.to_owned(),
             base_port: 9001,
@@ -388,12 +408,7 @@ mod tests {
             netns: false,
             tls: false,
         };
-        super::super::plan::plan(
-            &args,
-            &super::super::plan::Credentials::in_dir(dir),
-            &super::super::plan::Placement::loopback(),
-        )
-        .expect("plan")
+        crate::plan::plan(&args, &Credentials::in_dir(dir), &Placement::loopback()).expect("plan")
     }
 
     fn read(partitions: &Partitions, name: &str) -> Vec<String> {

@@ -9,52 +9,92 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::bail;
+use crate::Settings;
+use crate::credentials::Credentials;
 
-use crate::cli::UpArgs;
+/// Why the plan cannot run: ports out of range, overlapping, or taken. Each names the
+/// flag that moves the ports, since changing it is the way out.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A range of ports starts at 0 or runs past 65535.
+    #[error("{flag} {first} leaves no room for {count} port(s) (ports must be 1 to 65535)")]
+    NoRoom {
+        flag: &'static str,
+        first: u16,
+        count: u16,
+    },
+    /// Two ranges of ports share a port.
+    #[error(
+        "{flag} {first} overlaps the ports of {other} {other_first} ({other_count} port(s) from there); pick another"
+    )]
+    Overlap {
+        flag: &'static str,
+        first: u16,
+        other: &'static str,
+        other_first: u16,
+        other_count: u16,
+    },
+    /// Something listens on a port of the plan already.
+    #[error(
+        "port {port} (for {name}) is already in use on 127.0.0.1 — is another `keel up` running? \
+         stop it, or pick other ports with {flag}"
+    )]
+    Taken {
+        port: u16,
+        name: String,
+        flag: &'static str,
+    },
+    /// A port of the plan cannot be listened on, for another reason than its being taken.
+    #[error("cannot use port {port} for {name}")]
+    Unusable {
+        port: u16,
+        name: String,
+        source: std::io::Error,
+    },
+}
 
 /// The name of the monitor in the output and the supervisor.
-pub(super) const MONITOR: &str = "monitor";
+pub const MONITOR: &str = "monitor";
 /// The name of the proxy.
-pub(super) const PROXY: &str = "proxy";
+pub const PROXY: &str = "proxy";
 
 /// One process to start.
 #[derive(Debug, Clone)]
-pub(super) struct Spec {
-    pub(super) name: String,
-    pub(super) port: u16,
-    pub(super) url: String,
+pub struct Spec {
+    pub name: String,
+    pub port: u16,
+    pub url: String,
     /// Where it answers `GET /health` once it is up.
-    pub(super) health: String,
+    pub health: String,
     /// The flag that moves its port, for the message when the port is taken.
-    pub(super) port_flag: &'static str,
-    pub(super) args: Vec<String>,
+    pub port_flag: &'static str,
+    pub args: Vec<String>,
     /// The network namespace it runs in (`keel up --netns`), else `None`: this one's.
-    pub(super) netns: Option<String>,
+    pub netns: Option<String>,
 }
 
 /// Where each process of the data tier runs: its address and network namespace. Empty
 /// (everything on 127.0.0.1, in this namespace) unless `keel up --netns`.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Placement {
+pub struct Placement {
     by_name: BTreeMap<String, (Ipv4Addr, String)>,
 }
 
 impl Placement {
     /// Everything on 127.0.0.1.
-    pub(super) fn loopback() -> Placement {
+    pub fn loopback() -> Placement {
         Placement::default()
     }
 
     /// Process `name` listens on `addr` inside the network namespace `netns`.
-    pub(super) fn insert(&mut self, name: &str, addr: Ipv4Addr, netns: &str) {
+    pub fn insert(&mut self, name: &str, addr: Ipv4Addr, netns: &str) {
         self.by_name
             .insert(name.to_owned(), (addr, netns.to_owned()));
     }
 
-    pub(super) fn host(&self, name: &str) -> IpAddr {
+    pub fn host(&self, name: &str) -> IpAddr {
         self.by_name
             .get(name)
             .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |(addr, _)| {
@@ -69,7 +109,7 @@ impl Placement {
 
 /// The names of the data tier's processes, the monitor first: what `keel up --netns`
 /// gives a namespace each, and what a partition may cut.
-pub(super) fn data_tier_names(nodes: u16) -> Vec<String> {
+pub fn data_tier_names(nodes: u16) -> Vec<String> {
     std::iter::once(MONITOR.to_owned())
         .chain((1..=nodes).map(node_name))
         .collect()
@@ -81,21 +121,21 @@ fn node_name(k: u16) -> String {
 
 /// Everything `keel up` starts.
 #[derive(Debug)]
-pub(super) struct Plan {
-    pub(super) monitor: Spec,
+pub struct Plan {
+    pub monitor: Spec,
     /// `app1..appN`, in that order.
-    pub(super) nodes: Vec<Spec>,
+    pub nodes: Vec<Spec>,
     /// `service1..serviceN`.
-    pub(super) services: Vec<Spec>,
+    pub services: Vec<Spec>,
     /// The front door: `/v1/…` to the primary, the rest over the services.
-    pub(super) proxy: Spec,
+    pub proxy: Spec,
     /// The proxy's admin API.
-    pub(super) proxy_admin: String,
+    pub proxy_admin: String,
 }
 
 impl Plan {
     /// Everything, in start order.
-    pub(super) fn all(&self) -> impl Iterator<Item = &Spec> {
+    pub fn all(&self) -> impl Iterator<Item = &Spec> {
         std::iter::once(&self.monitor)
             .chain(&self.nodes)
             .chain(&self.services)
@@ -103,55 +143,13 @@ impl Plan {
     }
 }
 
-/// Where the two credentials every process is started with live (docs/security.md).
-#[derive(Debug, Clone)]
-pub(super) struct Credentials {
-    /// The admin token: operators' actions.
-    pub(super) token: PathBuf,
-    /// The cluster secret: members' calls to each other.
-    pub(super) secret: PathBuf,
-    /// With `--tls`: the directory of the CA and every process's certificate.
-    pub(super) tls: Option<PathBuf>,
-}
-
-impl Credentials {
-    /// The files `keel up` keeps in its data directory.
-    pub(super) fn in_dir(dir: &Path) -> Credentials {
-        Credentials {
-            token: dir.join(keel_core::token::TOKEN_FILE_NAME),
-            secret: dir.join(keel_auth::SECRET_FILE_NAME),
-            tls: None,
-        }
-    }
-
-    /// The flags that give process `name` its certificate, with `--tls`.
-    fn tls_flags(&self, name: &str) -> Vec<String> {
-        let Some(dir) = &self.tls else {
-            return Vec::new();
-        };
-        vec![
-            "--tls-cert".into(),
-            path_arg(&dir.join(format!("{name}.pem"))),
-            "--tls-key".into(),
-            path_arg(&dir.join(format!("{name}.key"))),
-            "--tls-ca".into(),
-            path_arg(&dir.join("ca.pem")),
-        ]
-    }
-
-    /// `https` with `--tls`, else `http`.
-    fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
-    }
-}
-
 /// The monitor and the nodes with their command lines, each placed by `placement`. No
 /// node gets a role: the monitor assigns them.
-pub(super) fn plan(
-    args: &UpArgs,
+pub fn plan(
+    args: &Settings,
     credentials: &Credentials,
     placement: &Placement,
-) -> anyhow::Result<Plan> {
+) -> Result<Plan, PlanError> {
     let n = args.nodes;
     let ranges = [
         ("--base-port", args.base_port, n),
@@ -163,7 +161,7 @@ pub(super) fn plan(
     for (flag, first, count) in ranges {
         let fits = first > 0 && u32::from(first) + u32::from(count) <= 65_536;
         if count > 0 && !fits {
-            bail!("{flag} {first} leaves no room for {count} port(s) (ports must be 1 to 65535)");
+            return Err(PlanError::NoRoom { flag, first, count });
         }
     }
     for (i, (flag, first, count)) in ranges.iter().enumerate() {
@@ -171,9 +169,13 @@ pub(super) fn plan(
             let (a, b) = (u32::from(*first), u32::from(*o_first));
             let overlap = a < b + u32::from(*o_count) && b < a + u32::from(*count);
             if *count > 0 && *o_count > 0 && overlap {
-                bail!(
-                    "{flag} {first} overlaps the ports of {other} {o_first} ({o_count} port(s) from there); pick another"
-                );
+                return Err(PlanError::Overlap {
+                    flag,
+                    first: *first,
+                    other,
+                    other_first: *o_first,
+                    other_count: *o_count,
+                });
             }
         }
     }
@@ -304,12 +306,12 @@ pub(super) fn plan(
     })
 }
 
-pub(super) fn path_arg(p: &Path) -> String {
+pub fn path_arg(p: &Path) -> String {
     p.display().to_string()
 }
 
 /// A command line a person can paste into a shell.
-pub(super) fn shell_line(exe: &Path, args: &[String]) -> String {
+pub fn shell_line(exe: &Path, args: &[String]) -> String {
     std::iter::once(path_arg(exe))
         .chain(args.iter().cloned())
         .map(|a| shell_quote(&a))
@@ -318,7 +320,7 @@ pub(super) fn shell_line(exe: &Path, args: &[String]) -> String {
 }
 
 /// `s` as one shell word.
-pub(super) fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
@@ -331,7 +333,7 @@ pub(super) fn shell_quote(s: &str) -> String {
 
 /// Fails before anything starts when a port is taken, naming it. A process that runs in a
 /// namespace of its own is not checked: nothing else listens there.
-pub(super) fn check_ports(plan: &Plan) -> anyhow::Result<()> {
+pub fn check_ports(plan: &Plan) -> Result<(), PlanError> {
     let admin_port = plan
         .proxy_admin
         .rsplit(':')
@@ -350,11 +352,20 @@ pub(super) fn check_ports(plan: &Plan) -> anyhow::Result<()> {
     for (name, port, flag) in ports {
         match TcpListener::bind(("127.0.0.1", port)) {
             Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::AddrInUse => bail!(
-                "port {port} (for {name}) is already in use on 127.0.0.1 — is another `keel up` running? \
-                 stop it, or pick other ports with {flag}"
-            ),
-            Err(e) => bail!("cannot use port {port} for {name}: {e}"),
+            Err(e) if e.kind() == ErrorKind::AddrInUse => {
+                return Err(PlanError::Taken {
+                    port,
+                    name: name.to_owned(),
+                    flag,
+                });
+            }
+            Err(source) => {
+                return Err(PlanError::Unusable {
+                    port,
+                    name: name.to_owned(),
+                    source,
+                });
+            }
         }
     }
     Ok(())
@@ -366,8 +377,8 @@ mod tests {
 
     use super::*;
 
-    fn args(nodes: u16, base_port: u16) -> UpArgs {
-        UpArgs {
+    fn args(nodes: u16, base_port: u16) -> Settings {
+        Settings {
             nodes,
             data_dir: PathBuf::from("/tmp/d"),
             base_port,

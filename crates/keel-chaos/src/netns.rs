@@ -27,6 +27,12 @@
 //! directory removes what a crashed one left; nothing that file does not list is ever
 //! deleted. The /24 is picked under a lock (`/run/keel-netns.lock`), so `keel up`s that
 //! start at the same moment cannot pick the same one.
+//!
+//! `subnet` picks the /24 and the tag of the names; `record` keeps `netns.json` and
+//! removes what it lists.
+
+mod record;
+mod subnet;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -34,16 +40,102 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
+use crate::partition::CLIENTS;
+use crate::plan::Placement;
+use record::{RECORD_FILE, Record, namespace_exists, remove, remove_leftovers, start_time};
+use subnet::{NET_PREFIX, networks_in_use, pick_subnet, tag_for};
 
-use super::plan::Placement;
-
-/// The file in the data directory that lists what `keel up --netns` made.
-const RECORD_FILE: &str = "netns.json";
-
-/// The first two octets of the /24s the data tier may get.
-const NET_PREFIX: [u8; 2] = [10, 77];
+/// Why `--netns` cannot run, or what went wrong making, cutting or removing the
+/// namespaces. Each says what to do about it: most are about the machine, not keel.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Network namespaces are a Linux kernel feature.
+    #[error(
+        "--netns needs Linux: network namespaces are a Linux kernel feature; without \
+         --netns, keel chaos partition uses keel's own fault filter, which works everywhere"
+    )]
+    NotLinux,
+    /// Only root makes namespaces, veths and bridges.
+    #[error(
+        "--netns needs root: network namespaces, veths and a bridge can only be made by \
+         root, and keel up runs as uid {uid}; run it with sudo, or leave --netns out (keel \
+         chaos partition then uses keel's own fault filter)"
+    )]
+    NotRoot { uid: u32 },
+    /// Which user this is could not be read, so root cannot be assumed.
+    #[error(
+        "--netns needs root: network namespaces, veths and a bridge can only be made by \
+         root, and keel up cannot tell which user it runs as (/proc/self/status is unreadable)"
+    )]
+    UnknownUser,
+    /// iproute2's `ip` is not installed where it is looked for.
+    #[error(
+        "--netns needs iproute2's `ip` command, which is not on the PATH (nor in /usr/sbin \
+         or /sbin); install it (Debian and Ubuntu: apt-get install iproute2)"
+    )]
+    NoIp,
+    /// The lock that makes the choice of a /24 exclusive cannot be had.
+    #[error("cannot {verb} the lock {}", path.display())]
+    Lock {
+        verb: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Every /24 keel may take is in use on this machine.
+    #[error(
+        "--netns: every network 10.77.0.0/24 to 10.77.255.0/24 is in use on this machine \
+         (ip -4 route); free one"
+    )]
+    NoSubnet,
+    /// A namespace of the chosen name exists and is not ours to remove.
+    #[error(
+        "--netns: the network namespace {namespace} exists already, and {} does not list it as \
+         made by keel up on this directory; remove it (ip netns delete {namespace}) or use \
+         another --data-dir",
+        record.display()
+    )]
+    NamespaceExists { namespace: String, record: PathBuf },
+    /// An interface of the chosen name exists and is not ours to remove.
+    #[error(
+        "--netns: the network interface {link} exists already, and {} does not list \
+         it as made by keel up on this directory; remove it (ip link delete {link}) \
+         or use another --data-dir",
+        record.display()
+    )]
+    LinkExists { link: String, record: PathBuf },
+    /// Another `keel up --netns` is running on the same data directory.
+    #[error("another keel up --netns (pid {pid}) runs on this data directory; stop it first")]
+    StillRunning { pid: u32 },
+    /// The record of what was made cannot be read or written.
+    #[error("cannot {verb} {}", path.display())]
+    Record {
+        verb: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The record holds something else than keel's list of what it made.
+    #[error(
+        "{} is not keel up's record of its network namespaces; check that nothing it names \
+         is left (ip netns list, ip link), then delete it",
+        path.display()
+    )]
+    BadRecord {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// `ip` could not be run at all.
+    #[error("cannot run {}", ip.display())]
+    RunIp { ip: PathBuf, source: std::io::Error },
+    /// `ip` ran and refused.
+    #[error("`ip {command}` failed: {stderr}")]
+    Ip { command: String, stderr: String },
+    /// `ip -j` printed something that is not the JSON it prints.
+    #[error("cannot read the output of `{command}`")]
+    IpOutput {
+        command: &'static str,
+        source: serde_json::Error,
+    },
+}
 
 /// The priority of the partition rules: before the `lookup local` rule, moved to
 /// [`LOCAL_PREF`].
@@ -71,22 +163,9 @@ struct Member {
     addr: Ipv4Addr,
 }
 
-/// What `<data-dir>/netns.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    /// The `keel up` that made them, and when it started (clock ticks since boot, from
-    /// `/proc/<pid>/stat`), so that a pid used again by another process is not taken for
-    /// it.
-    pid: u32,
-    started: Option<u64>,
-    bridge: String,
-    veths: Vec<String>,
-    namespaces: Vec<String>,
-}
-
 /// The data tier's namespaces, veths and bridge: planned, made, cut and removed.
 #[derive(Debug)]
-pub(super) struct Net {
+pub(crate) struct Net {
     /// iproute2's `ip`.
     ip: PathBuf,
     record_path: PathBuf,
@@ -104,40 +183,21 @@ pub(super) struct Net {
 
 /// Why `--netns` cannot run here, or the path of `ip`. Pure, so that the refusals are
 /// tested without being root.
-pub(super) fn requirements(
-    linux: bool,
-    euid: Option<u32>,
-    ip: Option<PathBuf>,
-) -> anyhow::Result<PathBuf> {
+fn requirements(linux: bool, euid: Option<u32>, ip: Option<PathBuf>) -> Result<PathBuf, NetError> {
     if !linux {
-        bail!(
-            "--netns needs Linux: network namespaces are a Linux kernel feature; without \
-             --netns, keel chaos partition uses keel's own fault filter, which works everywhere"
-        );
+        return Err(NetError::NotLinux);
     }
     match euid {
         Some(0) => {}
-        Some(uid) => bail!(
-            "--netns needs root: network namespaces, veths and a bridge can only be made by \
-             root, and keel up runs as uid {uid}; run it with sudo, or leave --netns out (keel \
-             chaos partition then uses keel's own fault filter)"
-        ),
-        None => bail!(
-            "--netns needs root: network namespaces, veths and a bridge can only be made by \
-             root, and keel up cannot tell which user it runs as (/proc/self/status is unreadable)"
-        ),
+        Some(uid) => return Err(NetError::NotRoot { uid }),
+        None => return Err(NetError::UnknownUser),
     }
-    ip.ok_or_else(|| {
-        anyhow::anyhow!(
-            "--netns needs iproute2's `ip` command, which is not on the PATH (nor in /usr/sbin \
-             or /sbin); install it (Debian and Ubuntu: apt-get install iproute2)"
-        )
-    })
+    ip.ok_or(NetError::NoIp)
 }
 
 /// Whether `--netns` can run here (Linux, root, `ip`): an error that names what is
 /// missing, before anything is made.
-pub(super) fn check() -> anyhow::Result<()> {
+pub(crate) fn check() -> Result<(), NetError> {
     requirements(cfg!(target_os = "linux"), effective_uid(), find_ip()).map(drop)
 }
 
@@ -157,127 +217,12 @@ fn find_ip() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Clock ticks since boot at which process `pid` started, from `/proc/<pid>/stat`;
-/// `None` when there is no such process, or only its zombie (it has ended).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name in parentheses, which may hold spaces: field 3 (the
-    // state) onwards; the start time is field 22.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    if fields.next()? == "Z" {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
-}
-
-/// FNV-1a, 32 bits: a hash that is the same in every build, for names that must not
-/// change between two runs on the same directory. Written here because it is five lines
-/// and std's hasher promises no stability.
-fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// The tag in every name, from the data directory's path: six hex digits.
-fn tag_for(data_dir: &Path) -> String {
-    let path = fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-    format!(
-        "{:06x}",
-        fnv1a(path.as_os_str().as_encoded_bytes()) & 0x00ff_ffff
-    )
-}
-
-/// An IPv4 network: address and prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cidr {
-    addr: Ipv4Addr,
-    len: u8,
-}
-
-impl Cidr {
-    /// `10.0.0.0/8`, or an address alone (a /32).
-    fn parse(s: &str) -> Option<Cidr> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, l.parse().ok()?),
-            None => (s, 32),
-        };
-        (len <= 32).then_some(Cidr {
-            addr: addr.parse().ok()?,
-            len,
-        })
-    }
-
-    fn overlaps(self, other: Cidr) -> bool {
-        let len = self.len.min(other.len);
-        let mask = if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        };
-        u32::from(self.addr) & mask == u32::from(other.addr) & mask
-    }
-}
-
-/// The networks in use here: every address's network (`ip -j -4 addr`) and every route's
-/// destination but the default (`ip -j -4 route show table all`).
-fn networks_in_use(addrs_json: &str, routes_json: &str) -> anyhow::Result<Vec<Cidr>> {
-    #[derive(Deserialize)]
-    struct Link {
-        #[serde(default)]
-        addr_info: Vec<AddrInfo>,
-    }
-    #[derive(Deserialize)]
-    struct AddrInfo {
-        local: Option<String>,
-        prefixlen: Option<u8>,
-    }
-    #[derive(Deserialize)]
-    struct Route {
-        dst: Option<String>,
-    }
-    let links: Vec<Link> =
-        serde_json::from_str(addrs_json).context("cannot read the output of `ip -j -4 addr`")?;
-    let routes: Vec<Route> = serde_json::from_str(routes_json)
-        .context("cannot read the output of `ip -j -4 route show table all`")?;
-    let mut nets: Vec<Cidr> = links
-        .iter()
-        .flat_map(|l| &l.addr_info)
-        .filter_map(|a| {
-            Some(Cidr {
-                addr: a.local.as_deref()?.parse().ok()?,
-                len: a.prefixlen?.min(32),
-            })
-        })
-        .collect();
-    nets.extend(
-        routes
-            .iter()
-            .filter_map(|r| r.dst.as_deref())
-            .filter(|d| *d != "default")
-            .filter_map(Cidr::parse),
-    );
-    Ok(nets)
-}
-
-/// The first `10.77.N.0/24`, from `start` on (wrapping), that overlaps nothing in `used`.
-fn pick_subnet(start: u8, used: &[Cidr]) -> Option<u8> {
-    (0..=255u8).map(|i| start.wrapping_add(i)).find(|&n| {
-        let candidate = Cidr {
-            addr: Ipv4Addr::new(NET_PREFIX[0], NET_PREFIX[1], n, 0),
-            len: 24,
-        };
-        !used.iter().any(|u| u.overlaps(candidate))
-    })
-}
-
 impl Net {
     /// Checks that `--netns` can run here, removes what a crashed `keel up` on
     /// `data_dir` left, and picks names and addresses for `names` (the data tier, the
     /// monitor first) under the lock; nothing is made yet ([`Net::create`] does). Returns
     /// the plan and a line for each thing left over that was removed.
-    pub(super) fn plan(data_dir: &Path, names: &[String]) -> anyhow::Result<(Net, Vec<String>)> {
+    pub(crate) fn plan(data_dir: &Path, names: &[String]) -> Result<(Net, Vec<String>), NetError> {
         let ip = requirements(cfg!(target_os = "linux"), effective_uid(), find_ip())?;
         let record_path = data_dir.join(RECORD_FILE);
         let removed = remove_leftovers(&ip, &record_path)?;
@@ -288,10 +233,12 @@ impl Net {
             std::env::temp_dir()
         };
         let lock_path = lock_dir.join(LOCK_FILE);
-        let lock = File::create(&lock_path)
-            .with_context(|| format!("cannot open the lock {}", lock_path.display()))?;
-        lock.lock()
-            .with_context(|| format!("cannot take the lock {}", lock_path.display()))?;
+        let lock_error = |verb| {
+            let path = lock_path.clone();
+            move |source| NetError::Lock { verb, path, source }
+        };
+        let lock = File::create(&lock_path).map_err(lock_error("open"))?;
+        lock.lock().map_err(lock_error("take"))?;
 
         let tag = tag_for(data_dir);
         let addrs = run_ip(&ip, &["-j", "-4", "addr", "show"])?;
@@ -299,10 +246,7 @@ impl Net {
         let used = networks_in_use(&addrs, &routes)?;
         let start = u8::try_from(u32::from_str_radix(&tag, 16).unwrap_or(0) & 0xff).unwrap_or(0);
         let Some(n) = pick_subnet(start, &used) else {
-            bail!(
-                "--netns: every network 10.77.0.0/24 to 10.77.255.0/24 is in use on this machine \
-                 (ip -4 route); free one"
-            );
+            return Err(NetError::NoSubnet);
         };
         let members = names
             .iter()
@@ -333,7 +277,7 @@ impl Net {
     }
 
     /// Where each process of the data tier runs, for the plan.
-    pub(super) fn placement(&self) -> Placement {
+    pub(crate) fn placement(&self) -> Placement {
         let mut placement = Placement::loopback();
         for m in &self.members {
             placement.insert(&m.name, m.addr, &m.namespace);
@@ -342,12 +286,12 @@ impl Net {
     }
 
     /// The path of `ip`, which starts the children in their namespaces.
-    pub(super) fn ip(&self) -> &Path {
+    pub(crate) fn ip(&self) -> &Path {
         &self.ip
     }
 
     /// One line for the banner: the bridge, its network, and who is where.
-    pub(super) fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "network namespaces {}-<name> on bridge {} ({}/24)",
             self.bridge, self.bridge, self.bridge_addr
@@ -356,7 +300,7 @@ impl Net {
 
     /// Makes the bridge, then a namespace and a veth pair for every member, recording
     /// each name first. On a failure, removes whatever was made.
-    pub(super) fn create(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn create(&mut self) -> Result<(), NetError> {
         let result = self.try_create();
         // The bridge holds its address now, or nothing was made: others may pick.
         self.lock = None;
@@ -369,27 +313,21 @@ impl Net {
         Ok(())
     }
 
-    fn try_create(&mut self) -> anyhow::Result<()> {
+    fn try_create(&mut self) -> Result<(), NetError> {
         for m in &self.members {
             if namespace_exists(&m.namespace) {
-                bail!(
-                    "--netns: the network namespace {} exists already, and {} does not list it as \
-                     made by keel up on this directory; remove it (ip netns delete {}) or use \
-                     another --data-dir",
-                    m.namespace,
-                    self.record_path.display(),
-                    m.namespace
-                );
+                return Err(NetError::NamespaceExists {
+                    namespace: m.namespace.clone(),
+                    record: self.record_path.clone(),
+                });
             }
         }
         for link in std::iter::once(&self.bridge).chain(self.members.iter().map(|m| &m.veth)) {
             if self.link_exists(link) {
-                bail!(
-                    "--netns: the network interface {link} exists already, and {} does not list \
-                     it as made by keel up on this directory; remove it (ip link delete {link}) \
-                     or use another --data-dir",
-                    self.record_path.display()
-                );
+                return Err(NetError::LinkExists {
+                    link: link.clone(),
+                    record: self.record_path.clone(),
+                });
             }
         }
         let record = Record {
@@ -399,9 +337,13 @@ impl Net {
             veths: self.members.iter().map(|m| m.veth.clone()).collect(),
             namespaces: self.members.iter().map(|m| m.namespace.clone()).collect(),
         };
-        let text = serde_json::to_string_pretty(&record).context("cannot encode netns.json")?;
-        fs::write(&self.record_path, text)
-            .with_context(|| format!("cannot write {}", self.record_path.display()))?;
+        // A record of names and numbers always encodes.
+        let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+        fs::write(&self.record_path, text).map_err(|source| NetError::Record {
+            verb: "write",
+            path: self.record_path.clone(),
+            source,
+        })?;
         self.made = true;
 
         let bridge = self.bridge.clone();
@@ -432,14 +374,14 @@ impl Net {
     }
 
     /// Makes each namespace drop what comes from the members `drops` names for it (and
-    /// [`CLIENTS`](super::partition::CLIENTS): the bridge's address), and nothing else.
+    /// [`CLIENTS`]: the bridge's address), and nothing else.
     /// Changes only the rules that differ from those in force. Runs `ip` and waits for
     /// it, on the supervisor's loop: a few commands of a few milliseconds, between two of
     /// its events.
-    pub(super) fn apply(
+    pub(crate) fn apply(
         &mut self,
         drops: &BTreeMap<String, BTreeSet<String>>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), NetError> {
         for m in self.members.clone() {
             let wanted: BTreeSet<Ipv4Addr> = drops
                 .get(&m.name)
@@ -465,7 +407,7 @@ impl Net {
 
     /// Adds (`op` "add") or removes ("del") the rule in `namespace` that drops what comes
     /// from `addr`.
-    fn drop_rule(&self, op: &str, namespace: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+    fn drop_rule(&self, op: &str, namespace: &str, addr: Ipv4Addr) -> Result<(), NetError> {
         let from = format!("{addr}/32");
         self.ip_ok(&[
             "-n",
@@ -482,7 +424,7 @@ impl Net {
 
     /// The address a member (or the clients, by the bridge) sends from.
     fn addr_of(&self, name: &str) -> Option<Ipv4Addr> {
-        if name == super::partition::CLIENTS {
+        if name == CLIENTS {
             return Some(self.bridge_addr);
         }
         self.members.iter().find(|m| m.name == name).map(|m| m.addr)
@@ -490,7 +432,7 @@ impl Net {
 
     /// Removes the veths, the bridge and the namespaces, then the record. Returns a line
     /// that says what was removed, or one for each thing that could not be.
-    pub(super) fn teardown(&mut self) -> Vec<String> {
+    pub(crate) fn teardown(&mut self) -> Vec<String> {
         if !self.made {
             return Vec::new();
         }
@@ -508,7 +450,7 @@ impl Net {
     }
 
     /// `ip <args>`, failing with its error output.
-    fn ip_ok(&self, args: &[&str]) -> anyhow::Result<()> {
+    fn ip_ok(&self, args: &[&str]) -> Result<(), NetError> {
         run_ip(&self.ip, args).map(drop)
     }
 
@@ -527,116 +469,25 @@ impl Drop for Net {
 }
 
 /// Runs `ip <args>`; its standard output, or an error with what it printed.
-fn run_ip(ip: &Path, args: &[&str]) -> anyhow::Result<String> {
+fn run_ip(ip: &Path, args: &[&str]) -> Result<String, NetError> {
     let out = Command::new(ip)
         .args(args)
         .output()
-        .with_context(|| format!("cannot run {}", ip.display()))?;
+        .map_err(|source| NetError::RunIp {
+            ip: ip.to_owned(),
+            source,
+        })?;
     if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(NetError::Ip {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn link_exists(ip: &Path, name: &str) -> bool {
     run_ip(ip, &["link", "show", "dev", name]).is_ok()
-}
-
-/// Whether `ip netns` knows a namespace of that name (its file under /run/netns).
-fn namespace_exists(name: &str) -> bool {
-    Path::new("/run/netns").join(name).exists() || Path::new("/var/run/netns").join(name).exists()
-}
-
-/// Removes what an earlier `keel up --netns` on this directory made and did not remove
-/// (it crashed or was killed); refuses when that `keel up` still runs.
-fn remove_leftovers(ip: &Path, record_path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = match fs::read_to_string(record_path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", record_path.display())),
-    };
-    let record: Record = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not keel up's record of its network namespaces; check that nothing it names \
-             is left (ip netns list, ip link), then delete it",
-            record_path.display()
-        )
-    })?;
-    if record.pid != std::process::id()
-        && record.started.is_some()
-        && start_time(record.pid) == record.started
-    {
-        bail!(
-            "another keel up --netns (pid {}) runs on this data directory; stop it first",
-            record.pid
-        );
-    }
-    let mut lines = remove(ip, &record, record_path);
-    if !lines.is_empty() {
-        lines.insert(
-            0,
-            "an earlier keel up --netns on this directory ended without cleaning up:".to_owned(),
-        );
-    }
-    Ok(lines)
-}
-
-/// Removes what `record` lists that still exists (names that do not start with
-/// `keel-` are never touched), then the record file itself when all went. A line for each
-/// thing removed or not removable.
-fn remove(ip: &Path, record: &Record, record_path: &Path) -> Vec<String> {
-    let mut removed = Vec::new();
-    let mut failed = Vec::new();
-    let ours = |name: &String| name.starts_with(NAME_PREFIX);
-    // A veth goes with its pair, at once; deleting the namespace alone would leave it to
-    // the kernel's background clean-up, and a `keel up` started right after could find
-    // the name still taken.
-    for link in record
-        .veths
-        .iter()
-        .chain(std::iter::once(&record.bridge))
-        .filter(|n| ours(n))
-    {
-        if !link_exists(ip, link) {
-            continue;
-        }
-        match run_ip(ip, &["link", "delete", "dev", link]) {
-            Ok(_) => removed.push(link.clone()),
-            Err(e) => failed.push(format!("{e:#}")),
-        }
-    }
-    for ns in record.namespaces.iter().filter(|n| ours(n)) {
-        if !namespace_exists(ns) {
-            continue;
-        }
-        match run_ip(ip, &["netns", "delete", ns]) {
-            Ok(_) => removed.push(ns.clone()),
-            Err(e) => failed.push(format!("{e:#}")),
-        }
-    }
-    let mut lines = Vec::new();
-    if !removed.is_empty() {
-        lines.push(format!(
-            "removed the network namespaces and interfaces: {}",
-            removed.join(", ")
-        ));
-    }
-    if failed.is_empty() {
-        let _ = fs::remove_file(record_path);
-    } else {
-        for e in failed {
-            lines.push(format!("could not remove: {e}"));
-        }
-        lines.push(format!(
-            "what could not be removed is listed in {}; the next keel up --netns on this directory tries again",
-            record_path.display()
-        ));
-    }
-    lines
 }
 
 #[cfg(test)]
@@ -674,50 +525,5 @@ mod tests {
         fs::write(&file, "").expect("write");
         let owner = fs::metadata(&file).expect("metadata").uid();
         assert_eq!(effective_uid(), Some(owner));
-    }
-
-    #[test]
-    fn a_subnet_in_use_by_an_address_or_a_route_is_skipped() {
-        let addrs = r#"[{"ifname":"lo","addr_info":[{"local":"127.0.0.1","prefixlen":8}]},
-            {"ifname":"eth0","addr_info":[{"local":"10.77.5.9","prefixlen":24}]},
-            {"ifname":"x"}]"#;
-        let routes = r#"[{"dst":"default","gateway":"192.0.2.1"},{"dst":"10.77.6.0/23"},
-            {"type":"local","dst":"10.77.9.4"},{"type":"blackhole","dst":"10.77.10.0/24"}]"#;
-        let used = networks_in_use(addrs, routes).expect("parse");
-        assert_eq!(
-            pick_subnet(5, &used),
-            Some(8),
-            "5 has an address, 6 and 7 a route"
-        );
-        assert_eq!(
-            pick_subnet(9, &used),
-            Some(11),
-            "a host route and a blackhole count"
-        );
-        assert_eq!(pick_subnet(255, &used), Some(255));
-        assert_eq!(pick_subnet(0, &[]), Some(0));
-        let everything = networks_in_use("[]", r#"[{"dst":"10.0.0.0/8"}]"#).expect("parse");
-        assert_eq!(pick_subnet(3, &everything), None);
-        assert!(networks_in_use("not json", "[]").is_err());
-    }
-
-    #[test]
-    fn names_fit_the_kernel_and_differ_between_directories() {
-        let a = tag_for(Path::new("/srv/keel-a"));
-        let b = tag_for(Path::new("/srv/keel-b"));
-        assert_eq!(a.len(), 6);
-        assert_ne!(a, b);
-        assert_eq!(a, tag_for(Path::new("/srv/keel-a")), "stable");
-        // The longest interface name: the veth of app9.
-        assert!(format!("{NAME_PREFIX}{a}-9").len() <= 15);
-        assert_eq!(fnv1a(b""), 0x811c_9dc5);
-        assert_eq!(fnv1a(b"a"), 0xe40c_292c);
-    }
-
-    #[test]
-    fn start_time_tells_this_process_from_another_with_its_pid() {
-        let mine = start_time(std::process::id()).expect("this process has a start time");
-        assert!(mine > 0);
-        assert_eq!(start_time(u32::MAX), None);
     }
 }

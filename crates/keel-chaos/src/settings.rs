@@ -1,0 +1,39 @@
+//! What `keel up` is asked to run: the binary turns its flags into [`Settings`], so that
+//! nothing here depends on how a command line is parsed.
+
+use std::path::PathBuf;
+
+/// How many of each process, on which ports, where their data goes, and how they talk.
+///
+/// Port fields name the first port of a range where there are several processes
+/// (`base_port`: `app1`, then `app2` on the next port…). The flags of `keel up` carry the
+/// same names with dashes, and the errors about them name the flag (`--base-port`), since
+/// that is what a person changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How many data nodes (`app1..appN`).
+    pub nodes: u16,
+    /// Where the monitor and the nodes keep their data, and where the credentials, the
+    /// fault files and `up.json` are written.
+    pub data_dir: PathBuf,
+    /// Port of `app1`; the other nodes take the ports after it.
+    pub base_port: u16,
+    /// Port of the monitor.
+    pub monitor_port: u16,
+    /// How many app services (`service1..serviceN`) behind the proxy.
+    pub services: u16,
+    /// Port of `service1`; the others take the ports after it.
+    pub service_port: u16,
+    /// Port of the proxy, the front door.
+    pub proxy_port: u16,
+    /// Port of the proxy's admin API.
+    pub proxy_admin_port: u16,
+    /// Port of the control API that `keel chaos` speaks.
+    pub control_port: u16,
+    /// The children log at info level rather than warnings only.
+    pub verbose: bool,
+    /// The monitor and every node in a network namespace of its own (Linux, root).
+    pub netns: bool,
+    /// Every process on TLS, with certificates from a CA in `<data-dir>/tls`.
+    pub tls: bool,
+}

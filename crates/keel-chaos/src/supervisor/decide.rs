@@ -1,0 +1,208 @@
+//! The supervisor's decisions, apart from any process: which child stops when, what an
+//! action does to a child in the state it is in, and what an exit is reported as. No
+//! process, clock or socket here, so that the tests pin each decision exactly.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
+
+use axum::http::StatusCode;
+use keel_core::ApiError;
+
+use crate::control::{Action, Refused};
+use crate::plan::{MONITOR, PROXY};
+
+/// Where `name` stops in `keel up`'s order, lowest first: the proxy and the services,
+/// which no longer take traffic then; the monitor, so that nothing fails over while the
+/// tier stops; the primary, while its standbys still acknowledge its last writes; the
+/// standbys. Nodes share a rank when the primary is unknown (the monitor did not answer),
+/// and then stop in their start order.
+pub(crate) fn stop_rank(name: &str, primary: Option<&str>) -> u8 {
+    if name == PROXY {
+        0
+    } else if name.starts_with("service") {
+        1
+    } else if name == MONITOR {
+        2
+    } else if Some(name) == primary {
+        3
+    } else {
+        4
+    }
+}
+
+/// What an action does to a process, given its pid if it runs and whether it is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// SIGKILL to this pid.
+    Kill(u32),
+    /// SIGSTOP to this pid.
+    Pause(u32),
+    /// SIGCONT to this pid.
+    Resume(u32),
+    /// SIGKILL to this pid if there is one, then the same command line again.
+    Restart(Option<u32>),
+}
+
+/// The step `action` takes on process `name`, or why it cannot (a conflict with the
+/// state the process is in, which the refusal names).
+pub(crate) fn step(
+    name: &str,
+    action: Action,
+    running: Option<u32>,
+    paused: bool,
+) -> Result<Step, Refused> {
+    let conflict = |why: String| Err((StatusCode::CONFLICT, ApiError::new("wrong_state", why)));
+    match (action, running) {
+        (Action::Restart, pid) => Ok(Step::Restart(pid)),
+        (Action::Kill, Some(pid)) => Ok(Step::Kill(pid)),
+        (Action::Pause, Some(pid)) if !paused => Ok(Step::Pause(pid)),
+        (Action::Pause, Some(_)) => conflict(format!("{name} is already paused")),
+        (Action::Resume, Some(pid)) if paused => Ok(Step::Resume(pid)),
+        (Action::Resume, Some(_)) => conflict(format!("{name} is not paused")),
+        (_, None) => conflict(format!(
+            "{name} is not running; `keel chaos restart {name}` starts it again"
+        )),
+    }
+}
+
+/// How a process ended: `exit code 1` or `signal 9`.
+pub(crate) fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+/// What `keel up` prints when a process ends by itself: how, that nothing restarts it,
+/// what that means for the rest of the system, and the command (`again`) that starts it
+/// by hand.
+pub(crate) fn exit_report(name: &str, how: &str, again: &str) -> String {
+    let consequence = if name == MONITOR {
+        "; nothing fails over until it is back (the nodes keep serving)"
+    } else if name == PROXY {
+        "; the front door is closed until it is back (the nodes and services answer on their own ports)"
+    } else {
+        ""
+    };
+    format!(
+        "{name} exited ({how}); keel up does not restart it{consequence}. To start it again:\n  {again}"
+    )
+}
+
+/// Whether an exit is that of a process `keel chaos restart` replaced: another process
+/// of the same name (`running`) runs now, and the restart has said what happened.
+pub(crate) fn superseded(exited: Option<u32>, running: Option<u32>) -> bool {
+    running.is_some() && running != exited
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_door_stops_first_then_the_monitor_then_the_primary_then_the_standbys() {
+        let started = [
+            "monitor", "app1", "app2", "app3", "service1", "service2", "proxy",
+        ];
+        let mut order = started.to_vec();
+        order.sort_by_key(|name| stop_rank(name, Some("app2")));
+        assert_eq!(
+            order,
+            [
+                "proxy", "service1", "service2", "monitor", "app2", "app1", "app3"
+            ]
+        );
+        let mut unknown = started.to_vec();
+        unknown.sort_by_key(|name| stop_rank(name, None));
+        assert_eq!(
+            unknown,
+            [
+                "proxy", "service1", "service2", "monitor", "app1", "app2", "app3"
+            ],
+            "without a known primary the nodes keep their start order"
+        );
+    }
+
+    #[test]
+    fn each_action_needs_the_state_it_changes() {
+        assert_eq!(
+            step("app1", Action::Kill, Some(7), false).ok(),
+            Some(Step::Kill(7))
+        );
+        assert_eq!(
+            step("app1", Action::Kill, Some(7), true).ok(),
+            Some(Step::Kill(7)),
+            "a paused process can be killed"
+        );
+        assert_eq!(
+            step("app1", Action::Pause, Some(7), false).ok(),
+            Some(Step::Pause(7))
+        );
+        assert_eq!(
+            step("app1", Action::Resume, Some(7), true).ok(),
+            Some(Step::Resume(7))
+        );
+        assert_eq!(
+            step("app1", Action::Restart, Some(7), true).ok(),
+            Some(Step::Restart(Some(7)))
+        );
+        assert_eq!(
+            step("app1", Action::Restart, None, false).ok(),
+            Some(Step::Restart(None)),
+            "a restart starts what is not running"
+        );
+        for (action, running, paused, why) in [
+            (Action::Pause, Some(7), true, "app1 is already paused"),
+            (Action::Resume, Some(7), false, "app1 is not paused"),
+            (
+                Action::Kill,
+                None,
+                false,
+                "app1 is not running; `keel chaos restart app1` starts it again",
+            ),
+            (
+                Action::Pause,
+                None,
+                false,
+                "app1 is not running; `keel chaos restart app1` starts it again",
+            ),
+            (
+                Action::Resume,
+                None,
+                true,
+                "app1 is not running; `keel chaos restart app1` starts it again",
+            ),
+        ] {
+            let (status, error) =
+                step("app1", action, running, paused).expect_err("a conflict with the state");
+            assert_eq!(status, StatusCode::CONFLICT, "{action:?}");
+            assert_eq!(error.message, why, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn an_exit_is_reported_by_exit_code_or_signal_with_what_it_means() {
+        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exit code 1");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal 9");
+        assert_eq!(
+            exit_report("app1", "signal 9", "keel node --id app1"),
+            "app1 exited (signal 9); keel up does not restart it. To start it again:\n  keel node --id app1"
+        );
+        assert!(
+            exit_report(MONITOR, "exit code 1", "x")
+                .starts_with("monitor exited (exit code 1); keel up does not restart it; nothing fails over until it is back")
+        );
+        assert!(
+            exit_report(PROXY, "signal 15", "x")
+                .contains("; the front door is closed until it is back")
+        );
+    }
+
+    #[test]
+    fn only_the_exit_of_a_replaced_process_is_superseded() {
+        assert!(superseded(Some(7), Some(8)), "restarted: 8 replaced 7");
+        assert!(!superseded(Some(8), Some(8)), "the running one itself");
+        assert!(!superseded(Some(7), None), "nothing replaced it");
+    }
+}

@@ -1,0 +1,459 @@
+//! [`Up`]: the whole system on this machine, in the foreground — what `keel up` runs.
+//!
+//! [`Up::prepare`] does everything that can fail before a process starts: the checks of
+//! `--netns`, the credentials, the namespaces, the plan and its ports, the control API's
+//! listener. [`Up::start`] starts the monitor, then the node it recorded as primary (else
+//! `app1`: the first node to register becomes primary), waits for the monitor to name it,
+//! starts the other nodes and waits for them to be promotable, then the services and the
+//! proxy; each only after the one before answers its health check. [`Up::serve`] carries
+//! out the control API's requests and reports exits until told to stop;
+//! [`Up::shutdown`] stops everything in order. The network namespaces of `--netns` go
+//! when the [`Up`] does.
+
+mod banner;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use keel_client::wire::ClusterView;
+use keel_core::ApiError;
+use keel_core::token::Token;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::control::{self, Action, Command, Done, Refused, UP_FILE, UpFile};
+use crate::credentials::{CredentialError, Credentials, Origin};
+use crate::monitor::{MonitorClient, SETTLE_TIMEOUT};
+use crate::netns::{self, Net, NetError};
+use crate::partition::{FaultFileError, Partitions};
+use crate::plan::{PROXY, Placement, Plan, PlanError, check_ports, data_tier_names, plan};
+use crate::supervisor::{Awaited, Host as _, OsHost, StartError, Supervisor, exit_report};
+use crate::{Settings, say};
+
+/// How long the proxy may take to learn the primary from the monitor.
+const ROUTE_POLL: Duration = Duration::from_millis(50);
+
+/// How long the event stream may take to connect.
+const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why `keel up` cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// `--netns` cannot run here, or the namespaces cannot be made.
+    #[error(transparent)]
+    Netns(#[from] NetError),
+    /// The data directory cannot be made.
+    #[error("cannot create the data directory {}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The admin token or the cluster secret cannot be kept or written.
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    /// The certificates of `--tls` cannot be made.
+    #[error(transparent)]
+    Certificates(#[from] keel_auth::certs::CertError),
+    /// The CA of `--tls` cannot be read.
+    #[error("cannot set up TLS towards the tier")]
+    Tls(#[source] keel_auth::tls::TlsError),
+    /// The ports of the plan are out of range, overlap or are taken.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The fault files cannot be written.
+    #[error(transparent)]
+    FaultFiles(#[from] FaultFileError),
+    /// The control API's port is taken.
+    #[error(
+        "cannot listen on {addr} for keel chaos — is another `keel up` running? \
+         pick another port with --control-port"
+    )]
+    Control {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The HTTP client cannot be built.
+    #[error("cannot set up the HTTP client")]
+    Http(#[source] reqwest::Error),
+    /// The client for the monitor's events cannot be built.
+    #[error("cannot set up the client for the monitor's events")]
+    Stream(#[source] keel_client::monitor::ClientError),
+    /// A process did not start or come up.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// `up.json` cannot be written.
+    #[error("cannot write {}", path.display())]
+    UpFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A certificate `--tls` needs: the process's name and the other host names it must be
+/// valid for.
+pub type CertificateFor = (String, Vec<String>);
+
+/// The system `keel up` runs: its plan, its children, its partitions and its control API.
+pub struct Up {
+    settings: Settings,
+    plan: Plan,
+    credentials: Credentials,
+    /// Whether the admin token was there already, for the banner.
+    token_origin: Origin,
+    supervisor: Supervisor<OsHost>,
+    partitions: Partitions,
+    monitor: MonitorClient,
+    http: reqwest::Client,
+    /// For the event stream: no timeout on the whole request.
+    stream_http: reqwest::Client,
+    events: Option<JoinHandle<()>>,
+    control: JoinHandle<()>,
+    commands: mpsc::Receiver<Command>,
+    /// `<data-dir>/up.json`, once written.
+    up_file: Option<PathBuf>,
+}
+
+impl Up {
+    /// Everything before the first process starts; nothing is left behind when this
+    /// fails (a `--netns` that cannot run fails before anything is made). Prints a line
+    /// for what an earlier `keel up --netns` on the directory left and was removed.
+    /// `exe` is the `keel` executable: every child is it, with a subcommand.
+    pub async fn prepare(settings: Settings, exe: PathBuf) -> Result<Up, UpError> {
+        if settings.netns {
+            netns::check()?;
+        }
+        let data_dir = settings.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| UpError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let mut credentials = Credentials::in_dir(&data_dir);
+        let token_origin = credentials.ensure()?;
+        let net = if settings.netns {
+            let (net, leftovers) = Net::plan(&data_dir, &data_tier_names(settings.nodes))?;
+            for line in leftovers {
+                say(&line);
+            }
+            Some(net)
+        } else {
+            None
+        };
+        let placement = net
+            .as_ref()
+            .map_or_else(Placement::loopback, Net::placement);
+        let tls = if settings.tls {
+            let dir = data_dir.join("tls");
+            keel_auth::certs::ensure(&dir, &certificates_wanted(&settings, &placement))?;
+            let client =
+                keel_auth::tls::client_for_ca(&dir.join("ca.pem")).map_err(UpError::Tls)?;
+            credentials.tls = Some(dir);
+            Some(client)
+        } else {
+            None
+        };
+        let plan = plan(&settings, &credentials, &placement)?;
+        check_ports(&plan)?;
+        let net = match net {
+            Some(mut net) => {
+                net.create()?;
+                Some(net)
+            }
+            None => None,
+        };
+        // From here on, the namespaces go when `partitions` does, however `keel up` ends.
+        let partitions = Partitions::start(&data_dir, &plan, net)?;
+        let (control, commands) = serve_control(settings.control_port, &credentials.token).await?;
+
+        let mut http = reqwest::Client::builder();
+        if let Some(tls) = &tls {
+            http = http.tls_backend_preconfigured(tls.clone());
+        }
+        let http = http.build().map_err(UpError::Http)?;
+        let stream_http = keel_client::monitor::stream_client(STREAM_CONNECT_TIMEOUT, tls)
+            .map_err(UpError::Stream)?;
+        let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
+        let fault_files = plan
+            .all()
+            .filter_map(|s| Some((s.name.clone(), partitions.file(&s.name)?)))
+            .collect();
+        let host = OsHost::new(
+            exe,
+            width,
+            child_log_level(std::env::var_os("KEEL_LOG").is_some(), settings.verbose),
+            partitions.net().map(|net| net.ip().to_owned()),
+            fault_files,
+            http.clone(),
+        );
+        Ok(Up {
+            monitor: MonitorClient::new(http.clone(), plan.monitor.url.clone()),
+            settings,
+            plan,
+            credentials,
+            token_origin,
+            supervisor: Supervisor::new(host),
+            partitions,
+            http,
+            stream_http,
+            events: None,
+            control,
+            commands,
+            up_file: None,
+        })
+    }
+
+    /// Starts every process, each once the one before answers its health check (see the
+    /// module's doc). Dropping the future half-way leaves what was started to
+    /// [`Up::shutdown`].
+    pub async fn start(&mut self) -> Result<(), UpError> {
+        let plan = &self.plan;
+        self.supervisor.start(&plan.monitor)?;
+        self.supervisor
+            .wait_healthy(&plan.monitor, Awaited::Startup)
+            .await?;
+        self.events = Some(tokio::spawn(
+            self.monitor.clone().follow_events(self.stream_http.clone()),
+        ));
+
+        // The node the monitor recorded as primary in an earlier run, else app1: the
+        // first node to register becomes primary, and the recorded primary, when it
+        // comes back first, keeps the role (in a new epoch) rather than waiting for a
+        // standby that is not yet promotable.
+        let recorded = self.monitor.primary().await;
+        let first = recorded
+            .as_deref()
+            .and_then(|name| plan.nodes.iter().position(|s| s.name == name))
+            .unwrap_or(0);
+        let order =
+            std::iter::once(first).chain((0..plan.nodes.len()).filter(move |&i| i != first));
+        for (started, i) in order.enumerate() {
+            let spec = &plan.nodes[i];
+            self.supervisor.start(spec)?;
+            self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
+            if started == 0 && !self.monitor.wait_for_primary().await {
+                say(&format!(
+                    "note: the monitor names no live primary after {} s; starting the other nodes anyway \
+                     (its events above say why)",
+                    SETTLE_TIMEOUT.as_secs()
+                ));
+            }
+        }
+        if !self.monitor.wait_for_promotable(plan).await {
+            say(&format!(
+                "note: not every standby is promotable after {} s; `keel client cluster` says why",
+                SETTLE_TIMEOUT.as_secs()
+            ));
+        }
+        for spec in plan.services.iter().chain(std::iter::once(&plan.proxy)) {
+            self.supervisor.start(spec)?;
+            self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
+        }
+        self.wait_for_route().await;
+        Ok(())
+    }
+
+    /// Waits until the proxy's cluster route knows the primary, so that the first
+    /// request to `/v1/…` through the front door finds it.
+    async fn wait_for_route(&self) {
+        let url = format!("{}/v1/cluster", self.plan.proxy_admin);
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while Instant::now() < deadline {
+            let view: Option<serde_json::Value> = match self.http.get(&url).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            if view.is_some_and(|v| !v["primary"].is_null()) {
+                return;
+            }
+            tokio::time::sleep(ROUTE_POLL).await;
+        }
+        say("note: the proxy does not know the primary yet; its log above says why");
+    }
+
+    /// The monitor's view, or `None` when it does not answer.
+    pub async fn view(&self) -> Option<ClusterView> {
+        self.monitor.view().await
+    }
+
+    /// Writes `<data-dir>/up.json`: where `keel chaos` finds this `keel up`. Removed by
+    /// [`Up::shutdown`].
+    pub fn write_up_file(&mut self) -> Result<(), UpError> {
+        let path = self.settings.data_dir.join(UP_FILE);
+        let file = UpFile {
+            control: format!("http://127.0.0.1:{}", self.settings.control_port),
+            pid: std::process::id(),
+            monitor: self.plan.monitor.url.clone(),
+            proxy: self.plan.proxy.url.clone(),
+        };
+        // Four plain fields always encode.
+        let text = serde_json::to_string_pretty(&file).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|source| UpError::UpFile {
+            path: path.clone(),
+            source,
+        })?;
+        self.up_file = Some(path);
+        Ok(())
+    }
+
+    /// Carries out what `keel chaos` asks and reports the processes that exit, until
+    /// `stop` completes. Never restarts anything by itself.
+    pub async fn serve(&mut self, stop: impl Future<Output = ()>) {
+        let mut stop = pin!(stop);
+        let total = self.plan.all().count();
+        let mut alive = total;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                Some(command) = self.commands.recv() => match command {
+                    Command::List(reply) => {
+                        let _ = reply.send(self.supervisor.processes(&self.plan));
+                    }
+                    Command::Act { name, action, reply } => {
+                        let done = self.act(&name, action).await;
+                        if let Ok(done) = &done {
+                            say(&format!("keel chaos: {}", done.message));
+                            if action == Action::Restart {
+                                alive = (alive + 1).min(total);
+                            }
+                        }
+                        let _ = reply.send(done);
+                    }
+                    Command::Partition { request, reply } => {
+                        let done = self.partitions.partition(&self.plan, &request.node, &request.from);
+                        if let Ok(done) = &done {
+                            say(&format!("keel chaos: {}", done.message));
+                        }
+                        let _ = reply.send(done);
+                    }
+                    Command::Heal { reply } => {
+                        let done = self.partitions.heal(&self.plan);
+                        if let Ok(done) = &done {
+                            say(&format!("keel chaos: {}", done.message));
+                        }
+                        let _ = reply.send(done);
+                    }
+                },
+                Some(exit) = self.supervisor.next_exit() => {
+                    alive = alive.saturating_sub(1);
+                    let again = self
+                        .plan
+                        .all()
+                        .find(|s| s.name == exit.name)
+                        .map(|s| self.supervisor.host().command_line(s))
+                        .unwrap_or_default();
+                    say(&exit_report(&exit.name, &exit.how, &again));
+                    if alive == 0 {
+                        say("nothing is running any more; press Ctrl-C to quit");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out a `keel chaos` action on process `name`.
+    async fn act(&mut self, name: &str, action: Action) -> Result<Done, Refused> {
+        let Some(spec) = self.plan.all().find(|s| s.name == name) else {
+            let names: Vec<&str> = self.plan.all().map(|s| s.name.as_str()).collect();
+            return Err((
+                StatusCode::NOT_FOUND,
+                ApiError::new(
+                    "no_such_process",
+                    format!("keel up runs no {name:?}; it runs {}", names.join(", ")),
+                ),
+            ));
+        };
+        let reachable = !self.partitions.cut_from_clients(name);
+        self.supervisor.act(spec, action, reachable).await
+    }
+
+    /// Stops everything: the control API, then the processes in order (the front door
+    /// and the services, the monitor, the primary, the standbys), a line for each.
+    pub async fn shutdown(&mut self) {
+        self.control.abort();
+        if let Some(path) = self.up_file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+        // Asked before the monitor goes: after that, nobody knows.
+        let primary = self.monitor.primary().await;
+        if let Some(events) = self.events.take() {
+            events.abort();
+        }
+        self.supervisor
+            .stop_all(primary.as_deref(), |line| say(&line))
+            .await;
+    }
+}
+
+impl Drop for Up {
+    /// Once the children are stopped (or, when `keel up` ends by an error, killed), the
+    /// namespaces of `--netns` go, with a line that says so.
+    fn drop(&mut self) {
+        for line in self.partitions.teardown() {
+            say(&line);
+        }
+    }
+}
+
+/// The certificates `--tls` needs: one for each process, the data tier's naming its own
+/// address too (a network namespace's, under `--netns`: the others reach it there).
+fn certificates_wanted(settings: &Settings, placement: &Placement) -> Vec<CertificateFor> {
+    let mut wanted: Vec<CertificateFor> = data_tier_names(settings.nodes)
+        .into_iter()
+        .map(|name| {
+            let host = placement.host(&name).to_string();
+            (name, vec![host])
+        })
+        .collect();
+    wanted.push((PROXY.to_owned(), Vec::new()));
+    wanted.extend((1..=settings.services).map(|k| (format!("service{k}"), Vec::new())));
+    wanted
+}
+
+/// Listens on `127.0.0.1:port` and serves the control API there until the task is
+/// aborted; its requests come out of the receiver.
+async fn serve_control(
+    port: u16,
+    token_file: &Path,
+) -> Result<(JoinHandle<()>, mpsc::Receiver<Command>), UpError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| UpError::Control { addr, source })?;
+    let (commands_tx, commands) = mpsc::channel(16);
+    let token = Token::from_file(token_file).ok();
+    let task = tokio::spawn(async move {
+        let app = control::router(token, commands_tx);
+        // Served until `keel up` ends, which aborts this task.
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        keel_http::serve_draining(
+            listener,
+            app,
+            std::future::pending(),
+            Duration::ZERO,
+            stopping,
+            None,
+        )
+        .await;
+    });
+    Ok((task, commands))
+}
+
+/// The children's `KEEL_LOG`: warnings only, unless `verbose` or the person set
+/// `KEEL_LOG` themselves (then theirs, inherited). At info level the nodes log every
+/// replication stream and role change, which would bury the monitor's events — the lines
+/// that tell the story — while the warnings (a lost stream, a refused heartbeat) are
+/// exactly what should stand out next to them.
+fn child_log_level(keel_log_set: bool, verbose: bool) -> Option<&'static str> {
+    if keel_log_set {
+        None
+    } else if verbose {
+        Some("info")
+    } else {
+        Some("warn")
+    }
+}

@@ -1,0 +1,287 @@
+//! What `keel up` says once everything runs: who runs where (with the role the monitor
+//! gave, not the one hoped for), where the data and the token are, how partitions are
+//! carried out, and commands to try, written for the flags this `keel up` was started
+//! with.
+
+use std::path::Path;
+
+use keel_client::wire::ClusterView;
+
+use super::Up;
+use crate::Settings;
+use crate::plan::{MONITOR, PROXY, Plan};
+
+/// The monitor's port when `--monitor-port` is not given: `keel client` needs no
+/// `--monitor` then.
+const DEFAULT_MONITOR_PORT: u16 = 8070;
+
+impl Up {
+    /// The text to print once [`Up::start`] has succeeded, `view` being the monitor's.
+    pub fn banner(&self, view: Option<&ClusterView>) -> String {
+        banner(&Facts {
+            settings: &self.settings,
+            plan: &self.plan,
+            pid: &|name| self.supervisor.started(name),
+            netns: self.partitions.net().map(|net| net.describe()),
+            token: &self.credentials.token,
+            token_note: self.token_origin.as_str(),
+            view,
+        })
+    }
+}
+
+/// What the banner is made of.
+struct Facts<'a> {
+    settings: &'a Settings,
+    plan: &'a Plan,
+    /// The pid each process was started with.
+    pid: &'a dyn Fn(&str) -> Option<u32>,
+    /// Where the namespaces are, under `--netns`.
+    netns: Option<String>,
+    token: &'a Path,
+    /// `kept` or `new`.
+    token_note: &'a str,
+    view: Option<&'a ClusterView>,
+}
+
+fn banner(facts: &Facts<'_>) -> String {
+    let Facts {
+        settings,
+        plan,
+        view,
+        ..
+    } = facts;
+    let pid = |name: &str| (facts.pid)(name).map_or_else(String::new, |pid| format!("  pid {pid}"));
+    let epoch = view.map_or_else(String::new, |v| format!(", epoch {}", v.epoch));
+    let mut text = format!("\nkeel data tier is up (sync replication{epoch}):\n");
+    let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
+    text.push_str(&format!(
+        "  {:width$}  {:7}  {}{}\n",
+        MONITOR,
+        "",
+        plan.monitor.url,
+        pid(MONITOR)
+    ));
+    for spec in &plan.nodes {
+        // The role the monitor gave, not the one `keel up` hoped for.
+        let role = view
+            .and_then(|v| v.nodes.iter().find(|n| n.node.as_str() == spec.name))
+            .map_or("?", |n| n.role.as_str());
+        text.push_str(&format!(
+            "  {:width$}  {role:7}  {}{}\n",
+            spec.name,
+            spec.url,
+            pid(&spec.name)
+        ));
+    }
+    text.push_str("front door and app tier:\n");
+    text.push_str(&format!(
+        "  {:width$}  {:7}  {}  (admin {}){}\n",
+        PROXY,
+        "",
+        plan.proxy.url,
+        plan.proxy_admin,
+        pid(PROXY)
+    ));
+    for spec in &plan.services {
+        text.push_str(&format!(
+            "  {:width$}  {:7}  {}{}\n",
+            spec.name,
+            "",
+            spec.url,
+            pid(&spec.name)
+        ));
+    }
+    text.push_str(&format!(
+        "  data in {}, admin token in {} ({})\n",
+        settings.data_dir.display(),
+        facts.token.display(),
+        facts.token_note
+    ));
+    if settings.tls {
+        text.push_str(&format!(
+            "  TLS between every process, certificates in {} (keel certs adds more)\n",
+            settings.data_dir.join("tls").display()
+        ));
+    }
+    match &facts.netns {
+        Some(netns) => text.push_str(&format!(
+            "  the monitor and the nodes in {netns}; keel chaos partition: the kernel drops packets between them\n\n"
+        )),
+        None => text.push_str(
+            "  keel chaos partition: a fault filter in keel's own network layer (keel up --netns, as root: network namespaces)\n\n",
+        ),
+    }
+    let monitor = if settings.monitor_port == DEFAULT_MONITOR_PORT
+        && facts.netns.is_none()
+        && !settings.tls
+    {
+        String::new()
+    } else {
+        format!(" --monitor {}", plan.monitor.url)
+    };
+    // With --tls, the CA that the client checks the tier's certificates against.
+    let (monitor, curl_ca) = if settings.tls {
+        let ca = settings.data_dir.join("tls").join("ca.pem");
+        (
+            format!("{monitor} --tls-ca {}", ca.display()),
+            format!(" --cacert {}", ca.display()),
+        )
+    } else {
+        (monitor, String::new())
+    };
+    let token = if settings.data_dir == Path::new("./keel-data")
+        || settings.data_dir == Path::new("keel-data")
+    {
+        String::new()
+    } else {
+        format!(" --token-file {}", facts.token.display())
+    };
+    let primary_url = view
+        .and_then(|v| v.primary.as_ref())
+        .and_then(|p| plan.nodes.iter().find(|s| s.name == p.node.as_str()))
+        .or(plan.nodes.first())
+        .map_or_else(String::new, |s| s.url.clone());
+    text.push_str("Try, in another terminal:\n");
+    let front = if settings.tls {
+        format!("{curl_ca} https://localhost:{}", settings.proxy_port)
+    } else {
+        format!(" localhost:{}", settings.proxy_port)
+    };
+    text.push_str(&format!(
+        "  curl -s{front}/                     # hello and visits, from a service\n"
+    ));
+    text.push_str(&format!(
+        "  curl -s{front}/v1/counters/visits   # the data tier, through the proxy\n"
+    ));
+    text.push_str(&format!("  keel client{monitor} cluster\n"));
+    text.push_str(&format!("  keel client{monitor} set greeting=hello\n"));
+    text.push_str(&format!("  keel client{monitor} state all\n"));
+    // `localhost:PORT` as in the other lines, unless the node has an address of its own.
+    let primary_url = primary_url
+        .replace("http://127.0.0.1:", "localhost:")
+        .replace("https://127.0.0.1:", "https://localhost:");
+    text.push_str(&format!("  curl -s{curl_ca} {primary_url}/v1/entries\n"));
+    text.push_str(&format!(
+        "  keel client{monitor}{token} kill-primary --watch   # a standby takes over\n"
+    ));
+    text.push_str(&format!(
+        "  keel client{monitor}{token} failover               # and back, by hand\n"
+    ));
+    text.push_str(
+        "The monitor's events follow. Ctrl-C stops everything (the front door first, then the monitor).\n",
+    );
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::credentials::Credentials;
+    use crate::plan::{Placement, plan};
+
+    fn settings(data_dir: &str, monitor_port: u16, tls: bool) -> Settings {
+        Settings {
+            nodes: 2,
+            data_dir: PathBuf::from(data_dir),
+            base_port: 8081,
+            monitor_port,
+            services: 1,
+            service_port: 5056,
+            proxy_port: 8080,
+            proxy_admin_port: 8090,
+            control_port: 8060,
+            verbose: false,
+            netns: false,
+            tls,
+        }
+    }
+
+    /// The banner of `settings`, the monitor naming app2 primary in epoch 4.
+    fn text(settings: &Settings) -> String {
+        let mut credentials = Credentials::in_dir(&settings.data_dir);
+        if settings.tls {
+            credentials.tls = Some(settings.data_dir.join("tls"));
+        }
+        let plan = plan(settings, &credentials, &Placement::loopback()).expect("a plan");
+        let view: ClusterView = serde_json::from_value(serde_json::json!({
+            "version": 5, "epoch": 4,
+            "primary": {"node": "app2", "url": "http://127.0.0.1:8082"},
+            "failover_in_progress": false, "failover": null,
+            "nodes": [
+                {"node": "app1", "url": "http://127.0.0.1:8081", "role": "standby", "sync": true,
+                 "promotable": true, "why_not_promotable": null, "lsn": 9, "epoch": 4,
+                 "healthy": true, "last_heartbeat_ms_ago": 20},
+                {"node": "app2", "url": "http://127.0.0.1:8082", "role": "primary", "sync": false,
+                 "promotable": false, "why_not_promotable": null, "lsn": 9, "epoch": 4,
+                 "healthy": true, "last_heartbeat_ms_ago": 20}
+            ]
+        }))
+        .expect("a cluster view");
+        let pids = ["monitor", "app1", "app2", "service1", "proxy"];
+        let pid = |name: &str| {
+            pids.iter()
+                .position(|p| *p == name)
+                .and_then(|i| u32::try_from(100 + i).ok())
+        };
+        banner(&Facts {
+            settings,
+            plan: &plan,
+            pid: &pid,
+            netns: None,
+            token: &credentials.token,
+            token_note: "kept",
+            view: Some(&view),
+        })
+    }
+
+    #[test]
+    fn the_banner_shows_the_roles_the_monitor_gave_with_pids() {
+        let text = text(&settings("./keel-data", 8070, false));
+        assert!(
+            text.starts_with("\nkeel data tier is up (sync replication, epoch 4):\n"),
+            "{text}"
+        );
+        for line in [
+            "  monitor            http://127.0.0.1:8070  pid 100\n",
+            "  app1      standby  http://127.0.0.1:8081  pid 101\n",
+            "  app2      primary  http://127.0.0.1:8082  pid 102\n",
+            "  proxy              http://127.0.0.1:8080  (admin http://127.0.0.1:8090)  pid 104\n",
+            "  service1           http://127.0.0.1:5056  pid 103\n",
+            "  data in ./keel-data, admin token in ./keel-data/admin.token (kept)\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_commands_to_try_need_no_flags_at_the_defaults() {
+        let text = text(&settings("./keel-data", 8070, false));
+        for line in [
+            "  curl -s localhost:8080/                     # hello and visits",
+            "  keel client cluster\n",
+            // The primary the monitor names, not app1.
+            "  curl -s localhost:8082/v1/entries\n",
+            "  keel client kill-primary --watch   # a standby takes over\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        assert!(!text.contains("TLS"), "{text}");
+    }
+
+    #[test]
+    fn the_commands_to_try_name_the_monitor_the_ca_and_the_token_when_they_moved() {
+        let text = text(&settings("/srv/k", 9070, true));
+        for line in [
+            "  TLS between every process, certificates in /srv/k/tls (keel certs adds more)\n",
+            "  curl -s --cacert /srv/k/tls/ca.pem https://localhost:8080/ ",
+            "  keel client --monitor https://127.0.0.1:9070 --tls-ca /srv/k/tls/ca.pem cluster\n",
+            "  curl -s --cacert /srv/k/tls/ca.pem https://localhost:8082/v1/entries\n",
+            "  keel client --monitor https://127.0.0.1:9070 --tls-ca /srv/k/tls/ca.pem --token-file /srv/k/admin.token kill-primary --watch",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+    }
+}
