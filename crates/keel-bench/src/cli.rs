@@ -85,7 +85,7 @@ pub struct FailoverArgs {
     pub target: Target,
 
     /// Where to find the primary, comma-separated: keel's monitor URL
-    /// (`http://127.0.0.1:8070`, asks `/v1/cluster`), every etcd member's client URL
+    /// (`http://127.0.0.1:8070`, asks for its view), every etcd member's client URL
     /// (asks each `/v3/maintenance/status` which one leads), or every Redis Sentinel
     /// (`redis://127.0.0.1:26379`, asks `SENTINEL get-master-addr-by-name`).
     #[arg(long, required = true, value_delimiter = ',')]

@@ -1,4 +1,4 @@
-//! What `keel up` reads from its monitor: the cluster view (`GET /v1/cluster`), to start
+//! What `keel up` reads from its monitor: the cluster view, to start
 //! the recorded primary first, to wait for a primary and for promotable standbys before
 //! it announces the system, and to stop the primary before its standbys; and the event
 //! stream (`GET /v1/events`), printed as it comes.

@@ -259,7 +259,7 @@ impl Up {
     /// Waits until the proxy's cluster route knows the primary, so that the first
     /// request to `/v1/…` through the front door finds it.
     async fn wait_for_route(&self) {
-        let url = format!("{}/v1/cluster", self.plan.proxy_admin);
+        let url = format!("{}/v1/route", self.plan.proxy_admin);
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         while Instant::now() < deadline {
             let view: Option<serde_json::Value> = match self.http.get(&url).send().await {

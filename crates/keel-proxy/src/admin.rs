@@ -9,7 +9,7 @@
 //! | `POST /v1/backends/{name}/drain` | no new requests to it (token) |
 //! | `POST /v1/backends/{name}/undrain` | back in rotation (token) |
 //! | `POST /v1/reload` | read the configuration file again, as SIGHUP does (token) |
-//! | `GET /v1/cluster` | the data tier route's view |
+//! | `GET /v1/route` | the cluster route's view of the data tier |
 //!
 //! Changes need the admin token: `Authorization: Bearer <token>`, or a `Keel-Auth`
 //! signature made with it.
@@ -70,7 +70,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
             .route("/v1/backends/{name}/drain", post(drain))
             .route("/v1/backends/{name}/undrain", post(undrain))
             .route("/v1/reload", post(reload))
-            .route("/v1/cluster", get(cluster)),
+            .route("/v1/route", get(cluster)),
         "docs/proxy.md, \"Admin API\"",
     )
     .with_state(proxy);

@@ -174,7 +174,7 @@ impl Cluster {
         }
     }
 
-    /// Reads `/v1/cluster` and makes it the view.
+    /// Reads the monitor's view and makes it the route's.
     async fn refresh_view(&self) {
         match read_cluster(
             &self.http,

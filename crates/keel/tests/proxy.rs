@@ -524,7 +524,7 @@ fn a_failover_behind_the_proxy_shows_only_503s_with_retry_after_then_success() {
         ok_after_503 >= 20,
         "writes did not succeed again after the failover"
     );
-    let view = support::get_json(&format!("{}/v1/cluster", proxy.admin)).1;
+    let view = support::get_json(&format!("{}/v1/route", proxy.admin)).1;
     assert_eq!(view["primary"]["node"], "app2", "{view}");
     for i in acked {
         let (status, value) = support::get_text(&format!("{}/v1/kv/k{i}", proxy.url));

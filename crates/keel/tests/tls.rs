@@ -266,10 +266,10 @@ fn a_tier_on_mutual_tls_replicates_fails_over_and_refuses_another_cas_member() {
     let _proxy = start("proxy", &args, &format!("{admin}/health"), &tier.http);
     assert!(
         wait_until(Duration::from_secs(10), || {
-            get_json(&tier.http, &format!("{admin}/v1/cluster"))["primary"]["node"] == "app1"
+            get_json(&tier.http, &format!("{admin}/v1/route"))["primary"]["node"] == "app1"
         }),
         "the proxy never learnt the primary: {}",
-        get_json(&tier.http, &format!("{admin}/v1/cluster"))
+        get_json(&tier.http, &format!("{admin}/v1/route"))
     );
     let resp = tier
         .http
