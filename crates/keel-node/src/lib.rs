@@ -24,6 +24,7 @@
 pub mod api;
 pub mod config;
 pub mod heartbeat;
+pub mod machine;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
