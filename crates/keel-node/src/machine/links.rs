@@ -6,8 +6,9 @@ use tokio::time::Instant;
 use super::{Link, LinkState, Machine, Note, Output};
 
 impl Link {
-    pub(super) fn new(url: String, node: Option<String>, now: Instant) -> Self {
+    pub(super) fn new(id: u64, url: String, node: Option<String>, now: Instant) -> Self {
         Self {
+            id,
             url,
             node,
             state: LinkState::Connecting,
@@ -49,12 +50,12 @@ impl Link {
 }
 
 impl Machine {
-    pub(super) fn link_mut(&mut self, url: &str) -> Option<&mut Link> {
-        self.links.iter_mut().find(|l| l.url == url)
+    pub(super) fn link_mut(&mut self, id: u64) -> Option<&mut Link> {
+        self.links.iter_mut().find(|l| l.id == id)
     }
 
-    pub(super) fn set_link_state(&mut self, url: &str, state: LinkState, now: Instant) {
-        if let Some(link) = self.link_mut(url) {
+    pub(super) fn set_link_state(&mut self, id: u64, state: LinkState, now: Instant) {
+        if let Some(link) = self.link_mut(id) {
             link.set_state(state, now);
         }
     }
@@ -70,32 +71,35 @@ impl Machine {
         self.links.retain(|link| {
             let keep = standbys.iter().any(|(_, url, _)| *url == link.url);
             if !keep {
-                out.push(Output::StopSender {
-                    url: link.url.clone(),
-                });
+                out.push(Output::StopSender { link: link.id });
             }
             keep
         });
         for (node, url, sync) in standbys {
             let log_end = self.log_end;
-            match self.link_mut(url) {
+            match self.links.iter_mut().find(|l| l.url == *url) {
                 Some(link) => link.set_sync(*sync, log_end),
                 None => {
-                    let mut link = Link::new(url.clone(), Some(node.clone()), now);
+                    self.last_link += 1;
+                    let id = self.last_link;
+                    let mut link = Link::new(id, url.clone(), Some(node.clone()), now);
                     link.set_sync(*sync, log_end);
                     self.links.push(link);
-                    out.push(Output::StartSender { url: url.clone() });
+                    out.push(Output::StartSender {
+                        link: id,
+                        url: url.clone(),
+                    });
                 }
             }
         }
     }
 
     /// The standby's log is in line with ours up to `acked`.
-    pub(super) fn aligned(&mut self, url: &str, acked: Lsn, now: Instant, out: &mut Vec<Output>) {
-        if let Some(link) = self.link_mut(url) {
+    pub(super) fn aligned(&mut self, id: u64, acked: Lsn, now: Instant, out: &mut Vec<Output>) {
+        if let Some(link) = self.link_mut(id) {
             link.acked = acked;
         }
-        self.caught_up(url, now, out);
+        self.caught_up(id, now, out);
         self.settle(now, out);
         self.advance(now, out);
     }
@@ -105,36 +109,36 @@ impl Machine {
     /// asked for, never from when the answer came back).
     pub(super) fn ack(
         &mut self,
-        url: &str,
+        id: u64,
         lsn: Lsn,
         sent_at: Option<Instant>,
         now: Instant,
         out: &mut Vec<Output>,
     ) {
         let lease = self.timing.lease;
-        let Some(link) = self.link_mut(url) else {
+        let Some(link) = self.link_mut(id) else {
             return;
         };
         if let Some(at) = sent_at {
             link.lease_until = Some(at + lease);
         }
         link.acked = link.acked.max(lsn);
-        self.caught_up(url, now, out);
+        self.caught_up(id, now, out);
         self.settle(now, out);
         self.advance(now, out);
     }
 
     /// A standby that is catching up streams once it has acknowledged every entry
     /// decided so far.
-    fn caught_up(&mut self, url: &str, now: Instant, out: &mut Vec<Output>) {
+    fn caught_up(&mut self, id: u64, now: Instant, out: &mut Vec<Output>) {
         let log_end = self.log_end;
-        let Some(link) = self.link_mut(url) else {
+        let Some(link) = self.link_mut(id) else {
             return;
         };
         if link.state == LinkState::CatchingUp && link.acked >= log_end {
             link.set_state(LinkState::Streaming, now);
             out.push(Output::Note(Note::Streaming {
-                url: url.to_owned(),
+                url: link.url.clone(),
                 at: link.acked,
             }));
         }
@@ -143,7 +147,7 @@ impl Machine {
     /// The monitor has recorded that this standby left the sync set.
     pub(super) fn sync_dropped(&mut self, url: &str, now: Instant, out: &mut Vec<Output>) {
         let log_end = self.log_end;
-        let Some(link) = self.link_mut(url) else {
+        let Some(link) = self.links.iter_mut().find(|l| l.url == url) else {
             return;
         };
         if link.sync {

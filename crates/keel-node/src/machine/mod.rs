@@ -165,29 +165,29 @@ pub enum Input {
     // --- the standbys, as the primary's senders see them ---
     /// A sender is connecting to its standby.
     LinkConnecting {
-        /// The standby's URL.
-        url: String,
+        /// The link, from [`Output::StartSender`].
+        link: u64,
     },
     /// The standby answered the handshake with its id.
     LinkHello {
-        /// The standby's URL.
-        url: String,
+        /// The link.
+        link: u64,
         /// Its id.
         node: String,
     },
     /// The standby's log is in line with the primary's up to `acked` (after a rollback or
     /// a snapshot); the position may move back.
     LinkAligned {
-        /// The standby's URL.
-        url: String,
+        /// The link.
+        link: u64,
         /// Where its log stands.
         acked: Lsn,
     },
     /// The standby confirmed everything up to `lsn` durable, answering a frame sent at
     /// `sent_at` (which renews the lease from then).
     Ack {
-        /// The standby's URL.
-        url: String,
+        /// The link.
+        link: u64,
         /// Its durable end.
         lsn: Lsn,
         /// When the frame it answers was sent.
@@ -195,8 +195,8 @@ pub enum Input {
     },
     /// The stream to the standby is down.
     LinkDown {
-        /// The standby's URL.
-        url: String,
+        /// The link.
+        link: u64,
     },
     /// A standby has seen a newer epoch: this primary is deposed.
     Deposed {
@@ -273,15 +273,19 @@ pub enum Output {
     /// Forget what the senders were following (the outbox and the log end): the node
     /// became or stopped being primary, and starts from its own log as it is now.
     ResetLogEnd,
-    /// Start a sender to this standby.
+    /// Start a sender to this standby. Its reports carry `link`: a report from the
+    /// sender of a link since replaced (the same URL, stopped and listed again) is
+    /// ignored.
     StartSender {
-        /// Its URL.
+        /// The link's number.
+        link: u64,
+        /// The standby's URL.
         url: String,
     },
-    /// Stop the sender to this standby.
+    /// Stop the sender of this link.
     StopSender {
-        /// Its URL.
-        url: String,
+        /// The link's number.
+        link: u64,
     },
     /// Accept the offered stream; it is stream number `stream`.
     Accept {
@@ -376,6 +380,7 @@ impl fmt::Display for Note {
 /// One standby, as the primary sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Link {
+    id: u64,
     url: String,
     node: Option<String>,
     state: LinkState,
@@ -399,6 +404,8 @@ impl Link {
 /// A standby as the drivers show it (`/health`, `/metrics`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
+    /// The link's number.
+    pub id: u64,
     /// Its URL.
     pub url: String,
     /// Its id, once known.
@@ -455,6 +462,8 @@ pub struct Machine {
     monitor_lease_until: Option<Instant>,
     failover: Option<Failover>,
     links: Vec<Link>,
+    /// The number of the last link made.
+    last_link: u64,
     waiting: VecDeque<Waiting>,
     committing: Option<BatchId>,
     inflight: VecDeque<Inflight>,
@@ -471,12 +480,11 @@ impl Machine {
     /// as the monitor does after a restart.
     pub fn new(settings: Settings, now: Instant) -> Self {
         let primary = settings.role == Role::Primary;
-        let links = if primary {
-            settings
-                .standbys
-                .iter()
-                .map(|url| {
-                    let mut link = Link::new(url.clone(), None, now);
+        let links: Vec<Link> = if primary {
+            (1..)
+                .zip(&settings.standbys)
+                .map(|(id, url)| {
+                    let mut link = Link::new(id, url.clone(), None, now);
                     link.set_sync(settings.sync, settings.log_end);
                     link
                 })
@@ -499,6 +507,7 @@ impl Machine {
             timing: Timing::default(),
             monitor_lease_until: None,
             failover: None,
+            last_link: links.len() as u64,
             links,
             waiting: VecDeque::new(),
             committing: None,
@@ -516,6 +525,7 @@ impl Machine {
             Input::Started => {
                 for link in &self.links {
                     out.push(Output::StartSender {
+                        link: link.id,
                         url: link.url.clone(),
                     });
                 }
@@ -530,17 +540,17 @@ impl Machine {
             Input::Queued { batch, writes: _ } => self.queued(batch, now, &mut out),
             Input::Decided { last } => self.log_end = self.log_end.max(last),
             Input::Committed { batch, result } => self.committed(batch, result, now, &mut out),
-            Input::LinkConnecting { url } => self.set_link_state(&url, LinkState::Connecting, now),
-            Input::LinkHello { url, node } => {
-                if let Some(link) = self.link_mut(&url) {
-                    link.node = Some(node);
+            Input::LinkConnecting { link } => self.set_link_state(link, LinkState::Connecting, now),
+            Input::LinkHello { link, node } => {
+                if let Some(l) = self.link_mut(link) {
+                    l.node = Some(node);
                 }
-                self.set_link_state(&url, LinkState::CatchingUp, now);
+                self.set_link_state(link, LinkState::CatchingUp, now);
             }
-            Input::LinkAligned { url, acked } => self.aligned(&url, acked, now, &mut out),
-            Input::Ack { url, lsn, sent_at } => self.ack(&url, lsn, sent_at, now, &mut out),
-            Input::LinkDown { url } => {
-                self.set_link_state(&url, LinkState::Disconnected, now);
+            Input::LinkAligned { link, acked } => self.aligned(link, acked, now, &mut out),
+            Input::Ack { link, lsn, sent_at } => self.ack(link, lsn, sent_at, now, &mut out),
+            Input::LinkDown { link } => {
+                self.set_link_state(link, LinkState::Disconnected, now);
                 self.advance(now, &mut out);
             }
             Input::Deposed { epoch } => self.step_down(epoch, now, &mut out),
@@ -568,7 +578,12 @@ impl Machine {
 
     /// The earliest instant at which a [`Input::Tick`] would change something.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let waiting = self.waiting.front().map(|w| w.since + self.sync_timeout);
+        // The batch at the head waits for the standbys only while nothing commits.
+        let waiting = self
+            .waiting
+            .front()
+            .filter(|_| self.committing.is_none())
+            .map(|w| w.since + self.sync_timeout);
         let inflight = self.inflight.front().map(|i| i.deadline);
         let promotion = self
             .promotion
@@ -623,6 +638,7 @@ impl Machine {
         self.links
             .iter()
             .map(|l| LinkInfo {
+                id: l.id,
                 url: l.url.clone(),
                 node: l.node.clone(),
                 state: l.state,

@@ -120,18 +120,28 @@ fn view(m: &mut Machine, v: View, at: Instant) -> Vec<Output> {
     )
 }
 
+/// The number of the link to `url`.
+fn link(m: &Machine, url: &str) -> u64 {
+    m.links()
+        .iter()
+        .find(|l| l.url == url)
+        .map(|l| l.id)
+        .expect("a link to that standby")
+}
+
 /// Brings a standby's stream to streaming at `lsn`.
 fn stream(m: &mut Machine, url: &str, lsn: u64, at: Instant) -> Vec<Output> {
+    let link = link(m, url);
     m.handle(
         Input::LinkHello {
-            url: url.into(),
+            link,
             node: url.trim_start_matches("http://").into(),
         },
         at,
     );
     m.handle(
         Input::LinkAligned {
-            url: url.into(),
+            link,
             acked: Lsn(lsn),
         },
         at,
@@ -141,7 +151,7 @@ fn stream(m: &mut Machine, url: &str, lsn: u64, at: Instant) -> Vec<Output> {
 fn ack(m: &mut Machine, url: &str, lsn: u64, sent_at: Instant, at: Instant) -> Vec<Output> {
     m.handle(
         Input::Ack {
-            url: url.into(),
+            link: link(m, url),
             lsn: Lsn(lsn),
             sent_at: Some(sent_at),
         },
@@ -281,9 +291,12 @@ fn a_batch_waits_for_the_sync_standby_to_stream_and_commits_as_soon_as_it_does()
     let mut m = by_hand(&[S2], true, t0);
     assert_eq!(
         m.handle(Input::Started, t0),
-        vec![Output::StartSender { url: S2.into() }]
+        vec![Output::StartSender {
+            link: 1,
+            url: S2.into()
+        }]
     );
-    m.handle(Input::LinkConnecting { url: S2.into() }, t0);
+    m.handle(Input::LinkConnecting { link: link(&m, S2) }, t0);
     assert_eq!(
         m.handle(
             Input::Queued {
@@ -587,7 +600,7 @@ fn a_standby_is_reported_in_sync_only_once_it_has_acked_what_came_before() {
     assert_eq!(report(&m)[0].node, id("node2"), "the monitor named it");
     m.handle(
         Input::LinkHello {
-            url: S2.into(),
+            link: link(&m, S2),
             node: "node2".into(),
         },
         t0,
@@ -608,8 +621,11 @@ fn the_monitors_standby_list_starts_and_stops_senders() {
     assert_eq!(
         out,
         vec![
-            Output::StopSender { url: S2.into() },
-            Output::StartSender { url: S3.into() }
+            Output::StopSender { link: 1 },
+            Output::StartSender {
+                link: 2,
+                url: S3.into()
+            }
         ]
     );
     assert_eq!(view(&mut m, primary_view(2, &[(S3, true)]), t0), vec![]);
@@ -622,10 +638,10 @@ fn a_sync_standby_silent_for_the_heartbeat_timeout_is_named_for_dropping_and_its
     let t0 = Instant::now();
     let mut m = promoted(&[(S2, true)], t0);
     stream(&mut m, S2, 10, t0);
-    m.handle(Input::LinkDown { url: S2.into() }, t0 + ms(10));
+    m.handle(Input::LinkDown { link: link(&m, S2) }, t0 + ms(10));
     // Reconnecting does not start the count anew.
-    m.handle(Input::LinkConnecting { url: S2.into() }, t0 + ms(200));
-    m.handle(Input::LinkDown { url: S2.into() }, t0 + ms(250));
+    m.handle(Input::LinkConnecting { link: link(&m, S2) }, t0 + ms(200));
+    m.handle(Input::LinkDown { link: link(&m, S2) }, t0 + ms(250));
     assert!(m.silent_sync_standbys(t0 + ms(309)).is_empty());
     assert_eq!(
         m.silent_sync_standbys(t0 + ms(310)),
@@ -699,7 +715,7 @@ fn a_deposed_primary_fences_itself_and_its_writes_have_unknown_outcomes() {
         vec![
             Output::ResetLogEnd,
             Output::Note(Note::SteppedDown(Epoch(5))),
-            Output::StopSender { url: S2.into() },
+            Output::StopSender { link: 1 },
             Output::Role(RoleState {
                 role: Role::Standby,
                 primary: None,
@@ -749,7 +765,7 @@ fn a_primary_told_to_stand_by_stops_its_senders_and_acknowledges_nothing_more() 
             Output::PersistEpoch(Epoch(3)),
             Output::ResetLogEnd,
             Output::Note(Note::Following(Some(S3.into()))),
-            Output::StopSender { url: S2.into() },
+            Output::StopSender { link: 1 },
             Output::Role(RoleState {
                 role: Role::Standby,
                 primary: Some(S3.into()),
@@ -944,7 +960,10 @@ fn a_promotion_waits_out_the_last_lease_granted_to_the_millisecond() {
                 primary: Some(ME.into()),
                 fenced_by: None
             }),
-            Output::StartSender { url: S2.into() },
+            Output::StartSender {
+                link: 1,
+                url: S2.into()
+            },
             Output::Note(Note::Promoted(Epoch(2)))
         ]
     );
