@@ -553,7 +553,12 @@ mod tests {
         let held = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = held.local_addr().expect("addr").port();
         let mut a = args(1, port);
-        a.monitor_port = if port == 1 { 2 } else { port - 1 };
+        // A port free now for the monitor. Not `port - 1`: the kernel hands out ephemeral
+        // ports in order, so the one before ours is likely another test's.
+        a.monitor_port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         a.services = 0;
         let mut placement = Placement::loopback();
         placement.insert("app1", Ipv4Addr::new(10, 77, 5, 3), "ns-1");
@@ -580,7 +585,12 @@ mod tests {
         let held = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = held.local_addr().expect("addr").port();
         let mut a = args(1, port);
-        a.monitor_port = if port == 1 { 2 } else { port - 1 };
+        // A port free now for the monitor. Not `port - 1`: the kernel hands out ephemeral
+        // ports in order, so the one before ours is likely another test's.
+        a.monitor_port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let plan = plan(
             &a,
             &Credentials::in_dir(Path::new("t")),
