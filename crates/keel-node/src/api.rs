@@ -491,12 +491,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         .links()
         .iter()
         .map(|l| {
-            let acked = *l.acked.borrow();
+            let acked = l.acked;
             json!({
                 "url": l.url,
-                "node": l.node_id(),
-                "state": *l.state.borrow(),
-                "sync": l.is_sync(),
+                "node": l.node,
+                "state": l.state,
+                "sync": l.sync,
                 "acked_lsn": acked.0,
                 "lag": status.last.lsn.0.saturating_sub(acked.0),
             })

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub monitor: Option<String>,
 }
 
+/// The node's own record (in the store) of the epoch in which it was last primary.
+pub(crate) const PRIMARY_EPOCH: &str = "primary_epoch";
 /// Largest request body the API accepts.
 pub const MAX_BODY: usize = 1 << 20;
 /// Most requests the writer commits together.

@@ -1,27 +1,26 @@
 //! A monitored node's side of the protocol in docs/failover.md.
 //!
-//! One task registers the node, heartbeats every `heartbeat_interval`, and applies each
-//! answer: the timing, the failover in progress, the monitor's lease, the epoch (adopted
-//! durably as soon as the monitor has recorded it, which fences an older primary at this
-//! node's door), the role, and — on a primary — the standbys and the sync set. A primary
-//! also asks the monitor to drop a sync standby that has stopped streaming, and stops
-//! waiting for it only once the monitor has said yes.
+//! One task registers the node, heartbeats every `heartbeat_interval`, and hands each
+//! answer to the machine ([`Input::View`]), which decides what it changes: the timing,
+//! the failover in progress, the monitor's lease, the epoch (adopted durably as soon as
+//! the monitor has recorded it, which fences an older primary at this node's door), the
+//! role, and — on a primary — the standbys and the sync set. A primary also asks the
+//! monitor to drop a sync standby that has stopped streaming (the machine names them), and
+//! stops waiting for it only once the monitor has said yes.
 //!
 //! Requests go one at a time, so answers are applied in the order they were asked for.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use keel_client::wire::{
-    FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, StandbyReport, SyncDropRequest,
-    View, codes,
+    FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, SyncDropRequest, View, codes,
 };
-use keel_core::{NodeId, Role};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::shared::{LinkState, Shared, Stats, Timing, lock};
+use crate::machine::{Input, Timing};
+use crate::shared::{Shared, Stats};
 
 /// What a request to the monitor came back with.
 enum Answer {
@@ -43,7 +42,6 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
         }
     };
     let monitor = monitor.trim_end_matches('/').to_owned();
-    let promoting = Arc::new(AtomicBool::new(false));
     let mut registered = false;
     let mut monitor_up = true;
     loop {
@@ -76,7 +74,7 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
                 monitor_up = true;
                 registered = true;
                 Stats::bump(&shared.stats.heartbeats_ok, 1);
-                apply(&shared, &view, Some(sent_at), &promoting).await;
+                apply(&shared, view, Some(sent_at)).await;
             }
             Ok(Answer::Refused { status, body }) => {
                 Stats::bump(&shared.stats.heartbeats_failed, 1);
@@ -85,8 +83,7 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
                     // node now. Whatever view came with the refusal is that process's, and
                     // obeying it could make two primaries; this process steps down for good.
                     tracing::error!(message = %body.message, "another process registered as this node; stepping down and leaving the cluster");
-                    shared.step_down(shared.store.status().epoch.max(shared.writing_epoch()));
-                    shared.set_standbys(&[]);
+                    shared.input(Input::Evicted).await;
                     return;
                 }
                 if body.error == codes::UNKNOWN_NODE {
@@ -94,7 +91,7 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
                     registered = false;
                 } else if let Some(view) = body.view {
                     tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused a heartbeat; following its view");
-                    apply(&shared, &view, None, &promoting).await;
+                    apply(&shared, view, None).await;
                 } else {
                     tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused a heartbeat");
                     // A refused registration must not be retried in a tight loop forever
@@ -207,32 +204,21 @@ fn register(shared: &Shared) -> RegisterRequest {
 
 fn heartbeat(shared: &Shared) -> HeartbeatRequest {
     let status = shared.store.status();
-    let role = shared.role().role;
     let me = shared.config.id.as_str();
-    let standbys = if role == Role::Primary {
-        shared
-            .links()
-            .iter()
-            .filter_map(|l| {
-                let node = NodeId::new(l.node_id()?).ok()?;
-                Some(StandbyReport {
-                    node,
-                    streaming: *l.state.borrow() == LinkState::Streaming,
-                    acked_lsn: *l.acked.borrow(),
-                    sync: l.in_sync(),
-                })
-            })
-            .collect()
-    } else {
-        Vec::new()
+    let (role, standbys, drained, failover) = {
+        let machine = shared.machine();
+        let (standbys, drained) = machine.report();
+        (
+            machine.role().role,
+            standbys,
+            drained,
+            machine.failover().cloned(),
+        )
     };
     // Draining is done once no write is waiting for its acks any more: what is in the
     // log is then all there is to hand over.
-    let draining = role == Role::Primary
-        && shared
-            .failover()
-            .is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining)
-        && shared.inflight.load(Ordering::SeqCst) == 0;
+    let draining = drained
+        && failover.is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining);
     HeartbeatRequest {
         node: shared.config.id.clone(),
         incarnation: shared.incarnation,
@@ -244,107 +230,16 @@ fn heartbeat(shared: &Shared) -> HeartbeatRequest {
     }
 }
 
-/// Acts on the monitor's view. `sent_at` is when the request that brought it was sent
-/// (for the lease); `None` for a view that came with a refusal, which renews nothing.
-async fn apply(
-    shared: &Arc<Shared>,
-    view: &View,
-    sent_at: Option<Instant>,
-    promoting: &Arc<AtomicBool>,
-) {
-    let timing = Timing {
-        heartbeat_interval: Duration::from_millis(view.timing.heartbeat_interval_ms.max(10)),
-        heartbeat_timeout: Duration::from_millis(view.timing.heartbeat_timeout_ms.max(20)),
-        lease: Duration::from_millis(view.timing.lease_ms),
-        drift: Duration::from_millis(view.timing.drift_ms),
-    };
-    {
-        let mut cluster = lock(&shared.cluster);
-        cluster.timing = timing;
-        cluster.failover = view.failover.clone();
-        match (view.lease_ms, sent_at) {
-            (Some(ms), Some(at)) => {
-                cluster.monitor_lease_until = Some(at + Duration::from_millis(ms))
-            }
-            _ if view.role != Role::Primary => cluster.monitor_lease_until = None,
-            _ => {}
-        }
-    }
-    shared.notify();
-
-    // The monitor has recorded this epoch durably: adopting it here refuses frames from
-    // any older primary, so this node stops renewing that primary's lease at once.
-    if view.epoch > shared.store.status().epoch {
-        let (store, epoch) = (shared.store.clone(), view.epoch);
-        match tokio::task::spawn_blocking(move || store.observe_epoch(epoch)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the monitor's epoch"),
-            Err(e) => tracing::warn!(error = %e, "cannot record the monitor's epoch"),
-        }
-    }
-
-    match view.role {
-        Role::Primary if shared.is_primary() => {
-            let standbys: Vec<(String, String, bool)> = view
-                .standbys
-                .iter()
-                .map(|s| (s.node.to_string(), s.url.clone(), s.sync))
-                .collect();
-            shared.set_standbys(&standbys);
-        }
-        Role::Primary => {
-            if !promoting.swap(true, Ordering::SeqCst) {
-                tokio::spawn(promote(shared.clone(), view.clone(), promoting.clone()));
-            }
-        }
-        Role::Standby => {
-            if shared.is_primary() {
-                shared.set_standbys(&[]);
-            }
-            shared.follow(view.primary.as_ref().map(|p| p.url.clone()));
-        }
-    }
-}
-
-/// Becomes primary in `view.epoch` once every lease this node granted as a standby has
-/// run out — until then the old primary may still, in its own eyes, hold a lease that
-/// this node renewed.
-async fn promote(shared: Arc<Shared>, view: View, promoting: Arc<AtomicBool>) {
-    let timing = shared.timing();
-    let last_grant = *lock(&shared.last_grant);
-    if let Some(granted) = last_grant {
-        let until = granted + timing.lease + timing.drift;
-        if until > Instant::now() {
-            tracing::info!(
-                wait_ms = (until - Instant::now()).as_millis() as u64,
-                "waiting out the lease this node last granted"
-            );
-            tokio::time::sleep_until(until).await;
-        }
-    }
-    let (store, epoch) = (shared.store.clone(), view.epoch);
-    let recorded = tokio::task::spawn_blocking(move || {
-        store.observe_epoch(epoch)?;
-        store.set_node_meta(crate::node::PRIMARY_EPOCH, epoch.0)
-    })
-    .await;
-    match recorded {
-        Ok(Ok(())) => {
-            // Writes stay refused until the monitor's next answer clears the failover;
-            // the lease from it renews this primary from then on.
-            let standbys: Vec<(String, String, bool)> = view
-                .standbys
-                .iter()
-                .map(|s| (s.node.to_string(), s.url.clone(), s.sync))
-                .collect();
-            shared.become_primary(view.epoch);
-            shared.set_standbys(&standbys);
-            tracing::info!(epoch = %view.epoch, "this node is now the primary");
-        }
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot record the new epoch; not taking over"),
-        Err(e) => tracing::error!(error = %e, "cannot record the new epoch; not taking over"),
-    }
-    promoting.store(false, Ordering::SeqCst);
+/// Hands the monitor's view to the machine. `sent_at` is when the request that brought it
+/// was sent (for the lease); `None` for a view that came with a refusal, which renews
+/// nothing.
+async fn apply(shared: &Shared, view: View, sent_at: Option<Instant>) {
+    shared
+        .input(Input::View {
+            view: Box::new(view),
+            sent_at,
+        })
+        .await;
 }
 
 /// Asks the monitor to drop from the sync set every sync standby that has not been
@@ -355,15 +250,8 @@ async fn drop_silent_standbys(
     monitor: &str,
     timing: Timing,
 ) {
-    for link in shared.sync_links() {
-        let silent_since = *lock(&link.down_since);
-        let silent_long = silent_since.is_some_and(|t| t.elapsed() >= timing.heartbeat_timeout);
-        if !silent_long {
-            continue;
-        }
-        let Some(standby) = link.node_id().and_then(|n| NodeId::new(n).ok()) else {
-            continue;
-        };
+    let silent = shared.machine().silent_sync_standbys(Instant::now());
+    for (url, standby) in silent {
         let request = SyncDropRequest {
             node: shared.config.id.clone(),
             epoch: shared.store.status().epoch,
@@ -379,8 +267,7 @@ async fn drop_silent_standbys(
         .await
         {
             Ok(Answer::View(_)) => {
-                tracing::warn!(standby = %link.url, "standby dropped from the sync set on the monitor's record; writes go on without it");
-                link.set_sync(false, &shared.log_end);
+                shared.input(Input::SyncDropped { url }).await;
             }
             Ok(Answer::Refused { status, body }) => {
                 tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused to drop a standby from the sync set");

@@ -1,24 +1,30 @@
 //! keel's data node: one member of a replicated group, primary or standby.
 //!
 //! - [`config`]: [`NodeConfig`], everything `keel node` is told on its command line;
-//! - [`shared`]: the state the API, the writer and replication share — the store, the
-//!   node's role, the end of the log and one [`shared::StandbyLink`] per standby;
+//! - [`machine`]: every decision of the node, as a pure state machine — role, epochs,
+//!   the lease, the standbys and the sync set, the batches waiting to commit or for their
+//!   acks, which replication stream may write, promotion. Nothing else decides;
+//! - [`shared`]: what the tasks below share — the store, the machine behind a lock, the
+//!   queues — and [`shared::Shared::input`], the one place the machine's outputs are
+//!   carried out;
 //! - [`writer`]: the primary's write path: requests are queued, committed in groups (one
 //!   fsync for many writes), then held until every sync standby has confirmed them;
+//! - [`ticker`]: tells the machine when one of its deadlines has come;
 //! - [`outbox`]: the newest entries in memory, which the senders ship while the writer is
 //!   still making them durable;
 //! - [`repl`]: replication — the frames ([`repl::frame`]), the primary's sender, one per
 //!   standby ([`repl::sender`]), and the standby's receiver ([`repl::receiver`]);
 //! - [`heartbeat`]: a monitored node's side of the monitor protocol: registration,
-//!   heartbeats, promotion, stepping down, the sync set;
+//!   heartbeats, and asking the monitor to drop a silent sync standby;
 //! - [`api`]: the HTTP API of `docs/api.md` (axum);
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`update`]: the rules of an entries update (JSON, or the seed's `key=value` lines);
 //! - [`node`]: [`run`], which opens the store, picks the epoch, starts all of the above
 //!   and drains them when told to stop.
 //!
-//! Roles come from the command line here; the monitor that assigns them and fails over
-//! automatically builds on this crate.
+//! The drivers (writer, ticker, senders, receiver, heartbeat) do the I/O and report to the
+//! machine; none of them imports another, and none is imported by [`shared`] or
+//! [`machine`]. Roles come from the command line, or from the monitor (`keel-monitor`).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -30,6 +36,7 @@ pub mod node;
 pub mod outbox;
 pub mod repl;
 pub mod shared;
+pub mod ticker;
 pub mod update;
 pub mod writer;
 

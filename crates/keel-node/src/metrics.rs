@@ -108,10 +108,10 @@ pub fn render(shared: &Shared) -> String {
     let mut lag = Vec::new();
     for link in &shared.links() {
         let label = format!(",standby=\"{}\"", link.url);
-        let acked = *link.acked.borrow();
+        let acked = link.acked;
         streaming.push((
             label.clone(),
-            f64::from(u8::from(*link.state.borrow() == LinkState::Streaming)),
+            f64::from(u8::from(link.state == LinkState::Streaming)),
         ));
         lag.push((label, status.last.lsn.0.saturating_sub(acked.0) as f64));
     }

@@ -9,14 +9,13 @@ use keel_core::{Epoch, Role};
 use keel_store::{Store, StoreError};
 use tokio::sync::watch;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, PRIMARY_EPOCH};
+use crate::machine::Input;
 use crate::shared::Shared;
-use crate::{api, writer};
+use crate::{api, repl, ticker, writer};
 
 /// How long in-flight requests get to finish once the node is told to stop.
 const GRACE: Duration = Duration::from_secs(5);
-/// The node's own record of the epoch in which it was last primary.
-pub(crate) const PRIMARY_EPOCH: &str = "primary_epoch";
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -85,13 +84,12 @@ pub async fn run(
     );
 
     let monitor = config.monitor.clone();
-    let (shared, queue) = Shared::new(config, store, Faults::from_env());
-    shared
-        .writing_epoch
-        .store(epoch.0, std::sync::atomic::Ordering::SeqCst);
-    let writer = tokio::spawn(writer::run(shared.clone(), queue));
+    let (shared, queues) = Shared::new(config, store, Faults::from_env(), epoch);
+    let writer = tokio::spawn(writer::run(shared.clone(), queues.writes));
     let (stop_tx, stop_rx) = watch::channel(false);
-    shared.start_senders();
+    let supervisor = tokio::spawn(repl::sender::supervise(shared.clone(), queues.senders));
+    let ticker = tokio::spawn(ticker::run(shared.clone(), stop_rx.clone()));
+    shared.input(Input::Started).await;
     let heartbeater = monitor
         .map(|url| tokio::spawn(crate::heartbeat::run(shared.clone(), url, stop_rx.clone())));
 
@@ -102,7 +100,9 @@ pub async fn run(
     if let Some(h) = heartbeater {
         h.abort();
     }
+    ticker.abort();
     writer.abort();
+    let _ = supervisor.await;
     tracing::info!("node stopped");
     Ok(())
 }

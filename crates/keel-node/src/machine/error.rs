@@ -72,4 +72,3 @@ pub enum WriteError {
     #[error("the node is shutting down")]
     ShuttingDown,
 }
-

@@ -353,10 +353,16 @@ impl fmt::Display for Note {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Note::SteppedDown(e) => {
-                write!(f, "a standby has seen epoch {e}, newer than ours; stepping down")
+                write!(
+                    f,
+                    "a standby has seen epoch {e}, newer than ours; stepping down"
+                )
             }
             Note::Following(Some(p)) => {
-                write!(f, "another node is primary now ({p}); following it as a standby")
+                write!(
+                    f,
+                    "another node is primary now ({p}); following it as a standby"
+                )
             }
             Note::Following(None) => write!(f, "another node is primary now; standing by"),
             Note::Streaming { url, at } => write!(f, "standby {url} caught up at {at}; streaming"),
@@ -737,8 +743,9 @@ impl Machine {
             .iter()
             .filter(|l| l.sync)
             .filter(|l| {
-                l.down_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= self.timing.heartbeat_timeout)
+                l.down_since.is_some_and(|t| {
+                    now.saturating_duration_since(t) >= self.timing.heartbeat_timeout
+                })
             })
             .filter_map(|l| Some((l.url.clone(), NodeId::new(l.node.as_deref()?).ok()?)))
             .collect()

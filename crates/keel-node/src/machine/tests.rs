@@ -209,7 +209,10 @@ fn a_primary_without_standbys_commits_at_once_and_answers_on_commit() {
         ),
         vec![commit(1, 1)]
     );
-    assert!(m.busy(), "the writer takes no more until the commit is done");
+    assert!(
+        m.busy(),
+        "the writer takes no more until the commit is done"
+    );
     assert_eq!(committed(&mut m, 1, 3, t0), vec![ok(1)]);
     assert!(!m.busy());
     assert_eq!(m.log_end(), Lsn(3));
@@ -605,7 +608,10 @@ fn a_standby_is_reported_in_sync_only_once_it_has_acked_what_came_before() {
         },
         t0,
     );
-    assert!(!report(&m)[0].sync, "it may lack writes acknowledged before");
+    assert!(
+        !report(&m)[0].sync,
+        "it may lack writes acknowledged before"
+    );
     ack(&mut m, S2, 99, t0, t0);
     assert!(!report(&m)[0].sync);
     ack(&mut m, S2, 100, t0, t0);
@@ -660,10 +666,7 @@ fn a_sync_standby_silent_for_the_heartbeat_timeout_is_named_for_dropping_and_its
     );
     assert_eq!(
         m.handle(Input::SyncDropped { url: S2.into() }, t0 + ms(320)),
-        vec![
-            Output::Note(Note::SyncDropped(S2.into())),
-            commit(1, 2)
-        ]
+        vec![Output::Note(Note::SyncDropped(S2.into())), commit(1, 2)]
     );
 }
 
@@ -810,17 +813,20 @@ fn an_offer_from_an_older_epoch_is_refused_with_the_newer_one() {
         }]
     );
     let mut p = by_hand(&[], true, t0);
-    assert!(matches!(
-        p.handle(
-            Input::Offer {
-                from: "node9".into(),
-                epoch: Epoch(1),
-                primary: None
-            },
-            t0
-        )[..],
-        [Output::Refuse { seen: Epoch(1), .. }]
-    ), "a primary takes no stream of its own epoch");
+    assert!(
+        matches!(
+            p.handle(
+                Input::Offer {
+                    from: "node9".into(),
+                    epoch: Epoch(1),
+                    primary: None
+                },
+                t0
+            )[..],
+            [Output::Refuse { seen: Epoch(1), .. }]
+        ),
+        "a primary takes no stream of its own epoch"
+    );
 }
 
 #[test]

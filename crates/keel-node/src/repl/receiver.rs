@@ -1,13 +1,13 @@
 //! The standby's side of replication: the `/v1/replication` upgrade and the stream after it.
 //!
-//! Checks happen before the upgrade, where they can still be answered in HTTP: the token,
-//! the protocol, and the sender's epoch — older than one this node has seen is `409` with
-//! the newer epoch, which makes the sender step down. After the upgrade the same check
-//! runs on every frame. Appends that arrive back to back are committed together, so the
+//! Checks happen before the upgrade, where they can still be answered in HTTP: the
+//! credentials, the protocol, and — the machine's decision ([`Input::Offer`]) — the
+//! sender's epoch: older than one this node has seen is `409` with the newer epoch, which
+//! makes the sender step down. After the upgrade the machine checks every frame
+//! ([`Input::Frame`]): its epoch, and that no newer stream has replaced this one. Appends that arrive back to back are committed together, so the
 //! standby pays one fsync per burst rather than per frame.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -15,14 +15,15 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderMap, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use keel_core::headers::{KEEL_EPOCH, KEEL_NODE};
-use keel_core::{ApiError, Epoch, Role};
+use keel_core::{ApiError, Epoch};
 use keel_store::{LogEntry, StoreError};
 use tokio_util::codec::Framed;
 
 use super::frame::{self, ToPrimary, ToStandby};
 use super::{PRIMARY_URL_HEADER, PROTOCOL};
-use crate::api::error_response;
+use crate::machine::{Input, Output};
 use crate::shared::{Shared, Stats};
+use keel_http::error_response;
 
 /// How long an open stream may stay silent before the standby gives up on it (the
 /// primary pings far more often than this).
@@ -79,35 +80,35 @@ pub async fn accept(State(shared): State<Arc<Shared>>, mut req: Request) -> Resp
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
 
-    let current = shared.store.status().epoch;
-    let role = shared.role();
-    let refuse = if epoch < current {
-        Some(format!(
-            "{sender} sent epoch {epoch}, but this node has seen epoch {current}; the sender is no longer primary"
-        ))
-    } else if role.role == Role::Primary && epoch <= current {
-        Some(format!(
-            "this node is the primary of epoch {current}; {sender} at epoch {epoch} cannot replicate to it"
-        ))
-    } else {
-        None
+    let decision = shared
+        .input(Input::Offer {
+            from: sender.clone(),
+            epoch,
+            primary: primary_url,
+        })
+        .await;
+    let generation = match decision.answer {
+        Some(Output::Accept { stream }) => stream,
+        Some(Output::Refuse { seen, message }) => {
+            tracing::warn!(%sender, %epoch, %seen, "refused a replication stream from an older epoch");
+            return error_response(
+                StatusCode::CONFLICT,
+                ApiError::new("stale_epoch", message).with("epoch", seen.0),
+            );
+        }
+        other => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ApiError::new("internal", format!("unexpected decision {other:?}")),
+            );
+        }
     };
-    if let Some(message) = refuse {
-        tracing::warn!(%sender, %epoch, %current, "refused a replication stream from an older epoch");
-        return error_response(
-            StatusCode::CONFLICT,
-            ApiError::new("stale_epoch", message).with("epoch", current.0),
-        );
-    }
-    if let Err(e) = observe(&shared, epoch).await {
+    if let Some(e) = decision.failed {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::new("storage_failure", e.to_string()),
+            ApiError::new("storage_failure", e),
         );
     }
-    shared.follow(primary_url);
-
-    let generation = shared.stream_generation.fetch_add(1, Ordering::SeqCst) + 1;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_shared = shared.clone();
     tokio::spawn(async move {
@@ -133,11 +134,6 @@ pub async fn accept(State(shared): State<Arc<Shared>>, mut req: Request) -> Resp
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-async fn observe(shared: &Shared, epoch: Epoch) -> Result<bool, FollowError> {
-    let store = shared.store.clone();
-    run_blocking(move || store.observe_epoch(epoch)).await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,9 +192,6 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
             },
         };
         frames += 1;
-        if shared.stream_generation.load(Ordering::SeqCst) != generation {
-            return Err(FollowError::Replaced);
-        }
         if !frame.epoch().in_range() {
             return Err(FollowError::Frame(format!(
                 "epoch {} is out of range",
@@ -210,17 +203,29 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
                 "a frame other than a snapshot part arrived in the middle of a snapshot".into(),
             ));
         }
-        let seen = store.status().epoch;
-        if frame.epoch() < seen {
-            // Tell the sender why, so it steps down, then end the stream.
-            reply(&mut io, &ToPrimary::Stale { epoch: seen }).await?;
-            return Err(FollowError::Stale {
-                got: frame.epoch(),
-                seen,
-            });
+        let decision = shared
+            .input(Input::Frame {
+                stream: generation,
+                epoch: frame.epoch(),
+            })
+            .await;
+        if let Some(e) = decision.failed {
+            return Err(FollowError::Io(format!(
+                "cannot record epoch {}: {e}",
+                frame.epoch()
+            )));
         }
-        if frame.epoch() > seen {
-            observe(shared, frame.epoch()).await?;
+        match decision.answer {
+            Some(Output::FrameOk) => {}
+            Some(Output::FrameStale { seen }) => {
+                // Tell the sender why, so it steps down, then end the stream.
+                reply(&mut io, &ToPrimary::Stale { epoch: seen }).await?;
+                return Err(FollowError::Stale {
+                    got: frame.epoch(),
+                    seen,
+                });
+            }
+            _ => return Err(FollowError::Replaced),
         }
         let answer = match frame {
             ToStandby::Append { epoch, entries } => {
@@ -290,7 +295,7 @@ async fn follow(shared: &Arc<Shared>, mut io: Io, generation: u64) -> Result<(),
         if grants {
             // Every ack renews the primary's lease; remember when (once it is out), so that
             // a promotion of this node can wait out the last lease it granted.
-            *crate::shared::lock(&shared.last_grant) = Some(tokio::time::Instant::now());
+            shared.input(Input::Granted).await;
         }
     }
 }

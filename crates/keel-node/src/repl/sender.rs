@@ -3,12 +3,13 @@
 //! The task connects, upgrades to the replication protocol, reads the standby's hello,
 //! brings its log in line with ours (rollback or snapshot), then follows
 //! [`Shared::log_end`] and ships each new range of entries as the writer decides it, without
-//! waiting for the previous frame's ack (the acks move [`StandbyLink::acked`], which the
-//! writer waits on). A stream that stays silent for longer than the sync timeout while it
+//! waiting for the previous frame's ack (the acks go to the machine, which answers the
+//! writes they complete and decides when the standby counts as streaming).
+//! [`supervise`] starts and stops these tasks as the machine asks. A stream that stays silent for longer than the sync timeout while it
 //! owes acks is dropped and opened again, so a frozen standby cannot hold writes for
 //! longer than that.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use keel_core::headers::{KEEL_EPOCH, KEEL_NODE};
 use keel_core::{Epoch, Lsn};
 use keel_store::{StoreError, agreement};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
@@ -29,7 +31,8 @@ use super::{PRIMARY_URL_HEADER, PROTOCOL};
 use crate::config::{
     CONNECT_TIMEOUT, FRAME_BYTES, FRAME_ENTRIES, PING_INTERVAL, SNAPSHOT_PART_BYTES,
 };
-use crate::shared::{LinkState, Shared, StandbyLink};
+use crate::machine::Input;
+use crate::shared::{SenderCommand, Shared};
 
 /// Why a stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +57,39 @@ enum StreamError {
 
 type Io = Framed<TokioIo<hyper::upgrade::Upgraded>, frame::Codec>;
 
-/// Keeps one standby in step with this primary until shutdown or until this node is
-/// fenced.
-pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>) {
-    let mut stop = link.stop.subscribe();
+/// Starts and stops the senders as the machine asks, until the queue closes or every
+/// sender is told to stop.
+pub async fn supervise(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<SenderCommand>) {
+    let mut running: HashMap<u64, watch::Sender<bool>> = HashMap::new();
+    while let Some(command) = commands.recv().await {
+        match command {
+            SenderCommand::Start { link, url } => {
+                let (stop, stopped) = watch::channel(false);
+                running.insert(link, stop);
+                tokio::spawn(run(shared.clone(), Link { id: link, url }, stopped));
+            }
+            SenderCommand::Stop { link } => {
+                if let Some(stop) = running.remove(&link) {
+                    stop.send_replace(true);
+                }
+            }
+            SenderCommand::StopAll => break,
+        }
+    }
+    for stop in running.into_values() {
+        stop.send_replace(true);
+    }
+}
+
+/// The standby a sender serves: the machine's number for the link, and its URL.
+struct Link {
+    id: u64,
+    url: String,
+}
+
+/// Keeps one standby in step with this primary until it is stopped or this node stops
+/// being primary.
+async fn run(shared: Arc<Shared>, link: Link, mut stop: watch::Receiver<bool>) {
     const MIN_BACKOFF: Duration = Duration::from_millis(20);
     // Reconnecting to a standby that is down costs a refused connection; trying twice a
     // second bounds how long a restarted standby waits to be picked up.
@@ -68,20 +100,20 @@ pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>) {
         if !shared.is_primary() || *stop.borrow() {
             break;
         }
-        link.set_state(LinkState::Connecting);
+        shared.input(Input::LinkConnecting { link: link.id }).await;
         let mut streamed = false;
         let result = tokio::select! {
             r = stream(&shared, &link, &mut streamed) => r,
             _ = stop.changed() => break,
         };
-        link.set_state(LinkState::Disconnected);
+        shared.input(Input::LinkDown { link: link.id }).await;
         if streamed {
             backoff = MIN_BACKOFF;
             reported_down = false;
         }
         match result {
             Err(StreamError::Fenced(epoch)) => {
-                shared.step_down(epoch);
+                shared.input(Input::Deposed { epoch }).await;
                 break;
             }
             Err(e) if !reported_down => {
@@ -96,7 +128,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<StandbyLink>) {
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    link.set_state(LinkState::Disconnected);
+    shared.input(Input::LinkDown { link: link.id }).await;
 }
 
 /// Keeps a frame's entries under [`FRAME_BYTES`] (but always at least one), so that a
@@ -115,7 +147,7 @@ fn cap_frame(mut entries: Vec<keel_store::LogEntry>) -> Vec<keel_store::LogEntry
 }
 
 /// Opens the upgraded connection to a standby.
-async fn connect(shared: &Shared, link: &StandbyLink) -> Result<Io, StreamError> {
+async fn connect(shared: &Shared, link: &Link) -> Result<Io, StreamError> {
     let uri: http::Uri = link
         .url
         .parse()
@@ -354,11 +386,7 @@ async fn send_snapshot(
 }
 
 /// One connection's life: handshake, catch-up, streaming.
-async fn stream(
-    shared: &Shared,
-    link: &StandbyLink,
-    streamed: &mut bool,
-) -> Result<(), StreamError> {
+async fn stream(shared: &Shared, link: &Link, streamed: &mut bool) -> Result<(), StreamError> {
     let mut io = connect(shared, link).await?;
     let timing = shared.timing();
     // How long the standby may stay silent before the stream is dropped. Under a monitor
@@ -378,8 +406,12 @@ async fn stream(
             )));
         }
     };
-    *crate::shared::lock(&link.node) = Some(node.clone());
-    link.set_state(LinkState::CatchingUp);
+    shared
+        .input(Input::LinkHello {
+            link: link.id,
+            node: node.clone(),
+        })
+        .await;
 
     // Bring the standby's log in line with ours — all of ours, including a batch already
     // shipped and still being committed here (at most one: the writer commits one batch
@@ -422,7 +454,13 @@ async fn stream(
     } else {
         common
     };
-    link.reset_acked(sent);
+    shared
+        .input(Input::LinkAligned {
+            link: link.id,
+            acked: sent,
+        })
+        .await;
+    *streamed = true;
     tracing::info!(standby = %node, at = %sent, primary_at = %status.last.lsn, "replication stream open");
 
     let mut log_end = shared.log_end.subscribe();
@@ -466,11 +504,6 @@ async fn stream(
             Ok(r) => r.map_err(|e| StreamError::Lost(e.to_string()))?,
             Err(_) => return Err(StreamError::Stalled(wait)),
         }
-        if *link.acked.borrow() >= target && *link.state.borrow() != LinkState::Streaming {
-            tracing::info!(standby = %node, at = %target, "standby caught up; streaming");
-            link.set_state(LinkState::Streaming);
-            *streamed = true;
-        }
         tokio::select! {
             changed = log_end.changed() => {
                 if changed.is_err() {
@@ -486,7 +519,8 @@ async fn stream(
                 last_heard = Instant::now();
                 match frame::decode::<ToPrimary>(&raw).map_err(|e| StreamError::Protocol(e.to_string()))? {
                     ToPrimary::Ack { last, frames: answered } => {
-                        link.ack(last.lsn, frames.answered(answered), timing.lease);
+                        let sent_at = frames.answered(answered);
+                        shared.input(Input::Ack { link: link.id, lsn: last.lsn, sent_at }).await;
                     }
                     ToPrimary::Stale { epoch } => return Err(StreamError::Fenced(epoch)),
                     other => return Err(StreamError::Protocol(format!("unexpected {other:?}"))),
