@@ -255,8 +255,10 @@ impl Shared {
                 self.writer_wake.notify_one();
             }
             Output::Reply { batch, result } => {
-                self.answer(batch, result);
-                self.writer_wake.notify_one();
+                // A batch answered before it committed is the one the writer holds.
+                if !self.answer(batch, result) {
+                    self.writer_wake.notify_one();
+                }
             }
             Output::PersistEpoch(epoch) => {
                 let store = self.store.clone();
@@ -323,11 +325,12 @@ impl Shared {
         lock(&self.commit).take()
     }
 
-    /// Answers a batch's writers.
-    fn answer(&self, batch: BatchId, result: Result<(), WriteError>) {
+    /// Answers a batch's writers; returns whether the batch had committed.
+    fn answer(&self, batch: BatchId, result: Result<(), WriteError>) -> bool {
         let Some(pending) = lock(&self.pending).remove(&batch) else {
-            return;
+            return false;
         };
+        let committed = pending.results.is_some();
         match (result, pending.results) {
             (Ok(()), Some(results)) => {
                 for (reply, result) in pending.replies.into_iter().zip(results) {
@@ -358,6 +361,7 @@ impl Shared {
                 answer_all(pending.replies, &err);
             }
         }
+        committed
     }
 
     /// Answers every write still held (shutdown).

@@ -465,6 +465,9 @@ async fn stream(shared: &Shared, link: &Link, streamed: &mut bool) -> Result<(),
 
     let mut log_end = shared.log_end.subscribe();
     let mut role = shared.role.subscribe();
+    // The epoch this primary writes in cannot change while the stream is open: a new one
+    // comes only with a promotion, which ends the stream (the role changes).
+    let writing = shared.writing_epoch();
     // A partition that begins while the stream is open cuts it, as a network that drops
     // its packets would. (Subscribed first, checked after: no change slips in between.)
     let mut faults = shared.faults.subscribe();
@@ -489,9 +492,11 @@ async fn stream(shared: &Shared, link: &Link, streamed: &mut bool) -> Result<(),
             let Some(last) = entries.last().map(|e| e.pos.lsn) else {
                 break;
             };
-            let epoch = shared.writing_epoch();
-            let frame = frame::encode(&ToStandby::Append { epoch, entries })
-                .map_err(|e| StreamError::Protocol(e.to_string()))?;
+            let frame = frame::encode(&ToStandby::Append {
+                epoch: writing,
+                entries,
+            })
+            .map_err(|e| StreamError::Protocol(e.to_string()))?;
             // Feed without flushing each frame; flush once the range is out.
             frames.record();
             match tokio::time::timeout(wait, io.feed(frame)).await {
@@ -541,8 +546,7 @@ async fn stream(shared: &Shared, link: &Link, streamed: &mut bool) -> Result<(),
                 if last_heard.elapsed() > wait {
                     return Err(StreamError::Stalled(wait));
                 }
-                let epoch = shared.writing_epoch();
-                send(&mut io, &mut frames, &ToStandby::Ping { epoch }, wait).await?;
+                send(&mut io, &mut frames, &ToStandby::Ping { epoch: writing }, wait).await?;
             }
         }
     }
