@@ -1,12 +1,15 @@
 //! keel's store: an operation log stamped `(epoch, lsn)` and the state machine it drives,
-//! behind one contract ([`Storage`]), implemented by [`Store`], one [redb] database where
-//! a log entry and its effect are always committed together.
+//! behind one contract ([`Storage`]) with two implementations — [`Store`], one [redb]
+//! database where a log entry and its effect are always committed together, and
+//! [`MemStore`], in memory, which a deterministic simulator can crash between a mutation
+//! and its sync.
 //!
 //! The public parts:
 //!
 //! - [`storage`]: the [`Storage`] trait and its contract — what each call does and what
 //!   survives a crash — with [`LogStatus`] and [`Applied`];
 //! - [`store`]: [`Store`], the redb database the node runs on;
+//! - [`mem_store`]: [`MemStore`] and its [`SyncMode`], `sync` and `crash`;
 //! - [`op`]: what a client asks for ([`Command`], with preconditions), what the log keeps
 //!   ([`Op`], the effect, replayable without checks), and what it answered ([`Outcome`]);
 //! - [`error`]: [`StoreError`], what a call refuses or fails with;
@@ -18,9 +21,10 @@
 //! Inside, the rules exist once: `rules` holds preconditions, apply and undo, appends,
 //! compaction, rollback, install and snapshots, written against two small traits in
 //! `tables` — `Tables` (what one mutation reads and writes) and `View` (one consistent
-//! read). `redb_tables` implements them over redb transactions. `backend` implements
-//! [`Storage`] once for every store, each of which supplies only "run this mutation
-//! atomically" and "read one view".
+//! read). `redb_tables` implements them over redb transactions and `mem_tables` over
+//! BTreeMaps with a journal that a crash unwinds. `backend` implements [`Storage`] once
+//! for both stores, each of which supplies only "run this mutation atomically" and "read
+//! one view".
 //!
 //! The state machine is the seed's *entries* map (`key=value` updates), a key/value space
 //! where each key carries a version (the lsn of the write that last changed it), and
@@ -33,6 +37,8 @@
 mod backend;
 pub mod error;
 pub mod matching;
+pub mod mem_store;
+mod mem_tables;
 pub mod op;
 mod redb_tables;
 mod rules;
@@ -43,6 +49,7 @@ mod tables;
 
 pub use error::StoreError;
 pub use matching::agreement;
+pub use mem_store::{MemStore, SyncMode};
 pub use op::{Command, Expect, LogEntry, Op, Outcome, Rejection};
 pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotPart};
 pub use storage::{Applied, LogStatus, Storage};
