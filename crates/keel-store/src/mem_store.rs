@@ -3,7 +3,7 @@
 //!
 //! # Crashes
 //!
-//! Each mutating call of [`Storage`] is *applied* when it returns: every later call,
+//! Each mutating call of [`Storage`](crate::Storage) is *applied* when it returns: every later call,
 //! reads included, sees it. Whether it is also *synced* (would survive the process
 //! dying) depends on the [`SyncMode`]:
 //!
@@ -11,7 +11,7 @@
 //!   it returns. A crash loses nothing that returned `Ok`.
 //! - [`SyncMode::Explicit`]: applied but not synced until [`MemStore::sync`]. This is how
 //!   a simulator models a group commit in flight: it calls
-//!   [`execute_with`](Storage::execute_with) when the commit starts at `t` (the callback
+//!   [`execute_with`](crate::Storage::execute_with) when the commit starts at `t` (the callback
 //!   ships the entries), and [`sync`](MemStore::sync) when it finishes at `t + d` — only
 //!   then may it answer the writers. A crash in between is
 //!   [`crash(keep_unsynced)`](MemStore::crash), the seed's choice of whether the commit
@@ -51,13 +51,13 @@ pub enum SyncMode {
 #[derive(Debug)]
 pub struct MemStore {
     inner: Mutex<Inner>,
+    mode: SyncMode,
     log_retain: u64,
 }
 
 #[derive(Debug)]
 struct Inner {
     tables: MemTables,
-    mode: SyncMode,
     /// For each applied mutation not yet synced, oldest first: where its changes start in
     /// the journal, and the status before it.
     unsynced: Vec<(usize, LogStatus)>,
@@ -79,10 +79,10 @@ impl MemStore {
         Self {
             inner: Mutex::new(Inner {
                 tables: MemTables::default(),
-                mode,
                 unsynced: Vec::new(),
                 running: None,
             }),
+            mode,
             log_retain: log_retain.max(1),
         }
     }
@@ -169,7 +169,7 @@ impl Backend for MemStore {
             }
             Ok(Written::Nothing(value)) => Ok(value),
             Ok(Written::Changed(_, value)) => {
-                match inner.mode {
+                match self.mode {
                     SyncMode::OnReturn => inner.tables.forget_journal(),
                     SyncMode::Explicit => inner.unsynced.push((start, status)),
                 }
