@@ -35,7 +35,8 @@ pub type Applied = Result<(Lsn, Outcome), Rejection>;
 /// Implemented by [`Store`](crate::Store) (redb, on disk) and
 /// [`MemStore`](crate::MemStore) (memory, for the simulator), both through one
 /// implementation of the rules, so that what the simulator proves is what the node runs.
-/// The node holds an `Arc<dyn Storage>`; every call blocks (run it on a blocking thread).
+/// The trait is object safe and `Send + Sync`, so a node can hold an `Arc<dyn Storage>`;
+/// every call blocks (run it on a blocking thread).
 ///
 /// # The log
 ///
@@ -43,9 +44,9 @@ pub type Applied = Result<(Lsn, Outcome), Rejection>;
 /// consecutive entries never decrease. Every entry is applied to the state machine in the
 /// same atomic step that appends it, so the state is always exactly the effect of the log
 /// up to [`LogStatus::last`]. Entries up to [`LogStatus::snapshot`] have been folded into
-/// the state (compaction) and can no longer be read or rolled back; the store keeps at
-/// least `log_retain` entries after that point, and compacts in steps of an eighth of
-/// that so the cost is paid now and then.
+/// the state (compaction) and can no longer be read or rolled back. The store keeps the
+/// newest `log_retain` entries (all of them while there are fewer), and compacts only
+/// once an eighth more have piled up, so the cost is paid now and then.
 ///
 /// # Epochs
 ///
