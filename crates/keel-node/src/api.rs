@@ -101,24 +101,38 @@ fn read_failed(e: keel_store::StoreError) -> Response {
 ///
 /// A primary under a monitor answers reads only while it holds its lease: without it, it
 /// may already have been replaced and its answer would be stale without saying so. (A
-/// standby's reads are stale by nature and say so in their `Keel-Role`.)
+/// standby's reads are stale by nature and say so in their `Keel-Role`.) And a primary
+/// shows a value only once everything it may include is on its sync standbys: a write
+/// durable here alone may still be undone by a failover, and a client that saw it would
+/// have seen a write that never happened.
 async fn read<T: Send + 'static>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&keel_store::Store) -> Result<T, keel_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    if shared.is_primary() {
-        // A primary being replaced (even one draining for a switchover, whose successor
-        // takes over without waiting out a lease) must not answer as if it were current.
-        if let Some(f) = shared.failover() {
-            return Err(write_failed(WriteError::FailoverInProgress {
-                to: Some(f.to.to_string()),
-            }));
-        }
-        if !shared.lease_valid(tokio::time::Instant::now()) {
-            return Err(write_failed(WriteError::NoLease));
-        }
+    if !shared.is_primary() {
+        return read_store(shared, f).await;
     }
-    read_store(shared, f).await
+    // A primary being replaced (even one draining for a switchover, whose successor
+    // takes over without waiting out a lease) must not answer as if it were current.
+    if let Some(f) = shared.failover() {
+        return Err(write_failed(WriteError::FailoverInProgress {
+            to: Some(f.to.to_string()),
+        }));
+    }
+    if !shared.lease_valid(tokio::time::Instant::now()) {
+        return Err(write_failed(WriteError::NoLease));
+    }
+    let value = read_store(shared, f).await?;
+    // Every entry the value may show was decided by now.
+    let index = shared.machine().log_end();
+    let waited = shared.config.sync_timeout;
+    if !shared.wait_replicated(index, waited).await {
+        return Err(write_failed(WriteError::Unreplicated {
+            lsn: index,
+            waited,
+        }));
+    }
+    Ok(value)
 }
 
 /// Runs a blocking store read off the async threads, unconditionally.
@@ -240,6 +254,12 @@ fn write_failed(e: WriteError) -> Response {
                     .with("written", Written::Unknown.to_json())
                     .with("lsn", lsn.0),
             ),
+        )
+            .into_response(),
+        WriteError::Unreplicated { lsn, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry_after,
+            axum::Json(ApiError::new("not_replicated", message).with("lsn", lsn.0)),
         )
             .into_response(),
         WriteError::ShuttingDown => (

@@ -116,6 +116,9 @@ pub struct Shared {
     machine: Mutex<Machine>,
     /// The node's role, as the machine last published it (read on every answer).
     pub role: watch::Sender<RoleState>,
+    /// While this node is primary, the end of the log durable here and on every sync
+    /// standby ([`Machine::replicated`]); `None` otherwise. Reads wait on it.
+    replicated: watch::Sender<Option<Lsn>>,
     /// The end of the primary's log: the last lsn the senders may ship (decided, and being
     /// or already made durable). They follow it.
     pub log_end: watch::Sender<Lsn>,
@@ -197,6 +200,7 @@ impl Shared {
             config,
             store,
             role: watch::Sender::new(machine.role().clone()),
+            replicated: watch::Sender::new(machine.is_primary().then(|| machine.replicated())),
             log_end: watch::Sender::new(status.last.lsn),
             machine: Mutex::new(machine),
             outbox: Mutex::default(),
@@ -235,6 +239,9 @@ impl Shared {
                 if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
                     self.ticker_wake.notify_one();
                 }
+                let replicated = machine.is_primary().then(|| machine.replicated());
+                self.replicated
+                    .send_if_modified(|r| std::mem::replace(r, replicated) != replicated);
                 outputs
             };
             for output in outputs {
@@ -300,6 +307,15 @@ impl Shared {
             Output::Note(note) => tracing::info!("{note}"),
         }
         None
+    }
+
+    /// Waits up to `timeout` until everything up to `index` is durable here and on every
+    /// sync standby; false if it was not, or this node stopped being primary meanwhile.
+    pub async fn wait_replicated(&self, index: Lsn, timeout: std::time::Duration) -> bool {
+        let mut rx = self.replicated.subscribe();
+        let reached =
+            tokio::time::timeout(timeout, rx.wait_for(|r| r.is_none_or(|r| r >= index))).await;
+        matches!(reached, Ok(Ok(r)) if r.is_some())
     }
 
     /// Keeps a batch's writers until the machine answers them.

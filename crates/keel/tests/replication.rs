@@ -211,6 +211,55 @@ fn kill9_standby_gives_bounded_503s_never_an_unreplicated_ack_then_it_catches_up
     assert_eq!(standby.health()["lsn"], primary.health()["lsn"]);
 }
 
+/// A read on the primary never shows a write its sync standby lacks: cut off, the
+/// primary could be replaced by that standby, and the write undone after a client saw it
+/// (found by `keel sim`, seed 206). The read waits for the standby's ack, and says so
+/// with a 503 if it does not come.
+#[test]
+fn a_read_shows_a_write_only_once_the_sync_standby_has_it() {
+    let root = tempdir();
+    let (primary, standby) = pair(&root, &["--sync-timeout", "300ms"]);
+    assert_eq!(put_kv(&primary.url, "k", "1").status(), StatusCode::OK);
+    standby.proc.stop();
+    let resp = put_kv(&primary.url, "k", "2");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = resp.json().expect("json");
+    assert_eq!(body["error"], "replication_timeout", "{body}");
+    assert_eq!(body["written"], "unknown", "{body}");
+
+    // Durable on the primary alone: not shown.
+    let resp = http_client()
+        .get(format!("{}/v1/kv/k", primary.url))
+        .send()
+        .expect("GET kv");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().expect("json");
+    assert_eq!(body["error"], "not_replicated", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("sync standbys")),
+        "says why: {body}"
+    );
+
+    // Once the standby has it, the read shows it.
+    standby.proc.cont();
+    let shown = wait_until(Duration::from_secs(10), || {
+        let resp = http_client()
+            .get(format!("{}/v1/kv/k", primary.url))
+            .send()
+            .expect("GET kv");
+        resp.status() == StatusCode::OK && resp.text().is_ok_and(|t| t == "2")
+    });
+    assert!(
+        shown,
+        "the write never became readable: {}",
+        primary.health()
+    );
+    assert_eq!(get_value(&standby.url, "k").as_deref(), Some("2"));
+}
+
 /// Reads an answer's head, byte by byte so that nothing after it is taken.
 fn read_head(tcp: &mut TcpStream) -> String {
     let mut head = Vec::new();

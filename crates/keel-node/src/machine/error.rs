@@ -65,6 +65,18 @@ pub enum WriteError {
         /// Where the write stands in the primary's log.
         lsn: Lsn,
     },
+    /// A read on the primary would show writes up to `lsn`, and the sync standbys did
+    /// not confirm them within the wait (or this node stopped being primary meanwhile):
+    /// showing them could show a write that a failover then undoes.
+    #[error(
+        "the value read includes writes up to lsn {lsn} that the sync standbys did not confirm within {waited:?}; retry shortly"
+    )]
+    Unreplicated {
+        /// The end of what the read would show.
+        lsn: Lsn,
+        /// How long the read waited.
+        waited: Duration,
+    },
     /// The store failed.
     #[error("storage failure: {0}")]
     Store(String),

@@ -137,6 +137,7 @@ impl Machine {
         // No stream from a former primary may append to this log any more.
         self.stream += 1;
         self.log_end = log_end;
+        self.committed = log_end;
         out.push(Output::ResetLogEnd);
         self.set_role(
             RoleState {

@@ -464,6 +464,8 @@ pub struct Machine {
     seen: Epoch,
     /// The last lsn decided: shipped, and being or already made durable.
     log_end: Lsn,
+    /// The last lsn durable in this node's own log (as primary: the last commit done).
+    committed: Lsn,
     timing: Timing,
     monitor_lease_until: Option<Instant>,
     failover: Option<Failover>,
@@ -510,6 +512,7 @@ impl Machine {
             writing_epoch: settings.writing_epoch,
             seen: settings.seen.max(settings.writing_epoch),
             log_end: settings.log_end,
+            committed: settings.log_end,
             timing: Timing::default(),
             monitor_lease_until: None,
             failover: None,
@@ -622,6 +625,19 @@ impl Machine {
     /// The last lsn decided.
     pub fn log_end(&self) -> Lsn {
         self.log_end
+    }
+
+    /// The end of the log that is durable here and on every standby of the sync set:
+    /// what a read may show. An entry beyond it may still vanish — this primary may be
+    /// cut off and replaced by a standby that never got it — so a read that would show it
+    /// waits until it is here. (Reading it sooner is how a client could see a write that
+    /// a failover then undoes: `keel sim` found this, seed 206.)
+    pub fn replicated(&self) -> Lsn {
+        self.links
+            .iter()
+            .filter(|l| l.sync)
+            .map(|l| l.acked)
+            .fold(self.committed, Lsn::min)
     }
 
     /// The monitor's settings (defaults when not monitored).

@@ -1096,3 +1096,46 @@ fn a_node_without_a_monitor_keeps_its_fence_when_it_follows_a_newer_primary() {
         ]
     );
 }
+
+#[test]
+fn a_read_may_show_only_what_the_primary_and_every_sync_standby_hold() {
+    let t0 = Instant::now();
+    let mut m = by_hand(&[S2, S3], true, t0);
+    m.handle(Input::Started, t0);
+    stream(&mut m, S2, 0, t0);
+    stream(&mut m, S3, 0, t0);
+    assert_eq!(m.replicated(), Lsn(0));
+    m.handle(
+        Input::Queued {
+            batch: 1,
+            writes: 1,
+        },
+        t0,
+    );
+    m.handle(Input::Decided { last: Lsn(5) }, t0);
+    ack(&mut m, S2, 5, t0, t0);
+    ack(&mut m, S3, 5, t0, t0);
+    assert_eq!(
+        m.replicated(),
+        Lsn(0),
+        "not yet durable on the primary itself"
+    );
+    committed(&mut m, 1, 5, t0);
+    assert_eq!(m.replicated(), Lsn(5));
+    m.handle(
+        Input::Queued {
+            batch: 2,
+            writes: 1,
+        },
+        t0,
+    );
+    committed(&mut m, 2, 9, t0);
+    ack(&mut m, S2, 9, t0, t0);
+    assert_eq!(m.replicated(), Lsn(5), "node3 lacks 6..9");
+    m.handle(Input::SyncDropped { url: S3.into() }, t0);
+    assert_eq!(
+        m.replicated(),
+        Lsn(9),
+        "out of the sync set, node3 no longer counts"
+    );
+}

@@ -79,6 +79,7 @@ impl Machine {
         match result {
             Ok(last) => {
                 self.log_end = self.log_end.max(last);
+                self.committed = self.committed.max(last);
                 self.inflight.push_back(Inflight {
                     batch,
                     last,
