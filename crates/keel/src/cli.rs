@@ -51,6 +51,61 @@ pub enum Command {
     Chaos(ChaosArgs),
     /// Make a small CA and a certificate per process, for TLS across hosts.
     Certs(CertsArgs),
+    /// Run the deterministic simulator: the monitor and node machines under seeded
+    /// faults, checked for safety and linearizability; one line per failing seed.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// The seeds to run, as FIRST..LAST (both included) or one number.
+    #[arg(long, default_value = "1..200", value_parser = parse_seeds)]
+    pub seeds: std::ops::RangeInclusive<u64>,
+
+    /// Run only this seed (with --trace, print every step of it).
+    #[arg(long, conflicts_with = "seeds")]
+    pub seed: Option<u64>,
+
+    /// Print the whole trace of the run (with --seed).
+    #[arg(long, requires = "seed")]
+    pub trace: bool,
+
+    /// Data nodes in the simulated cluster.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=7))]
+    pub nodes: u64,
+
+    /// The faults that may strike: all, none, or a comma-separated list of loss, delay,
+    /// duplicate, partition, crash, clock.
+    #[arg(long, default_value = "all")]
+    pub faults: keel_sim::Faults,
+
+    /// Simulated milliseconds of client traffic and faults per seed.
+    #[arg(long, default_value_t = 6_000)]
+    pub active_ms: u64,
+
+    /// Simulated milliseconds after the faults heal, before the final reads.
+    #[arg(long, default_value_t = 4_000)]
+    pub settle_ms: u64,
+
+    /// Steps of trace printed before each violation.
+    #[arg(long, default_value_t = 15)]
+    pub tail: usize,
+}
+
+/// `A..B` (both included) or `N`.
+fn parse_seeds(s: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
+    let bad =
+        || format!("{s:?} is not a seed range: write FIRST..LAST (e.g. 1..1000) or one number");
+    let (a, b) = match s.split_once("..") {
+        Some((a, b)) => (a, b.trim_start_matches('=')),
+        None => (s, s),
+    };
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b: u64 = b.trim().parse().map_err(|_| bad())?;
+    if b < a {
+        return Err(format!("{s:?}: the last seed is before the first"));
+    }
+    Ok(a..=b)
 }
 
 /// TLS for a process that listens and calls members (docs/security.md).

@@ -9,6 +9,7 @@ mod monitor;
 mod node;
 mod proxy;
 mod service;
+mod sim;
 mod up;
 
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => service::run(args),
         Command::Flaky(args) => flaky::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Sim(args) => sim::run(args),
     }
 }
 
