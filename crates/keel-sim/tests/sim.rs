@@ -94,3 +94,15 @@ fn seed_206_every_keys_history_is_linearizable() {
         "seed 206 no longer reproduces the dirty read"
     );
 }
+
+#[test]
+fn a_primary_that_reads_without_its_lease_is_caught_within_200_seeds() {
+    let (seed, outcome) = first_failure(&with_flaw(Flaw::ReadWithoutLease), 1..=200)
+        .expect("reads without the lease were not caught in 200 seeds");
+    let v = outcome.violation.expect("a violation");
+    assert_eq!(
+        v.invariant, "every key's history is linearizable",
+        "seed {seed}: {}",
+        v.detail
+    );
+}
