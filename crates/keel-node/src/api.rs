@@ -24,7 +24,7 @@ use keel_client::Written;
 use keel_client::node::{Counter, KeyList, KeyVersion};
 use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
 use keel_core::{ApiError, Lsn};
-use keel_store::{Command, Expect, Outcome, Rejection};
+use keel_store::{Command, Expect, Outcome, Rejection, Storage};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -107,7 +107,7 @@ fn read_failed(e: keel_store::StoreError) -> Response {
 /// have seen a write that never happened.
 async fn read<T: Send + 'static>(
     shared: &Arc<Shared>,
-    f: impl FnOnce(&keel_store::Store) -> Result<T, keel_store::StoreError> + Send + 'static,
+    f: impl FnOnce(&dyn Storage) -> Result<T, keel_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
     if !shared.is_primary() {
         return read_store(shared, f).await;
@@ -138,10 +138,10 @@ async fn read<T: Send + 'static>(
 /// Runs a blocking store read off the async threads, unconditionally.
 async fn read_store<T: Send + 'static>(
     shared: &Arc<Shared>,
-    f: impl FnOnce(&keel_store::Store) -> Result<T, keel_store::StoreError> + Send + 'static,
+    f: impl FnOnce(&dyn Storage) -> Result<T, keel_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
     let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
         Ok(r) => r.map_err(read_failed),
         Err(e) => Err(error_response(
             StatusCode::INTERNAL_SERVER_ERROR,

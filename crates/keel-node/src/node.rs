@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keel_core::faults::Faults;
 use keel_core::{Epoch, Role};
-use keel_store::{Store, StoreError};
+use keel_store::{Storage, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::config::{NodeConfig, PRIMARY_EPOCH};
@@ -65,8 +65,8 @@ pub async fn run(
             .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?
             .map_err(store_err)?
     };
-    let store = Arc::new(store);
-    let epoch = choose_epoch(&config, &store).map_err(|e| match e {
+    let store: Arc<dyn Storage> = Arc::new(store);
+    let epoch = choose_epoch(&config, store.as_ref()).map_err(|e| match e {
         EpochChoice::Store(s) => store_err(s),
         EpochChoice::Refused(m) => NodeError::Epoch(m),
     })?;
@@ -128,7 +128,7 @@ impl From<StoreError> for EpochChoice {
 /// epoch lets log matching tell that entry apart from the one the primary writes next at
 /// the same lsn. A node that has seen a newer epoch than its own last one was deposed by
 /// another primary and must not take over by itself. A fresh primary starts in epoch 1.
-fn choose_epoch(config: &NodeConfig, store: &Store) -> Result<Epoch, EpochChoice> {
+fn choose_epoch(config: &NodeConfig, store: &dyn Storage) -> Result<Epoch, EpochChoice> {
     let seen = store.status().epoch;
     let was_primary_in = Epoch(store.node_meta(PRIMARY_EPOCH)?.unwrap_or(0));
     let take = |epoch: Epoch| -> Result<Epoch, EpochChoice> {

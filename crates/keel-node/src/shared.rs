@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use keel_core::faults::Faults;
 use keel_core::{Epoch, Lsn, Role};
-use keel_store::{Applied, Command, Store, StoreError};
+use keel_store::{Applied, Command, Storage, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -111,8 +111,9 @@ pub struct Decision {
 pub struct Shared {
     /// What the node was started with.
     pub config: NodeConfig,
-    /// The log and state machine.
-    pub store: Arc<Store>,
+    /// The log and state machine (redb in `keel node`; anything that keeps
+    /// [`Storage`]'s contract).
+    pub store: Arc<dyn Storage>,
     machine: Mutex<Machine>,
     /// The node's role, as the machine last published it (read on every answer).
     pub role: watch::Sender<RoleState>,
@@ -162,7 +163,7 @@ impl Shared {
     /// primary; the queues' receiving ends are returned beside it.
     pub fn new(
         config: NodeConfig,
-        store: Arc<Store>,
+        store: Arc<dyn Storage>,
         faults: Faults,
         writing_epoch: Epoch,
     ) -> (Arc<Self>, Queues) {

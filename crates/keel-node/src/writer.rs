@@ -5,7 +5,7 @@
 //! commit: once every sync standby is streaming and while this primary holds its lease.
 //! The writer then decides the batch's entries, hands them to the senders, and only then
 //! makes them durable with one fsync
-//! ([`Store::execute_with`](keel_store::Store::execute_with)) — so the primary's fsync and
+//! ([`Storage::execute_with`](keel_store::Storage::execute_with)) — so the primary's fsync and
 //! the standbys' run at the same time, as a Raft leader's do. The machine answers the
 //! batch once every sync standby has confirmed it; meanwhile the writer takes the next
 //! batch. It takes no batch while the machine still holds one waiting or committing, so
@@ -96,7 +96,7 @@ async fn commit(shared: &Arc<Shared>, batch: BatchId, epoch: Epoch, commands: Ve
     let commit = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let mut shipped = false;
-        let result = store.execute_with(epoch, &commands, |entries| {
+        let result = store.execute_with(epoch, &commands, &mut |entries| {
             publisher.publish(entries);
             shipped = true;
         });
