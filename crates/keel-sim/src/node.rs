@@ -310,9 +310,7 @@ impl World {
             }
             Output::ResetLogEnd => {}
             Output::StartSender { link, url } => {
-                let Some(to) = node_of_url(&url) else {
-                    return None;
-                };
+                let to = node_of_url(&url)?;
                 let now = self.node_now(i);
                 self.nodes[i].senders.insert(
                     link,
@@ -495,12 +493,12 @@ impl World {
 
     fn client_read(&mut self, i: usize, client: usize, op: u64, key: String) {
         let n = &self.nodes[i];
+        // As the node's API: a primary being replaced, or without its lease, refuses.
+        let lease =
+            n.machine.lease_valid(self.node_now(i)) || self.flaw() == Flaw::ReadWithoutLease;
         let refused = if !n.machine.is_primary() {
             Some(n.machine.role().primary.clone())
-        } else if n.machine.failover().is_some() {
-            Some(None)
-        } else if !n.machine.lease_valid(self.node_now(i)) && self.flaw() != Flaw::ReadWithoutLease
-        {
+        } else if n.machine.failover().is_some() || !lease {
             Some(None)
         } else {
             None
@@ -623,7 +621,7 @@ impl World {
         })
     }
 
-    fn from_monitor(
+    fn monitor_answered(
         &mut self,
         i: usize,
         req: u64,
@@ -1095,7 +1093,7 @@ impl World {
 
     pub(crate) fn node_receive(&mut self, i: usize, from: Addr, msg: Msg) {
         match (msg, from) {
-            (Msg::FromMonitor { req, answer }, _) => self.from_monitor(i, req, answer),
+            (Msg::FromMonitor { req, answer }, _) => self.monitor_answered(i, req, answer),
             (Msg::Probe { probe }, _) => {
                 self.send(Addr::Node(i), Addr::Monitor, Msg::ProbeOk { probe });
             }
