@@ -78,6 +78,7 @@ mod tests {
 
     fn view(healthy: bool, failover: Option<Failover>) -> ClusterView {
         ClusterView {
+            monitors: None,
             version: 3,
             epoch: Epoch(1),
             primary: Some(PrimaryRef {

@@ -190,6 +190,9 @@ pub struct RefusalBody {
     /// registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<View>,
+    /// On `421 not_leader`: the URL of the monitor that leads, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// The `error` codes of the monitor's refusals.
@@ -220,6 +223,9 @@ pub mod codes {
     /// `409`: an epoch above the highest this monitor ever issued. Epochs are the
     /// monitor's; a node cannot bring its own.
     pub const EPOCH_NOT_ISSUED: &str = "epoch_not_issued";
+    /// `421`: this monitor is not the leader of its group (`leader` names the one that
+    /// is, when known); `503` when none is.
+    pub const NOT_LEADER: &str = "not_leader";
 }
 
 /// `GET /v1/cluster`: the whole picture.
@@ -237,6 +243,35 @@ pub struct ClusterView {
     pub failover: Option<Failover>,
     /// Every registered node, sorted by id.
     pub nodes: Vec<NodeStatus>,
+    /// The group of monitors, when the monitor that answered is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitors: Option<GroupView>,
+}
+
+/// A group of monitors, as one of them sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The monitor that answered (`m2`).
+    pub answered_by: String,
+    /// The monitor that leads (`m1`), when one is known.
+    pub leader: Option<String>,
+    /// The leader's URL, when one is known.
+    pub leader_url: Option<String>,
+    /// The Raft term.
+    pub term: u64,
+    /// The index of the last entry applied to the cluster state here.
+    pub last_applied: Option<u64>,
+    /// Every monitor of the group, by id, with its URL.
+    pub members: Vec<MonitorMember>,
+}
+
+/// One monitor of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorMember {
+    /// Its id (`m3`).
+    pub id: String,
+    /// Its URL.
+    pub url: String,
 }
 
 /// One node in `GET /v1/cluster`.

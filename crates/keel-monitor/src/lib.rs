@@ -29,6 +29,7 @@
 
 pub mod machine;
 pub mod metrics;
+pub mod raft;
 pub mod runtime;
 pub mod server;
 pub mod settings;
@@ -38,6 +39,6 @@ pub mod store;
 /// The wire types, which the monitor shares with its clients (`keel-client`).
 pub use keel_client::wire;
 pub use machine::Monitor;
-pub use runtime::{MonitorConfig, MonitorError, run};
+pub use runtime::{MonitorConfig, MonitorError, RaftSetup, run};
 pub use settings::Settings;
 pub use state::ClusterState;

@@ -5,6 +5,14 @@
 //! results. The core carries out the machine's outputs in order, and awaits each
 //! [`Output::Persist`] before it sends the answer behind it, so no node ever acts on a
 //! state that a crash could undo.
+//!
+//! Alone, a monitor persists to `monitor.json`. In a group (`--peers`), persisting is
+//! committing through Raft ([`crate::raft`]), and only the leader has a machine: it builds
+//! one from the replicated state when it wins an election, and drops it the moment it
+//! loses the leadership or a commit fails. Followers refuse node requests with `421
+//! not_leader`, naming the leader. A leader renews a node's lease only while a majority
+//! of monitors has acknowledged it recently ([`crate::raft::may_renew_leases`]): after
+//! that a new leader may exist, and renewals must come from it alone.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +59,15 @@ pub const MONITOR_ID: &str = "monitor";
 /// How long in-flight requests get to finish once the monitor is told to stop.
 const GRACE: Duration = Duration::from_secs(5);
 
+/// A monitor in a group of monitors (`--id`, `--peers`).
+#[derive(Debug, Clone)]
+pub struct RaftSetup {
+    /// This monitor's number (`m2` → 2).
+    pub num: crate::raft::MonitorNum,
+    /// Every monitor of the group, this one included.
+    pub peers: crate::raft::Peers,
+}
+
 /// Everything `keel monitor` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
@@ -74,6 +91,8 @@ pub struct MonitorConfig {
     /// The URLs members reach the monitor at besides its listen address
     /// (`--advertise`): signatures for other hosts are refused.
     pub advertise: Vec<String>,
+    /// The group this monitor belongs to; `None`: it runs alone.
+    pub raft: Option<RaftSetup>,
 }
 
 /// Why the monitor could not start, or stopped with an error.
@@ -99,6 +118,9 @@ pub enum MonitorError {
     /// The server failed.
     #[error("server: {0}")]
     Serve(std::io::Error),
+    /// The Raft group could not start.
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
 /// A message to the core.
@@ -122,6 +144,8 @@ pub(crate) struct App {
     /// Turns `true` when the monitor stops: event streams end so that the server can
     /// drain.
     pub stopping: watch::Receiver<bool>,
+    /// The group's Raft, for the calls of the other monitors.
+    pub raft: Option<crate::raft::Raft>,
 }
 
 /// Runs a monitor until `shutdown` resolves, then drains in-flight requests (up to a
@@ -136,9 +160,14 @@ pub async fn run(
 ) -> Result<(), MonitorError> {
     config.settings.check()?;
     let dir = config.data_dir.clone();
-    let (store, state) = tokio::task::spawn_blocking(move || Store::open(&dir))
-        .await
-        .map_err(|e| MonitorError::Serve(std::io::Error::other(e)))??;
+    let (store, state) = if config.raft.is_none() {
+        let (store, state) = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| MonitorError::Serve(std::io::Error::other(e)))??;
+        (Some(store), state)
+    } else {
+        (None, None)
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| MonitorError::Bind {
@@ -150,17 +179,36 @@ pub async fn run(
         probe_client = probe_client.tls_backend_preconfigured(tls.client_config());
     }
     let probe_client = probe_client.build().map_err(MonitorError::Client)?;
+    let signer = config
+        .secret
+        .as_ref()
+        .map(|s| Signer::new(s.key(), MONITOR_ID));
+    let group = match &config.raft {
+        Some(setup) => {
+            Some(Group::start(&config, setup, probe_client.clone(), signer.clone()).await?)
+        }
+        None => None,
+    };
 
-    let (mut monitor, mut started) = Monitor::new(config.settings, state, Instant::now());
-    if let Some(floor) = config.epoch_floor {
-        started.extend(monitor.raise_epoch_floor(floor));
-    }
-    let state = monitor.state();
-    tracing::info!(
-        listen = %config.listen, state = %store.path().display(), version = state.version,
-        epoch = %state.epoch, primary = state.primary.as_ref().map_or("-", NodeId::as_str),
-        "monitor started"
-    );
+    let (monitor, started) = match &store {
+        Some(store) => {
+            let (mut monitor, mut started) = Monitor::new(config.settings, state, Instant::now());
+            if let Some(floor) = config.epoch_floor {
+                started.extend(monitor.raise_epoch_floor(floor));
+            }
+            let state = monitor.state();
+            tracing::info!(
+                listen = %config.listen, state = %store.path().display(), version = state.version,
+                epoch = %state.epoch, primary = state.primary.as_ref().map_or("-", NodeId::as_str),
+                "monitor started"
+            );
+            (Some(monitor), started)
+        }
+        None => {
+            tracing::info!(listen = %config.listen, "monitor started in a group; waiting for a leader");
+            (None, Vec::new())
+        }
+    };
     let events = Arc::new(EventLog::new(HISTORY, |e: &EventRecord| e.id));
     let (core_tx, core_rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -183,22 +231,24 @@ pub async fn run(
         )),
         malformed_heartbeats: AtomicU64::new(0),
         stopping: stop_rx.clone(),
+        raft: group.as_ref().map(|g| g.raft.clone()),
     });
     let core = Core {
         monitor,
+        settings: config.settings,
+        epoch_floor: config.epoch_floor,
         store,
+        group,
         events,
         rx: core_rx,
         tx: core_tx.downgrade(),
         probe_client,
-        signer: config
-            .secret
-            .as_ref()
-            .map(|s| Signer::new(s.key(), MONITOR_ID)),
+        signer,
         faults: Faults::from_env(),
     };
     let mut core_task = tokio::spawn(core.run(started));
 
+    let app_raft = app.raft.clone();
     let router = crate::server::router(app);
     let server = keel_http::serve_draining(
         listener,
@@ -218,14 +268,24 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     core_task.abort();
+    if let Some(raft) = &app_raft {
+        let _ = raft.shutdown().await;
+    }
     tracing::info!("monitor stopped");
     result
 }
 
 /// The task that owns the state machine.
 struct Core {
-    monitor: Monitor,
-    store: Store,
+    /// The decision machine: always when alone; in a group, only while this monitor
+    /// leads.
+    monitor: Option<Monitor>,
+    settings: Settings,
+    epoch_floor: Option<keel_core::Epoch>,
+    /// `monitor.json`, when alone.
+    store: Option<Store>,
+    /// The Raft group, when in one.
+    group: Option<Group>,
     events: Arc<EventLog>,
     rx: mpsc::Receiver<Msg>,
     // Weak: the core must not keep its own channel open; probes upgrade it while they run.
@@ -239,6 +299,87 @@ struct Core {
     faults: Faults,
 }
 
+/// The Raft side of a monitor in a group.
+struct Group {
+    raft: crate::raft::Raft,
+    sm: crate::raft::sm::StateMachine,
+    num: crate::raft::MonitorNum,
+    peers: crate::raft::Peers,
+    metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::MonitorNum, openraft::BasicNode>>,
+}
+
+impl Group {
+    /// Opens the Raft database in the data directory and joins the group. The
+    /// lowest-numbered monitor sets the membership up the first time (later starts find it
+    /// in the log and leave it be).
+    async fn start(
+        config: &MonitorConfig,
+        setup: &RaftSetup,
+        client: reqwest::Client,
+        signer: Option<Signer>,
+    ) -> Result<Self, MonitorError> {
+        use crate::raft::{log, net, sm};
+        let dir = config.data_dir.clone();
+        let db = tokio::task::spawn_blocking(move || log::open(&dir))
+            .await
+            .map_err(|e| MonitorError::Raft(e.to_string()))?
+            .map_err(MonitorError::Raft)?;
+        let machine = sm::StateMachine::open(db.clone()).map_err(MonitorError::Raft)?;
+        let network = net::Network::new(client, signer, Faults::from_env());
+        let raft_config = crate::raft::config()
+            .validate()
+            .map_err(|e| MonitorError::Raft(e.to_string()))?;
+        let raft = crate::raft::Raft::new(
+            setup.num,
+            Arc::new(raft_config),
+            network,
+            log::LogStore::new(db),
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| MonitorError::Raft(e.to_string()))?;
+        let first = setup.peers.0.keys().next().copied();
+        if first == Some(setup.num) {
+            let members: std::collections::BTreeMap<_, _> = setup
+                .peers
+                .0
+                .iter()
+                .map(|(n, url)| (*n, openraft::BasicNode::new(url)))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(peers = %setup.peers, "monitor group set up"),
+                Err(e) => tracing::debug!(error = %e, "monitor group already set up"),
+            }
+        }
+        let metrics = raft.metrics();
+        Ok(Self {
+            raft,
+            sm: machine,
+            num: setup.num,
+            peers: setup.peers.clone(),
+            metrics,
+        })
+    }
+
+    /// Whether this monitor leads now.
+    fn leads(&self) -> bool {
+        let m = self.metrics.borrow();
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.num)
+    }
+
+    /// The leader's URL, when one is known.
+    fn leader_url(&self) -> Option<String> {
+        let leader = self.metrics.borrow().current_leader?;
+        self.peers.0.get(&leader).cloned()
+    }
+
+    /// Whether this leader may renew nodes' leases now ([`crate::raft::may_renew_leases`]).
+    fn confident(&self) -> bool {
+        let since = self.metrics.borrow().millis_since_quorum_ack;
+        crate::raft::may_renew_leases(since.map(Duration::from_millis))
+    }
+}
+
 impl Core {
     /// Runs until aborted (after the server drained) or until a persist fails. It does
     /// not stop by itself at shutdown: requests still draining need their answers.
@@ -246,10 +387,11 @@ impl Core {
         self.carry_out(started, None).await?;
         // Ticks at least every half interval catch every timeout within that much; the
         // machine's own deadlines (a suspicion, a lease's end) are met exactly.
-        let period = self.monitor.settings().heartbeat_interval / 2;
+        let period = self.settings.heartbeat_interval / 2;
         let mut next_tick = Instant::now() + period;
+        let mut metrics = self.group.as_ref().map(|g| g.metrics.clone());
         loop {
-            let wake = match self.monitor.next_deadline() {
+            let wake = match self.monitor.as_ref().and_then(Monitor::next_deadline) {
                 Some(d) => next_tick.min(d),
                 None => next_tick,
             };
@@ -258,34 +400,195 @@ impl Core {
                     let Some(msg) = msg else { return Ok(()) };
                     self.message(msg).await?;
                 }
+                changed = async {
+                    match metrics.as_mut() {
+                        Some(m) => m.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        return Err(MonitorError::Raft("the Raft core stopped".into()));
+                    }
+                    self.leadership().await?;
+                }
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     if now >= next_tick {
                         next_tick = now + period;
                     }
-                    let out = self.monitor.handle(Input::Tick, now);
-                    self.carry_out(out, None).await?;
+                    if let Some(monitor) = self.monitor.as_mut() {
+                        let out = monitor.handle(Input::Tick, now);
+                        self.carry_out(out, None).await?;
+                    }
                 }
             }
         }
     }
 
+    /// Takes up or gives up the decision machine as the leadership moves.
+    async fn leadership(&mut self) -> Result<(), MonitorError> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let leads = group.leads();
+        if !leads {
+            if self.monitor.take().is_some() {
+                tracing::warn!(leader = ?group.leader_url(), "this monitor no longer leads the group; another decides now");
+            }
+            return Ok(());
+        }
+        if self.monitor.is_some() {
+            return Ok(());
+        }
+        // Everything committed before this term must be applied before deciding on it.
+        if let Err(e) = group.raft.ensure_linearizable().await {
+            tracing::warn!(error = %e, "elected, but cannot confirm the leadership yet");
+            return Ok(());
+        }
+        if !group.leads() {
+            return Ok(());
+        }
+        let state = group.sm.current().state;
+        let term = group.metrics.borrow().current_term;
+        let known = (state.version > 0).then_some(state);
+        // A new machine gives the primary a full heartbeat timeout of its own, and assumes
+        // a lease granted now: no failover before it has heard from the nodes itself, and
+        // none before any lease the previous leader granted has run out.
+        let (mut monitor, mut started) = Monitor::new(self.settings, known, Instant::now());
+        if let Some(floor) = self.epoch_floor {
+            started.extend(monitor.raise_epoch_floor(floor));
+        }
+        tracing::info!(
+            term, monitor = group.num, version = monitor.state().version, epoch = %monitor.state().epoch,
+            primary = monitor.state().primary.as_ref().map_or("-", NodeId::as_str),
+            "this monitor leads the group"
+        );
+        self.monitor = Some(monitor);
+        self.carry_out(started, None).await
+    }
+
+    /// The refusal for a request that reached a monitor that does not lead.
+    fn not_leader(&self) -> Refusal {
+        let leader = self.group.as_ref().and_then(Group::leader_url);
+        let (status, message) = match &leader {
+            Some(url) => (
+                http::StatusCode::MISDIRECTED_REQUEST,
+                format!("this monitor does not lead its group; the leader is at {url}"),
+            ),
+            None => (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "this monitor does not lead its group, and no leader is known yet (an election is under way, or a majority of monitors is down)".to_owned(),
+            ),
+        };
+        let mut refusal = Refusal::new(status, crate::wire::codes::NOT_LEADER, message);
+        refusal.leader = leader;
+        refusal
+    }
+
+    /// The cluster view: the machine's, or on a follower, the replicated state's; in a
+    /// group, with the group as this monitor sees it.
+    fn cluster_view(&self) -> ClusterView {
+        let mut view = self.machine_view();
+        if let Some(group) = &self.group {
+            let m = group.metrics.borrow();
+            view.monitors = Some(crate::wire::GroupView {
+                answered_by: format!("m{}", group.num),
+                leader: m.current_leader.map(|l| format!("m{l}")),
+                leader_url: m
+                    .current_leader
+                    .and_then(|l| group.peers.0.get(&l).cloned()),
+                term: m.current_term,
+                last_applied: m.last_applied.map(|l| l.index),
+                members: group
+                    .peers
+                    .0
+                    .iter()
+                    .map(|(n, url)| crate::wire::MonitorMember {
+                        id: format!("m{n}"),
+                        url: url.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        view
+    }
+
+    fn machine_view(&self) -> ClusterView {
+        let now = Instant::now();
+        match (&self.monitor, &self.group) {
+            (Some(m), _) => m.cluster_view(now),
+            (None, Some(group)) => {
+                let state = group.sm.current().state;
+                let known = (state.version > 0).then_some(state);
+                Monitor::new(self.settings, known, now).0.cluster_view(now)
+            }
+            (None, None) => Monitor::new(self.settings, None, now).0.cluster_view(now),
+        }
+    }
+
     async fn message(&mut self, msg: Msg) -> Result<(), MonitorError> {
         match msg {
-            Msg::Input(input, reply) => {
-                let out = self.monitor.handle(input, Instant::now());
-                self.carry_out(out, reply).await
-            }
+            Msg::Input(input, reply) => match self.monitor.as_mut() {
+                Some(monitor) => {
+                    let out = monitor.handle(input, Instant::now());
+                    self.carry_out(out, reply).await
+                }
+                None => {
+                    if let Some(tx) = reply {
+                        let _ = tx.send(Err(self.not_leader()));
+                    }
+                    Ok(())
+                }
+            },
             Msg::Cluster(reply) => {
-                let _ = reply.send(self.monitor.cluster_view(Instant::now()));
+                let _ = reply.send(self.cluster_view());
                 Ok(())
             }
             Msg::Metrics(reply) => {
-                let view = self.monitor.cluster_view(Instant::now());
-                let _ = reply.send((view, self.monitor.stats()));
+                let stats = self
+                    .monitor
+                    .as_ref()
+                    .map(Monitor::stats)
+                    .unwrap_or_default();
+                let _ = reply.send((self.cluster_view(), stats));
                 Ok(())
             }
         }
+    }
+
+    /// Makes `state` durable: `monitor.json` alone, a Raft commit in a group. Returns
+    /// false if this monitor lost the leadership (the machine is dropped then).
+    async fn persist(&mut self, state: crate::state::ClusterState) -> Result<bool, MonitorError> {
+        let version = state.version;
+        if let Some(group) = &self.group {
+            return match group
+                .raft
+                .client_write(crate::raft::Command::Set(state))
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) => {
+                    // Not committed: the machine's state in memory is ahead of the group's
+                    // and must not be acted on. A new leader decides from the group's.
+                    tracing::warn!(error = %e, version, "the cluster state did not commit; this monitor stops deciding");
+                    self.monitor = None;
+                    Ok(false)
+                }
+            };
+        }
+        let Some(store) = self.store.clone() else {
+            return Ok(true);
+        };
+        let saved = tokio::task::spawn_blocking(move || store.save(&state))
+            .await
+            .map_err(|e| MonitorError::Serve(std::io::Error::other(e)))?;
+        if let Err(e) = saved {
+            // The machine has moved on in memory; answering from that state could hand
+            // out an epoch a restart would reuse. Stop instead.
+            tracing::error!(error = %e, version, "cannot persist the cluster state; stopping");
+            return Err(e.into());
+        }
+        Ok(true)
     }
 
     /// Carries out the machine's outputs in order.
@@ -297,16 +600,11 @@ impl Core {
         for output in out {
             match output {
                 Output::Persist(state) => {
-                    let store = self.store.clone();
-                    let version = state.version;
-                    let saved = tokio::task::spawn_blocking(move || store.save(&state))
-                        .await
-                        .map_err(|e| MonitorError::Serve(std::io::Error::other(e)))?;
-                    if let Err(e) = saved {
-                        // The machine has moved on in memory; answering from that state
-                        // could hand out an epoch a restart would reuse. Stop instead.
-                        tracing::error!(error = %e, version, "cannot persist the cluster state; stopping");
-                        return Err(e.into());
+                    if !self.persist(state).await? {
+                        if let Some(tx) = reply.take() {
+                            let _ = tx.send(Err(self.not_leader()));
+                        }
+                        return Ok(());
                     }
                 }
                 Output::Probe { node, url, probe } => self.probe(node, url, probe),
@@ -324,12 +622,26 @@ impl Core {
                 Output::Reply(answer) => {
                     if let Some(tx) = reply.take() {
                         // The requester may have gone away; the state is durable anyway.
-                        let _ = tx.send(answer);
+                        let _ = tx.send(self.grant_if_confident(answer));
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// In a group, a node's lease is renewed only by a leader a majority acknowledged
+    /// recently ([`crate::raft::may_renew_leases`]); otherwise the view goes out without it.
+    fn grant_if_confident(&self, answer: Result<Answer, Refusal>) -> Result<Answer, Refusal> {
+        match (answer, &self.group) {
+            (Ok(Answer::View(mut view)), Some(group)) if view.lease_ms.is_some() => {
+                if !group.confident() {
+                    view.lease_ms = None;
+                }
+                Ok(Answer::View(view))
+            }
+            (answer, _) => answer,
+        }
     }
 
     /// `GET {url}/health` with a timeout of one heartbeat interval, in its own task; the
@@ -340,7 +652,7 @@ impl Core {
             return;
         };
         let client = self.probe_client.clone();
-        let timeout = self.monitor.settings().heartbeat_interval;
+        let timeout = self.settings.heartbeat_interval;
         let blocked = self.faults.blocks(&url);
         let signer = self.signer.clone();
         tokio::spawn(async move {

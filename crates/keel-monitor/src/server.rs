@@ -43,7 +43,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/events", get(events))
         .route("/health", get(health))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/v1/raft/append", post(raft_append))
+        .route("/v1/raft/vote", post(raft_vote))
+        .route("/v1/raft/snapshot", post(raft_snapshot));
     let guard = app.guard.clone();
     let routes = keel_http::json_fallbacks(routes, "docs/failover.md")
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -114,6 +117,9 @@ fn refused(r: Refusal) -> Response {
         && let Ok(v) = serde_json::to_value(&r.reasons)
     {
         body = body.with("reasons", v);
+    }
+    if let Some(leader) = r.leader {
+        body = body.with("leader", leader);
     }
     error_response(r.status, body)
 }
@@ -194,6 +200,52 @@ async fn failover(
     let req: FailoverRequest = parse(raw, codes::BAD_REQUEST, true)?;
     tracing::warn!(to = ?req.to.as_ref().map(|n| n.as_str()), "switchover requested through /v1/failover");
     ask(&app, Input::Switchover { to: req.to }).await
+}
+
+/// The group's Raft, for a call another monitor signed; `404` when this monitor runs
+/// alone.
+fn raft_of<'a>(app: &'a App, signed: &Signed) -> Result<&'a crate::raft::Raft, Response> {
+    app.guard
+        .require_member(principal(signed), Some(crate::runtime::MONITOR_ID))?;
+    app.raft.as_ref().ok_or_else(|| {
+        error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::new(
+                "not_a_group",
+                "this monitor runs alone (no --peers): it takes no Raft calls",
+            ),
+        )
+    })
+}
+
+async fn raft_append(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    let raft = raft_of(&app, &signed)?;
+    let req = parse(raw, "bad_raft_call", false)?;
+    Ok(axum::Json(raft.append_entries(req).await).into_response())
+}
+
+async fn raft_vote(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    let raft = raft_of(&app, &signed)?;
+    let req = parse(raw, "bad_raft_call", false)?;
+    Ok(axum::Json(raft.vote(req).await).into_response())
+}
+
+async fn raft_snapshot(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    let raft = raft_of(&app, &signed)?;
+    let req = parse(raw, "bad_raft_call", false)?;
+    Ok(axum::Json(raft.install_snapshot(req).await).into_response())
 }
 
 async fn cluster_view(app: &App) -> Result<crate::wire::ClusterView, Response> {

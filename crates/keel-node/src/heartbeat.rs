@@ -28,8 +28,10 @@ enum Answer {
     Refused { status: u16, body: RefusalBody },
 }
 
-/// Runs until `stop` turns true.
-pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` turns true. `monitors` is one URL, or several separated by commas
+/// (a group of monitors): the node talks to the one that leads, follows a `421
+/// not_leader` to the leader it names, and tries the next when one does not answer.
+pub async fn run(shared: Arc<Shared>, monitors: String, mut stop: watch::Receiver<bool>) {
     let mut builder = reqwest::Client::builder();
     if let Some(tls) = &shared.config.tls {
         builder = builder.tls_backend_preconfigured(tls.client_config());
@@ -41,7 +43,18 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
             return;
         }
     };
-    let monitor = monitor.trim_end_matches('/').to_owned();
+    let monitors: Vec<String> = monitors
+        .split(',')
+        .map(|m| m.trim().trim_end_matches('/').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect();
+    let Some(first) = monitors.first() else {
+        tracing::error!("no monitor URL; not talking to a monitor");
+        return;
+    };
+    let mut monitor = first.clone();
+    // The leader last announced in the log, so that a move is said once.
+    let mut announced: Option<String> = None;
     let mut registered = false;
     let mut monitor_up = true;
     loop {
@@ -86,7 +99,22 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
                     shared.input(Input::Evicted).await;
                     return;
                 }
-                if body.error == codes::UNKNOWN_NODE {
+                if body.error == codes::NOT_LEADER {
+                    // Another monitor leads: go to it at once (its name comes from a
+                    // member's signed answer), or to the next when none is known yet.
+                    let next = body
+                        .leader
+                        .map(|l| l.trim_end_matches('/').to_owned())
+                        .unwrap_or_else(|| next_monitor(&monitors, &monitor));
+                    if next != monitor {
+                        if announced.as_ref() != Some(&next) {
+                            tracing::info!(leader = %next, "following the monitors' leader");
+                            announced = Some(next.clone());
+                        }
+                        monitor = next;
+                        continue;
+                    }
+                } else if body.error == codes::UNKNOWN_NODE {
                     tracing::warn!("the monitor does not know this node; registering again");
                     registered = false;
                 } else if let Some(view) = body.view {
@@ -104,6 +132,7 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
                     tracing::warn!(monitor = %monitor, error = %e, "monitor unreachable; carrying on with the last view");
                     monitor_up = false;
                 }
+                monitor = next_monitor(&monitors, &monitor);
             }
         }
         if registered && shared.is_primary() {
@@ -114,6 +143,16 @@ pub async fn run(shared: Arc<Shared>, monitor: String, mut stop: watch::Receiver
             _ = stop.changed() => return,
         }
     }
+}
+
+/// The monitor after `current` in the list (the first when `current` is not in it).
+fn next_monitor(monitors: &[String], current: &str) -> String {
+    let at = monitors.iter().position(|m| m == current);
+    let next = at.map_or(0, |i| (i + 1) % monitors.len());
+    monitors
+        .get(next)
+        .cloned()
+        .unwrap_or_else(|| current.to_owned())
 }
 
 /// Sends one request to the monitor. One the fault filter blocks fails as a refused
@@ -167,6 +206,7 @@ async fn post<T: serde::Serialize>(
             error: format!("http_{}", status.as_u16()),
             message: String::from_utf8_lossy(&bytes).into_owned(),
             view: None,
+            leader: None,
         });
         Ok(Answer::Refused {
             status: status.as_u16(),

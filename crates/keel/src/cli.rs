@@ -168,8 +168,9 @@ pub struct NodeArgs {
     pub role: Option<Role>,
 
     /// The monitor's URL: it assigns this node's role, standbys and epoch, and fails over
-    /// automatically (see docs/failover.md).
-    #[arg(long, value_name = "URL", conflicts_with_all = ["standbys", "epoch", "async_replication"])]
+    /// automatically (see docs/failover.md). For a group of monitors, every monitor's URL
+    /// separated by commas: the node follows whichever leads.
+    #[arg(long, value_name = "URL[,URL…]", conflicts_with_all = ["standbys", "epoch", "async_replication"])]
     pub monitor: Option<String>,
 
     /// A standby to replicate to, as its base URL (repeat for several). Primary only.
@@ -415,6 +416,16 @@ pub struct MonitorArgs {
     /// kept theirs, which report epochs it otherwise refuses as never issued.
     #[arg(long, value_name = "EPOCH")]
     pub epoch_floor: Option<u64>,
+
+    /// This monitor's id in a group of monitors (m1, m2, m3…); with --peers.
+    #[arg(long, value_name = "ID", requires = "peers")]
+    pub id: Option<String>,
+
+    /// Every monitor of the group, this one included, as m1=URL,m2=URL,m3=URL: the
+    /// monitors replicate the cluster state with Raft, and any majority of them keeps
+    /// failing over (docs/failover.md). Without it the monitor runs alone.
+    #[arg(long, value_name = "ID=URL,…", requires = "id")]
+    pub peers: Option<keel_monitor::raft::Peers>,
 }
 
 #[derive(Debug, Args)]

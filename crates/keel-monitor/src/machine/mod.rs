@@ -111,16 +111,20 @@ pub struct Refusal {
     pub view: Option<Box<View>>,
     /// Per standby, why it cannot be promoted (`no_promotable_standby`).
     pub reasons: BTreeMap<NodeId, String>,
+    /// The monitor that leads the group, on `not_leader` (set by the runtime).
+    pub leader: Option<String>,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+    /// A refusal with no view, reasons or leader.
+    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             error,
             message: message.into(),
             view: None,
             reasons: BTreeMap::new(),
+            leader: None,
         }
     }
 }

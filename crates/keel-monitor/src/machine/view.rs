@@ -88,6 +88,7 @@ impl Monitor {
             })
             .collect();
         ClusterView {
+            monitors: None,
             version: self.state.version,
             epoch: self.state.epoch,
             primary: self.primary_ref(),

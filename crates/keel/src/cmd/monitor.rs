@@ -40,7 +40,27 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     }
     let secret = super::load_secret(args.cluster_secret_file.as_deref())?;
     super::require_secret_beyond_loopback("the monitor", &[args.listen], secret.as_ref())?;
+    let raft = match (&args.id, &args.peers) {
+        (Some(id), Some(peers)) => {
+            let num = keel_monitor::raft::monitor_num(id)?;
+            if !peers.0.contains_key(&num) {
+                anyhow::bail!("--peers must list this monitor ({id}) too: {peers}");
+            }
+            if peers.0.len() % 2 == 0 {
+                tracing::warn!(
+                    monitors = peers.0.len(),
+                    "an even number of monitors tolerates no more failures than one fewer: run 3 or 5"
+                );
+            }
+            Some(keel_monitor::RaftSetup {
+                num,
+                peers: peers.clone(),
+            })
+        }
+        _ => None,
+    };
     let config = MonitorConfig {
+        raft,
         listen: args.listen,
         data_dir: args.data_dir,
         settings,

@@ -10,8 +10,10 @@ use keel_node::NodeConfig;
 use crate::cli::NodeArgs;
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
-    if let Some(url) = &args.monitor {
-        check_url(url).with_context(|| format!("--monitor {url}"))?;
+    if let Some(urls) = &args.monitor {
+        for url in urls.split(',').map(str::trim) {
+            check_url(url).with_context(|| format!("--monitor {urls}: {url}"))?;
+        }
     }
     let role = args.role.unwrap_or(Role::Standby);
     if role == Role::Standby && !args.standbys.is_empty() {

@@ -1,0 +1,486 @@
+//! Three `keel monitor` processes replicating the cluster state with Raft, and monitored
+//! `keel node` processes that follow whichever monitor leads: a dead leader is replaced
+//! and writes never stop, a failover completes through the new leader, a restart of
+//! every monitor keeps the epoch and the primary, and with two of three monitors down
+//! nothing fails over while the data tier keeps writing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use support::{
+    KeelProcess, TestMonitor, TestNode, free_ports, http_client, tempdir, url_for, wait_for_health,
+    wait_until,
+};
+
+/// One monitor of the group.
+struct Monitor {
+    id: String,
+    url: String,
+    proc: KeelProcess,
+    args: Vec<String>,
+    up: bool,
+}
+
+/// Three monitors and two monitored nodes, closed to outsiders.
+struct Group {
+    root: PathBuf,
+    monitors: Vec<Monitor>,
+    nodes: BTreeMap<String, TestNode>,
+}
+
+impl Group {
+    fn start(root: &Path) -> Group {
+        let secret = root.join("cluster.secret");
+        let token = root.join("admin.token");
+        fs::create_dir_all(root).expect("root");
+        fs::write(&secret, TestMonitor::SECRET).expect("secret");
+        fs::write(&token, TestMonitor::TOKEN).expect("token");
+        let ports = free_ports(3);
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{}={}", i + 1, url_for(*p)))
+            .collect();
+        let peers = peers.join(",");
+        let mut monitors = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = format!("m{}", i + 1);
+            let args: Vec<String> = [
+                "monitor",
+                "--id",
+                &id,
+                "--peers",
+                &peers,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                &root.join(&id).display().to_string(),
+                "--token-file",
+                &token.display().to_string(),
+                "--cluster-secret-file",
+                &secret.display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let proc = KeelProcess::spawn(&id, &refs);
+            monitors.push(Monitor {
+                id,
+                url: url_for(*port),
+                proc,
+                args,
+                up: true,
+            });
+        }
+        for m in &mut monitors {
+            wait_for_health(&mut m.proc, &m.url);
+        }
+        let mut group = Group {
+            root: root.to_owned(),
+            monitors,
+            nodes: BTreeMap::new(),
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || group.leader().is_some()),
+            "no monitor leads: {:?}",
+            group.views()
+        );
+        group.add_node("app1");
+        assert!(
+            wait_until(Duration::from_secs(10), || group.primary().is_some()),
+            "no primary: {:?}",
+            group.views()
+        );
+        group.add_node("app2");
+        assert!(
+            wait_until(Duration::from_secs(15), || group.promotable("app2")),
+            "app2 never promotable: {:?}",
+            group.views()
+        );
+        group
+    }
+
+    fn member_flags(&self) -> Vec<String> {
+        vec![
+            "--token-file".into(),
+            self.root.join("admin.token").display().to_string(),
+            "--cluster-secret-file".into(),
+            self.root.join("cluster.secret").display().to_string(),
+        ]
+    }
+
+    fn monitor_urls(&self) -> String {
+        let urls: Vec<&str> = self.monitors.iter().map(|m| m.url.as_str()).collect();
+        urls.join(",")
+    }
+
+    fn add_node(&mut self, id: &str) {
+        let flags = self.member_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let urls = self.monitor_urls();
+        let node = TestNode::monitored(id, self.root.join(id), &urls, &flags);
+        self.nodes.insert(id.to_owned(), node);
+    }
+
+    /// Each live monitor's cluster view.
+    fn views(&self) -> Vec<serde_json::Value> {
+        self.monitors
+            .iter()
+            .filter(|m| m.up)
+            .filter_map(|m| view_of(&m.url))
+            .collect()
+    }
+
+    /// The monitor that says it leads (its view names itself), if one does.
+    fn leader(&self) -> Option<usize> {
+        self.monitors.iter().position(|m| {
+            m.up && view_of(&m.url).is_some_and(|v| {
+                v["monitors"]["leader"] == m.id.as_str()
+                    && v["monitors"]["answered_by"] == m.id.as_str()
+            })
+        })
+    }
+
+    /// The primary per the leader's view, once no failover runs.
+    fn primary(&self) -> Option<String> {
+        let leader = self.leader()?;
+        let view = view_of(&self.monitors[leader].url)?;
+        if view["failover_in_progress"] == true {
+            return None;
+        }
+        view["primary"]["node"].as_str().map(str::to_owned)
+    }
+
+    fn promotable(&self, id: &str) -> bool {
+        self.leader()
+            .and_then(|l| view_of(&self.monitors[l].url))
+            .and_then(|v| {
+                v["nodes"]
+                    .as_array()
+                    .and_then(|ns| ns.iter().find(|n| n["node"] == id).cloned())
+            })
+            .is_some_and(|n| n["promotable"] == true)
+    }
+
+    fn kill_monitor(&mut self, i: usize) {
+        self.monitors[i].proc.kill9();
+        self.monitors[i].up = false;
+    }
+
+    fn restart_monitor(&mut self, i: usize) {
+        let m = &mut self.monitors[i];
+        m.proc.restart(&m.args, &m.url);
+        m.up = true;
+    }
+}
+
+fn view_of(url: &str) -> Option<serde_json::Value> {
+    http_client()
+        .get(format!("{url}/v1/cluster"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .ok()
+        .filter(|r| r.status() == StatusCode::OK)
+        .and_then(|r| r.json().ok())
+}
+
+/// A write the data tier acknowledged.
+#[derive(Clone)]
+struct Ack {
+    key: String,
+    value: u64,
+    at: Instant,
+}
+
+/// Writers that find the primary through any live monitor's view and write 1, 2, 3… to
+/// a key each until stopped.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(monitors: &str, n: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+        let threads = (0..n)
+            .map(|w| {
+                let (monitors, stop, acks) = (monitors.to_owned(), stop.clone(), acks.clone());
+                thread::spawn(move || write_loop(&monitors, w, &stop, &acks))
+            })
+            .collect();
+        Writers {
+            stop,
+            acks,
+            threads,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acks.lock().expect("lock").len()
+    }
+
+    fn acked_between(&self, from: Instant, to: Instant) -> usize {
+        let acks = self.acks.lock().expect("lock");
+        acks.iter().filter(|a| a.at > from && a.at < to).count()
+    }
+
+    fn wait_more(&self, more: usize) {
+        let target = self.count() + more;
+        assert!(
+            wait_until(Duration::from_secs(30), || self.count() >= target),
+            "writes stalled at {} (wanted {target})",
+            self.count()
+        );
+    }
+
+    fn finish(self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("writer thread");
+        }
+        self.acks.lock().expect("lock").clone()
+    }
+}
+
+fn write_loop(monitors: &str, w: usize, stop: &AtomicBool, acks: &Mutex<Vec<Ack>>) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    let monitors: Vec<String> = monitors.split(',').map(str::to_owned).collect();
+    let key = format!("writer-{w}");
+    let mut next = 1u64;
+    let mut primary: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let url = match &primary {
+            Some(url) => url.clone(),
+            None => {
+                let found = monitors.iter().find_map(|m| {
+                    client
+                        .get(format!("{m}/v1/cluster"))
+                        .timeout(Duration::from_millis(300))
+                        .send()
+                        .ok()
+                        .and_then(|r| r.json::<serde_json::Value>().ok())
+                        .and_then(|v| v["primary"]["url"].as_str().map(str::to_owned))
+                });
+                match found {
+                    Some(url) => {
+                        primary = Some(url.clone());
+                        url
+                    }
+                    None => {
+                        thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+            }
+        };
+        let value = next;
+        next += 1;
+        match client
+            .put(format!("{url}/v1/kv/{key}"))
+            .body(value.to_string())
+            .send()
+        {
+            Ok(r) if r.status() == StatusCode::OK => {
+                acks.lock().expect("lock").push(Ack {
+                    key: key.clone(),
+                    value,
+                    at: Instant::now(),
+                });
+            }
+            _ => {
+                primary = None;
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Every key holds at least the last value acknowledged for it.
+fn assert_nothing_lost(acks: &[Ack], node_url: &str) {
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for a in acks {
+        let v = last.entry(&a.key).or_default();
+        *v = (*v).max(a.value);
+    }
+    for (key, acked) in last {
+        let resp = http_client()
+            .get(format!("{node_url}/v1/kv/{key}"))
+            .send()
+            .expect("GET");
+        assert_eq!(resp.status(), StatusCode::OK, "{key} missing");
+        let value: u64 = resp.text().expect("body").parse().expect("a number");
+        assert!(
+            value >= acked,
+            "{key} is {value}, but {acked} was acknowledged"
+        );
+    }
+}
+
+#[test]
+fn a_dead_monitor_leader_is_replaced_writes_never_stop_and_a_primary_kill_fails_over_through_the_new_leader()
+ {
+    let root = tempdir();
+    let mut group = Group::start(root.path());
+    let writers = Writers::start(&group.monitor_urls(), 4);
+    writers.wait_more(50);
+
+    let old = group.leader().expect("a leader");
+    let killed_at = Instant::now();
+    group.kill_monitor(old);
+    assert!(
+        wait_until(Duration::from_secs(10), || group
+            .leader()
+            .is_some_and(|l| l != old)),
+        "no new leader after {} died: {:?}",
+        group.monitors[old].id,
+        group.views()
+    );
+    let elected_at = Instant::now();
+    let new = group.leader().expect("a new leader");
+    eprintln!(
+        "{} led; {} leads {:?} after it was killed",
+        group.monitors[old].id,
+        group.monitors[new].id,
+        elected_at - killed_at
+    );
+    // The primary's standby kept renewing its lease while no monitor led.
+    assert!(
+        writers.acked_between(killed_at, elected_at) > 0,
+        "no write was acknowledged while the monitors elected a new leader"
+    );
+    writers.wait_more(50);
+
+    // The primary dies: the new leader fails it over.
+    let primary = group.primary().expect("a primary");
+    group.nodes.get_mut(&primary).expect("node").kill9();
+    assert!(
+        wait_until(Duration::from_secs(15), || group
+            .primary()
+            .is_some_and(|p| p != primary)),
+        "no failover through the new leader: {:?}",
+        group.views()
+    );
+    writers.wait_more(50);
+    let acks = writers.finish();
+    let now_primary = group.primary().expect("a primary");
+    let url = group.nodes[&now_primary].url.clone();
+    assert_nothing_lost(&acks, &url);
+}
+
+#[test]
+fn restarting_every_monitor_keeps_the_epoch_and_the_primary() {
+    let root = tempdir();
+    let mut group = Group::start(root.path());
+    let leader = group.leader().expect("a leader");
+    let before = view_of(&group.monitors[leader].url).expect("view");
+    for i in 0..3 {
+        group.kill_monitor(i);
+    }
+    for i in 0..3 {
+        group.restart_monitor(i);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || group.leader().is_some()),
+        "no leader after the restart: {:?}",
+        group.views()
+    );
+    let leader = group.leader().expect("a leader");
+    let after = view_of(&group.monitors[leader].url).expect("view");
+    assert_eq!(after["epoch"], before["epoch"], "{after}");
+    assert_eq!(after["primary"], before["primary"], "{after}");
+    let primary = after["primary"]["url"].as_str().expect("primary url");
+    let resp = support::put_kv(primary, "after-restart", "1");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[test]
+fn with_two_of_three_monitors_down_nothing_fails_over_but_writes_go_on_until_a_majority_is_back() {
+    let root = tempdir();
+    let mut group = Group::start(root.path());
+    let primary = group.primary().expect("a primary");
+    let primary_url = group.nodes[&primary].url.clone();
+    let leader = group.leader().expect("a leader");
+    let other = (0..3).find(|i| *i != leader).expect("another monitor");
+    let survivor = (0..3)
+        .find(|i| *i != leader && *i != other)
+        .expect("a third");
+    group.kill_monitor(leader);
+    group.kill_monitor(other);
+
+    // The data tier writes on: its sync standby renews the primary's lease.
+    for i in 0..20 {
+        let resp = support::put_kv(&primary_url, &format!("k{i}"), "v");
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "write {i} with the monitors down"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The survivor cannot decide, and says why (once its election timeout has shown it
+    // that the leader it knew is gone).
+    let refusal = |url: &str| -> Option<serde_json::Value> {
+        let resp = http_client()
+            .post(format!("{url}/v1/failover"))
+            .bearer_auth(TestMonitor::TOKEN)
+            .send()
+            .ok()?;
+        (resp.status() == StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| resp.json().ok())
+            .flatten()
+    };
+    let survivor_url = group.monitors[survivor].url.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || refusal(&survivor_url).is_some()),
+        "the survivor still claims a leader: {:?}",
+        group.views()
+    );
+    let body = refusal(&survivor_url).expect("a refusal");
+    assert_eq!(body["error"], "not_leader", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("majority of monitors")),
+        "{body}"
+    );
+
+    // The primary dies: nothing fails over without a majority of monitors.
+    group.nodes.get_mut(&primary).expect("node").kill9();
+    thread::sleep(Duration::from_secs(3));
+    let view = view_of(&group.monitors[survivor].url).expect("view");
+    assert_eq!(view["primary"]["node"], primary.as_str(), "{view}");
+    assert_eq!(view["failover_in_progress"], false, "{view}");
+
+    // A majority again: the failover happens.
+    group.restart_monitor(other);
+    assert!(
+        wait_until(Duration::from_secs(20), || group
+            .primary()
+            .is_some_and(|p| p != primary)),
+        "no failover once a majority was back: {:?}",
+        group.views()
+    );
+    let now = group.primary().expect("a primary");
+    let url = group.nodes[&now].url.clone();
+    for i in 0..20 {
+        let resp = http_client()
+            .get(format!("{url}/v1/kv/k{i}"))
+            .send()
+            .expect("GET");
+        assert_eq!(resp.status(), StatusCode::OK, "k{i} lost in the failover");
+    }
+}
