@@ -51,6 +51,16 @@ pub fn stream_client(
     builder.build().map_err(ClientError::Setup)
 }
 
+/// The monitors `monitors` names: one URL, or several separated by commas (a group of
+/// monitors, `keel monitor --peers`).
+pub fn monitor_list(monitors: &str) -> Vec<String> {
+    monitors
+        .split(',')
+        .map(|m| m.trim().trim_end_matches('/').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
 /// Reads `GET /v1/cluster`.
 pub async fn cluster(
     http: &reqwest::Client,
@@ -62,7 +72,70 @@ pub async fn cluster(
 
 /// Reads `GET /v1/cluster` as a member: with a `signer`, the request is signed and the
 /// view is taken only if the monitor signed it (a member routes traffic by it).
+///
+/// `monitors` may name a group (URLs separated by commas): the first that answers is
+/// asked, and if it does not lead, the leader it names — whose view also holds what the
+/// nodes reported in their heartbeats. A follower's view is taken when the leader does
+/// not answer: the cluster state in it is the group's.
 pub async fn cluster_as(
+    http: &reqwest::Client,
+    monitors: &str,
+    timeout: Duration,
+    signer: Option<&Signer>,
+) -> Result<ClusterView, ClientError> {
+    let list = monitor_list(monitors);
+    let mut failed = None;
+    for monitor in &list {
+        match cluster_one(http, monitor, timeout, signer).await {
+            Ok(view) => {
+                let leader = view
+                    .monitors
+                    .as_ref()
+                    .and_then(|g| g.leader_url.clone())
+                    .filter(|l| l != monitor);
+                if let Some(leader) = leader
+                    && let Ok(led) = cluster_one(http, &leader, timeout, signer).await
+                {
+                    return Ok(led);
+                }
+                return Ok(view);
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| ClientError::Unreachable {
+        monitor: monitors.to_owned(),
+        reason: "no monitor URL given".into(),
+    }))
+}
+
+/// The monitor that leads among `monitors` (its URL), or the only one given.
+pub async fn leading(
+    http: &reqwest::Client,
+    monitors: &str,
+    timeout: Duration,
+    signer: Option<&Signer>,
+) -> Result<String, ClientError> {
+    let list = monitor_list(monitors);
+    if list.len() < 2 {
+        return Ok(list.into_iter().next().unwrap_or_default());
+    }
+    let view = cluster_as(http, monitors, timeout, signer).await?;
+    let group = view.monitors.ok_or_else(|| ClientError::BadAnswer {
+        url: monitors.to_owned(),
+        reason: "several monitors were given, but the one that answered runs alone".into(),
+    })?;
+    group.leader_url.ok_or_else(|| ClientError::Unreachable {
+        monitor: monitors.to_owned(),
+        reason: format!(
+            "no monitor leads the group ({} answered; a majority may be down)",
+            group.answered_by
+        ),
+    })
+}
+
+/// Reads one monitor's `GET /v1/cluster`.
+async fn cluster_one(
     http: &reqwest::Client,
     monitor: &str,
     timeout: Duration,
@@ -288,12 +361,17 @@ impl EventStream {
     /// Opens the stream as a member: signed, and taken only from a monitor that signed
     /// its answer (whose status, not the stream's bytes: those only tell a member to
     /// read the signed view again).
+    ///
+    /// With a group of monitors (URLs separated by commas) the stream is the leader's:
+    /// only it decides, so only its stream tells of failovers. When it dies the stream
+    /// breaks, and opening it again finds the new leader.
     pub async fn open_as(
         http: &reqwest::Client,
-        monitor: &str,
+        monitors: &str,
         since: Option<u64>,
         signer: Option<&Signer>,
     ) -> Result<EventStream, ClientError> {
+        let monitor = &leading(http, monitors, Duration::from_secs(2), signer).await?;
         let url = match since {
             Some(id) => format!("{monitor}/v1/events?since={id}"),
             None => format!("{monitor}/v1/events"),

@@ -16,9 +16,25 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use support::{
-    KeelProcess, TestMonitor, TestNode, free_ports, http_client, tempdir, url_for, wait_for_health,
-    wait_until,
+    KeelProcess, TestMonitor, TestNode, free_ports, http_client, keel_bin, tempdir, url_for,
+    wait_for_health, wait_until,
 };
+
+/// `keel client cluster --monitor URLS`: its status and what it printed.
+fn client_cluster(monitors: &str) -> (bool, String) {
+    let out = std::process::Command::new(keel_bin())
+        .args(["client", "cluster", "--monitor", monitors])
+        .output()
+        .expect("run keel client");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
 
 /// One monitor of the group.
 struct Monitor {
@@ -379,6 +395,13 @@ fn a_dead_monitor_leader_is_replaced_writes_never_stop_and_a_primary_kill_fails_
     let now_primary = group.primary().expect("a primary");
     let url = group.nodes[&now_primary].url.clone();
     assert_nothing_lost(&acks, &url);
+
+    // `keel client` given every monitor finds the leader among the living.
+    let (ok, out) = client_cluster(&group.monitor_urls());
+    assert!(ok, "{out}");
+    let leader_id = &group.monitors[new].id;
+    assert!(out.contains(&format!("leader {leader_id}")), "{out}");
+    assert!(out.contains(&format!("primary {now_primary}")), "{out}");
 }
 
 #[test]
@@ -457,6 +480,9 @@ fn with_two_of_three_monitors_down_nothing_fails_over_but_writes_go_on_until_a_m
             .is_some_and(|m| m.contains("majority of monitors")),
         "{body}"
     );
+
+    let (_, out) = client_cluster(&group.monitor_urls());
+    assert!(out.contains("no leader"), "{out}");
 
     // The primary dies: nothing fails over without a majority of monitors.
     group.nodes.get_mut(&primary).expect("node").kill9();

@@ -85,7 +85,13 @@ struct Client {
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Self> {
         let monitor = match &args.monitor {
-            Some(url) => normalize_url(url).context("--monitor")?,
+            // One monitor, or a group's monitors separated by commas.
+            Some(urls) => urls
+                .split(',')
+                .map(normalize_url)
+                .collect::<anyhow::Result<Vec<_>>>()
+                .context("--monitor")?
+                .join(","),
             None => DEFAULT_MONITOR.to_owned(),
         };
         let route = match &args.node {

@@ -195,6 +195,9 @@ impl Client {
             print_json(&serde_json::to_value(&view)?)?;
         } else {
             print_view_header(&self.monitor, &view, false);
+            if let Some(group) = &view.monitors {
+                println!("{}\n", super::print::monitors_line(group));
+            }
             print_nodes(&view.nodes);
         }
         Ok(ExitCode::SUCCESS)

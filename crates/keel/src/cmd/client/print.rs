@@ -29,6 +29,32 @@ pub(super) fn display_width(s: &str) -> usize {
     s.chars().count()
 }
 
+/// The group of monitors as one line: who leads, in which term, how far the answering
+/// monitor has applied; or that none leads, and what that means.
+pub(super) fn monitors_line(group: &keel_client::wire::GroupView) -> String {
+    let members: Vec<String> = group
+        .members
+        .iter()
+        .map(|m| format!("{} {}", m.id, m.url))
+        .collect();
+    let applied = group
+        .last_applied
+        .map_or_else(|| "nothing applied".to_owned(), |i| format!("applied {i}"));
+    match &group.leader {
+        Some(leader) => format!(
+            "monitors: {}; leader {leader} (term {}), {applied} on {}",
+            members.join(", "),
+            group.term,
+            group.answered_by
+        ),
+        None => format!(
+            "monitors: {}; no leader (term {}): without a majority of monitors nothing fails over, but the data tier keeps writing while its standbys renew the primary's lease",
+            members.join(", "),
+            group.term
+        ),
+    }
+}
+
 pub(super) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
