@@ -11,11 +11,15 @@
 //!   detection, failover, switchover, the sync set — as a pure state machine;
 //! - [`settings`]: [`Settings`], the timing the monitor runs on and hands to the nodes;
 //! - [`state`]: [`ClusterState`], what the monitor keeps durably;
-//! - [`store`]: `monitor.json`, written atomically and fsync'd;
+//! - [`store`]: `monitor.json`, written atomically and fsync'd (a monitor alone);
+//! - [`raft`]: three or five monitors replicating the cluster state with Raft (openraft):
+//!   the log and state in redb, the calls between monitors, when a leader may renew
+//!   leases;
 //! - [`server`]: the HTTP API (axum);
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`runtime`]: [`run`], which loads the state, serves, drives the machine (ticks,
-//!   probes, persistence) and stops when told to.
+//!   probes, persistence — or, in a group, Raft commits, and the machine only while this
+//!   monitor leads) and stops when told to.
 //!
 //! **Why the state machine is pure.** Failover is where a replicated system loses data
 //! or ends up with two primaries, and its bugs hide in timing: a heartbeat that lands a
