@@ -5,6 +5,67 @@ use std::fmt::Write;
 use crate::machine::Stats;
 use crate::wire::ClusterView;
 
+/// What a monitor in a group shows of its Raft.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftFigures {
+    /// The current term.
+    pub term: u64,
+    /// Whether this monitor leads.
+    pub leader: bool,
+    /// Leader changes this monitor saw since it started.
+    pub leader_changes: u64,
+    /// Elections this monitor stood in since it started.
+    pub elections: u64,
+    /// The index of the last entry in its log.
+    pub last_log: u64,
+    /// The index of the last entry applied to the cluster state.
+    pub last_applied: u64,
+}
+
+/// Renders the Raft figures of a monitor in a group.
+pub fn render_raft(r: &RaftFigures) -> String {
+    let mut out = String::with_capacity(1024);
+    let rows: [(&str, &str, &str, u64); 6] = [
+        ("keel_monitor_raft_term", "gauge", "The Raft term.", r.term),
+        (
+            "keel_monitor_raft_leader",
+            "gauge",
+            "1 while this monitor leads its group.",
+            u64::from(r.leader),
+        ),
+        (
+            "keel_monitor_raft_leader_changes_total",
+            "counter",
+            "Leader changes this monitor saw since it started.",
+            r.leader_changes,
+        ),
+        (
+            "keel_monitor_raft_elections_total",
+            "counter",
+            "Elections this monitor stood in since it started.",
+            r.elections,
+        ),
+        (
+            "keel_monitor_raft_last_log_index",
+            "gauge",
+            "The index of the last entry in this monitor's Raft log.",
+            r.last_log,
+        ),
+        (
+            "keel_monitor_raft_applied_index",
+            "gauge",
+            "The index of the last entry applied to the cluster state here.",
+            r.last_applied,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
 /// Renders the monitor's metrics. `malformed` counts heartbeats refused before they
 /// reached the state machine (unparsable bodies); `last_event` is the newest event id.
 pub fn render(view: &ClusterView, stats: &Stats, malformed: u64, last_event: u64) -> String {

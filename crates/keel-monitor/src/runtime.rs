@@ -130,7 +130,7 @@ pub(crate) enum Msg {
     /// The cluster view, for `GET /v1/cluster` and `/health`.
     Cluster(oneshot::Sender<ClusterView>),
     /// The view and the counters, for `/metrics`.
-    Metrics(oneshot::Sender<(ClusterView, Stats)>),
+    Metrics(oneshot::Sender<(ClusterView, Stats, Option<crate::metrics::RaftFigures>)>),
 }
 
 /// What the HTTP handlers share.
@@ -306,6 +306,11 @@ struct Group {
     num: crate::raft::MonitorNum,
     peers: crate::raft::Peers,
     metrics: watch::Receiver<openraft::RaftMetrics<crate::raft::MonitorNum, openraft::BasicNode>>,
+    /// The leader last seen, the state last seen, and what changed since the start.
+    seen_leader: Option<crate::raft::MonitorNum>,
+    seen_state: openraft::ServerState,
+    leader_changes: u64,
+    elections: u64,
 }
 
 impl Group {
@@ -358,7 +363,40 @@ impl Group {
             num: setup.num,
             peers: setup.peers.clone(),
             metrics,
+            seen_leader: None,
+            seen_state: openraft::ServerState::Learner,
+            leader_changes: 0,
+            elections: 0,
         })
+    }
+
+    /// Counts leader changes and the elections this monitor stood in.
+    fn observe(&mut self) {
+        let (leader, state) = {
+            let m = self.metrics.borrow();
+            (m.current_leader, m.state)
+        };
+        if leader.is_some() && leader != self.seen_leader {
+            self.leader_changes += 1;
+            self.seen_leader = leader;
+        }
+        if state == openraft::ServerState::Candidate && self.seen_state != state {
+            self.elections += 1;
+        }
+        self.seen_state = state;
+    }
+
+    /// The Raft figures for `/metrics`.
+    fn figures(&self) -> crate::metrics::RaftFigures {
+        let m = self.metrics.borrow();
+        crate::metrics::RaftFigures {
+            term: m.current_term,
+            leader: m.state == openraft::ServerState::Leader,
+            leader_changes: self.leader_changes,
+            elections: self.elections,
+            last_log: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+        }
     }
 
     /// Whether this monitor leads now.
@@ -427,6 +465,9 @@ impl Core {
 
     /// Takes up or gives up the decision machine as the leadership moves.
     async fn leadership(&mut self) -> Result<(), MonitorError> {
+        if let Some(group) = self.group.as_mut() {
+            group.observe();
+        }
         let Some(group) = &self.group else {
             return Ok(());
         };
@@ -550,7 +591,8 @@ impl Core {
                     .as_ref()
                     .map(Monitor::stats)
                     .unwrap_or_default();
-                let _ = reply.send((self.cluster_view(), stats));
+                let figures = self.group.as_ref().map(Group::figures);
+                let _ = reply.send((self.cluster_view(), stats, figures));
                 Ok(())
             }
         }

@@ -277,13 +277,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Answered {
         .send(Msg::Metrics(tx))
         .await
         .map_err(|_| shutting_down())?;
-    let (view, stats) = rx.await.map_err(|_| shutting_down())?;
+    let (view, stats, raft) = rx.await.map_err(|_| shutting_down())?;
     let malformed = app.malformed_heartbeats.load(Ordering::Relaxed);
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&view, &stats, malformed, app.events.last_id()),
-    )
-        .into_response())
+    let mut text = crate::metrics::render(&view, &stats, malformed, app.events.last_id());
+    if let Some(raft) = raft {
+        text.push_str(&crate::metrics::render_raft(&raft));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 #[derive(Deserialize)]

@@ -428,6 +428,23 @@ fn restarting_every_monitor_keeps_the_epoch_and_the_primary() {
     let primary = after["primary"]["url"].as_str().expect("primary url");
     let resp = support::put_kv(primary, "after-restart", "1");
     assert_eq!(resp.status(), StatusCode::OK);
+
+    // The leader's /metrics carries its Raft figures: it leads, in a term no older than
+    // before (a leader that restarts with its vote may lead again in its own term).
+    let (status, text) = support::get_text(&format!("{}/metrics", group.monitors[leader].url));
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("keel_monitor_raft_leader 1"), "{text}");
+    let term: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keel_monitor_raft_term "))
+        .and_then(|v| v.parse().ok())
+        .expect("a term");
+    let before_term = before["monitors"]["term"].as_u64().expect("term");
+    assert!(
+        term >= before_term,
+        "term {term} after the restart, {before_term} before"
+    );
+    assert!(text.contains("keel_monitor_raft_applied_index"), "{text}");
 }
 
 #[test]
