@@ -169,6 +169,7 @@ mod tests {
             nodes: 2,
             data_dir: "/tmp/d".into(),
             base_port: 8081,
+            monitors: 1,
             monitor_port: 8070,
             services: 0,
             service_port: 5056,

@@ -313,7 +313,7 @@ fn drops(pairs: &BTreeSet<(String, String)>) -> BTreeMap<String, BTreeSet<String
 
 /// The monitor and the nodes: the processes whose connections the filter governs.
 fn data_tier(plan: &Plan) -> Vec<&Spec> {
-    std::iter::once(&plan.monitor).chain(&plan.nodes).collect()
+    plan.monitors.iter().chain(&plan.nodes).collect()
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -398,6 +398,7 @@ mod tests {
             nodes: 3,
             data_dir: dir.to_owned(),
             base_port: 9001,
+            monitors: 1,
             monitor_port: 9070,
             services: 2,
             service_port: 9056,

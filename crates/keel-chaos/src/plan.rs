@@ -107,12 +107,30 @@ impl Placement {
     }
 }
 
-/// The names of the data tier's processes, the monitor first: what `keel up --netns`
+/// The names of the data tier's processes, the monitors first: what `keel up --netns`
 /// gives a namespace each, and what a partition may cut.
-pub fn data_tier_names(nodes: u16) -> Vec<String> {
-    std::iter::once(MONITOR.to_owned())
+pub fn data_tier_names(nodes: u16, monitors: u16) -> Vec<String> {
+    monitor_names(monitors)
+        .into_iter()
         .chain((1..=nodes).map(node_name))
         .collect()
+}
+
+/// The monitors' names: `monitor` alone, `m1..mN` in a group.
+pub fn monitor_names(monitors: u16) -> Vec<String> {
+    if monitors <= 1 {
+        vec![MONITOR.to_owned()]
+    } else {
+        (1..=monitors).map(|k| format!("m{k}")).collect()
+    }
+}
+
+/// Whether `name` is one of `keel up`'s monitors (`monitor`, or `m1`, `m2`…).
+pub fn is_monitor(name: &str) -> bool {
+    name == MONITOR
+        || name
+            .strip_prefix('m')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn node_name(k: u16) -> String {
@@ -122,7 +140,11 @@ fn node_name(k: u16) -> String {
 /// Everything `keel up` starts.
 #[derive(Debug)]
 pub struct Plan {
-    pub monitor: Spec,
+    /// The monitor, or `m1..mN` replicating with Raft.
+    pub monitors: Vec<Spec>,
+    /// Every monitor's URL, separated by commas: what the nodes, the proxy and the
+    /// clients are told.
+    pub monitor_urls: String,
     /// `app1..appN`, in that order.
     pub nodes: Vec<Spec>,
     /// `service1..serviceN`.
@@ -136,7 +158,8 @@ pub struct Plan {
 impl Plan {
     /// Everything, in start order.
     pub fn all(&self) -> impl Iterator<Item = &Spec> {
-        std::iter::once(&self.monitor)
+        self.monitors
+            .iter()
             .chain(&self.nodes)
             .chain(&self.services)
             .chain(std::iter::once(&self.proxy))
@@ -153,7 +176,7 @@ pub fn plan(
     let n = args.nodes;
     let ranges = [
         ("--base-port", args.base_port, n),
-        ("--monitor-port", args.monitor_port, 1),
+        ("--monitor-port", args.monitor_port, args.monitors.max(1)),
         ("--service-port", args.service_port, args.services),
         ("--proxy-port", args.proxy_port, 1),
         ("--proxy-admin-port", args.proxy_admin_port, 1),
@@ -181,31 +204,55 @@ pub fn plan(
     }
     let token = path_arg(&credentials.token);
     let secret = path_arg(&credentials.secret);
-    let monitor_listen = std::net::SocketAddr::new(placement.host(MONITOR), args.monitor_port);
     let scheme = credentials.scheme();
-    let monitor_url = format!("{scheme}://{monitor_listen}");
-    let monitor = Spec {
-        name: MONITOR.to_owned(),
-        port: args.monitor_port,
-        url: monitor_url.clone(),
-        health: format!("{monitor_url}/health"),
-        port_flag: "--monitor-port",
-        netns: placement.netns(MONITOR),
-        args: vec![
-            "monitor".into(),
-            "--listen".into(),
-            monitor_listen.to_string(),
-            "--data-dir".into(),
-            path_arg(&args.data_dir.join(MONITOR)),
-            "--token-file".into(),
-            token.clone(),
-            "--cluster-secret-file".into(),
-            secret.clone(),
-        ]
-        .into_iter()
-        .chain(credentials.tls_flags(MONITOR))
-        .collect(),
-    };
+    let names = monitor_names(args.monitors);
+    let listens: Vec<std::net::SocketAddr> = (0u16..)
+        .zip(&names)
+        .map(|(k, name)| std::net::SocketAddr::new(placement.host(name), args.monitor_port + k))
+        .collect();
+    let urls: Vec<String> = listens.iter().map(|l| format!("{scheme}://{l}")).collect();
+    let monitor_url = urls.join(",");
+    let peers: Vec<String> = names
+        .iter()
+        .zip(&urls)
+        .map(|(name, url)| format!("{name}={url}"))
+        .collect();
+    let monitors = names
+        .iter()
+        .zip(listens.iter().zip(&urls))
+        .map(|(name, (listen, url))| {
+            let mut margs: Vec<String> = vec![
+                "monitor".into(),
+                "--listen".into(),
+                listen.to_string(),
+                "--data-dir".into(),
+                path_arg(&args.data_dir.join(name)),
+                "--token-file".into(),
+                token.clone(),
+                "--cluster-secret-file".into(),
+                secret.clone(),
+            ];
+            if names.len() > 1 {
+                margs.extend([
+                    "--id".into(),
+                    name.clone(),
+                    "--peers".into(),
+                    peers.join(","),
+                ]);
+            }
+            // Monitors sign as `monitor`: over TLS their certificate names that member.
+            margs.extend(credentials.tls_flags(MONITOR));
+            Spec {
+                name: name.clone(),
+                port: listen.port(),
+                url: url.clone(),
+                health: format!("{url}/health"),
+                port_flag: "--monitor-port",
+                netns: placement.netns(name),
+                args: margs,
+            }
+        })
+        .collect();
     let nodes = (1..=n)
         .map(|k| {
             let name = node_name(k);
@@ -298,7 +345,8 @@ pub fn plan(
         netns: None,
     };
     Ok(Plan {
-        monitor,
+        monitors,
+        monitor_urls: monitor_url,
         nodes,
         services,
         proxy,
@@ -382,6 +430,7 @@ mod tests {
             nodes,
             data_dir: PathBuf::from("/tmp/d"),
             base_port,
+            monitors: 1,
             monitor_port: 8070,
             services: 2,
             service_port: 5056,
@@ -395,6 +444,45 @@ mod tests {
     }
 
     #[test]
+    fn three_monitors_form_a_group_and_every_node_and_the_proxy_know_all_three() {
+        let mut a = args(2, 8081);
+        a.monitors = 3;
+        let plan = plan(
+            &a,
+            &Credentials::in_dir(Path::new("/tmp/d")),
+            &Placement::loopback(),
+        )
+        .expect("plan");
+        let names: Vec<&str> = plan.monitors.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["m1", "m2", "m3"]);
+        let urls = "http://127.0.0.1:8070,http://127.0.0.1:8071,http://127.0.0.1:8072";
+        assert_eq!(plan.monitor_urls, urls);
+        let peers = "m1=http://127.0.0.1:8070,m2=http://127.0.0.1:8071,m3=http://127.0.0.1:8072";
+        for (k, m) in plan.monitors.iter().enumerate() {
+            let line = m.args.join(" ");
+            assert!(
+                line.contains(&format!("--id m{} --peers {peers}", k + 1)),
+                "{line}"
+            );
+            assert!(
+                line.contains(&format!("--data-dir /tmp/d/m{}", k + 1)),
+                "{line}"
+            );
+        }
+        for node in &plan.nodes {
+            assert!(node.args.join(" ").contains(&format!("--monitor {urls}")));
+        }
+        assert!(
+            plan.proxy
+                .args
+                .join(" ")
+                .contains(&format!("--cluster {urls}"))
+        );
+        assert!(is_monitor("m2") && is_monitor("monitor") && !is_monitor("mx"));
+        assert_eq!(data_tier_names(2, 3), ["m1", "m2", "m3", "app1", "app2"]);
+    }
+
+    #[test]
     fn the_monitor_comes_first_and_every_node_is_told_where_it_is() {
         let plan = plan(
             &args(3, 9000),
@@ -402,7 +490,7 @@ mod tests {
             &Placement::loopback(),
         )
         .expect("plan");
-        let monitor = plan.monitor.args.join(" ");
+        let monitor = plan.monitors[0].args.join(" ");
         assert!(
             monitor.starts_with("monitor --listen 127.0.0.1:8070"),
             "{monitor}"
@@ -525,15 +613,15 @@ mod tests {
             &placement,
         )
         .expect("plan");
-        assert_eq!(plan.monitor.url, "http://10.77.5.2:8070");
-        assert_eq!(plan.monitor.netns.as_deref(), Some("ns-m"));
+        assert_eq!(plan.monitors[0].url, "http://10.77.5.2:8070");
+        assert_eq!(plan.monitors[0].netns.as_deref(), Some("ns-m"));
         assert!(
-            plan.monitor
+            plan.monitors[0]
                 .args
                 .join(" ")
                 .contains("--listen 10.77.5.2:8070"),
             "{:?}",
-            plan.monitor.args
+            plan.monitors[0].args
         );
         let app2 = plan.nodes[1].args.join(" ");
         assert!(app2.contains("--listen 10.77.5.4:8082"), "{app2}");
@@ -545,7 +633,7 @@ mod tests {
         assert!(proxy.contains("--cluster http://10.77.5.2:8070"), "{proxy}");
         assert!(plan.proxy.netns.is_none() && plan.services.iter().all(|s| s.netns.is_none()));
         assert_eq!(
-            data_tier_names(2),
+            data_tier_names(2, 1),
             ["monitor", "app1", "app2"],
             "the names the namespaces are made for"
         );

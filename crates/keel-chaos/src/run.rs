@@ -195,7 +195,7 @@ pub async fn run(
     if faults.contains(&Fault::Partition)
         && let Some(client) = targets
             .iter()
-            .find(|t| *t != "monitor" && !t.starts_with("app"))
+            .find(|t| !crate::plan::is_monitor(t) && !t.starts_with("app"))
     {
         return Err(RunError::Unpartitionable(client.clone()));
     }

@@ -135,7 +135,10 @@ impl Up {
         let mut credentials = Credentials::in_dir(&data_dir);
         let token_origin = credentials.ensure()?;
         let net = if settings.netns {
-            let (net, leftovers) = Net::plan(&data_dir, &data_tier_names(settings.nodes))?;
+            let (net, leftovers) = Net::plan(
+                &data_dir,
+                &data_tier_names(settings.nodes, settings.monitors),
+            )?;
             for line in leftovers {
                 say(&line);
             }
@@ -190,7 +193,7 @@ impl Up {
             http.clone(),
         );
         Ok(Up {
-            monitor: MonitorClient::new(http.clone(), plan.monitor.url.clone()),
+            monitor: MonitorClient::new(http.clone(), plan.monitor_urls.clone()),
             settings,
             plan,
             credentials,
@@ -211,10 +214,14 @@ impl Up {
     /// [`Up::shutdown`].
     pub async fn start(&mut self) -> Result<(), UpError> {
         let plan = &self.plan;
-        self.supervisor.start(&plan.monitor)?;
-        self.supervisor
-            .wait_healthy(&plan.monitor, Awaited::Startup)
-            .await?;
+        // A group of monitors elects its leader once a majority runs: start them all,
+        // then wait for each.
+        for spec in &plan.monitors {
+            self.supervisor.start(spec)?;
+        }
+        for spec in &plan.monitors {
+            self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
+        }
         self.events = Some(tokio::spawn(
             self.monitor.clone().follow_events(self.stream_http.clone()),
         ));
@@ -286,7 +293,7 @@ impl Up {
         let file = UpFile {
             control: format!("http://127.0.0.1:{}", self.settings.control_port),
             pid: std::process::id(),
-            monitor: self.plan.monitor.url.clone(),
+            monitor: self.plan.monitor_urls.clone(),
             proxy: self.plan.proxy.url.clone(),
         };
         // Four plain fields always encode.
@@ -402,13 +409,17 @@ impl Drop for Up {
 /// The certificates `--tls` needs: one for each process, the data tier's naming its own
 /// address too (a network namespace's, under `--netns`: the others reach it there).
 fn certificates_wanted(settings: &Settings, placement: &Placement) -> Vec<CertificateFor> {
-    let mut wanted: Vec<CertificateFor> = data_tier_names(settings.nodes)
-        .into_iter()
-        .map(|name| {
-            let host = placement.host(&name).to_string();
-            (name, vec![host])
-        })
+    // Every monitor signs as `monitor`: one certificate, naming each monitor's address.
+    let monitor_hosts = crate::plan::monitor_names(settings.monitors)
+        .iter()
+        .map(|name| placement.host(name).to_string())
         .collect();
+    let mut wanted: Vec<CertificateFor> = vec![(crate::plan::MONITOR.to_owned(), monitor_hosts)];
+    wanted.extend((1..=settings.nodes).map(|k| {
+        let name = format!("app{k}");
+        let host = placement.host(&name).to_string();
+        (name, vec![host])
+    }));
     wanted.push((PROXY.to_owned(), Vec::new()));
     wanted.extend((1..=settings.services).map(|k| (format!("service{k}"), Vec::new())));
     wanted
@@ -452,8 +463,10 @@ fn child_log_level(keel_log_set: bool, verbose: bool) -> Option<&'static str> {
     if keel_log_set {
         None
     } else if verbose {
-        Some("info")
+        Some("info,openraft=warn")
     } else {
-        Some("warn")
+        // openraft logs every failed call to a dead monitor, twice a second: the
+        // monitors say themselves when the leadership moves.
+        Some("warn,openraft=off")
     }
 }

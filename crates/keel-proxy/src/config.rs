@@ -134,7 +134,8 @@ pub struct RetryConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// The monitor whose view is followed.
+    /// The monitor whose view is followed; a group's monitors separated by commas, of
+    /// which the leader is followed.
     pub monitor: String,
     /// Requests whose path starts with this go to the data tier.
     pub prefix: String,
@@ -327,9 +328,13 @@ impl Config {
         }
         self.check_timing()?;
         if let Some(cluster) = &mut self.cluster {
-            parse_backend_url(&cluster.monitor)
-                .map_err(|reason| invalid("cluster.monitor", reason))?;
-            cluster.monitor = cluster.monitor.trim_end_matches('/').to_owned();
+            // One monitor, or a group's monitors separated by commas.
+            let mut urls = Vec::new();
+            for url in cluster.monitor.split(',').map(str::trim) {
+                parse_backend_url(url).map_err(|reason| invalid("cluster.monitor", reason))?;
+                urls.push(url.trim_end_matches('/').to_owned());
+            }
+            cluster.monitor = urls.join(",");
             if !cluster.prefix.starts_with('/') || cluster.prefix.len() < 2 {
                 return Err(invalid(
                     "cluster.prefix",

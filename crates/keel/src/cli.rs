@@ -92,6 +92,18 @@ pub struct SimArgs {
     pub tail: usize,
 }
 
+/// 1, 3 or 5 monitors.
+fn parse_monitors(s: &str) -> Result<u16, String> {
+    match s.trim() {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(format!(
+            "{s:?}: run 1, 3 or 5 monitors (an even number tolerates no more failures than one fewer)"
+        )),
+    }
+}
+
 /// `A..B` (both included) or `N`.
 fn parse_seeds(s: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
     let bad =
@@ -315,7 +327,13 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 8081)]
     pub base_port: u16,
 
-    /// Port of the monitor.
+    /// How many monitors: 1, or 3 or 5 (m1..mN) replicating the cluster state with Raft,
+    /// so that any majority of them keeps failing over.
+    #[arg(long, default_value_t = 1, value_parser = parse_monitors)]
+    pub monitors: u16,
+
+    /// Port of the monitor (of m1 when there are several; the others take the ports
+    /// after it).
     #[arg(long, default_value_t = 8070)]
     pub monitor_port: u16,
 

@@ -352,3 +352,84 @@ fn up_with_tls_runs_every_process_on_tls_and_its_banner_commands_work() {
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("lost acknowledged writes: 0"), "{out}");
 }
+
+/// The monitor that leads among `urls`, per whichever answers.
+fn monitors_leader(urls: &str) -> Option<String> {
+    urls.split(',').find_map(|url| {
+        let view: serde_json::Value = support::http_client()
+            .get(format!("{url}/v1/cluster"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        let group = &view["monitors"];
+        // Only the leader's own word: a follower may still name a dead leader.
+        (group["leader"] == group["answered_by"])
+            .then(|| group["leader"].as_str().map(str::to_owned))
+            .flatten()
+    })
+}
+
+#[test]
+fn up_with_three_monitors_lives_through_the_leaders_death_and_fails_over_through_the_next() {
+    let dir = support::tempdir();
+    let data = dir.path().join("keel-data");
+    let base = support::free_port_range(2);
+    let mon = loop {
+        let p = support::free_port_range(3);
+        if !(p..p + 3).contains(&base)
+            && !(p..p + 3).contains(&(base + 1))
+            && !(base..base + 2).contains(&p)
+        {
+            break p;
+        }
+    };
+    let mut tier = KeelUp::start_on(&data, 2, base, mon, &["--monitors", "3"]);
+    let urls: Vec<String> = (0..3).map(|k| support::url_for(mon + k)).collect();
+    let urls = urls.join(",");
+    let banner = tier.proc.log_text();
+    for m in ["m1", "m2", "m3"] {
+        assert!(
+            banner
+                .lines()
+                .any(|l| l.trim_start().starts_with(m) && l.contains(" pid ")),
+            "{m} in the banner:\n{banner}"
+        );
+    }
+    assert!(
+        banner.contains(" leader "),
+        "the banner names the leader:\n{banner}"
+    );
+    assert!(
+        banner.contains("keel chaos"),
+        "and how to kill it:\n{banner}"
+    );
+
+    let leader = monitors_leader(&urls).expect("a leader");
+    let data_arg = data.display().to_string();
+    let out = support::run_keel(&["chaos", "--data-dir", &data_arg, "kill", &leader]);
+    assert!(out.success(), "{out}");
+    assert!(
+        support::wait_until(Duration::from_secs(10), || monitors_leader(&urls)
+            .is_some_and(|l| l != leader)),
+        "no monitor took over from {leader}\n{}",
+        tier.proc.log_report()
+    );
+    // Writes go on, through the front door and by the client given every monitor.
+    let token = tier.token_file.display().to_string();
+    let client = |args: &[&str]| {
+        let mut all = vec!["client", "--monitor", &urls, "--token-file", &token];
+        all.extend_from_slice(args);
+        support::run_keel(&all)
+    };
+    let out = client(&["set", "during=1"]);
+    assert!(out.success(), "{out}");
+    // The primary dies: the new leader fails it over.
+    let out = client(&["kill-primary", "--watch"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("app2 is the primary now"), "{out}");
+    let out = client(&["get", "during"]);
+    assert!(out.success() && out.stdout.contains('1'), "{out}");
+    assert!(tier.proc.terminate().success());
+}

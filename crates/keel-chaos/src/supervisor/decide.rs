@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use keel_core::ApiError;
 
 use crate::control::{Action, Refused};
-use crate::plan::{MONITOR, PROXY};
+use crate::plan::{MONITOR, PROXY, is_monitor};
 
 /// Where `name` stops in `keel up`'s order, lowest first: the proxy and the services,
 /// which no longer take traffic then; the monitor, so that nothing fails over while the
@@ -21,7 +21,7 @@ pub(crate) fn stop_rank(name: &str, primary: Option<&str>) -> u8 {
         0
     } else if name.starts_with("service") {
         1
-    } else if name == MONITOR {
+    } else if is_monitor(name) {
         2
     } else if Some(name) == primary {
         3
@@ -80,6 +80,8 @@ pub(crate) fn describe(status: ExitStatus) -> String {
 pub(crate) fn exit_report(name: &str, how: &str, again: &str) -> String {
     let consequence = if name == MONITOR {
         "; nothing fails over until it is back (the nodes keep serving)"
+    } else if is_monitor(name) {
+        "; the other monitors decide while a majority of them runs"
     } else if name == PROXY {
         "; the front door is closed until it is back (the nodes and services answer on their own ports)"
     } else {

@@ -223,6 +223,7 @@ fn the_plan() -> Plan {
         nodes: 3,
         data_dir: "/tmp/keel-test".into(),
         base_port: 9001,
+        monitors: 1,
         monitor_port: 9070,
         services: 2,
         service_port: 9056,

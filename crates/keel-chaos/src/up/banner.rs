@@ -9,7 +9,7 @@ use keel_client::wire::ClusterView;
 
 use super::Up;
 use crate::Settings;
-use crate::plan::{MONITOR, PROXY, Plan};
+use crate::plan::{PROXY, Plan};
 
 /// The monitor's port when `--monitor-port` is not given: `keel client` needs no
 /// `--monitor` then.
@@ -55,13 +55,22 @@ fn banner(facts: &Facts<'_>) -> String {
     let epoch = view.map_or_else(String::new, |v| format!(", epoch {}", v.epoch));
     let mut text = format!("\nkeel data tier is up (sync replication{epoch}):\n");
     let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
-    text.push_str(&format!(
-        "  {:width$}  {:7}  {}{}\n",
-        MONITOR,
-        "",
-        plan.monitor.url,
-        pid(MONITOR)
-    ));
+    let leader = view
+        .and_then(|v| v.monitors.as_ref())
+        .and_then(|g| g.leader.clone());
+    for spec in &plan.monitors {
+        let role = if leader.as_deref() == Some(spec.name.as_str()) {
+            "leader"
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "  {:width$}  {role:7}  {}{}\n",
+            spec.name,
+            spec.url,
+            pid(&spec.name)
+        ));
+    }
     for spec in &plan.nodes {
         // The role the monitor gave, not the one `keel up` hoped for.
         let role = view
@@ -113,12 +122,13 @@ fn banner(facts: &Facts<'_>) -> String {
         ),
     }
     let monitor = if settings.monitor_port == DEFAULT_MONITOR_PORT
+        && settings.monitors <= 1
         && facts.netns.is_none()
         && !settings.tls
     {
         String::new()
     } else {
-        format!(" --monitor {}", plan.monitor.url)
+        format!(" --monitor {}", plan.monitor_urls)
     };
     // With --tls, the CA that the client checks the tier's certificates against.
     let (monitor, curl_ca) = if settings.tls {
@@ -168,6 +178,17 @@ fn banner(facts: &Facts<'_>) -> String {
     text.push_str(&format!(
         "  keel client{monitor}{token} failover               # and back, by hand\n"
     ));
+    if plan.monitors.len() > 1 {
+        let data = if token.is_empty() {
+            String::new()
+        } else {
+            format!(" --data-dir {}", settings.data_dir.display())
+        };
+        let leader = leader.as_deref().unwrap_or("m1");
+        text.push_str(&format!(
+            "  keel chaos{data} kill {leader}   # the monitors' leader: another takes over, writes go on\n"
+        ));
+    }
     text.push_str(
         "The monitor's events follow. Ctrl-C stops everything (the front door first, then the monitor).\n",
     );
@@ -187,6 +208,7 @@ mod tests {
             nodes: 2,
             data_dir: PathBuf::from(data_dir),
             base_port: 8081,
+            monitors: 1,
             monitor_port,
             services: 1,
             service_port: 5056,

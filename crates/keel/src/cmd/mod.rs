@@ -46,8 +46,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn init_tracing(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // openraft (a group of monitors) logs each failed call to a dead peer, twice a second;
+    // the monitor logs the moves of the leadership itself. KEEL_LOG=openraft=info shows it.
+    let filter = EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},openraft=off")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -77,6 +77,7 @@ fn settings(args: &UpArgs) -> Settings {
         nodes: args.nodes,
         data_dir: args.data_dir.clone(),
         base_port: args.base_port,
+        monitors: args.monitors,
         monitor_port: args.monitor_port,
         services: args.services,
         service_port: args.service_port,
