@@ -59,6 +59,11 @@ pub const MONITOR_ID: &str = "monitor";
 /// How long in-flight requests get to finish once the monitor is told to stop.
 const GRACE: Duration = Duration::from_secs(5);
 
+/// How long a change of the cluster state may take to commit to a majority of monitors
+/// before the leader gives up deciding: a leader cut off from the others must not hold a
+/// request forever.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A monitor in a group of monitors (`--id`, `--peers`).
 #[derive(Debug, Clone)]
 pub struct RaftSetup {
@@ -239,6 +244,7 @@ pub async fn run(
         epoch_floor: config.epoch_floor,
         store,
         group,
+        stalled: false,
         events,
         rx: core_rx,
         tx: core_tx.downgrade(),
@@ -286,6 +292,9 @@ struct Core {
     store: Option<Store>,
     /// The Raft group, when in one.
     group: Option<Group>,
+    /// A commit timed out while this monitor led: it decides again only after a new
+    /// election or once a majority acknowledges it again.
+    stalled: bool,
     events: Arc<EventLog>,
     rx: mpsc::Receiver<Msg>,
     // Weak: the core must not keep its own channel open; probes upgrade it while they run.
@@ -481,6 +490,10 @@ impl Core {
         if self.monitor.is_some() {
             return Ok(());
         }
+        if self.stalled && !group.confident() {
+            return Ok(());
+        }
+        self.stalled = false;
         // Everything committed before this term must be applied before deciding on it.
         if let Err(e) = group.raft.ensure_linearizable().await {
             tracing::warn!(error = %e, "elected, but cannot confirm the leadership yet");
@@ -510,6 +523,13 @@ impl Core {
 
     /// The refusal for a request that reached a monitor that does not lead.
     fn not_leader(&self) -> Refusal {
+        if self.group.as_ref().is_some_and(Group::leads) {
+            return Refusal::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                crate::wire::codes::NOT_LEADER,
+                "this monitor was elected leader but cannot reach a majority of its group, so it decides nothing; a leader the majority elects will",
+            );
+        }
         let leader = self.group.as_ref().and_then(Group::leader_url);
         let (status, message) = match &leader {
             Some(url) => (
@@ -603,20 +623,20 @@ impl Core {
     async fn persist(&mut self, state: crate::state::ClusterState) -> Result<bool, MonitorError> {
         let version = state.version;
         if let Some(group) = &self.group {
-            return match group
-                .raft
-                .client_write(crate::raft::Command::Set(state))
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(e) => {
-                    // Not committed: the machine's state in memory is ahead of the group's
-                    // and must not be acted on. A new leader decides from the group's.
-                    tracing::warn!(error = %e, version, "the cluster state did not commit; this monitor stops deciding");
-                    self.monitor = None;
-                    Ok(false)
-                }
+            let write = group.raft.client_write(crate::raft::Command::Set(state));
+            let error = match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
+                Ok(Ok(_)) => return Ok(true),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!(
+                    "no majority of monitors confirmed it within {COMMIT_TIMEOUT:?} (this monitor may be cut off from them)"
+                ),
             };
+            // Not committed: the machine's state in memory is ahead of the group's and
+            // must not be acted on. A leader decides again from the group's state.
+            tracing::warn!(error = %error, version, "the cluster state did not commit; this monitor stops deciding");
+            self.monitor = None;
+            self.stalled = true;
+            return Ok(false);
         }
         let Some(store) = self.store.clone() else {
             return Ok(true);

@@ -433,3 +433,143 @@ fn up_with_three_monitors_lives_through_the_leaders_death_and_fails_over_through
     assert!(out.success() && out.stdout.contains('1'), "{out}");
     assert!(tier.proc.terminate().success());
 }
+
+#[test]
+fn a_monitor_leader_cut_off_from_the_others_decides_nothing_and_catches_up_when_healed() {
+    let dir = support::tempdir();
+    let data = dir.path().join("keel-data");
+    let base = support::free_port_range(2);
+    let mon = loop {
+        let p = support::free_port_range(3);
+        if !(p..p + 3).contains(&base)
+            && !(p..p + 3).contains(&(base + 1))
+            && !(base..base + 2).contains(&p)
+        {
+            break p;
+        }
+    };
+    let tier = KeelUp::start_on(&data, 2, base, mon, &["--monitors", "3"]);
+    let all: Vec<String> = (0..3).map(|k| support::url_for(mon + k)).collect();
+    let old = monitors_leader(&all.join(",")).expect("a leader");
+    let others: Vec<String> = ["m1", "m2", "m3"]
+        .iter()
+        .zip(&all)
+        .filter(|(name, _)| **name != old)
+        .map(|(_, url)| url.clone())
+        .collect();
+    let others = others.join(",");
+    let old_url = all[old[1..].parse::<usize>().expect("mN") - 1].clone();
+
+    // Watch the nodes the whole time: never two primaries holding a lease.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let (stop, urls) = (stop.clone(), (tier.node_url(1), tier.node_url(2)));
+        std::thread::spawn(move || {
+            let probe = KeelUpNodes(urls);
+            let mut worst = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = probe.leaseholders();
+                if now.len() > worst.len() {
+                    worst = now;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            worst
+        })
+    };
+
+    let data_arg = data.display().to_string();
+    let out = support::run_keel(&["chaos", "--data-dir", &data_arg, "partition", &old]);
+    assert!(out.success(), "{out}");
+    assert!(
+        support::wait_until(Duration::from_secs(10), || monitors_leader(&others)
+            .is_some()),
+        "the other two elected no leader\n{}",
+        tier.proc.log_report()
+    );
+    // Cut off, the old leader decides nothing: a switchover asked of it is refused in
+    // bounded time, and changes nothing.
+    let started = std::time::Instant::now();
+    let resp = support::http_client()
+        .post(format!("{old_url}/v1/failover"))
+        .bearer_auth(
+            std::fs::read_to_string(&tier.token_file)
+                .expect("token")
+                .trim(),
+        )
+        .send()
+        .expect("POST failover");
+    // Refused either way: by a machine that cannot commit (503 not_leader) or by one that
+    // sees no safe target from where it stands (409); never carried out.
+    let status = resp.status();
+    let body = resp.text().unwrap_or_default();
+    assert!(
+        status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || status == reqwest::StatusCode::CONFLICT,
+        "{status}: {body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The majority decides: a switchover through it works while the old leader is cut off.
+    let token = tier.token_file.display().to_string();
+    let client = |args: &[&str]| {
+        let mut all = vec!["client", "--monitor", &others, "--token-file", &token];
+        all.extend_from_slice(args);
+        support::run_keel(&all)
+    };
+    let out = client(&["failover", "--to", "app2"]);
+    assert!(out.success(), "{out}");
+
+    // Healed, the old leader catches up: the same epoch and primary as the others.
+    let out = support::run_keel(&["chaos", "--data-dir", &data_arg, "heal"]);
+    assert!(out.success(), "{out}");
+    let view_of = |url: &str| -> Option<serde_json::Value> {
+        support::http_client()
+            .get(format!("{url}/v1/cluster"))
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(10), || {
+            let (a, b) = (view_of(&old_url), others.split(',').find_map(view_of));
+            a.zip(b).is_some_and(|(a, b)| {
+                a["epoch"] == b["epoch"]
+                    && a["primary"]["node"] == "app2"
+                    && b["primary"]["node"] == "app2"
+            })
+        }),
+        "the old leader did not catch up: {:?}",
+        view_of(&old_url)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = watch.join().expect("watcher");
+    assert!(
+        worst.len() <= 1,
+        "two primaries held a lease at once: {worst:?}"
+    );
+}
+
+/// The nodes' URLs, for the watcher thread.
+struct KeelUpNodes((String, String));
+
+impl KeelUpNodes {
+    /// The nodes that, per their own `/health`, are primary and hold the lease.
+    fn leaseholders(&self) -> Vec<String> {
+        [&self.0.0, &self.0.1]
+            .iter()
+            .enumerate()
+            .filter_map(|(k, url)| {
+                let h: serde_json::Value = support::http_client()
+                    .get(format!("{url}/health"))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .ok()?
+                    .json()
+                    .ok()?;
+                (h["role"] == "primary" && h["lease"] == true && h["fenced_by"].is_null())
+                    .then(|| format!("app{}", k + 1))
+            })
+            .collect()
+    }
+}

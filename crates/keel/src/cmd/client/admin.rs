@@ -128,7 +128,13 @@ impl Client {
     /// it to the end.
     pub(super) async fn failover(&self, to: Option<NodeId>) -> anyhow::Result<ExitCode> {
         let (token, origin) = self.load_token()?;
-        let monitor = &self.monitor;
+        // Of a group of monitors, the leader decides: ask it.
+        let monitor = &match stream_client(self.timeout, self.tls.clone()) {
+            Ok(http) => keel_client::monitor::leading(&http, &self.monitor, self.timeout, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            Err(e) => anyhow::bail!("{e}"),
+        };
         let mut stream = self.open_events().await;
         let mut req = Req::new(Method::POST, &["v1", "failover"]);
         req.bearer = Some(token.secret().to_owned());
