@@ -527,3 +527,30 @@ fn with_two_of_three_monitors_down_nothing_fails_over_but_writes_go_on_until_a_m
         assert_eq!(resp.status(), StatusCode::OK, "k{i} lost in the failover");
     }
 }
+
+#[test]
+fn the_primary_and_the_monitor_leader_killed_together_leave_one_new_primary_and_lose_nothing() {
+    let root = tempdir();
+    let mut group = Group::start(root.path());
+    let writers = Writers::start(&group.monitor_urls(), 4);
+    writers.wait_more(50);
+    let primary = group.primary().expect("a primary");
+    let leader = group.leader().expect("a leader");
+    group.nodes.get_mut(&primary).expect("node").kill9();
+    group.kill_monitor(leader);
+    assert!(
+        wait_until(Duration::from_secs(20), || group
+            .primary()
+            .is_some_and(|p| p != primary)),
+        "no failover after the primary and the leader died together: {:?}",
+        group.views()
+    );
+    writers.wait_more(50);
+    let acks = writers.finish();
+    let now = group.primary().expect("a primary");
+    // One primary: every live monitor names the same one.
+    for view in group.views() {
+        assert_eq!(view["primary"]["node"], now.as_str(), "{view}");
+    }
+    assert_nothing_lost(&acks, &group.nodes[&now].url.clone());
+}
