@@ -10,6 +10,9 @@
 #
 #   keel   keel monitor + 2 nodes (roles from the monitor)   PUT /v1/kv/{key} to the primary
 #                                                            named by GET /v1/cluster
+#   keel3  the same with 3 monitors replicating with Raft    the same, the view read from the
+#          (keel monitor --peers)                            monitors' leader
+#   keel3-leader  keel3, each cycle killing the primary AND the monitors' leader together
 #   etcd   3 members (Debian etcd-server, default 100 ms     POST /v3/kv/put to the member
 #          heartbeat, 1 s election timeout)                  that says it leads
 #   redis  master + 1 replica + 3 sentinels (quorum 2,       SET then WAIT 1 0 to the master
@@ -25,8 +28,9 @@
 # Usage:  scripts/bench/failover.sh
 # Knobs (environment): CYCLES=20 CONCURRENCY=8 RATE=1000 (writes/s over all writers)
 #                      VALUE_SIZE=64 SETTLE=2 (seconds of steady writes before each kill)
-#                      TARGETS="keel etcd redis"
+#                      TARGETS="keel etcd redis" (also: keel3 keel3-leader)
 #                      FALSE_FAILOVER_DURATION=300s (0 skips it)
+#                      FALSE_FAILOVER_MONITORS=1 (3: the check runs with a group)
 #                      STEP_TIMEOUT=60 (seconds any one wait may take before giving up)
 #                      KEEP_TMP=1 (keep data dirs and logs)
 #                      SKIP_BUILD=1 (use the binaries already built)
@@ -44,6 +48,7 @@ VALUE_SIZE=${VALUE_SIZE:-64}
 SETTLE=${SETTLE:-2}
 TARGETS=${TARGETS:-keel etcd redis}
 FALSE_FAILOVER_DURATION=${FALSE_FAILOVER_DURATION:-300s}
+FALSE_FAILOVER_MONITORS=${FALSE_FAILOVER_MONITORS:-1}
 STEP_TIMEOUT=${STEP_TIMEOUT:-60}
 REDIS_DOWN_AFTER_MS=1000
 # Sentinel will not fail the same master over again within twice this; it also bounds
@@ -149,7 +154,21 @@ cycles() {
 
 # --- keel -------------------------------------------------------------------------------
 
-keel_cluster() { curl -fsS --max-time 1 "$KEEL_MONITOR/v1/cluster"; }
+# The view of the monitor that leads (of the only one, when there is one): a group's
+# followers name the primary too, but only the leader knows who heartbeats.
+keel_cluster() {
+    local m view
+    for m in ${KEEL_MONITORS:-$KEEL_MONITOR}; do
+        view=$(curl -fsS --max-time 1 "$m/v1/cluster") || continue
+        if jq -e '.monitors == null or .monitors.leader == .monitors.answered_by' <<<"$view" >/dev/null; then
+            printf '%s\n' "$view"
+            return 0
+        fi
+    done
+    return 1
+}
+# The leading monitor's name (m1…), in a group.
+keel_leader() { keel_cluster | jq -er '.monitors.leader | strings'; }
 keel_primary() { keel_cluster | jq -er '.primary | if type == "object" then .node else . end | strings'; }
 keel_primary_is() { [[ $(keel_primary) == "$1" ]]; }
 keel_promotable() { keel_cluster | jq -e --arg n "$1" 'any(.nodes[]; .node == $n and .promotable == true)'; }
@@ -160,26 +179,59 @@ keel_new_primary() {
 
 # keel_events KIND: how many events of KIND the monitor has recorded. /v1/events is a
 # stream of server-sent events that stays open; read the history for 2 s, then hang up.
+# In a group each monitor records the decisions it took as leader: the counts add up.
 keel_events() {
-    { curl -sN --max-time 2 "$KEEL_MONITOR/v1/events?since=0" || true; } |
-        sed -n 's/^data: *//p' | jq -r .kind 2>/dev/null | grep -cx "$1" || true
+    local m total=0 n
+    for m in ${KEEL_MONITORS:-$KEEL_MONITOR}; do
+        n=$({ curl -sN --max-time 2 "$m/v1/events?since=0" || true; } |
+            sed -n 's/^data: *//p' | jq -r .kind 2>/dev/null | grep -cx "$1" || true)
+        total=$((total + n))
+    done
+    echo "$total"
 }
 
-# Starts a monitor and app1 then app2 in a fresh directory, app1 primary.
+# keel_up DIR [MONITORS]: starts one monitor (or MONITORS of them, m1…, replicating with
+# Raft) and app1 then app2 in a fresh directory, app1 primary. KEEL_MONITOR is the
+# monitors' URLs separated by commas, as the nodes and the writer are told; KEEL_MONITORS
+# the same separated by spaces.
 keel_up() {
-    local dir=$1 p0 p1 p2
-    p0=$(free_port)
+    local dir=$1 monitors=${2:-1} p1 p2 k urls=() peers=()
+    mkdir -p "$dir"
+    KEEL_MONITOR_NAMES=()
+    for k in $(seq "$monitors"); do
+        urls+=("http://127.0.0.1:$(free_port)")
+        peers+=("m$k=${urls[-1]}")
+    done
+    KEEL_MONITORS="${urls[*]}"
+    KEEL_MONITOR=$(
+        IFS=,
+        echo "${urls[*]}"
+    )
+    if ((monitors == 1)); then
+        define keel-monitor "$BIN_DIR/keel" monitor --listen "${urls[0]#http://}" --data-dir "$dir/monitor"
+        KEEL_MONITOR_NAMES=(monitor)
+    else
+        local all_peers
+        all_peers=$(
+            IFS=,
+            echo "${peers[*]}"
+        )
+        for k in $(seq "$monitors"); do
+            define "keel-m$k" "$BIN_DIR/keel" monitor --id "m$k" --peers "$all_peers" \
+                --listen "${urls[k - 1]#http://}" --data-dir "$dir/m$k"
+            KEEL_MONITOR_NAMES+=("m$k")
+        done
+    fi
     p1=$(free_port)
     p2=$(free_port)
-    KEEL_MONITOR=http://127.0.0.1:$p0
-    mkdir -p "$dir"
-    define keel-monitor "$BIN_DIR/keel" monitor --listen "127.0.0.1:$p0" --data-dir "$dir/monitor"
     define keel-app1 "$BIN_DIR/keel" node --id app1 --listen "127.0.0.1:$p1" \
         --data-dir "$dir/app1" --monitor "$KEEL_MONITOR"
     define keel-app2 "$BIN_DIR/keel" node --id app2 --listen "127.0.0.1:$p2" \
         --data-dir "$dir/app2" --monitor "$KEEL_MONITOR"
-    launch keel-monitor
-    wait_until "keel monitor" curl -fsS --max-time 1 "$KEEL_MONITOR/health"
+    for k in "${KEEL_MONITOR_NAMES[@]}"; do
+        launch "keel-$k"
+    done
+    wait_until "keel monitors (a leader)" keel_cluster
     launch keel-app1
     wait_until "app1 primary" keel_primary_is app1
     launch keel-app2
@@ -208,9 +260,36 @@ run_keel() {
     stop_all
 }
 
+# The primary and the monitors' leader, killed at the same moment.
+keel_kill_primary_and_leader() {
+    local victim leader
+    victim=$(keel_primary)
+    leader=$(keel_leader)
+    log "keel3-leader cycle $1/$CYCLES: kill -9 $victim and monitor $leader"
+    mark_kill
+    kill9 "keel-$victim"
+    kill9 "keel-$leader"
+    wait_until "a keel primary other than $victim" keel_new_primary "$victim"
+    wait_for_writes
+    mark_recovered
+    launch "keel-$leader"
+    launch "keel-$victim"
+    wait_until "$victim promotable again" keel_promotable "$victim"
+}
+
+# run_keel3 RUN KILL_ONE: three monitors, CYCLES kills by KILL_ONE.
+run_keel3() {
+    keel_up "$TMP/$1" 3
+    start_writer "$1" keel "$KEEL_MONITOR"
+    cycles "$2"
+    stop_writer
+    PRIMARY_CHANGES[$1]="$(keel_primary) primary at the end"
+    stop_all
+}
+
 # The false-failover check: saturate both cores, kill nothing, count failovers.
 run_keel_under_load() {
-    keel_up "$TMP/keel-load"
+    keel_up "$TMP/keel-load" "$FALSE_FAILOVER_MONITORS"
     # As fast as acknowledgements come, plus one busy loop per core.
     RATE=0 start_writer keel-load keel "$KEEL_MONITOR"
     local i
@@ -396,14 +475,14 @@ report() {
     echo "kill -9 of the primary under steady writes: ${CYCLES} cycles, ${CONCURRENCY} writers, ${RATE} writes/s, ${VALUE_SIZE}-byte values"
     echo "host: $(nproc) cores, $(uname -r), load average at start ${LOADAVG}, at end $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
-    printf '%-7s %7s %10s %10s %10s %10s %12s %10s %10s\n' \
+    printf '%-13s %7s %10s %10s %10s %10s %12s %10s %10s\n' \
         target cycles window_min median p99 max named_median acked lost_acked
     for t in $TARGETS; do
         [[ -f $TMP/$t.json ]] || continue
-        jq -r 'def secs: if . == null then "-" else "\(. / 10 | round / 100) s" end;
-               [.target, "\(.recovered)/\(.kills)", (.window_min_ms, .window_median_ms, .window_p99_ms,
+        jq -r --arg run "$t" 'def secs: if . == null then "-" else "\(. / 10 | round / 100) s" end;
+               [$run, "\(.recovered)/\(.kills)", (.window_min_ms, .window_median_ms, .window_p99_ms,
                 .window_max_ms, .named_median_ms | secs), .acked, (.lost // "unknown")] | @tsv' "$TMP/$t.json" |
-            awk -F'\t' '{ printf "%-7s %7s %10s %10s %10s %10s %12s %10s %10s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+            awk -F'\t' '{ printf "%-13s %7s %10s %10s %10s %10s %12s %10s %10s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
     done
     echo "(window: last acknowledged write before the kill to the first after it, all writers;"
     echo " named_median: kill to the first lookup that named a new primary; nearest-rank quantiles)"
@@ -411,6 +490,16 @@ report() {
         jq -r '"keel targets (median < 1 s, p99 < 2 s, 0 lost): " +
             (if .window_median_ms != null and .window_median_ms < 1000 and .window_p99_ms < 2000
                 and .lost == 0 and .recovered == .kills then "met" else "MISSED" end)' "$TMP/keel.json"
+    fi
+    if [[ -f $TMP/keel3.json ]]; then
+        jq -r '"keel3 targets (median < 1 s, p99 < 1.5 s, 0 lost): " +
+            (if .window_median_ms != null and .window_median_ms < 1000 and .window_p99_ms < 1500
+                and .lost == 0 and .recovered == .kills then "met" else "MISSED" end)' "$TMP/keel3.json"
+    fi
+    if [[ -f $TMP/keel3-leader.json ]]; then
+        jq -r '"keel3-leader targets (p99 < 2.5 s, 0 lost): " +
+            (if .window_p99_ms != null and .window_p99_ms < 2500
+                and .lost == 0 and .recovered == .kills then "met" else "MISSED" end)' "$TMP/keel3-leader.json"
     fi
     echo
     for t in $TARGETS; do
@@ -424,7 +513,8 @@ report() {
     if [[ -f $TMP/keel-load.json ]]; then
         echo
         jq -r --arg d "$FALSE_FAILOVER_DURATION" --arg f "$FALSE_FAILOVERS" --arg s "$FALSE_SUSPICIONS" \
-            '"keel, no kills, \($d) with every core busy: failovers \($f) (must be 0), suspicions \($s), \(.acked) writes acked (\(.acked_per_s | round)/s), longest gap \(.longest_gap_elsewhere_ms | round) ms, lost \(.lost // "unknown")"' \
+            --arg m "$FALSE_FAILOVER_MONITORS" \
+            '"keel (\($m) monitor(s)), no kills, \($d) with every core busy: failovers \($f) (must be 0), suspicions \($s), \(.acked) writes acked (\(.acked_per_s | round)/s), longest gap \(.longest_gap_elsewhere_ms | round) ms, lost \(.lost // "unknown")"' \
             "$TMP/keel-load.json"
     fi
 }
@@ -433,7 +523,7 @@ main() {
     install_missing
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         local packages=(-p keel-bench)
-        [[ " $TARGETS " == *" keel "* ]] && packages+=(-p keel)
+        [[ " $TARGETS " == *" keel"* ]] && packages+=(-p keel)
         log "building ${packages[*]} (release)"
         cargo build --release "${packages[@]}"
     fi
@@ -443,12 +533,14 @@ main() {
     for t in $TARGETS; do
         case $t in
         keel) run_keel ;;
+        keel3) run_keel3 keel3 keel_kill_primary ;;
+        keel3-leader) run_keel3 keel3-leader keel_kill_primary_and_leader ;;
         etcd) run_etcd ;;
         redis) run_redis ;;
-        *) die "unknown target $t (keel, etcd, redis)" ;;
+        *) die "unknown target $t (keel, keel3, keel3-leader, etcd, redis)" ;;
         esac
     done
-    if [[ " $TARGETS " == *" keel "* && $FALSE_FAILOVER_DURATION != 0 && $FALSE_FAILOVER_DURATION != 0s ]]; then
+    if [[ " $TARGETS " == *" keel"* && $FALSE_FAILOVER_DURATION != 0 && $FALSE_FAILOVER_DURATION != 0s ]]; then
         run_keel_under_load
     fi
     report

@@ -134,22 +134,15 @@ impl Discovery {
 
     /// The primary in the monitor's view, as every keel client finds it
     /// ([`keel_client::primary_of`]): none while a failover runs or the one named is not
-    /// heartbeating.
+    /// heartbeating. Several monitors are a group: the leader's view is read
+    /// ([`keel_client::monitor::cluster`] finds it).
     async fn keel_primary(&self) -> anyhow::Result<String> {
-        let mut last_error = None;
-        for monitor in &self.endpoints {
-            let monitor = monitor.trim_end_matches('/');
-            match keel_client::monitor::cluster(&self.http, monitor, ASK_TIMEOUT).await {
-                Ok(view) => {
-                    return match keel_client::primary_of(&view) {
-                        Found::Node(target) => Ok(target.url),
-                        Found::Wait(why) => Err(anyhow::anyhow!("{why}")),
-                    };
-                }
-                Err(err) => last_error = Some(anyhow::Error::from(err)),
-            }
+        let monitors = self.endpoints.join(",");
+        let view = keel_client::monitor::cluster(&self.http, &monitors, ASK_TIMEOUT).await?;
+        match keel_client::primary_of(&view) {
+            Found::Node(target) => Ok(target.url),
+            Found::Wait(why) => Err(anyhow::anyhow!("{why}")),
         }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no monitor given")))
     }
 
     /// Asks every member for its status; the one whose `member_id` is the `leader` it

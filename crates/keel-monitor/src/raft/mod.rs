@@ -58,16 +58,16 @@ pub struct Applied {
 /// The Raft timing. openraft's defaults (elections after 150–300 ms, heartbeats every
 /// 50 ms) suit a dedicated machine; here monitors share two cores with the nodes, the
 /// proxy and the load generator, and a monitor starved for 300 ms would start an election
-/// it does not need. A leader heartbeats every 150 ms; a follower stands after
-/// 700–1,000 ms without one, and votes for no one within 1,000 ms (openraft's leader
-/// lease, `election_timeout_max`) of hearing the leader: four to six missed heartbeats
-/// before an election, and a new leader within about 1.5 s of a leader's death.
+/// it does not need. A leader heartbeats every 100 ms; a follower stands after
+/// 500–750 ms without one, and votes for no one within 750 ms (openraft's leader lease,
+/// `election_timeout_max`) of hearing the leader: five to seven missed heartbeats before
+/// an election, and a new leader within about 1 s of a leader's death.
 pub fn config() -> openraft::Config {
     openraft::Config {
         cluster_name: "keel-monitors".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 700,
-        election_timeout_max: 1_000,
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 750,
         install_snapshot_timeout: 2_000,
         // The state is a few KiB: snapshot every 500 entries and keep 100 behind it.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
@@ -78,12 +78,12 @@ pub fn config() -> openraft::Config {
 
 /// A leader renews nodes' leases only while a majority acknowledged it this recently
 /// (counted from when it sent what they acknowledged). No monitor that acknowledged votes
-/// for anyone within `election_timeout_max` (1,000 ms) of it, so a new leader exists at
-/// the earliest 1,000 ms after that send: every renewal the old leader grants is granted
-/// before the new leader starts, and the new leader waits out a full lease and the drift
-/// margin from its own start before it promotes anyone. The 400 ms between are the
-/// allowance for clock rates and delays (docs/failover.md).
-pub const GRANT_CONFIDENCE: std::time::Duration = std::time::Duration::from_millis(600);
+/// for anyone within `election_timeout_max` (750 ms) of it, so a new leader exists at the
+/// earliest 750 ms after that send: every renewal the old leader grants is granted before
+/// the new leader starts, and the new leader waits out a full lease and the drift margin
+/// from its own start before it promotes anyone. The 300 ms between are the allowance for
+/// clock rates and delays (docs/failover.md).
+pub const GRANT_CONFIDENCE: std::time::Duration = std::time::Duration::from_millis(450);
 
 /// Whether a leader that a majority last acknowledged `since_quorum_ack` ago (`None`:
 /// never in this term) may renew a node's lease.
@@ -183,7 +183,7 @@ mod tests {
         assert!(!may_renew_leases(Some(GRANT_CONFIDENCE)));
         // Every renewal is granted before a new leader can exist, with room to spare.
         let election_timeout_max = Duration::from_millis(config().election_timeout_max);
-        assert!(GRANT_CONFIDENCE + Duration::from_millis(400) <= election_timeout_max);
+        assert!(GRANT_CONFIDENCE + Duration::from_millis(300) <= election_timeout_max);
     }
 
     #[test]
