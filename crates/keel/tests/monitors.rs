@@ -554,3 +554,27 @@ fn the_primary_and_the_monitor_leader_killed_together_leave_one_new_primary_and_
     }
     assert_nothing_lost(&acks, &group.nodes[&now].url.clone());
 }
+
+#[test]
+fn an_outsider_cannot_speak_raft_to_the_monitors() {
+    let root = tempdir();
+    let group = Group::start(root.path());
+    let leader = group.leader().expect("a leader");
+    let term = view_of(&group.monitors[leader].url).expect("view")["monitors"]["term"].clone();
+    // A vote request for a far later term, unsigned: it would depose the leader if taken.
+    let vote = serde_json::json!({
+        "vote": {"leader_id": {"term": 1000, "node_id": 9}, "committed": false},
+        "last_log_id": null
+    });
+    for m in &group.monitors {
+        let resp = http_client()
+            .post(format!("{}/v1/raft/vote", m.url))
+            .json(&vote)
+            .send()
+            .expect("POST vote");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{}", m.id);
+    }
+    let after = view_of(&group.monitors[leader].url).expect("view");
+    assert_eq!(after["monitors"]["term"], term, "{after}");
+    assert_eq!(group.leader(), Some(leader));
+}
