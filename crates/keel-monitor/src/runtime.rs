@@ -417,7 +417,25 @@ impl Group {
     /// The leader's URL, when one is known.
     fn leader_url(&self) -> Option<String> {
         let leader = self.metrics.borrow().current_leader?;
-        self.peers.0.get(&leader).cloned()
+        self.members().remove(&leader)
+    }
+
+    /// The group's members by number, with their URLs: as the log records them (monitors
+    /// added or removed since the start), else as `--peers` named them.
+    fn members(&self) -> std::collections::BTreeMap<crate::raft::MonitorNum, String> {
+        let recorded: std::collections::BTreeMap<_, _> = self
+            .metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(n, node)| (*n, node.addr.clone()))
+            .collect();
+        if recorded.is_empty() {
+            self.peers.0.clone()
+        } else {
+            recorded
+        }
     }
 
     /// Whether this leader may renew nodes' leases now ([`crate::raft::may_renew_leases`]).
@@ -551,18 +569,15 @@ impl Core {
     fn cluster_view(&self) -> ClusterView {
         let mut view = self.machine_view();
         if let Some(group) = &self.group {
+            let members = group.members();
             let m = group.metrics.borrow();
             view.monitors = Some(crate::wire::GroupView {
                 answered_by: format!("m{}", group.num),
                 leader: m.current_leader.map(|l| format!("m{l}")),
-                leader_url: m
-                    .current_leader
-                    .and_then(|l| group.peers.0.get(&l).cloned()),
+                leader_url: m.current_leader.and_then(|l| members.get(&l).cloned()),
                 term: m.current_term,
                 last_applied: m.last_applied.map(|l| l.index),
-                members: group
-                    .peers
-                    .0
+                members: members
                     .iter()
                     .map(|(n, url)| crate::wire::MonitorMember {
                         id: format!("m{n}"),

@@ -46,7 +46,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/raft/append", post(raft_append))
         .route("/v1/raft/vote", post(raft_vote))
-        .route("/v1/raft/snapshot", post(raft_snapshot));
+        .route("/v1/raft/snapshot", post(raft_snapshot))
+        .route("/v1/monitors", post(monitors_add))
+        .route("/v1/monitors/{id}", axum::routing::delete(monitors_remove));
     let guard = app.guard.clone();
     let routes = keel_http::json_fallbacks(routes, "docs/failover.md")
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -246,6 +248,174 @@ async fn raft_snapshot(
     let raft = raft_of(&app, &signed)?;
     let req = parse(raw, "bad_raft_call", false)?;
     Ok(axum::Json(raft.install_snapshot(req).await).into_response())
+}
+
+/// `POST /v1/monitors` body: the monitor that joins.
+#[derive(Deserialize)]
+struct MonitorAdd {
+    id: String,
+    url: String,
+}
+
+/// How long adding or removing a monitor may take (the newcomer catches up first).
+const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The group's Raft for an operator (the admin token); `404` when the monitor runs alone.
+fn group_for_admin<'a>(app: &'a App, signed: &Signed) -> Result<&'a crate::raft::Raft, Response> {
+    app.guard.require_admin(principal(signed))?;
+    app.raft.as_ref().ok_or_else(|| {
+        error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::new(
+                "not_a_group",
+                "this monitor runs alone (no --peers): it has no group to change",
+            ),
+        )
+    })
+}
+
+/// The group's members now: id, URL, whether it votes.
+fn members(raft: &crate::raft::Raft) -> serde_json::Value {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let list: Vec<serde_json::Value> = membership
+        .nodes()
+        .map(|(id, node)| {
+            serde_json::json!({"id": format!("m{id}"), "url": node.addr, "voter": voters.contains(id)})
+        })
+        .collect();
+    serde_json::Value::Array(list)
+}
+
+/// Turns a membership change's failure into an answer: `421` to the leader, `503`
+/// otherwise.
+fn membership_failed(
+    e: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, openraft::BasicNode>>,
+) -> Response {
+    use openraft::error::{ClientWriteError, RaftError};
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            let mut err = ApiError::new(
+                codes::NOT_LEADER,
+                "only the leader changes the group's membership",
+            );
+            if let Some(node) = f.leader_node {
+                err = err.with("leader", node.addr);
+            }
+            error_response(StatusCode::MISDIRECTED_REQUEST, err)
+        }
+        other => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::new("membership_change_failed", other.to_string()),
+        ),
+    }
+}
+
+fn membership_timeout() -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::new(
+            "membership_change_failed",
+            format!(
+                "the change did not complete within {MEMBERSHIP_TIMEOUT:?}: is the new monitor running, and a majority of the group?"
+            ),
+        ),
+    )
+}
+
+/// `POST /v1/monitors` (admin token): a monitor joins the group — first as a learner
+/// that catches up, then as a voter.
+async fn monitors_add(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    let raft = group_for_admin(&app, &signed)?;
+    let req: MonitorAdd = parse(raw, codes::BAD_REQUEST, false)?;
+    let spec = format!("{}={}", req.id, req.url);
+    let peer: crate::raft::Peers = spec.parse().map_err(|e: crate::raft::BadPeers| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(codes::BAD_REQUEST, e.to_string()),
+        )
+    })?;
+    let Some((num, url)) = peer.0.into_iter().next() else {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(codes::BAD_REQUEST, "give the new monitor's id and url"),
+        ));
+    };
+    let learner = raft.add_learner(num, openraft::BasicNode::new(&url), true);
+    tokio::time::timeout(MEMBERSHIP_TIMEOUT, learner)
+        .await
+        .map_err(|_| membership_timeout())?
+        .map_err(membership_failed)?;
+    let mut voters: std::collections::BTreeSet<u64> = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    };
+    voters.insert(num);
+    tokio::time::timeout(MEMBERSHIP_TIMEOUT, raft.change_membership(voters, false))
+        .await
+        .map_err(|_| membership_timeout())?
+        .map_err(membership_failed)?;
+    tracing::warn!(monitor = %req.id, %url, "a monitor joined the group");
+    Ok(axum::Json(serde_json::json!({
+        "message": format!("{} joined the group", req.id),
+        "members": members(raft),
+    }))
+    .into_response())
+}
+
+/// `DELETE /v1/monitors/{id}` (admin token): a monitor leaves the group.
+async fn monitors_remove(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Answered {
+    let raft = group_for_admin(&app, &signed)?;
+    let num = crate::raft::monitor_num(&id).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(codes::BAD_REQUEST, e.to_string()),
+        )
+    })?;
+    let mut voters: std::collections::BTreeSet<u64> = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    };
+    if !voters.remove(&num) {
+        return Err(error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::new(
+                "unknown_monitor",
+                format!("{id} is not a voting member of the group"),
+            ),
+        ));
+    }
+    if voters.is_empty() {
+        return Err(error_response(
+            StatusCode::CONFLICT,
+            ApiError::new(
+                "last_monitor",
+                format!("{id} is the last monitor of the group"),
+            ),
+        ));
+    }
+    tokio::time::timeout(MEMBERSHIP_TIMEOUT, raft.change_membership(voters, false))
+        .await
+        .map_err(|_| membership_timeout())?
+        .map_err(membership_failed)?;
+    tracing::warn!(monitor = %id, "a monitor left the group");
+    Ok(axum::Json(serde_json::json!({
+        "message": format!("{id} left the group"),
+        "members": members(raft),
+    }))
+    .into_response())
 }
 
 async fn cluster_view(app: &App) -> Result<crate::wire::ClusterView, Response> {

@@ -300,10 +300,30 @@ pub enum ClientCommand {
     },
     /// Show the monitor's view of the cluster: epoch, primary, every node.
     Cluster,
+    /// Add a monitor to a running group, or remove one (needs the admin token).
+    #[command(subcommand)]
+    Monitors(MonitorsCommand),
     /// GET a URL with retries, backoff, a timeout (--timeout), an optional circuit
     /// breaker and a fallback: the cached last good answer, else the lab's fallback
     /// message. Exit code 0 for a fresh answer, 2 when any answer came from the fallback.
     Fetch(FetchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MonitorsCommand {
+    /// A monitor joins the group: start it first with --id ID and --peers naming the
+    /// group and itself, then `keel client monitors add m4=http://HOST:PORT`.
+    Add {
+        /// The new monitor, as ID=URL.
+        #[arg(value_name = "ID=URL")]
+        joining: String,
+    },
+    /// A monitor leaves the group (then stop it).
+    Remove {
+        /// Its id, e.g. m2.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

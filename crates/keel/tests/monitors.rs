@@ -578,3 +578,97 @@ fn an_outsider_cannot_speak_raft_to_the_monitors() {
     assert_eq!(after["monitors"]["term"], term, "{after}");
     assert_eq!(group.leader(), Some(leader));
 }
+
+#[test]
+fn a_monitor_joins_and_another_leaves_a_running_group() {
+    let root = tempdir();
+    let mut group = Group::start(root.path());
+    // m4 starts naming the group and itself; it waits until the group takes it in.
+    let port = free_ports(1)[0];
+    let url = url_for(port);
+    let peers = format!(
+        "{},m4={url}",
+        group
+            .monitors
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.url))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let args: Vec<String> = [
+        "monitor",
+        "--id",
+        "m4",
+        "--peers",
+        &peers,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &root.path().join("m4").display().to_string(),
+        "--token-file",
+        &root.path().join("admin.token").display().to_string(),
+        "--cluster-secret-file",
+        &root.path().join("cluster.secret").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = KeelProcess::spawn("m4", &refs);
+    wait_for_health(&mut proc, &url);
+    group.monitors.push(Monitor {
+        id: "m4".into(),
+        url: url.clone(),
+        proc,
+        args,
+        up: true,
+    });
+
+    let token = group.root.join("admin.token").display().to_string();
+    let urls = group.monitor_urls();
+    let client = |args: &[&str]| {
+        let mut all = vec!["client", "--monitor", &urls, "--token-file", &token];
+        all.extend_from_slice(args);
+        support::run_keel(&all)
+    };
+    let added = format!("m4={url}");
+    let out = client(&["monitors", "add", &added]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("m4 joined the group"), "{out}");
+    assert!(
+        out.stdout.contains("m4  ") && out.stdout.contains("voter"),
+        "{out}"
+    );
+    // m4 holds the cluster state now.
+    assert!(
+        wait_until(Duration::from_secs(10), || view_of(&url)
+            .is_some_and(|v| v["primary"]["node"] == "app1")),
+        "{:?}",
+        view_of(&url)
+    );
+
+    let out = client(&["monitors", "remove", "m1"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("m1 left the group"), "{out}");
+    assert!(!out.stdout.contains("m1  http"), "{out}");
+    group.kill_monitor(0);
+    // Three voters are left (m2, m3, m4): they lead, and a failover still happens.
+    assert!(
+        wait_until(Duration::from_secs(10), || group.primary().is_some()),
+        "no leader among m2..m4: {:?}",
+        group.views()
+    );
+    let primary = group.primary().expect("a primary");
+    group.nodes.get_mut(&primary).expect("node").kill9();
+    assert!(
+        wait_until(Duration::from_secs(15), || group
+            .primary()
+            .is_some_and(|p| p != primary)),
+        "no failover with m1 gone: {:?}",
+        group.views()
+    );
+    // Removing a monitor that is not a member says so.
+    let out = client(&["monitors", "remove", "m9"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("not a voting member"), "{out}");
+}

@@ -129,6 +129,7 @@ impl Client {
             ClientCommand::KillPrimary { watch } => self.kill_primary(watch).await,
             ClientCommand::Failover { to } => self.failover(to).await,
             ClientCommand::Cluster => self.cluster().await,
+            ClientCommand::Monitors(command) => self.monitors(command).await,
             ClientCommand::Fetch(args) => fetch::run(args, self.timeout, self.json).await,
         }
     }

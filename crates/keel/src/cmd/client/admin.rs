@@ -194,6 +194,61 @@ impl Client {
         })
     }
 
+    /// `keel client monitors add|remove`: changes a group's membership through its
+    /// leader.
+    pub(super) async fn monitors(
+        &self,
+        command: crate::cli::MonitorsCommand,
+    ) -> anyhow::Result<ExitCode> {
+        use crate::cli::MonitorsCommand;
+        let (token, _) = self.load_token()?;
+        let http = stream_client(self.timeout, self.tls.clone())?;
+        let leader = keel_client::monitor::leading(&http, &self.monitor, self.timeout, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut req = match &command {
+            MonitorsCommand::Add { joining } => {
+                let (id, url) = joining.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("{joining:?} is not ID=URL (e.g. m4=http://127.0.0.1:8073)")
+                })?;
+                let mut req = Req::new(Method::POST, &["v1", "monitors"]);
+                let body = serde_json::to_vec(&json!({"id": id, "url": url}))?;
+                req.body = Some(("application/json", body));
+                req
+            }
+            MonitorsCommand::Remove { id } => Req::new(Method::DELETE, &["v1", "monitors", id]),
+        };
+        req.bearer = Some(token.secret().to_owned());
+        let answer = self.conn.try_send(&leader, &req).await.map_err(|u| {
+            anyhow::anyhow!(
+                "cannot reach the monitors' leader at {leader}: {}",
+                u.reason
+            )
+        })?;
+        if !answer.status.is_success() {
+            return Err(answer.failure());
+        }
+        let body: serde_json::Value = answer.json()?;
+        if self.json {
+            print_json(&body)?;
+        } else {
+            println!("{}", body["message"].as_str().unwrap_or("done"));
+            for m in body["members"].as_array().into_iter().flatten() {
+                let role = if m["voter"] == true {
+                    "voter"
+                } else {
+                    "learner"
+                };
+                println!(
+                    "  {}  {}  {role}",
+                    m["id"].as_str().unwrap_or("?"),
+                    m["url"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
     /// `keel client cluster`: the monitor's view.
     pub(super) async fn cluster(&self) -> anyhow::Result<ExitCode> {
         let view = self.cluster_view(&self.monitor).await.map_err(|(e, _)| e)?;
