@@ -220,14 +220,33 @@ fn raft_of<'a>(app: &'a App, signed: &Signed) -> Result<&'a crate::raft::Raft, R
     })
 }
 
+/// One Raft call from another monitor: parsed, handed to openraft, its result answered as
+/// JSON (`{"Ok": …}` or `{"Err": …}`, as `raft::net` reads it).
+async fn raft_call<Req, Resp, Fut>(
+    app: &App,
+    signed: &Signed,
+    raw: Result<Bytes, BytesRejection>,
+    call: impl FnOnce(crate::raft::Raft, Req) -> Fut,
+) -> Answered
+where
+    Req: DeserializeOwned,
+    Resp: serde::Serialize,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let raft = raft_of(app, signed)?.clone();
+    let req = parse(raw, "bad_raft_call", false)?;
+    Ok(axum::Json(call(raft, req).await).into_response())
+}
+
 async fn raft_append(
     State(app): State<Arc<App>>,
     signed: Signed,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answered {
-    let raft = raft_of(&app, &signed)?;
-    let req = parse(raw, "bad_raft_call", false)?;
-    Ok(axum::Json(raft.append_entries(req).await).into_response())
+    raft_call(&app, &signed, raw, |raft, req| async move {
+        raft.append_entries(req).await
+    })
+    .await
 }
 
 async fn raft_vote(
@@ -235,9 +254,10 @@ async fn raft_vote(
     signed: Signed,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answered {
-    let raft = raft_of(&app, &signed)?;
-    let req = parse(raw, "bad_raft_call", false)?;
-    Ok(axum::Json(raft.vote(req).await).into_response())
+    raft_call(&app, &signed, raw, |raft, req| async move {
+        raft.vote(req).await
+    })
+    .await
 }
 
 async fn raft_snapshot(
@@ -245,9 +265,10 @@ async fn raft_snapshot(
     signed: Signed,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answered {
-    let raft = raft_of(&app, &signed)?;
-    let req = parse(raw, "bad_raft_call", false)?;
-    Ok(axum::Json(raft.install_snapshot(req).await).into_response())
+    raft_call(&app, &signed, raw, |raft, req| async move {
+        raft.install_snapshot(req).await
+    })
+    .await
 }
 
 /// `POST /v1/monitors` body: the monitor that joins.
