@@ -107,11 +107,11 @@ impl Credentials {
         };
         vec![
             "--tls-cert".into(),
-            crate::plan::path_arg(&dir.join(format!("{name}.pem"))),
+            path_arg(&dir.join(format!("{name}.pem"))),
             "--tls-key".into(),
-            crate::plan::path_arg(&dir.join(format!("{name}.key"))),
+            path_arg(&dir.join(format!("{name}.key"))),
             "--tls-ca".into(),
-            crate::plan::path_arg(&dir.join("ca.pem")),
+            path_arg(&dir.join("ca.pem")),
         ]
     }
 
@@ -162,6 +162,11 @@ where
         .and_then(|()| file.sync_all())
         .map_err(write_error)
         .map(|()| Origin::New)
+}
+
+/// A path as a command-line argument.
+pub fn path_arg(p: &Path) -> String {
+    p.display().to_string()
 }
 
 #[cfg(test)]

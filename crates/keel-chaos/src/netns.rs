@@ -40,8 +40,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::partition::CLIENTS;
-use crate::plan::Placement;
+use crate::plan::{CLIENTS, Placement};
 use record::{RECORD_FILE, Record, namespace_exists, remove, remove_leftovers, start_time};
 use subnet::{NET_PREFIX, networks_in_use, pick_subnet, tag_for};
 

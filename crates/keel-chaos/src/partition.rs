@@ -58,9 +58,7 @@ const HOW: &str = "fault filter in keel's own network layer: connections between
 /// The same, under `keel up --netns`.
 const HOW_NETNS: &str = "network namespaces: the kernel drops packets between them";
 
-/// Under `--netns`, the name of everything outside the data tier's namespaces: the proxy,
-/// the services, `keel up` itself and every client, all in the root namespace.
-pub(crate) const CLIENTS: &str = "clients";
+pub(crate) use crate::plan::CLIENTS;
 
 /// The partitions in force, and how they are carried out.
 #[derive(Debug)]

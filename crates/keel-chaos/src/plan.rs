@@ -354,9 +354,11 @@ pub fn plan(
     })
 }
 
-pub fn path_arg(p: &Path) -> String {
-    p.display().to_string()
-}
+pub use crate::credentials::path_arg;
+
+/// Under `--netns`, the name of everything outside the data tier's namespaces: the proxy,
+/// the services, `keel up` itself and every client, all in the root namespace.
+pub(crate) const CLIENTS: &str = "clients";
 
 /// A command line a person can paste into a shell.
 pub fn shell_line(exe: &Path, args: &[String]) -> String {

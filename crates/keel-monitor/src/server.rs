@@ -295,16 +295,23 @@ fn group_for_admin<'a>(app: &'a App, signed: &Signed) -> Result<&'a crate::raft:
     })
 }
 
+/// The group's voting members now.
+fn voters(raft: &crate::raft::Raft) -> std::collections::BTreeSet<u64> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.membership_config.membership().voter_ids().collect()
+}
+
 /// The group's members now: id, URL, whether it votes.
 fn members(raft: &crate::raft::Raft) -> serde_json::Value {
     let metrics = raft.metrics();
     let m = metrics.borrow();
     let membership = m.membership_config.membership();
-    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let voting: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
     let list: Vec<serde_json::Value> = membership
         .nodes()
         .map(|(id, node)| {
-            serde_json::json!({"id": format!("m{id}"), "url": node.addr, "voter": voters.contains(id)})
+            serde_json::json!({"id": format!("m{id}"), "url": node.addr, "voter": voting.contains(id)})
         })
         .collect();
     serde_json::Value::Array(list)
@@ -373,11 +380,7 @@ async fn monitors_add(
         .await
         .map_err(|_| membership_timeout())?
         .map_err(membership_failed)?;
-    let mut voters: std::collections::BTreeSet<u64> = {
-        let metrics = raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config.membership().voter_ids().collect()
-    };
+    let mut voters = voters(raft);
     voters.insert(num);
     tokio::time::timeout(MEMBERSHIP_TIMEOUT, raft.change_membership(voters, false))
         .await
@@ -404,11 +407,7 @@ async fn monitors_remove(
             ApiError::new(codes::BAD_REQUEST, e.to_string()),
         )
     })?;
-    let mut voters: std::collections::BTreeSet<u64> = {
-        let metrics = raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config.membership().voter_ids().collect()
-    };
+    let mut voters = voters(raft);
     if !voters.remove(&num) {
         return Err(error_response(
             StatusCode::NOT_FOUND,

@@ -6,12 +6,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use support::writers::{Ack, Writers, assert_nothing_lost};
 use support::{TestMonitor, TestNode, get_json, http_client, tempdir, wait_until};
 
 /// A monitor and monitored nodes, each a real process, in one directory.
@@ -108,145 +107,6 @@ impl Cluster {
             .get(id)
             .map(|n| n.url.clone())
             .unwrap_or_default()
-    }
-}
-
-/// One acknowledged write, as the writer saw it.
-#[derive(Debug, Clone)]
-struct Ack {
-    key: String,
-    value: u64,
-    node: String,
-    at: Instant,
-}
-
-/// Writers that find the primary through the monitor and write until stopped: each
-/// writer owns one key and writes 1, 2, 3… to it, so the final value of a key shows
-/// whether an acknowledged write was lost or overwritten by an older one.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<Ack>>>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Writers {
-    fn start(monitor_url: &str, n: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
-        let threads = (0..n)
-            .map(|w| {
-                let (monitor, stop, acks) = (monitor_url.to_owned(), stop.clone(), acks.clone());
-                thread::spawn(move || write_loop(&monitor, w, &stop, &acks))
-            })
-            .collect();
-        Writers {
-            stop,
-            acks,
-            threads,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.acks.lock().expect("lock").len()
-    }
-
-    fn wait_more(&self, more: usize) {
-        let target = self.count() + more;
-        assert!(
-            wait_until(Duration::from_secs(30), || self.count() >= target),
-            "writes stalled at {} (wanted {target})",
-            self.count()
-        );
-    }
-
-    fn finish(self) -> Vec<Ack> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("writer thread");
-        }
-        self.acks.lock().expect("lock").clone()
-    }
-}
-
-fn write_loop(monitor: &str, w: usize, stop: &AtomicBool, acks: &Mutex<Vec<Ack>>) {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("client");
-    let key = format!("writer-{w}");
-    let mut next = 1u64;
-    let mut primary: Option<String> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let url = match &primary {
-            Some(url) => url.clone(),
-            None => {
-                let found = client
-                    .get(format!("{monitor}/v1/cluster"))
-                    .send()
-                    .ok()
-                    .and_then(|r| r.json::<serde_json::Value>().ok())
-                    .and_then(|v| v["primary"]["url"].as_str().map(str::to_owned));
-                match found {
-                    Some(url) => {
-                        primary = Some(url.clone());
-                        url
-                    }
-                    None => {
-                        thread::sleep(Duration::from_millis(20));
-                        continue;
-                    }
-                }
-            }
-        };
-        let value = next;
-        next += 1;
-        match client
-            .put(format!("{url}/v1/kv/{key}"))
-            .body(value.to_string())
-            .send()
-        {
-            Ok(r) if r.status() == StatusCode::OK => {
-                let node = r
-                    .headers()
-                    .get("keel-node")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                acks.lock().expect("lock").push(Ack {
-                    key: key.clone(),
-                    value,
-                    node,
-                    at: Instant::now(),
-                });
-            }
-            // Not acknowledged (a failover, a dead node, a standby): find the primary again.
-            _ => {
-                primary = None;
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-/// Every acknowledged write is present: each key holds at least the last value
-/// acknowledged for it (a later, unacknowledged one may have landed too).
-fn assert_nothing_lost(acks: &[Ack], node_url: &str, node: &str) {
-    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
-    for a in acks {
-        let v = last.entry(&a.key).or_default();
-        *v = (*v).max(a.value);
-    }
-    for (key, acked) in last {
-        let resp = http_client()
-            .get(format!("{node_url}/v1/kv/{key}"))
-            .send()
-            .expect("GET");
-        assert_eq!(resp.status(), StatusCode::OK, "{key} missing on {node}");
-        let value: u64 = resp.text().expect("body").parse().expect("a number");
-        assert!(
-            value >= acked,
-            "{key} on {node} is {value}, but {acked} was acknowledged"
-        );
     }
 }
 

@@ -9,12 +9,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use support::writers::{Writers, assert_nothing_lost};
 use support::{
     KeelProcess, TestMonitor, TestNode, free_ports, http_client, keel_bin, tempdir, url_for,
     wait_for_health, wait_until,
@@ -209,143 +208,6 @@ fn view_of(url: &str) -> Option<serde_json::Value> {
         .and_then(|r| r.json().ok())
 }
 
-/// A write the data tier acknowledged.
-#[derive(Clone)]
-struct Ack {
-    key: String,
-    value: u64,
-    at: Instant,
-}
-
-/// Writers that find the primary through any live monitor's view and write 1, 2, 3… to
-/// a key each until stopped.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<Ack>>>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Writers {
-    fn start(monitors: &str, n: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
-        let threads = (0..n)
-            .map(|w| {
-                let (monitors, stop, acks) = (monitors.to_owned(), stop.clone(), acks.clone());
-                thread::spawn(move || write_loop(&monitors, w, &stop, &acks))
-            })
-            .collect();
-        Writers {
-            stop,
-            acks,
-            threads,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.acks.lock().expect("lock").len()
-    }
-
-    fn acked_between(&self, from: Instant, to: Instant) -> usize {
-        let acks = self.acks.lock().expect("lock");
-        acks.iter().filter(|a| a.at > from && a.at < to).count()
-    }
-
-    fn wait_more(&self, more: usize) {
-        let target = self.count() + more;
-        assert!(
-            wait_until(Duration::from_secs(30), || self.count() >= target),
-            "writes stalled at {} (wanted {target})",
-            self.count()
-        );
-    }
-
-    fn finish(self) -> Vec<Ack> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("writer thread");
-        }
-        self.acks.lock().expect("lock").clone()
-    }
-}
-
-fn write_loop(monitors: &str, w: usize, stop: &AtomicBool, acks: &Mutex<Vec<Ack>>) {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("client");
-    let monitors: Vec<String> = monitors.split(',').map(str::to_owned).collect();
-    let key = format!("writer-{w}");
-    let mut next = 1u64;
-    let mut primary: Option<String> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let url = match &primary {
-            Some(url) => url.clone(),
-            None => {
-                let found = monitors.iter().find_map(|m| {
-                    client
-                        .get(format!("{m}/v1/cluster"))
-                        .timeout(Duration::from_millis(300))
-                        .send()
-                        .ok()
-                        .and_then(|r| r.json::<serde_json::Value>().ok())
-                        .and_then(|v| v["primary"]["url"].as_str().map(str::to_owned))
-                });
-                match found {
-                    Some(url) => {
-                        primary = Some(url.clone());
-                        url
-                    }
-                    None => {
-                        thread::sleep(Duration::from_millis(20));
-                        continue;
-                    }
-                }
-            }
-        };
-        let value = next;
-        next += 1;
-        match client
-            .put(format!("{url}/v1/kv/{key}"))
-            .body(value.to_string())
-            .send()
-        {
-            Ok(r) if r.status() == StatusCode::OK => {
-                acks.lock().expect("lock").push(Ack {
-                    key: key.clone(),
-                    value,
-                    at: Instant::now(),
-                });
-            }
-            _ => {
-                primary = None;
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-/// Every key holds at least the last value acknowledged for it.
-fn assert_nothing_lost(acks: &[Ack], node_url: &str) {
-    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
-    for a in acks {
-        let v = last.entry(&a.key).or_default();
-        *v = (*v).max(a.value);
-    }
-    for (key, acked) in last {
-        let resp = http_client()
-            .get(format!("{node_url}/v1/kv/{key}"))
-            .send()
-            .expect("GET");
-        assert_eq!(resp.status(), StatusCode::OK, "{key} missing");
-        let value: u64 = resp.text().expect("body").parse().expect("a number");
-        assert!(
-            value >= acked,
-            "{key} is {value}, but {acked} was acknowledged"
-        );
-    }
-}
-
 #[test]
 fn a_dead_monitor_leader_is_replaced_writes_never_stop_and_a_primary_kill_fails_over_through_the_new_leader()
  {
@@ -394,7 +256,7 @@ fn a_dead_monitor_leader_is_replaced_writes_never_stop_and_a_primary_kill_fails_
     let acks = writers.finish();
     let now_primary = group.primary().expect("a primary");
     let url = group.nodes[&now_primary].url.clone();
-    assert_nothing_lost(&acks, &url);
+    assert_nothing_lost(&acks, &url, &now_primary);
 
     // `keel client` given every monitor finds the leader among the living.
     let (ok, out) = client_cluster(&group.monitor_urls());
@@ -552,7 +414,7 @@ fn the_primary_and_the_monitor_leader_killed_together_leave_one_new_primary_and_
     for view in group.views() {
         assert_eq!(view["primary"]["node"], now.as_str(), "{view}");
     }
-    assert_nothing_lost(&acks, &group.nodes[&now].url.clone());
+    assert_nothing_lost(&acks, &group.nodes[&now].url.clone(), &now);
 }
 
 #[test]

@@ -22,6 +22,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod writers;
+
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 pub use reqwest::StatusCode;
