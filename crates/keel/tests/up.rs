@@ -353,21 +353,6 @@ fn up_with_tls_runs_every_process_on_tls_and_its_banner_commands_work() {
     assert!(out.stdout.contains("lost acknowledged writes: 0"), "{out}");
 }
 
-/// Free ports for two nodes and, apart from them, three monitors: (first node, first
-/// monitor).
-fn ports_for_three_monitors() -> (u16, u16) {
-    let base = support::free_port_range(2);
-    loop {
-        let p = support::free_port_range(3);
-        if !(p..p + 3).contains(&base)
-            && !(p..p + 3).contains(&(base + 1))
-            && !(base..base + 2).contains(&p)
-        {
-            return (base, p);
-        }
-    }
-}
-
 /// The monitor that leads among `urls`, per whichever answers.
 fn monitors_leader(urls: &str) -> Option<String> {
     urls.split(',').find_map(|url| {
@@ -390,7 +375,7 @@ fn monitors_leader(urls: &str) -> Option<String> {
 fn up_with_three_monitors_lives_through_the_leaders_death_and_fails_over_through_the_next() {
     let dir = support::tempdir();
     let data = dir.path().join("keel-data");
-    let (base, mon) = ports_for_three_monitors();
+    let (base, mon) = support::ports_for_three_monitors();
     let mut tier = KeelUp::start_on(&data, 2, base, mon, &["--monitors", "3"]);
     let urls: Vec<String> = (0..3).map(|k| support::url_for(mon + k)).collect();
     let urls = urls.join(",");
@@ -444,7 +429,7 @@ fn up_with_three_monitors_lives_through_the_leaders_death_and_fails_over_through
 fn a_monitor_leader_cut_off_from_the_others_decides_nothing_and_catches_up_when_healed() {
     let dir = support::tempdir();
     let data = dir.path().join("keel-data");
-    let (base, mon) = ports_for_three_monitors();
+    let (base, mon) = support::ports_for_three_monitors();
     let tier = KeelUp::start_on(&data, 2, base, mon, &["--monitors", "3"]);
     let all: Vec<String> = (0..3).map(|k| support::url_for(mon + k)).collect();
     let old = monitors_leader(&all.join(",")).expect("a leader");

@@ -63,6 +63,21 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// Free ports for two nodes and, apart from them, three monitors: (first node, first
+/// monitor).
+pub fn ports_for_three_monitors() -> (u16, u16) {
+    let base = free_port_range(2);
+    loop {
+        let p = free_port_range(3);
+        if !(p..p + 3).contains(&base)
+            && !(p..p + 3).contains(&(base + 1))
+            && !(base..base + 2).contains(&p)
+        {
+            return (base, p);
+        }
+    }
+}
+
 /// The first port of `n` consecutive ports that are all free now (for `keel up
 /// --base-port`). Probes from a port the OS picked, so parallel tests rarely collide.
 pub fn free_port_range(n: u16) -> u16 {
