@@ -72,7 +72,7 @@ fn client_loop(
         };
         target = Some(url.clone());
         let key = format!("k{}", (c + i) % KEYS);
-        let write = i % 2 == 0;
+        let write = i.is_multiple_of(2);
         let invoke = micros(start);
         if write {
             let value = values.fetch_add(1, Ordering::Relaxed);
