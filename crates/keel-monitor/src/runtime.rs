@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::machine::{Answer, Input, Monitor, Output, Refusal, Stats};
+use crate::raft::COMMIT_TIMEOUT;
 use crate::settings::{Settings, SettingsError};
 use crate::store::{Store, StoreError};
 use crate::wire::{ClusterView, EventRecord};
@@ -58,11 +59,6 @@ pub const MONITOR_ID: &str = "monitor";
 
 /// How long in-flight requests get to finish once the monitor is told to stop.
 const GRACE: Duration = Duration::from_secs(5);
-
-/// How long a change of the cluster state may take to commit to a majority of monitors
-/// before the leader gives up deciding: a leader cut off from the others must not hold a
-/// request forever.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A monitor in a group of monitors (`--id`, `--peers`).
 #[derive(Debug, Clone)]

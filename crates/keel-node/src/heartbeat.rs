@@ -101,18 +101,19 @@ pub async fn run(shared: Arc<Shared>, monitors: String, mut stop: watch::Receive
                 }
                 if body.error == codes::NOT_LEADER {
                     // Another monitor leads: go to it at once (its name comes from a
-                    // member's signed answer), or to the next when none is known yet.
-                    let next = body
-                        .leader
-                        .map(|l| l.trim_end_matches('/').to_owned())
-                        .unwrap_or_else(|| next_monitor(&monitors, &monitor));
-                    if next != monitor {
-                        if announced.as_ref() != Some(&next) {
-                            tracing::info!(leader = %next, "following the monitors' leader");
-                            announced = Some(next.clone());
+                    // member's signed answer). When none is known yet (an election),
+                    // ask the next one after the interval: asking round the group at
+                    // once would spin until the election ends.
+                    match body.leader.map(|l| l.trim_end_matches('/').to_owned()) {
+                        Some(leader) if leader != monitor => {
+                            if announced.as_ref() != Some(&leader) {
+                                tracing::info!(leader = %leader, "following the monitors' leader");
+                                announced = Some(leader.clone());
+                            }
+                            monitor = leader;
+                            continue;
                         }
-                        monitor = next;
-                        continue;
+                        _ => monitor = next_monitor(&monitors, &monitor),
                     }
                 } else if body.error == codes::UNKNOWN_NODE {
                     tracing::warn!("the monitor does not know this node; registering again");

@@ -13,9 +13,9 @@ pub struct Faults {
     pub delay: bool,
     /// Requests delivered twice.
     pub duplicate: bool,
-    /// Nodes or the monitor cut off from some or all of the others, then healed.
+    /// Nodes or monitors cut off from some or all of the others, then healed.
     pub partition: bool,
-    /// Nodes or the monitor killed and restarted; a commit in flight may or may not have
+    /// Nodes or monitors killed and restarted; a commit in flight may or may not have
     /// reached the disk.
     pub crash: bool,
     /// Clocks running up to 5% fast or slow (within what the lease's drift allows).
@@ -118,6 +118,12 @@ pub enum Flaw {
     /// The primary answers reads at once, showing writes its sync standbys may not have
     /// yet (keel did, until `keel sim` found it with seed 206).
     DirtyRead,
+    /// A group's leader renews leases without a majority's recent acknowledgement (it may
+    /// have been deposed without knowing it).
+    LeaseWithoutMajority,
+    /// A group's leader answers the nodes as soon as it has decided, before the decision
+    /// commits (it may never commit).
+    AnswerBeforeCommit,
 }
 
 /// A run's settings.
@@ -125,6 +131,8 @@ pub enum Flaw {
 pub struct Config {
     /// Data nodes (at least 2).
     pub nodes: usize,
+    /// Monitors: 1 alone, or a group of 3 or 5 replicating the cluster state with Raft.
+    pub monitors: usize,
     /// The faults that may strike.
     pub faults: Faults,
     /// Simulated milliseconds during which clients work and faults strike.
@@ -144,6 +152,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nodes: 3,
+            monitors: 1,
             faults: Faults::ALL,
             active_ms: 6_000,
             settle_ms: 4_000,

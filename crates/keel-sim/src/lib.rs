@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod group;
 pub mod linear;
 pub mod net;
 mod node;
@@ -67,6 +68,8 @@ pub struct Summary {
     pub unknown: u64,
     /// Failovers completed.
     pub failovers: u64,
+    /// Monitors elected leader of a term.
+    pub elections: u64,
     /// Events simulated.
     pub steps: u64,
 }
@@ -87,6 +90,7 @@ pub fn run_seeds(
         summary.reads_ok += outcome.reads_ok;
         summary.unknown += outcome.unknown;
         summary.failovers += outcome.failovers;
+        summary.elections += outcome.elections;
         summary.steps += outcome.steps;
         if let Some(violation) = outcome.violation {
             let start = outcome.trace.len().saturating_sub(tail);

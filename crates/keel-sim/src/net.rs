@@ -16,8 +16,10 @@ pub type Time = u64;
 /// A process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Addr {
-    /// The monitor.
-    Monitor,
+    /// The simulation itself (in the trace).
+    Sim,
+    /// Monitor `k` (its id is `m{k+1}`).
+    Monitor(usize),
     /// Data node `i` (its id is `node{i+1}`).
     Node(usize),
     /// Client `i`.
@@ -27,7 +29,8 @@ pub enum Addr {
 impl std::fmt::Display for Addr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Addr::Monitor => write!(f, "monitor"),
+            Addr::Sim => write!(f, "sim"),
+            Addr::Monitor(k) => write!(f, "m{}", k + 1),
             Addr::Node(i) => write!(f, "node{}", i + 1),
             Addr::Client(i) => write!(f, "client{}", i + 1),
         }
@@ -52,6 +55,59 @@ pub struct Refused {
     pub error: &'static str,
     /// The node's view, on a `409`.
     pub view: Option<Box<View>>,
+    /// On `not_leader`: the monitor that leads, when the one asked knows it.
+    pub leader: Option<usize>,
+}
+
+/// A Raft log position: (term, index). The simulated log keeps whole cluster states, so
+/// a log is its last entry, and of two logs the one with the greater position is the more
+/// up to date (Raft's election rule).
+pub type LogId = (u64, u64);
+
+/// Between monitors: Raft, reduced to what keel relies on (see `group`).
+#[derive(Debug, Clone)]
+pub enum RaftMsg {
+    /// Leader → follower: its last entry (the whole state), how far it is committed, and
+    /// when the leader sent it (its clock): a heartbeat and a replication at once.
+    Append {
+        /// The leader's term.
+        term: u64,
+        /// Its last entry's position.
+        last: LogId,
+        /// Its last entry's state (`None`: nothing yet).
+        state: Option<Box<keel_monitor::ClusterState>>,
+        /// The index committed.
+        commit: u64,
+        /// The leader's local µs at sending.
+        sent: u64,
+    },
+    /// Follower → leader.
+    AppendAnswer {
+        /// The follower's term.
+        term: u64,
+        /// Whether it took the leader's entry (false: a newer term).
+        ok: bool,
+        /// Its last entry's position.
+        last: LogId,
+        /// The `sent` it answers.
+        sent: u64,
+    },
+    /// Candidate → monitor.
+    Vote {
+        /// The candidate's term.
+        term: u64,
+        /// The candidate's last entry's position.
+        last: LogId,
+    },
+    /// Monitor → candidate.
+    VoteAnswer {
+        /// The voter's term.
+        term: u64,
+        /// Whether it voted for the candidate.
+        granted: bool,
+        /// The voter's last entry's position.
+        last: LogId,
+    },
 }
 
 /// A replication frame, primary to standby.
@@ -168,6 +224,8 @@ pub enum Msg {
         /// The probe's id.
         probe: u64,
     },
+    /// Monitor → monitor.
+    Raft(RaftMsg),
     /// Primary → standby: the replication upgrade.
     Offer {
         /// The connection.
@@ -278,6 +336,23 @@ impl Msg {
                 ),
                 Err(r) => format!("refused#{req} {}", r.error),
             },
+            Msg::Raft(RaftMsg::Append {
+                term, last, commit, ..
+            }) => format!("append t{term} at {}:{} commit {commit}", last.0, last.1),
+            Msg::Raft(RaftMsg::AppendAnswer { term, ok, last, .. }) => {
+                format!(
+                    "append-{} t{term} at {}:{}",
+                    if *ok { "ok" } else { "no" },
+                    last.0,
+                    last.1
+                )
+            }
+            Msg::Raft(RaftMsg::Vote { term, last }) => {
+                format!("vote? t{term} at {}:{}", last.0, last.1)
+            }
+            Msg::Raft(RaftMsg::VoteAnswer { term, granted, .. }) => {
+                format!("vote-{} t{term}", if *granted { "yes" } else { "no" })
+            }
             Msg::Probe { probe } => format!("probe#{probe}"),
             Msg::ProbeOk { probe } => format!("probe-ok#{probe}"),
             Msg::Offer { conn, epoch, .. } => format!("offer c{conn} epoch {epoch}"),

@@ -83,6 +83,8 @@ pub(crate) struct SimNode {
     registered: bool,
     evicted: bool,
     heartbeat: Option<(u64, Instant)>,
+    /// The monitor it talks to: the one it takes for the leader.
+    monitor: usize,
     sync_drops: BTreeMap<u64, String>,
     queue: VecDeque<Write>,
     reads: Vec<Read>,
@@ -111,6 +113,7 @@ impl SimNode {
             registered: false,
             evicted: false,
             heartbeat: None,
+            monitor: 0,
             sync_drops: BTreeMap::new(),
             queue: VecDeque::new(),
             reads: Vec::new(),
@@ -581,14 +584,24 @@ impl World {
             .heartbeat
             .is_some_and(|(_, sent)| now < sent + timing.heartbeat_timeout);
         if !waiting {
-            self.next_req += 1;
-            let req = self.next_req;
-            let body = self.heartbeat_request(i);
-            self.nodes[i].heartbeat = Some((req, now));
-            self.send(Addr::Node(i), Addr::Monitor, Msg::ToMonitor { req, body });
+            if self.nodes[i].heartbeat.is_some() {
+                // No answer in time: ask the next monitor (as `keel node` does).
+                self.nodes[i].monitor = (self.nodes[i].monitor + 1) % self.monitors.len();
+            }
+            self.send_heartbeat(i);
         }
         let next = self.node_after(i, timing.heartbeat_interval);
         self.at(next, Event::Heartbeat { node: i, life });
+    }
+
+    fn send_heartbeat(&mut self, i: usize) {
+        let now = self.node_now(i);
+        self.next_req += 1;
+        let req = self.next_req;
+        let body = self.heartbeat_request(i);
+        self.nodes[i].heartbeat = Some((req, now));
+        let monitor = Addr::Monitor(self.nodes[i].monitor);
+        self.send(Addr::Node(i), monitor, Msg::ToMonitor { req, body });
     }
 
     fn heartbeat_request(&self, i: usize) -> MonitorRequest {
@@ -656,6 +669,19 @@ impl World {
                 self.nodes[i].evicted = true;
                 self.node_input(i, Input::Evicted);
             }
+            Err(refused) if refused.error == codes::NOT_LEADER => match refused.leader {
+                // Another monitor leads: ask it at once.
+                Some(leader) if leader != self.nodes[i].monitor => {
+                    self.nodes[i].monitor = leader;
+                    self.note(
+                        Addr::Node(i),
+                        format!("following the monitors' leader {}", Addr::Monitor(leader)),
+                    );
+                    self.send_heartbeat(i);
+                }
+                // None known: the next one, at the next heartbeat.
+                _ => self.nodes[i].monitor = (self.nodes[i].monitor + 1) % self.monitors.len(),
+            },
             Err(refused) if refused.error == codes::UNKNOWN_NODE => {
                 self.nodes[i].registered = false;
             }
@@ -688,7 +714,8 @@ impl World {
                 epoch: self.nodes[i].store.status().epoch,
                 standby,
             });
-            self.send(Addr::Node(i), Addr::Monitor, Msg::ToMonitor { req, body });
+            let monitor = Addr::Monitor(self.nodes[i].monitor);
+            self.send(Addr::Node(i), monitor, Msg::ToMonitor { req, body });
         }
     }
 
@@ -1094,8 +1121,8 @@ impl World {
     pub(crate) fn node_receive(&mut self, i: usize, from: Addr, msg: Msg) {
         match (msg, from) {
             (Msg::FromMonitor { req, answer }, _) => self.monitor_answered(i, req, answer),
-            (Msg::Probe { probe }, _) => {
-                self.send(Addr::Node(i), Addr::Monitor, Msg::ProbeOk { probe });
+            (Msg::Probe { probe }, monitor) => {
+                self.send(Addr::Node(i), monitor, Msg::ProbeOk { probe });
             }
             (
                 Msg::Offer {

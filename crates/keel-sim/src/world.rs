@@ -3,16 +3,14 @@
 //! drivers are in `node`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use keel_core::Epoch;
-use keel_monitor::machine::{self as monitor, Answer as MonitorAnswer};
-use keel_monitor::{ClusterState, Monitor, Settings as MonitorSettings};
 use tokio::time::Instant;
 
 use crate::config::{Config, Flaw};
+use crate::group::MonitorActor;
 use crate::linear;
-use crate::net::{Addr, ClientReply, MonitorRequest, Msg, Refused, Time};
+use crate::net::{Addr, ClientReply, Msg, Time};
 use crate::node::SimNode;
 use crate::rng::Rng;
 
@@ -20,10 +18,6 @@ use crate::rng::Rng;
 pub(crate) const MS: Time = 1_000;
 /// How long a client waits for an answer before it counts the operation as unknown.
 const CLIENT_TIMEOUT: Time = 2_000 * MS;
-/// How long the monitor waits for a probe's answer (one heartbeat interval).
-const PROBE_TIMEOUT: Time = 100 * MS;
-/// How often the monitor's runtime ticks its machine (half a heartbeat interval).
-const MONITOR_TICK: Time = 50 * MS;
 
 /// A clock that may run fast or slow: local µs = offset + t·(1 + ppm/10⁶).
 #[derive(Debug, Clone, Copy)]
@@ -78,10 +72,21 @@ pub(crate) enum Event {
         link: u64,
     },
     MonitorTick {
+        monitor: usize,
         life: u64,
     },
     ProbeTimeout {
+        monitor: usize,
         probe: u64,
+    },
+    CommitTimeout {
+        monitor: usize,
+        life: u64,
+        index: u64,
+    },
+    RaftTick {
+        monitor: usize,
+        life: u64,
     },
     ClientNext {
         client: usize,
@@ -94,6 +99,11 @@ pub(crate) enum Event {
     Restart(Addr),
     Cut(Addr, Addr),
     Heal(Addr, Addr),
+    /// The group split in two: the monitor leading now and the node that is primary now
+    /// on one side, the other monitors and nodes on the other, until `end`.
+    Split {
+        end: Time,
+    },
     Calm,
     FinalReads,
 }
@@ -106,17 +116,6 @@ pub(crate) struct Conn {
     pub(crate) broken: bool,
     /// When the last message in each direction is due, so that they arrive in order.
     last: [Time; 2],
-}
-
-/// The monitor process.
-pub(crate) struct MonitorActor {
-    pub(crate) machine: Option<Monitor>,
-    /// What it persisted last: what a restart finds.
-    pub(crate) persisted: Option<ClusterState>,
-    pub(crate) life: u64,
-    pub(crate) clock: Clock,
-    /// Probes in flight: the probed node.
-    probes: BTreeMap<u64, usize>,
 }
 
 /// A client and the operation it has in flight.
@@ -160,8 +159,10 @@ pub struct Outcome {
     pub reads_ok: u64,
     /// Operations whose outcome stayed unknown.
     pub unknown: u64,
-    /// Failovers the monitor completed.
+    /// Failovers the monitors completed.
     pub failovers: u64,
+    /// Monitors elected leader of a term (0 with a lone monitor).
+    pub elections: u64,
     /// Events handled.
     pub steps: u64,
 }
@@ -174,7 +175,7 @@ pub(crate) struct World {
     queue: BTreeMap<(Time, u64), Event>,
     pub(crate) base: Instant,
     pub(crate) nodes: Vec<SimNode>,
-    pub(crate) monitor: MonitorActor,
+    pub(crate) monitors: Vec<MonitorActor>,
     clients: Vec<Client>,
     pub(crate) conns: BTreeMap<u64, Conn>,
     next_conn: u64,
@@ -189,7 +190,14 @@ pub(crate) struct World {
     next_op: u64,
     pub(crate) next_req: u64,
     epochs_seen: Vec<Epoch>,
-    monitor_epoch: Epoch,
+    /// The latest epoch the monitors committed (persisted, alone).
+    pub(crate) monitor_epoch: Epoch,
+    /// The latest version of the cluster state the monitors committed.
+    pub(crate) committed_version: u64,
+    /// Who led each term (at most one).
+    pub(crate) leaders: BTreeMap<u64, usize>,
+    /// Failovers completed by machines since dropped.
+    pub(crate) failovers: u64,
     writes_ok: u64,
     reads_ok: u64,
     unknown: u64,
@@ -230,6 +238,11 @@ impl World {
         } else {
             0
         };
+        // A lone monitor draws nothing more, so that its seeds replay as they always did.
+        let mut monitors = vec![MonitorActor::new(monitor_clock)];
+        for _ in 1..cfg.monitors {
+            monitors.push(MonitorActor::new(clock(&mut rng)));
+        }
         let mut world = Self {
             rng,
             now: 0,
@@ -237,13 +250,7 @@ impl World {
             queue: BTreeMap::new(),
             base,
             nodes,
-            monitor: MonitorActor {
-                machine: None,
-                persisted: None,
-                life: 0,
-                clock: monitor_clock,
-                probes: BTreeMap::new(),
-            },
+            monitors,
             clients,
             conns: BTreeMap::new(),
             next_conn: 0,
@@ -259,6 +266,9 @@ impl World {
             next_req: 0,
             epochs_seen: vec![Epoch(0); cfg.nodes],
             monitor_epoch: Epoch(0),
+            committed_version: 0,
+            leaders: BTreeMap::new(),
+            failovers: 0,
             writes_ok: 0,
             reads_ok: 0,
             unknown: 0,
@@ -266,10 +276,10 @@ impl World {
             cfg,
         };
         world.note(
-            Addr::Monitor,
+            Addr::Sim,
             format!(
-                "seed {seed}: {} nodes, faults {}, loss {}‰, duplicates {}‰",
-                world.cfg.nodes, world.cfg.faults, loss, duplicate
+                "seed {seed}: {} nodes, {} monitor(s), faults {}, loss {}‰, duplicates {}‰",
+                world.cfg.nodes, world.cfg.monitors, world.cfg.faults, loss, duplicate
             ),
         );
         world
@@ -278,7 +288,9 @@ impl World {
     // --- the loop ------------------------------------------------------------------------
 
     pub(crate) fn run(mut self) -> Outcome {
-        self.start_monitor();
+        for k in 0..self.monitors.len() {
+            self.start_monitor(k);
+        }
         for i in 0..self.nodes.len() {
             self.start_node(i);
         }
@@ -303,11 +315,13 @@ impl World {
         if self.violation.is_none() {
             self.check_histories();
         }
-        let failovers = self
-            .monitor
-            .machine
-            .as_ref()
-            .map_or(0, |m| m.stats().failovers_total);
+        let failovers = self.failovers
+            + self
+                .monitors
+                .iter()
+                .filter_map(|m| m.machine.as_ref())
+                .map(|m| m.stats().failovers_total)
+                .sum::<u64>();
         Outcome {
             violation: self.violation,
             trace: self.trace,
@@ -315,6 +329,7 @@ impl World {
             reads_ok: self.reads_ok,
             unknown: self.unknown,
             failovers,
+            elections: self.leaders.len() as u64,
             steps: self.steps,
         }
     }
@@ -337,8 +352,14 @@ impl World {
                 conn,
             } => self.sender_timer(node, life, link, conn),
             Event::SenderRetry { node, life, link } => self.sender_retry(node, life, link),
-            Event::MonitorTick { life } => self.monitor_tick(life),
-            Event::ProbeTimeout { probe } => self.probe_result(probe, false),
+            Event::MonitorTick { monitor, life } => self.monitor_tick(monitor, life),
+            Event::ProbeTimeout { monitor, probe } => self.probe_result(monitor, probe, false),
+            Event::CommitTimeout {
+                monitor,
+                life,
+                index,
+            } => self.commit_timeout(monitor, life, index),
+            Event::RaftTick { monitor, life } => self.raft_tick(monitor, life),
             Event::ClientNext { client } => self.client_next(client),
             Event::ClientTimeout { client, op } => self.client_timeout(client, op),
             Event::Crash(addr) => self.crash(addr),
@@ -351,6 +372,7 @@ impl World {
                 self.note(a, format!("partition from {b} healed"));
                 self.cut.remove(&(a.min(b), a.max(b)));
             }
+            Event::Split { end } => self.split(end),
             Event::Calm => self.calm(),
             Event::FinalReads => self.final_reads(),
         }
@@ -363,7 +385,7 @@ impl World {
 
     pub(crate) fn fail(&mut self, invariant: &'static str, detail: String) {
         if self.violation.is_none() {
-            self.note(Addr::Monitor, format!("VIOLATION {invariant}: {detail}"));
+            self.note(Addr::Sim, format!("VIOLATION {invariant}: {detail}"));
             self.violation = Some(Violation {
                 invariant,
                 detail,
@@ -376,7 +398,8 @@ impl World {
 
     fn is_up(&self, addr: Addr) -> bool {
         match addr {
-            Addr::Monitor => self.monitor.machine.is_some(),
+            Addr::Sim => false,
+            Addr::Monitor(k) => self.monitors[k].up,
             Addr::Node(i) => self.nodes[i].up,
             Addr::Client(_) => true,
         }
@@ -499,133 +522,15 @@ impl World {
             self.note(to, line);
         }
         match to {
-            Addr::Monitor => self.monitor_receive(from, msg),
+            Addr::Monitor(k) => self.monitor_receive(k, from, msg),
             Addr::Node(i) => self.node_receive(i, from, msg),
             Addr::Client(c) => self.client_receive(c, from, msg),
+            Addr::Sim => {}
         }
     }
 
     fn cfg_trace_messages(&self) -> bool {
         true
-    }
-
-    // --- the monitor -----------------------------------------------------------------------
-
-    fn monitor_settings() -> MonitorSettings {
-        MonitorSettings::default()
-    }
-
-    pub(crate) fn monitor_now(&self) -> Instant {
-        self.base + Duration::from_micros(self.monitor.clock.local(self.now))
-    }
-
-    fn start_monitor(&mut self) {
-        let now = self.monitor_now();
-        let (machine, outputs) = Monitor::new(
-            Self::monitor_settings(),
-            self.monitor.persisted.clone(),
-            now,
-        );
-        self.monitor.machine = Some(machine);
-        self.monitor.life += 1;
-        self.monitor.probes.clear();
-        self.monitor_outputs(None, outputs);
-        let life = self.monitor.life;
-        self.at(self.now + MONITOR_TICK, Event::MonitorTick { life });
-    }
-
-    fn monitor_tick(&mut self, life: u64) {
-        if life != self.monitor.life || self.monitor.machine.is_none() {
-            return;
-        }
-        self.monitor_input(None, monitor::Input::Tick);
-        self.at(self.now + MONITOR_TICK, Event::MonitorTick { life });
-    }
-
-    fn monitor_input(&mut self, from: Option<(usize, u64)>, input: monitor::Input) {
-        let now = self.monitor_now();
-        let Some(machine) = self.monitor.machine.as_mut() else {
-            return;
-        };
-        let outputs = machine.handle(input, now);
-        self.monitor_outputs(from, outputs);
-    }
-
-    fn monitor_outputs(&mut self, from: Option<(usize, u64)>, outputs: Vec<monitor::Output>) {
-        for output in outputs {
-            match output {
-                monitor::Output::Persist(state) => {
-                    if state.epoch < self.monitor_epoch {
-                        self.fail(
-                            "epochs never go back",
-                            format!(
-                                "the monitor persisted epoch {} after epoch {}",
-                                state.epoch, self.monitor_epoch
-                            ),
-                        );
-                    }
-                    self.monitor_epoch = state.epoch;
-                    self.monitor.persisted = Some(state);
-                }
-                monitor::Output::Probe { node, probe, .. } => {
-                    let Some(i) = node_index(node.as_str()) else {
-                        continue;
-                    };
-                    self.monitor.probes.insert(probe, i);
-                    self.send(Addr::Monitor, Addr::Node(i), Msg::Probe { probe });
-                    self.at(self.now + PROBE_TIMEOUT, Event::ProbeTimeout { probe });
-                }
-                monitor::Output::Event(e) => {
-                    self.note(Addr::Monitor, format!("event {:?}: {}", e.kind, e.message));
-                }
-                monitor::Output::Reply(result) => {
-                    let Some((node, req)) = from else {
-                        continue;
-                    };
-                    let answer = match result {
-                        Ok(MonitorAnswer::View(view)) => Ok(Box::new(view)),
-                        Ok(MonitorAnswer::Cluster(_)) => continue,
-                        Err(refusal) => Err(Refused {
-                            error: refusal.error,
-                            view: refusal.view,
-                        }),
-                    };
-                    self.send(
-                        Addr::Monitor,
-                        Addr::Node(node),
-                        Msg::FromMonitor { req, answer },
-                    );
-                }
-            }
-        }
-    }
-
-    fn monitor_receive(&mut self, from: Addr, msg: Msg) {
-        let Addr::Node(node) = from else {
-            return;
-        };
-        match msg {
-            Msg::ToMonitor { req, body } => {
-                let input = match body {
-                    MonitorRequest::Register(r) => monitor::Input::Register(r),
-                    MonitorRequest::Heartbeat(h) => monitor::Input::Heartbeat(h),
-                    MonitorRequest::SyncDrop(d) => monitor::Input::SyncDrop(d),
-                };
-                self.monitor_input(Some((node, req)), input);
-            }
-            Msg::ProbeOk { probe } => self.probe_result(probe, true),
-            _ => {}
-        }
-    }
-
-    fn probe_result(&mut self, probe: u64, ok: bool) {
-        let Some(node) = self.monitor.probes.remove(&probe) else {
-            return;
-        };
-        let Some(node) = keel_core::NodeId::new(node_name(node)).ok() else {
-            return;
-        };
-        self.monitor_input(None, monitor::Input::ProbeResult { node, probe, ok });
     }
 
     // --- faults ----------------------------------------------------------------------------
@@ -634,6 +539,7 @@ impl World {
         let faults = self.cfg.faults;
         let active = self.cfg.active_ms * MS;
         let n = self.nodes.len();
+        let group = self.monitors.len() > 1;
         let count = self.rng.range(2, 6);
         for _ in 0..count {
             let start = self
@@ -641,12 +547,17 @@ impl World {
                 .range(1_500 * MS, active.saturating_sub(500 * MS).max(1_600 * MS));
             let length = self.rng.range(200, 2_500) * MS;
             let end = (start + length).min(active);
+            // Faults 5 and 6 concern a group of monitors; a lone monitor's seeds draw as
+            // they always did.
             let kinds: Vec<u8> = [
                 (faults.crash, 0u8),
                 (faults.crash, 1),
                 (faults.partition, 2),
                 (faults.partition, 3),
                 (faults.partition, 4),
+                (faults.partition && group, 5),
+                (faults.partition && group, 6),
+                (faults.partition && group, 7),
             ]
             .into_iter()
             .filter(|(on, _)| *on)
@@ -662,8 +573,9 @@ impl World {
                     self.at(end, Event::Restart(node));
                 }
                 1 => {
-                    self.at(start, Event::Crash(Addr::Monitor));
-                    self.at(end, Event::Restart(Addr::Monitor));
+                    let m = Addr::Monitor(self.any_monitor());
+                    self.at(start, Event::Crash(m));
+                    self.at(end, Event::Restart(m));
                 }
                 2 => {
                     // One node cut off from every other process but the clients.
@@ -671,45 +583,106 @@ impl World {
                     let others: Vec<Addr> = (0..n)
                         .filter(|j| *j != i)
                         .map(Addr::Node)
-                        .chain([Addr::Monitor])
+                        .chain((0..self.monitors.len()).map(Addr::Monitor))
                         .collect();
-                    for other in others {
-                        self.at(start, Event::Cut(Addr::Node(i), other));
-                        self.at(end, Event::Heal(Addr::Node(i), other));
-                    }
+                    self.cut_for(Addr::Node(i), &others, start, end);
                 }
                 3 => {
                     let i = self.rng.index(n);
-                    self.at(start, Event::Cut(Addr::Node(i), Addr::Monitor));
-                    self.at(end, Event::Heal(Addr::Node(i), Addr::Monitor));
+                    let m = Addr::Monitor(self.any_monitor());
+                    self.cut_for(Addr::Node(i), &[m], start, end);
                 }
-                _ => {
+                4 => {
                     let i = self.rng.index(n);
                     let j = (i + 1 + self.rng.index(n - 1)) % n;
-                    self.at(start, Event::Cut(Addr::Node(i), Addr::Node(j)));
-                    self.at(end, Event::Heal(Addr::Node(i), Addr::Node(j)));
+                    self.cut_for(Addr::Node(i), &[Addr::Node(j)], start, end);
+                }
+                7 => {
+                    // Long enough for the majority to elect a leader and fail over.
+                    let end = (end + 2_500 * MS).min(active);
+                    self.at(start, Event::Split { end });
+                }
+                kind => {
+                    // A monitor cut off from the other monitors (5), the nodes still
+                    // reaching it: a leader that may go on believing it leads; or from
+                    // everyone (6).
+                    let k = self.any_monitor();
+                    let mut others: Vec<Addr> = (0..self.monitors.len())
+                        .filter(|j| *j != k)
+                        .map(Addr::Monitor)
+                        .collect();
+                    if kind == 6 {
+                        others.extend((0..n).map(Addr::Node));
+                    }
+                    self.cut_for(Addr::Monitor(k), &others, start, end);
                 }
             }
+        }
+    }
+
+    /// Splits the group: the leader and the primary of the moment keep each other, the
+    /// other monitors and the standbys keep each other, and the nodes still replicate
+    /// among themselves. The old leader may go on believing it leads, and the primary
+    /// goes on hearing from it: the case the lease must survive.
+    fn split(&mut self, end: Time) {
+        let Some(leader) = self.leader_now() else {
+            return;
+        };
+        let primary = (0..self.nodes.len())
+            .find(|&i| self.nodes[i].up && self.nodes[i].machine.refusal().is_none());
+        let Some(primary) = primary else {
+            return;
+        };
+        self.note(
+            Addr::Sim,
+            format!(
+                "split: {} and {} apart from the rest",
+                Addr::Monitor(leader),
+                Addr::Node(primary)
+            ),
+        );
+        let mut cuts = Vec::new();
+        for m in (0..self.monitors.len()).filter(|m| *m != leader) {
+            cuts.push((Addr::Monitor(leader), Addr::Monitor(m)));
+            cuts.push((Addr::Node(primary), Addr::Monitor(m)));
+        }
+        for i in (0..self.nodes.len()).filter(|i| *i != primary) {
+            cuts.push((Addr::Node(i), Addr::Monitor(leader)));
+        }
+        for (a, b) in cuts {
+            self.step(Event::Cut(a, b));
+            self.at(end, Event::Heal(a, b));
+        }
+    }
+
+    /// A monitor chosen by the seed (the only one, without drawing, when alone).
+    fn any_monitor(&mut self) -> usize {
+        match self.monitors.len() {
+            1 => 0,
+            m => self.rng.index(m),
+        }
+    }
+
+    fn cut_for(&mut self, who: Addr, others: &[Addr], start: Time, end: Time) {
+        for &other in others {
+            self.at(start, Event::Cut(who, other));
+            self.at(end, Event::Heal(who, other));
         }
     }
 
     fn crash(&mut self, addr: Addr) {
         match addr {
-            Addr::Monitor => {
-                if self.monitor.machine.take().is_some() {
-                    self.note(addr, "crashed".into());
-                }
-            }
+            Addr::Monitor(k) => self.crash_monitor(k),
             Addr::Node(i) => self.crash_node(i),
-            Addr::Client(_) => {}
+            Addr::Client(_) | Addr::Sim => {}
         }
     }
 
     fn restart(&mut self, addr: Addr) {
         match addr {
-            Addr::Monitor if self.monitor.machine.is_none() => {
+            Addr::Monitor(k) if !self.monitors[k].up => {
                 self.note(addr, "restarted".into());
-                self.start_monitor();
+                self.start_monitor(k);
             }
             Addr::Node(i) if !self.nodes[i].up => self.restart_node(i),
             _ => {}
@@ -720,10 +693,10 @@ impl World {
     /// stops losing and delaying.
     fn calm(&mut self) {
         self.calm = true;
-        self.note(Addr::Monitor, "faults over: healing everything".into());
+        self.note(Addr::Sim, "faults over: healing everything".into());
         self.cut.clear();
-        if self.monitor.machine.is_none() {
-            self.restart(Addr::Monitor);
+        for k in 0..self.monitors.len() {
+            self.restart(Addr::Monitor(k));
         }
         for i in 0..self.nodes.len() {
             if !self.nodes[i].up {

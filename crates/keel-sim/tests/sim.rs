@@ -106,3 +106,83 @@ fn a_primary_that_reads_without_its_lease_is_caught_within_200_seeds() {
         v.detail
     );
 }
+
+fn monitors(n: usize, flaw: Flaw) -> Config {
+    Config {
+        monitors: n,
+        flaw,
+        ..Config::default()
+    }
+}
+
+/// What failed, one paragraph per seed.
+fn report(summary: &keel_sim::Summary) -> String {
+    summary
+        .failures
+        .iter()
+        .map(|f| {
+            format!(
+                "seed {}: {}: {}\n{}",
+                f.seed,
+                f.violation.invariant,
+                f.violation.detail,
+                f.trace_tail.join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+#[test]
+fn three_hundred_seeds_with_three_monitors_break_no_invariant() {
+    let summary = run_seeds(1..=300, &monitors(3, Flaw::None), 30, |_, _| {});
+    assert!(summary.failures.is_empty(), "{}", report(&summary));
+    // Leaders changed (killed, cut off, split from the group) and the data tier failed
+    // over through new ones.
+    assert!(
+        summary.elections > summary.seeds * 3 / 2,
+        "too few elections to mean anything: {summary:?}"
+    );
+    assert!(summary.failovers > 50, "{summary:?}");
+    assert!(summary.writes_ok > 10_000, "{summary:?}");
+}
+
+#[test]
+fn a_hundred_seeds_with_five_monitors_break_no_invariant() {
+    let summary = run_seeds(1..=100, &monitors(5, Flaw::None), 30, |_, _| {});
+    assert!(summary.failures.is_empty(), "{}", report(&summary));
+    assert!(summary.elections > summary.seeds, "{summary:?}");
+}
+
+#[test]
+fn a_leader_that_renews_leases_without_a_majority_is_caught_within_500_seeds() {
+    let (seed, outcome) = first_failure(&monitors(3, Flaw::LeaseWithoutMajority), 1..=500)
+        .expect("the planted mistake was not caught in 500 seeds");
+    let v = outcome.violation.expect("a violation");
+    assert_eq!(
+        v.invariant, "at most one node acknowledges writes",
+        "seed {seed}: {}",
+        v.detail
+    );
+}
+
+#[test]
+fn a_leader_that_answers_before_its_decision_commits_is_caught_within_500_seeds() {
+    let (seed, outcome) = first_failure(&monitors(3, Flaw::AnswerBeforeCommit), 1..=500)
+        .expect("the planted mistake was not caught in 500 seeds");
+    let v = outcome.violation.expect("a violation");
+    assert_eq!(
+        v.invariant, "at most one node acknowledges writes",
+        "seed {seed}: {}",
+        v.detail
+    );
+}
+
+#[test]
+fn a_seed_with_three_monitors_replays_byte_for_byte() {
+    let config = monitors(3, Flaw::None);
+    let a = run(11, &config);
+    let b = run(11, &config);
+    assert!(a.elections > 0);
+    assert!(a.trace == b.trace, "seed 11 ran differently twice");
+}

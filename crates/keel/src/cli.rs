@@ -74,6 +74,10 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=7))]
     pub nodes: u64,
 
+    /// Monitors: 1 alone, or a group of 3 or 5 replicating the cluster state with Raft.
+    #[arg(long, default_value_t = 1, value_parser = parse_monitors)]
+    pub monitors: u16,
+
     /// The faults that may strike: all, none, or a comma-separated list of loss, delay,
     /// duplicate, partition, crash, clock.
     #[arg(long, default_value = "all")]

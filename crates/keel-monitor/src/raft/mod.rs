@@ -76,6 +76,11 @@ pub fn config() -> openraft::Config {
     }
 }
 
+/// How long a change of the cluster state may take to commit to a majority of monitors
+/// before the leader gives up deciding: a leader cut off from the others must not hold a
+/// request forever.
+pub const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A leader renews nodes' leases only while a majority acknowledged it this recently
 /// (counted from when it sent what they acknowledged). No monitor that acknowledged votes
 /// for anyone within `election_timeout_max` (750 ms) of it, so a new leader exists at the

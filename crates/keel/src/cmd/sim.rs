@@ -2,6 +2,7 @@
 //! the invariant it broke and the steps that led there, and a summary; or one seed, in
 //! full with `--trace`. The simulation is `keel_sim`'s; this reads flags and prints.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use crate::cli::SimArgs;
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     let config = keel_sim::Config {
         nodes: args.nodes as usize,
+        monitors: usize::from(args.monitors),
         faults: args.faults,
         active_ms: args.active_ms,
         settle_ms: args.settle_ms,
@@ -18,8 +20,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     if let Some(seed) = args.seed {
         let outcome = keel_sim::run(seed, &config);
         if args.trace {
+            let mut out = std::io::stdout().lock();
             for line in &outcome.trace {
-                println!("{line}");
+                if writeln!(out, "{line}").is_err() {
+                    // The reader went away (`keel sim --trace | head`): stop quietly.
+                    return Ok(exit_code(&outcome));
+                }
             }
         }
         return Ok(report_one(seed, &outcome));
@@ -27,10 +33,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     let seeds = args.seeds.clone();
     let total = seeds.end() - seeds.start() + 1;
     println!(
-        "simulating seeds {}..{} ({total}): {} nodes, faults {}",
+        "simulating seeds {}..{} ({total}): {} nodes, {} monitor(s), faults {}",
         seeds.start(),
         seeds.end(),
         config.nodes,
+        config.monitors,
         config.faults
     );
     let started = Instant::now();
@@ -54,13 +61,18 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     });
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{} seeds, {} failed; {} writes acknowledged, {} reads, {} of unknown outcome, {} failovers, {} steps; {:.1} s ({:.0} seeds/s)",
+        "{} seeds, {} failed; {} writes acknowledged, {} reads, {} of unknown outcome, {} failovers, {}{} steps; {:.1} s ({:.0} seeds/s)",
         summary.seeds,
         summary.failures.len(),
         summary.writes_ok,
         summary.reads_ok,
         summary.unknown,
         summary.failovers,
+        if config.monitors > 1 {
+            format!("{} monitor leaders elected, ", summary.elections)
+        } else {
+            String::new()
+        },
         summary.steps,
         secs,
         summary.seeds as f64 / secs.max(1e-9)
@@ -92,5 +104,12 @@ fn report_one(seed: u64, outcome: &keel_sim::Outcome) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn exit_code(outcome: &keel_sim::Outcome) -> ExitCode {
+    match outcome.violation {
+        Some(_) => ExitCode::FAILURE,
+        None => ExitCode::SUCCESS,
     }
 }
