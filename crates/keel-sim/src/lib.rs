@@ -15,7 +15,8 @@
 //! - [`run`] and [`run_seeds`]: one seed, or many, with what each found.
 //!
 //! What is checked: at most one node can acknowledge writes at any simulated instant;
-//! epochs never go back, on any node's disk or in the monitor's record; every
+//! epochs never go back, on any node's disk or in what the monitors committed; in a group
+//! of monitors, at most one leads a term and no committed state is lost; every
 //! acknowledged write is durable on the primary and on its sync set when it is
 //! acknowledged; once the faults heal, a primary takes writes again; and every key's
 //! history of reads and writes is linearizable, writes of unknown outcome taking effect

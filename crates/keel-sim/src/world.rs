@@ -1,6 +1,6 @@
-//! The world: simulated time, the event queue, the network, the monitor, the clients,
-//! the fault schedule and the invariants checked after every step. The data nodes'
-//! drivers are in `node`.
+//! The world: simulated time, the event queue, the network, the clients, the fault
+//! schedule and the invariants checked after every step. The data nodes' drivers are in
+//! `node`, the monitors' in `group`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
