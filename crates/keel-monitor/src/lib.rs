@@ -12,6 +12,7 @@
 //! - [`settings`]: [`Settings`], the timing the monitor runs on and hands to the nodes;
 //! - [`state`]: [`ClusterState`], what the monitor keeps durably;
 //! - [`store`]: `monitor.json`, written atomically and fsync'd (a monitor alone);
+//! - [`file`]: `keel monitor --config monitor.toml`, the flags' options in a file;
 //! - [`raft`]: three or five monitors replicating the cluster state with Raft (openraft):
 //!   the log and state in redb, the calls between monitors, when a leader may renew
 //!   leases;
@@ -31,6 +32,7 @@
 //! behind it goes out.
 #![forbid(unsafe_code)]
 
+pub mod file;
 pub mod machine;
 pub mod metrics;
 pub mod raft;

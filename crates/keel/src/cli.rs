@@ -401,13 +401,22 @@ pub struct UpArgs {
 
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
+    /// A TOML file with these options (keys are the flags' names with _ for -, and a
+    /// [peers] table), instead of the flags (docs/failover.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "listen", "data_dir", "advertise", "heartbeat_interval", "heartbeat_timeout",
+        "probe_retries", "lease", "drift_margin", "drain_timeout", "token_file",
+        "cluster_secret_file", "epoch_floor", "id", "peers",
+    ])]
+    pub config: Option<PathBuf>,
+
     /// Address to serve the monitor protocol on.
     #[arg(long, default_value = "127.0.0.1:8070")]
     pub listen: SocketAddr,
 
     /// Directory for the monitor's durable cluster state (created when missing).
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    pub data_dir: Option<PathBuf>,
 
     /// A URL members reach the monitor at, when it is not its --listen address (a DNS
     /// name, an address behind NAT); repeat for several. Requests signed for any other

@@ -51,8 +51,20 @@ struct Group {
     nodes: BTreeMap<String, TestNode>,
 }
 
+/// How the monitors get their options.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Options {
+    Flags,
+    /// `keel monitor --config mN.toml`, with paths relative to the file.
+    Files,
+}
+
 impl Group {
     fn start(root: &Path) -> Group {
+        Self::start_with(root, Options::Flags)
+    }
+
+    fn start_with(root: &Path, options: Options) -> Group {
         let secret = root.join("cluster.secret");
         let token = root.join("admin.token");
         fs::create_dir_all(root).expect("root");
@@ -68,7 +80,24 @@ impl Group {
         let mut monitors = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let id = format!("m{}", i + 1);
-            let args: Vec<String> = [
+            let file = root.join(format!("{id}.toml"));
+            let table: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .map(|(j, p)| format!("m{} = \"{}\"", j + 1, url_for(*p)))
+                .collect();
+            let text = format!(
+                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{id}\"\n\
+                 token_file = \"admin.token\"\ncluster_secret_file = \"cluster.secret\"\n\
+                 [peers]\n{}\n",
+                table.join("\n")
+            );
+            fs::write(&file, text).expect("monitor file");
+            let from_file = ["monitor", "--config", &file.display().to_string()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let flags: Vec<String> = [
                 "monitor",
                 "--id",
                 &id,
@@ -86,6 +115,10 @@ impl Group {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            let args = match options {
+                Options::Flags => flags,
+                Options::Files => from_file,
+            };
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             let proc = KeelProcess::spawn(&id, &refs);
             monitors.push(Monitor {
@@ -269,7 +302,8 @@ fn a_dead_monitor_leader_is_replaced_writes_never_stop_and_a_primary_kill_fails_
 #[test]
 fn restarting_every_monitor_keeps_the_epoch_and_the_primary() {
     let root = tempdir();
-    let mut group = Group::start(root.path());
+    // Started, and started again, from one TOML file each.
+    let mut group = Group::start_with(root.path(), Options::Files);
     let leader = group.leader().expect("a leader");
     let before = view_of(&group.monitors[leader].url).expect("view");
     for i in 0..3 {

@@ -9,6 +9,13 @@ use keel_monitor::{MonitorConfig, Settings};
 use crate::cli::MonitorArgs;
 
 pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
+    let args = match &args.config {
+        Some(path) => from_file(path, args.tls)?,
+        None => args,
+    };
+    let Some(data_dir) = args.data_dir.clone() else {
+        anyhow::bail!("--data-dir is required");
+    };
     let settings = Settings {
         heartbeat_interval: args.heartbeat_interval,
         heartbeat_timeout: args.heartbeat_timeout,
@@ -62,7 +69,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
     let config = MonitorConfig {
         raft,
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir,
         settings,
         token,
         secret,
@@ -77,4 +84,38 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(keel_monitor::run(config, keel_core::shutdown::signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The options of `--config FILE`, with the flags' defaults for what it leaves out; TLS
+/// files it does not name may still come from the environment (`KEEL_TLS_*`).
+fn from_file(path: &std::path::Path, tls: crate::cli::TlsArgs) -> anyhow::Result<MonitorArgs> {
+    let file = keel_monitor::file::MonitorFile::load(path)?;
+    let peers = file.peers()?;
+    let defaults = Settings::default();
+    Ok(MonitorArgs {
+        config: None,
+        listen: file
+            .listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8070))),
+        data_dir: file.data_dir,
+        advertise: file.advertise,
+        heartbeat_interval: file
+            .heartbeat_interval
+            .unwrap_or(defaults.heartbeat_interval),
+        heartbeat_timeout: file.heartbeat_timeout.unwrap_or(defaults.heartbeat_timeout),
+        probe_retries: file.probe_retries.unwrap_or(defaults.probe_retries),
+        lease: file.lease.unwrap_or(defaults.lease),
+        drift_margin: file.drift_margin.unwrap_or(defaults.drift),
+        drain_timeout: file.drain_timeout.unwrap_or(defaults.drain_timeout),
+        token_file: file.token_file,
+        cluster_secret_file: file.cluster_secret_file,
+        tls: crate::cli::TlsArgs {
+            tls_cert: file.tls_cert.or(tls.tls_cert),
+            tls_key: file.tls_key.or(tls.tls_key),
+            tls_ca: file.tls_ca.or(tls.tls_ca),
+        },
+        epoch_floor: file.epoch_floor,
+        id: file.id,
+        peers,
+    })
 }
