@@ -10,6 +10,10 @@
 //! version does not know is kept as it is. When the stream breaks (the monitor
 //! restarted) it is opened again with `?since=` the last id, so nothing in between is
 //! lost while the monitor keeps its history.
+//!
+//! Given a group of monitors, the stream is the leader's. When another takes over, its
+//! stream is opened from now (event ids are each monitor's own), and the change is kept
+//! as an event of kind `monitor_leader` with id 0, so the report says it once.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -98,11 +102,14 @@ impl Collector {
             why: e.to_string(),
         };
         let http = keel_client::monitor::stream_client(CONNECT_TIMEOUT, tls).map_err(failed)?;
-        let stream = EventStream::open(&http, &monitor, None)
+        let leader = keel_client::monitor::leading(&http, &monitor, CONNECT_TIMEOUT, None)
+            .await
+            .map_err(failed)?;
+        let stream = EventStream::open(&http, &leader, None)
             .await
             .map_err(failed)?;
         let feed: Feed = Arc::default();
-        let task = tokio::spawn(follow(http, monitor, stream, Arc::clone(&feed)));
+        let task = tokio::spawn(follow(http, monitor, leader, stream, Arc::clone(&feed)));
         Ok(Collector { feed, task })
     }
 
@@ -135,8 +142,15 @@ pub fn mark(arrived: &Arrived, start: Instant) -> EventMark {
     }
 }
 
-/// Reads the stream into `feed`, reopening it when it breaks, until aborted.
-async fn follow(http: reqwest::Client, monitor: String, first: EventStream, feed: Feed) {
+/// Reads the stream of `leader` (one of `monitors`) into `feed`, reopening it when it
+/// breaks, on whichever monitor leads then, until aborted.
+async fn follow(
+    http: reqwest::Client,
+    monitors: String,
+    mut leader: String,
+    first: EventStream,
+    feed: Feed,
+) {
     let mut stream = Some(first);
     let mut last_id = None;
     loop {
@@ -144,7 +158,25 @@ async fn follow(http: reqwest::Client, monitor: String, first: EventStream, feed
             Some(s) => s,
             None => {
                 tokio::time::sleep(REOPEN_PAUSE).await;
-                match EventStream::open(&http, &monitor, last_id).await {
+                let Ok(now) =
+                    keel_client::monitor::leading(&http, &monitors, CONNECT_TIMEOUT, None).await
+                else {
+                    continue;
+                };
+                if now != leader {
+                    last_id = None;
+                    push(
+                        &feed,
+                        MonitorEvent {
+                            id: 0,
+                            kind: "monitor_leader".into(),
+                            node: None,
+                            message: format!("the monitors' leader is now {now}"),
+                        },
+                    );
+                    leader = now;
+                }
+                match EventStream::open(&http, &leader, last_id).await {
                     Ok(s) => s,
                     Err(_) => continue,
                 }
@@ -153,15 +185,19 @@ async fn follow(http: reqwest::Client, monitor: String, first: EventStream, feed
         while let Ok(Some(data)) = current.next_data().await {
             if let Some(event) = parse(&data) {
                 last_id = Some(event.id);
-                feed.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(Arrived {
-                        at: Instant::now(),
-                        event,
-                    });
+                push(&feed, event);
             }
         }
     }
+}
+
+fn push(feed: &Feed, event: MonitorEvent) {
+    feed.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Arrived {
+            at: Instant::now(),
+            event,
+        });
 }
 
 /// The event in the JSON of one `data:` line; `None` when it is not one.

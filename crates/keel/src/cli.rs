@@ -723,8 +723,10 @@ pub struct LoadArgs {
     pub spread_by: keel_load::SpreadBy,
 
     /// The monitor: its events during the run are listed in the report and marked on
-    /// the plot, and --verify reads from the primary it names.
-    #[arg(long, value_name = "URL", visible_alias = "events")]
+    /// the plot, and --verify reads from the primary it names. For a group, every
+    /// monitor's URL separated by commas: the leader's events and view are taken, and a
+    /// new leader's after an election.
+    #[arg(long, value_name = "URL[,URL…]", visible_alias = "events")]
     pub monitor: Option<String>,
 
     /// Also write the full report as JSON to FILE.

@@ -398,6 +398,10 @@ fn up_with_three_monitors_lives_through_the_leaders_death_and_fails_over_through
     );
 
     let leader = monitors_leader(&urls).expect("a leader");
+    // A verified load through the front door, given every monitor, across both deaths.
+    let target = format!("{}/", tier.proxy_url);
+    let mut load = support::spawn_verified_load(&target, "8s", &["--monitor", &urls]);
+    std::thread::sleep(Duration::from_millis(500));
     let data_arg = data.display().to_string();
     let out = support::run_keel(&["chaos", "--data-dir", &data_arg, "kill", &leader]);
     assert!(out.success(), "{out}");
@@ -422,6 +426,21 @@ fn up_with_three_monitors_lives_through_the_leaders_death_and_fails_over_through
     assert!(out.stdout.contains("app2 is the primary now"), "{out}");
     let out = client(&["get", "during"]);
     assert!(out.success() && out.stdout.contains('1'), "{out}");
+    let status = load
+        .wait_timeout(Duration::from_secs(60))
+        .expect("keel load ends after its 8 s and the read-back");
+    let report = load.log_text();
+    assert!(status.success(), "{report}");
+    assert!(report.contains("lost acknowledged writes: 0"), "{report}");
+    assert!(support::acknowledged_writes(&report) > 0, "{report}");
+    // Its report says once that another monitor leads, and shows the failover that
+    // monitor ran.
+    assert_eq!(
+        report.matches("the monitors' leader is now").count(),
+        1,
+        "{report}"
+    );
+    assert!(report.contains("promoted: app2"), "{report}");
     assert!(tier.proc.terminate().success());
 }
 

@@ -30,12 +30,21 @@ const MAX_THREADS: usize = 64;
 
 pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
+    // One monitor, or a group's URLs separated by commas: the events and the primary
+    // then come from whichever leads.
     let monitor = args
         .monitor
         .as_deref()
-        .map(|m| check_url(m, args.allow_remote).map(|t| t.origin))
+        .map(|m| {
+            keel_client::monitor::monitor_list(m)
+                .iter()
+                .map(|url| check_url(url, args.allow_remote).map(|t| t.origin))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|urls| urls.join(","))
+        })
         .transpose()
-        .context("--monitor")?;
+        .context("--monitor")?
+        .filter(|m| !m.is_empty());
     let verify_from = match &args.verify_url {
         Some(url) => Some(
             check_url(url, args.allow_remote)
