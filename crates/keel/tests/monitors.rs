@@ -208,6 +208,17 @@ impl Group {
         view["primary"]["node"].as_str().map(str::to_owned)
     }
 
+    /// The primary per the leader's view, waiting (up to 15 s) while a leader or a
+    /// failover is being settled: between two looks, the leadership may move.
+    fn wait_primary(&self) -> String {
+        let mut found = None;
+        wait_until(Duration::from_secs(15), || {
+            found = self.primary();
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no primary: {:?}", self.views()))
+    }
+
     fn promotable(&self, id: &str) -> bool {
         self.leader()
             .and_then(|l| view_of(&self.monitors[l].url))
@@ -276,7 +287,7 @@ fn a_dead_monitor_leader_is_replaced_writes_never_stop_and_a_primary_kill_fails_
     writers.wait_more(50);
 
     // The primary dies: the new leader fails it over.
-    let primary = group.primary().expect("a primary");
+    let primary = group.wait_primary();
     group.nodes.get_mut(&primary).expect("node").kill9();
     assert!(
         wait_until(Duration::from_secs(15), || group
@@ -287,7 +298,7 @@ fn a_dead_monitor_leader_is_replaced_writes_never_stop_and_a_primary_kill_fails_
     );
     writers.wait_more(50);
     let acks = writers.finish();
-    let now_primary = group.primary().expect("a primary");
+    let now_primary = group.wait_primary();
     let url = group.nodes[&now_primary].url.clone();
     assert_nothing_lost(&acks, &url, &now_primary);
 
@@ -347,7 +358,7 @@ fn restarting_every_monitor_keeps_the_epoch_and_the_primary() {
 fn with_two_of_three_monitors_down_nothing_fails_over_but_writes_go_on_until_a_majority_is_back() {
     let root = tempdir();
     let mut group = Group::start(root.path());
-    let primary = group.primary().expect("a primary");
+    let primary = group.wait_primary();
     let primary_url = group.nodes[&primary].url.clone();
     let leader = group.leader().expect("a leader");
     let other = (0..3).find(|i| *i != leader).expect("another monitor");
@@ -413,7 +424,7 @@ fn with_two_of_three_monitors_down_nothing_fails_over_but_writes_go_on_until_a_m
         "no failover once a majority was back: {:?}",
         group.views()
     );
-    let now = group.primary().expect("a primary");
+    let now = group.wait_primary();
     let url = group.nodes[&now].url.clone();
     for i in 0..20 {
         let resp = http_client()
@@ -430,7 +441,7 @@ fn the_primary_and_the_monitor_leader_killed_together_leave_one_new_primary_and_
     let mut group = Group::start(root.path());
     let writers = Writers::start(&group.monitor_urls(), 4);
     writers.wait_more(50);
-    let primary = group.primary().expect("a primary");
+    let primary = group.wait_primary();
     let leader = group.leader().expect("a leader");
     group.nodes.get_mut(&primary).expect("node").kill9();
     group.kill_monitor(leader);
@@ -443,7 +454,7 @@ fn the_primary_and_the_monitor_leader_killed_together_leave_one_new_primary_and_
     );
     writers.wait_more(50);
     let acks = writers.finish();
-    let now = group.primary().expect("a primary");
+    let now = group.wait_primary();
     // One primary: every live monitor names the same one.
     for view in group.views() {
         assert_eq!(view["primary"]["node"], now.as_str(), "{view}");
@@ -554,7 +565,7 @@ fn a_monitor_joins_and_another_leaves_a_running_group() {
         "no leader among m2..m4: {:?}",
         group.views()
     );
-    let primary = group.primary().expect("a primary");
+    let primary = group.wait_primary();
     group.nodes.get_mut(&primary).expect("node").kill9();
     assert!(
         wait_until(Duration::from_secs(15), || group
