@@ -1,0 +1,296 @@
+//! A primary and its streaming standbys: each a [`Server`] (a name, a data directory, a
+//! port), set up by a [`Setup`] that holds the machine's binaries, the account that runs
+//! them and the password.
+//!
+//! Every server listens on 127.0.0.1 only, with its Unix socket in its own directory,
+//! and lets in only the `keel` role with scram-sha-256. The password is made once, in
+//! `<base>/pg.password` (0600); libpq's password file `<base>/pg.pgpass` is what
+//! `pg_basebackup` and each standby's `primary_conninfo` use, so the password is never
+//! on a command line.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rand::Rng as _;
+use rand::distr::Alphanumeric;
+
+use crate::{Binaries, Owner, PgError};
+
+/// The role keel connects as.
+pub const USER: &str = "keel";
+/// The password, made once.
+const PASSWORD_FILE: &str = "pg.password";
+/// libpq's password file.
+const PASSFILE: &str = "pg.pgpass";
+
+/// One PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Its name (`pg1`): its `cluster_name`, what the checks and `keel chaos` call it.
+    pub name: String,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Server {
+    /// `name` in `base/name`, on `port`.
+    pub fn new(name: &str, base: &Path, port: u16) -> Server {
+        Server {
+            name: name.to_owned(),
+            dir: base.join(name),
+            port,
+        }
+    }
+
+    /// Whether its data directory holds a cluster already.
+    pub fn is_initialised(&self) -> bool {
+        self.dir.join("PG_VERSION").is_file()
+    }
+
+    /// Whether it starts as a standby.
+    pub fn is_standby(&self) -> bool {
+        self.dir.join("standby.signal").is_file()
+    }
+}
+
+/// What setting servers up and running them needs.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    bin: Binaries,
+    owner: Owner,
+    base: PathBuf,
+    password: String,
+}
+
+impl Setup {
+    /// The machine's PostgreSQL, run by the right account, with the password kept in
+    /// `base` (made on first use).
+    pub fn prepare(base: &Path) -> Result<Setup, PgError> {
+        Self::with(base, Binaries::find()?, Owner::detect()?)
+    }
+
+    /// Like [`Setup::prepare`], with the binaries and the owner given.
+    pub fn with(base: &Path, bin: Binaries, owner: Owner) -> Result<Setup, PgError> {
+        if !base.is_dir() {
+            fs::create_dir_all(base).map_err(PgError::io(format!("mkdir {}", base.display())))?;
+            // Other accounts may pass through (to the servers' directories), not list it.
+            fs::set_permissions(base, fs::Permissions::from_mode(0o711))
+                .map_err(PgError::io(format!("chmod {}", base.display())))?;
+        }
+        owner.check_reachable(&base.join("pg"))?;
+        let password_path = base.join(PASSWORD_FILE);
+        let password = match fs::read_to_string(&password_path) {
+            Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
+            _ => {
+                let made: String = rand::rng()
+                    .sample_iter(Alphanumeric)
+                    .take(32)
+                    .map(char::from)
+                    .collect();
+                write_private(&password_path, &format!("{made}\n"))?;
+                made
+            }
+        };
+        let passfile = base.join(PASSFILE);
+        write_private(&passfile, &format!("127.0.0.1:*:*:{USER}:{password}\n"))?;
+        owner.own(&passfile)?;
+        Ok(Setup {
+            bin,
+            owner,
+            base: base.to_owned(),
+            password,
+        })
+    }
+
+    /// The password of the `keel` role.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// Who runs the servers.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// libpq's connection string for `server`, as `keel`.
+    pub fn conninfo(&self, server: &Server) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={USER} password={} dbname=postgres",
+            server.port, self.password
+        )
+    }
+
+    /// Makes `server` a new primary: `initdb`, then keel's settings and access rules.
+    pub fn init_primary(&self, server: &Server) -> Result<(), PgError> {
+        self.make_dir(&server.dir)?;
+        let pwfile = self.base.join(format!(".{}.initdb-password", server.name));
+        write_private(&pwfile, &format!("{}\n", self.password))?;
+        self.owner.own(&pwfile)?;
+        let ran = self.run(
+            "initdb",
+            &[
+                "-D".into(),
+                server.dir.clone().into(),
+                "-U".into(),
+                USER.into(),
+                format!("--pwfile={}", pwfile.display()).into(),
+                "--auth=scram-sha-256".into(),
+                "-E".into(),
+                "UTF8".into(),
+                "--locale=C".into(),
+            ],
+            &[],
+        );
+        let _ = fs::remove_file(&pwfile);
+        ran?;
+        append(&server.dir.join("postgresql.conf"), &settings(server))?;
+        let hba = format!(
+            "# keel: the keel role only, from this machine, with scram-sha-256\n\
+             local all {USER} scram-sha-256\n\
+             host all {USER} 127.0.0.1/32 scram-sha-256\n\
+             host replication {USER} 127.0.0.1/32 scram-sha-256\n"
+        );
+        fs::write(server.dir.join("pg_hba.conf"), hba).map_err(PgError::io(format!(
+            "write {}/pg_hba.conf",
+            server.dir.display()
+        )))
+    }
+
+    /// Makes `server` a streaming standby of `primary`, which must be running:
+    /// `pg_basebackup -R` (it writes `standby.signal` and `primary_conninfo`), then the
+    /// standby's own port and name.
+    pub fn clone_standby(&self, server: &Server, primary: &Server) -> Result<(), PgError> {
+        self.make_dir(&server.dir)?;
+        self.run(
+            "pg_basebackup",
+            &[
+                "-h".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                primary.port.to_string().into(),
+                "-U".into(),
+                USER.into(),
+                "-D".into(),
+                server.dir.clone().into(),
+                "-R".into(),
+                "-X".into(),
+                "stream".into(),
+                "-c".into(),
+                "fast".into(),
+                "-w".into(),
+            ],
+            &[("PGPASSFILE", self.base.join(PASSFILE).into())],
+        )?;
+        append(&server.dir.join("postgresql.conf"), &settings(server))
+    }
+
+    /// The command that runs `server` in the foreground (`postgres -D DIR`), as the
+    /// owner: stop it with SIGINT (a fast shutdown) or SIGTERM (once clients leave).
+    pub fn command(&self, server: &Server) -> Command {
+        let mut cmd = self.owner.command(&self.bin.tool("postgres"));
+        cmd.arg("-D").arg(&server.dir);
+        cmd
+    }
+
+    fn make_dir(&self, dir: &Path) -> Result<(), PgError> {
+        fs::create_dir_all(dir).map_err(PgError::io(format!("mkdir {}", dir.display())))?;
+        // PostgreSQL insists on a data directory only its owner can read.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(PgError::io(format!("chmod {}", dir.display())))?;
+        self.owner.own(dir)
+    }
+
+    fn run(&self, tool: &str, args: &[OsString], env: &[(&str, OsString)]) -> Result<(), PgError> {
+        let mut cmd = self.owner.command(&self.bin.tool(tool));
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().map_err(PgError::io(format!("run {tool}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tail: Vec<&str> = text.trim().lines().rev().take(6).collect();
+        Err(PgError::Tool {
+            tool: tool.to_owned(),
+            status: out.status.to_string(),
+            output: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
+        })
+    }
+}
+
+/// keel's settings, appended to `postgresql.conf` (the last line of a setting wins): a
+/// standby inherits its primary's file and overrides the port and the name.
+fn settings(server: &Server) -> String {
+    let quote = |s: &str| s.replace('\'', "''");
+    format!(
+        "\n# keel\n\
+         listen_addresses = '127.0.0.1'\n\
+         port = {port}\n\
+         unix_socket_directories = '{socket}'\n\
+         cluster_name = '{name}'\n\
+         wal_level = replica\n\
+         max_wal_senders = 10\n\
+         wal_keep_size = '256MB'\n\
+         hot_standby = on\n\
+         hot_standby_feedback = on\n\
+         password_encryption = 'scram-sha-256'\n\
+         logging_collector = off\n",
+        port = server.port,
+        socket = quote(&server.dir.display().to_string()),
+        name = quote(&server.name),
+    )
+}
+
+fn append(path: &Path, text: &str) -> Result<(), PgError> {
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(PgError::io(format!("open {}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(PgError::io(format!("write {}", path.display())))
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), PgError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(PgError::io(format!("write {}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(PgError::io(format!("write {}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(PgError::io(format!("chmod {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_overrides_its_primarys_port_and_name_and_quotes_are_escaped() {
+        let s = Server::new("pg2", Path::new("/data/it's"), 5434);
+        let text = settings(&s);
+        assert!(text.contains("port = 5434\n"), "{text}");
+        assert!(text.contains("cluster_name = 'pg2'\n"), "{text}");
+        assert!(
+            text.contains("unix_socket_directories = '/data/it''s/pg2'"),
+            "{text}"
+        );
+        assert!(text.contains("listen_addresses = '127.0.0.1'"), "{text}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Real PostgreSQL, set up by keel-pg: a primary initialised with the keel role and a
+//! password, a standby cloned from it, a row written on the primary read back on the
+//! standby, the wrong password refused, and a second setup on the same directory finding
+//! everything as it was.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use keel_pg::{Server, Setup};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A running server, stopped (fast shutdown, then SIGKILL) when dropped.
+struct Running {
+    name: String,
+    child: Child,
+}
+
+impl Running {
+    fn start(setup: &Setup, server: &Server) -> Running {
+        let log = std::fs::File::create(server.dir.with_extension("log")).expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = setup
+            .command(server)
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn postgres");
+        Running {
+            name: server.name.clone(),
+            child,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop in 10 s; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A base directory the postgres account can reach when the tests run as root.
+fn base() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    dir
+}
+
+async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Connects, retrying while the server starts (30 s at most).
+async fn connect_when_up(conninfo: &str, log: &std::path::Path) -> tokio_postgres::Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match connect(conninfo).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!(
+                "no connection: {e}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_and_a_standby_replicate_and_only_the_password_lets_in() {
+    let dir = base();
+    let setup = Setup::prepare(dir.path()).expect("PostgreSQL is installed");
+    let pg1 = Server::new("pg1", dir.path(), free_port());
+    let pg2 = Server::new("pg2", dir.path(), free_port());
+    assert!(!pg1.is_initialised());
+    setup.init_primary(&pg1).expect("initdb");
+    assert!(pg1.is_initialised() && !pg1.is_standby());
+    // Run as root, the servers belong to the postgres account, and only to it.
+    if let Some((uid, _)) = setup.owner().ids() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&pg1.dir).expect("data dir");
+        assert_eq!(meta.uid(), uid.as_raw());
+        assert_eq!(meta.mode() & 0o777, 0o700);
+    }
+    let _p1 = Running::start(&setup, &pg1);
+    let primary = connect_when_up(&setup.conninfo(&pg1), &pg1.dir.with_extension("log")).await;
+
+    setup.clone_standby(&pg2, &pg1).expect("pg_basebackup");
+    assert!(pg2.is_standby());
+    let _p2 = Running::start(&setup, &pg2);
+    let standby = connect_when_up(&setup.conninfo(&pg2), &pg2.dir.with_extension("log")).await;
+
+    // Each knows what it is and its name.
+    let row = primary
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('cluster_name')",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, String>(1)),
+        (false, "pg1".into())
+    );
+    let row = standby
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('cluster_name')",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, String>(1)),
+        (true, "pg2".into())
+    );
+
+    // A write on the primary reaches the standby; the standby refuses writes.
+    primary
+        .batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('hello')")
+        .await
+        .expect("write on the primary");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = standby.query_opt("SELECT v FROM t", &[]).await;
+        if let Ok(Some(row)) = seen {
+            assert_eq!(row.get::<_, String>(0), "hello");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never replicated: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = standby
+        .batch_execute("INSERT INTO t VALUES ('no')")
+        .await
+        .expect_err("a standby is read-only");
+    let message = refused.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("read-only transaction")),
+        "{refused:?}"
+    );
+
+    // Only the password lets in.
+    let wrong = format!(
+        "host=127.0.0.1 port={} user=keel password=wrong dbname=postgres",
+        pg1.port
+    );
+    let err = connect(&wrong)
+        .await
+        .expect_err("the wrong password is refused");
+    assert!(
+        format!("{err:?}").contains("password authentication failed"),
+        "{err:?}"
+    );
+
+    // Set up again on the same directory: the same password, both clusters found.
+    let again = Setup::prepare(dir.path()).expect("again");
+    assert_eq!(again.password(), setup.password());
+    assert!(pg1.is_initialised() && pg2.is_initialised() && pg2.is_standby());
+}
