@@ -9,7 +9,9 @@
 //! - [`server`]: [`Server`] (a name, a directory, a port) and [`Setup`], which makes the
 //!   password once, initialises a primary (`initdb`, scram-sha-256, loopback only),
 //!   clones a standby from it (`pg_basebackup -R`), and gives the command line that runs
-//!   each in the foreground.
+//!   each in the foreground;
+//! - [`running`]: [`Running`], a server run as a child and stopped (a fast shutdown)
+//!   when dropped.
 //!
 //! Nothing here decides anything about traffic: which server takes which connection is
 //! the proxy's business, from what its checks see.
@@ -17,10 +19,12 @@
 
 pub mod install;
 pub mod owner;
+pub mod running;
 pub mod server;
 
 pub use install::Binaries;
 pub use owner::Owner;
+pub use running::Running;
 pub use server::{Server, Setup, USER};
 
 /// What went wrong setting PostgreSQL up.

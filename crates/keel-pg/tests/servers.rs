@@ -5,52 +5,9 @@
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use keel_pg::{Server, Setup};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
-/// A running server, stopped (fast shutdown, then SIGKILL) when dropped.
-struct Running {
-    name: String,
-    child: Child,
-}
-
-impl Running {
-    fn start(setup: &Setup, server: &Server) -> Running {
-        let log = std::fs::File::create(server.dir.with_extension("log")).expect("log file");
-        let err = log.try_clone().expect("log file");
-        let child = setup
-            .command(server)
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .expect("spawn postgres");
-        Running {
-            name: server.name.clone(),
-            child,
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("{} did not stop in 10 s; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use keel_pg::{Running, Server, Setup};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -103,12 +60,14 @@ async fn a_primary_and_a_standby_replicate_and_only_the_password_lets_in() {
         assert_eq!(meta.uid(), uid.as_raw());
         assert_eq!(meta.mode() & 0o777, 0o700);
     }
-    let _p1 = Running::start(&setup, &pg1);
+    let mut p1 = Running::start(&setup, &pg1).expect("start pg1");
+    p1.wait_ready(Duration::from_secs(30)).expect("pg1 up");
     let primary = connect_when_up(&setup.conninfo(&pg1), &pg1.dir.with_extension("log")).await;
 
     setup.clone_standby(&pg2, &pg1).expect("pg_basebackup");
     assert!(pg2.is_standby());
-    let _p2 = Running::start(&setup, &pg2);
+    let mut p2 = Running::start(&setup, &pg2).expect("start pg2");
+    p2.wait_ready(Duration::from_secs(30)).expect("pg2 up");
     let standby = connect_when_up(&setup.conninfo(&pg2), &pg2.dir.with_extension("log")).await;
 
     // Each knows what it is and its name.

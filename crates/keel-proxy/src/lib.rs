@@ -22,6 +22,8 @@
 //! - [`checks`]: the active health checks;
 //! - [`admin`]: the admin API and `/metrics`;
 //! - [`evict`]: which connection gives way to a new one when the proxy is full, pure;
+//! - [`tcp`]: TCP pools in front of PostgreSQL: the pools' decisions, pure, and the
+//!   checks that speak PostgreSQL;
 //! - [`server`]: accepting connections, reloading, stopping.
 
 #![forbid(unsafe_code)]
@@ -42,6 +44,7 @@ pub mod relay;
 pub mod selection;
 pub mod server;
 pub mod stream;
+pub mod tcp;
 #[cfg(test)]
 mod testing;
 pub mod wire;
