@@ -10,6 +10,7 @@
 //! | `POST /v1/backends/{name}/undrain` | back in rotation (token) |
 //! | `POST /v1/reload` | read the configuration file again, as SIGHUP does (token) |
 //! | `GET /v1/route` | the cluster route's view of the data tier |
+//! | `GET /v1/tcp` | the TCP pools: each server's role, lag, checks, sessions, bytes |
 //!
 //! Changes need the admin token: `Authorization: Bearer <token>`, or a `Keel-Auth`
 //! signature made with it.
@@ -70,7 +71,8 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
             .route("/v1/backends/{name}/drain", post(drain))
             .route("/v1/backends/{name}/undrain", post(undrain))
             .route("/v1/reload", post(reload))
-            .route("/v1/route", get(cluster)),
+            .route("/v1/route", get(cluster))
+            .route("/v1/tcp", get(tcp)),
         "docs/proxy.md, \"Admin API\"",
     )
     .with_state(proxy);
@@ -267,6 +269,66 @@ async fn cluster(State(proxy): State<Arc<Proxy>>) -> Answer {
         "monitor_error": view.monitor_error,
     }))
     .into_response())
+}
+
+async fn tcp(State(proxy): State<Arc<Proxy>>) -> Response {
+    use crate::tcp::pools::{Port, Role};
+    use crate::tcp::serve::port_label;
+    let pools: Vec<Value> = proxy
+        .tcp
+        .iter()
+        .map(|pool| {
+            let rw = pool.eligible(Port::ReadWrite);
+            let ro = pool.eligible(Port::ReadOnly);
+            let servers: Vec<Value> = pool
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let last = s.last_check();
+                    let seen = last.as_ref().and_then(|r| r.as_ref().ok());
+                    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                    json!({
+                        "name": s.name,
+                        "addr": s.addr.to_string(),
+                        "up": pool.is_up(i),
+                        "role": seen.map(|x| match x.role { Role::Primary => "primary", Role::Standby => "standby" }),
+                        "lag_seconds": seen.map(|x| x.lag.as_secs_f64()).filter(|l| l.is_finite()),
+                        "last_check_error": last.as_ref().and_then(|r| r.as_ref().err()),
+                        "in_read_write": rw.contains(&i),
+                        "in_read_only": ro.contains(&i),
+                        "sessions_open": {
+                            port_label(Port::ReadWrite): s.stats.open[0].load(Ordering::Relaxed),
+                            port_label(Port::ReadOnly): s.stats.open[1].load(Ordering::Relaxed),
+                        },
+                        "sessions_total": {
+                            port_label(Port::ReadWrite): n(&s.stats.sessions[0]),
+                            port_label(Port::ReadOnly): n(&s.stats.sessions[1]),
+                        },
+                        "bytes_in": n(&s.stats.bytes_in),
+                        "bytes_out": n(&s.stats.bytes_out),
+                        "connect_failures": n(&s.stats.connect_failures),
+                        "closed_on_role_change": n(&s.stats.closed_on_move),
+                        "checks_ok": n(&s.stats.checks_ok),
+                        "checks_failed": n(&s.stats.checks_failed),
+                    })
+                })
+                .collect();
+            json!({
+                "name": pool.config.name,
+                "read_write": pool.config.read_write.to_string(),
+                "read_only": pool.config.read_only.to_string(),
+                "balance": pool.config.balance,
+                "max_lag_seconds": pool.config.max_lag.as_secs_f64(),
+                "refused": {
+                    port_label(Port::ReadWrite): pool.refused[0].load(Ordering::Relaxed),
+                    port_label(Port::ReadOnly): pool.refused[1].load(Ordering::Relaxed),
+                },
+                "servers": servers,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "pools": pools })).into_response()
 }
 
 /// Who signed the request, if anyone (the guard checked it).

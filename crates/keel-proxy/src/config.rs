@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::forwarded::IpNet;
+use crate::tcp::config::TcpConfig;
 
 /// A whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,6 +74,9 @@ pub struct Config {
     /// The app tier: one pool of backends.
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
+    /// TCP pools in front of PostgreSQL (docs/postgres.md). Read at start only.
+    #[serde(rename = "tcp")]
+    pub tcp: Vec<TcpConfig>,
 }
 
 /// How a backend is chosen.
@@ -180,6 +184,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             cluster: None,
             backends: Vec::new(),
+            tcp: Vec::new(),
         }
     }
 }
@@ -255,13 +260,16 @@ impl Config {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Syntax { reason, .. } => ConfigError::Syntax {
-                path: shown,
-                reason,
-            },
-            other => other,
-        })
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: shown,
+            reason: e.to_string().trim().to_owned(),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for tcp in &mut config.tcp {
+            tcp.resolve_paths(dir);
+        }
+        config.check()?;
+        Ok(config)
     }
 
     /// Parses and checks TOML text.
@@ -277,11 +285,18 @@ impl Config {
     /// Checks every value and fills in backend names; on success the configuration can
     /// be used as it is.
     pub fn check(&mut self) -> Result<(), ConfigError> {
-        if self.backends.is_empty() && self.cluster.is_none() {
+        if self.backends.is_empty() && self.cluster.is_none() && self.tcp.is_empty() {
             return Err(invalid(
                 "backend",
-                "no backends: give at least one [[backend]] (or --backend URL), or a [cluster] route",
+                "no backends: give at least one [[backend]] (or --backend URL), a [cluster] route, or a [[tcp]] pool (or --tcp)",
             ));
+        }
+        let mut ports = HashSet::from([self.admin]);
+        if self.serves_http() {
+            ports.insert(self.listen);
+        }
+        for (i, tcp) in self.tcp.iter_mut().enumerate() {
+            tcp.check(i, &mut ports)?;
         }
         if self.backends.len() > MAX_BACKENDS {
             return Err(invalid(
@@ -343,6 +358,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether the HTTP front door runs: it has backends or the cluster route. A proxy of
+    /// TCP pools alone does not listen on `listen`.
+    pub fn serves_http(&self) -> bool {
+        !self.backends.is_empty() || self.cluster.is_some()
     }
 
     /// Checks that the proxy can speak to every `https://` backend: it needs TLS of its
@@ -580,7 +601,7 @@ pub fn parse_backend_flag(flag: &str) -> Result<BackendConfig, String> {
     Ok(backend)
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     keel_core::duration::parse(&text).map_err(serde::de::Error::custom)
 }

@@ -65,6 +65,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError, parse_backend_url};
 use crate::metrics::ProxyStats;
 use crate::pool::Pool;
+use crate::tcp::serve::TcpPool;
 
 pub use server::{ProxyError, run};
 
@@ -85,6 +86,8 @@ pub struct Proxy {
     tls: Option<Tls>,
     /// The outcome of the last reload, for the admin API.
     last_reload: Mutex<Option<ReloadOutcome>>,
+    /// The TCP pools (`[[tcp]]`), made at start and kept as they are by reloads.
+    pub tcp: Vec<Arc<TcpPool>>,
 }
 
 /// The configuration in force and what was built from it. A reload builds a new table and
@@ -115,6 +118,11 @@ impl Proxy {
         tls: Option<Tls>,
     ) -> Arc<Proxy> {
         let signer = secret.as_ref().map(|s| Signer::new(s.key(), PROXY_ID));
+        let tcp = config
+            .tcp
+            .iter()
+            .map(|t| Arc::new(TcpPool::new(t.clone())))
+            .collect();
         let table = build_table(config, None, signer.as_ref(), tls.as_ref());
         Arc::new(Proxy {
             table: RwLock::new(Arc::new(table)),
@@ -130,6 +138,7 @@ impl Proxy {
             signer,
             tls,
             last_reload: Mutex::new(None),
+            tcp,
         })
     }
 
@@ -218,8 +227,15 @@ impl Proxy {
                 kept.push(format!("{what} stays {before} until a restart"));
             }
         }
+        if config.tcp != old.config.tcp {
+            kept.push("the [[tcp]] pools stay as they are until a restart".to_owned());
+        }
+        if config.serves_http() != old.config.serves_http() {
+            kept.push("the HTTP front door stays as it is (on or off) until a restart".to_owned());
+        }
         config.listen = old.config.listen;
         config.admin = old.config.admin;
+        config.tcp = old.config.tcp.clone();
         config.threads = old.config.threads;
         config.max_connections = old.config.max_connections;
         let table = Arc::new(build_table(

@@ -344,7 +344,150 @@ pub fn render(proxy: &Proxy) -> String {
             s.timeouts[kind as usize].load(Ordering::Relaxed)
         );
     }
+    render_tcp(proxy, &mut out);
     out
+}
+
+/// The TCP pools' figures, labelled by pool and server.
+fn render_tcp(proxy: &Proxy, out: &mut String) {
+    use crate::tcp::pools::{Port, Role};
+    use crate::tcp::serve::{TcpPool, TcpServer, port_label};
+    if proxy.tcp.is_empty() {
+        return;
+    }
+    type Value = fn(&TcpPool, usize, &TcpServer) -> f64;
+    let families: [(&str, &str, &str, Value); 8] = [
+        (
+            "keel_proxy_tcp_server_up",
+            "gauge",
+            "1 if the server's checks pass",
+            |p, i, _| f64::from(u8::from(p.is_up(i))),
+        ),
+        (
+            "keel_proxy_tcp_server_primary",
+            "gauge",
+            "1 if the last check saw a primary",
+            |_, _, s| {
+                f64::from(u8::from(
+                    s.last_check()
+                        .and_then(Result::ok)
+                        .is_some_and(|x| x.role == Role::Primary),
+                ))
+            },
+        ),
+        (
+            "keel_proxy_tcp_server_lag_seconds",
+            "gauge",
+            "How far the standby's replay is behind (+Inf when unknown)",
+            |_, _, s| {
+                s.last_check()
+                    .and_then(Result::ok)
+                    .map_or(0.0, |x| x.lag.as_secs_f64())
+            },
+        ),
+        (
+            "keel_proxy_tcp_bytes_in_total",
+            "counter",
+            "Bytes relayed from clients to the server",
+            |_, _, s| s.stats.bytes_in.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "keel_proxy_tcp_bytes_out_total",
+            "counter",
+            "Bytes relayed from the server to clients",
+            |_, _, s| s.stats.bytes_out.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "keel_proxy_tcp_connect_failures_total",
+            "counter",
+            "Sessions the server refused or did not accept in time",
+            |_, _, s| s.stats.connect_failures.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "keel_proxy_tcp_closed_on_role_change_total",
+            "counter",
+            "Sessions closed because the server's role changed",
+            |_, _, s| s.stats.closed_on_move.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "keel_proxy_tcp_checks_failed_total",
+            "counter",
+            "Checks of the server that failed",
+            |_, _, s| s.stats.checks_failed.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in &proxy.tcp {
+            for (i, s) in pool.servers.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\",server=\"{}\"}} {}",
+                    pool.config.name,
+                    s.name,
+                    prometheus_number(value(pool, i, s))
+                );
+            }
+        }
+    }
+    for (name, help, open) in [
+        (
+            "keel_proxy_tcp_sessions_open",
+            "Sessions open on the server, by port",
+            true,
+        ),
+        (
+            "keel_proxy_tcp_sessions_total",
+            "Sessions relayed to the server, by port",
+            false,
+        ),
+    ] {
+        let kind = if open { "gauge" } else { "counter" };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in &proxy.tcp {
+            for s in &pool.servers {
+                for port in [Port::ReadWrite, Port::ReadOnly] {
+                    let n = if open {
+                        s.stats.open[port as usize].load(Ordering::Relaxed) as u64
+                    } else {
+                        s.stats.sessions[port as usize].load(Ordering::Relaxed)
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{name}{{pool=\"{}\",server=\"{}\",port=\"{}\"}} {n}",
+                        pool.config.name,
+                        s.name,
+                        port_label(port)
+                    );
+                }
+            }
+        }
+    }
+    let name = "keel_proxy_tcp_refused_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections turned away: no server could take them\n# TYPE {name} counter"
+    );
+    for pool in &proxy.tcp {
+        for port in [Port::ReadWrite, Port::ReadOnly] {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\",port=\"{}\"}} {}",
+                pool.config.name,
+                port_label(port),
+                pool.refused[port as usize].load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// A number as Prometheus writes it (`+Inf` for an endless lag).
+fn prometheus_number(x: f64) -> String {
+    if x.is_infinite() {
+        "+Inf".to_owned()
+    } else {
+        format!("{x}")
+    }
 }
 
 fn family(

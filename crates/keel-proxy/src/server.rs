@@ -55,21 +55,53 @@ pub async fn run(
             .await
             .map_err(|source| ProxyError::Bind { addr, what, source })
     };
-    let listener = bind(config.listen, "proxy").await?;
+    let listener = match config.serves_http() {
+        true => Some(bind(config.listen, "proxy").await?),
+        false => None,
+    };
     let admin_listener = bind(config.admin, "admin").await?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ProxyError::Signal)?;
     let backends = config.backends.len();
     let cluster = config.cluster.as_ref().map(|c| c.monitor.clone());
     let proxy = Proxy::new(config, config_path, token, secret, tls);
+    let tcp_listeners = crate::tcp::serve::bind(&proxy.tcp)
+        .await
+        .map_err(|(addr, source)| ProxyError::Bind {
+            addr,
+            what: "tcp",
+            source,
+        })?;
     crate::start_background(&proxy, &proxy.table(), None);
     tracing::info!(
-        listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        listen = %listener.as_ref().and_then(|l| l.local_addr().ok()).map_or_else(|| "-".into(), |a| a.to_string()),
         admin = %admin_listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
         backends, cluster = ?cluster,
         "proxy listening"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    for pool in &proxy.tcp {
+        crate::tcp::serve::start_checks(pool, &stop_rx);
+        tracing::info!(
+            "{}: read-write on {}, read-only on {}, over {}",
+            pool.config.name,
+            pool.config.read_write,
+            pool.config.read_only,
+            pool.servers
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for (pool, port, listener) in tcp_listeners {
+        tokio::spawn(crate::tcp::serve::accept(
+            pool,
+            port,
+            listener,
+            stop_rx.clone(),
+        ));
+    }
     let admin = tokio::spawn(crate::admin::serve(
         Arc::clone(&proxy),
         admin_listener,
@@ -93,11 +125,15 @@ pub async fn run(
             }
         })
     };
-    let accepting = tokio::spawn(accept(Arc::clone(&proxy), listener, stop_rx.clone()));
+    let accepting = listener
+        .map(|listener| tokio::spawn(accept(Arc::clone(&proxy), listener, stop_rx.clone())));
     shutdown.await;
     tracing::info!("stopping: no new connections; open ones finish their requests");
     let _ = stop_tx.send(true);
-    let open = accepting.await.unwrap_or_default();
+    let open = match accepting {
+        Some(accepting) => accepting.await.unwrap_or_default(),
+        None => Arc::new(()),
+    };
     let deadline = tokio::time::Instant::now() + GRACE;
     while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

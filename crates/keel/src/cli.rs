@@ -482,7 +482,7 @@ pub struct MonitorArgs {
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
     /// A TOML configuration file (docs/proxy.md); SIGHUP reads it again.
-    #[arg(long, conflicts_with_all = ["backend", "cluster"])]
+    #[arg(long, conflicts_with_all = ["backend", "cluster", "tcp"])]
     pub config: Option<PathBuf>,
 
     /// A backend: URL[,weight=N][,name=NAME], e.g. http://127.0.0.1:5056,weight=3 (or
@@ -493,6 +493,36 @@ pub struct ProxyArgs {
     /// Follow this monitor's view: requests under /v1/ go to the data tier's primary.
     #[arg(long, value_name = "MONITOR_URL")]
     pub cluster: Option<String>,
+
+    /// A TCP pool in front of PostgreSQL: its servers, primary and standbys alike (the
+    /// checks tell which is which), e.g. pg1=127.0.0.1:5433,pg2=127.0.0.1:5434
+    /// (docs/postgres.md).
+    #[arg(long, value_name = "NAME=IP:PORT,…")]
+    pub tcp: Option<String>,
+
+    /// The TCP pool's read-write port, to the primary.
+    #[arg(long, default_value = "127.0.0.1:5000", requires = "tcp")]
+    pub tcp_read_write: SocketAddr,
+
+    /// The TCP pool's read-only port, over the standbys.
+    #[arg(long, default_value = "127.0.0.1:5001", requires = "tcp")]
+    pub tcp_read_only: SocketAddr,
+
+    /// How the read-only port picks a standby.
+    #[arg(long, default_value = "round_robin", value_parser = ["round_robin", "least_connections"], requires = "tcp")]
+    pub tcp_balance: String,
+
+    /// A standby whose replay is further behind leaves the read-only pool.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "tcp")]
+    pub tcp_max_lag: Duration,
+
+    /// The role the checks log in as.
+    #[arg(long, default_value = "keel", requires = "tcp")]
+    pub tcp_user: String,
+
+    /// A file holding the checks' password (keel pg writes it to <data-dir>/pg.password).
+    #[arg(long, value_name = "FILE", requires = "tcp")]
+    pub tcp_password_file: Option<PathBuf>,
 
     /// Address clients connect to [default: 127.0.0.1:8080, or the file's `listen`].
     #[arg(long)]

@@ -4,7 +4,12 @@
 //!
 //! - [`pools`]: which server may take a connection on which port, and what a change of
 //!   role or lag means for the sessions already open — pure, fed by the checks;
-//! - [`check`]: one check of a server: log in, `pg_is_in_recovery()` and the replay lag.
+//! - [`check`]: one check of a server: log in, `pg_is_in_recovery()` and the replay lag;
+//! - [`config`]: a `[[tcp]]` section, checked with the rest of the file;
+//! - [`serve`]: the listeners, the relay of each session and the check loops — the
+//!   driver of [`pools`].
 
 pub mod check;
+pub mod config;
 pub mod pools;
+pub mod serve;

@@ -188,9 +188,14 @@ impl Pools {
         }
     }
 
-    /// Round robin over the eligible servers.
-    pub fn round_robin(&mut self, port: Port) -> Option<usize> {
-        let eligible = self.eligible(port);
+    /// Round robin over the eligible servers, skipping those in `skip` (already tried
+    /// for this connection).
+    pub fn round_robin(&mut self, port: Port, skip: &[usize]) -> Option<usize> {
+        let eligible: Vec<usize> = self
+            .eligible(port)
+            .into_iter()
+            .filter(|i| !skip.contains(i))
+            .collect();
         let slot = &mut self.next[port as usize];
         let pick = eligible
             .iter()
@@ -202,10 +207,11 @@ impl Pools {
     }
 
     /// The eligible server with the fewest open connections (`open[i]`), the first of
-    /// equals.
-    pub fn least_connections(&self, port: Port, open: &[usize]) -> Option<usize> {
+    /// equals, skipping those in `skip`.
+    pub fn least_connections(&self, port: Port, open: &[usize], skip: &[usize]) -> Option<usize> {
         self.eligible(port)
             .into_iter()
+            .filter(|i| !skip.contains(i))
             .min_by_key(|&i| open.get(i).copied().unwrap_or(0))
     }
 
@@ -272,10 +278,25 @@ mod tests {
         let mut p = cluster();
         assert_eq!(p.eligible(Port::ReadWrite), vec![0]);
         assert_eq!(p.eligible(Port::ReadOnly), vec![1, 2]);
-        let picks: Vec<Option<usize>> = (0..4).map(|_| p.round_robin(Port::ReadOnly)).collect();
+        let picks: Vec<Option<usize>> =
+            (0..4).map(|_| p.round_robin(Port::ReadOnly, &[])).collect();
         assert_eq!(picks, vec![Some(1), Some(2), Some(1), Some(2)]);
-        assert_eq!(p.round_robin(Port::ReadWrite), Some(0));
-        assert_eq!(p.least_connections(Port::ReadOnly, &[0, 5, 3]), Some(2));
+        assert_eq!(p.round_robin(Port::ReadWrite, &[]), Some(0));
+        assert_eq!(
+            p.least_connections(Port::ReadOnly, &[0, 5, 3], &[]),
+            Some(2)
+        );
+        // A server already tried for this connection is passed over.
+        assert_eq!(p.round_robin(Port::ReadOnly, &[1]), Some(2));
+        assert_eq!(
+            p.least_connections(Port::ReadOnly, &[0, 5, 3], &[2]),
+            Some(1)
+        );
+        assert_eq!(
+            p.round_robin(Port::ReadOnly, &[1, 2]),
+            None,
+            "a standby tried and refused does not make the primary a reader"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use keel_core::token::Token;
 use keel_proxy::config::{Balance, ClusterConfig, Config, ConfigError, parse_backend_flag};
+use keel_proxy::tcp::config::{TcpBalance, TcpConfig, parse_servers_flag};
 
 use crate::cli::ProxyArgs;
 
@@ -83,6 +84,21 @@ fn config_of(args: &ProxyArgs) -> anyhow::Result<Config> {
             if let Some(timeout) = args.request_timeout {
                 config.request_timeout = timeout;
             }
+            if let Some(servers) = &args.tcp {
+                config.tcp.push(TcpConfig {
+                    read_write: args.tcp_read_write,
+                    read_only: args.tcp_read_only,
+                    balance: match args.tcp_balance.as_str() {
+                        "least_connections" => TcpBalance::LeastConnections,
+                        _ => TcpBalance::RoundRobin,
+                    },
+                    max_lag: args.tcp_max_lag,
+                    user: args.tcp_user.clone(),
+                    password_file: args.tcp_password_file.clone(),
+                    servers: parse_servers_flag(servers),
+                    ..TcpConfig::default()
+                });
+            }
             config
         }
     };
@@ -104,6 +120,18 @@ fn refused(args: &ProxyArgs, e: &ConfigError) -> anyhow::Error {
     if args.config.is_some() {
         anyhow!("{e}")
     } else {
-        anyhow!("{}", e.to_string().replace("backend[", "--backend["))
+        let text = e.to_string().replace("backend[", "--backend[");
+        // The flags' pool is tcp[0]: name its flag instead.
+        let text = match text.strip_prefix("tcp[0].") {
+            Some(rest) => match rest.split_once(':') {
+                Some((key, reason)) if key.starts_with("server") => {
+                    format!("--tcp ({key}):{reason}")
+                }
+                Some((key, reason)) => format!("--tcp-{}:{reason}", key.replace('_', "-")),
+                None => text,
+            },
+            None => text,
+        };
+        anyhow!("{text}")
     }
 }
