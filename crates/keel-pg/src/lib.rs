@@ -11,12 +11,15 @@
 //!   clones a standby from it (`pg_basebackup -R`), and gives the command line that runs
 //!   each in the foreground;
 //! - [`running`]: [`Running`], a server run as a child and stopped (a fast shutdown)
-//!   when dropped.
+//!   when dropped;
+//! - [`cluster`]: [`cluster::ensure`], a primary and its standbys made where missing and
+//!   reused where present.
 //!
 //! Nothing here decides anything about traffic: which server takes which connection is
 //! the proxy's business, from what its checks see.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod install;
 pub mod owner;
 pub mod running;

@@ -190,11 +190,15 @@ impl Setup {
         append(&server.dir.join("postgresql.conf"), &settings(server))
     }
 
-    /// The command that runs `server` in the foreground (`postgres -D DIR`), as the
+    /// The command that runs `server` in the foreground (`postgres -D DIR -p PORT`; the
+    /// port given again so that a directory reused with another port takes it), as the
     /// owner: stop it with SIGINT (a fast shutdown) or SIGTERM (once clients leave).
     pub fn command(&self, server: &Server) -> Command {
         let mut cmd = self.owner.command(&self.bin.tool("postgres"));
-        cmd.arg("-D").arg(&server.dir);
+        cmd.arg("-D")
+            .arg(&server.dir)
+            .arg("-p")
+            .arg(server.port.to_string());
         cmd
     }
 

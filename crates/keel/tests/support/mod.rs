@@ -22,6 +22,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod pg;
 pub mod writers;
 
 use nix::sys::signal::{Signal, kill, killpg};
