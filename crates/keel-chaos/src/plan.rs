@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
 
 use crate::Settings;
 use crate::credentials::Credentials;
@@ -66,13 +68,18 @@ pub struct Spec {
     pub name: String,
     pub port: u16,
     pub url: String,
-    /// Where it answers `GET /health` once it is up.
+    /// Where it answers `GET /health` once it is up; `tcp://IP:PORT` for a program that
+    /// speaks no HTTP (PostgreSQL): it is up once it accepts a connection there.
     pub health: String,
     /// The flag that moves its port, for the message when the port is taken.
     pub port_flag: &'static str,
     pub args: Vec<String>,
     /// The network namespace it runs in (`keel up --netns`), else `None`: this one's.
     pub netns: Option<String>,
+    /// The program, when it is not keel itself (PostgreSQL's `setpriv` or `postgres`).
+    pub program: Option<PathBuf>,
+    /// What asks it to stop: SIGTERM for keel, SIGINT (a fast shutdown) for PostgreSQL.
+    pub stop_signal: Signal,
 }
 
 /// Where each process of the data tier runs: its address and network namespace. Empty
@@ -153,6 +160,26 @@ pub struct Plan {
     pub proxy: Spec,
     /// The proxy's admin API.
     pub proxy_admin: String,
+    /// `pg1..pg3` under `--postgres` ([`Plan::add_postgres`]), else none.
+    pub postgres: Vec<Spec>,
+    /// The proxy's read-write and read-only ports under `--postgres`.
+    pub tcp_ports: Option<(u16, u16)>,
+}
+
+/// What `keel up --postgres` needs of PostgreSQL: each server's command line, and the
+/// password file of the `keel` role.
+#[derive(Debug, Clone)]
+pub struct PgCommands {
+    /// `(name, port, program, args)` of pg1..pg3, the primary first.
+    pub servers: Vec<(String, u16, PathBuf, Vec<String>)>,
+    /// The file holding the password.
+    pub password_file: PathBuf,
+}
+
+/// Whether `name` is one of `keel up --postgres`'s servers (`pg1`, `pg2`…).
+pub fn is_postgres(name: &str) -> bool {
+    name.strip_prefix("pg")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Plan {
@@ -161,8 +188,81 @@ impl Plan {
         self.monitors
             .iter()
             .chain(&self.nodes)
+            .chain(&self.postgres)
             .chain(&self.services)
             .chain(std::iter::once(&self.proxy))
+    }
+
+    /// Adds PostgreSQL: its servers, started after the data tier; the proxy's TCP pool
+    /// over them on `ports.tcp_port` and the next; the services' `/data` on that pool.
+    pub fn add_postgres(
+        &mut self,
+        ports: crate::settings::PgPorts,
+        pg: &PgCommands,
+    ) -> Result<(), PlanError> {
+        let count = u16::try_from(pg.servers.len()).unwrap_or(u16::MAX);
+        for (flag, first, count) in [
+            ("--pg-port", ports.pg_port, count),
+            ("--tcp-port", ports.tcp_port, 2),
+        ] {
+            if first == 0 || u32::from(first) + u32::from(count) > 65_536 {
+                return Err(PlanError::NoRoom { flag, first, count });
+            }
+        }
+        let (rw, ro) = (ports.tcp_port, ports.tcp_port + 1);
+        if (ports.pg_port..ports.pg_port + count).any(|p| p == rw || p == ro) {
+            return Err(PlanError::Overlap {
+                flag: "--tcp-port",
+                first: ports.tcp_port,
+                other: "--pg-port",
+                other_first: ports.pg_port,
+                other_count: count,
+            });
+        }
+        self.postgres = pg
+            .servers
+            .iter()
+            .map(|(name, port, program, args)| Spec {
+                name: name.clone(),
+                port: *port,
+                url: format!("postgres://127.0.0.1:{port}"),
+                health: format!("tcp://127.0.0.1:{port}"),
+                port_flag: "--pg-port",
+                args: args.clone(),
+                netns: None,
+                program: Some(program.clone()),
+                stop_signal: Signal::SIGINT,
+            })
+            .collect();
+        let password = path_arg(&pg.password_file);
+        let servers: Vec<String> = pg
+            .servers
+            .iter()
+            .map(|(name, port, _, _)| format!("{name}=127.0.0.1:{port}"))
+            .collect();
+        self.proxy.args.extend([
+            "--tcp".into(),
+            servers.join(","),
+            "--tcp-read-write".into(),
+            format!("127.0.0.1:{rw}"),
+            "--tcp-read-only".into(),
+            format!("127.0.0.1:{ro}"),
+            "--tcp-password-file".into(),
+            password.clone(),
+        ]);
+        for service in &mut self.services {
+            service.args.extend([
+                "--postgres-read".into(),
+                format!("postgres://{}@127.0.0.1:{ro}/postgres", keel_pg::USER),
+                "--postgres-write".into(),
+                format!("postgres://{}@127.0.0.1:{rw}/postgres", keel_pg::USER),
+                "--postgres-password-file".into(),
+                password.clone(),
+            ]);
+            // /data is PostgreSQL's now; the visits counter stays in the data tier.
+        }
+        self.tcp_ports = Some((rw, ro));
+        Ok(())
     }
 }
 
@@ -250,6 +350,8 @@ pub fn plan(
                 port_flag: "--monitor-port",
                 netns: placement.netns(name),
                 args: margs,
+                program: None,
+                stop_signal: Signal::SIGTERM,
             }
         })
         .collect();
@@ -284,6 +386,8 @@ pub fn plan(
                 health: format!("{scheme}://{listen}/health"),
                 port_flag: "--base-port",
                 args,
+                program: None,
+                stop_signal: Signal::SIGTERM,
             }
         })
         .collect();
@@ -313,6 +417,8 @@ pub fn plan(
                 name,
                 port,
                 url,
+                program: None,
+                stop_signal: Signal::SIGTERM,
             }
         })
         .collect();
@@ -343,6 +449,8 @@ pub fn plan(
         port_flag: "--proxy-port",
         args: proxy_args,
         netns: None,
+        program: None,
+        stop_signal: Signal::SIGTERM,
     };
     Ok(Plan {
         monitors,
@@ -351,6 +459,8 @@ pub fn plan(
         services,
         proxy,
         proxy_admin,
+        postgres: Vec::new(),
+        tcp_ports: None,
     })
 }
 
@@ -398,7 +508,13 @@ pub fn check_ports(plan: &Plan) -> Result<(), PlanError> {
             "the proxy's admin API",
             admin_port,
             "--proxy-admin-port",
-        )));
+        )))
+        .chain(plan.tcp_ports.into_iter().flat_map(|(rw, ro)| {
+            [
+                ("the proxy's read-write port", rw, "--tcp-port"),
+                ("the proxy's read-only port", ro, "--tcp-port"),
+            ]
+        }));
     for (name, port, flag) in ports {
         match TcpListener::bind(("127.0.0.1", port)) {
             Ok(_) => {}
@@ -442,6 +558,7 @@ mod tests {
             verbose: false,
             netns: false,
             tls: false,
+            postgres: None,
         }
     }
 

@@ -39,4 +39,16 @@ pub struct Settings {
     pub netns: bool,
     /// Every process on TLS, with certificates from a CA in `<data-dir>/tls`.
     pub tls: bool,
+    /// PostgreSQL too (`--postgres`): a primary and two standbys behind the proxy's TCP
+    /// ports, `/data` of the services on them.
+    pub postgres: Option<PgPorts>,
+}
+
+/// The ports of `keel up --postgres`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgPorts {
+    /// Port of `pg1`; `pg2` and `pg3` take the ports after it.
+    pub pg_port: u16,
+    /// The proxy's read-write port; the read-only port is the next one.
+    pub tcp_port: u16,
 }

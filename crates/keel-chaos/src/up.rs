@@ -86,6 +86,9 @@ pub enum UpError {
     /// A process did not start or come up.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// PostgreSQL cannot be set up (`--postgres`).
+    #[error(transparent)]
+    Postgres(#[from] keel_pg::PgError),
     /// `up.json` cannot be written.
     #[error("cannot write {}", path.display())]
     UpFile {
@@ -159,7 +162,11 @@ impl Up {
         } else {
             None
         };
-        let plan = plan(&settings, &credentials, &placement)?;
+        let mut plan = plan(&settings, &credentials, &placement)?;
+        if let Some(ports) = settings.postgres {
+            let commands = prepare_postgres(&data_dir, ports).await?;
+            plan.add_postgres(ports, &commands)?;
+        }
         check_ports(&plan)?;
         let net = match net {
             Some(mut net) => {
@@ -255,7 +262,12 @@ impl Up {
                 SETTLE_TIMEOUT.as_secs()
             ));
         }
-        for spec in plan.services.iter().chain(std::iter::once(&plan.proxy)) {
+        for spec in plan
+            .postgres
+            .iter()
+            .chain(&plan.services)
+            .chain(std::iter::once(&plan.proxy))
+        {
             self.supervisor.start(spec)?;
             self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
         }
@@ -403,6 +415,53 @@ impl Drop for Up {
         for line in self.partitions.teardown() {
             say(&line);
         }
+    }
+}
+
+/// PostgreSQL for `--postgres`: the machine's binaries, run by the right account; pg1 a
+/// primary and pg2, pg3 its standbys in `<data-dir>/pg1..pg3`, made where missing (the
+/// primary is run meanwhile to clone from, then stopped: the supervisor runs it).
+async fn prepare_postgres(
+    data_dir: &Path,
+    ports: crate::settings::PgPorts,
+) -> Result<crate::plan::PgCommands, UpError> {
+    let data_dir = data_dir.to_owned();
+    let made = tokio::task::spawn_blocking(move || {
+        let setup = keel_pg::Setup::prepare(&data_dir)?;
+        let servers: Vec<keel_pg::Server> = (0..3u16)
+            .map(|k| keel_pg::Server::new(&format!("pg{}", k + 1), &data_dir, ports.pg_port + k))
+            .collect();
+        keel_pg::cluster::ensure(&setup, &servers[0], &servers[1..], &mut |line| {
+            say(&format!("postgres: {line}"))
+        })?;
+        let commands = servers
+            .iter()
+            .map(|server| {
+                let cmd = setup.command(server);
+                let args = cmd
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                (
+                    server.name.clone(),
+                    server.port,
+                    std::path::PathBuf::from(cmd.get_program()),
+                    args,
+                )
+            })
+            .collect();
+        Ok::<_, keel_pg::PgError>(crate::plan::PgCommands {
+            servers: commands,
+            password_file: setup.password_file(),
+        })
+    })
+    .await;
+    match made {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(UpError::Postgres(keel_pg::PgError::Io {
+            what: "setting PostgreSQL up".to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })),
     }
 }
 

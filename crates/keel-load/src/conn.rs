@@ -234,7 +234,7 @@ impl HttpConn {
                 }
             };
             if spread_by.needs_body() {
-                backend = spread_by.from_body(&bytes);
+                backend = spread_by.from_response(&parts.headers, Some(&bytes));
             }
             if status >= 400
                 && let Ok(err) = serde_json::from_slice::<ErrorBody>(&bytes)

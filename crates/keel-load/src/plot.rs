@@ -173,6 +173,7 @@ mod tests {
             p50_ms: p99,
             p99_ms: p99,
             max_ms: p99,
+            spread: Default::default(),
         };
         Report {
             url: "http://127.0.0.1:8080/".into(),

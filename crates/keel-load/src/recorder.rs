@@ -172,10 +172,15 @@ impl Recorder {
                 None
             }
         };
+        let backend = match sample.answer {
+            Answer::Response { backend, .. } => backend.as_deref(),
+            Answer::Failed(_) => None,
+        };
         self.timeline.record(
             sample.done.saturating_duration_since(self.start),
             error,
             latency,
+            backend,
         );
         if sample.request.write {
             self.writes.sent += 1;

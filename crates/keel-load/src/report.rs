@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::events::EventMark;
 use crate::recorder::{Percentiles, Recorder};
 use crate::settings::{Pace, Plan};
-use crate::spread::BackendShare;
+use crate::spread::{BackendShare, FIELD_SEPARATOR};
 use crate::timeline::SecondRow;
 use crate::verify::VerifySummary;
 
@@ -258,6 +258,35 @@ impl Report {
                     "(unnamed)", self.spread_unnamed
                 )?;
             }
+            // Over several fields: each field's own spread too.
+            let fields = self
+                .spread
+                .iter()
+                .map(|s| s.name.split(FIELD_SEPARATOR).count())
+                .max()
+                .unwrap_or(1);
+            for field in (0..fields).filter(|_| fields > 1) {
+                let counts = by_field(
+                    self.spread.iter().map(|s| (s.name.as_str(), s.count)),
+                    field,
+                );
+                let total: u64 = counts.values().sum();
+                let label = self
+                    .spread_by
+                    .split(FIELD_SEPARATOR)
+                    .nth(field)
+                    .unwrap_or("?");
+                writeln!(out, "  by {label}:")?;
+                for (name, count) in &counts {
+                    writeln!(
+                        out,
+                        "    {:<width$} {:>10}   {:>6.2}%",
+                        name,
+                        count,
+                        *count as f64 * 100.0 / total.max(1) as f64
+                    )?;
+                }
+            }
         }
 
         if !self.timeline.is_empty() {
@@ -286,8 +315,12 @@ impl Report {
                 };
                 writeln!(
                     out,
-                    "  {:>6} {:>10} {:>8} {:>10}{marks}",
-                    row.second, row.requests, row.errors, p99
+                    "  {:>6} {:>10} {:>8} {:>10}{}{marks}",
+                    row.second,
+                    row.requests,
+                    row.errors,
+                    p99,
+                    second_spread(&row.spread)
                 )?;
             }
         }
@@ -322,6 +355,42 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// The counts of one field of several-field names (`service1 × pg2`), by that field.
+fn by_field<'a>(
+    names: impl Iterator<Item = (&'a str, u64)>,
+    field: usize,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (name, count) in names {
+        let part = name.split(FIELD_SEPARATOR).nth(field).unwrap_or("?");
+        *counts.entry(part.to_owned()).or_insert(0) += count;
+    }
+    counts
+}
+
+/// One second's answers per backend, for its timeline row: `  svc1 12 svc2 13`, each
+/// field apart when there are several (`  service1 12 service2 13 | pg2 12 pg3 13`).
+fn second_spread(spread: &std::collections::BTreeMap<String, u64>) -> String {
+    if spread.is_empty() {
+        return String::new();
+    }
+    let fields = spread
+        .keys()
+        .map(|k| k.split(FIELD_SEPARATOR).count())
+        .max()
+        .unwrap_or(1);
+    let parts: Vec<String> = (0..fields)
+        .map(|field| {
+            by_field(spread.iter().map(|(k, v)| (k.as_str(), *v)), field)
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    format!("   {}", parts.join(" | "))
 }
 
 fn write_percentiles(out: &mut String, p: &Percentiles) -> fmt::Result {

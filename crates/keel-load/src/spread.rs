@@ -26,12 +26,47 @@ pub enum SpreadBy {
     Json(String),
     /// `none`: no spread.
     None,
+    /// Several of the above at once, separated by commas (`json:backend_id,
+    /// json:postgres_node`): the name is theirs joined by [`FIELD_SEPARATOR`], `?` where
+    /// one is missing, so that the spread is over the pairs and over each field.
+    Fields(Vec<SpreadBy>),
 }
+
+/// What joins the parts of a [`SpreadBy::Fields`] name.
+pub const FIELD_SEPARATOR: &str = " × ";
 
 impl SpreadBy {
     /// Whether the body must be read as JSON to find the name.
     pub fn needs_body(&self) -> bool {
-        matches!(self, SpreadBy::Json(_))
+        match self {
+            SpreadBy::Json(_) => true,
+            SpreadBy::Fields(parts) => parts.iter().any(SpreadBy::needs_body),
+            _ => false,
+        }
+    }
+
+    /// The name in a response, from its headers and, when read, its body.
+    pub fn from_response(&self, headers: &HeaderMap, body: Option<&[u8]>) -> Option<String> {
+        match self {
+            SpreadBy::Fields(parts) => {
+                let names: Vec<Option<String>> = parts
+                    .iter()
+                    .map(|p| p.from_response(headers, body))
+                    .collect();
+                if names.iter().all(Option::is_none) {
+                    return None;
+                }
+                Some(
+                    names
+                        .into_iter()
+                        .map(|n| n.unwrap_or_else(|| "?".to_owned()))
+                        .collect::<Vec<_>>()
+                        .join(FIELD_SEPARATOR),
+                )
+            }
+            SpreadBy::Json(_) => body.and_then(|b| self.from_body(b)),
+            _ => self.from_headers(headers),
+        }
     }
 
     /// The name in a response's headers, for the header kinds.
@@ -47,7 +82,7 @@ impl SpreadBy {
         match self {
             SpreadBy::Auto => text(KEEL_BACKEND).or_else(|| text(KEEL_NODE)),
             SpreadBy::Header(name) => text(name.as_str()),
-            SpreadBy::Json(_) | SpreadBy::None => None,
+            SpreadBy::Json(_) | SpreadBy::None | SpreadBy::Fields(_) => None,
         }
     }
 
@@ -74,7 +109,17 @@ impl FromStr for SpreadBy {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let usage = "use auto, none, header:NAME or json:FIELD";
+        let usage = "use auto, none, header:NAME or json:FIELD, or several of the last two separated by commas";
+        if s.contains(',') {
+            let parts = s
+                .split(',')
+                .map(|part| match part.trim().parse::<SpreadBy>()? {
+                    p @ (SpreadBy::Header(_) | SpreadBy::Json(_)) => Ok(p),
+                    _ => Err(format!("{part:?} cannot be one of several fields; {usage}")),
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            return Ok(SpreadBy::Fields(parts));
+        }
         match s {
             "auto" => return Ok(SpreadBy::Auto),
             "none" => return Ok(SpreadBy::None),
@@ -104,6 +149,10 @@ impl fmt::Display for SpreadBy {
             SpreadBy::Header(name) => write!(f, "header {name}"),
             SpreadBy::Json(field) => write!(f, "JSON field {field}"),
             SpreadBy::None => f.write_str("none"),
+            SpreadBy::Fields(parts) => {
+                let parts: Vec<String> = parts.iter().map(ToString::to_string).collect();
+                f.write_str(&parts.join(FIELD_SEPARATOR))
+            }
         }
     }
 }
@@ -189,6 +238,31 @@ mod tests {
         let node = headers(&[("keel-node", "app2")]);
         assert_eq!(SpreadBy::Auto.from_headers(&node).as_deref(), Some("app2"));
         assert_eq!(SpreadBy::Auto.from_headers(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn several_fields_name_the_pair_and_a_missing_one_is_a_question_mark() {
+        let by: SpreadBy = "json:backend_id, json:postgres_node"
+            .parse()
+            .expect("valid");
+        assert!(by.needs_body());
+        let body = br#"{"backend_id":"service1","postgres_node":"pg2"}"#;
+        assert_eq!(
+            by.from_response(&HeaderMap::new(), Some(body)).as_deref(),
+            Some("service1 × pg2")
+        );
+        let half = br#"{"backend_id":"service2","error":"postgres_unavailable"}"#;
+        assert_eq!(
+            by.from_response(&HeaderMap::new(), Some(half)).as_deref(),
+            Some("service2 × ?")
+        );
+        assert_eq!(by.from_response(&HeaderMap::new(), Some(b"{}")), None);
+        assert!("json:a,none".parse::<SpreadBy>().is_err());
+        assert!("json:a,".parse::<SpreadBy>().is_err());
+        assert_eq!(
+            by.to_string(),
+            "JSON field backend_id × JSON field postgres_node"
+        );
     }
 
     #[test]

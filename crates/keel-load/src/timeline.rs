@@ -4,6 +4,7 @@
 //! run), so that the timeline shows what a client saw when: a stall is a second with few
 //! answers, followed by one whose latencies are long.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -21,6 +22,8 @@ struct Second {
     requests: u64,
     errors: u64,
     latencies: Histogram<u32>,
+    /// Answers per backend name (`--spread-by`).
+    spread: BTreeMap<String, u64>,
 }
 
 /// Per-second buckets, grown as the run goes.
@@ -46,6 +49,9 @@ pub struct SecondRow {
     pub p99_ms: Option<f64>,
     /// Slowest answer.
     pub max_ms: Option<f64>,
+    /// Answers per backend name (`--spread-by`), so that a backend leaving and coming
+    /// back shows in the seconds it happened.
+    pub spread: BTreeMap<String, u64>,
 }
 
 impl Timeline {
@@ -58,8 +64,14 @@ impl Timeline {
     }
 
     /// Counts one request that finished `at` after the start; `latency_micros` when it
-    /// was answered.
-    pub fn record(&mut self, at: Duration, error: bool, latency_micros: Option<u64>) {
+    /// was answered, `backend` when the answer named one.
+    pub fn record(
+        &mut self,
+        at: Duration,
+        error: bool,
+        latency_micros: Option<u64>,
+        backend: Option<&str>,
+    ) {
         let index = usize::try_from(at.as_secs()).unwrap_or(usize::MAX);
         if index >= self.seconds.len() {
             // A run is bounded to an hour plus its timeout; an index far beyond that can
@@ -71,6 +83,7 @@ impl Timeline {
                 requests: 0,
                 errors: 0,
                 latencies: self.empty.clone(),
+                spread: BTreeMap::new(),
             };
             self.seconds.resize(index + 1, empty);
         }
@@ -79,6 +92,14 @@ impl Timeline {
         second.errors += u64::from(error);
         if let Some(micros) = latency_micros {
             second.latencies.saturating_record(micros.max(1));
+        }
+        if let Some(name) = backend {
+            match second.spread.get_mut(name) {
+                Some(n) => *n += 1,
+                None => {
+                    second.spread.insert(name.to_owned(), 1);
+                }
+            }
         }
     }
 
@@ -97,6 +118,7 @@ impl Timeline {
                     p50_ms: at(0.5),
                     p99_ms: at(0.99),
                     max_ms: answered.then(|| micros_to_ms(s.latencies.max())),
+                    spread: s.spread.clone(),
                 }
             })
             .collect()
@@ -110,10 +132,15 @@ mod tests {
     #[test]
     fn requests_land_in_the_second_they_finished_in() {
         let mut t = Timeline::new().expect("valid bounds");
-        t.record(Duration::from_millis(10), false, Some(1_000));
-        t.record(Duration::from_millis(999), false, Some(3_000));
-        t.record(Duration::from_millis(1_000), true, None);
-        t.record(Duration::from_millis(3_500), true, Some(250_000));
+        t.record(Duration::from_millis(10), false, Some(1_000), Some("pg2"));
+        t.record(Duration::from_millis(999), false, Some(3_000), Some("pg3"));
+        t.record(Duration::from_millis(1_000), true, None, None);
+        t.record(
+            Duration::from_millis(3_500),
+            true,
+            Some(250_000),
+            Some("pg3"),
+        );
         let rows = t.rows();
         let shape: Vec<(u64, u64, u64)> = rows
             .iter()
@@ -128,6 +155,19 @@ mod tests {
         assert!((max - 3.0).abs() <= 0.03, "{max}");
         assert_eq!(rows[1].p99_ms, None, "nothing answered in second 1");
         assert_eq!(rows[2].p50_ms, None);
+        let names = |i: usize| {
+            rows[i]
+                .spread
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0), ["pg2=1", "pg3=1"]);
+        assert!(
+            names(1).is_empty() && names(2).is_empty(),
+            "pg2 gone after second 0"
+        );
+        assert_eq!(names(3), ["pg3=1"]);
         // Two significant digits: 250 ms reads back within 1 %.
         let p99 = rows[3].p99_ms.expect("answered");
         assert!((p99 - 250.0).abs() <= 2.5, "{p99}");
@@ -136,7 +176,7 @@ mod tests {
     #[test]
     fn a_second_far_beyond_any_run_is_ignored_rather_than_allocated() {
         let mut t = Timeline::new().expect("valid bounds");
-        t.record(Duration::from_secs(1_000_000), false, Some(1));
+        t.record(Duration::from_secs(1_000_000), false, Some(1), None);
         assert!(t.rows().is_empty());
     }
 }

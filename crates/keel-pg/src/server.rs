@@ -108,6 +108,11 @@ impl Setup {
         })
     }
 
+    /// The file that holds the password of the `keel` role (`<base>/pg.password`).
+    pub fn password_file(&self) -> PathBuf {
+        self.base.join(PASSWORD_FILE)
+    }
+
     /// The password of the `keel` role.
     pub fn password(&self) -> &str {
         &self.password

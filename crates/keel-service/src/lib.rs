@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `GET /` | `Hello from service1`, the host name and the visits counter (text) |
 //! | `GET /data` | JSON: `backend_id` (this service) and what served its data |
+//! | `POST /data` | with PostgreSQL: `{"value": "…"}` written through the read-write port |
 //! | `GET /health` | JSON: name, the data tier or Redis, the breaker's state |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/events` | server-sent events: the Redis breaker's transitions |
@@ -19,6 +20,10 @@
 //! a degraded page that says what is missing ("The counter is temporarily disabled!"
 //! with Redis) — and `/data`, whose whole point is the data, answers 503.
 //!
+//! With `--postgres-read URL --postgres-write URL`, `/data` is on PostgreSQL instead
+//! ([`postgres`]): reads through `keel proxy --tcp`'s read-only port, writes through its
+//! read-write port, each answer naming the server (`postgres_node`, `postgres_addr`).
+//!
 //! Modules: [`flaky`] (the flaky service), [`redis_visits`] (the counter in Redis and its
 //! breaker), [`events`] (the event stream), [`breaker_spec`] (breaker settings as a flag
 //! writes them), `data` (the data tier's client), `metrics` (request counters).
@@ -30,6 +35,7 @@ mod data;
 pub mod events;
 pub mod flaky;
 mod metrics;
+pub mod postgres;
 pub mod redis_visits;
 
 use std::net::SocketAddr;
@@ -71,6 +77,21 @@ pub struct ServiceConfig {
     pub redis_breaker: keel_resilience::Config,
     /// TLS for the listener and for the calls to an `https://` data tier (`--tls-*`).
     pub tls: Option<keel_auth::tls::Tls>,
+    /// `/data` on PostgreSQL, if set.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// Where `/data` reads and writes on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgres://USER@HOST:PORT/DBNAME`: the read-only port.
+    pub read: String,
+    /// The read-write port.
+    pub write: String,
+    /// A file holding the password.
+    pub password_file: Option<std::path::PathBuf>,
+    /// How long taking a connection, making one or a query may take.
+    pub timeout: Duration,
 }
 
 /// Why the service could not run.
@@ -91,6 +112,9 @@ pub enum ServiceError {
     /// The settings contradict each other or are out of range.
     #[error("{0}")]
     Config(String),
+    /// The PostgreSQL URLs or password cannot be used.
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgDataError),
 }
 
 /// What the handlers share.
@@ -99,6 +123,7 @@ struct Service {
     host: String,
     data: Option<DataTier>,
     redis: Option<RedisVisits>,
+    postgres: Option<Arc<postgres::PgData>>,
     events: Arc<EventLog>,
     /// Turns true when the server stops, ending the event streams.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -172,6 +197,20 @@ fn build(
         )?),
         None => None,
     };
+    let postgres = match &config.postgres {
+        Some(pg) => {
+            let data = Arc::new(postgres::PgData::new(
+                &pg.read,
+                &pg.write,
+                pg.password_file.as_deref(),
+                pg.timeout,
+            )?);
+            let warm = Arc::clone(&data);
+            tokio::spawn(async move { warm.warm_up().await });
+            Some(data)
+        }
+        None => None,
+    };
     let events = Arc::new(EventLog::new());
     if let Some(redis) = &redis {
         events.follow(redis.breaker());
@@ -181,6 +220,7 @@ fn build(
         host: host_name(),
         data,
         redis,
+        postgres,
         events,
         stopping,
         local_visits: AtomicU64::new(0),
@@ -189,11 +229,11 @@ fn build(
     Ok(keel_http::json_fallbacks(
         Router::new()
             .route("/", get(hello))
-            .route("/data", get(data_route))
+            .route("/data", get(data_route).post(write_route))
             .route("/health", get(health))
             .route("/metrics", get(metrics_route))
             .route("/v1/events", get(events_route)),
-        "GET /, /data, /health, /metrics or /v1/events",
+        "GET /, /data, /health, /metrics or /v1/events; POST /data",
     )
     .with_state(service))
 }
@@ -239,6 +279,27 @@ async fn data_route(State(service): State<Arc<Service>>) -> Response {
         "backend_id": service.name,
         "host": service.host,
     });
+    if let Some(pg) = &service.postgres {
+        body["data_source"] = pg.read_url().into();
+        let status = match pg.read().await {
+            Ok(answer) => {
+                body["postgres_node"] = answer.node.into();
+                body["postgres_addr"] = answer.addr.into();
+                body["postgres_role"] = answer.role.into();
+                body["row"] = answer.row;
+                StatusCode::OK
+            }
+            Err(e) => {
+                service.stats.data_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("GET /data: {e}");
+                body["error"] = "postgres_unavailable".into();
+                body["message"] = e.into();
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        service.stats.count("/data", status);
+        return (status, axum::Json(body)).into_response();
+    }
     let status = match (&service.redis, &service.data) {
         (Some(redis), _) => {
             body["data_source"] = redis.url().into();
@@ -281,6 +342,69 @@ async fn data_route(State(service): State<Arc<Service>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// `POST /data`: `{"value": "…"}` (or no body: a value of its own) written to
+/// PostgreSQL's primary through the read-write port; the row and the server that took it.
+async fn write_route(State(service): State<Arc<Service>>, body: axum::body::Bytes) -> Response {
+    let refuse = |status: StatusCode, code: &str, message: String| {
+        service.stats.count("/data", status);
+        keel_http::error_response(status, keel_core::ApiError::new(code, message))
+    };
+    let Some(pg) = &service.postgres else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no_postgres",
+            "POST /data writes to PostgreSQL: start the service with --postgres-read and --postgres-write".to_owned(),
+        );
+    };
+    let value = if body.iter().all(u8::is_ascii_whitespace) {
+        format!("written by {}", service.name)
+    } else {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Write {
+            value: String,
+        }
+        match serde_json::from_slice::<Write>(&body) {
+            Ok(w) => w.value,
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("the body must be JSON {{\"value\": \"text\"}}: {e}"),
+                );
+            }
+        }
+    };
+    if value.len() > postgres::MAX_VALUE || value.contains('\0') {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_value",
+            format!(
+                "the value must be text of at most {} bytes, without NUL",
+                postgres::MAX_VALUE
+            ),
+        );
+    }
+    let mut answer = serde_json::json!({ "backend_id": service.name, "host": service.host });
+    let status = match pg.write(&value, &service.name).await {
+        Ok(written) => {
+            answer["postgres_node"] = written.node.into();
+            answer["postgres_addr"] = written.addr.into();
+            answer["row"] = written.row;
+            StatusCode::CREATED
+        }
+        Err(e) => {
+            service.stats.data_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("POST /data: {e}");
+            answer["error"] = "postgres_unavailable".into();
+            answer["message"] = e.into();
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    service.stats.count("/data", status);
+    (status, axum::Json(answer)).into_response()
+}
+
 /// `GET /health`: always 200 while the process serves; `status` is `degraded` while
 /// the Redis breaker is not closed.
 async fn health(State(service): State<Arc<Service>>) -> Response {
@@ -292,6 +416,9 @@ async fn health(State(service): State<Arc<Service>>) -> Response {
         "host": service.host,
         "data": data,
     });
+    if let Some(pg) = &service.postgres {
+        body["postgres"] = pg.status();
+    }
     if let Some(redis) = &service.redis {
         let state = redis.breaker().state();
         if !matches!(state, keel_resilience::State::Closed) {

@@ -397,6 +397,21 @@ pub struct UpArgs {
     /// across runs), as a multi-host set-up would; the banner's URLs are then https.
     #[arg(long)]
     pub tls: bool,
+
+    /// PostgreSQL too: a primary and two streaming standbys (pg1..pg3, from the
+    /// machine's PostgreSQL, in <data-dir>/pg1..pg3), behind the proxy's TCP ports, and
+    /// the services' /data on them (docs/postgres.md).
+    #[arg(long)]
+    pub postgres: bool,
+
+    /// Port of pg1 (with --postgres); pg2 and pg3 take the next ports.
+    #[arg(long, default_value_t = 5433, requires = "postgres")]
+    pub pg_port: u16,
+
+    /// The proxy's read-write port to PostgreSQL (with --postgres); the read-only port is
+    /// the next one.
+    #[arg(long, default_value_t = 5000, requires = "postgres")]
+    pub tcp_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -591,6 +606,25 @@ pub struct ServiceArgs {
     #[arg(long, value_name = "SPEC", default_value = "failures=1,open=5s,half-open=1",
           value_parser = keel_service::breaker_spec::parse, requires = "redis")]
     pub redis_breaker: keel_resilience::Config,
+
+    /// `/data` reads PostgreSQL through this URL, keel proxy --tcp's read-only port, e.g.
+    /// postgres://keel@127.0.0.1:5001/postgres (docs/postgres.md). The visits counter
+    /// stays where --data or --redis keep it.
+    #[arg(long, value_name = "URL", requires = "postgres_write")]
+    pub postgres_read: Option<String>,
+
+    /// `POST /data` writes through this URL, the read-write port, e.g.
+    /// postgres://keel@127.0.0.1:5000/postgres.
+    #[arg(long, value_name = "URL", requires = "postgres_read")]
+    pub postgres_write: Option<String>,
+
+    /// A file holding the PostgreSQL password (keel pg writes it to <data-dir>/pg.password).
+    #[arg(long, value_name = "FILE", requires = "postgres_read")]
+    pub postgres_password_file: Option<PathBuf>,
+
+    /// How long taking a PostgreSQL connection, making one, or a query may take.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub postgres_timeout: Duration,
 
     #[command(flatten)]
     pub tls: TlsArgs,

@@ -25,6 +25,9 @@ pub(crate) fn stop_rank(name: &str, primary: Option<&str>) -> u8 {
         2
     } else if Some(name) == primary {
         3
+    } else if crate::plan::is_postgres(name) {
+        // Last: nothing of keel's uses it any more.
+        5
     } else {
         4
     }

@@ -73,7 +73,7 @@ impl Host for OsHost {
                 command.args(["netns", "exec", ns]).arg(&self.exe);
                 command
             }
-            _ => Command::new(&self.exe),
+            _ => Command::new(spec.program.as_ref().unwrap_or(&self.exe)),
         };
         command
             .args(&spec.args)
@@ -98,7 +98,7 @@ impl Host for OsHost {
         if let Some(err) = child.stderr.take() {
             self.pumps.push(tokio::spawn(pump(prefix, err)));
         }
-        Ok(OsProcess(child))
+        Ok(OsProcess(child, spec.stop_signal))
     }
 
     fn signal(&self, pid: u32, signal: Signal) -> bool {
@@ -108,6 +108,11 @@ impl Host for OsHost {
     }
 
     async fn healthy(&self, spec: &Spec) -> bool {
+        if let Some(addr) = spec.health.strip_prefix("tcp://") {
+            return tokio::time::timeout(HEALTH_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+                .is_ok_and(|c| c.is_ok());
+        }
         self.http
             .get(&spec.health)
             .timeout(HEALTH_TIMEOUT)
@@ -119,7 +124,7 @@ impl Host for OsHost {
     /// In its namespace, or with its fault file, so that a partition in force still
     /// holds.
     fn command_line(&self, spec: &Spec) -> String {
-        let keel = shell_line(&self.exe, &spec.args);
+        let keel = shell_line(spec.program.as_ref().unwrap_or(&self.exe), &spec.args);
         match (&spec.netns, &self.ip, self.fault_files.get(&spec.name)) {
             (Some(ns), Some(ip), _) => format!(
                 "{} netns exec {} {keel}",
@@ -145,8 +150,8 @@ impl Host for OsHost {
     }
 }
 
-/// A child process of `keel up`.
-pub(crate) struct OsProcess(Child);
+/// A child process of `keel up`, and the signal that asks it to stop.
+pub(crate) struct OsProcess(Child, Signal);
 
 impl Process for OsProcess {
     fn id(&self) -> Option<u32> {
@@ -160,7 +165,7 @@ impl Process for OsProcess {
     fn terminate(&mut self) {
         if let Some(pid) = self.0.id().and_then(|p| i32::try_from(p).ok()) {
             // An error means it is already gone, which `wait` reports.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(pid), self.1);
             let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
         }
     }

@@ -233,6 +233,7 @@ fn the_plan() -> Plan {
         verbose: false,
         netns: false,
         tls: false,
+        postgres: None,
     };
     plan(
         &settings,

@@ -83,6 +83,20 @@ fn banner(facts: &Facts<'_>) -> String {
             pid(&spec.name)
         ));
     }
+    if !plan.postgres.is_empty() {
+        text.push_str(
+            "PostgreSQL (streaming replication; the proxy's checks find which is which):\n",
+        );
+        for (i, spec) in plan.postgres.iter().enumerate() {
+            let role = if i == 0 { "primary" } else { "standby" };
+            text.push_str(&format!(
+                "  {:width$}  {role:7}  127.0.0.1:{}{}\n",
+                spec.name,
+                spec.port,
+                pid(&spec.name)
+            ));
+        }
+    }
     text.push_str("front door and app tier:\n");
     text.push_str(&format!(
         "  {:width$}  {:7}  {}  (admin {}){}\n",
@@ -92,6 +106,12 @@ fn banner(facts: &Facts<'_>) -> String {
         plan.proxy_admin,
         pid(PROXY)
     ));
+    if let Some((rw, ro)) = plan.tcp_ports {
+        text.push_str(&format!(
+            "  {:width$}  {:7}  postgres read-write 127.0.0.1:{rw}, read-only 127.0.0.1:{ro}\n",
+            "", ""
+        ));
+    }
     for spec in &plan.services {
         text.push_str(&format!(
             "  {:width$}  {:7}  {}{}\n",
@@ -178,6 +198,28 @@ fn banner(facts: &Facts<'_>) -> String {
     text.push_str(&format!(
         "  keel client{monitor}{token} failover               # and back, by hand\n"
     ));
+    if let Some((rw, ro)) = plan.tcp_ports {
+        let data = if token.is_empty() {
+            String::new()
+        } else {
+            format!(" --data-dir {}", settings.data_dir.display())
+        };
+        let password = settings.data_dir.join("pg.password");
+        text.push_str(&format!(
+            "The PostgreSQL homework's steps (docs/postgres.md):\n\
+             \x20 keel load{front_url}/data --spread-by json:backend_id,json:postgres_node --duration 60s --rate 50\n\
+             \x20 keel chaos{data} kill pg2        # a standby: reads go on through pg3\n\
+             \x20 keel chaos{data} restart pg2     # back in the read pool\n\
+             \x20 keel chaos{data} kill service1   # a backend: the proxy sends / and /data to service2\n\
+             \x20 curl -s -X POST -d '{{\"value\":\"hi\"}}'{front}/data   # a write, through the read-write port\n\
+             \x20 PGPASSWORD=$(cat {pw}) psql -h 127.0.0.1 -p {ro} -U keel postgres -c 'SELECT pg_is_in_recovery()'\n\
+             \x20 curl -s {admin}/v1/tcp   # each server's role, lag, sessions\n",
+            front_url = front.replace(" localhost:", " http://localhost:"),
+            pw = password.display(),
+            admin = plan.proxy_admin,
+        ));
+        let _ = rw;
+    }
     if plan.monitors.len() > 1 {
         let data = if token.is_empty() {
             String::new()
@@ -218,6 +260,7 @@ mod tests {
             verbose: false,
             netns: false,
             tls,
+            postgres: None,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use keel_service::ServiceConfig;
+use keel_service::{PostgresConfig, ServiceConfig};
 
 use crate::cli::ServiceArgs;
 
@@ -17,6 +17,15 @@ pub fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         redis_timeout: args.redis_timeout,
         redis_breaker: args.redis_breaker,
         tls: super::load_tls(&args.tls)?,
+        postgres: match (args.postgres_read, args.postgres_write) {
+            (Some(read), Some(write)) => Some(PostgresConfig {
+                read,
+                write,
+                password_file: args.postgres_password_file,
+                timeout: args.postgres_timeout,
+            }),
+            _ => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -87,5 +87,9 @@ fn settings(args: &UpArgs) -> Settings {
         verbose: args.verbose,
         netns: args.netns,
         tls: args.tls,
+        postgres: args.postgres.then_some(keel_chaos::settings::PgPorts {
+            pg_port: args.pg_port,
+            tcp_port: args.tcp_port,
+        }),
     }
 }
