@@ -272,7 +272,38 @@ impl Up {
             self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
         }
         self.wait_for_route().await;
+        if !plan.postgres.is_empty() {
+            self.wait_for_tcp_pool().await;
+        }
         Ok(())
+    }
+
+    /// Waits until the proxy's checks have found every PostgreSQL server (a standby
+    /// still starting up is refused at first), so that the banner comes once reads can
+    /// spread over both standbys.
+    async fn wait_for_tcp_pool(&self) {
+        let url = format!("{}/v1/tcp", self.plan.proxy_admin);
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while Instant::now() < deadline {
+            let view: Option<serde_json::Value> = match self.http.get(&url).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            let whole = view.is_some_and(|v| {
+                v["pools"][0]["servers"].as_array().is_some_and(|servers| {
+                    servers
+                        .iter()
+                        .all(|s| s["in_read_write"] == true || s["in_read_only"] == true)
+                })
+            });
+            if whole {
+                return;
+            }
+            tokio::time::sleep(ROUTE_POLL).await;
+        }
+        say(
+            "note: the proxy's checks have not found every PostgreSQL server yet; its log above says why",
+        );
     }
 
     /// Waits until the proxy's cluster route knows the primary, so that the first

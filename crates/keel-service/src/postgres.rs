@@ -14,16 +14,26 @@
 //! - The read pool starts with two connections, made together, so that a read-only port
 //!   that balances connections spreads even a single client's reads; the pool hands its
 //!   connections out in turn (first in, first out).
+//! - A read connection older than [`READ_MAX_AGE`] is closed rather than handed out
+//!   again, and a new one made: the read-only port balances connections, not queries, so
+//!   without this a standby that came back after a restart would get no reads until the
+//!   service restarted. Writes go to the one primary and keep their connections.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime,
+};
 use serde_json::{Value, json};
 
 /// Tries of a read before it fails.
 pub const READ_ATTEMPTS: usize = 3;
+
+/// How long a read connection is used before it is replaced, to spread reads again over
+/// the standbys that are up now.
+pub const READ_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Connections each pool holds at most.
 const POOL_SIZE: usize = 16;
@@ -282,7 +292,19 @@ fn pool(
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    let mut builder = Pool::builder(manager);
+    if which == "read" {
+        builder = builder.pre_recycle(Hook::sync_fn(|_, metrics| {
+            if metrics.age() > READ_MAX_AGE {
+                Err(HookError::message(
+                    "replaced: spread over the standbys again",
+                ))
+            } else {
+                Ok(())
+            }
+        }));
+    }
+    builder
         .max_size(POOL_SIZE)
         .queue_mode(QueueMode::Fifo)
         .runtime(Runtime::Tokio1)

@@ -4,12 +4,18 @@
 //! HAProxy's `pgsql-check` only logs in, so it sees neither which server is the primary
 //! nor a standby that has fallen behind; this check answers both with one query.
 //!
-//! The lag is zero on a primary, and on a standby that has replayed all it received;
+//! The lag is zero on a primary, on a standby that has replayed all it received, and on
+//! a standby that streams from no primary (not yet after a restart, or its primary is
+//! gone: what it has replayed is then the freshest there is, and its reads go on);
 //! otherwise it is the age of the last transaction it replayed (`now() -
-//! pg_last_xact_replay_timestamp()`). A standby whose replay is paused while writes go
-//! on therefore lags more every second, and catches up the moment it replays again. One
+//! pg_last_xact_replay_timestamp()`). A standby whose replay is paused while writes go on
+//! therefore lags more every second, and catches up the moment it replays again. One
 //! that is behind but has replayed no transaction since it started has no such age: its
 //! lag is unknown, and counted as endless until it catches up.
+//!
+//! "All it received" is `pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn()`: after a
+//! restart the receive position starts at the beginning of a WAL segment, behind what
+//! was replayed before, and stays there while the primary writes nothing.
 
 use std::time::Duration;
 
@@ -18,7 +24,8 @@ use super::pools::{Role, Seen};
 /// The query: whether the server is in recovery, and its replay lag in seconds.
 const QUERY: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN NOT pg_is_in_recovery() \
-            OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() \
+            OR pg_last_wal_receive_lsn() IS NULL \
+            OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() \
           THEN 0 \
           ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 'Infinity') \
      END::float8";

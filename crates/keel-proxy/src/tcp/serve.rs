@@ -165,8 +165,8 @@ impl TcpPool {
                     self.config.fall
                 ),
                 Change::Lagging(lag) => tracing::warn!(
-                    "{pool}: {name} replays {:.1} s behind its primary (max_lag {:?}): out of the read-only pool",
-                    lag.as_secs_f64(),
+                    "{pool}: {name} replays {} behind its primary (max_lag {:?}): out of the read-only pool",
+                    lag_words(lag),
                     self.config.max_lag
                 ),
                 Change::CaughtUp => {
@@ -219,6 +219,16 @@ impl TcpPool {
             },
             states.join("; ")
         )
+    }
+}
+
+/// A lag in words: `3.2 s`, or `an unknown time` when nothing was replayed to measure it
+/// by.
+fn lag_words(lag: Duration) -> String {
+    if lag == Duration::MAX {
+        "an unknown time (no transaction replayed since it started)".to_owned()
+    } else {
+        format!("{:.1} s", lag.as_secs_f64())
     }
 }
 
