@@ -274,9 +274,15 @@ pub fn plan(
     placement: &Placement,
 ) -> Result<Plan, PlanError> {
     let n = args.nodes;
+    let has_data_tier = args.has_data_tier();
+    let monitor_count = if args.has_data_tier() {
+        args.monitors.max(1)
+    } else {
+        0
+    };
     let ranges = [
         ("--base-port", args.base_port, n),
-        ("--monitor-port", args.monitor_port, args.monitors.max(1)),
+        ("--monitor-port", args.monitor_port, monitor_count),
         ("--service-port", args.service_port, args.services),
         ("--proxy-port", args.proxy_port, 1),
         ("--proxy-admin-port", args.proxy_admin_port, 1),
@@ -305,7 +311,11 @@ pub fn plan(
     let token = path_arg(&credentials.token);
     let secret = path_arg(&credentials.secret);
     let scheme = credentials.scheme();
-    let names = monitor_names(args.monitors);
+    let names = if args.has_data_tier() {
+        monitor_names(args.monitors)
+    } else {
+        Vec::new()
+    };
     let listens: Vec<std::net::SocketAddr> = (0u16..)
         .zip(&names)
         .map(|(k, name)| std::net::SocketAddr::new(placement.host(name), args.monitor_port + k))
@@ -404,11 +414,16 @@ pub fn plan(
                     name.clone(),
                     "--listen".into(),
                     format!("127.0.0.1:{port}"),
-                    // Through the proxy's cluster route, which follows the primary.
-                    "--data".into(),
-                    proxy_url.clone(),
                 ]
                 .into_iter()
+                // Through the proxy's cluster route, which follows the primary; without
+                // a data tier (`keel pg`) the counter stays in the process.
+                .chain(
+                    has_data_tier
+                        .then(|| ["--data".to_owned(), proxy_url.clone()])
+                        .into_iter()
+                        .flatten(),
+                )
                 .chain(credentials.tls_flags(&name))
                 .collect(),
                 health: format!("{url}/health"),
@@ -429,13 +444,14 @@ pub fn plan(
         format!("127.0.0.1:{}", args.proxy_port),
         "--admin".into(),
         format!("127.0.0.1:{}", args.proxy_admin_port),
-        "--cluster".into(),
-        monitor_url.clone(),
         "--token-file".into(),
         token.clone(),
         "--cluster-secret-file".into(),
         secret.clone(),
     ];
+    if has_data_tier {
+        proxy_args.extend(["--cluster".into(), monitor_url.clone()]);
+    }
     proxy_args.extend(credentials.tls_flags(PROXY));
     for service in &services {
         proxy_args.push("--backend".into());

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 /// that is what a person changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// How many data nodes (`app1..appN`).
+    /// How many data nodes (`app1..appN`); 0 for no data tier at all (`keel pg`: no
+    /// monitor and no nodes either, PostgreSQL behind the proxy).
     pub nodes: u16,
     /// Where the monitor and the nodes keep their data, and where the credentials, the
     /// fault files and `up.json` are written.
@@ -42,6 +43,13 @@ pub struct Settings {
     /// PostgreSQL too (`--postgres`): a primary and two standbys behind the proxy's TCP
     /// ports, `/data` of the services on them.
     pub postgres: Option<PgPorts>,
+}
+
+impl Settings {
+    /// Whether the data tier runs (a monitor and nodes); not under `keel pg`.
+    pub fn has_data_tier(&self) -> bool {
+        self.nodes > 0
+    }
 }
 
 /// The ports of `keel up --postgres`.

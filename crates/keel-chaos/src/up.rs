@@ -229,21 +229,30 @@ impl Up {
         for spec in &plan.monitors {
             self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
         }
-        self.events = Some(tokio::spawn(
-            self.monitor.clone().follow_events(self.stream_http.clone()),
-        ));
+        if !plan.monitors.is_empty() {
+            self.events = Some(tokio::spawn(
+                self.monitor.clone().follow_events(self.stream_http.clone()),
+            ));
+        }
 
         // The node the monitor recorded as primary in an earlier run, else app1: the
         // first node to register becomes primary, and the recorded primary, when it
         // comes back first, keeps the role (in a new epoch) rather than waiting for a
         // standby that is not yet promotable.
-        let recorded = self.monitor.primary().await;
+        let recorded = if plan.nodes.is_empty() {
+            None
+        } else {
+            self.monitor.primary().await
+        };
         let first = recorded
             .as_deref()
             .and_then(|name| plan.nodes.iter().position(|s| s.name == name))
             .unwrap_or(0);
-        let order =
-            std::iter::once(first).chain((0..plan.nodes.len()).filter(move |&i| i != first));
+        // No nodes at all under `keel pg`.
+        let order = (!plan.nodes.is_empty())
+            .then_some(first)
+            .into_iter()
+            .chain((0..plan.nodes.len()).filter(move |&i| i != first));
         for (started, i) in order.enumerate() {
             let spec = &plan.nodes[i];
             self.supervisor.start(spec)?;
@@ -256,7 +265,7 @@ impl Up {
                 ));
             }
         }
-        if !self.monitor.wait_for_promotable(plan).await {
+        if !plan.nodes.is_empty() && !self.monitor.wait_for_promotable(plan).await {
             say(&format!(
                 "note: not every standby is promotable after {} s; `keel client cluster` says why",
                 SETTLE_TIMEOUT.as_secs()
@@ -271,7 +280,9 @@ impl Up {
             self.supervisor.start(spec)?;
             self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
         }
-        self.wait_for_route().await;
+        if !plan.monitors.is_empty() {
+            self.wait_for_route().await;
+        }
         if !plan.postgres.is_empty() {
             self.wait_for_tcp_pool().await;
         }
@@ -429,7 +440,11 @@ impl Up {
             let _ = std::fs::remove_file(path);
         }
         // Asked before the monitor goes: after that, nobody knows.
-        let primary = self.monitor.primary().await;
+        let primary = if self.plan.monitors.is_empty() {
+            None
+        } else {
+            self.monitor.primary().await
+        };
         if let Some(events) = self.events.take() {
             events.abort();
         }

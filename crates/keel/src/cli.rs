@@ -33,6 +33,10 @@ pub enum Command {
     Client(ClientArgs),
     /// Start a whole data tier on this machine (a primary and its standbys) in the foreground.
     Up(UpArgs),
+    /// Run PostgreSQL on this machine: a primary and two streaming standbys behind keel
+    /// proxy's TCP ports, and two services on them (the PostgreSQL homework, without the
+    /// data tier; keel up --postgres runs both).
+    Pg(PgArgs),
     /// Run the monitor: it assigns roles to the data nodes and fails over automatically.
     Monitor(MonitorArgs),
     /// Put HTTP load on a URL of this machine: live view, latency percentiles, the spread
@@ -412,6 +416,45 @@ pub struct UpArgs {
     /// the next one.
     #[arg(long, default_value_t = 5000, requires = "postgres")]
     pub tcp_port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct PgArgs {
+    /// Where pg1..pg3, the password and the credentials go; used again on the next start.
+    #[arg(long, default_value = "./keel-data")]
+    pub data_dir: PathBuf,
+
+    /// Port of pg1; pg2 and pg3 take the next ports.
+    #[arg(long, default_value_t = 5433)]
+    pub pg_port: u16,
+
+    /// The proxy's read-write port to PostgreSQL; the read-only port is the next one.
+    #[arg(long, default_value_t = 5000)]
+    pub tcp_port: u16,
+
+    /// How many app services behind the proxy.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=9))]
+    pub services: u16,
+
+    /// Port of service1; the others take the next ports.
+    #[arg(long, default_value_t = 5056)]
+    pub service_port: u16,
+
+    /// Port of the front door.
+    #[arg(long, default_value_t = 8080)]
+    pub proxy_port: u16,
+
+    /// Port of the proxy's admin API.
+    #[arg(long, default_value_t = 8090)]
+    pub proxy_admin_port: u16,
+
+    /// Port of the control API that keel chaos speaks.
+    #[arg(long, default_value_t = 8060)]
+    pub control_port: u16,
+
+    /// Show the children's info logs, not only their warnings.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Args)]

@@ -182,3 +182,101 @@ fn the_homeworks_three_scenarios_under_load() {
     let last = field_counts(&killed, 0, 5);
     assert_eq!(last.keys().collect::<Vec<_>>(), ["service2"], "{last:?}");
 }
+
+/// `keel pg`: PostgreSQL behind the proxy and two services, no data tier; writes go to
+/// the primary, reads to a standby, bad bodies are refused, and a standby paused with
+/// `keel chaos pause` is passed over once the checks time out.
+#[test]
+fn keel_pg_runs_the_homework_without_the_data_tier() {
+    let dir = tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let data = dir.path().join("keel-data");
+    let ports = free_ports(5);
+    let (pg_port, tcp_port) = (free_port_range(3), free_port_range(2));
+    let service_port = free_port_range(2);
+    let args: Vec<String> = vec![
+        "pg".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--pg-port".into(),
+        pg_port.to_string(),
+        "--tcp-port".into(),
+        tcp_port.to_string(),
+        "--service-port".into(),
+        service_port.to_string(),
+        "--proxy-port".into(),
+        ports[0].to_string(),
+        "--proxy-admin-port".into(),
+        ports[1].to_string(),
+        "--control-port".into(),
+        ports[2].to_string(),
+    ];
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut pg = KeelProcess::spawn_captured("pg", &arg_refs);
+    assert!(
+        wait_until(Duration::from_secs(60), || pg
+            .log_text()
+            .contains("Ctrl-C stops everything")
+            || !pg.is_running()),
+        "keel pg did not come up\n{}",
+        pg.log_report()
+    );
+    let log = pg.log_text();
+    assert!(
+        log.contains("no data tier") && !log.contains("app1"),
+        "{log}"
+    );
+    let front = url_for(ports[0]);
+    let client = http_client();
+
+    let written: Value = client
+        .post(format!("{front}/data"))
+        .body(r#"{"value":"hello"}"#)
+        .send()
+        .and_then(|r| r.json())
+        .expect("POST /data");
+    assert_eq!(written["postgres_node"], "pg1", "{written}");
+    assert_eq!(written["row"]["value"], "hello", "{written}");
+    let read = wait_until(Duration::from_secs(10), || {
+        let (status, v) = get_json(&format!("{front}/data"));
+        status == StatusCode::OK && v["row"]["value"] == "hello" && v["postgres_role"] == "standby"
+    });
+    assert!(read, "the write never showed on a standby");
+    for bad in ["not json", r#"{"value": 3}"#, r#"{"value":"x","more":1}"#] {
+        let r = client
+            .post(format!("{front}/data"))
+            .body(bad)
+            .send()
+            .expect("POST");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = r.json().expect("JSON");
+        assert_eq!(body["error"], "bad_body", "{body}");
+    }
+
+    // A standby frozen by SIGSTOP: its checks time out, it leaves the pool, reads go on.
+    let data_dir = data.display().to_string();
+    let out = run_keel(&["chaos", "--data-dir", &data_dir, "pause", "pg2"]);
+    assert!(out.success(), "{out}");
+    let admin = url_for(ports[1]);
+    assert!(
+        wait_until(Duration::from_secs(15), || !in_read_pool(&admin, "pg2")),
+        "pg2 stayed in the pool while paused"
+    );
+    for _ in 0..10 {
+        let (status, v) = get_json(&format!("{front}/data"));
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["postgres_node"], "pg3", "{v}");
+    }
+    let out = run_keel(&["chaos", "--data-dir", &data_dir, "resume", "pg2"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(15), || in_read_pool(&admin, "pg2")),
+        "pg2 never came back after resume"
+    );
+    pg.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        pg.wait_timeout(Duration::from_secs(30)).is_some(),
+        "keel pg did not stop"
+    );
+    assert!(pg.log_text().contains("pg1 stopped"), "{}", pg.log_report());
+}

@@ -2,7 +2,7 @@
 //! subcommand, in a network namespace through `ip netns exec` under `--netns`, its output
 //! copied to ours a line at a time with its name in front.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -38,6 +38,10 @@ pub(crate) struct OsHost {
     http: reqwest::Client,
     /// A task per output stream of every child started.
     pumps: Vec<JoinHandle<()>>,
+    /// The pids of the programs that run children of their own (PostgreSQL's postmaster
+    /// and its backends, each in a session of its own): `keel chaos` signals them with
+    /// their children, as a machine or a container dies or freezes as a whole.
+    servers: HashSet<u32>,
 }
 
 impl OsHost {
@@ -57,6 +61,7 @@ impl OsHost {
             fault_files,
             http,
             pumps: Vec::new(),
+            servers: HashSet::new(),
         }
     }
 }
@@ -91,6 +96,9 @@ impl Host for OsHost {
             command.env(FAULTS_FILE_ENV, file);
         }
         let mut child = command.spawn()?;
+        if let (Some(_), Some(pid)) = (&spec.program, child.id()) {
+            self.servers.insert(pid);
+        }
         let prefix = format!("{:width$} | ", spec.name, width = self.width);
         if let Some(out) = child.stdout.take() {
             self.pumps.push(tokio::spawn(pump(prefix.clone(), out)));
@@ -102,9 +110,20 @@ impl Host for OsHost {
     }
 
     fn signal(&self, pid: u32, signal: Signal) -> bool {
-        i32::try_from(pid)
-            .ok()
-            .is_some_and(|p| kill(Pid::from_raw(p), signal).is_ok())
+        let send = |pid: u32| {
+            i32::try_from(pid)
+                .ok()
+                .is_some_and(|p| kill(Pid::from_raw(p), signal).is_ok())
+        };
+        if self.servers.contains(&pid) {
+            // The server first, so that it forks no new child meanwhile.
+            let sent = send(pid);
+            for child in children_of(pid) {
+                send(child);
+            }
+            return sent;
+        }
+        send(pid)
     }
 
     async fn healthy(&self, spec: &Spec) -> bool {
@@ -175,6 +194,30 @@ impl Process for OsProcess {
     }
 }
 
+/// The processes whose parent is `pid`, from `/proc` (none where it cannot be read).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| parent_in_stat(&stat))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The parent's pid in a `/proc/PID/stat` line: the second field after the command,
+/// which is in parentheses and may hold spaces and parentheses itself.
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Copies a child's output to ours, a line at a time, each with the child's name.
 async fn pump(prefix: String, stream: impl AsyncRead + Unpin) {
     let mut reader = BufReader::new(stream);
@@ -188,5 +231,15 @@ async fn pump(prefix: String, stream: impl AsyncRead + Unpin) {
                 crate::say(&format!("{prefix}{}", text.trim_end_matches(['\n', '\r'])));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_parent_is_read_past_a_command_with_spaces_and_parentheses() {
+        let stat = "4242 (postgres: pg2: (x) y) S 4100 4100 4100 0 -1 4194560";
+        assert_eq!(super::parent_in_stat(stat), Some(4100));
+        assert_eq!(super::parent_in_stat("garbage"), None);
     }
 }

@@ -53,7 +53,12 @@ fn banner(facts: &Facts<'_>) -> String {
     } = facts;
     let pid = |name: &str| (facts.pid)(name).map_or_else(String::new, |pid| format!("  pid {pid}"));
     let epoch = view.map_or_else(String::new, |v| format!(", epoch {}", v.epoch));
-    let mut text = format!("\nkeel data tier is up (sync replication{epoch}):\n");
+    let mut text = if plan.nodes.is_empty() {
+        "\nkeel is up: PostgreSQL behind the proxy, no data tier (keel up --postgres has both):\n"
+            .to_owned()
+    } else {
+        format!("\nkeel data tier is up (sync replication{epoch}):\n")
+    };
     let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
     let leader = view
         .and_then(|v| v.monitors.as_ref())
@@ -134,6 +139,7 @@ fn banner(facts: &Facts<'_>) -> String {
         ));
     }
     match &facts.netns {
+        _ if plan.nodes.is_empty() => text.push('\n'),
         Some(netns) => text.push_str(&format!(
             "  the monitor and the nodes in {netns}; keel chaos partition: the kernel drops packets between them\n\n"
         )),
@@ -181,6 +187,9 @@ fn banner(facts: &Facts<'_>) -> String {
     text.push_str(&format!(
         "  curl -s{front}/                     # hello and visits, from a service\n"
     ));
+    if plan.nodes.is_empty() {
+        return pg_only_tail(text, facts, &front);
+    }
     text.push_str(&format!(
         "  curl -s{front}/v1/counters/visits   # the data tier, through the proxy\n"
     ));
@@ -198,28 +207,7 @@ fn banner(facts: &Facts<'_>) -> String {
     text.push_str(&format!(
         "  keel client{monitor}{token} failover               # and back, by hand\n"
     ));
-    if let Some((rw, ro)) = plan.tcp_ports {
-        let data = if token.is_empty() {
-            String::new()
-        } else {
-            format!(" --data-dir {}", settings.data_dir.display())
-        };
-        let password = settings.data_dir.join("pg.password");
-        text.push_str(&format!(
-            "The PostgreSQL homework's steps (docs/postgres.md):\n\
-             \x20 keel load{front_url}/data --spread-by json:backend_id,json:postgres_node --duration 60s --rate 50\n\
-             \x20 keel chaos{data} kill pg2        # a standby: reads go on through pg3\n\
-             \x20 keel chaos{data} restart pg2     # back in the read pool\n\
-             \x20 keel chaos{data} kill service1   # a backend: the proxy sends / and /data to service2\n\
-             \x20 curl -s -X POST -d '{{\"value\":\"hi\"}}'{front}/data   # a write, through the read-write port\n\
-             \x20 PGPASSWORD=$(cat {pw}) psql -h 127.0.0.1 -p {ro} -U keel postgres -c 'SELECT pg_is_in_recovery()'\n\
-             \x20 curl -s {admin}/v1/tcp   # each server's role, lag, sessions\n",
-            front_url = front.replace(" localhost:", " http://localhost:"),
-            pw = password.display(),
-            admin = plan.proxy_admin,
-        ));
-        let _ = rw;
-    }
+    text.push_str(&homework_steps(facts, &front));
     if plan.monitors.len() > 1 {
         let data = if token.is_empty() {
             String::new()
@@ -234,6 +222,45 @@ fn banner(facts: &Facts<'_>) -> String {
     text.push_str(
         "The monitor's events follow. Ctrl-C stops everything (the front door first, then the monitor).\n",
     );
+    text
+}
+
+/// The PostgreSQL homework's steps as commands to try, under `--postgres` (else nothing).
+fn homework_steps(facts: &Facts<'_>, front: &str) -> String {
+    let (settings, plan) = (facts.settings, facts.plan);
+    let Some((_, ro)) = plan.tcp_ports else {
+        return String::new();
+    };
+    let data = if settings.data_dir == Path::new("./keel-data")
+        || settings.data_dir == Path::new("keel-data")
+    {
+        String::new()
+    } else {
+        format!(" --data-dir {}", settings.data_dir.display())
+    };
+    let password = settings.data_dir.join("pg.password");
+    format!(
+        "The PostgreSQL homework's steps (docs/postgres.md):\n\
+         \x20 keel load{front_url}/data --spread-by json:backend_id,json:postgres_node --duration 60s --rate 50\n\
+         \x20 keel chaos{data} kill pg2        # a standby: reads go on through pg3\n\
+         \x20 keel chaos{data} restart pg2     # back in the read pool\n\
+         \x20 keel chaos{data} kill service1   # a backend: the proxy sends / and /data to service2\n\
+         \x20 curl -s -X POST -d '{{\"value\":\"hi\"}}'{front}/data   # a write, through the read-write port\n\
+         \x20 PGPASSWORD=$(cat {pw}) psql -h 127.0.0.1 -p {ro} -U keel postgres -c 'SELECT pg_is_in_recovery()'\n\
+         \x20 curl -s {admin}/v1/tcp   # each server's role, lag, sessions\n",
+        front_url = front.replace(" localhost:", " http://localhost:"),
+        pw = password.display(),
+        admin = plan.proxy_admin,
+    )
+}
+
+/// The end of `keel pg`'s banner: PostgreSQL's commands, and how it stops.
+fn pg_only_tail(mut text: String, facts: &Facts<'_>, front: &str) -> String {
+    text.push_str(&format!(
+        "  curl -s{front}/data                  # a service, and the standby that answered\n"
+    ));
+    text.push_str(&homework_steps(facts, front));
+    text.push_str("Ctrl-C stops everything (the front door first, PostgreSQL last).\n");
     text
 }
 

@@ -33,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => node::run(args),
         Command::Client(args) => client::run(args),
         Command::Up(args) => up::run(args),
+        Command::Pg(args) => up::run_pg(args),
         Command::Monitor(args) => monitor::run(args),
         Command::Load(args) => load::run(args),
         Command::Proxy(args) => proxy::run(args),

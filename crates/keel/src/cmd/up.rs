@@ -22,17 +22,44 @@ use std::process::ExitCode;
 use anyhow::Context;
 use keel_chaos::{Settings, Up};
 
-use crate::cli::UpArgs;
+use crate::cli::{PgArgs, UpArgs};
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    run_settings(settings(&args))
+}
+
+/// `keel pg`: the same, without the data tier — PostgreSQL, the services and the proxy.
+pub fn run_pg(args: PgArgs) -> anyhow::Result<ExitCode> {
+    run_settings(Settings {
+        nodes: 0,
+        data_dir: args.data_dir,
+        base_port: 8081,
+        monitors: 1,
+        monitor_port: 8070,
+        services: args.services,
+        service_port: args.service_port,
+        proxy_port: args.proxy_port,
+        proxy_admin_port: args.proxy_admin_port,
+        control_port: args.control_port,
+        verbose: args.verbose,
+        netns: false,
+        tls: false,
+        postgres: Some(keel_chaos::settings::PgPorts {
+            pg_port: args.pg_port,
+            tcp_port: args.tcp_port,
+        }),
+    })
+}
+
+fn run_settings(settings: Settings) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(up(args))
+    runtime.block_on(up(settings))
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+async fn up(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut stop_signal = pin!(keel_core::shutdown::signal());
     // Poll once so the handlers are installed before any child exists: a Ctrl-C from
     // then on reaches this code instead of killing the process and orphaning the nodes.
@@ -43,7 +70,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let exe =
         std::env::current_exe().context("cannot find the keel executable to start the nodes")?;
-    let mut up = Up::prepare(settings(&args), exe).await?;
+    let mut up = Up::prepare(settings, exe).await?;
 
     let started = tokio::select! {
         r = up.start() => Some(r),
