@@ -210,6 +210,33 @@ impl Plan {
             }
         }
         let (rw, ro) = (ports.tcp_port, ports.tcp_port + 1);
+        // The other processes' ports, and the proxy's admin port.
+        let admin = self
+            .proxy_admin
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok());
+        let taken: Vec<(u16, &'static str)> = self
+            .all()
+            .map(|s| (s.port, s.port_flag))
+            .chain(admin.map(|p| (p, "--proxy-admin-port")))
+            .collect();
+        for (flag, first, count) in [
+            ("--pg-port", ports.pg_port, count),
+            ("--tcp-port", ports.tcp_port, 2),
+        ] {
+            let range = u32::from(first)..u32::from(first) + u32::from(count);
+            if let Some((port, other)) = taken.iter().find(|(p, _)| range.contains(&u32::from(*p)))
+            {
+                return Err(PlanError::Overlap {
+                    flag,
+                    first,
+                    other,
+                    other_first: *port,
+                    other_count: 1,
+                });
+            }
+        }
         if (ports.pg_port..ports.pg_port + count).any(|p| p == rw || p == ro) {
             return Err(PlanError::Overlap {
                 flag: "--tcp-port",
@@ -576,6 +603,107 @@ mod tests {
             tls: false,
             postgres: None,
         }
+    }
+
+    fn pg_commands() -> PgCommands {
+        PgCommands {
+            servers: (1..=3u16)
+                .map(|k| {
+                    (
+                        format!("pg{k}"),
+                        5432 + k,
+                        PathBuf::from("/usr/bin/setpriv"),
+                        vec!["--reuid=101".to_owned(), "postgres".to_owned()],
+                    )
+                })
+                .collect(),
+            password_file: PathBuf::from("/tmp/d/pg.password"),
+        }
+    }
+
+    #[test]
+    fn postgres_adds_three_servers_the_proxys_pool_and_the_services_urls() {
+        let a = args(2, 8081);
+        let mut plan = plan(
+            &a,
+            &Credentials::in_dir(Path::new("/tmp/d")),
+            &Placement::loopback(),
+        )
+        .expect("plan");
+        let ports = crate::settings::PgPorts {
+            pg_port: 5433,
+            tcp_port: 5000,
+        };
+        plan.add_postgres(ports, &pg_commands()).expect("postgres");
+        let names: Vec<&str> = plan.all().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "monitor", "app1", "app2", "pg1", "pg2", "pg3", "service1", "service2", "proxy"
+            ],
+            "PostgreSQL starts before the services that read it"
+        );
+        let pg2 = &plan.postgres[1];
+        assert_eq!(pg2.health, "tcp://127.0.0.1:5434");
+        assert_eq!(pg2.stop_signal, Signal::SIGINT, "a fast shutdown");
+        assert_eq!(pg2.program.as_deref(), Some(Path::new("/usr/bin/setpriv")));
+        let proxy = plan.proxy.args.join(" ");
+        assert!(
+            proxy.contains("--tcp pg1=127.0.0.1:5433,pg2=127.0.0.1:5434,pg3=127.0.0.1:5435")
+                && proxy.contains("--tcp-read-only 127.0.0.1:5001")
+                && proxy.contains("--tcp-password-file /tmp/d/pg.password"),
+            "{proxy}"
+        );
+        let service = plan.services[0].args.join(" ");
+        assert!(
+            service.contains("--postgres-read postgres://keel@127.0.0.1:5001/postgres")
+                && service.contains("--postgres-write postgres://keel@127.0.0.1:5000/postgres"),
+            "{service}"
+        );
+        assert_eq!(plan.tcp_ports, Some((5000, 5001)));
+
+        let mut clash = super::plan(
+            &a,
+            &Credentials::in_dir(Path::new("/tmp/d")),
+            &Placement::loopback(),
+        )
+        .expect("plan");
+        let e = clash
+            .add_postgres(
+                crate::settings::PgPorts {
+                    pg_port: 8080,
+                    tcp_port: 5000,
+                },
+                &pg_commands(),
+            )
+            .expect_err("8080..8082 holds the proxy and app1");
+        assert!(e.to_string().contains("--pg-port 8080 overlaps"), "{e}");
+    }
+
+    #[test]
+    fn without_a_data_tier_there_is_no_monitor_and_no_cluster_route() {
+        let mut a = args(0, 8081);
+        a.postgres = Some(crate::settings::PgPorts {
+            pg_port: 5433,
+            tcp_port: 5000,
+        });
+        let plan = plan(
+            &a,
+            &Credentials::in_dir(Path::new("/tmp/d")),
+            &Placement::loopback(),
+        )
+        .expect("plan");
+        assert!(plan.monitors.is_empty() && plan.nodes.is_empty());
+        assert!(
+            !plan.proxy.args.contains(&"--cluster".to_owned()),
+            "{:?}",
+            plan.proxy.args
+        );
+        assert!(
+            !plan.services[0].args.contains(&"--data".to_owned()),
+            "{:?}",
+            plan.services[0].args
+        );
     }
 
     #[test]

@@ -293,7 +293,8 @@ async fn tcp(State(proxy): State<Arc<Proxy>>) -> Response {
                         "addr": s.addr.to_string(),
                         "up": pool.is_up(i),
                         "role": seen.map(|x| match x.role { Role::Primary => "primary", Role::Standby => "standby" }),
-                        "lag_seconds": seen.map(|x| x.lag.as_secs_f64()).filter(|l| l.is_finite()),
+                        // null when unknown (nothing replayed since the standby started).
+                        "lag_seconds": seen.filter(|x| x.lag != std::time::Duration::MAX).map(|x| x.lag.as_secs_f64()),
                         "last_check_error": last.as_ref().and_then(|r| r.as_ref().err()),
                         "in_read_write": rw.contains(&i),
                         "in_read_only": ro.contains(&i),

@@ -380,9 +380,14 @@ fn render_tcp(proxy: &Proxy, out: &mut String) {
             "gauge",
             "How far the standby's replay is behind (+Inf when unknown)",
             |_, _, s| {
-                s.last_check()
-                    .and_then(Result::ok)
-                    .map_or(0.0, |x| x.lag.as_secs_f64())
+                s.last_check().and_then(Result::ok).map_or(0.0, |x| {
+                    // Unknown (nothing replayed to measure it by): endless.
+                    if x.lag == std::time::Duration::MAX {
+                        f64::INFINITY
+                    } else {
+                        x.lag.as_secs_f64()
+                    }
+                })
             },
         ),
         (

@@ -205,8 +205,6 @@ fn build(
                 pg.password_file.as_deref(),
                 pg.timeout,
             )?);
-            let warm = Arc::clone(&data);
-            tokio::spawn(async move { warm.warm_up().await });
             Some(data)
         }
         None => None,

@@ -11,9 +11,10 @@
 //!   repeat. A write is not: it is tried once, and a failure is a 503 that says so.
 //! - Every wait is bounded by the timeout: taking a connection, making one, a query.
 //!   While PostgreSQL cannot be reached the answer is a 503 with the reason, never a hang.
-//! - The read pool starts with two connections, made together, so that a read-only port
-//!   that balances connections spreads even a single client's reads; the pool hands its
-//!   connections out in turn (first in, first out).
+//! - The read pool holds at least two connections, made together when it has fewer, so
+//!   that a read-only port that balances connections spreads even a single client's
+//!   reads over two standbys; the pool hands its connections out in turn (first in,
+//!   first out).
 //! - A read connection older than [`READ_MAX_AGE`] is closed rather than handed out
 //!   again, and a new one made: the read-only port balances connections, not queries, so
 //!   without this a standby that came back after a restart would get no reads until the
@@ -139,18 +140,6 @@ impl PgData {
     /// Where writes go, without a password.
     pub fn write_url(&self) -> &str {
         &self.write_url
-    }
-
-    /// Makes two read connections at once, so that they land on two standbys; tried until
-    /// it works. Run in the background at start.
-    pub async fn warm_up(&self) {
-        loop {
-            let (a, b) = tokio::join!(self.read.get(), self.read.get());
-            if a.is_ok() && b.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
     }
 
     /// The server that answers a read, and the newest row.

@@ -2,8 +2,10 @@
 //! made by keel-pg): the read-write port reaches only the primary, the read-only port
 //! spreads over the standbys and never reaches the primary while one is usable; a standby
 //! held back beyond max_lag leaves the read pool and returns; a standby killed with kill
-//! -9 costs no connection and comes back when restarted; garbage on a port, a wrong
-//! password in the check and a bad [[tcp]] section are each a clear error.
+//! -9 costs no connection and comes back when restarted; a standby promoted beside the
+//! primary has its read sessions closed and leaves the read-write port to no one;
+//! garbage on a port, a wrong password in the check and a bad [[tcp]] section are each a
+//! clear error.
 
 mod support;
 
@@ -205,6 +207,44 @@ fn the_tcp_ports_route_by_role_and_lag_and_survive_a_standby_killed() {
     let (reads, failed) = spread(&pg, ro, 20);
     assert!(failed.is_empty(), "{failed:?}");
     assert!(reads.get("pg3").copied().unwrap_or(0) >= 6, "{reads:?}");
+
+    // pg3 promoted beside pg1 (two primaries, as after a failover nobody finished): its
+    // read-only sessions are closed, the read-write port takes no one (a write to
+    // either could be lost), and the reads go on through pg2.
+    let held = (0..10)
+        .map(|_| pg.hold(ro))
+        .find(|session| pg.who_answers_on(session).as_deref() == Ok("pg3"))
+        .expect("a read-only session on pg3 within ten");
+    pg.exec(2, "SELECT pg_promote()");
+    assert!(
+        wait_until(
+            Duration::from_secs(15),
+            || server_state(&admin, "pg3")["role"] == "primary"
+        ),
+        "the proxy never saw pg3 promoted\n{}",
+        proxy.log_report()
+    );
+    assert!(
+        pg.who_answers_on(&held).is_err(),
+        "a read-only session on the promoted pg3 was left open"
+    );
+    assert!(
+        proxy
+            .log_text()
+            .contains("pg3 was a standby and is now the primary"),
+        "{}",
+        proxy.log_report()
+    );
+    let refused = pg
+        .who_answers(rw)
+        .expect_err("two primaries take no writes");
+    assert!(
+        refused.contains("pg1: the primary") && refused.contains("pg3: the primary"),
+        "{refused}"
+    );
+    let (reads, failed) = spread(&pg, ro, 6);
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(reads.get("pg2"), Some(&6), "{reads:?}");
 }
 
 #[test]

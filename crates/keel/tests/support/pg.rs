@@ -128,6 +128,43 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// A session opened on 127.0.0.1:`port` and kept open, for a test that watches what
+    /// happens to it.
+    pub fn hold(&self, port: u16) -> tokio_postgres::Client {
+        let password = self.password();
+        self.rt.block_on(async move {
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host("127.0.0.1")
+                .port(port)
+                .user(keel_pg::USER)
+                .password(password)
+                .dbname("postgres");
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+        })
+    }
+
+    /// Which server answers on a held session, or why it did not.
+    pub fn who_answers_on(&self, client: &tokio_postgres::Client) -> Result<String, String> {
+        self.rt.block_on(async {
+            let row = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.query_one("SELECT current_setting('cluster_name')", &[]),
+            )
+            .await
+            .map_err(|_| "no answer within 10 s".to_owned())?
+            .map_err(|e| describe(&e))?;
+            row.try_get::<_, String>(0).map_err(|e| describe(&e))
+        })
+    }
+}
+
 /// An error with the server's message when it sent one.
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
