@@ -184,8 +184,9 @@ fn the_homeworks_three_scenarios_under_load() {
 }
 
 /// `keel pg`: PostgreSQL behind the proxy and two services, no data tier; writes go to
-/// the primary, reads to a standby, bad bodies are refused, and a standby paused with
-/// `keel chaos pause` is passed over once the checks time out.
+/// the primary, reads to a standby, bad bodies are refused, a standby paused with `keel
+/// chaos pause` is passed over once the checks time out, and with every server down
+/// `/data` answers 503 with the reason until one is back.
 #[test]
 fn keel_pg_runs_the_homework_without_the_data_tier() {
     let dir = tempdir();
@@ -273,10 +274,42 @@ fn keel_pg_runs_the_homework_without_the_data_tier() {
         wait_until(Duration::from_secs(15), || in_read_pool(&admin, "pg2")),
         "pg2 never came back after resume"
     );
+    // All three down: /data answers 503 with the reason, at once rather than hanging;
+    // one standby back, and reads work again without restarting anything.
+    for server in ["pg1", "pg2", "pg3"] {
+        let out = run_keel(&["chaos", "--data-dir", &data_dir, "kill", server]);
+        assert!(out.success(), "{out}");
+    }
+    // A hang would fail get_json: its client gives up after 10 s.
+    let (status, v) = get_json(&format!("{front}/data"));
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"], "postgres_unavailable", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("PostgreSQL did not answer a read")),
+        "{v}"
+    );
+    let r = client
+        .post(format!("{front}/data"))
+        .body(r#"{"value":"x"}"#)
+        .send()
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let out = run_keel(&["chaos", "--data-dir", &data_dir, "restart", "pg2"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (status, v) = get_json(&format!("{front}/data"));
+            status == StatusCode::OK && v["postgres_node"] == "pg2"
+        }),
+        "reads never came back through pg2"
+    );
+
     pg.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(
         pg.wait_timeout(Duration::from_secs(30)).is_some(),
         "keel pg did not stop"
     );
-    assert!(pg.log_text().contains("pg1 stopped"), "{}", pg.log_report());
+    assert!(pg.log_text().contains("pg2 stopped"), "{}", pg.log_report());
 }
