@@ -15,8 +15,9 @@
 //!   that a read-only port that balances connections spreads even a single client's
 //!   reads over two standbys; the pool hands its connections out in turn (first in,
 //!   first out).
-//! - A read connection older than [`READ_MAX_AGE`] is closed rather than handed out
-//!   again, and a new one made: the read-only port balances connections, not queries, so
+//! - A read connection older than about [`READ_MAX_AGE`] (drawn at random between half
+//!   and one and a half times it) is closed rather than handed out again, and a new one
+//!   made: the read-only port balances connections, not queries, so
 //!   without this a standby that came back after a restart would get no reads until the
 //!   service restarted. Writes go to the one primary and keep their connections.
 
@@ -284,7 +285,10 @@ fn pool(
     let mut builder = Pool::builder(manager);
     if which == "read" {
         builder = builder.pre_recycle(Hook::sync_fn(|_, metrics| {
-            if metrics.age() > READ_MAX_AGE {
+            // Drawn between half and one and a half times the age, so that services
+            // started together do not replace their connections in step (and, with a
+            // round-robin port, each keep to one standby).
+            if metrics.age() > READ_MAX_AGE.mul_f64(rand::random_range(0.5..1.5)) {
                 Err(HookError::message(
                     "replaced: spread over the standbys again",
                 ))

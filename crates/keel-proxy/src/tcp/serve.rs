@@ -186,13 +186,17 @@ impl TcpPool {
         }
     }
 
-    /// Why no server can take a connection on `port`, for the client.
-    fn why_none(&self, port: Port) -> String {
+    /// Why no server can take a connection on `port`, for the client: what each server's
+    /// checks say, or, for those tried for this connection, how they refused it.
+    fn why_none(&self, port: Port, tried: &[(usize, String)]) -> String {
         let states: Vec<String> = self
             .servers
             .iter()
             .enumerate()
             .map(|(i, s)| {
+                if let Some((_, why)) = tried.iter().find(|(t, _)| *t == i) {
+                    return format!("{}: {why}", s.name);
+                }
                 let state = match (self.is_up(i), s.last_check()) {
                     (_, None) => "not checked yet".to_owned(),
                     (false, Some(Err(why))) => format!("down: {why}"),
@@ -341,11 +345,13 @@ async fn session(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = client.set_nodelay(true);
-    let mut tried = Vec::new();
+    // The servers tried for this connection, and how each refused it.
+    let mut tried: Vec<(usize, String)> = Vec::new();
     let (i, mut upstream) = loop {
-        let Some(i) = pool.pick(port, &tried) else {
+        let skip: Vec<usize> = tried.iter().map(|(i, _)| *i).collect();
+        let Some(i) = pool.pick(port, &skip) else {
             pool.refused[port as usize].fetch_add(1, Ordering::Relaxed);
-            let message = pool.why_none(port);
+            let message = pool.why_none(port, &tried);
             tracing::debug!("{message}");
             // The client learns why in PostgreSQL's own words; it may be gone already.
             let _ = tokio::time::timeout(
@@ -356,30 +362,25 @@ async fn session(
             return;
         };
         let server = &pool.servers[i];
-        match tokio::time::timeout(pool.config.connect_timeout, TcpStream::connect(server.addr))
-            .await
+        let why = match tokio::time::timeout(
+            pool.config.connect_timeout,
+            TcpStream::connect(server.addr),
+        )
+        .await
         {
             Ok(Ok(stream)) => break (i, stream),
-            Ok(Err(e)) => {
-                tracing::debug!(
-                    "{}: {} refused a session: {e}",
-                    pool.config.name,
-                    server.name
-                );
-            }
-            Err(_) => {
-                tracing::debug!(
-                    "{}: {} did not accept a session in time",
-                    pool.config.name,
-                    server.name
-                );
-            }
-        }
+            Ok(Err(e)) => format!("refused this connection: {e}"),
+            Err(_) => format!(
+                "did not accept this connection within {:?}",
+                pool.config.connect_timeout
+            ),
+        };
+        tracing::debug!("{}: {} {why}", pool.config.name, server.name);
         server
             .stats
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
-        tried.push(i);
+        tried.push((i, why));
     };
     let _ = upstream.set_nodelay(true);
     let server = &pool.servers[i];
