@@ -365,31 +365,8 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 8070)]
     pub monitor_port: u16,
 
-    /// How many app services (service1..serviceN) behind the proxy.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=9))]
-    pub services: u16,
-
-    /// Port of the first app service; the others take the ports after it.
-    #[arg(long, default_value_t = 5056)]
-    pub service_port: u16,
-
-    /// Port of the proxy, the front door.
-    #[arg(long, default_value_t = 8080)]
-    pub proxy_port: u16,
-
-    /// Port of the proxy's admin API and metrics.
-    #[arg(long, default_value_t = 8090)]
-    pub proxy_admin_port: u16,
-
-    /// Port of keel up's own control API, which `keel chaos` uses (found through
-    /// <data-dir>/up.json).
-    #[arg(long, default_value_t = 8060)]
-    pub control_port: u16,
-
-    /// Show the monitor's and the nodes' own logs at info level (default: warnings only,
-    /// so that the monitor's events are what you read).
-    #[arg(long, short)]
-    pub verbose: bool,
+    #[command(flatten)]
+    pub stack: StackArgs,
 
     /// Run the monitor and every node in a network namespace of its own (Linux, as root,
     /// needs iproute2's `ip`), so that `keel chaos partition` cuts them apart in the
@@ -432,27 +409,36 @@ pub struct PgArgs {
     #[arg(long, default_value_t = 5000)]
     pub tcp_port: u16,
 
-    /// How many app services behind the proxy.
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+/// The app tier and the front door of `keel up` and `keel pg`.
+#[derive(Debug, Args)]
+pub struct StackArgs {
+    /// How many app services (service1..serviceN) behind the proxy.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=9))]
     pub services: u16,
 
-    /// Port of service1; the others take the next ports.
+    /// Port of the first app service; the others take the ports after it.
     #[arg(long, default_value_t = 5056)]
     pub service_port: u16,
 
-    /// Port of the front door.
+    /// Port of the proxy, the front door.
     #[arg(long, default_value_t = 8080)]
     pub proxy_port: u16,
 
-    /// Port of the proxy's admin API.
+    /// Port of the proxy's admin API and metrics.
     #[arg(long, default_value_t = 8090)]
     pub proxy_admin_port: u16,
 
-    /// Port of the control API that keel chaos speaks.
+    /// Port of keel up's own control API, which `keel chaos` uses (found through
+    /// <data-dir>/up.json).
     #[arg(long, default_value_t = 8060)]
     pub control_port: u16,
 
-    /// Show the children's info logs, not only their warnings.
+    /// Show the children's own logs at info level (default: warnings only, so that the
+    /// monitor's events and the proxy's changes are what you read).
     #[arg(long, short)]
     pub verbose: bool,
 }

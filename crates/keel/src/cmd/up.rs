@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use keel_chaos::{Settings, Up};
 
-use crate::cli::{PgArgs, UpArgs};
+use crate::cli::{PgArgs, StackArgs, UpArgs};
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     run_settings(settings(&args))
@@ -30,24 +30,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 /// `keel pg`: the same, without the data tier — PostgreSQL, the services and the proxy.
 pub fn run_pg(args: PgArgs) -> anyhow::Result<ExitCode> {
+    // No nodes: no data tier.
     run_settings(Settings {
-        nodes: 0,
         data_dir: args.data_dir,
-        base_port: 8081,
-        monitors: 1,
-        monitor_port: 8070,
-        services: args.services,
-        service_port: args.service_port,
-        proxy_port: args.proxy_port,
-        proxy_admin_port: args.proxy_admin_port,
-        control_port: args.control_port,
-        verbose: args.verbose,
-        netns: false,
-        tls: false,
         postgres: Some(keel_chaos::settings::PgPorts {
             pg_port: args.pg_port,
             tcp_port: args.tcp_port,
         }),
+        ..stack(&args.stack)
     })
 }
 
@@ -106,17 +96,33 @@ fn settings(args: &UpArgs) -> Settings {
         base_port: args.base_port,
         monitors: args.monitors,
         monitor_port: args.monitor_port,
-        services: args.services,
-        service_port: args.service_port,
-        proxy_port: args.proxy_port,
-        proxy_admin_port: args.proxy_admin_port,
-        control_port: args.control_port,
-        verbose: args.verbose,
         netns: args.netns,
         tls: args.tls,
         postgres: args.postgres.then_some(keel_chaos::settings::PgPorts {
             pg_port: args.pg_port,
             tcp_port: args.tcp_port,
         }),
+        ..stack(&args.stack)
+    }
+}
+
+/// The app tier's and the front door's settings; no data tier (no nodes), no
+/// PostgreSQL, for the caller to add.
+fn stack(args: &StackArgs) -> Settings {
+    Settings {
+        nodes: 0,
+        data_dir: std::path::PathBuf::new(),
+        base_port: 8081,
+        monitors: 1,
+        monitor_port: 8070,
+        services: args.services,
+        service_port: args.service_port,
+        proxy_port: args.proxy_port,
+        proxy_admin_port: args.proxy_admin_port,
+        control_port: args.control_port,
+        verbose: args.verbose,
+        netns: false,
+        tls: false,
+        postgres: None,
     }
 }

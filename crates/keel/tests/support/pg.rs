@@ -91,6 +91,19 @@ impl PgCluster {
         });
     }
 
+    /// How to connect to 127.0.0.1:`port` as keel.
+    fn config(&self, port: u16) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user(keel_pg::USER)
+            .password(self.password())
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5));
+        config
+    }
+
     /// Connects to 127.0.0.1:`port` (a proxy's) as keel and asks which server answered
     /// (its `cluster_name`), or says why it could not.
     pub fn who_answers(&self, port: u16) -> Result<String, String> {
@@ -99,16 +112,8 @@ impl PgCluster {
 
     /// Connects to 127.0.0.1:`port` and runs `query`, whose first column is text.
     pub fn query_one(&self, port: u16, query: &str) -> Result<String, String> {
-        let password = self.password();
+        let config = self.config(port);
         self.rt.block_on(async move {
-            let mut config = tokio_postgres::Config::new();
-            config
-                .host("127.0.0.1")
-                .port(port)
-                .user(keel_pg::USER)
-                .password(password)
-                .dbname("postgres")
-                .connect_timeout(Duration::from_secs(5));
             let attempt = async {
                 let (client, connection) = config
                     .connect(tokio_postgres::NoTls)
@@ -132,15 +137,8 @@ impl PgCluster {
     /// A session opened on 127.0.0.1:`port` and kept open, for a test that watches what
     /// happens to it.
     pub fn hold(&self, port: u16) -> tokio_postgres::Client {
-        let password = self.password();
+        let config = self.config(port);
         self.rt.block_on(async move {
-            let mut config = tokio_postgres::Config::new();
-            config
-                .host("127.0.0.1")
-                .port(port)
-                .user(keel_pg::USER)
-                .password(password)
-                .dbname("postgres");
             let (client, connection) = config
                 .connect(tokio_postgres::NoTls)
                 .await
