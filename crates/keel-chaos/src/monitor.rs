@@ -179,6 +179,7 @@ mod tests {
             verbose: false,
             netns: false,
             tls: false,
+            restart: Default::default(),
             postgres: None,
         };
         plan(

@@ -406,6 +406,7 @@ mod tests {
             verbose: false,
             netns: false,
             tls: false,
+            restart: Default::default(),
             postgres: None,
         };
         crate::plan::plan(&args, &Credentials::in_dir(dir), &Placement::loopback()).expect("plan")

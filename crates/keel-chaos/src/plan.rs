@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
 
@@ -513,15 +513,6 @@ pub use crate::credentials::path_arg;
 /// the services, `keel up` itself and every client, all in the root namespace.
 pub(crate) const CLIENTS: &str = "clients";
 
-/// A command line a person can paste into a shell.
-pub fn shell_line(exe: &Path, args: &[String]) -> String {
-    std::iter::once(path_arg(exe))
-        .chain(args.iter().cloned())
-        .map(|a| shell_quote(&a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// `s` as one shell word.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
@@ -582,7 +573,7 @@ pub fn check_ports(plan: &Plan) -> Result<(), PlanError> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use super::*;
 
@@ -601,6 +592,7 @@ mod tests {
             verbose: false,
             netns: false,
             tls: false,
+            restart: Default::default(),
             postgres: None,
         }
     }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub netns: bool,
     /// Every process on TLS, with certificates from a CA in `<data-dir>/tls`.
     pub tls: bool,
+    /// Whether a process that ends by itself is started again (`--restart`).
+    pub restart: RestartPolicy,
     /// PostgreSQL too (`--postgres`): a primary and two standbys behind the proxy's TCP
     /// ports, `/data` of the services on them.
     pub postgres: Option<PgPorts>,
@@ -59,4 +61,27 @@ pub struct PgPorts {
     pub pg_port: u16,
     /// The proxy's read-write port; the read-only port is the next one.
     pub tcp_port: u16,
+}
+
+/// What `keel up --restart` does when a process ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Nothing: what a test or a person does to a process is what they see.
+    #[default]
+    Never,
+    /// Start it again when it failed: an exit code other than 0, or a signal.
+    OnFailure,
+    /// Start it again however it ended.
+    Always,
+}
+
+impl RestartPolicy {
+    /// The flag that asks for it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "--restart never",
+            RestartPolicy::OnFailure => "--restart on-failure",
+            RestartPolicy::Always => "--restart always",
+        }
+    }
 }

@@ -29,8 +29,8 @@ use tokio::time::Instant;
 
 use crate::control::{Action, Done, ProcessInfo, Refused};
 use crate::plan::{Plan, Spec};
-pub(crate) use decide::exit_report;
 use decide::{Step, describe, step, stop_rank, superseded};
+pub(crate) use decide::{exit_report, restart_after};
 pub(crate) use host::{Host, Process};
 pub(crate) use os::OsHost;
 
@@ -105,10 +105,6 @@ impl<H: Host> Supervisor<H> {
             children: Vec::new(),
             paused: Vec::new(),
         }
-    }
-
-    pub(crate) fn host(&self) -> &H {
-        &self.host
     }
 
     /// Starts `spec`'s process and the task that watches it.

@@ -12,6 +12,7 @@
 
 mod banner;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use crate::monitor::{MonitorClient, SETTLE_TIMEOUT};
 use crate::netns::{self, Net, NetError};
 use crate::partition::{FaultFileError, Partitions};
 use crate::plan::{PROXY, Placement, Plan, PlanError, check_ports, data_tier_names, plan};
-use crate::supervisor::{Awaited, Host as _, OsHost, StartError, Supervisor, exit_report};
+use crate::supervisor::{Awaited, OsHost, StartError, Supervisor, exit_report, restart_after};
 use crate::{Settings, say};
 
 /// How long the proxy may take to learn the primary from the monitor.
@@ -119,6 +120,12 @@ pub struct Up {
     commands: mpsc::Receiver<Command>,
     /// `<data-dir>/up.json`, once written.
     up_file: Option<PathBuf>,
+    /// When each process was last started, for `--restart`'s backoff.
+    started_at: HashMap<String, Instant>,
+    /// Restarts in a row of each process (`--restart`).
+    restarts: HashMap<String, u32>,
+    /// Restarts due: when, and which process.
+    pending: Vec<(Instant, String)>,
 }
 
 impl Up {
@@ -213,6 +220,9 @@ impl Up {
             control,
             commands,
             up_file: None,
+            started_at: HashMap::new(),
+            restarts: HashMap::new(),
+            pending: Vec::new(),
         })
     }
 
@@ -361,15 +371,23 @@ impl Up {
     }
 
     /// Carries out what `keel chaos` asks and reports the processes that exit, until
-    /// `stop` completes. Never restarts anything by itself.
+    /// `stop` completes. Restarts what ends only under `--restart on-failure|always`.
     pub async fn serve(&mut self, stop: impl Future<Output = ()>) {
         let mut stop = pin!(stop);
         let total = self.plan.all().count();
         let mut alive = total;
+        let now = Instant::now();
+        for spec in self.plan.all() {
+            self.started_at.insert(spec.name.clone(), now);
+        }
         loop {
+            let next_restart = self.pending.iter().map(|(at, _)| *at).min();
             tokio::select! {
                 biased;
                 () = &mut stop => break,
+                () = tokio::time::sleep_until(next_restart.unwrap_or(now)), if next_restart.is_some() => {
+                    alive = (alive + self.restart_due().await).min(total);
+                }
                 Some(command) = self.commands.recv() => match command {
                     Command::List(reply) => {
                         let _ = reply.send(self.supervisor.processes(&self.plan));
@@ -380,6 +398,7 @@ impl Up {
                             say(&format!("keel chaos: {}", done.message));
                             if action == Action::Restart {
                                 alive = (alive + 1).min(total);
+                                self.started_at.insert(name.clone(), Instant::now());
                             }
                         }
                         let _ = reply.send(done);
@@ -401,18 +420,60 @@ impl Up {
                 },
                 Some(exit) = self.supervisor.next_exit() => {
                     alive = alive.saturating_sub(1);
-                    let again = self
-                        .plan
-                        .all()
-                        .find(|s| s.name == exit.name)
-                        .map(|s| self.supervisor.host().command_line(s))
-                        .unwrap_or_default();
-                    say(&exit_report(&exit.name, &exit.how, &again));
+                    let ran = self
+                        .started_at
+                        .get(&exit.name)
+                        .map_or(Duration::MAX, Instant::elapsed);
+                    let in_a_row = self.restarts.get(&exit.name).copied().unwrap_or(0);
+                    let restart = restart_after(self.settings.restart, &exit.how, ran, in_a_row);
+                    let again = format!("keel chaos{} restart {}", self.chaos_data_dir(), exit.name);
+                    say(&exit_report(&exit.name, &exit.how, &again, restart));
+                    if let Some(r) = restart {
+                        self.restarts.insert(exit.name.clone(), r.in_a_row + 1);
+                        self.pending.push((Instant::now() + r.after, exit.name.clone()));
+                    }
                     if alive == 0 {
                         say("nothing is running any more; press Ctrl-C to quit");
                     }
                 }
             }
+        }
+    }
+
+    /// Starts again the processes whose restart is due (`--restart`), unless one was
+    /// started by hand meanwhile; how many it started.
+    async fn restart_due(&mut self) -> usize {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(at, _)| *at <= now);
+        self.pending = later;
+        let mut started = 0;
+        for (_, name) in due {
+            if self.supervisor.running(&name).is_some() {
+                continue;
+            }
+            match self.act(&name, Action::Restart).await {
+                Ok(done) => {
+                    say(&format!("keel up: {}", done.message));
+                    self.started_at.insert(name, Instant::now());
+                    started += 1;
+                }
+                Err((_, e)) => say(&format!("keel up: cannot restart {name}: {}", e.message)),
+            }
+        }
+        started
+    }
+
+    /// ` --data-dir DIR` for a `keel chaos` command line, unless the directory is the
+    /// default one, where `keel chaos` looks by itself.
+    fn chaos_data_dir(&self) -> String {
+        let dir = &self.settings.data_dir;
+        if dir == Path::new("./keel-data") || dir == Path::new("keel-data") {
+            String::new()
+        } else {
+            format!(
+                " --data-dir {}",
+                crate::plan::shell_quote(&crate::plan::path_arg(dir))
+            )
         }
     }
 
@@ -483,7 +544,7 @@ async fn prepare_postgres(
         let commands = servers
             .iter()
             .map(|server| {
-                let cmd = setup.command(server);
+                let cmd = setup.supervised_command(server);
                 let args = cmd
                     .get_args()
                     .map(|a| a.to_string_lossy().into_owned())

@@ -6,6 +6,11 @@
 /// can stop its processes in order.
 pub const SUPERVISED_ENV: &str = "KEEL_SUPERVISED";
 
+/// Set by `keel up` to its own pid on the processes it starts: they die with it (the
+/// kernel's parent-death signal), so that a `keel up` killed with SIGKILL leaves no child
+/// holding its ports.
+pub const SUPERVISOR_PID_ENV: &str = "KEEL_SUPERVISOR_PID";
+
 /// Resolves on the first Ctrl-C (SIGINT) or SIGTERM; on SIGTERM only when
 /// [`SUPERVISED_ENV`] is set, Ctrl-C then being caught and ignored.
 pub async fn signal() {

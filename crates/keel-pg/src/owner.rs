@@ -59,6 +59,22 @@ impl Owner {
         }
     }
 
+    /// Like [`Owner::command`], for a program that must die with the process that
+    /// starts it (SIGKILL when it goes, through `setpriv --pdeathsig`, which sets it
+    /// before it execs): a supervisor killed must not leave its servers holding their
+    /// ports.
+    pub fn command_dying_with_parent(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg("--pdeathsig=KILL");
+        if let Owner::Account { uid, gid, .. } = self {
+            cmd.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups");
+        }
+        cmd.arg("--").arg(program);
+        cmd
+    }
+
     /// Gives `path` to this owner.
     pub fn own(&self, path: &Path) -> Result<(), PgError> {
         if let Owner::Account { uid, gid, .. } = self {

@@ -200,10 +200,17 @@ impl Setup {
     /// owner: stop it with SIGINT (a fast shutdown) or SIGTERM (once clients leave).
     pub fn command(&self, server: &Server) -> Command {
         let mut cmd = self.owner.command(&self.bin.tool("postgres"));
-        cmd.arg("-D")
-            .arg(&server.dir)
-            .arg("-p")
-            .arg(server.port.to_string());
+        server_args(&mut cmd, server);
+        cmd
+    }
+
+    /// Like [`Setup::command`], the server dying with the process that starts it (a
+    /// supervisor's child must not outlive it).
+    pub fn supervised_command(&self, server: &Server) -> Command {
+        let mut cmd = self
+            .owner
+            .command_dying_with_parent(&self.bin.tool("postgres"));
+        server_args(&mut cmd, server);
         cmd
     }
 
@@ -237,6 +244,15 @@ impl Setup {
             output: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
         })
     }
+}
+
+/// `-D DIR -p PORT`: the port given again so that a directory reused with another port
+/// takes it.
+fn server_args(cmd: &mut Command, server: &Server) {
+    cmd.arg("-D")
+        .arg(&server.dir)
+        .arg("-p")
+        .arg(server.port.to_string());
 }
 
 /// keel's settings, appended to `postgresql.conf` (the last line of a setting wins): a

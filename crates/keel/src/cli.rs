@@ -441,6 +441,12 @@ pub struct StackArgs {
     /// monitor's events and the proxy's changes are what you read).
     #[arg(long, short)]
     pub verbose: bool,
+
+    /// Whether a process that ends by itself is started again: never (what you do to a
+    /// process is what you see), on-failure (an exit code other than 0, or a signal) or
+    /// always; after 1 s, doubling with each restart in a row up to 30 s.
+    #[arg(long, default_value = "never", value_parser = ["never", "on-failure", "always"])]
+    pub restart: String,
 }
 
 #[derive(Debug, Args)]

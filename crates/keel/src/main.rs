@@ -10,6 +10,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    die_with_supervisor();
     raise_open_files_limit();
     match cmd::run(cli) {
         Ok(code) => code,
@@ -17,6 +18,28 @@ fn main() -> ExitCode {
             eprintln!("keel: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Under `keel up` (which sets [`keel_core::shutdown::SUPERVISOR_PID_ENV`]), asks the
+/// kernel for SIGKILL when `keel up` dies, however it dies: its children must not outlive
+/// it and hold its ports. SIGKILL rather than a stop order: a supervisor gone is a crash,
+/// which every keel process survives by design (what it acknowledged is on disk). When
+/// `keel up` died before the request was made, this process has another parent by now,
+/// and ends at once.
+fn die_with_supervisor() {
+    let Some(supervisor) = std::env::var(keel_core::shutdown::SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err() {
+        return;
+    }
+    if nix::unistd::getppid().as_raw() != supervisor {
+        eprintln!("keel: the keel up that started this process is gone; stopping");
+        std::process::exit(1);
     }
 }
 

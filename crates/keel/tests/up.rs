@@ -168,8 +168,11 @@ fn a_killed_primary_is_printed_as_a_promotion_and_nothing_is_restarted() {
         assert!(log.contains(step), "{step:?} is printed:\n{log}");
     }
     assert!(
-        log.contains("--id app1 --listen"),
-        "the line to start app1 again is printed:\n{log}"
+        log.contains(&format!(
+            "To start it again: keel chaos --data-dir {} restart app1",
+            dir.path().join("keel-data").display()
+        )),
+        "the command to start app1 again is printed:\n{log}"
     );
     assert!(!support::pid_alive(app1));
     assert_eq!(tier.primary().as_deref(), Some("app2"));
@@ -180,6 +183,56 @@ fn a_killed_primary_is_printed_as_a_promotion_and_nothing_is_restarted() {
         "app1 must not come back by itself"
     );
     assert!(tier.proc.terminate().success());
+}
+
+#[test]
+fn with_restart_on_failure_a_killed_primary_comes_back_as_a_promotable_standby() {
+    let dir = support::tempdir();
+    let mut tier = KeelUp::start(
+        &dir.path().join("keel-data"),
+        2,
+        &["--restart", "on-failure"],
+    );
+    let out = tier.client(&["kill-primary", "--watch"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        tier.wait_for_output("keel up: restarted app1"),
+        "{}",
+        tier.proc.log_report()
+    );
+    let log = tier.proc.log_text();
+    assert!(
+        log.contains(
+            "app1 exited (signal 9); keel up starts it again in 1s (--restart on-failure)"
+        ),
+        "{log}"
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(20), || tier.promotable("app1")),
+        "app1 came back but never became a promotable standby\n{}",
+        tier.proc.log_report()
+    );
+    assert_eq!(tier.primary().as_deref(), Some("app2"));
+    assert!(tier.proc.terminate().success());
+}
+
+#[test]
+fn children_die_with_a_keel_up_killed_by_sigkill() {
+    let dir = support::tempdir();
+    let mut tier = KeelUp::start(&dir.path().join("keel-data"), 2, &[]);
+    let children = tier.pids();
+    assert!(children.len() >= 6, "{children:?}");
+    // keel up alone, not its process group: what a crash or the OOM killer does.
+    tier.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    tier.proc.wait();
+    let gone = support::wait_until(Duration::from_secs(2), || {
+        children.iter().all(|(_, pid)| !support::pid_alive(*pid))
+    });
+    let left: Vec<_> = children
+        .iter()
+        .filter(|(_, pid)| support::pid_alive(*pid))
+        .collect();
+    assert!(gone, "still running 2 s after keel up died: {left:?}");
 }
 
 #[test]

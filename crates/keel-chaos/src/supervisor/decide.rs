@@ -4,12 +4,14 @@
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use keel_core::ApiError;
 
 use crate::control::{Action, Refused};
 use crate::plan::{MONITOR, PROXY, is_monitor};
+pub use crate::settings::RestartPolicy;
 
 /// Where `name` stops in `keel up`'s order, lowest first: the proxy and the services,
 /// which no longer take traffic then; the monitor, so that nothing fails over while the
@@ -80,7 +82,7 @@ pub(crate) fn describe(status: ExitStatus) -> String {
 /// What `keel up` prints when a process ends by itself: how, that nothing restarts it,
 /// what that means for the rest of the system, and the command (`again`) that starts it
 /// by hand.
-pub(crate) fn exit_report(name: &str, how: &str, again: &str) -> String {
+pub(crate) fn exit_report(name: &str, how: &str, again: &str, restart: Option<Restart>) -> String {
     let consequence = if name == MONITOR {
         "; nothing fails over until it is back (the nodes keep serving)"
     } else if is_monitor(name) {
@@ -90,9 +92,64 @@ pub(crate) fn exit_report(name: &str, how: &str, again: &str) -> String {
     } else {
         ""
     };
-    format!(
-        "{name} exited ({how}); keel up does not restart it{consequence}. To start it again:\n  {again}"
-    )
+    match restart {
+        Some(r) => format!(
+            "{name} exited ({how}){consequence}; keel up starts it again in {} ({}{})",
+            keel_core::duration::format(r.after),
+            r.policy.flag(),
+            if r.in_a_row > 0 {
+                format!(", restart {} in a row", r.in_a_row + 1)
+            } else {
+                String::new()
+            }
+        ),
+        None => format!(
+            "{name} exited ({how}); keel up does not restart it{consequence}. To start it again: {again}"
+        ),
+    }
+}
+
+/// The first wait before a restart; each restart in a row doubles it.
+pub const RESTART_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait before a restart.
+pub const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A process that ran this long before it ended is restarted as if for the first time.
+pub const RESTART_RESET: Duration = Duration::from_secs(60);
+
+/// A restart decided on: after how long, and which in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    pub policy: RestartPolicy,
+    pub after: Duration,
+    /// Restarts before this one since the process last ran for [`RESTART_RESET`].
+    pub in_a_row: u32,
+}
+
+/// Whether, and after how long, a process that ended `how` (`exit code 0`, `signal 9`)
+/// after running `ran` is started again under `policy`, `in_a_row` restarts having come
+/// before this one: one second, doubling with each restart in a row, at most 30 s; back
+/// to one second once a process has run for a minute.
+pub(crate) fn restart_after(
+    policy: RestartPolicy,
+    how: &str,
+    ran: Duration,
+    in_a_row: u32,
+) -> Option<Restart> {
+    let failed = how != "exit code 0";
+    match policy {
+        RestartPolicy::Never => return None,
+        RestartPolicy::OnFailure if !failed => return None,
+        RestartPolicy::OnFailure | RestartPolicy::Always => {}
+    }
+    let in_a_row = if ran >= RESTART_RESET { 0 } else { in_a_row };
+    let after = RESTART_FIRST
+        .saturating_mul(1u32 << in_a_row.min(16))
+        .min(RESTART_MAX);
+    Some(Restart {
+        policy,
+        after,
+        in_a_row,
+    })
 }
 
 /// Whether an exit is that of a process `keel chaos restart` replaced: another process
@@ -191,16 +248,57 @@ mod tests {
         assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exit code 1");
         assert_eq!(describe(ExitStatus::from_raw(9)), "signal 9");
         assert_eq!(
-            exit_report("app1", "signal 9", "keel node --id app1"),
-            "app1 exited (signal 9); keel up does not restart it. To start it again:\n  keel node --id app1"
+            exit_report("app1", "signal 9", "keel chaos restart app1", None),
+            "app1 exited (signal 9); keel up does not restart it. To start it again: keel chaos restart app1"
         );
         assert!(
-            exit_report(MONITOR, "exit code 1", "x")
+            exit_report(MONITOR, "exit code 1", "x", None)
                 .starts_with("monitor exited (exit code 1); keel up does not restart it; nothing fails over until it is back")
         );
         assert!(
-            exit_report(PROXY, "signal 15", "x")
+            exit_report(PROXY, "signal 15", "x", None)
                 .contains("; the front door is closed until it is back")
+        );
+        let restart = restart_after(
+            RestartPolicy::OnFailure,
+            "signal 9",
+            Duration::from_secs(3),
+            2,
+        );
+        assert_eq!(
+            exit_report("app1", "signal 9", "x", restart),
+            "app1 exited (signal 9); keel up starts it again in 4s (--restart on-failure, restart 3 in a row)"
+        );
+    }
+
+    #[test]
+    fn restarts_follow_the_policy_and_back_off_to_a_cap_until_a_process_runs_a_minute() {
+        let short = Duration::from_secs(2);
+        let after = |policy, how, ran, n| restart_after(policy, how, ran, n).map(|r| r.after);
+        assert_eq!(after(RestartPolicy::Never, "signal 9", short, 0), None);
+        assert_eq!(
+            after(RestartPolicy::OnFailure, "exit code 0", short, 0),
+            None,
+            "a clean exit is not a failure"
+        );
+        assert_eq!(
+            after(RestartPolicy::Always, "exit code 0", short, 0),
+            Some(RESTART_FIRST)
+        );
+        let waits: Vec<u64> = (0..8)
+            .filter_map(|n| after(RestartPolicy::OnFailure, "exit code 1", short, n))
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(
+            after(RestartPolicy::OnFailure, "signal 9", RESTART_RESET, 7),
+            Some(RESTART_FIRST),
+            "a minute up: counted as well again"
+        );
+        assert_eq!(
+            after(RestartPolicy::OnFailure, "signal 9", short, u32::MAX),
+            Some(RESTART_MAX),
+            "no overflow however many"
         );
     }
 

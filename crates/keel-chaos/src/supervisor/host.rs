@@ -41,9 +41,6 @@ pub(crate) trait Host {
     /// Whether `spec`'s process answers its health check now.
     fn healthy(&self, spec: &Spec) -> impl Future<Output = bool>;
 
-    /// The command that starts `spec` again by hand, for a person to paste.
-    fn command_line(&self, spec: &Spec) -> String;
-
     /// Lets the last of the children's output through, within a bound.
     fn flush(&mut self) -> impl Future<Output = ()>;
 }

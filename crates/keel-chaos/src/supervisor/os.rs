@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::host::{Host, Process};
-use crate::plan::{Spec, path_arg, shell_line, shell_quote};
+use crate::plan::Spec;
 
 /// How long a health check may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
@@ -89,6 +89,11 @@ impl Host for OsHost {
             .kill_on_drop(true);
         // Stopped by SIGTERM from here, in order; a terminal's Ctrl-C is ours to act on.
         command.env(keel_core::shutdown::SUPERVISED_ENV, "1");
+        // And die with this process, even should it be killed (see keel's main).
+        command.env(
+            keel_core::shutdown::SUPERVISOR_PID_ENV,
+            std::process::id().to_string(),
+        );
         if let Some(level) = self.log_level {
             command.env("KEEL_LOG", level);
         }
@@ -138,23 +143,6 @@ impl Host for OsHost {
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
-    }
-
-    /// In its namespace, or with its fault file, so that a partition in force still
-    /// holds.
-    fn command_line(&self, spec: &Spec) -> String {
-        let keel = shell_line(spec.program.as_ref().unwrap_or(&self.exe), &spec.args);
-        match (&spec.netns, &self.ip, self.fault_files.get(&spec.name)) {
-            (Some(ns), Some(ip), _) => format!(
-                "{} netns exec {} {keel}",
-                shell_quote(&path_arg(ip)),
-                shell_quote(ns)
-            ),
-            (_, _, Some(file)) => {
-                format!("{FAULTS_FILE_ENV}={} {keel}", shell_quote(&path_arg(file)))
-            }
-            _ => keel,
-        }
     }
 
     /// A grandchild holding a pipe open must not keep `keel up` here.

@@ -168,10 +168,6 @@ impl Host for FakeHost {
             .is_some_and(|f| f.exit.borrow().is_none() && f.started.elapsed() >= delay)
     }
 
-    fn command_line(&self, spec: &Spec) -> String {
-        format!("start {}", spec.name)
-    }
-
     async fn flush(&mut self) {
         self.0.record("flush".to_owned());
     }
@@ -233,6 +229,7 @@ fn the_plan() -> Plan {
         verbose: false,
         netns: false,
         tls: false,
+        restart: Default::default(),
         postgres: None,
     };
     plan(

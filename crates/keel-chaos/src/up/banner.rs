@@ -287,6 +287,7 @@ mod tests {
             verbose: false,
             netns: false,
             tls,
+            restart: Default::default(),
             postgres: None,
         }
     }

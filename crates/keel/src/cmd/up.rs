@@ -20,6 +20,7 @@ use std::pin::pin;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use keel_chaos::settings::RestartPolicy;
 use keel_chaos::{Settings, Up};
 
 use crate::cli::{PgArgs, StackArgs, UpArgs};
@@ -123,6 +124,11 @@ fn stack(args: &StackArgs) -> Settings {
         verbose: args.verbose,
         netns: false,
         tls: false,
+        restart: match args.restart.as_str() {
+            "on-failure" => RestartPolicy::OnFailure,
+            "always" => RestartPolicy::Always,
+            _ => RestartPolicy::Never,
+        },
         postgres: None,
     }
 }
