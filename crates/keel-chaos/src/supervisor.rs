@@ -107,6 +107,11 @@ impl<H: Host> Supervisor<H> {
         }
     }
 
+    /// Where its processes run.
+    pub(crate) fn host(&self) -> &H {
+        &self.host
+    }
+
     /// Starts `spec`'s process and the task that watches it.
     pub(crate) fn start(&mut self, spec: &Spec) -> Result<(), StartError> {
         let child = self.host.start(spec).map_err(|source| StartError::Spawn {

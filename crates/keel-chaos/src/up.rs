@@ -33,8 +33,14 @@ use crate::monitor::{MonitorClient, SETTLE_TIMEOUT};
 use crate::netns::{self, Net, NetError};
 use crate::partition::{FaultFileError, Partitions};
 use crate::plan::{PROXY, Placement, Plan, PlanError, check_ports, data_tier_names, plan};
-use crate::supervisor::{Awaited, OsHost, StartError, Supervisor, exit_report, restart_after};
+use crate::supervisor::{
+    Awaited, Host as _, OsHost, StartError, Supervisor, exit_report, restart_after,
+};
 use crate::{Settings, say};
+
+/// The state `keel chaos list` shows for a process keel up does not run but that answers
+/// on its port: someone started it again by hand.
+pub const STARTED_BY_HAND: &str = "running (started by hand, not by keel up)";
 
 /// How long the proxy may take to learn the primary from the monitor.
 const ROUTE_POLL: Duration = Duration::from_millis(50);
@@ -390,7 +396,7 @@ impl Up {
                 }
                 Some(command) = self.commands.recv() => match command {
                     Command::List(reply) => {
-                        let _ = reply.send(self.supervisor.processes(&self.plan));
+                        let _ = reply.send(self.processes().await);
                     }
                     Command::Act { name, action, reply } => {
                         let done = self.act(&name, action).await;
@@ -438,6 +444,24 @@ impl Up {
                 }
             }
         }
+    }
+
+    /// Every process and its state; one that keel up does not run but that answers its
+    /// health check was started again by hand, and is shown running.
+    async fn processes(&self) -> Vec<crate::control::ProcessInfo> {
+        let mut list = self.supervisor.processes(&self.plan);
+        for info in &mut list {
+            if info.state != "exited" {
+                continue;
+            }
+            let Some(spec) = self.plan.all().find(|s| s.name == info.name) else {
+                continue;
+            };
+            if self.supervisor.host().healthy(spec).await {
+                info.state = STARTED_BY_HAND.to_owned();
+            }
+        }
+        list
     }
 
     /// Starts again the processes whose restart is due (`--restart`), unless one was

@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{KeelUp, Output, pid_alive, run_keel, wait_until};
+use support::{
+    KeelProcess, KeelUp, Output, pid_alive, run_keel, tempdir, wait_for_health, wait_until,
+};
 
 /// `keel chaos --data-dir <the stack's> <args…>`.
 fn chaos(tier: &KeelUp, args: &[&str]) -> Output {
@@ -449,6 +451,50 @@ fn partitions_need_the_token_and_name_the_data_tier() {
     );
     assert!(
         !out.success() && out.stderr.contains("cannot be partitioned"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_process_started_again_by_hand_is_listed_as_running() {
+    let dir = tempdir();
+    let tier = KeelUp::start(&dir.path().join("keel-data"), 2, &[]);
+    let out = chaos(&tier, &["kill", "app2"]);
+    assert!(out.success(), "{out}");
+    assert_eq!(listed(&tier, "app2").1, "exited");
+    let data = tier.data_dir.display().to_string();
+    let listen = format!("127.0.0.1:{}", tier.base_port + 1);
+    let (app2_dir, token, secret) = (
+        format!("{data}/app2"),
+        tier.token_file.display().to_string(),
+        format!("{data}/cluster.secret"),
+    );
+    let mut by_hand = KeelProcess::spawn(
+        "app2-by-hand",
+        &[
+            "node",
+            "--id",
+            "app2",
+            "--listen",
+            &listen,
+            "--data-dir",
+            &app2_dir,
+            "--monitor",
+            &tier.monitor_url,
+            "--token-file",
+            &token,
+            "--cluster-secret-file",
+            &secret,
+        ],
+    );
+    wait_for_health(&mut by_hand, &tier.node_url(2));
+    let out = chaos(&tier, &["list"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("app2")
+                && l.contains("running (started by hand, not by keel up)")),
         "{out}"
     );
 }
