@@ -22,7 +22,11 @@
 //!   --netns`);
 //! - [`control`]: the control API — its requests and answers, its routes (served by `keel
 //!   up`) and [`Control`], its client (used by `keel chaos`);
-//! - [`run`]: `keel chaos run`, faults drawn from a seed, one at a time.
+//! - [`run`]: `keel chaos run`, faults drawn from a seed, one at a time;
+//! - [`feed`]: every line `keel up` prints, kept and broadcast for the dashboard;
+//! - [`dashboard`]: the web page `keel up` serves on its control port — the processes,
+//!   the monitor's view, the proxy's backends and PostgreSQL servers, the timeline, and
+//!   buttons that carry out `keel chaos`'s actions.
 //!
 //! **Why a supervisor of its own.** `keel up` is the parent of every process, so it is
 //! the one that can signal it, reap it and say how it ended; that is also why `keel chaos`
@@ -36,6 +40,8 @@
 
 pub mod control;
 mod credentials;
+pub mod dashboard;
+pub mod feed;
 mod monitor;
 mod netns;
 mod partition;
@@ -58,11 +64,21 @@ pub use supervisor::StartError;
 pub use up::{Up, UpError};
 
 /// Writes one line to standard output, whole: children's output, events and `keel up`'s
-/// own lines come from several tasks, and a line must not be cut by another.
+/// own lines come from several tasks, and a line must not be cut by another. The line
+/// goes to the dashboard's timeline too, as `keel up`'s.
 pub(crate) fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    // Nowhere to report a closed stdout; the children keep running regardless.
-    let _ = writeln!(out, "{line}");
+    say_from(feed::KEEL_UP, line, line);
+}
+
+/// Like [`say`], for a line that comes from `source` (a child's name, or the monitor's
+/// events): `printed` on standard output, `text` on the dashboard's timeline.
+pub(crate) fn say_from(source: &str, printed: &str, text: &str) {
+    {
+        let mut out = std::io::stdout().lock();
+        // Nowhere to report a closed stdout; the children keep running regardless.
+        let _ = writeln!(out, "{printed}");
+    }
+    feed::feed().push(source, text);
 }
 
 /// An error and its causes on one line, `outer: inner: innermost`, for the messages of

@@ -104,7 +104,7 @@ impl MonitorClient {
                     // printing an event twice should it ever replay more.
                     if id > last {
                         last = id;
-                        crate::say(&line);
+                        crate::say_from("monitor", &line, &line);
                     }
                 }
             }

@@ -190,13 +190,20 @@ impl Up {
         };
         // From here on, the namespaces go when `partitions` does, however `keel up` ends.
         let partitions = Partitions::start(&data_dir, &plan, net)?;
-        let (control, commands) = serve_control(settings.control_port, &credentials.token).await?;
-
         let mut http = reqwest::Client::builder();
         if let Some(tls) = &tls {
             http = http.tls_backend_preconfigured(tls.clone());
         }
         let http = http.build().map_err(UpError::Http)?;
+        let monitor = MonitorClient::new(http.clone(), plan.monitor_urls.clone());
+        let (control, commands) = serve_control(
+            settings.control_port,
+            &credentials.token,
+            (!plan.monitors.is_empty()).then(|| monitor.clone()),
+            http.clone(),
+            plan.proxy_admin.clone(),
+        )
+        .await?;
         let stream_http = keel_client::monitor::stream_client(STREAM_CONNECT_TIMEOUT, tls)
             .map_err(UpError::Stream)?;
         let width = plan.all().map(|s| s.name.len()).max().unwrap_or(0);
@@ -213,7 +220,7 @@ impl Up {
             http.clone(),
         );
         Ok(Up {
-            monitor: MonitorClient::new(http.clone(), plan.monitor_urls.clone()),
+            monitor,
             settings,
             plan,
             credentials,
@@ -615,11 +622,15 @@ fn certificates_wanted(settings: &Settings, placement: &Placement) -> Vec<Certif
     wanted
 }
 
-/// Listens on `127.0.0.1:port` and serves the control API there until the task is
-/// aborted; its requests come out of the receiver.
+/// Listens on `127.0.0.1:port` and serves the control API and the dashboard there until
+/// the task is aborted; the control API's requests come out of the receiver. The
+/// dashboard reads `monitor` (none without a data tier) and the proxy's admin API.
 async fn serve_control(
     port: u16,
     token_file: &Path,
+    monitor: Option<MonitorClient>,
+    http: reqwest::Client,
+    proxy_admin: String,
 ) -> Result<(JoinHandle<()>, mpsc::Receiver<Command>), UpError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -628,8 +639,16 @@ async fn serve_control(
     let (commands_tx, commands) = mpsc::channel(16);
     let token = Token::from_file(token_file).ok();
     let task = tokio::spawn(async move {
-        let app = control::router(token, commands_tx);
-        // Served until `keel up` ends, which aborts this task.
+        // Served until `keel up` ends, which aborts this task (and drops `_served`).
+        let (_served, never) = tokio::sync::watch::channel(false);
+        let dashboard = crate::dashboard::router(crate::dashboard::Context {
+            commands: commands_tx.clone(),
+            http,
+            monitor,
+            proxy_admin,
+            stopping: never,
+        });
+        let app = control::router(token, commands_tx).merge(dashboard);
         let (stopping, _) = tokio::sync::watch::channel(false);
         keel_http::serve_draining(
             listener,

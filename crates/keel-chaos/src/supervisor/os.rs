@@ -106,10 +106,12 @@ impl Host for OsHost {
         }
         let prefix = format!("{:width$} | ", spec.name, width = self.width);
         if let Some(out) = child.stdout.take() {
-            self.pumps.push(tokio::spawn(pump(prefix.clone(), out)));
+            self.pumps
+                .push(tokio::spawn(pump(spec.name.clone(), prefix.clone(), out)));
         }
         if let Some(err) = child.stderr.take() {
-            self.pumps.push(tokio::spawn(pump(prefix, err)));
+            self.pumps
+                .push(tokio::spawn(pump(spec.name.clone(), prefix, err)));
         }
         Ok(OsProcess(child, spec.stop_signal))
     }
@@ -207,7 +209,8 @@ fn parent_in_stat(stat: &str) -> Option<u32> {
 }
 
 /// Copies a child's output to ours, a line at a time, each with the child's name.
-async fn pump(prefix: String, stream: impl AsyncRead + Unpin) {
+async fn pump(name: String, prefix: String, stream: impl AsyncRead + Unpin) {
+    let name = name.as_str();
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -216,7 +219,8 @@ async fn pump(prefix: String, stream: impl AsyncRead + Unpin) {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
-                crate::say(&format!("{prefix}{}", text.trim_end_matches(['\n', '\r'])));
+                let text = text.trim_end_matches(['\n', '\r']);
+                crate::say_from(name, &format!("{prefix}{text}"), text);
             }
         }
     }

@@ -178,6 +178,10 @@ fn banner(facts: &Facts<'_>) -> String {
         .and_then(|p| plan.nodes.iter().find(|s| s.name == p.node.as_str()))
         .or(plan.nodes.first())
         .map_or_else(String::new, |s| s.url.clone());
+    text.push_str(&format!(
+        "Dashboard: http://127.0.0.1:{}/ (live, with buttons to break things)\n",
+        settings.control_port
+    ));
     text.push_str("Try, in another terminal:\n");
     let front = if settings.tls {
         format!("{curl_ca} https://localhost:{}", settings.proxy_port)

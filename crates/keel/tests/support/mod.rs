@@ -802,6 +802,8 @@ pub struct KeelUp {
     pub proxy_admin_url: String,
     /// The port of `service1` (the others follow).
     pub service_port: u16,
+    /// keel up's control API and dashboard.
+    pub control_url: String,
 }
 
 impl KeelUp {
@@ -888,6 +890,7 @@ impl KeelUp {
             proxy_url: url_for(proxy_port),
             proxy_admin_url: url_for(admin_port),
             service_port,
+            control_url: url_for(control_port),
         }
     }
 

@@ -1,0 +1,213 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! driven over WebDriver), against a real `keel up`: the page loads without a script
+//! error and names the primary; a button is refused without the token, and with a wrong
+//! one, and says so; with the token, killing the primary shows the failover in the
+//! timeline and the new primary. The test saves a screenshot of the page.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use support::*;
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver; scripts/test installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "chromedriver did not listen on {port}");
+        Driver { child, url }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A headless Chromium with a profile of its own, no network but this machine's.
+async fn browser(driver: &str, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-quic", "--window-size=1280,1100",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(driver)
+        .await
+        .expect("a Chromium session")
+}
+
+/// The text of the element with `id`, or "" while it is missing.
+async fn text_of(page: &Client, id: &str) -> String {
+    match page.find(Locator::Id(id)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits up to `timeout` for the element `id` to contain `wanted`; its last text.
+async fn wait_text(page: &Client, id: &str, wanted: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = text_of(page, id).await;
+        if text.contains(wanted) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn click(page: &Client, label: &str) {
+    page.find(Locator::Css(&format!("button[aria-label='{label}']")))
+        .await
+        .unwrap_or_else(|e| panic!("no button {label:?}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn use_token(page: &Client, token: &str) {
+    let field = page
+        .find(Locator::Id("token"))
+        .await
+        .expect("the token field");
+    field.clear().await.expect("clear");
+    field.send_keys(token).await.expect("type");
+    page.find(Locator::Css("#token-form button"))
+        .await
+        .expect("the token button")
+        .click()
+        .await
+        .expect("click");
+}
+
+#[test]
+fn the_dashboard_shows_the_primary_refuses_without_the_token_and_shows_a_failover() {
+    let dir = tempdir();
+    let tier = KeelUp::start(&dir.path().join("keel-data"), 2, &[]);
+    let token = std::fs::read_to_string(&tier.token_file).expect("the admin token");
+    let profile = dir.path().join("chromium");
+    let driver = Driver::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let page = rt.block_on(browser(&driver.url, &profile));
+    let outcome = rt.block_on(async {
+        page.goto(&format!("{}/", tier.control_url))
+            .await
+            .expect("the page");
+        if let Err(seen) =
+            wait_text(&page, "summary", "primary: app1", Duration::from_secs(10)).await
+        {
+            return Err(format!("the page never named app1 primary: {seen:?}"));
+        }
+        let errors = page
+            .execute("return document.body.dataset.errors || '0'", vec![])
+            .await
+            .expect("script");
+        if errors != "0" {
+            return Err(format!(
+                "script errors on the page: {errors} ({})",
+                text_of(&page, "outcome").await
+            ));
+        }
+
+        // No token: refused by the page, which says what is needed.
+        click(&page, "kill app1").await;
+        wait_text(
+            &page,
+            "outcome",
+            "give the admin token first",
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|seen| format!("no refusal without a token: {seen:?}"))?;
+        // A wrong one: refused by keel up, and the page says so.
+        use_token(&page, "not-the-token").await;
+        click(&page, "kill app1").await;
+        wait_text(&page, "outcome", "refused (401)", Duration::from_secs(5))
+            .await
+            .map_err(|seen| format!("a wrong token was not refused: {seen:?}"))?;
+
+        // The token: the primary killed, the failover in the timeline, the new primary
+        // named, within 3 s of the click.
+        use_token(&page, token.trim()).await;
+        click(&page, "kill app1").await;
+        let clicked = Instant::now();
+        wait_text(
+            &page,
+            "timeline",
+            "failover done: app2 is primary",
+            Duration::from_secs(3),
+        )
+        .await
+        .map_err(|seen| format!("no failover in the timeline within 3 s: {seen}"))?;
+        wait_text(
+            &page,
+            "summary",
+            "primary: app2",
+            Duration::from_secs(3).saturating_sub(clicked.elapsed()) + Duration::from_millis(1100),
+        )
+        .await
+        .map_err(|seen| format!("the new primary was not named: {seen:?}"))?;
+        for step in ["killed app1", "suspected: primary app1", "promoted: app2"] {
+            let timeline = text_of(&page, "timeline").await;
+            if !timeline.contains(step) {
+                return Err(format!("{step:?} is not in the timeline:\n{timeline}"));
+            }
+        }
+        // The screenshot once the failover has settled, for the docs; whatever it shows.
+        let _ = wait_text(
+            &page,
+            "summary",
+            "primary: app2 (epoch 2)",
+            Duration::from_secs(1),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while text_of(&page, "summary")
+            .await
+            .contains("failover in progress")
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let png = page.screenshot().await.expect("a screenshot");
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+        std::fs::write(&path, png).expect("save the screenshot");
+        Ok(())
+    });
+    let _ = rt.block_on(page.close());
+    if let Err(why) = outcome {
+        panic!("{why}\n{}", tier.proc.log_report());
+    }
+}
