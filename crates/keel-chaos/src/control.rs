@@ -131,6 +131,25 @@ pub(crate) enum Command {
     Heal {
         reply: Reply<PartitionDone>,
     },
+    /// A switchover by hand, asked of the monitors' leader with the admin token.
+    Switchover {
+        request: SwitchoverRequest,
+        reply: Reply<SwitchoverDone>,
+    },
+}
+
+/// The body of `POST /v1/switchover`: the standby to promote, or none for the best one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// What the monitor said to a switchover.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchoverDone {
+    pub message: String,
 }
 
 /// What `<data-dir>/up.json` holds: where a running `keel up` can be reached.

@@ -42,6 +42,9 @@ use crate::{Settings, say};
 /// on its port: someone started it again by hand.
 pub const STARTED_BY_HAND: &str = "running (started by hand, not by keel up)";
 
+/// How long a switchover may take to be asked of the monitor.
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long the proxy may take to learn the primary from the monitor.
 const ROUTE_POLL: Duration = Duration::from_millis(50);
 
@@ -423,6 +426,13 @@ impl Up {
                         }
                         let _ = reply.send(done);
                     }
+                    Command::Switchover { request, reply } => {
+                        let done = self.switchover(request).await;
+                        if let Ok(done) = &done {
+                            say(&format!("keel up: {}", done.message));
+                        }
+                        let _ = reply.send(done);
+                    }
                     Command::Heal { reply } => {
                         let done = self.partitions.heal(&self.plan);
                         if let Ok(done) = &done {
@@ -469,6 +479,74 @@ impl Up {
             }
         }
         list
+    }
+
+    /// A switchover by hand: asks the monitors' leader, with the admin token, as `keel
+    /// client failover` does; the monitor's answer, or why there was none.
+    async fn switchover(
+        &self,
+        request: crate::control::SwitchoverRequest,
+    ) -> Result<crate::control::SwitchoverDone, Refused> {
+        let unavailable = |message: String| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ApiError::new("monitor_unavailable", message),
+            )
+        };
+        if self.plan.monitors.is_empty() {
+            return Err((
+                StatusCode::NOT_FOUND,
+                ApiError::new("no_data_tier", "this stack has no data tier to switch over"),
+            ));
+        }
+        let to = match request.to {
+            Some(name) => Some(keel_core::NodeId::new(name).map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    ApiError::new("bad_switchover", format!("not a node's name: {e}")),
+                )
+            })?),
+            None => None,
+        };
+        let token = Token::from_file(&self.credentials.token)
+            .map_err(|e| unavailable(format!("cannot read the admin token: {e}")))?;
+        let leader = keel_client::monitor::leading(
+            &self.http,
+            &self.plan.monitor_urls,
+            SWITCHOVER_TIMEOUT,
+            None,
+        )
+        .await
+        .map_err(|e| unavailable(format!("no monitor leader answers: {e}")))?;
+        let answer = self
+            .http
+            .post(format!("{leader}/v1/failover"))
+            .bearer_auth(token.secret())
+            .json(&keel_client::wire::FailoverRequest { to })
+            .timeout(SWITCHOVER_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("the monitor at {leader} does not answer: {e}")))?;
+        let status = answer.status();
+        let body: serde_json::Value = answer.json().await.unwrap_or_default();
+        let message = body["message"].as_str().unwrap_or("").to_owned();
+        if status.is_success() {
+            let to = body["to"]
+                .as_str()
+                .map_or_else(String::new, |to| format!(" to {to}"));
+            Ok(crate::control::SwitchoverDone {
+                message: format!("switchover{to} asked of the monitor: {message}"),
+            })
+        } else {
+            let code = body["error"].as_str().unwrap_or("refused").to_owned();
+            Err((
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+                ApiError::new(
+                    code,
+                    format!("the monitor refused the switchover: {message}"),
+                ),
+            ))
+        }
     }
 
     /// Starts again the processes whose restart is due (`--restart`), unless one was

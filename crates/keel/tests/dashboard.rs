@@ -2,7 +2,8 @@
 //! driven over WebDriver), against a real `keel up`: the page loads without a script
 //! error and names the primary; a button is refused without the token, and with a wrong
 //! one, and says so; with the token, killing the primary shows the failover in the
-//! timeline and the new primary. The test saves a screenshot of the page.
+//! timeline and the new primary; the old primary restarted and the switchover button give
+//! it the primary back. The test saves a screenshot of the page.
 
 mod support;
 
@@ -204,6 +205,25 @@ fn the_dashboard_shows_the_primary_refuses_without_the_token_and_shows_a_failove
         let png = page.screenshot().await.expect("a screenshot");
         let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
         std::fs::write(&path, png).expect("save the screenshot");
+
+        // app1 restarted from its button rejoins as a standby; once promotable, the
+        // switchover button gives it the primary back.
+        click(&page, "restart app1").await;
+        wait_text(&page, "outcome", "restarted app1", Duration::from_secs(15))
+            .await
+            .map_err(|seen| format!("app1 was not restarted: {seen:?}"))?;
+        wait_text(&page, "processes", ", promotable", Duration::from_secs(20))
+            .await
+            .map_err(|seen| format!("app1 never became promotable: {seen}"))?;
+        click(&page, "switchover to app1").await;
+        if let Err(seen) =
+            wait_text(&page, "summary", "primary: app1", Duration::from_secs(10)).await
+        {
+            let outcome = text_of(&page, "outcome").await;
+            return Err(format!(
+                "the switchover did not happen: {seen:?} ({outcome})"
+            ));
+        }
         Ok(())
     });
     let _ = rt.block_on(page.close());

@@ -21,7 +21,7 @@ use keel_http::{body_rejection, error_response};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Action, Command, PartitionRequest, Refused};
+use super::{Action, Command, PartitionRequest, Refused, SwitchoverRequest};
 
 /// The largest body the control API reads.
 const MAX_BODY: usize = 64 << 10;
@@ -38,10 +38,11 @@ pub(crate) fn router(token: Option<Token>, commands: mpsc::Sender<Command>) -> R
         .route("/v1/processes/{name}/{action}", post(act))
         .route("/v1/partition", post(partition))
         .route("/v1/heal", post(heal))
+        .route("/v1/switchover", post(switchover))
         .route("/health", get(|| async { "ok" }));
     let routes = keel_http::json_fallbacks(
         routes,
-        "GET /v1/processes, POST /v1/processes/{name}/{action}, POST /v1/partition or POST /v1/heal",
+        "GET /v1/processes, POST /v1/processes/{name}/{action}, POST /v1/partition, POST /v1/heal or POST /v1/switchover",
     )
     .layer(DefaultBodyLimit::max(MAX_BODY));
     let guard = Arc::new(Guard::new(
@@ -136,6 +137,36 @@ async fn heal(State(app): State<Arc<App>>, signed: Signed) -> Result<Response, R
     let (reply, rx) = oneshot::channel();
     app.commands
         .send(Command::Heal { reply })
+        .await
+        .map_err(|_| stopping())?;
+    answer(rx.await.map_err(|_| stopping())?)
+}
+
+async fn switchover(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Response> {
+    check_token(&app, &signed)?;
+    let body = body.map_err(|r| body_rejection(r, MAX_BODY, "bad_switchover"))?;
+    let request: SwitchoverRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SwitchoverRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                ApiError::new(
+                    "bad_switchover",
+                    format!(
+                        "the body is not {{\"to\": \"app2\"}} (or empty, for the best standby): {e}"
+                    ),
+                ),
+            )
+        })?
+    };
+    let (reply, rx) = oneshot::channel();
+    app.commands
+        .send(Command::Switchover { request, reply })
         .await
         .map_err(|_| stopping())?;
     answer(rx.await.map_err(|_| stopping())?)

@@ -43,7 +43,7 @@ async function act(path, label) {
     const response = await fetch(path, {
       method: "POST",
       headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-      body: path.endsWith("/partition") ? JSON.stringify(label.body) : undefined,
+      body: label.body ? JSON.stringify(label.body) : undefined,
     });
     const body = await response.json().catch(() => ({}));
     if (response.ok) say(body.message || `${label.text || label}: done`, false);
@@ -89,6 +89,13 @@ function processRow(p, view) {
     button.disabled = disabled;
     button.setAttribute("aria-label", `${action} ${p.name}`);
     button.addEventListener("click", () => act(`/v1/processes/${encodeURIComponent(p.name)}/${action}`, `${action} ${p.name}`));
+    actions.appendChild(button);
+  }
+  if (node && role === "standby" && p.state === "running") {
+    const button = text("button", "switchover");
+    button.type = "button";
+    button.setAttribute("aria-label", `switchover to ${p.name}`);
+    button.addEventListener("click", () => act("/v1/switchover", { text: `switchover to ${p.name}`, body: { to: p.name } }));
     actions.appendChild(button);
   }
   if (node || (group && role)) {
