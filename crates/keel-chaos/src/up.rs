@@ -481,72 +481,24 @@ impl Up {
         list
     }
 
-    /// A switchover by hand: asks the monitors' leader, with the admin token, as `keel
-    /// client failover` does; the monitor's answer, or why there was none.
+    /// A switchover by hand, asked of the monitors' leader ([`switchover`]).
     async fn switchover(
         &self,
         request: crate::control::SwitchoverRequest,
     ) -> Result<crate::control::SwitchoverDone, Refused> {
-        let unavailable = |message: String| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                ApiError::new("monitor_unavailable", message),
-            )
-        };
         if self.plan.monitors.is_empty() {
             return Err((
                 StatusCode::NOT_FOUND,
                 ApiError::new("no_data_tier", "this stack has no data tier to switch over"),
             ));
         }
-        let to = match request.to {
-            Some(name) => Some(keel_core::NodeId::new(name).map_err(|e| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    ApiError::new("bad_switchover", format!("not a node's name: {e}")),
-                )
-            })?),
-            None => None,
-        };
-        let token = Token::from_file(&self.credentials.token)
-            .map_err(|e| unavailable(format!("cannot read the admin token: {e}")))?;
-        let leader = keel_client::monitor::leading(
+        switchover(
             &self.http,
             &self.plan.monitor_urls,
-            SWITCHOVER_TIMEOUT,
-            None,
+            &self.credentials.token,
+            request,
         )
         .await
-        .map_err(|e| unavailable(format!("no monitor leader answers: {e}")))?;
-        let answer = self
-            .http
-            .post(format!("{leader}/v1/failover"))
-            .bearer_auth(token.secret())
-            .json(&keel_client::wire::FailoverRequest { to })
-            .timeout(SWITCHOVER_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("the monitor at {leader} does not answer: {e}")))?;
-        let status = answer.status();
-        let body: serde_json::Value = answer.json().await.unwrap_or_default();
-        let message = body["message"].as_str().unwrap_or("").to_owned();
-        if status.is_success() {
-            let to = body["to"]
-                .as_str()
-                .map_or_else(String::new, |to| format!(" to {to}"));
-            Ok(crate::control::SwitchoverDone {
-                message: format!("switchover{to} asked of the monitor: {message}"),
-            })
-        } else {
-            let code = body["error"].as_str().unwrap_or("refused").to_owned();
-            Err((
-                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-                ApiError::new(
-                    code,
-                    format!("the monitor refused the switchover: {message}"),
-                ),
-            ))
-        }
     }
 
     /// Starts again the processes whose restart is due (`--restart`), unless one was
@@ -678,6 +630,65 @@ async fn prepare_postgres(
             what: "setting PostgreSQL up".to_owned(),
             source: std::io::Error::other(e.to_string()),
         })),
+    }
+}
+
+/// A switchover by hand: asks the leader of `monitors` (one URL, or a group's separated
+/// by commas), with the admin token in `token_file`, as `keel client failover` does; the
+/// monitor's answer, or why there was none.
+pub(crate) async fn switchover(
+    http: &reqwest::Client,
+    monitors: &str,
+    token_file: &Path,
+    request: crate::control::SwitchoverRequest,
+) -> Result<crate::control::SwitchoverDone, Refused> {
+    let unavailable = |message: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::new("monitor_unavailable", message),
+        )
+    };
+    let to = match request.to {
+        Some(name) => Some(keel_core::NodeId::new(name).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                ApiError::new("bad_switchover", format!("not a node's name: {e}")),
+            )
+        })?),
+        None => None,
+    };
+    let token = Token::from_file(token_file)
+        .map_err(|e| unavailable(format!("cannot read the admin token: {e}")))?;
+    let leader = keel_client::monitor::leading(http, monitors, SWITCHOVER_TIMEOUT, None)
+        .await
+        .map_err(|e| unavailable(format!("no monitor leader answers: {e}")))?;
+    let answer = http
+        .post(format!("{leader}/v1/failover"))
+        .bearer_auth(token.secret())
+        .json(&keel_client::wire::FailoverRequest { to })
+        .timeout(SWITCHOVER_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("the monitor at {leader} does not answer: {e}")))?;
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or("").to_owned();
+    if status.is_success() {
+        let to = body["to"]
+            .as_str()
+            .map_or_else(String::new, |to| format!(" to {to}"));
+        Ok(crate::control::SwitchoverDone {
+            message: format!("switchover{to} asked of the monitor: {message}"),
+        })
+    } else {
+        let code = body["error"].as_str().unwrap_or("refused").to_owned();
+        Err((
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            ApiError::new(
+                code,
+                format!("the monitor refused the switchover: {message}"),
+            ),
+        ))
     }
 }
 

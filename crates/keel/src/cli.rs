@@ -55,6 +55,9 @@ pub enum Command {
     Chaos(ChaosArgs),
     /// Make a small CA and a certificate per process, for TLS across hosts.
     Certs(CertsArgs),
+    /// Serve the dashboard for a stack started by hand: its monitor's view and events,
+    /// its proxy's backends, a switchover button (keel up serves it on its own).
+    Dashboard(DashboardArgs),
     /// Run the deterministic simulator: the monitor and node machines under seeded
     /// faults, checked for safety and linearizability; one line per failing seed.
     Sim(SimArgs),
@@ -393,6 +396,25 @@ pub struct UpArgs {
     /// the next one.
     #[arg(long, default_value_t = 5000, requires = "postgres")]
     pub tcp_port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to serve the page on.
+    #[arg(long, default_value = "127.0.0.1:8060")]
+    pub listen: SocketAddr,
+
+    /// The monitor, or a group's monitors separated by commas.
+    #[arg(long, value_name = "URL[,URL…]")]
+    pub monitor: Option<String>,
+
+    /// The proxy's admin API.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8090")]
+    pub proxy_admin: String,
+
+    /// The admin token, for the switchover button (else the button is refused).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

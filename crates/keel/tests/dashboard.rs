@@ -231,3 +231,89 @@ fn the_dashboard_shows_the_primary_refuses_without_the_token_and_shows_a_failove
         panic!("{why}\n{}", tier.proc.log_report());
     }
 }
+
+/// `keel dashboard` for a stack it did not start: the page and the snapshot from the
+/// monitor and the proxy; process buttons answer that they need keel up; the switchover
+/// is refused without the token and carried out by the monitor with it.
+#[test]
+fn keel_dashboard_serves_a_stack_started_elsewhere_and_switches_over() {
+    let dir = tempdir();
+    let tier = KeelUp::start(&dir.path().join("keel-data"), 2, &[]);
+    let port = free_port();
+    let url = url_for(port);
+    let listen = format!("127.0.0.1:{port}");
+    let token_file = tier.token_file.display().to_string();
+    let mut dashboard = KeelProcess::spawn(
+        "dashboard",
+        &[
+            "dashboard",
+            "--listen",
+            &listen,
+            "--monitor",
+            &tier.monitor_url,
+            "--proxy-admin",
+            &tier.proxy_admin_url,
+            "--token-file",
+            &token_file,
+        ],
+    );
+    wait_for_health(&mut dashboard, &url);
+    let (status, page) = get_text(&format!("{url}/"));
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<title>keel dashboard</title>"), "{page}");
+    let (_, state) = get_json(&format!("{url}/v1/state"));
+    assert_eq!(state["cluster"]["primary"]["node"], "app1", "{state}");
+    let names: Vec<&str> = state["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["app1", "app2"], "{state}");
+    assert_eq!(
+        state["backends"]["backends"].as_array().map(Vec::len),
+        Some(2),
+        "{state}"
+    );
+
+    let token = std::fs::read_to_string(&tier.token_file).expect("token");
+    let client = http_client();
+    let r = client
+        .post(format!("{url}/v1/processes/app1/kill"))
+        .bearer_auth(token.trim())
+        .send()
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = r.json().expect("JSON");
+    assert_eq!(body["error"], "not_supervised", "{body}");
+    let r = client
+        .post(format!("{url}/v1/switchover"))
+        .json(&serde_json::json!({"to": "app2"}))
+        .send()
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    assert!(wait_until(Duration::from_secs(20), || tier.promotable("app2")));
+    let r = client
+        .post(format!("{url}/v1/switchover"))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"to": "app2"}))
+        .send()
+        .expect("POST");
+    let status = r.status();
+    let body: serde_json::Value = r.json().expect("JSON");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        wait_until(Duration::from_secs(10), || tier.primary().as_deref()
+            == Some("app2")),
+        "the switchover did not happen\n{}",
+        dashboard.log_report()
+    );
+    assert!(
+        dashboard
+            .log_text()
+            .contains("failover done: app2 is primary"),
+        "the monitor's events are printed\n{}",
+        dashboard.log_report()
+    );
+}

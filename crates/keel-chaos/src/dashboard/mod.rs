@@ -8,10 +8,15 @@
 //! | `GET /v1/state` | one JSON snapshot: every process and its state, the monitor's view, the proxy's backends and TCP pools |
 //! | `GET /v1/feed` | server-sent events: every line `keel up` prints ([`crate::feed`]), `?since=N` to replay |
 //!
+//! `keel dashboard` ([`serve`]) serves the same page for a stack started by hand, from its
+//! monitor and its proxy.
+//!
 //! The buttons call the control API's own routes (`POST /v1/processes/{name}/{action}`,
 //! `/v1/partition`, `/v1/heal`) with the admin token the page asks for once; without it
 //! they are refused and the page says so. Reading needs no token, as for `keel chaos
 //! list`; the control port listens on 127.0.0.1 only.
+
+mod standalone;
 
 use std::sync::Arc;
 
@@ -28,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::Command;
 use crate::feed::{FeedLine, feed};
 use crate::monitor::MonitorClient;
+
+pub use standalone::{DashboardError, DashboardSettings, serve};
 
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("dashboard.js");

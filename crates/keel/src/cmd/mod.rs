@@ -3,6 +3,7 @@
 mod certs;
 mod chaos;
 mod client;
+mod dashboard;
 mod flaky;
 mod load;
 mod monitor;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => service::run(args),
         Command::Flaky(args) => flaky::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Sim(args) => sim::run(args),
     }
 }
