@@ -306,13 +306,32 @@ fn a_tier_on_mutual_tls_replicates_fails_over_and_refuses_another_cas_member() {
         "app2 never took over: {}",
         tier.view()
     );
-    let resp = tier
-        .http
-        .put(format!("{app2}/v1/kv/after-failover"))
-        .body("yes")
-        .send()
-        .expect("PUT");
-    assert_eq!(resp.status(), StatusCode::OK);
+    // The first write may come while app1 is still being dropped from the sync set: a
+    // 503 with Retry-After that says nothing was written, as a client is told. It goes
+    // through once the drop is recorded.
+    let mut refusals = Vec::new();
+    let written = wait_until(Duration::from_secs(5), || {
+        let resp = tier
+            .http
+            .put(format!("{app2}/v1/kv/after-failover"))
+            .body("yes")
+            .send()
+            .expect("PUT");
+        if resp.status() == StatusCode::OK {
+            return true;
+        }
+        let status = resp.status();
+        let retry_after = resp.headers().contains_key("retry-after");
+        let body: serde_json::Value = resp.json().unwrap_or_default();
+        assert!(
+            status == StatusCode::SERVICE_UNAVAILABLE && retry_after && body["written"] == false,
+            "a write after the failover got {status} {body}"
+        );
+        refusals.push(body["error"].to_string());
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    assert!(written, "app2 never took the write: {refusals:?}");
 
     // Through the proxy, requests now reach app2, over TLS.
     let mut last = String::new();
