@@ -142,6 +142,20 @@ fn the_dashboard_shows_the_primary_refuses_without_the_token_and_shows_a_failove
             ));
         }
 
+        // Traffic through the front door: the chart shows its rate and its p99.
+        let front = format!("{}/", tier.proxy_url);
+        let traffic = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                let _ = http.get(&front).send().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let seen = wait_text(&page, "chart-now", "p99 ≤ ", Duration::from_secs(4)).await;
+        traffic.abort();
+        seen.map_err(|seen| format!("no p99 under traffic: {seen:?}"))?;
+
         // No token: refused by the page, which says what is needed.
         click(&page, "kill app1").await;
         wait_text(

@@ -117,17 +117,39 @@ function rate(now, before, key) {
   return before && now[key] >= before[key] ? now[key] - before[key] : 0;
 }
 
+// The p99 of the answers of one second, in ms, from two cumulative histograms a second
+// apart ([[upper bound in s or null for +Inf, count], …]); null when nothing answered.
+// The bucket's upper bound stands for the answers in it, as Prometheus does.
+function p99Between(now, before) {
+  if (!now || !before || now.length !== before.length) return null;
+  const deltas = now.map(([bound, count], i) => [bound, count - before[i][1]]);
+  const total = deltas[deltas.length - 1][1];
+  if (total <= 0) return null;
+  const wanted = Math.ceil(total * 0.99);
+  for (const [bound, cumulative] of deltas) {
+    if (cumulative >= wanted) return bound == null ? null : bound * 1000;
+  }
+  return null;
+}
+
 function drawChart() {
   const svg = $("chart");
   const max = Math.max(10, ...history.map((h) => Math.max(h.requests, h.errors)));
-  const points = (key) => history.map((h, i) =>
-    `${(i * 600) / (SAMPLES - 1)},${118 - (h[key] * 112) / max}`).join(" ");
+  const maxMs = Math.max(1, ...history.map((h) => h.p99 || 0));
+  const x = (i) => (i * 600) / (SAMPLES - 1);
+  const points = (key) => history.map((h, i) => `${x(i)},${118 - (h[key] * 112) / max}`).join(" ");
+  const p99 = history.map((h, i) => (h.p99 == null ? null : `${x(i)},${118 - (h.p99 * 112) / maxMs}`))
+    .filter(Boolean).join(" ");
   svg.innerHTML =
     `<polyline fill="none" stroke="#0969da" stroke-width="2" points="${points("requests")}"/>` +
     `<polyline fill="none" stroke="#cf222e" stroke-width="2" points="${points("errors")}"/>` +
-    `<text x="4" y="12" font-size="10">${max}/s</text>`;
+    `<polyline fill="none" stroke="#8250df" stroke-width="1.5" stroke-dasharray="4 2" points="${p99}"/>` +
+    `<text x="4" y="12" font-size="10">${max}/s</text>` +
+    `<text x="540" y="12" font-size="10" fill="#8250df">${maxMs} ms</text>`;
   const last = history[history.length - 1];
-  $("chart-now").textContent = last ? `now: ${last.requests} requests/s, ${last.errors} 5xx/s` : "";
+  $("chart-now").textContent = last
+    ? `now: ${last.requests} requests/s, ${last.errors} 5xx/s, p99 ${last.p99 == null ? "-" : `≤ ${last.p99} ms`}`
+    : "";
 }
 
 function render(state) {
@@ -179,11 +201,15 @@ function render(state) {
   })));
 
   if (previous) {
-    history.push({ requests: rate(totals, previous.totals, "requests"), errors: rate(totals, previous.totals, "errors") });
+    history.push({
+      requests: rate(totals, previous.totals, "requests"),
+      errors: rate(totals, previous.totals, "errors"),
+      p99: p99Between(state.latency_buckets, previous.latency),
+    });
     if (history.length > SAMPLES) history.shift();
     drawChart();
   }
-  previous = { totals, perBackend };
+  previous = { totals, perBackend, latency: state.latency_buckets };
 }
 
 async function refresh() {

@@ -112,8 +112,21 @@ async fn state(State(context): State<Arc<Context>>) -> Response {
             }
         }
     };
-    let (processes, cluster, backends, tcp) =
-        tokio::join!(processes, cluster, admin("/v1/backends"), admin("/v1/tcp"));
+    let metrics = async {
+        let url = format!("{}/metrics", context.proxy_admin);
+        match context.http.get(&url).timeout(READ_TIMEOUT).send().await {
+            Ok(r) if r.status().is_success() => r.text().await.ok(),
+            _ => None,
+        }
+    };
+    let (processes, cluster, backends, tcp, metrics) = tokio::join!(
+        processes,
+        cluster,
+        admin("/v1/backends"),
+        admin("/v1/tcp"),
+        metrics
+    );
+    let latency = metrics.as_deref().map(latency_buckets);
     axum::Json(serde_json::json!({
         "processes": processes,
         "data_tier": context.monitor.is_some(),
@@ -123,8 +136,54 @@ async fn state(State(context): State<Arc<Context>>) -> Response {
         "backends": backends,
         "proxy_error": backends.is_none().then_some("the proxy's admin API does not answer"),
         "tcp": tcp,
+        "latency_buckets": latency,
     }))
     .into_response()
+}
+
+/// The proxy's answer-time histogram summed over its backends, from its `/metrics`:
+/// `(upper bound in seconds, answers at most that slow so far)`, cumulative, the last
+/// bound `None` for `+Inf`. The page turns two of these a second apart into that
+/// second's p99.
+fn latency_buckets(metrics: &str) -> Vec<(Option<f64>, u64)> {
+    let mut sums: Vec<(Option<f64>, u64)> = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("keel_proxy_backend_latency_seconds_bucket{") else {
+            continue;
+        };
+        let Some((labels, count)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(le) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("le=\""))
+            .map(|v| v.trim_end_matches('"'))
+        else {
+            continue;
+        };
+        let bound = if le == "+Inf" {
+            None
+        } else {
+            match le.parse::<f64>() {
+                Ok(b) => Some(b),
+                Err(_) => continue,
+            }
+        };
+        let Ok(count) = count.trim().parse::<u64>() else {
+            continue;
+        };
+        match sums.iter_mut().find(|(b, _)| *b == bound) {
+            Some((_, sum)) => *sum += count,
+            None => sums.push((bound, count)),
+        }
+    }
+    sums.sort_by(|a, b| match (a.0, b.0) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    sums
 }
 
 /// `?since=N`.
@@ -158,4 +217,23 @@ async fn stream(
 
 fn id_and_source(line: &FeedLine) -> (u64, String) {
     (line.id, "line".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_latency_buckets_are_summed_over_backends_in_order() {
+        let metrics = "# HELP x\n\
+            keel_proxy_backend_latency_seconds_bucket{backend=\"a\",le=\"0.005\"} 3\n\
+            keel_proxy_backend_latency_seconds_bucket{backend=\"a\",le=\"+Inf\"} 4\n\
+            keel_proxy_backend_latency_seconds_bucket{backend=\"b\",le=\"0.005\"} 1\n\
+            keel_proxy_backend_latency_seconds_bucket{backend=\"b\",le=\"+Inf\"} 2\n\
+            keel_proxy_backend_latency_seconds_count{backend=\"b\"} 2\n\
+            keel_proxy_backend_latency_seconds_bucket{backend=\"c\",le=\"0.0005\"} 7\n";
+        assert_eq!(
+            super::latency_buckets(metrics),
+            [(Some(0.0005), 7), (Some(0.005), 4), (None, 6)]
+        );
+        assert!(super::latency_buckets("garbage {le=\"x\"} y").is_empty());
+    }
 }
