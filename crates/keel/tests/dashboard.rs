@@ -323,10 +323,11 @@ fn keel_dashboard_serves_a_stack_started_elsewhere_and_switches_over() {
         "the switchover did not happen\n{}",
         dashboard.log_report()
     );
+    // The event reaches the dashboard's stream a moment after the monitor answers.
     assert!(
-        dashboard
+        wait_until(Duration::from_secs(5), || dashboard
             .log_text()
-            .contains("failover done: app2 is primary"),
+            .contains("failover done: app2 is primary")),
         "the monitor's events are printed\n{}",
         dashboard.log_report()
     );
