@@ -24,6 +24,13 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Reads a duration written as text (`"250ms"`, `"2s"`) in a configuration file: serde's
+/// `deserialize_with` for a [`Duration`] field.
+pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    parse(&text).map_err(serde::de::Error::custom)
+}
+
 /// Writes a duration back in the shortest of those forms (`250ms`, `2s`, `1.5s`).
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::forwarded::IpNet;
 use crate::tcp::config::TcpConfig;
@@ -26,13 +26,13 @@ pub struct Config {
     /// How a backend is chosen.
     pub balance: Balance,
     /// How long to wait for a backend to accept a connection.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub connect_timeout: Duration,
     /// How long to wait for a backend's answer to begin, once the request is sent.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub request_timeout: Duration,
     /// How long a recovered backend takes to ramp up to its full weight (0: at once).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub slow_start: Duration,
     /// Below this percentage of backends up, requests spread over all of them (panic
     /// mode); at 0 that happens only when none is up.
@@ -46,19 +46,19 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a connection may wait for the first byte of a request — its first, or
     /// the next one on a kept-alive connection — before it is closed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub idle_timeout: Duration,
     /// From a request's first byte, how long its head may take to arrive whole (then
     /// `408`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub header_timeout: Duration,
     /// From the end of a request's head, how long its whole body may take to arrive
     /// (then `408` if none of it went to a backend yet, else the connection is closed).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub body_timeout: Duration,
     /// How long one write may wait for the other side to take it: a client that does not
     /// read its answer, a backend that does not read a body.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub send_timeout: Duration,
     /// Peers (addresses or networks) whose `X-Forwarded-For` is kept and added to; from
     /// anyone else it is replaced by the peer's address.
@@ -95,12 +95,12 @@ pub enum Balance {
 pub struct HealthConfig {
     pub path: String,
     /// Between checks (0: no active checks).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub interval: Duration,
     /// Between checks while a backend's state is changing.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub fast_interval: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub timeout: Duration,
     /// Failed checks in a row that take a backend down.
     pub fall: u32,
@@ -115,10 +115,10 @@ pub struct PassiveConfig {
     /// 5xx answers in a row that eject a backend (0: never on 5xx).
     pub consecutive_5xx: u32,
     /// The first ejection's length; each repeat doubles it.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub ejection: Duration,
     /// The longest ejection.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub max_ejection: Duration,
 }
 
@@ -296,7 +296,8 @@ impl Config {
             ports.insert(self.listen);
         }
         for (i, tcp) in self.tcp.iter_mut().enumerate() {
-            tcp.check(i, &mut ports)?;
+            tcp.check(i, &mut ports)
+                .map_err(|e| invalid(e.key, e.reason))?;
         }
         if self.backends.len() > MAX_BACKENDS {
             return Err(invalid(
@@ -601,11 +602,6 @@ pub fn parse_backend_flag(flag: &str) -> Result<BackendConfig, String> {
     Ok(backend)
 }
 
-pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    keel_core::duration::parse(&text).map_err(serde::de::Error::custom)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -855,5 +851,83 @@ mod tests {
         );
         assert!(parse_backend_flag("http://127.0.0.1:5056,weight=x").is_err());
         assert!(parse_backend_flag("http://127.0.0.1:5056,colour=red").is_err());
+    }
+}
+
+/// The `[[tcp]]` sections, checked with the rest of the file.
+#[cfg(test)]
+mod tcp_tests {
+    use crate::config::Config;
+    use crate::tcp::config::{TcpBalance, parse_servers_flag};
+
+    fn error_of(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const SERVERS: &str = "[[tcp.server]]\nname = \"pg1\"\naddr = \"127.0.0.1:5433\"\n\
+                           [[tcp.server]]\nname = \"pg2\"\naddr = \"127.0.0.1:5434\"\n";
+
+    #[test]
+    fn a_pool_alone_is_a_whole_configuration_with_every_default() {
+        let config = Config::parse(&format!("[[tcp]]\n{SERVERS}")).expect("parses");
+        let tcp = &config.tcp[0];
+        assert_eq!(tcp.name, "postgres");
+        assert_eq!(tcp.read_write.to_string(), "127.0.0.1:5000");
+        assert_eq!(tcp.read_only.to_string(), "127.0.0.1:5001");
+        assert_eq!(tcp.balance, TcpBalance::RoundRobin);
+        assert_eq!(tcp.max_lag, std::time::Duration::from_secs(1));
+        assert_eq!((tcp.fall, tcp.rise), (2, 2));
+        assert_eq!(tcp.user, "keel");
+        assert_eq!(tcp.servers[1].name, "pg2");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        for (section, key) in [
+            ("balance = \"random\"", "balance"),
+            ("max_lag = \"soon\"", "max_lag"),
+            ("max_lag = \"0s\"", "tcp[0].max_lag"),
+            ("fall = 0", "tcp[0].fall"),
+            ("read_only = \"127.0.0.1:5000\"", "tcp[0].read_only"),
+            (
+                "password = \"a\"\npassword_file = \"/x\"",
+                "tcp[0].password_file",
+            ),
+            ("password_file = \"/no/such/file\"", "tcp[0].password_file"),
+            ("name = \"a b\"", "tcp[0].name"),
+            ("colour = \"blue\"", "colour"),
+        ] {
+            let text = format!("[[tcp]]\n{section}\n{SERVERS}");
+            let e = error_of(&text);
+            assert!(e.contains(key), "{section}: {e}");
+        }
+        for (server, key) in [
+            ("addr = \"localhost:5433\"", "tcp[0].server[0].addr"),
+            ("addr = \"127.0.0.1:0\"", "tcp[0].server[0].addr"),
+            ("name = \"x\"", "addr"),
+        ] {
+            let e = error_of(&format!("[[tcp]]\n[[tcp.server]]\n{server}\n"));
+            assert!(e.contains(key), "{server}: {e}");
+        }
+        let e = error_of("[[tcp]]\n");
+        assert!(e.contains("tcp[0].server: no servers"), "{e}");
+        let twice = "[[tcp]]\n[[tcp.server]]\naddr = \"127.0.0.1:5433\"\n\
+                     [[tcp.server]]\naddr = \"127.0.0.1:5433\"\n";
+        assert!(error_of(twice).contains("tcp[0].server[1].addr: 127.0.0.1:5433 is listed twice"));
+        let clash = format!(
+            "listen = \"127.0.0.1:5000\"\n[[backend]]\nurl = \"http://127.0.0.1:5056\"\n[[tcp]]\n{SERVERS}"
+        );
+        assert!(error_of(&clash).contains("tcp[0].read_write: 127.0.0.1:5000 is already a port"));
+    }
+
+    #[test]
+    fn the_servers_flag_takes_names_or_bare_addresses() {
+        let servers = parse_servers_flag("pg2=127.0.0.1:5434, 127.0.0.1:5435");
+        assert_eq!(servers[0].name, "pg2");
+        assert_eq!(servers[1].addr, "127.0.0.1:5435");
+        assert_eq!(servers[1].name, "");
     }
 }

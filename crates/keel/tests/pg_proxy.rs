@@ -70,7 +70,7 @@ fn start_proxy(pg: &PgCluster, password_file: &std::path::Path) -> (KeelProcess,
 fn the_tcp_ports_route_by_role_and_lag_and_survive_a_standby_killed() {
     let dir = tempdir();
     let mut pg = PgCluster::start(dir.path());
-    let (proxy, admin, rw, ro) = start_proxy(&pg, &pg.password_file(dir.path()));
+    let (proxy, admin, rw, ro) = start_proxy(&pg, &pg.setup.password_file());
     let all_up = wait_until(Duration::from_secs(15), || {
         ["pg1", "pg2", "pg3"]
             .iter()

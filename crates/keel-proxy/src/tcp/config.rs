@@ -24,7 +24,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::pools::Policy;
-use crate::config::{ConfigError, duration};
+
+/// A bad value: its key (`tcp[0].server[1].addr`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: String,
+    pub reason: String,
+}
 
 /// One TCP pool.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -39,11 +45,11 @@ pub struct TcpConfig {
     /// How the read-only port picks a standby.
     pub balance: TcpBalance,
     /// A standby whose replay is further behind leaves the read-only pool.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub max_lag: Duration,
     /// How long a server may take to accept a relayed connection before the next is
     /// tried.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub connect_timeout: Duration,
     /// The checks' role.
     pub user: String,
@@ -54,10 +60,10 @@ pub struct TcpConfig {
     /// The database the checks connect to.
     pub dbname: String,
     /// Between checks of each server.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub check_interval: Duration,
     /// How long one check may take.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "keel_core::duration::deserialize")]
     pub check_timeout: Duration,
     /// Failed checks in a row that take a server out.
     pub fall: u32,
@@ -146,9 +152,9 @@ impl TcpConfig {
 
     /// Checks section `i`: every key, the servers' names and addresses, and the password
     /// file readable.
-    pub fn check(&mut self, i: usize, taken: &mut HashSet<SocketAddr>) -> Result<(), ConfigError> {
+    pub fn check(&mut self, i: usize, taken: &mut HashSet<SocketAddr>) -> Result<(), Invalid> {
         let key = |field: &str| format!("tcp[{i}].{field}");
-        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+        let invalid = |field: &str, reason: String| Invalid {
             key: key(field),
             reason,
         };
@@ -266,80 +272,4 @@ pub fn parse_servers_flag(flag: &str) -> Vec<TcpServerConfig> {
             },
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::Config;
-
-    fn error_of(text: &str) -> String {
-        match Config::parse(text) {
-            Ok(_) => panic!("accepted:\n{text}"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    const SERVERS: &str = "[[tcp.server]]\nname = \"pg1\"\naddr = \"127.0.0.1:5433\"\n\
-                           [[tcp.server]]\nname = \"pg2\"\naddr = \"127.0.0.1:5434\"\n";
-
-    #[test]
-    fn a_pool_alone_is_a_whole_configuration_with_every_default() {
-        let config = Config::parse(&format!("[[tcp]]\n{SERVERS}")).expect("parses");
-        let tcp = &config.tcp[0];
-        assert_eq!(tcp.name, "postgres");
-        assert_eq!(tcp.read_write.to_string(), "127.0.0.1:5000");
-        assert_eq!(tcp.read_only.to_string(), "127.0.0.1:5001");
-        assert_eq!(tcp.balance, super::TcpBalance::RoundRobin);
-        assert_eq!(tcp.max_lag, std::time::Duration::from_secs(1));
-        assert_eq!((tcp.fall, tcp.rise), (2, 2));
-        assert_eq!(tcp.user, "keel");
-        assert_eq!(tcp.servers[1].name, "pg2");
-    }
-
-    #[test]
-    fn each_bad_value_names_its_key() {
-        for (section, key) in [
-            ("balance = \"random\"", "balance"),
-            ("max_lag = \"soon\"", "max_lag"),
-            ("max_lag = \"0s\"", "tcp[0].max_lag"),
-            ("fall = 0", "tcp[0].fall"),
-            ("read_only = \"127.0.0.1:5000\"", "tcp[0].read_only"),
-            (
-                "password = \"a\"\npassword_file = \"/x\"",
-                "tcp[0].password_file",
-            ),
-            ("password_file = \"/no/such/file\"", "tcp[0].password_file"),
-            ("name = \"a b\"", "tcp[0].name"),
-            ("colour = \"blue\"", "colour"),
-        ] {
-            let text = format!("[[tcp]]\n{section}\n{SERVERS}");
-            let e = error_of(&text);
-            assert!(e.contains(key), "{section}: {e}");
-        }
-        for (server, key) in [
-            ("addr = \"localhost:5433\"", "tcp[0].server[0].addr"),
-            ("addr = \"127.0.0.1:0\"", "tcp[0].server[0].addr"),
-            ("name = \"x\"", "addr"),
-        ] {
-            let e = error_of(&format!("[[tcp]]\n[[tcp.server]]\n{server}\n"));
-            assert!(e.contains(key), "{server}: {e}");
-        }
-        let e = error_of("[[tcp]]\n");
-        assert!(e.contains("tcp[0].server: no servers"), "{e}");
-        let twice = "[[tcp]]\n[[tcp.server]]\naddr = \"127.0.0.1:5433\"\n\
-                     [[tcp.server]]\naddr = \"127.0.0.1:5433\"\n";
-        assert!(error_of(twice).contains("tcp[0].server[1].addr: 127.0.0.1:5433 is listed twice"));
-        let clash = format!(
-            "listen = \"127.0.0.1:5000\"\n[[backend]]\nurl = \"http://127.0.0.1:5056\"\n[[tcp]]\n{SERVERS}"
-        );
-        assert!(error_of(&clash).contains("tcp[0].read_write: 127.0.0.1:5000 is already a port"));
-    }
-
-    #[test]
-    fn the_servers_flag_takes_names_or_bare_addresses() {
-        let servers = super::parse_servers_flag("pg2=127.0.0.1:5434, 127.0.0.1:5435");
-        assert_eq!(servers[0].name, "pg2");
-        assert_eq!(servers[1].addr, "127.0.0.1:5435");
-        assert_eq!(servers[1].name, "");
-    }
 }

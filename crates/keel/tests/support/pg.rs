@@ -69,11 +69,6 @@ impl PgCluster {
         self.setup.password().to_owned()
     }
 
-    /// The file that holds it.
-    pub fn password_file(&self, dir: &Path) -> std::path::PathBuf {
-        dir.join("pg.password")
-    }
-
     /// `host:port` of server `i`.
     pub fn addr(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.servers[i].port)
