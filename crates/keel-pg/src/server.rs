@@ -40,10 +40,16 @@ pub struct Server {
 
 impl Server {
     /// `name` in `base/name`, on `port`.
+    ///
+    /// The directory is made absolute: PostgreSQL changes into its data directory, so a
+    /// relative one (`keel up --postgres` on its default `./keel-data`) would put its
+    /// socket and lock file under a path that does not exist from there.
     pub fn new(name: &str, base: &Path, port: u16) -> Server {
+        let dir = base.join(name);
         Server {
             name: name.to_owned(),
-            dir: base.join(name),
+            // Fails only without a current directory; then the path is used as given.
+            dir: std::path::absolute(&dir).unwrap_or(dir),
             port,
         }
     }
@@ -317,5 +323,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("listen_addresses = '127.0.0.1'"), "{text}");
+    }
+
+    #[test]
+    fn a_relative_data_directory_puts_the_socket_under_an_absolute_path() {
+        // PostgreSQL runs inside its data directory: `./keel-data/pg1` from there is not
+        // where the socket and its lock file can go.
+        let s = Server::new("pg1", Path::new("keel-data"), 5433);
+        let here = std::env::current_dir().expect("the tests run in a directory");
+        assert_eq!(s.dir, here.join("keel-data/pg1"));
+        let text = settings(&s);
+        let expected = format!(
+            "unix_socket_directories = '{}'",
+            here.join("keel-data/pg1").display()
+        );
+        assert!(text.contains(&expected), "{text}");
     }
 }
