@@ -61,6 +61,37 @@ pub enum Command {
     /// Run the deterministic simulator: the monitor and node machines under seeded
     /// faults, checked for safety and linearizability; one line per failing seed.
     Sim(SimArgs),
+    /// Play a seed's step table against a stack started in a temporary directory: for
+    /// each step the narration, the command, what to watch, and what keel observed.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Which demo: failover (the failover challenge), resilience (lab 6: retry, fallback,
+    /// circuit breaker), balance (lab 7: round robin, weights, a service stopped), redis
+    /// (the Redis counter behind a breaker), postgres (the PostgreSQL homework), or all.
+    #[arg(value_enum)]
+    pub demo: DemoName,
+
+    /// Run every step without waiting for Enter.
+    #[arg(long)]
+    pub auto: bool,
+
+    /// Keep the demo's directory (data and logs) when it ends well (it is always kept
+    /// when an observation fails).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoName {
+    Failover,
+    Resilience,
+    Balance,
+    Redis,
+    Postgres,
+    All,
 }
 
 #[derive(Debug, Args)]

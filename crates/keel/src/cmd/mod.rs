@@ -4,6 +4,7 @@ mod certs;
 mod chaos;
 mod client;
 mod dashboard;
+mod demo;
 mod flaky;
 mod load;
 mod monitor;
@@ -26,7 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // A client says what happens in its own lines; library logs at info (a breaker's
     // transitions) would only repeat them.
     let default_level = match cli.command {
-        Command::Client(_) => "warn",
+        Command::Client(_) | Command::Demo(_) => "warn",
         _ => "info",
     };
     init_tracing(cli.log_format, default_level);
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(args) => certs::run(args),
         Command::Dashboard(args) => dashboard::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
 
