@@ -14,7 +14,8 @@
 //! - [`engine`]: one worker per connection, taking tickets and counting answers
 //! - [`exchange`]: the [`Exchange`](exchange::Exchange) trait the engine sends through,
 //!   and the [`Answer`](exchange::Answer) it gets back
-//! - [`conn`]: the real connection (hyper, one HTTP/1.1 connection per slot)
+//! - [`conn`]: the real connection (one HTTP/1.1 keep-alive connection per slot);
+//!   [`http1`]: the requests' bytes, and answers parsed where they were read
 //! - [`recorder`]: histograms, counts, writes; [`timeline`]: per-second buckets;
 //!   [`spread`]: which backend answered
 //! - [`live`]: the live view on stderr; [`events`]: the monitor's events during a run
@@ -26,6 +27,7 @@ pub mod conn;
 pub mod engine;
 pub mod events;
 pub mod exchange;
+pub mod http1;
 pub mod live;
 pub mod plot;
 pub mod recorder;

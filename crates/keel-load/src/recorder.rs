@@ -2,7 +2,7 @@
 //! backend, the timeline and the outcome of every write.
 //!
 //! One [`Recorder`] per run, behind a `std::sync::Mutex` that every request takes once,
-//! briefly and never across an await: a few hundred nanoseconds against the tens of
+//! briefly and never across an await: a few hundred nanoseconds against the several
 //! microseconds an HTTP exchange costs, and it lets the live view read consistent
 //! figures without a second copy of the counts.
 

@@ -32,6 +32,27 @@ pub enum SpreadBy {
     Fields(Vec<SpreadBy>),
 }
 
+/// A response's headers, looked up by name (without regard to case): a parsed
+/// [`HeaderMap`], or the headers of a head parsed in place ([`crate::http1`]).
+pub trait Headers {
+    /// The value of the first header called `name`.
+    fn value(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl Headers for HeaderMap {
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(http::HeaderValue::as_bytes)
+    }
+}
+
+impl Headers for [httparse::Header<'_>] {
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
 /// What joins the parts of a [`SpreadBy::Fields`] name.
 pub const FIELD_SEPARATOR: &str = " × ";
 
@@ -46,7 +67,11 @@ impl SpreadBy {
     }
 
     /// The name in a response, from its headers and, when read, its body.
-    pub fn from_response(&self, headers: &HeaderMap, body: Option<&[u8]>) -> Option<String> {
+    pub fn from_response(
+        &self,
+        headers: &(impl Headers + ?Sized),
+        body: Option<&[u8]>,
+    ) -> Option<String> {
         match self {
             SpreadBy::Fields(parts) => {
                 let names: Vec<Option<String>> = parts
@@ -70,11 +95,11 @@ impl SpreadBy {
     }
 
     /// The name in a response's headers, for the header kinds.
-    pub fn from_headers(&self, headers: &HeaderMap) -> Option<String> {
+    pub fn from_headers(&self, headers: &(impl Headers + ?Sized)) -> Option<String> {
         let text = |name: &str| {
             headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
+                .value(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
