@@ -16,6 +16,10 @@
 //!   breaker), [`postgres`] (the PostgreSQL homework: followers and backends killed under
 //!   load).
 //!
+//! **Why a crate of its own.** A demo is a client of every part — `keel up`'s control
+//! API, the monitor, the proxy's admin API, the services, keel's own commands — and of
+//! none of their insides; apart, it keeps `keel-chaos`, which it drives, free of it.
+//!
 //! **Why the commands really run.** Where a step has a keel command (`keel client
 //! kill-primary`, `keel client fetch`), the demo runs that very command in its directory
 //! and shows its output; where the seed used curl, the demo makes the same requests

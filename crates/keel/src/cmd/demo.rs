@@ -37,9 +37,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             skipped.push(demo.name());
             continue;
         }
-        runtime
-            .block_on(keel_demo::run(demo, &options))
-            .with_context(|| format!("keel demo {}", demo.name()))?;
+        // Ctrl-C ends the demo where it is: dropping its run stops what it started (the
+        // processes are killed on drop) and removes its directory.
+        let played = runtime.block_on(async {
+            tokio::select! {
+                played = keel_demo::run(demo, &options) => Some(played),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        });
+        match played {
+            Some(played) => played.with_context(|| format!("keel demo {}", demo.name()))?,
+            None => {
+                println!("\nkeel demo {}: stopped (Ctrl-C)", demo.name());
+                // A wait for Enter may still hold a thread on the terminal.
+                runtime.shutdown_background();
+                return Ok(ExitCode::from(130));
+            }
+        }
     }
     if all {
         if skipped.is_empty() {
