@@ -13,31 +13,18 @@ use keel_core::Role;
 
 use crate::narrator::{Narrator, Seen as Saw, Step};
 use crate::stack::{Workdir, get_json, http};
-use crate::up::{Shape, Up};
+use crate::up::{Shape, Up, play_on};
 use crate::{Demo, DemoError, Ended, Options, show};
 
 const STEPS: usize = 6;
 
-pub async fn run(mut work: Workdir, options: &Options) -> Ended {
-    let up = match Up::start(
-        &mut work,
-        Shape {
-            nodes: 2,
-            services: 0,
-            postgres: false,
-        },
-    )
-    .await
-    {
-        Ok(up) => up,
-        Err(e) => return Err((work, e)),
+pub async fn run(work: Workdir, options: &Options) -> Ended {
+    let shape = Shape {
+        nodes: 2,
+        services: 0,
+        postgres: false,
     };
-    let result = steps(&work, &up, options).await;
-    up.stop().await;
-    match result {
-        Ok(()) => Ok(work),
-        Err(e) => Err((work, e)),
-    }
+    play_on(work, shape, async |work, up| steps(work, up, options).await).await
 }
 
 async fn steps(work: &Workdir, up: &Up, options: &Options) -> Result<(), DemoError> {
@@ -192,16 +179,7 @@ async fn maps(up: &Up) -> Result<Vec<(String, serde_json::Value)>, String> {
     let http = http().map_err(|e| e.to_string())?;
     let mut maps = Vec::new();
     for (k, node) in up.nodes.iter().enumerate() {
-        let url = format!("{node}/v1/entries");
-        let body: serde_json::Value = http
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("GET {url}: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+        let body = get_json(&http, &format!("{node}/v1/entries")).await?;
         maps.push((format!("app{}", k + 1), body));
     }
     Ok(maps)

@@ -9,7 +9,7 @@ use keel_chaos::Action;
 
 use crate::narrator::{Narrator, Seen as Saw, Step};
 use crate::stack::{Workdir, http, wait_for};
-use crate::up::{Shape, Up};
+use crate::up::{Shape, Up, play_on};
 use crate::{Demo, DemoError, Ended, Options};
 
 const STEPS: usize = 5;
@@ -26,22 +26,13 @@ pub fn missing() -> Option<DemoError> {
         })
 }
 
-pub async fn run(mut work: Workdir, options: &Options) -> Ended {
+pub async fn run(work: Workdir, options: &Options) -> Ended {
     let shape = Shape {
         nodes: 0,
         services: 2,
         postgres: true,
     };
-    let up = match Up::start(&mut work, shape).await {
-        Ok(up) => up,
-        Err(e) => return Err((work, e)),
-    };
-    let result = steps(&work, &up, options).await;
-    up.stop().await;
-    match result {
-        Ok(()) => Ok(work),
-        Err(e) => Err((work, e)),
-    }
+    play_on(work, shape, async |work, up| steps(work, up, options).await).await
 }
 
 async fn steps(work: &Workdir, up: &Up, options: &Options) -> Result<(), DemoError> {

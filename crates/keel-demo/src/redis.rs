@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::narrator::{Narrator, Seen as Saw, Step};
-use crate::stack::{Proc, Workdir, free_ports, get_json, http, wait_for};
+use crate::stack::{Proc, Workdir, free_ports, get_json, http, wait_for, wait_healthy};
 use crate::{Demo, DemoError, Ended, Options};
 
 const STEPS: usize = 4;
@@ -100,17 +100,7 @@ async fn start(work: &Workdir) -> Result<Stack, DemoError> {
         ],
     )?;
     let url = format!("http://127.0.0.1:{service_port}");
-    let http = http()?;
-    let health = format!("{url}/health");
-    let up = wait_for(Duration::from_secs(15), || {
-        let request = http.get(&health).send();
-        async move { request.await.ok().filter(|r| r.status().is_success()) }
-    })
-    .await;
-    if up.is_none() {
-        service.check_running()?;
-        return Err(service.start_error("it did not answer /health within 15 s".into()));
-    }
+    wait_healthy(&mut service, &url).await?;
     Ok(Stack {
         redis,
         service,

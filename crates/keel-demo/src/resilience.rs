@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::narrator::{Narrator, Seen as Saw, Step};
-use crate::stack::{Proc, Workdir, free_ports, http, metric_sum, wait_for};
+use crate::stack::{Proc, Workdir, free_ports, http, metric_sum, wait_healthy};
 use crate::{Demo, DemoError, Ended, Options, show};
 
 const STEPS: usize = 5;
@@ -54,17 +54,7 @@ async fn start(work: &Workdir) -> Result<Flaky, DemoError> {
             "admin.token".into(),
         ],
     )?;
-    let http = http()?;
-    let health = format!("{url}/health");
-    let up = wait_for(Duration::from_secs(15), || {
-        let request = http.get(&health).send();
-        async move { request.await.ok().filter(|r| r.status().is_success()) }
-    })
-    .await;
-    if up.is_none() {
-        proc.check_running()?;
-        return Err(proc.start_error("it did not answer /health within 15 s".into()));
-    }
+    wait_healthy(&mut proc, &url).await?;
     Ok(Flaky {
         proc,
         url: format!("{url}/"),

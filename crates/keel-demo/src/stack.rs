@@ -251,6 +251,22 @@ pub fn free_ports(n: u16) -> Result<u16, DemoError> {
     Err(DemoError::NoPorts(n))
 }
 
+/// Waits up to 15 s for `proc` to answer `GET {url}/health` with a 2xx.
+pub async fn wait_healthy(proc: &mut Proc, url: &str) -> Result<(), DemoError> {
+    let http = http()?;
+    let health = format!("{url}/health");
+    let up = wait_for(Duration::from_secs(15), || {
+        let request = http.get(&health).send();
+        async move { request.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+    if up.is_none() {
+        proc.check_running()?;
+        return Err(proc.start_error("it did not answer /health within 15 s".into()));
+    }
+    Ok(())
+}
+
 /// Polls `probe` every 50 ms until it gives a value or `limit` passes.
 pub async fn wait_for<T, F, Fut>(limit: Duration, mut probe: F) -> Option<T>
 where

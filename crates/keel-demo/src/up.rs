@@ -5,8 +5,8 @@ use std::time::Duration;
 use keel_chaos::{Action, Control};
 use keel_client::wire::ClusterView;
 
-use crate::DemoError;
 use crate::stack::{Proc, Workdir, free_ports, wait_for};
+use crate::{DemoError, Ended};
 
 /// What to run: `keel up` with a data tier, or `keel pg` (PostgreSQL, no data tier).
 pub struct Shape {
@@ -186,5 +186,24 @@ impl Up {
         if let Some(proc) = self.proc.take() {
             proc.stop(Duration::from_secs(20)).await;
         }
+    }
+}
+
+/// Starts the stack of `shape`, plays `steps` against it, and stops it whatever came of
+/// them: the shape of every demo that runs on `keel up` or `keel pg`.
+pub async fn play_on(
+    mut work: Workdir,
+    shape: Shape,
+    steps: impl AsyncFnOnce(&Workdir, &Up) -> Result<(), DemoError>,
+) -> Ended {
+    let up = match Up::start(&mut work, shape).await {
+        Ok(up) => up,
+        Err(e) => return Err((work, e)),
+    };
+    let result = steps(&work, &up).await;
+    up.stop().await;
+    match result {
+        Ok(()) => Ok(work),
+        Err(e) => Err((work, e)),
     }
 }
