@@ -9,6 +9,10 @@
 //! stops waiting for it only once the monitor has said yes.
 //!
 //! Requests go one at a time, so answers are applied in the order they were asked for.
+//!
+//! The session is written against [`Member`], not the node itself: a keeper of a
+//! PostgreSQL server (`keel_pg::keeper`) is a node to the monitor too, with the same
+//! machine behind it, and speaks the protocol through this same code.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +20,124 @@ use std::time::Duration;
 use keel_client::wire::{
     FailoverPhase, HeartbeatRequest, RefusalBody, RegisterRequest, SyncDropRequest, View, codes,
 };
+use keel_core::{Epoch, NodeId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::machine::{Input, Timing};
 use crate::shared::{Shared, Stats};
+
+/// What the monitor protocol needs of the member it speaks for: what it reports, and
+/// where the monitor's answers go (its machine).
+pub trait Member: Send + Sync + 'static {
+    /// The monitor's timing as last learned.
+    fn timing(&self) -> Timing;
+    /// The body of `POST /v1/register`; `None` while there is nothing true to report (a
+    /// keeper whose server is down), and then nothing is sent: to the monitor the member
+    /// is as silent as a dead node.
+    fn register(&self) -> Option<RegisterRequest>;
+    /// The body of `POST /v1/heartbeat`; `None` as for [`Member::register`].
+    fn heartbeat(&self) -> Option<HeartbeatRequest>;
+    /// Whether it acts as primary (it then asks to drop silent sync standbys).
+    fn is_primary(&self) -> bool;
+    /// Its id and the epoch it writes in, for a sync drop.
+    fn writer(&self) -> (NodeId, Epoch);
+    /// Its sync standbys silent for `heartbeat_timeout`, as (URL, id).
+    fn silent_sync_standbys(&self, now: Instant) -> Vec<(String, NodeId)>;
+    /// Whether keel's fault filter cuts it off from `url` (`keel chaos partition`).
+    fn blocks(&self, url: &str) -> bool;
+    /// The cluster secret's signer, when it has one.
+    fn signer(&self) -> Option<&keel_auth::Signer>;
+    /// TLS towards `https://` monitors.
+    fn tls(&self) -> Option<keel_auth::tls::ClientConfig>;
+    /// Counts a request's outcome (for `/metrics`).
+    fn counted(&self, ok: bool);
+    /// Hands an input to its machine and carries out what comes of it.
+    fn input(&self, input: Input) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Member for Shared {
+    fn timing(&self) -> Timing {
+        Shared::timing(self)
+    }
+
+    fn register(&self) -> Option<RegisterRequest> {
+        let status = self.store.status();
+        Some(RegisterRequest {
+            node: self.config.id.clone(),
+            url: self.config.advertise.clone(),
+            incarnation: self.incarnation,
+            epoch: status.epoch,
+            lsn: status.last.lsn,
+        })
+    }
+
+    fn heartbeat(&self) -> Option<HeartbeatRequest> {
+        let status = self.store.status();
+        let me = self.config.id.as_str();
+        let (role, standbys, drained, failover) = {
+            let machine = self.machine();
+            let (standbys, drained) = machine.report();
+            (
+                machine.role().role,
+                standbys,
+                drained,
+                machine.failover().cloned(),
+            )
+        };
+        // Draining is done once no write is waiting for its acks any more: what is in
+        // the log is then all there is to hand over.
+        let draining = drained
+            && failover
+                .is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining);
+        Some(HeartbeatRequest {
+            node: self.config.id.clone(),
+            incarnation: self.incarnation,
+            role,
+            epoch: status.epoch,
+            lsn: status.last.lsn,
+            standbys,
+            draining,
+        })
+    }
+
+    fn is_primary(&self) -> bool {
+        Shared::is_primary(self)
+    }
+
+    fn writer(&self) -> (NodeId, Epoch) {
+        (self.config.id.clone(), self.store.status().epoch)
+    }
+
+    fn silent_sync_standbys(&self, now: Instant) -> Vec<(String, NodeId)> {
+        self.machine().silent_sync_standbys(now)
+    }
+
+    fn blocks(&self, url: &str) -> bool {
+        self.faults.blocks(url)
+    }
+
+    fn signer(&self) -> Option<&keel_auth::Signer> {
+        self.signer.as_ref()
+    }
+
+    fn tls(&self) -> Option<keel_auth::tls::ClientConfig> {
+        self.config.tls.as_ref().map(|t| t.client_config())
+    }
+
+    fn counted(&self, ok: bool) {
+        let counter = if ok {
+            &self.stats.heartbeats_ok
+        } else {
+            &self.stats.heartbeats_failed
+        };
+        Stats::bump(counter, 1);
+    }
+
+    async fn input(&self, input: Input) {
+        Shared::input(self, input).await;
+    }
+}
 
 /// What a request to the monitor came back with.
 enum Answer {
@@ -31,10 +148,10 @@ enum Answer {
 /// Runs until `stop` turns true. `monitors` is one URL, or several separated by commas
 /// (a group of monitors): the node talks to the one that leads, follows a `421
 /// not_leader` to the leader it names, and tries the next when one does not answer.
-pub async fn run(shared: Arc<Shared>, monitors: String, mut stop: watch::Receiver<bool>) {
+pub async fn run<M: Member>(shared: Arc<M>, monitors: String, mut stop: watch::Receiver<bool>) {
     let mut builder = reqwest::Client::builder();
-    if let Some(tls) = &shared.config.tls {
-        builder = builder.tls_backend_preconfigured(tls.client_config());
+    if let Some(tls) = shared.tls() {
+        builder = builder.tls_backend_preconfigured(tls);
     }
     let client = match builder.build() {
         Ok(c) => c,
@@ -61,23 +178,41 @@ pub async fn run(shared: Arc<Shared>, monitors: String, mut stop: watch::Receive
         let timing = shared.timing();
         let sent_at = Instant::now();
         let result = if registered {
-            post(
-                &client,
-                &shared,
-                &format!("{monitor}/v1/heartbeat"),
-                &heartbeat(&shared),
-                timing.heartbeat_timeout,
-            )
-            .await
+            match shared.heartbeat() {
+                Some(body) => Some(
+                    post(
+                        &client,
+                        &*shared,
+                        &format!("{monitor}/v1/heartbeat"),
+                        &body,
+                        timing.heartbeat_timeout,
+                    )
+                    .await,
+                ),
+                None => None,
+            }
         } else {
-            post(
-                &client,
-                &shared,
-                &format!("{monitor}/v1/register"),
-                &register(&shared),
-                timing.heartbeat_timeout,
-            )
-            .await
+            match shared.register() {
+                Some(body) => Some(
+                    post(
+                        &client,
+                        &*shared,
+                        &format!("{monitor}/v1/register"),
+                        &body,
+                        timing.heartbeat_timeout,
+                    )
+                    .await,
+                ),
+                None => None,
+            }
+        };
+        // Nothing true to report this round: silent, as a dead node would be.
+        let Some(result) = result else {
+            tokio::select! {
+                _ = tokio::time::sleep_until(sent_at + timing.heartbeat_interval) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
         };
         match result {
             Ok(Answer::View(view)) => {
@@ -86,11 +221,11 @@ pub async fn run(shared: Arc<Shared>, monitors: String, mut stop: watch::Receive
                 }
                 monitor_up = true;
                 registered = true;
-                Stats::bump(&shared.stats.heartbeats_ok, 1);
-                apply(&shared, view, Some(sent_at)).await;
+                shared.counted(true);
+                apply(&*shared, view, Some(sent_at)).await;
             }
             Ok(Answer::Refused { status, body }) => {
-                Stats::bump(&shared.stats.heartbeats_failed, 1);
+                shared.counted(false);
                 if body.error == codes::STALE_INCARNATION {
                     // Another process has registered under this node's id since: it is the
                     // node now. Whatever view came with the refusal is that process's, and
@@ -120,7 +255,7 @@ pub async fn run(shared: Arc<Shared>, monitors: String, mut stop: watch::Receive
                     registered = false;
                 } else if let Some(view) = body.view {
                     tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused a heartbeat; following its view");
-                    apply(&shared, view, None).await;
+                    apply(&*shared, view, None).await;
                 } else {
                     tracing::warn!(status, error = %body.error, message = %body.message, "monitor refused a heartbeat");
                     // A refused registration must not be retried in a tight loop forever
@@ -128,7 +263,7 @@ pub async fn run(shared: Arc<Shared>, monitors: String, mut stop: watch::Receive
                 }
             }
             Err(e) => {
-                Stats::bump(&shared.stats.heartbeats_failed, 1);
+                shared.counted(false);
                 if monitor_up {
                     tracing::warn!(monitor = %monitor, error = %e, "monitor unreachable; carrying on with the last view");
                     monitor_up = false;
@@ -137,7 +272,7 @@ pub async fn run(shared: Arc<Shared>, monitors: String, mut stop: watch::Receive
             }
         }
         if registered && shared.is_primary() {
-            drop_silent_standbys(&shared, &client, &monitor, timing).await;
+            drop_silent_standbys(&*shared, &client, &monitor, timing).await;
         }
         tokio::select! {
             _ = tokio::time::sleep_until(sent_at + timing.heartbeat_interval) => {}
@@ -162,18 +297,18 @@ fn next_monitor(monitors: &[String], current: &str) -> String {
 /// port, or a monitor of another cluster, is treated as no monitor at all.
 async fn post<T: serde::Serialize>(
     client: &reqwest::Client,
-    shared: &Shared,
+    shared: &impl Member,
     url: &str,
     body: &T,
     timeout: Duration,
 ) -> Result<Answer, String> {
-    if shared.faults.blocks(url) {
+    if shared.blocks(url) {
         return Err(format!(
             "{url}: connection refused by keel's fault filter (keel chaos partition)"
         ));
     }
     let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-    let signed = match &shared.signer {
+    let signed = match shared.signer() {
         Some(signer) => Some(signer.sign("POST", url, &body).map_err(|e| e.to_string())?),
         None => None,
     };
@@ -188,7 +323,7 @@ async fn post<T: serde::Serialize>(
     let status = resp.status();
     let answer_sig = keel_auth::signature_of(resp.headers());
     let bytes = resp.bytes().await.map_err(|e| chain(&e))?;
-    if let (Some(signer), Some(signed)) = (&shared.signer, &signed) {
+    if let (Some(signer), Some(signed)) = (shared.signer(), &signed) {
         signer
             .check_answer(signed, answer_sig.as_deref(), status.as_u16(), Some(&bytes))
             .map_err(|e| {
@@ -232,49 +367,10 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn register(shared: &Shared) -> RegisterRequest {
-    let status = shared.store.status();
-    RegisterRequest {
-        node: shared.config.id.clone(),
-        url: shared.config.advertise.clone(),
-        incarnation: shared.incarnation,
-        epoch: status.epoch,
-        lsn: status.last.lsn,
-    }
-}
-
-fn heartbeat(shared: &Shared) -> HeartbeatRequest {
-    let status = shared.store.status();
-    let me = shared.config.id.as_str();
-    let (role, standbys, drained, failover) = {
-        let machine = shared.machine();
-        let (standbys, drained) = machine.report();
-        (
-            machine.role().role,
-            standbys,
-            drained,
-            machine.failover().cloned(),
-        )
-    };
-    // Draining is done once no write is waiting for its acks any more: what is in the
-    // log is then all there is to hand over.
-    let draining = drained
-        && failover.is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining);
-    HeartbeatRequest {
-        node: shared.config.id.clone(),
-        incarnation: shared.incarnation,
-        role,
-        epoch: status.epoch,
-        lsn: status.last.lsn,
-        standbys,
-        draining,
-    }
-}
-
 /// Hands the monitor's view to the machine. `sent_at` is when the request that brought it
 /// was sent (for the lease); `None` for a view that came with a refusal, which renews
 /// nothing.
-async fn apply(shared: &Shared, view: View, sent_at: Option<Instant>) {
+async fn apply(shared: &impl Member, view: View, sent_at: Option<Instant>) {
     shared
         .input(Input::View {
             view: Box::new(view),
@@ -286,16 +382,17 @@ async fn apply(shared: &Shared, view: View, sent_at: Option<Instant>) {
 /// Asks the monitor to drop from the sync set every sync standby that has not been
 /// streaming for `heartbeat_timeout`, and stops waiting for it once the monitor agrees.
 async fn drop_silent_standbys(
-    shared: &Shared,
+    shared: &impl Member,
     client: &reqwest::Client,
     monitor: &str,
     timing: Timing,
 ) {
-    let silent = shared.machine().silent_sync_standbys(Instant::now());
+    let silent = shared.silent_sync_standbys(Instant::now());
     for (url, standby) in silent {
+        let (node, epoch) = shared.writer();
         let request = SyncDropRequest {
-            node: shared.config.id.clone(),
-            epoch: shared.store.status().epoch,
+            node,
+            epoch,
             standby,
         };
         match post(
