@@ -13,7 +13,9 @@
 //! - [`running`]: [`Running`], a server run as a child and stopped (a fast shutdown)
 //!   when dropped;
 //! - [`cluster`]: [`cluster::ensure`], a primary and its standbys made where missing and
-//!   reused where present.
+//!   reused where present;
+//! - [`observe`]: what a server says of itself — in recovery or not, its WAL position,
+//!   its timeline, the standbys streaming from it — as a keeper reports it to the monitor.
 //!
 //! Nothing here decides anything about traffic: which server takes which connection is
 //! the proxy's business, from what its checks see.
@@ -21,6 +23,7 @@
 
 pub mod cluster;
 pub mod install;
+pub mod observe;
 pub mod owner;
 pub mod running;
 pub mod server;

@@ -139,3 +139,79 @@ async fn a_primary_and_a_standby_replicate_and_only_the_password_lets_in() {
     assert_eq!(again.password(), setup.password());
     assert!(pg1.is_initialised() && pg2.is_initialised() && pg2.is_standby());
 }
+
+/// Polls `observe` on `client` until `holds`, at most 10 s.
+async fn observe_until(
+    client: &tokio_postgres::Client,
+    what: &str,
+    holds: impl Fn(&keel_pg::observe::Observed) -> bool,
+) -> keel_pg::observe::Observed {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = keel_pg::observe::observe(client).await.expect("observe");
+        if holds(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_sees_role_position_timeline_and_standbys_and_a_promotion_moves_the_timeline() {
+    let dir = base();
+    let setup = Setup::prepare(dir.path()).expect("PostgreSQL is installed");
+    let pg1 = Server::new("pg1", dir.path(), free_port());
+    let pg2 = Server::new("pg2", dir.path(), free_port());
+    setup.init_primary(&pg1).expect("initdb");
+    let mut p1 = Running::start(&setup, &pg1).expect("start pg1");
+    p1.wait_ready(Duration::from_secs(30)).expect("pg1 up");
+    let primary = connect_when_up(&setup.conninfo(&pg1), &pg1.dir.with_extension("log")).await;
+    setup.clone_standby(&pg2, &pg1).expect("pg_basebackup");
+    let mut p2 = Running::start(&setup, &pg2).expect("start pg2");
+    p2.wait_ready(Duration::from_secs(30)).expect("pg2 up");
+    let standby = connect_when_up(&setup.conninfo(&pg2), &pg2.dir.with_extension("log")).await;
+
+    // The primary: not in recovery, on timeline 1, with pg2 streaming from it.
+    let seen = observe_until(&primary, "streaming to pg2", |o| {
+        o.replicas.iter().any(|r| r.name == "pg2" && r.streaming())
+    })
+    .await;
+    assert!(!seen.in_recovery && seen.timeline == 1, "{seen:?}");
+    assert_eq!(seen.replicas.len(), 1, "{seen:?}");
+
+    // A write moves the primary's position; the standby's follows it, and the primary
+    // sees the standby's flush reach it.
+    primary
+        .batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')")
+        .await
+        .expect("write");
+    let after = keel_pg::observe::observe(&primary).await.expect("observe");
+    assert!(after.lsn > seen.lsn, "{seen:?} then {after:?}");
+    let replayed = observe_until(&standby, "caught up", |o| o.lsn >= after.lsn).await;
+    assert!(replayed.in_recovery && replayed.replicas.is_empty() && replayed.timeline == 1);
+    observe_until(&primary, "flushed on pg2", |o| {
+        o.replicas
+            .iter()
+            .any(|r| r.name == "pg2" && r.flushed >= after.lsn)
+    })
+    .await;
+
+    // Promoted, the standby leaves recovery on a new timeline, with the row.
+    let promoted: bool = standby
+        .query_one("SELECT pg_promote(true, 30)", &[])
+        .await
+        .expect("pg_promote")
+        .get(0);
+    assert!(promoted);
+    let seen = observe_until(&standby, "on timeline 2", |o| {
+        !o.in_recovery && o.timeline == 2
+    })
+    .await;
+    assert!(seen.lsn >= after.lsn, "{seen:?}");
+    let row = standby
+        .query_one("SELECT v FROM t", &[])
+        .await
+        .expect("read");
+    assert_eq!(row.get::<_, String>(0), "kept");
+}
