@@ -15,7 +15,9 @@
 //! - [`cluster`]: [`cluster::ensure`], a primary and its standbys made where missing and
 //!   reused where present;
 //! - [`observe`]: what a server says of itself — in recovery or not, its WAL position,
-//!   its timeline, the standbys streaming from it — as a keeper reports it to the monitor.
+//!   its timeline, the standbys streaming from it — as a keeper reports it to the monitor;
+//! - [`keeper`]: [`keeper::Links`], what a primary's `pg_stat_replication` shows, as the
+//!   inputs of keel's node machine, which a keeper runs to be a node to the monitor.
 //!
 //! Nothing here decides anything about traffic: which server takes which connection is
 //! the proxy's business, from what its checks see.
@@ -23,6 +25,7 @@
 
 pub mod cluster;
 pub mod install;
+pub mod keeper;
 pub mod observe;
 pub mod owner;
 pub mod running;
