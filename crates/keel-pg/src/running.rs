@@ -28,13 +28,22 @@ pub struct Running {
 impl Running {
     /// Starts `server` (`postgres -D DIR`, as the setup's owner).
     pub fn start(setup: &Setup, server: &Server) -> Result<Running, PgError> {
+        Self::spawn(setup.command(server), server)
+    }
+
+    /// Like [`Running::start`], the server dying with this process even when it is
+    /// killed (a keeper's server lives and dies with its keeper).
+    pub fn start_supervised(setup: &Setup, server: &Server) -> Result<Running, PgError> {
+        Self::spawn(setup.supervised_command(server), server)
+    }
+
+    fn spawn(mut command: std::process::Command, server: &Server) -> Result<Running, PgError> {
         let log = server.dir.with_extension("log");
         let out = File::create(&log).map_err(PgError::io(format!("create {}", log.display())))?;
         let err = out
             .try_clone()
             .map_err(PgError::io(format!("open {}", log.display())))?;
-        let child = setup
-            .command(server)
+        let child = command
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -64,6 +73,18 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether it has ended.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills it at once (SIGKILL): nothing more is acknowledged, nothing is flushed that
+    /// was not already.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Its process id.

@@ -119,6 +119,23 @@ impl Setup {
         self.base.join(PASSWORD_FILE)
     }
 
+    /// libpq's password file for the `keel` role (what `primary_conninfo`'s `passfile`
+    /// names, so that no password is written into a server's settings).
+    pub fn passfile(&self) -> PathBuf {
+        self.base.join(PASSFILE)
+    }
+
+    /// Makes `server` start in recovery (`standby.signal`), whatever it was: a keeper's
+    /// server becomes primary only by a promotion the monitor asked for.
+    pub fn start_in_recovery(&self, server: &Server) -> Result<(), PgError> {
+        let signal = server.dir.join("standby.signal");
+        if !signal.is_file() {
+            fs::write(&signal, "").map_err(PgError::io(format!("write {}", signal.display())))?;
+            self.owner.own(&signal)?;
+        }
+        Ok(())
+    }
+
     /// The password of the `keel` role.
     pub fn password(&self) -> &str {
         &self.password

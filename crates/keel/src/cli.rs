@@ -64,6 +64,44 @@ pub enum Command {
     /// Play a seed's step table against a stack started in a temporary directory: for
     /// each step the narration, the command, what to watch, and what keel observed.
     Demo(DemoArgs),
+    /// Run one PostgreSQL server as a node of the monitor: it reports the server's role
+    /// and WAL position, promotes it, points it at the primary and sets its synchronous
+    /// standbys as the monitor decides, and stops it when it may no longer be primary.
+    Keeper(KeeperArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeeperArgs {
+    /// The keeper's id, which is also its server's name and directory (<data-dir>/ID).
+    #[arg(long)]
+    pub id: NodeId,
+
+    /// Address of the keeper's API (the monitor probes it; standbys ask it where the
+    /// server listens).
+    #[arg(long)]
+    pub listen: SocketAddr,
+
+    /// The monitor's URL, or a group's URLs separated by commas.
+    #[arg(long, value_name = "URL[,URL…]")]
+    pub monitor: String,
+
+    /// Where the servers, the password and the keepers' state live (as keel pg and keel
+    /// up --postgres make them).
+    #[arg(long, default_value = "./keel-data")]
+    pub data_dir: PathBuf,
+
+    /// The server's port on 127.0.0.1.
+    #[arg(long)]
+    pub pg_port: u16,
+
+    /// File holding the admin token (else KEEL_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+
+    /// File holding the cluster secret that members sign their calls with (else
+    /// KEEL_CLUSTER_SECRET).
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

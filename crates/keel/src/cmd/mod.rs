@@ -6,6 +6,7 @@ mod client;
 mod dashboard;
 mod demo;
 mod flaky;
+mod keeper;
 mod load;
 mod monitor;
 mod node;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dashboard(args) => dashboard::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Keeper(args) => keeper::run(args),
     }
 }
 

@@ -1,0 +1,395 @@
+//! A keeper: one PostgreSQL server, run by keel and made a node to the monitor.
+//!
+//! The keeper starts its server, watches what it says of itself ([`crate::observe`]),
+//! and speaks the monitor protocol through the data tier's own session
+//! (`keel_node::heartbeat`) with the data tier's own machine (`keel_node::machine`)
+//! behind it: roles, epochs, the lease, the sync set and promotion are decided there,
+//! once, for keel's nodes and PostgreSQL alike. The keeper only carries the machine's
+//! decisions out on PostgreSQL:
+//!
+//! | the machine asks | the keeper does |
+//! |---|---|
+//! | record an epoch | writes it to `<server>.keeper.json`, synced, before anything else |
+//! | promote in epoch E | `pg_promote()`, then reports the promotion recorded |
+//! | follow primary P | points `primary_conninfo` at P's server (asked of P's keeper, `GET /v1/pg`) |
+//! | the sync set | `synchronous_standby_names = 'ANY 1 (…)'`, so a COMMIT waits for a sync standby |
+//!
+//! and it stops its server, and exits, when the server may no longer be primary: the
+//! lease ran out (no majority renewed it), or the monitor made another primary while this
+//! one still writes (deposed). A keeper always starts its server in recovery: a server
+//! that was primary becomes primary again only when the monitor says so, through a
+//! promotion (on a new timeline), never by being started.
+//!
+//! - [`links`]: what the primary's `pg_stat_replication` shows, as the machine's inputs;
+//! - [`member`]: [`member::Keeper`], the state the tasks share and the machine's outputs
+//!   carried out;
+//! - [`api`]: its HTTP API — `/health` (signed, for the monitor's probes) and `/v1/pg`
+//!   (where its server listens, for standbys to follow it).
+
+pub mod api;
+pub mod links;
+pub mod member;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_core::Role;
+use keel_node::heartbeat::Member as _;
+use keel_node::machine::Input;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+pub use links::Links;
+pub use member::{Action, Keeper};
+
+use crate::observe::observe;
+use crate::{PgError, Running, Server, Setup};
+
+/// How often the keeper asks its server what it is.
+const OBSERVE_EVERY: Duration = Duration::from_millis(50);
+
+/// What a keeper is told on its command line.
+#[derive(Debug, Clone)]
+pub struct KeeperConfig {
+    /// Its node id, which is also its server's `cluster_name` (`pg1`).
+    pub id: keel_core::NodeId,
+    /// Where its HTTP API listens.
+    pub listen: SocketAddr,
+    /// Its API's URL as others reach it.
+    pub advertise: String,
+    /// The monitor, or a group's monitors separated by commas.
+    pub monitor: String,
+    /// Where the servers, the password and the keepers' state live.
+    pub base: PathBuf,
+    /// Its server's port.
+    pub pg_port: u16,
+    /// The cluster secret (members sign with it).
+    pub secret: Option<keel_auth::ClusterSecret>,
+    /// The admin token.
+    pub token: Option<keel_core::token::Token>,
+}
+
+/// Why a keeper stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    /// Its server could not be set up or started.
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    /// Its API's address cannot be listened on.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Its server cannot be reached.
+    #[error("cannot connect to PostgreSQL ({name})")]
+    Connect {
+        name: String,
+        source: tokio_postgres::Error,
+    },
+    /// Its server ended: a keeper lives and dies with its server, so that the monitor
+    /// sees the one as it sees the other.
+    #[error("PostgreSQL ({0}) exited; start the keeper again to rejoin as a standby")]
+    ServerExited(String),
+    /// Its server was stopped so that it can never acknowledge a commit in competition
+    /// with another primary.
+    #[error("stopped PostgreSQL ({name}): {why}; start the keeper again to rejoin as a standby")]
+    Fenced { name: String, why: String },
+}
+
+/// Runs a keeper until `shutdown` resolves or its server ends.
+pub async fn run(
+    config: KeeperConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), KeeperError> {
+    let setup = Setup::prepare(&config.base)?;
+    let server = Server::new(config.id.as_str(), &config.base, config.pg_port);
+    if !server.is_initialised() {
+        return Err(PgError::NotInstalled(format!(
+            "{} holds no PostgreSQL cluster: make it first (keel pg, or keel up --postgres)",
+            server.dir.display()
+        ))
+        .into());
+    }
+    // Whatever it was, the server starts in recovery: only a promotion makes a primary.
+    setup.start_in_recovery(&server)?;
+    let mut running = Running::start_supervised(&setup, &server)?;
+    running.wait_ready(Duration::from_secs(60))?;
+    let client = connect(&setup, &server).await?;
+    let observed = observe(&client).await.ok();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| KeeperError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let (actions_tx, mut actions) = mpsc::unbounded_channel();
+    let keeper = Arc::new(Keeper::new(config.clone(), &server, observed, actions_tx)?);
+    tracing::info!(keeper = %config.id, pg_port = config.pg_port, listen = %config.listen, "keeper started");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let session = tokio::spawn(keel_node::heartbeat::run(
+        keeper.clone(),
+        config.monitor.clone(),
+        stop_rx.clone(),
+    ));
+    let app = api::router(keeper.clone());
+    let (served_tx, _) = watch::channel(false);
+    let server_task = tokio::spawn(keel_http::serve_draining(
+        listener,
+        app,
+        async move {
+            let mut stop = stop_rx;
+            let _ = stop.changed().await;
+        },
+        Duration::from_secs(2),
+        served_tx,
+        None,
+    ));
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut driver = Driver {
+        keeper: keeper.clone(),
+        setup,
+        server,
+        client,
+        links: Links::default(),
+        sync_names: None,
+        following: None,
+        last_grants: None,
+    };
+    let ended = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            action = actions.recv() => {
+                if let Some(action) = action
+                    && let Err(e) = driver.carry_out(action).await
+                {
+                    break Err(e);
+                }
+            }
+            () = tokio::time::sleep(OBSERVE_EVERY) => {
+                if let Err(e) = driver.round(&mut running).await {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    session.abort();
+    let _ = server_task.await;
+    // Dropping `running` stops the server with a fast shutdown, unless it was fenced.
+    drop(running);
+    ended
+}
+
+/// Connects to the local server as `keel`.
+async fn connect(setup: &Setup, server: &Server) -> Result<tokio_postgres::Client, KeeperError> {
+    let (client, connection) =
+        tokio_postgres::connect(&setup.conninfo(server), tokio_postgres::NoTls)
+            .await
+            .map_err(|source| KeeperError::Connect {
+                name: server.name.clone(),
+                source,
+            })?;
+    tokio::spawn(async move {
+        // The connection ends with the server; the next query says so.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The loop's own state: the server, its connection, and what was last set on it.
+struct Driver {
+    keeper: Arc<Keeper>,
+    setup: Setup,
+    server: Server,
+    client: tokio_postgres::Client,
+    links: Links,
+    /// The `synchronous_standby_names` last set.
+    sync_names: Option<String>,
+    /// The primary's server last followed, as `host:port`.
+    following: Option<String>,
+    /// When the standbys were last asked to renew this primary's lease.
+    last_grants: Option<Instant>,
+}
+
+impl Driver {
+    /// One round: the server still runs, what it says now, the machine's deadlines, the
+    /// sync set, and the lease.
+    async fn round(&mut self, running: &mut Running) -> Result<(), KeeperError> {
+        if running.exited() {
+            self.keeper.set_observed(None);
+            return Err(KeeperError::ServerExited(self.server.name.clone()));
+        }
+        if let Some(why) = self.keeper.failure() {
+            return Err(self.fence(running, &why));
+        }
+        let observed = observe(&self.client).await.ok();
+        self.keeper.set_observed(observed.clone());
+        let now = Instant::now();
+        if let Some(observed) = &observed
+            && self.keeper.is_primary_now()
+        {
+            let inputs = self.links.inputs(&self.keeper.links(), observed);
+            for input in inputs {
+                self.keeper.feed(input);
+            }
+        }
+        if self.keeper.deadline_passed(now) {
+            self.keeper.feed(Input::Tick);
+        }
+        if self.keeper.is_primary_now() {
+            self.set_sync_names().await;
+            self.ask_grants(now).await;
+            if !self.keeper.lease_valid(Instant::now()) {
+                return Err(self.fence(running, "its lease ran out: no majority renewed it"));
+            }
+        }
+        if let Some(observed) = &observed
+            && !observed.in_recovery
+            && self.keeper.role_now() == Role::Standby
+            && self.keeper.seen_primary_elsewhere()
+        {
+            return Err(self.fence(running, "another server is primary now"));
+        }
+        Ok(())
+    }
+
+    async fn carry_out(&mut self, action: Action) -> Result<(), KeeperError> {
+        match action {
+            Action::Promote(epoch) => {
+                let promoted = self
+                    .client
+                    .query_one("SELECT pg_promote(true, 30)", &[])
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|row| row.try_get::<_, bool>(0).map_err(|e| e.to_string()));
+                let observed = observe(&self.client).await.ok();
+                let error = match promoted {
+                    Ok(true) => None,
+                    Ok(false) => Some("pg_promote() did not finish within 30 s".to_owned()),
+                    // Already out of recovery (promoted before, or never a standby).
+                    Err(_) if observed.as_ref().is_some_and(|o| !o.in_recovery) => None,
+                    Err(e) => Some(e),
+                };
+                let log_end = observed.as_ref().map_or(keel_core::Lsn(0), |o| o.lsn);
+                self.keeper.set_observed(observed);
+                // The links start over: the new primary's walsenders are not the old one's.
+                self.links = Links::default();
+                self.sync_names = None;
+                self.keeper.feed(Input::PromotionRecorded {
+                    epoch,
+                    log_end,
+                    error,
+                });
+            }
+            Action::Follow(Some(primary_url)) => self.follow(&primary_url).await,
+            Action::Follow(None) => {}
+        }
+        Ok(())
+    }
+
+    /// Points this standby's server at the primary's: asked of the primary's keeper.
+    async fn follow(&mut self, primary_url: &str) {
+        let Some(address) = self.keeper.server_of(primary_url).await else {
+            return;
+        };
+        if self.following.as_deref() == Some(address.as_str()) {
+            return;
+        }
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return;
+        };
+        let conninfo = format!(
+            "host={host} port={port} user=keel passfile={} application_name={}",
+            self.setup.passfile().display(),
+            self.server.name
+        );
+        let sql = format!(
+            "ALTER SYSTEM SET primary_conninfo = {}",
+            quote_literal(&conninfo)
+        );
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => {
+                let _ = self.client.batch_execute("SELECT pg_reload_conf()").await;
+                tracing::info!(primary = %address, "following the primary's server");
+                self.following = Some(address);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot point primary_conninfo at the primary"),
+        }
+    }
+
+    /// Asks every standby's keeper to renew the lease, once per heartbeat interval, all at
+    /// once: a dead one costs the others nothing. Each grant renews the lease from when it
+    /// was asked for, as a data node's standby's ack does from when the frame was sent.
+    async fn ask_grants(&mut self, now: Instant) {
+        let every = self.keeper.timing().heartbeat_interval;
+        if self.last_grants.is_some_and(|at| now < at + every) {
+            return;
+        }
+        self.last_grants = Some(now);
+        let links = self.keeper.links();
+        let asked = links.iter().map(|link| {
+            let keeper = self.keeper.clone();
+            let url = link.url.clone();
+            async move { keeper.ask_grant(&url).await }
+        });
+        let answers = futures::future::join_all(asked).await;
+        for (link, granted) in links.iter().zip(answers) {
+            if granted {
+                self.keeper.feed(Input::Ack {
+                    link: link.id,
+                    lsn: link.acked,
+                    sent_at: Some(now),
+                });
+            }
+        }
+    }
+
+    /// Sets `synchronous_standby_names` to the machine's sync set, when it changed.
+    async fn set_sync_names(&mut self) {
+        let names = self.keeper.sync_standbys();
+        let value = if names.is_empty() {
+            String::new()
+        } else {
+            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            format!("ANY 1 ({})", quoted.join(", "))
+        };
+        if self.sync_names.as_deref() == Some(value.as_str()) {
+            return;
+        }
+        let sql = format!(
+            "ALTER SYSTEM SET synchronous_standby_names = {}",
+            quote_literal(&value)
+        );
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => {
+                let _ = self.client.batch_execute("SELECT pg_reload_conf()").await;
+                tracing::info!(sync = %value, "synchronous standbys set");
+                self.sync_names = Some(value);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot set synchronous_standby_names"),
+        }
+    }
+
+    /// Stops the server at once (no commit may be acknowledged from now on).
+    fn fence(&mut self, running: &mut Running, why: &str) -> KeeperError {
+        running.kill();
+        self.keeper.set_observed(None);
+        tracing::error!(why, "stopped PostgreSQL");
+        KeeperError::Fenced {
+            name: self.server.name.clone(),
+            why: why.to_owned(),
+        }
+    }
+}
+
+/// `text` as an SQL string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

@@ -1,0 +1,215 @@
+//! `keel keeper`: real PostgreSQL servers made nodes of the monitor. The monitor picks
+//! the primary, the keeper promotes it, standbys follow it, COMMITs wait for a sync
+//! standby, and a primary whose postmaster is killed with `kill -9` is replaced by a
+//! standby holding every acknowledged COMMIT.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::pg::PgCluster;
+use support::{KeelProcess, TestMonitor, free_ports, tempdir, wait_until};
+
+/// `keel keeper` for server `i` of `cluster`, under `monitor`.
+fn keeper(cluster: &PgCluster, i: usize, port: u16, monitor: &TestMonitor) -> KeelProcess {
+    let name = format!("pg{}", i + 1);
+    let listen = format!("127.0.0.1:{port}");
+    let base = cluster.servers[i]
+        .dir
+        .parent()
+        .expect("the servers' base directory")
+        .display()
+        .to_string();
+    let pg_port = cluster.servers[i].port.to_string();
+    let mut args = vec![
+        "keeper",
+        "--id",
+        &name,
+        "--listen",
+        &listen,
+        "--monitor",
+        &monitor.url,
+        "--data-dir",
+        &base,
+        "--pg-port",
+        &pg_port,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    args.extend(monitor.member_flags());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    KeelProcess::spawn(&format!("keeper-{name}"), &refs)
+}
+
+/// The node `name` in the monitor's view.
+fn node(view: &serde_json::Value, name: &str) -> serde_json::Value {
+    view["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["node"] == name).cloned())
+        .unwrap_or_default()
+}
+
+/// The postmaster's pid, from its `postmaster.pid`.
+fn postmaster_pid(cluster: &PgCluster, i: usize) -> i32 {
+    let text = std::fs::read_to_string(cluster.servers[i].dir.join("postmaster.pid"))
+        .expect("postmaster.pid");
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("a pid on postmaster.pid's first line")
+}
+
+#[test]
+fn the_monitor_promotes_a_standby_when_the_primarys_postmaster_is_killed_and_no_commit_is_lost() {
+    let dir = tempdir();
+    let mut cluster = PgCluster::start(dir.path());
+    // The keepers run the servers from here on.
+    for i in 0..3 {
+        cluster.running[i] = None;
+    }
+    let monitor = TestMonitor::start_closed(&dir.path().join("monitor"), &[]);
+    let ports = free_ports(3);
+    let mut keepers: Vec<KeelProcess> = Vec::new();
+    keepers.push(keeper(&cluster, 0, ports[0], &monitor));
+    // pg1 registers first: the monitor makes it primary and its keeper promotes it.
+    let elected = wait_until(Duration::from_secs(30), || {
+        let view = monitor.cluster();
+        view["primary"]["node"] == "pg1" && node(&view, "pg1")["healthy"] == true
+    });
+    assert!(elected, "pg1 never primary: {}", monitor.cluster());
+    keepers.push(keeper(&cluster, 1, ports[1], &monitor));
+    keepers.push(keeper(&cluster, 2, ports[2], &monitor));
+    let ready = wait_until(Duration::from_secs(30), || {
+        let view = monitor.cluster();
+        ["pg2", "pg3"]
+            .iter()
+            .all(|n| node(&view, n)["promotable"] == true && node(&view, n)["sync"] == true)
+    });
+    assert!(
+        ready,
+        "the standbys never promotable: {}",
+        monitor.cluster()
+    );
+    assert_eq!(
+        cluster.query_one(cluster.servers[0].port, "SELECT pg_is_in_recovery()::text"),
+        Ok("false".into())
+    );
+    // The primary's COMMITs wait for a standby of the monitor's sync set.
+    let synchronous = wait_until(Duration::from_secs(10), || {
+        cluster
+            .query_one(cluster.servers[0].port, "SHOW synchronous_standby_names")
+            .is_ok_and(|s| s == r#"ANY 1 ("pg2", "pg3")"#)
+    });
+    assert!(
+        synchronous,
+        "synchronous_standby_names: {:?}",
+        cluster.query_one(cluster.servers[0].port, "SHOW synchronous_standby_names")
+    );
+
+    // A writer commits rows one at a time on pg1 until pg1 is gone.
+    cluster.exec(0, "CREATE TABLE w (id int primary key)");
+    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let writer = {
+        let acked = acked.clone();
+        let conninfo = cluster.setup.conninfo(&cluster.servers[0]);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let (client, connection) =
+                    tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                        .await
+                        .expect("connect to pg1");
+                tokio::spawn(connection);
+                for id in 0..i32::MAX {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                    let insert = client.execute("INSERT INTO w VALUES ($1)", &params);
+                    match tokio::time::timeout(Duration::from_secs(5), insert).await {
+                        Ok(Ok(_)) => acked.lock().expect("acked").push(id),
+                        _ => break,
+                    }
+                }
+            });
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = postmaster_pid(&cluster, 0);
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the postmaster");
+    let promoted = wait_until(Duration::from_secs(15), || {
+        let view = monitor.cluster();
+        view["primary"]["node"] != "pg1"
+            && view["primary"]["node"].is_string()
+            && view["failover_in_progress"] == false
+    });
+    let took = killed.elapsed();
+    let view = monitor.cluster();
+    assert!(promoted, "no standby promoted: {view}");
+    eprintln!(
+        "promoted {} {took:?} after kill -9",
+        view["primary"]["node"]
+    );
+    writer.join().expect("writer");
+    let acked = acked.lock().expect("acked").clone();
+    assert!(
+        acked.len() > 10,
+        "the writer committed only {} rows",
+        acked.len()
+    );
+
+    // The keeper of the dead server ended with it.
+    let ended = keepers[0].wait_timeout(Duration::from_secs(10));
+    assert!(
+        ended.is_some_and(|s| !s.success()),
+        "pg1's keeper outlived its server: {ended:?}"
+    );
+    // The new primary is out of recovery and holds every acknowledged COMMIT.
+    let new = if view["primary"]["node"] == "pg2" {
+        1
+    } else {
+        2
+    };
+    let port = cluster.servers[new].port;
+    let out_of_recovery = wait_until(Duration::from_secs(10), || {
+        cluster.query_one(port, "SELECT pg_is_in_recovery()::text") == Ok("false".into())
+    });
+    assert!(out_of_recovery, "{view}");
+    let count = cluster
+        .query_one(
+            port,
+            &format!(
+                "SELECT count(*)::text FROM w WHERE id IN ({})",
+                acked
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        )
+        .expect("count on the new primary");
+    assert_eq!(count, acked.len().to_string(), "acknowledged COMMITs lost");
+    // The other standby follows the new primary.
+    let other = 3 - new;
+    let follows = wait_until(Duration::from_secs(15), || {
+        cluster
+            .query_one(
+                cluster.servers[new].port,
+                "SELECT string_agg(application_name, ',') FROM pg_stat_replication",
+            )
+            .is_ok_and(|names| names.contains(&format!("pg{}", other + 1)))
+    });
+    assert!(
+        follows,
+        "pg{} does not stream from the new primary",
+        other + 1
+    );
+    drop(keepers);
+}
