@@ -125,6 +125,29 @@ impl Setup {
         self.base.join(PASSFILE)
     }
 
+    /// Makes `server`, a former primary, a copy of the primary at `source` (`host:port`)
+    /// again: `pg_rewind` takes back what `server` wrote after the two parted (never
+    /// acknowledged: a COMMIT waits for a sync standby), and the server's own name and
+    /// port go back into its settings, which the rewind copied from the source.
+    pub fn rewind(&self, server: &Server, source: &str) -> Result<(), PgError> {
+        let (host, port) = source.rsplit_once(':').ok_or_else(|| PgError::Tool {
+            tool: "pg_rewind".into(),
+            status: "not run".into(),
+            output: format!("{source:?} is not host:port"),
+        })?;
+        self.run(
+            "pg_rewind",
+            &[
+                "--target-pgdata".into(),
+                server.dir.clone().into(),
+                "--source-server".into(),
+                format!("host={host} port={port} user={USER} dbname=postgres").into(),
+            ],
+            &[("PGPASSFILE", self.base.join(PASSFILE).into())],
+        )?;
+        append(&server.dir.join("postgresql.conf"), &settings(server))
+    }
+
     /// Makes `server` start in recovery (`standby.signal`), whatever it was: a keeper's
     /// server becomes primary only by a promotion the monitor asked for.
     pub fn start_in_recovery(&self, server: &Server) -> Result<(), PgError> {
@@ -293,6 +316,7 @@ fn settings(server: &Server) -> String {
          wal_keep_size = '256MB'\n\
          hot_standby = on\n\
          hot_standby_feedback = on\n\
+         wal_log_hints = on\n\
          password_encryption = 'scram-sha-256'\n\
          logging_collector = off\n",
         port = server.port,

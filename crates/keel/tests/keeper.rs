@@ -1,7 +1,8 @@
 //! `keel keeper`: real PostgreSQL servers made nodes of the monitor. The monitor picks
 //! the primary, the keeper promotes it, standbys follow it, COMMITs wait for a sync
 //! standby, and a primary whose postmaster is killed with `kill -9` is replaced by a
-//! standby holding every acknowledged COMMIT.
+//! standby holding every acknowledged COMMIT; started again, the old primary is rewound
+//! with `pg_rewind` and becomes a promotable standby.
 
 mod support;
 
@@ -13,6 +14,13 @@ use support::{KeelProcess, TestMonitor, free_ports, tempdir, wait_until};
 
 /// `keel keeper` for server `i` of `cluster`, under `monitor`.
 fn keeper(cluster: &PgCluster, i: usize, port: u16, monitor: &TestMonitor) -> KeelProcess {
+    let args = keeper_args(cluster, i, port, monitor);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    KeelProcess::spawn(&format!("keeper-pg{}", i + 1), &refs)
+}
+
+/// The command line of [`keeper`].
+fn keeper_args(cluster: &PgCluster, i: usize, port: u16, monitor: &TestMonitor) -> Vec<String> {
     let name = format!("pg{}", i + 1);
     let listen = format!("127.0.0.1:{port}");
     let base = cluster.servers[i]
@@ -39,8 +47,7 @@ fn keeper(cluster: &PgCluster, i: usize, port: u16, monitor: &TestMonitor) -> Ke
     .map(str::to_owned)
     .collect::<Vec<_>>();
     args.extend(monitor.member_flags());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    KeelProcess::spawn(&format!("keeper-{name}"), &refs)
+    args
 }
 
 /// The node `name` in the monitor's view.

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::KeeperConfig;
+use super::{KeeperConfig, KeeperError};
+use crate::Server;
 use crate::observe::Observed;
-use crate::{PgError, Server};
 
 /// What the machine asks that takes PostgreSQL a while: done by the keeper's loop, in
 /// order.
@@ -68,14 +68,12 @@ impl Keeper {
         server: &Server,
         observed: Option<Observed>,
         actions: mpsc::UnboundedSender<Action>,
-    ) -> Result<Keeper, PgError> {
+    ) -> Result<Keeper, KeeperError> {
         let kept_path = config.base.join(format!("{}.keeper.json", config.id));
         let kept: Kept = match std::fs::read(&kept_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                PgError::NotInstalled(format!(
-                    "{} is not a keeper's state: {e}",
-                    kept_path.display()
-                ))
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| KeeperError::BadState {
+                path: kept_path.clone(),
+                reason: e.to_string(),
             })?,
             Err(_) => Kept::default(),
         };
@@ -111,7 +109,7 @@ impl Keeper {
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(2))
             .build()
-            .map_err(|e| PgError::NotInstalled(format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| KeeperError::Http(e.to_string()))?;
         Ok(Keeper {
             pg_address: format!("127.0.0.1:{}", server.port),
             config,

@@ -90,6 +90,15 @@ pub enum KeeperError {
         name: String,
         source: tokio_postgres::Error,
     },
+    /// Its server's directory holds no cluster.
+    #[error("{0} holds no PostgreSQL cluster: make it first (keel pg, or keel up --postgres)")]
+    NotMade(PathBuf),
+    /// Its state file cannot be read.
+    #[error("{path} is not a keeper's state: {reason}")]
+    BadState { path: PathBuf, reason: String },
+    /// Its HTTP client cannot be built.
+    #[error("cannot set up an HTTP client: {0}")]
+    Http(String),
     /// Its server ended: a keeper lives and dies with its server, so that the monitor
     /// sees the one as it sees the other.
     #[error("PostgreSQL ({0}) exited; start the keeper again to rejoin as a standby")]
@@ -108,11 +117,15 @@ pub async fn run(
     let setup = Setup::prepare(&config.base)?;
     let server = Server::new(config.id.as_str(), &config.base, config.pg_port);
     if !server.is_initialised() {
-        return Err(PgError::NotInstalled(format!(
-            "{} holds no PostgreSQL cluster: make it first (keel pg, or keel up --postgres)",
-            server.dir.display()
-        ))
-        .into());
+        return Err(KeeperError::NotMade(server.dir.clone()));
+    }
+    // A server that was a primary may hold WAL the new primary never had: it is
+    // rewound to the new primary before it starts, or it could not follow it.
+    if !server.is_standby()
+        && let Some(source) = primary_elsewhere(&config).await
+    {
+        tracing::info!(primary = %source, "rewinding to the primary with pg_rewind");
+        setup.rewind(&server, &source)?;
     }
     // Whatever it was, the server starts in recovery: only a promotion makes a primary.
     setup.start_in_recovery(&server)?;
@@ -185,6 +198,37 @@ pub async fn run(
     // Dropping `running` stops the server with a fast shutdown, unless it was fenced.
     drop(running);
     ended
+}
+
+/// Where the primary's server listens, when the monitor names a primary other than this
+/// keeper (asked of that primary's keeper); `None` when it names none, or this one, or
+/// cannot be asked — then the server starts in recovery as it is, and waits to be told.
+async fn primary_elsewhere(config: &KeeperConfig) -> Option<String> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let signer = config
+        .secret
+        .as_ref()
+        .map(|s| keel_auth::Signer::new(s.key(), config.id.as_str()));
+    let view = keel_client::monitor::cluster_as(
+        &http,
+        &config.monitor,
+        Duration::from_secs(2),
+        signer.as_ref(),
+    )
+    .await
+    .ok()?;
+    let primary = view.primary.filter(|p| p.node != config.id)?;
+    let answer = http
+        .get(format!("{}/v1/pg", primary.url))
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = answer.json().await.ok()?;
+    body["address"].as_str().map(str::to_owned)
 }
 
 /// Connects to the local server as `keel`.
