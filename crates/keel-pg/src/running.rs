@@ -87,6 +87,15 @@ impl Running {
         let _ = self.child.wait();
     }
 
+    /// Why it ended, with the end of its log, when it has.
+    pub fn ended(&mut self) -> Option<PgError> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(self.failed(format!("exited ({status})"))),
+            Ok(None) => None,
+            Err(e) => Some(self.failed(format!("cannot be waited for ({e})"))),
+        }
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -2,8 +2,9 @@
 //! port), set up by a [`Setup`] that holds the machine's binaries, the account that runs
 //! them and the password.
 //!
-//! Every server listens on 127.0.0.1 only, with its Unix socket in its own directory,
-//! and lets in only the `keel` role with scram-sha-256. The password is made once, in
+//! Every server listens on 127.0.0.1 only, over TCP (no Unix socket: one in the data
+//! directory would be a file `pg_rewind` tries to copy from a primary), and lets in only
+//! the `keel` role with scram-sha-256. The password is made once, in
 //! `<base>/pg.password` (0600); libpq's password file `<base>/pg.pgpass` is what
 //! `pg_basebackup` and each standby's `primary_conninfo` use, so the password is never
 //! on a command line.
@@ -42,8 +43,8 @@ impl Server {
     /// `name` in `base/name`, on `port`.
     ///
     /// The directory is made absolute: PostgreSQL changes into its data directory, so a
-    /// relative one (`keel up --postgres` on its default `./keel-data`) would put its
-    /// socket and lock file under a path that does not exist from there.
+    /// relative one (`keel up --postgres` on its default `./keel-data`) would name paths
+    /// that do not exist from there.
     pub fn new(name: &str, base: &Path, port: u16) -> Server {
         let dir = base.join(name);
         Server {
@@ -145,7 +146,29 @@ impl Setup {
             ],
             &[("PGPASSFILE", self.base.join(PASSFILE).into())],
         )?;
-        append(&server.dir.join("postgresql.conf"), &settings(server))
+        append(&server.dir.join("postgresql.conf"), &settings(server))?;
+        // pg_rewind copied the source's `postgresql.auto.conf` too: its
+        // `primary_conninfo` points at this very server, under the source's name, and
+        // a server that cannot stream from its new primary never becomes consistent. It
+        // follows the source, under its own name, and waits for nobody until promoted.
+        append(
+            &server.dir.join("postgresql.auto.conf"),
+            &format!(
+                "\n# keel: rewound to {source}\nprimary_conninfo = {}\nsynchronous_standby_names = ''\n",
+                quote_literal(&self.standby_conninfo(server, host, port))
+            ),
+        )
+    }
+
+    /// The `primary_conninfo` of `server` following the primary at `host:port`: as
+    /// `keel`, the password from the password file, its name as `application_name` (which
+    /// `synchronous_standby_names` and `pg_stat_replication` know it by).
+    pub fn standby_conninfo(&self, server: &Server, host: &str, port: &str) -> String {
+        format!(
+            "host={host} port={port} user={USER} passfile={} application_name={}",
+            self.passfile().display(),
+            server.name
+        )
     }
 
     /// Makes `server` start in recovery (`standby.signal`), whatever it was: a keeper's
@@ -309,7 +332,7 @@ fn settings(server: &Server) -> String {
         "\n# keel\n\
          listen_addresses = '127.0.0.1'\n\
          port = {port}\n\
-         unix_socket_directories = '{socket}'\n\
+         unix_socket_directories = ''\n\
          cluster_name = '{name}'\n\
          wal_level = replica\n\
          max_wal_senders = 10\n\
@@ -320,9 +343,13 @@ fn settings(server: &Server) -> String {
          password_encryption = 'scram-sha-256'\n\
          logging_collector = off\n",
         port = server.port,
-        socket = quote(&server.dir.display().to_string()),
         name = quote(&server.name),
     )
+}
+
+/// `text` as an SQL (and configuration file) string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn append(path: &Path, text: &str) -> Result<(), PgError> {
@@ -354,30 +381,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_standby_overrides_its_primarys_port_and_name_and_quotes_are_escaped() {
+    fn a_standby_overrides_its_primarys_port_and_name_and_listens_on_loopback_tcp_only() {
         let s = Server::new("pg2", Path::new("/data/it's"), 5434);
         let text = settings(&s);
         assert!(text.contains("port = 5434\n"), "{text}");
         assert!(text.contains("cluster_name = 'pg2'\n"), "{text}");
-        assert!(
-            text.contains("unix_socket_directories = '/data/it''s/pg2'"),
-            "{text}"
-        );
+        assert!(text.contains("unix_socket_directories = ''\n"), "{text}");
         assert!(text.contains("listen_addresses = '127.0.0.1'"), "{text}");
+        assert!(text.contains("wal_log_hints = on\n"), "{text}");
     }
 
     #[test]
-    fn a_relative_data_directory_puts_the_socket_under_an_absolute_path() {
+    fn a_relative_data_directory_is_made_absolute() {
         // PostgreSQL runs inside its data directory: `./keel-data/pg1` from there is not
-        // where the socket and its lock file can go.
+        // the directory it was started on.
         let s = Server::new("pg1", Path::new("keel-data"), 5433);
         let here = std::env::current_dir().expect("the tests run in a directory");
         assert_eq!(s.dir, here.join("keel-data/pg1"));
-        let text = settings(&s);
-        let expected = format!(
-            "unix_socket_directories = '{}'",
-            here.join("keel-data/pg1").display()
-        );
-        assert!(text.contains(&expected), "{text}");
     }
 }

@@ -58,6 +58,51 @@ fn node(view: &serde_json::Value, name: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// The index of server `name` (`"pg2"` → 1).
+fn index_of(name: &serde_json::Value) -> usize {
+    name.as_str()
+        .and_then(|n| n.strip_prefix("pg"))
+        .and_then(|k| k.parse::<usize>().ok())
+        .and_then(|k| k.checked_sub(1))
+        .unwrap_or_else(|| panic!("not a server's name: {name}"))
+}
+
+/// Starts a thread that commits rows `first..` one at a time on server `i` until a COMMIT
+/// fails or takes 5 s; the ids it was told were committed.
+fn write_until_gone(
+    cluster: &PgCluster,
+    i: usize,
+    first: i32,
+) -> (std::thread::JoinHandle<()>, Arc<Mutex<Vec<i32>>>) {
+    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let conninfo = cluster.setup.conninfo(&cluster.servers[i]);
+    let writer = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let (client, connection) =
+                    tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                        .await
+                        .expect("connect to the primary");
+                tokio::spawn(connection);
+                for id in first..i32::MAX {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                    let insert = client.execute("INSERT INTO w VALUES ($1)", &params);
+                    match tokio::time::timeout(Duration::from_secs(5), insert).await {
+                        Ok(Ok(_)) => acked.lock().expect("acked").push(id),
+                        _ => break,
+                    }
+                }
+            });
+        })
+    };
+    (writer, acked)
+}
+
 /// The postmaster's pid, from its `postmaster.pid`.
 fn postmaster_pid(cluster: &PgCluster, i: usize) -> i32 {
     let text = std::fs::read_to_string(cluster.servers[i].dir.join("postmaster.pid"))
@@ -69,7 +114,8 @@ fn postmaster_pid(cluster: &PgCluster, i: usize) -> i32 {
 }
 
 #[test]
-fn the_monitor_promotes_a_standby_when_the_primarys_postmaster_is_killed_and_no_commit_is_lost() {
+fn five_kills_of_the_primarys_postmaster_each_promote_a_standby_lose_no_commit_and_rejoin_by_rewind()
+ {
     let dir = tempdir();
     let mut cluster = PgCluster::start(dir.path());
     // The keepers run the servers from here on.
@@ -115,108 +161,133 @@ fn the_monitor_promotes_a_standby_when_the_primarys_postmaster_is_killed_and_no_
         cluster.query_one(cluster.servers[0].port, "SHOW synchronous_standby_names")
     );
 
-    // A writer commits rows one at a time on pg1 until pg1 is gone.
     cluster.exec(0, "CREATE TABLE w (id int primary key)");
-    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
-    let writer = {
-        let acked = acked.clone();
-        let conninfo = cluster.setup.conninfo(&cluster.servers[0]);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-                        .await
-                        .expect("connect to pg1");
-                tokio::spawn(connection);
-                for id in 0..i32::MAX {
-                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-                    let insert = client.execute("INSERT INTO w VALUES ($1)", &params);
-                    match tokio::time::timeout(Duration::from_secs(5), insert).await {
-                        Ok(Ok(_)) => acked.lock().expect("acked").push(id),
-                        _ => break,
-                    }
-                }
-            });
-        })
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = postmaster_pid(&cluster, 0);
-    let killed = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 the postmaster");
-    let promoted = wait_until(Duration::from_secs(15), || {
+    let mut next_id = 0;
+    let mut lost_total = 0;
+    for cycle in 1..=5 {
         let view = monitor.cluster();
-        view["primary"]["node"] != "pg1"
-            && view["primary"]["node"].is_string()
-            && view["failover_in_progress"] == false
-    });
-    let took = killed.elapsed();
-    let view = monitor.cluster();
-    assert!(promoted, "no standby promoted: {view}");
-    eprintln!(
-        "promoted {} {took:?} after kill -9",
-        view["primary"]["node"]
-    );
-    writer.join().expect("writer");
-    let acked = acked.lock().expect("acked").clone();
-    assert!(
-        acked.len() > 10,
-        "the writer committed only {} rows",
-        acked.len()
-    );
-
-    // The keeper of the dead server ended with it.
-    let ended = keepers[0].wait_timeout(Duration::from_secs(10));
-    assert!(
-        ended.is_some_and(|s| !s.success()),
-        "pg1's keeper outlived its server: {ended:?}"
-    );
-    // The new primary is out of recovery and holds every acknowledged COMMIT.
-    let new = if view["primary"]["node"] == "pg2" {
-        1
-    } else {
-        2
-    };
-    let port = cluster.servers[new].port;
-    let out_of_recovery = wait_until(Duration::from_secs(10), || {
-        cluster.query_one(port, "SELECT pg_is_in_recovery()::text") == Ok("false".into())
-    });
-    assert!(out_of_recovery, "{view}");
-    let count = cluster
-        .query_one(
-            port,
-            &format!(
-                "SELECT count(*)::text FROM w WHERE id IN ({})",
-                acked
-                    .iter()
-                    .map(i32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+        let old = index_of(&view["primary"]["node"]);
+        // A writer commits rows one at a time on the primary until it is gone.
+        let (writer, acked) = write_until_gone(&cluster, old, next_id);
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(postmaster_pid(&cluster, old)),
+            nix::sys::signal::Signal::SIGKILL,
         )
-        .expect("count on the new primary");
-    assert_eq!(count, acked.len().to_string(), "acknowledged COMMITs lost");
-    // The other standby follows the new primary.
-    let other = 3 - new;
-    let follows = wait_until(Duration::from_secs(15), || {
-        cluster
+        .expect("kill -9 the postmaster");
+        let old_name = format!("pg{}", old + 1);
+        let promoted = wait_until(Duration::from_secs(15), || {
+            let view = monitor.cluster();
+            view["primary"]["node"].is_string()
+                && view["primary"]["node"] != old_name.as_str()
+                && view["failover_in_progress"] == false
+        });
+        let took = killed.elapsed();
+        let view = monitor.cluster();
+        assert!(promoted, "cycle {cycle}: no standby promoted: {view}");
+        let new = index_of(&view["primary"]["node"]);
+        eprintln!(
+            "cycle {cycle}: pg{} promoted {took:?} after kill -9 of pg{}",
+            new + 1,
+            old + 1
+        );
+        writer.join().expect("writer");
+        let acked = acked.lock().expect("acked").clone();
+        assert!(
+            acked.len() > 5,
+            "cycle {cycle}: the writer committed only {} rows",
+            acked.len()
+        );
+        next_id = acked.last().copied().unwrap_or(next_id) + 1_000;
+
+        // The keeper of the dead server ended with it.
+        let ended = keepers[old].wait_timeout(Duration::from_secs(10));
+        assert!(
+            ended.is_some_and(|s| !s.success()),
+            "cycle {cycle}: pg{}'s keeper outlived its server: {ended:?}",
+            old + 1
+        );
+        // The new primary is out of recovery and holds every acknowledged COMMIT.
+        let port = cluster.servers[new].port;
+        let out_of_recovery = wait_until(Duration::from_secs(10), || {
+            cluster.query_one(port, "SELECT pg_is_in_recovery()::text") == Ok("false".into())
+        });
+        assert!(out_of_recovery, "cycle {cycle}: {view}");
+        let present = cluster
             .query_one(
-                cluster.servers[new].port,
-                "SELECT string_agg(application_name, ',') FROM pg_stat_replication",
+                port,
+                &format!(
+                    "SELECT count(*)::text FROM w WHERE id IN ({})",
+                    acked
+                        .iter()
+                        .map(i32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
             )
-            .is_ok_and(|names| names.contains(&format!("pg{}", other + 1)))
-    });
-    assert!(
-        follows,
-        "pg{} does not stream from the new primary",
-        other + 1
-    );
+            .expect("count on the new primary");
+        let lost = acked.len() - present.parse::<usize>().expect("a count");
+        lost_total += lost;
+        assert_eq!(lost, 0, "cycle {cycle}: acknowledged COMMITs lost");
+        // The third server follows the new primary.
+        let other = 3 - old - new;
+        let follows = wait_until(Duration::from_secs(15), || {
+            cluster
+                .query_one(
+                    port,
+                    "SELECT string_agg(application_name, ',') FROM pg_stat_replication",
+                )
+                .is_ok_and(|names| names.contains(&format!("pg{}", other + 1)))
+        });
+        assert!(
+            follows,
+            "cycle {cycle}: pg{} does not stream from the new primary",
+            other + 1
+        );
+
+        // The dead server's keeper started again: the former primary is rewound to the
+        // new one, follows it, and becomes promotable again.
+        let args = keeper_args(&cluster, old, ports[old], &monitor);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        keepers[old].respawn(&refs);
+        let rejoined = wait_until(Duration::from_secs(60), || {
+            let view = monitor.cluster();
+            let back = node(&view, &old_name);
+            back["role"] == "standby" && back["healthy"] == true && back["promotable"] == true
+        });
+        assert!(
+            rejoined,
+            "cycle {cycle}: {old_name} never promotable again: {}\n{}",
+            monitor.cluster(),
+            keepers[old].log_report()
+        );
+        assert!(
+            keepers[old]
+                .log_text()
+                .contains("rewinding to the primary with pg_rewind"),
+            "{}",
+            keepers[old].log_report()
+        );
+        assert_eq!(
+            cluster.query_one(
+                cluster.servers[old].port,
+                "SELECT pg_is_in_recovery()::text || ' ' || current_setting('cluster_name')"
+            ),
+            Ok(format!("true {old_name}"))
+        );
+        let on_new = cluster
+            .query_one(port, "SELECT count(*)::text FROM w")
+            .expect("count on the new primary");
+        let caught_up = wait_until(Duration::from_secs(10), || {
+            cluster.query_one(cluster.servers[old].port, "SELECT count(*)::text FROM w")
+                == Ok(on_new.clone())
+        });
+        assert!(
+            caught_up,
+            "cycle {cycle}: {old_name} does not hold the new primary's {on_new} rows"
+        );
+    }
+    assert_eq!(lost_total, 0);
     drop(keepers);
 }

@@ -46,6 +46,7 @@ pub use links::Links;
 pub use member::{Action, Keeper};
 
 use crate::observe::observe;
+use crate::server::quote_literal;
 use crate::{PgError, Running, Server, Setup};
 
 /// How often the keeper asks its server what it is.
@@ -125,13 +126,14 @@ pub async fn run(
         && let Some(source) = primary_elsewhere(&config).await
     {
         tracing::info!(primary = %source, "rewinding to the primary with pg_rewind");
+        checkpoint(&setup, &source).await?;
         setup.rewind(&server, &source)?;
     }
     // Whatever it was, the server starts in recovery: only a promotion makes a primary.
     setup.start_in_recovery(&server)?;
     let mut running = Running::start_supervised(&setup, &server)?;
     running.wait_ready(Duration::from_secs(60))?;
-    let client = connect(&setup, &server).await?;
+    let client = connect_when_consistent(&setup, &server, &mut running).await?;
     let observed = observe(&client).await.ok();
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -229,6 +231,66 @@ async fn primary_elsewhere(config: &KeeperConfig) -> Option<String> {
         .ok()?;
     let body: serde_json::Value = answer.json().await.ok()?;
     body["address"].as_str().map(str::to_owned)
+}
+
+/// How long a server in recovery may take to become consistent (to replay, from its
+/// primary, the WAL a rewind left it to fetch) before the keeper gives up on it.
+const CONSISTENT_WITHIN: Duration = Duration::from_secs(60);
+
+/// Connects to the local server once it takes connections: a server in recovery
+/// refuses them ("the database system is starting up") until it has replayed enough WAL
+/// to be consistent — after a rewind, streamed from the new primary.
+async fn connect_when_consistent(
+    setup: &Setup,
+    server: &Server,
+    running: &mut Running,
+) -> Result<tokio_postgres::Client, KeeperError> {
+    let deadline = Instant::now() + CONSISTENT_WITHIN;
+    loop {
+        let connected = connect(setup, server).await;
+        if let Some(ended) = running.ended() {
+            return Err(ended.into());
+        }
+        match connected {
+            Err(KeeperError::Connect { source, .. })
+                if source.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            connected => return connected,
+        }
+    }
+}
+
+/// Asks the server at `address` for a checkpoint. pg_rewind reads the source's timeline
+/// from its control file, which a promotion updates only at its first checkpoint: against a
+/// primary promoted a moment ago it would rewind to the wrong timeline's history, and the
+/// rewound server would refuse to start.
+async fn checkpoint(setup: &Setup, address: &str) -> Result<(), KeeperError> {
+    let failed = |source| KeeperError::Connect {
+        name: address.to_owned(),
+        source,
+    };
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(KeeperError::Pg(PgError::Tool {
+            tool: "pg_rewind".into(),
+            status: "not run".into(),
+            output: format!("{address:?} is not host:port"),
+        }));
+    };
+    let conninfo = format!(
+        "host={host} port={port} user={} password={} dbname=postgres connect_timeout=5",
+        crate::USER,
+        setup.password()
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(failed)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client.batch_execute("CHECKPOINT").await.map_err(failed)
 }
 
 /// Connects to the local server as `keel`.
@@ -349,11 +411,7 @@ impl Driver {
         let Some((host, port)) = address.rsplit_once(':') else {
             return;
         };
-        let conninfo = format!(
-            "host={host} port={port} user=keel passfile={} application_name={}",
-            self.setup.passfile().display(),
-            self.server.name
-        );
+        let conninfo = self.setup.standby_conninfo(&self.server, host, port);
         let sql = format!(
             "ALTER SYSTEM SET primary_conninfo = {}",
             quote_literal(&conninfo)
@@ -431,9 +489,4 @@ impl Driver {
             why: why.to_owned(),
         }
     }
-}
-
-/// `text` as an SQL string literal.
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
