@@ -136,7 +136,7 @@ impl Setup {
             status: "not run".into(),
             output: format!("{source:?} is not host:port"),
         })?;
-        self.run(
+        let said = self.run(
             "pg_rewind",
             &[
                 "--target-pgdata".into(),
@@ -146,6 +146,7 @@ impl Setup {
             ],
             &[("PGPASSFILE", self.base.join(PASSFILE).into())],
         )?;
+        tracing::info!(server = %server.name, "pg_rewind: {}", said.trim().replace('\n', " / "));
         append(&server.dir.join("postgresql.conf"), &settings(server))?;
         // pg_rewind copied the source's `postgresql.auto.conf` too: its
         // `primary_conninfo` points at this very server, under the source's name, and
@@ -296,21 +297,27 @@ impl Setup {
         self.owner.own(dir)
     }
 
-    fn run(&self, tool: &str, args: &[OsString], env: &[(&str, OsString)]) -> Result<(), PgError> {
+    /// Runs `tool`: what it printed, or the error with the end of it.
+    fn run(
+        &self,
+        tool: &str,
+        args: &[OsString],
+        env: &[(&str, OsString)],
+    ) -> Result<String, PgError> {
         let mut cmd = self.owner.command(&self.bin.tool(tool));
         cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let out = cmd.output().map_err(PgError::io(format!("run {tool}")))?;
-        if out.status.success() {
-            return Ok(());
-        }
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if out.status.success() {
+            return Ok(text);
+        }
         let tail: Vec<&str> = text.trim().lines().rev().take(6).collect();
         Err(PgError::Tool {
             tool: tool.to_owned(),

@@ -88,6 +88,18 @@ fn start_group(
     keepers
 }
 
+/// The end of server `i`'s own log.
+fn server_log(cluster: &PgCluster, i: usize) -> String {
+    let path = cluster.servers[i].dir.with_extension("log");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    format!(
+        "----- {} -----\n{}",
+        path.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
 /// No variables.
 fn no_env(_: usize) -> Vec<(String, String)> {
     Vec::new()
@@ -532,7 +544,7 @@ fn a_primary_cut_off_from_monitor_and_standbys_stops_its_server_before_a_standby
         env_of(&format!("pg{}", i + 1))
     });
     let mut pg1 = keepers.into_iter();
-    let mut keeper1 = pg1.next().expect("pg1's keeper");
+    let keeper1 = pg1.next().expect("pg1's keeper");
     cluster.exec(0, "CREATE TABLE w (id int primary key)");
     let (writer, acked) = write_until_gone(&cluster, 0, 0);
     std::thread::sleep(Duration::from_millis(300));
@@ -559,15 +571,12 @@ fn a_primary_cut_off_from_monitor_and_standbys_stops_its_server_before_a_standby
     let new = index_of(&view["primary"]["node"]);
     let new_name = format!("pg{}", new + 1);
 
-    // pg1's keeper stopped its server for its lease, and exited.
-    let ended = keeper1.wait_timeout(Duration::from_secs(10));
-    assert!(
-        ended.is_some_and(|s| !s.success()),
-        "{}",
-        keeper1.log_report()
-    );
+    // pg1's keeper stopped its server for its lease.
+    let fenced = wait_until(Duration::from_secs(10), || {
+        keeper1.log_text().contains("lease ran out")
+    });
+    assert!(fenced, "{}", keeper1.log_report());
     let log = keeper1.log_text();
-    assert!(log.contains("lease ran out"), "{}", keeper1.log_report());
     writer.join().expect("writer");
 
     // In that order: pg1 stopped, then the monitor promoted; no COMMIT acknowledged by
@@ -608,4 +617,150 @@ fn a_primary_cut_off_from_monitor_and_standbys_stops_its_server_before_a_standby
         ids.len(),
         "acknowledged COMMITs lost"
     );
+
+    // Healed: pg1's keeper, which has waited to learn who is primary, rewinds its server
+    // to the new primary and follows it.
+    for name in names {
+        cut(&faults, name, &[]);
+    }
+    let rejoined = wait_until(Duration::from_secs(60), || {
+        let pg1 = node(&monitor.cluster(), "pg1");
+        pg1["role"] == "standby" && pg1["healthy"] == true && pg1["promotable"] == true
+    });
+    assert!(
+        rejoined,
+        "pg1 never promotable again: {}\n{}",
+        monitor.cluster(),
+        keeper1.log_report()
+    );
+    assert!(
+        keeper1
+            .log_text()
+            .contains("rewinding to the primary with pg_rewind")
+    );
+    drop(keeper1);
+}
+
+/// A writer that commits rows `first..` one at a time on whichever server takes writes
+/// (libpq's `target_session_attrs=read-write` over every server), connecting again at once
+/// after any error, until `stop` is set or a minute has passed.
+fn write_anywhere(
+    cluster: &PgCluster,
+    first: i32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (std::thread::JoinHandle<()>, Acked) {
+    let acked = Acked::default();
+    let hosts = vec!["127.0.0.1"; cluster.servers.len()].join(",");
+    let ports: Vec<String> = cluster.servers.iter().map(|s| s.port.to_string()).collect();
+    let conninfo = format!(
+        "host={hosts} port={} user=keel password={} dbname=postgres \
+         target_session_attrs=read-write connect_timeout=1",
+        ports.join(","),
+        cluster.password()
+    );
+    let writer = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut id = first;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                    let Ok((client, connection)) =
+                        tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    tokio::spawn(connection);
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                        let insert = client.execute("INSERT INTO w VALUES ($1)", &params);
+                        let done = tokio::time::timeout(Duration::from_secs(5), insert).await;
+                        id += 1;
+                        match done {
+                            Ok(Ok(_)) => acked.push(id - 1),
+                            _ => break,
+                        }
+                    }
+                }
+            });
+        })
+    };
+    (writer, acked)
+}
+
+#[test]
+fn a_switchover_by_hand_drains_the_primary_loses_no_commit_and_the_old_primary_follows() {
+    let dir = tempdir();
+    let cluster = PgCluster::unmade(dir.path());
+    let monitor = TestMonitor::start_closed(&dir.path().join("monitor"), &[]);
+    let ports = free_ports(3);
+    let keepers = start_group(&cluster, &monitor, &ports, 3, &no_env);
+    cluster.exec(0, "CREATE TABLE w (id int primary key)");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (writer, acked) = write_anywhere(&cluster, 0, stop.clone());
+    let flowing = wait_until(Duration::from_secs(10), || acked.len() > 20);
+    assert!(flowing, "the writer never committed");
+
+    let token = monitor.token_file.display().to_string();
+    let out = support::run_keel(&[
+        "client",
+        "failover",
+        "--to",
+        "pg2",
+        "--monitor",
+        &monitor.url,
+        "--token-file",
+        &token,
+    ]);
+    assert!(out.success(), "keel client failover: {out}");
+    let switched = wait_until(Duration::from_secs(15), || {
+        let view = monitor.cluster();
+        view["primary"]["node"] == "pg2" && view["failover_in_progress"] == false
+    });
+    assert!(switched, "pg2 never primary: {}", monitor.cluster());
+    // Writes go on, on pg2.
+    let at_switch = acked.len();
+    let resumed = wait_until(Duration::from_secs(10), || acked.len() > at_switch + 50);
+    assert!(resumed, "no commit after the switchover");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().expect("writer");
+    eprintln!(
+        "switchover: the writer waited at most {:?} for a COMMIT",
+        acked.longest_gap()
+    );
+    let ids = acked.ids();
+    let pg2 = cluster.servers[1].port;
+    assert_eq!(
+        present(&cluster, pg2, &ids),
+        ids.len(),
+        "acknowledged COMMITs lost"
+    );
+
+    // The old primary's keeper stopped its server when pg2 took over, and brought it back
+    // as pg2's standby.
+    let followed = wait_until(Duration::from_secs(60), || {
+        let pg1 = node(&monitor.cluster(), "pg1");
+        pg1["role"] == "standby" && pg1["healthy"] == true && pg1["promotable"] == true
+    });
+    assert!(
+        followed,
+        "pg1 never pg2's promotable standby: {}\n{}\n{}",
+        monitor.cluster(),
+        keepers[0].log_report(),
+        server_log(&cluster, 0)
+    );
+    assert!(keepers[0].log_text().contains("drained for the switchover"));
+    let on_pg1 = wait_until(Duration::from_secs(10), || {
+        present(&cluster, cluster.servers[0].port, &ids) == ids.len()
+    });
+    assert!(on_pg1, "pg1 does not hold every acknowledged COMMIT");
+
+    // keel client cluster shows the PostgreSQL group as it shows keel's own.
+    let out = support::run_keel(&["client", "cluster", "--monitor", &monitor.url]);
+    assert!(out.success() && out.stdout.contains("pg2"), "{out}");
 }

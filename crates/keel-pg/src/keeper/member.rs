@@ -56,6 +56,9 @@ pub struct Keeper {
     /// Whether the server may take writes: false from just before a promotion until the
     /// new primary first holds its lease (it is read-only by default until then).
     writable: AtomicBool,
+    /// Whether a drain this primary was asked for is done: no session left, no new
+    /// transaction writable, its WAL position observed after that.
+    drained: AtomicBool,
     http: reqwest::Client,
     pub(super) guard: std::sync::Arc<keel_http::Guard>,
 }
@@ -127,6 +130,7 @@ impl Keeper {
             actions,
             failed: Mutex::new(None),
             writable: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
             http,
             guard,
         })
@@ -260,6 +264,26 @@ impl Keeper {
         self.writable.store(writable, Ordering::SeqCst);
     }
 
+    /// Whether the monitor asks this primary to drain for a switchover.
+    pub(super) fn asked_to_drain(&self) -> bool {
+        let machine = lock(&self.machine);
+        machine.is_primary()
+            && machine.failover().is_some_and(|f| {
+                f.from.as_str() == self.config.id.as_str() && f.phase == FailoverPhase::Draining
+            })
+    }
+
+    /// Whether the drain is done (see [`Keeper::set_drained`]).
+    pub(super) fn drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    /// Says the drain is done, once the server takes no more commits and the position
+    /// it reports was observed after that; or that it is not (abandoned, or not begun).
+    pub(super) fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::SeqCst);
+    }
+
     /// Records why the server must be stopped (the first reason stays).
     pub(super) fn fail(&self, why: String) {
         lock(&self.failed).get_or_insert(why);
@@ -391,7 +415,10 @@ impl Member for Keeper {
         let me = self.config.id.as_str();
         let machine = lock(&self.machine);
         let (standbys, drained) = machine.report();
+        // The machine has no write of its own in flight; PostgreSQL's are over only once
+        // the keeper has stopped them.
         let draining = drained
+            && self.drained()
             && machine
                 .failover()
                 .is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining);

@@ -130,28 +130,47 @@ pub enum KeeperError {
     ServerExited(String),
     /// Its server was stopped so that it can never acknowledge a commit in competition
     /// with another primary.
-    #[error("stopped PostgreSQL ({name}): {why}; start the keeper again to rejoin as a standby")]
+    #[error("stopped PostgreSQL ({name}): {why}")]
     Fenced { name: String, why: String },
 }
 
-/// Runs a keeper until `shutdown` resolves or its server ends.
-pub async fn run(
+/// Runs a keeper until `shutdown` resolves or its server ends, starting it over after
+/// each time it stopped its server for safety ([`KeeperError::Fenced`]: its lease ran
+/// out, or another server became primary — a switchover's old primary among them): its
+/// server comes back as a standby of whichever primary the monitor names, rewound if it
+/// must be. A server that ended by itself ends the keeper: the monitor must see that
+/// death as it would a node's.
+pub async fn serve(
     config: KeeperConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), KeeperError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    loop {
+        match run(config.clone(), stop_rx.clone()).await {
+            Err(e @ KeeperError::Fenced { .. }) if !*stop_rx.borrow() => {
+                tracing::warn!("{e}: starting it again as a standby");
+                // Its port and its API's are free again once the old ones are reaped.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ended => return ended,
+        }
+    }
+}
+
+/// Runs a keeper until `stop` says so, its server ends, or it stops its server for
+/// safety; see [`serve`].
+async fn run(config: KeeperConfig, stop: watch::Receiver<bool>) -> Result<(), KeeperError> {
     let setup = Setup::prepare(&config.base)?;
     let server = Server::new(config.id.as_str(), &config.base, config.pg_port);
-    if !server.is_initialised() {
-        bootstrap(&config, &setup, &server).await?;
+    if !server.is_initialised() && !bootstrap(&config, &setup, &server, &stop).await? {
+        return Ok(());
     }
-    // A server that was a primary may hold WAL the new primary never had: it is
-    // rewound to the new primary before it starts, or it could not follow it.
-    if !server.is_standby()
-        && let Seen::Primary(source) = primary_elsewhere(&config).await
-    {
-        tracing::info!(primary = %source, "rewinding to the primary with pg_rewind");
-        checkpoint(&setup, &source).await?;
-        setup.rewind(&server, &source)?;
+    if !rewind_if_it_was_primary(&config, &setup, &server, &stop).await? {
+        return Ok(());
     }
     // Whatever it was, the server starts in recovery: only a promotion makes a primary.
     setup.start_in_recovery(&server)?;
@@ -207,6 +226,10 @@ pub async fn run(
     ));
 
     let watchdog = tokio::spawn(fence_at_lease_end(keeper.clone(), running.clone()));
+    let mut stopped = stop.clone();
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     let ended = loop {
         tokio::select! {
@@ -265,6 +288,55 @@ async fn fence_at_lease_end(keeper: Arc<Keeper>, running: Arc<std::sync::Mutex<R
     }
 }
 
+/// A server that was a primary may hold WAL the new primary never had: it is rewound to
+/// the primary the monitor names before it starts, or it could not follow it. Whether it
+/// was is kept in `<base>/<id>.rewind` from the first start that finds it out of recovery
+/// until a rewind: a server started in recovery and stopped again before it could be
+/// rewound (its keeper cut off from the monitor) looks like a standby, and is not one.
+/// While the monitor cannot say who is primary, such a server is not started at all.
+///
+/// Whether to go on: false when told to stop while waiting.
+async fn rewind_if_it_was_primary(
+    config: &KeeperConfig,
+    setup: &Setup,
+    server: &Server,
+    stop: &watch::Receiver<bool>,
+) -> Result<bool, KeeperError> {
+    let marker = config.base.join(format!("{}.rewind", config.id));
+    if !server.is_standby() {
+        std::fs::write(&marker, "")
+            .map_err(|e| KeeperError::Pg(PgError::io(format!("write {}", marker.display()))(e)))?;
+    }
+    if !marker.exists() {
+        return Ok(true);
+    }
+    let mut said = false;
+    loop {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        match primary_elsewhere(config).await {
+            Seen::Primary(source) => {
+                tracing::info!(primary = %source, "rewinding to the primary with pg_rewind");
+                checkpoint(setup, &source).await?;
+                setup.rewind(server, &source)?;
+                let _ = std::fs::remove_file(&marker);
+                return Ok(true);
+            }
+            Seen::ThisOne | Seen::NeverAny | Seen::NoneNow => return Ok(true),
+            Seen::Unknown => {
+                if !said {
+                    tracing::info!(
+                        "this server was a primary: waiting for the monitor to name the primary to rewind it to"
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 /// How long a keeper with no server waits for a primary to copy one from.
 const BOOTSTRAP_WITHIN: Duration = Duration::from_secs(120);
 
@@ -273,25 +345,39 @@ const BOOTSTRAP_WITHIN: Duration = Duration::from_secs(120);
 /// never had a primary — a new cluster. A keeper without `--init` waits for a primary to
 /// copy: a new cluster beside an existing one would be a second database under the same
 /// names, with none of the first one's data.
+///
+/// Whether to go on: false when told to stop while waiting.
 async fn bootstrap(
     config: &KeeperConfig,
     setup: &Setup,
     server: &Server,
-) -> Result<(), KeeperError> {
+    stop: &watch::Receiver<bool>,
+) -> Result<bool, KeeperError> {
     let deadline = Instant::now() + BOOTSTRAP_WITHIN;
     let mut said = false;
     loop {
+        if *stop.borrow() {
+            return Ok(false);
+        }
         match primary_elsewhere(config).await {
             Seen::Primary(address) => {
                 let (host, port) = split_address(&address)?;
                 tracing::info!(primary = %address, "copying the primary's server with pg_basebackup");
-                setup.clone_from(server, host, port)?;
-                return Ok(());
+                match setup.clone_from(server, host, port) {
+                    Ok(()) => return Ok(true),
+                    // A primary still being promoted ends the copy ("the standby was
+                    // promoted during online backup"); a copy that fails leaves nothing
+                    // behind, and is tried again.
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "the copy failed; trying again");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Seen::NeverAny if config.init => {
                 tracing::info!(dir = %server.dir.display(), "making a new cluster with initdb");
                 setup.init_primary(server)?;
-                return Ok(());
+                return Ok(true);
             }
             Seen::ThisOne => return Err(KeeperError::NotMade(server.dir.clone())),
             Seen::NeverAny | Seen::NoneNow | Seen::Unknown => {}
@@ -408,7 +494,7 @@ async fn connect_when_consistent(
     }
 }
 
-/// Asks the server at `address` for a checkpoint. pg_rewind reads the source's timeline
+/// Asks the server at `address`, once promoted, for a checkpoint. pg_rewind reads the source's timeline
 /// from its control file, which a promotion updates only at its first checkpoint: against a
 /// primary promoted a moment ago it would rewind to the wrong timeline's history, and the
 /// rewound server would refuse to start.
@@ -429,6 +515,20 @@ async fn checkpoint(setup: &Setup, address: &str) -> Result<(), KeeperError> {
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    // The monitor names the new primary as it tells it to promote: a checkpoint taken
+    // before the promotion ends is a restartpoint, still on the old timeline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(failed)?;
+        let in_recovery: bool = row.try_get(0).map_err(failed)?;
+        if !in_recovery || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client.batch_execute("CHECKPOINT").await.map_err(failed)
 }
 
@@ -497,8 +597,16 @@ impl Driver {
                 .keeper
                 .lease_until()
                 .is_some_and(|until| until > now + FENCE_EARLY);
+            let draining = self.keeper.asked_to_drain();
+            if draining && !self.keeper.drained() {
+                self.drain().await;
+            } else if !draining && self.keeper.drained() {
+                // The switchover was abandoned: this primary goes on.
+                tracing::info!("the switchover was abandoned: taking writes again");
+                self.keeper.set_drained(false);
+            }
             match (held, self.keeper.writable()) {
-                (true, false) => self.set_read_only(false).await,
+                (true, false) if !draining => self.set_read_only(false).await,
                 (false, true) => return Err(self.fence(running, LEASE_RAN_OUT)),
                 _ => {}
             }
@@ -597,6 +705,36 @@ impl Driver {
                     sent_at: Some(now),
                 });
             }
+        }
+    }
+
+    /// Drains the server for a switchover: no new transaction may write, every client
+    /// session is ended (a COMMIT waiting for its standby is not acknowledged; it is in
+    /// the WAL, and the target waits for all of it), and only then is its WAL position
+    /// observed, the final position the monitor makes the target catch up to.
+    async fn drain(&mut self) {
+        self.set_read_only(true).await;
+        if self.keeper.writable() {
+            return;
+        }
+        let ended = self
+            .client
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )
+            .await;
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "cannot end the client sessions to drain");
+            return;
+        }
+        match observe(&self.client).await {
+            Ok(observed) => {
+                tracing::info!(lsn = %observed.lsn, "drained for the switchover: no session left, read-only");
+                self.keeper.set_observed(Some(observed));
+                self.keeper.set_drained(true);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot observe the drained server"),
         }
     }
 

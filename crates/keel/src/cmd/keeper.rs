@@ -31,6 +31,9 @@ pub fn run(args: KeeperArgs) -> anyhow::Result<ExitCode> {
         .thread_name("keel-keeper")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(keel_pg::keeper::run(config, keel_core::shutdown::signal()))?;
+    runtime.block_on(keel_pg::keeper::serve(
+        config,
+        keel_core::shutdown::signal(),
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
