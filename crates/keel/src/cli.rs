@@ -671,6 +671,12 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "FILE", requires = "tcp")]
     pub tcp_password_file: Option<PathBuf>,
 
+    /// The monitor of the PostgreSQL servers' keepers (keel keeper): the read-write port
+    /// goes only to the server it names primary, and sessions to one it no longer names
+    /// are closed. Without it, the checks decide alone.
+    #[arg(long, value_name = "URL[,URL…]", requires = "tcp")]
+    pub tcp_monitor: Option<String>,
+
     /// Address clients connect to [default: 127.0.0.1:8080, or the file's `listen`].
     #[arg(long)]
     pub listen: Option<SocketAddr>,

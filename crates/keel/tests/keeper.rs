@@ -764,3 +764,81 @@ fn a_switchover_by_hand_drains_the_primary_loses_no_commit_and_the_old_primary_f
     let out = support::run_keel(&["client", "cluster", "--monitor", &monitor.url]);
     assert!(out.success() && out.stdout.contains("pg2"), "{out}");
 }
+
+#[test]
+fn through_keel_proxy_a_client_reconnecting_after_a_failover_lands_on_the_new_primary() {
+    let dir = tempdir();
+    let cluster = PgCluster::unmade(dir.path());
+    let monitor = TestMonitor::start_closed(&dir.path().join("monitor"), &[]);
+    let ports = free_ports(3);
+    let keepers = start_group(&cluster, &monitor, &ports, 3, &no_env);
+    // The proxy's read-write port follows the monitor's word, not the servers' own.
+    let [admin_port, rw, ro]: [u16; 3] = free_ports(3).try_into().expect("three ports");
+    let servers = (0..3)
+        .map(|i| format!("pg{}={}", i + 1, cluster.addr(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let admin = support::url_for(admin_port);
+    let mut proxy = KeelProcess::spawn(
+        "proxy",
+        &[
+            "proxy",
+            "--admin",
+            &format!("127.0.0.1:{admin_port}"),
+            "--tcp",
+            &servers,
+            "--tcp-read-write",
+            &format!("127.0.0.1:{rw}"),
+            "--tcp-read-only",
+            &format!("127.0.0.1:{ro}"),
+            "--tcp-password-file",
+            &cluster.setup.password_file().display().to_string(),
+            "--tcp-monitor",
+            &monitor.url,
+        ],
+    );
+    support::wait_for_health(&mut proxy, &admin);
+    let on_pg1 = wait_until(Duration::from_secs(10), || {
+        cluster.who_answers(rw) == Ok("pg1".into())
+    });
+    assert!(on_pg1, "the read-write port: {:?}", cluster.who_answers(rw));
+    let held = cluster.hold(rw);
+    assert_eq!(cluster.who_answers_on(&held), Ok("pg1".into()));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(&cluster, 0)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 pg1's postmaster");
+    let promoted = wait_until(Duration::from_secs(15), || {
+        let view = monitor.cluster();
+        view["primary"]["node"].is_string()
+            && view["primary"]["node"] != "pg1"
+            && view["failover_in_progress"] == false
+    });
+    assert!(promoted, "no standby promoted: {}", monitor.cluster());
+    let new = monitor.cluster()["primary"]["node"]
+        .as_str()
+        .map(str::to_owned)
+        .expect("a primary");
+    // The session held to the old primary is over; a new one lands on the new primary
+    // and can write.
+    assert!(cluster.who_answers_on(&held).is_err());
+    let moved = wait_until(Duration::from_secs(10), || {
+        cluster.who_answers(rw) == Ok(new.clone())
+    });
+    assert!(
+        moved,
+        "the read-write port: {:?}, not {new}\n{}",
+        cluster.who_answers(rw),
+        proxy.log_report()
+    );
+    let writable = wait_until(Duration::from_secs(5), || {
+        cluster.query_one(
+            rw,
+            "SELECT pg_is_in_recovery()::text || ' ' || current_setting('transaction_read_only')",
+        ) == Ok("false off".into())
+    });
+    assert!(writable, "{new} through the proxy is not writable");
+    drop(keepers);
+}

@@ -11,6 +11,7 @@
 //! max_lag = "1s"
 //! user = "keel"
 //! password_file = "keel-data/pg.password"
+//! monitor = "http://127.0.0.1:8071"   # the read-write port follows its primary
 //! [[tcp.server]]
 //! name = "pg1"
 //! addr = "127.0.0.1:5433"
@@ -72,6 +73,9 @@ pub struct TcpConfig {
     /// The servers, primary and standbys alike: the checks find out which is which.
     #[serde(rename = "server")]
     pub servers: Vec<TcpServerConfig>,
+    /// The monitor (or a group's monitors, comma-separated) whose word decides which
+    /// server takes the read-write port: the servers' names are its node ids.
+    pub monitor: Option<String>,
 }
 
 /// How the read-only port picks a standby.
@@ -114,6 +118,7 @@ impl Default for TcpConfig {
             fall: 2,
             rise: 2,
             servers: Vec::new(),
+            monitor: None,
         }
     }
 }

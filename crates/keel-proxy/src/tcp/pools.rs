@@ -12,6 +12,11 @@
 //!   read-write port of a server that is now a standby would be refused its writes, and
 //!   one on the read-only port of a server promoted to primary would read from it forever.
 //!   [`Change::Moved`] says so; the driver closes them.
+//! - **Following a monitor** ([`Pools::follow_monitor`], `keel proxy --tcp-monitor`):
+//!   the read-write port goes only to the server the monitor names primary, once a check
+//!   has seen it out of recovery — never to one that only says so of itself, as an
+//!   isolated old primary does — and when the monitor names another, the sessions on the
+//!   old one's read-write port are closed ([`Change::Deposed`]).
 
 use std::time::Duration;
 
@@ -73,6 +78,8 @@ pub enum Change {
     Lagging(Duration),
     /// It caught up.
     CaughtUp,
+    /// The monitor no longer names it primary: close its sessions on the read-write port.
+    Deposed,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -90,6 +97,10 @@ pub struct Pools {
     servers: Vec<Server>,
     /// The next server to try for each port (round robin).
     next: [usize; 2],
+    /// Whether the read-write port follows a monitor's word.
+    follows: bool,
+    /// The server the monitor names primary, when it names one of these.
+    named: Option<usize>,
 }
 
 impl Pools {
@@ -99,6 +110,25 @@ impl Pools {
             policy,
             servers: vec![Server::default(); n],
             next: [0, 0],
+            follows: false,
+            named: None,
+        }
+    }
+
+    /// From now on the read-write port goes only to the server a monitor names primary
+    /// ([`Pools::named`]); to none until it has named one.
+    pub fn follow_monitor(&mut self) {
+        self.follows = true;
+    }
+
+    /// The monitor's word: server `primary` is primary (`None`: none of these, or none at
+    /// all). The server it named before, if another, is deposed.
+    pub fn named(&mut self, primary: Option<usize>) -> Vec<(usize, Change)> {
+        let primary = primary.filter(|&i| i < self.servers.len());
+        let before = std::mem::replace(&mut self.named, primary);
+        match before {
+            Some(old) if before != primary => vec![(old, Change::Deposed)],
+            _ => Vec::new(),
         }
     }
 
@@ -167,6 +197,10 @@ impl Pools {
         };
         let primaries = with(Role::Primary);
         match port {
+            Port::ReadWrite if self.follows => primaries
+                .into_iter()
+                .filter(|&i| Some(i) == self.named)
+                .collect(),
             Port::ReadWrite if primaries.len() == 1 => primaries,
             Port::ReadWrite => Vec::new(),
             Port::ReadOnly => {
@@ -255,6 +289,35 @@ mod tests {
             role: Role::Standby,
             lag: Duration::from_millis(lag_ms),
         })
+    }
+
+    #[test]
+    fn following_a_monitor_the_read_write_port_goes_to_its_primary_only() {
+        let mut p = pools(3);
+        p.follow_monitor();
+        // pg1 and pg2 both out of recovery: an old primary cut off, and the new one.
+        p.observe(0, primary());
+        p.observe(1, primary());
+        p.observe(2, standby(0));
+        assert_eq!(
+            p.eligible(Port::ReadWrite),
+            Vec::<usize>::new(),
+            "named no one yet"
+        );
+        assert_eq!(p.named(Some(1)), vec![]);
+        assert_eq!(p.eligible(Port::ReadWrite), vec![1]);
+        // The monitor moves on to pg3: pg2's read-write sessions close, and until a check
+        // sees pg3 out of recovery the port goes to no one.
+        assert_eq!(p.named(Some(2)), vec![(1, Change::Deposed)]);
+        assert_eq!(p.eligible(Port::ReadWrite), Vec::<usize>::new());
+        p.observe(2, primary());
+        assert_eq!(p.eligible(Port::ReadWrite), vec![2]);
+        // The same word again changes nothing; a name this pool does not know deposes.
+        assert_eq!(p.named(Some(2)), vec![]);
+        assert_eq!(p.named(None), vec![(2, Change::Deposed)]);
+        assert_eq!(p.eligible(Port::ReadWrite), Vec::<usize>::new());
+        // The read-only port is not the monitor's business.
+        assert_eq!(p.eligible(Port::ReadOnly), vec![0, 1, 2]);
     }
 
     /// pg1 primary, pg2 and pg3 standbys, all checked once.

@@ -105,7 +105,11 @@ impl TcpPool {
                 })
             })
             .collect::<Vec<_>>();
-        let pools = Mutex::new(Pools::new(servers.len(), config.policy()));
+        let mut pools = Pools::new(servers.len(), config.policy());
+        if config.monitor.is_some() {
+            pools.follow_monitor();
+        }
+        let pools = Mutex::new(pools);
         TcpPool {
             config,
             servers,
@@ -182,8 +186,49 @@ impl TcpPool {
                         port_label(close)
                     );
                 }
+                Change::Deposed => self.deposed(i),
             }
         }
+    }
+
+    /// Feeds the monitor's word on the primary (a server's name; `None` when it names
+    /// none) to the decisions, and closes the read-write sessions of a server it no
+    /// longer names. The server it names now, when that is news: its index.
+    pub fn named(&self, primary: Option<&str>) -> Option<usize> {
+        let index = primary.and_then(|name| self.servers.iter().position(|s| s.name == name));
+        let changes = self.pools().named(index);
+        let news = !changes.is_empty();
+        for (i, _) in changes {
+            self.deposed(i);
+        }
+        index.filter(|_| news)
+    }
+
+    /// What a check of server `i` connects to.
+    fn target(&self, i: usize) -> Option<Target> {
+        let server = self.servers.get(i)?;
+        Some(Target {
+            host: server.addr.ip().to_string(),
+            port: server.addr.port(),
+            user: self.config.user.clone(),
+            password: self.password.clone(),
+            dbname: self.config.dbname.clone(),
+        })
+    }
+
+    fn deposed(&self, i: usize) {
+        let Some(server) = self.servers.get(i) else {
+            return;
+        };
+        let port = Port::ReadWrite;
+        let open = server.stats.open[port as usize].load(Ordering::Relaxed);
+        server.close[port as usize].send_modify(|g| *g += 1);
+        tracing::warn!(
+            "{}: the monitor no longer names {} primary: its {open} {} session(s) closed",
+            self.config.name,
+            server.name,
+            port_label(port)
+        );
     }
 
     /// Why no server can take a connection on `port`, for the client: what each server's
@@ -261,28 +306,75 @@ pub async fn bind(
     Ok(out)
 }
 
-/// Starts the check loops of every server of `pool`; they end when `stop` turns true
-/// or the pool is dropped.
+/// Starts the check loops of every server of `pool`, and the loop that follows its
+/// monitor when it has one; they end when `stop` turns true or the pool is dropped.
 pub fn start_checks(pool: &Arc<TcpPool>, stop: &watch::Receiver<bool>) {
     for i in 0..pool.servers.len() {
         tokio::spawn(check_loop(Arc::downgrade(pool), i, stop.clone()));
+    }
+    if let Some(monitor) = pool.config.monitor.clone() {
+        tokio::spawn(monitor_loop(Arc::downgrade(pool), monitor, stop.clone()));
+    }
+}
+
+/// How often the monitor is asked which server is primary: as often as a node
+/// heartbeats, since a failover is over in well under a second.
+const ASK_MONITOR_EVERY: Duration = Duration::from_millis(100);
+
+/// Asks the monitor which server is primary, every [`ASK_MONITOR_EVERY`]; a server it
+/// names anew is checked at once rather than at its next check. A monitor that does not
+/// answer changes nothing: without it there is no failover either.
+async fn monitor_loop(weak: Weak<TcpPool>, monitor: String, mut stop: watch::Receiver<bool>) {
+    let timeout = match weak.upgrade() {
+        Some(pool) => pool.config.check_timeout,
+        None => return,
+    };
+    let Ok(http) = reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .build()
+    else {
+        tracing::error!("cannot set up an HTTP client to follow the monitor");
+        return;
+    };
+    let mut tick = tokio::time::interval(ASK_MONITOR_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let view = keel_client::monitor::cluster_as(&http, &monitor, timeout, None).await;
+        let Some(pool) = weak.upgrade() else { return };
+        match view {
+            Ok(view) => {
+                reachable = true;
+                let news = pool.named(view.primary.as_ref().map(|p| p.node.as_str()));
+                if let Some((i, target)) = news.and_then(|i| Some((i, pool.target(i)?))) {
+                    drop(pool);
+                    let result = check(&target, timeout).await;
+                    let Some(pool) = weak.upgrade() else { return };
+                    pool.observe(i, result);
+                }
+            }
+            Err(e) if reachable => {
+                tracing::warn!(monitor = %monitor, error = %e, "{}: the monitor does not answer; keeping its last word", pool.config.name);
+                reachable = false;
+            }
+            Err(_) => {}
+        }
     }
 }
 
 async fn check_loop(pool: Weak<TcpPool>, i: usize, mut stop: watch::Receiver<bool>) {
     let (target, interval, timeout) = {
         let Some(pool) = pool.upgrade() else { return };
-        let Some(server) = pool.servers.get(i) else {
+        let Some(target) = pool.target(i) else {
             return;
         };
         (
-            Target {
-                host: server.addr.ip().to_string(),
-                port: server.addr.port(),
-                user: pool.config.user.clone(),
-                password: pool.password.clone(),
-                dbname: pool.config.dbname.clone(),
-            },
+            target,
             pool.config.check_interval,
             pool.config.check_timeout,
         )

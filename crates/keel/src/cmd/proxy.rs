@@ -96,6 +96,7 @@ fn config_of(args: &ProxyArgs) -> anyhow::Result<Config> {
                     user: args.tcp_user.clone(),
                     password_file: args.tcp_password_file.clone(),
                     servers: parse_servers_flag(servers),
+                    monitor: args.tcp_monitor.clone(),
                     ..TcpConfig::default()
                 });
             }
