@@ -54,6 +54,12 @@ pub trait Member: Send + Sync + 'static {
     fn counted(&self, ok: bool);
     /// Hands an input to its machine and carries out what comes of it.
     fn input(&self, input: Input) -> impl std::future::Future<Output = ()> + Send;
+    /// Resolves when the member has news the monitor should hear before the next
+    /// interval (a keeper's promotion done: its lease is renewed by the answer). Never,
+    /// unless the member says otherwise.
+    fn nudged(&self) -> impl std::future::Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 impl Member for Shared {
@@ -276,6 +282,7 @@ pub async fn run<M: Member>(shared: Arc<M>, monitors: String, mut stop: watch::R
         }
         tokio::select! {
             _ = tokio::time::sleep_until(sent_at + timing.heartbeat_interval) => {}
+            () = shared.nudged() => {}
             _ = stop.changed() => return,
         }
     }

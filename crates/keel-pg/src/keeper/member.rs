@@ -56,6 +56,8 @@ pub struct Keeper {
     /// Whether the server may take writes: false from just before a promotion until the
     /// new primary first holds its lease (it is read-only by default until then).
     writable: AtomicBool,
+    /// Wakes the heartbeat session for news the monitor should hear at once.
+    nudge: tokio::sync::Notify,
     /// Whether a drain this primary was asked for is done: no session left, no new
     /// transaction writable, its WAL position observed after that.
     drained: AtomicBool,
@@ -130,6 +132,7 @@ impl Keeper {
             actions,
             failed: Mutex::new(None),
             writable: AtomicBool::new(true),
+            nudge: tokio::sync::Notify::new(),
             drained: AtomicBool::new(false),
             http,
             guard,
@@ -271,6 +274,11 @@ impl Keeper {
             && machine.failover().is_some_and(|f| {
                 f.from.as_str() == self.config.id.as_str() && f.phase == FailoverPhase::Draining
             })
+    }
+
+    /// Has the heartbeat session send its next heartbeat now, not at the interval's end.
+    pub(super) fn nudge(&self) {
+        self.nudge.notify_one();
     }
 
     /// Whether the drain is done (see [`Keeper::set_drained`]).
@@ -435,6 +443,10 @@ impl Member for Keeper {
 
     fn is_primary(&self) -> bool {
         self.is_primary_now()
+    }
+
+    fn nudged(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.nudge.notified()
     }
 
     fn writer(&self) -> (NodeId, Epoch) {

@@ -648,6 +648,9 @@ impl Driver {
                     log_end,
                     error,
                 });
+                // Its lease is renewed only by the monitor's answer to a heartbeat that
+                // says it is primary: that heartbeat goes now.
+                self.keeper.nudge();
             }
             Action::Follow(Some(primary_url)) => self.follow(&primary_url).await,
             Action::Follow(None) => {}
@@ -733,6 +736,7 @@ impl Driver {
                 tracing::info!(lsn = %observed.lsn, "drained for the switchover: no session left, read-only");
                 self.keeper.set_observed(Some(observed));
                 self.keeper.set_drained(true);
+                self.keeper.nudge();
             }
             Err(e) => tracing::warn!(error = %e, "cannot observe the drained server"),
         }
