@@ -84,6 +84,9 @@ impl Setup {
 
     /// Like [`Setup::prepare`], with the binaries and the owner given.
     pub fn with(base: &Path, bin: Binaries, owner: Owner) -> Result<Setup, PgError> {
+        // Absolute: the password file's path goes into each standby's `primary_conninfo`,
+        // which its walreceiver reads from inside the standby's own directory.
+        let base = &std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         if !base.is_dir() {
             fs::create_dir_all(base).map_err(PgError::io(format!("mkdir {}", base.display())))?;
             // Other accounts may pass through (to the servers' directories), not list it.
@@ -401,6 +404,40 @@ mod tests {
         assert!(text.contains("unix_socket_directories = ''\n"), "{text}");
         assert!(text.contains("listen_addresses = '127.0.0.1'"), "{text}");
         assert!(text.contains("wal_log_hints = on\n"), "{text}");
+    }
+
+    #[test]
+    fn a_relative_base_gives_standbys_an_absolute_password_file() {
+        let base = tempfile::tempdir().expect("a temporary directory");
+        // The same directory, named from here: `../../…/tmp/.tmpXXXX`.
+        let here = std::env::current_dir().expect("the tests run in a directory");
+        let mut relative = PathBuf::new();
+        for _ in here.components().skip(1) {
+            relative.push("..");
+        }
+        relative.push(
+            base.path()
+                .strip_prefix("/")
+                .expect("an absolute temporary path"),
+        );
+        let setup = Setup::with(
+            &relative,
+            Binaries::find().expect("PostgreSQL is installed (scripts/test installs it)"),
+            Owner::detect().expect("an owner for the servers"),
+        )
+        .expect("a setup");
+        let passfile = setup.passfile();
+        assert!(passfile.is_absolute(), "{}", passfile.display());
+        assert_eq!(
+            fs::canonicalize(&passfile).expect("the password file exists"),
+            fs::canonicalize(base.path().join(PASSFILE)).expect("the password file exists")
+        );
+        let conninfo =
+            setup.standby_conninfo(&Server::new("pg2", &relative, 5434), "127.0.0.1", "5433");
+        assert!(
+            conninfo.contains(&format!("passfile={} ", passfile.display())),
+            "{conninfo}"
+        );
     }
 
     #[test]
