@@ -773,31 +773,10 @@ fn through_keel_proxy_a_client_reconnecting_after_a_failover_lands_on_the_new_pr
     let ports = free_ports(3);
     let keepers = start_group(&cluster, &monitor, &ports, 3, &no_env);
     // The proxy's read-write port follows the monitor's word, not the servers' own.
-    let [admin_port, rw, ro]: [u16; 3] = free_ports(3).try_into().expect("three ports");
-    let servers = (0..3)
-        .map(|i| format!("pg{}={}", i + 1, cluster.addr(i)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let admin = support::url_for(admin_port);
-    let mut proxy = KeelProcess::spawn(
-        "proxy",
-        &[
-            "proxy",
-            "--admin",
-            &format!("127.0.0.1:{admin_port}"),
-            "--tcp",
-            &servers,
-            "--tcp-read-write",
-            &format!("127.0.0.1:{rw}"),
-            "--tcp-read-only",
-            &format!("127.0.0.1:{ro}"),
-            "--tcp-password-file",
-            &cluster.setup.password_file().display().to_string(),
-            "--tcp-monitor",
-            &monitor.url,
-        ],
+    let (proxy, _admin, rw, _ro) = cluster.start_proxy(
+        &cluster.setup.password_file(),
+        &["--tcp-monitor", &monitor.url],
     );
-    support::wait_for_health(&mut proxy, &admin);
     let on_pg1 = wait_until(Duration::from_secs(10), || {
         cluster.who_answers(rw) == Ok("pg1".into())
     });

@@ -39,38 +39,11 @@ fn server_state(admin: &str, name: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-fn start_proxy(pg: &PgCluster, password_file: &std::path::Path) -> (KeelProcess, String, u16, u16) {
-    let [admin_port, rw, ro]: [u16; 3] = free_ports(3).try_into().expect("three ports");
-    let servers = (0..3)
-        .map(|i| format!("pg{}={}", i + 1, pg.addr(i)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let admin = url_for(admin_port);
-    let mut proxy = KeelProcess::spawn(
-        "proxy",
-        &[
-            "proxy",
-            "--admin",
-            &format!("127.0.0.1:{admin_port}"),
-            "--tcp",
-            &servers,
-            "--tcp-read-write",
-            &format!("127.0.0.1:{rw}"),
-            "--tcp-read-only",
-            &format!("127.0.0.1:{ro}"),
-            "--tcp-password-file",
-            &password_file.display().to_string(),
-        ],
-    );
-    wait_for_health(&mut proxy, &admin);
-    (proxy, admin, rw, ro)
-}
-
 #[test]
 fn the_tcp_ports_route_by_role_and_lag_and_survive_a_standby_killed() {
     let dir = tempdir();
     let mut pg = PgCluster::start(dir.path());
-    let (proxy, admin, rw, ro) = start_proxy(&pg, &pg.setup.password_file());
+    let (proxy, admin, rw, ro) = pg.start_proxy(&pg.setup.password_file(), &[]);
     let all_up = wait_until(Duration::from_secs(15), || {
         ["pg1", "pg2", "pg3"]
             .iter()
@@ -253,7 +226,7 @@ fn a_wrong_password_in_the_check_and_a_bad_section_are_named() {
     let pg = PgCluster::start(dir.path());
     let wrong = dir.path().join("wrong.password");
     std::fs::write(&wrong, "not-the-password\n").expect("write");
-    let (proxy, admin, rw, _) = start_proxy(&pg, &wrong);
+    let (proxy, admin, rw, _) = pg.start_proxy(&wrong, &[]);
     let named = wait_until(Duration::from_secs(10), || {
         server_state(&admin, "pg1")["last_check_error"]
             .as_str()

@@ -75,6 +75,45 @@ impl PgCluster {
         }
     }
 
+    /// `keel proxy` with a TCP pool over the three servers, its checks logging in with
+    /// the password in `password_file`, and `extra` flags; once its admin API answers:
+    /// the process, the admin URL, and the read-write and read-only ports.
+    pub fn start_proxy(
+        &self,
+        password_file: &Path,
+        extra: &[&str],
+    ) -> (super::KeelProcess, String, u16, u16) {
+        let [admin_port, rw, ro]: [u16; 3] = super::free_ports(3).try_into().expect("three ports");
+        let servers = (0..self.servers.len())
+            .map(|i| format!("pg{}={}", i + 1, self.addr(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let admin = super::url_for(admin_port);
+        let (admin_addr, rw_addr, ro_addr) = (
+            format!("127.0.0.1:{admin_port}"),
+            format!("127.0.0.1:{rw}"),
+            format!("127.0.0.1:{ro}"),
+        );
+        let password = password_file.display().to_string();
+        let mut args = vec![
+            "proxy",
+            "--admin",
+            &admin_addr,
+            "--tcp",
+            &servers,
+            "--tcp-read-write",
+            &rw_addr,
+            "--tcp-read-only",
+            &ro_addr,
+            "--tcp-password-file",
+            &password,
+        ];
+        args.extend_from_slice(extra);
+        let mut proxy = super::KeelProcess::spawn("proxy", &args);
+        super::wait_for_health(&mut proxy, &admin);
+        (proxy, admin, rw, ro)
+    }
+
     /// The password of the keel role.
     pub fn password(&self) -> String {
         self.setup.password().to_owned()
