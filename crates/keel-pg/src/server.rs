@@ -240,14 +240,19 @@ impl Setup {
     /// `pg_basebackup -R` (it writes `standby.signal` and `primary_conninfo`), then the
     /// standby's own port and name.
     pub fn clone_standby(&self, server: &Server, primary: &Server) -> Result<(), PgError> {
+        self.clone_from(server, "127.0.0.1", &primary.port.to_string())
+    }
+
+    /// Like [`Setup::clone_standby`], from the server at `host:port`.
+    pub fn clone_from(&self, server: &Server, host: &str, port: &str) -> Result<(), PgError> {
         self.make_dir(&server.dir)?;
         self.run(
             "pg_basebackup",
             &[
                 "-h".into(),
-                "127.0.0.1".into(),
+                host.into(),
                 "-p".into(),
-                primary.port.to_string().into(),
+                port.into(),
                 "-U".into(),
                 USER.into(),
                 "-D".into(),

@@ -94,6 +94,12 @@ pub struct KeeperArgs {
     #[arg(long)]
     pub pg_port: u16,
 
+    /// Make a new cluster (initdb) when <data-dir>/ID holds none and the monitor has never
+    /// had a primary. Without it, a keeper with no server copies the primary's
+    /// (pg_basebackup) once the monitor names one. Give it to one keeper only.
+    #[arg(long)]
+    pub init: bool,
+
     /// File holding the admin token (else KEEL_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,

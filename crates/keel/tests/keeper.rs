@@ -2,7 +2,8 @@
 //! the primary, the keeper promotes it, standbys follow it, COMMITs wait for a sync
 //! standby, and a primary whose postmaster is killed with `kill -9` is replaced by a
 //! standby holding every acknowledged COMMIT; started again, the old primary is rewound
-//! with `pg_rewind` and becomes a promotable standby.
+//! with `pg_rewind` and becomes a promotable standby. The keepers start on empty
+//! directories: the first makes the cluster, the others copy it.
 
 mod support;
 
@@ -47,6 +48,10 @@ fn keeper_args(cluster: &PgCluster, i: usize, port: u16, monitor: &TestMonitor) 
     .map(str::to_owned)
     .collect::<Vec<_>>();
     args.extend(monitor.member_flags());
+    if i == 0 {
+        // Only pg1 may make a new cluster, and only while the monitor never had a primary.
+        args.push("--init".to_owned());
+    }
     args
 }
 
@@ -117,11 +122,8 @@ fn postmaster_pid(cluster: &PgCluster, i: usize) -> i32 {
 fn five_kills_of_the_primarys_postmaster_each_promote_a_standby_lose_no_commit_and_rejoin_by_rewind()
  {
     let dir = tempdir();
-    let mut cluster = PgCluster::start(dir.path());
-    // The keepers run the servers from here on.
-    for i in 0..3 {
-        cluster.running[i] = None;
-    }
+    // Nothing made: pg1's keeper (--init) makes a new cluster, the others copy it.
+    let cluster = PgCluster::unmade(dir.path());
     let monitor = TestMonitor::start_closed(&dir.path().join("monitor"), &[]);
     let ports = free_ports(3);
     let mut keepers: Vec<KeelProcess> = Vec::new();

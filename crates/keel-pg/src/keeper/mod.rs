@@ -18,7 +18,10 @@
 //! lease ran out (no majority renewed it), or the monitor made another primary while this
 //! one still writes (deposed). A keeper always starts its server in recovery: a server
 //! that was primary becomes primary again only when the monitor says so, through a
-//! promotion (on a new timeline), never by being started.
+//! promotion (on a new timeline), never by being started. A keeper with no server makes
+//! one: a copy of the primary's (`pg_basebackup`), or with `--init`, while the monitor has
+//! never had a primary, a new cluster; a former primary is rewound (`pg_rewind`) to the
+//! primary the monitor names before it starts.
 //!
 //! - [`links`]: what the primary's `pg_stat_replication` shows, as the machine's inputs;
 //! - [`member`]: [`member::Keeper`], the state the tasks share and the machine's outputs
@@ -71,6 +74,9 @@ pub struct KeeperConfig {
     pub secret: Option<keel_auth::ClusterSecret>,
     /// The admin token.
     pub token: Option<keel_core::token::Token>,
+    /// Whether it may make a new cluster (initdb) when its directory holds none and the
+    /// monitor has never had a primary.
+    pub init: bool,
 }
 
 /// Why a keeper stopped.
@@ -91,9 +97,19 @@ pub enum KeeperError {
         name: String,
         source: tokio_postgres::Error,
     },
-    /// Its server's directory holds no cluster.
-    #[error("{0} holds no PostgreSQL cluster: make it first (keel pg, or keel up --postgres)")]
+    /// Its server's directory holds no cluster, and the monitor says its node is the
+    /// primary: the data is gone, and making a new cluster would hide that.
+    #[error(
+        "{0} holds no PostgreSQL cluster, yet the monitor names this node primary: its data \
+         is gone; restore it, or remove the node from the monitor so that it joins as a new standby"
+    )]
     NotMade(PathBuf),
+    /// Its server's directory holds no cluster and no primary appeared to copy one from.
+    #[error(
+        "{dir} holds no PostgreSQL cluster and the monitor named no primary to copy within \
+         {waited:?}: start the first keeper with --init to make a new cluster"
+    )]
+    NoPrimaryToCopy { dir: PathBuf, waited: Duration },
     /// Its state file cannot be read.
     #[error("{path} is not a keeper's state: {reason}")]
     BadState { path: PathBuf, reason: String },
@@ -118,12 +134,12 @@ pub async fn run(
     let setup = Setup::prepare(&config.base)?;
     let server = Server::new(config.id.as_str(), &config.base, config.pg_port);
     if !server.is_initialised() {
-        return Err(KeeperError::NotMade(server.dir.clone()));
+        bootstrap(&config, &setup, &server).await?;
     }
     // A server that was a primary may hold WAL the new primary never had: it is
     // rewound to the new primary before it starts, or it could not follow it.
     if !server.is_standby()
-        && let Some(source) = primary_elsewhere(&config).await
+        && let Seen::Primary(source) = primary_elsewhere(&config).await
     {
         tracing::info!(primary = %source, "rewinding to the primary with pg_rewind");
         checkpoint(&setup, &source).await?;
@@ -202,35 +218,117 @@ pub async fn run(
     ended
 }
 
-/// Where the primary's server listens, when the monitor names a primary other than this
-/// keeper (asked of that primary's keeper); `None` when it names none, or this one, or
-/// cannot be asked — then the server starts in recovery as it is, and waits to be told.
-async fn primary_elsewhere(config: &KeeperConfig) -> Option<String> {
-    let http = reqwest::Client::builder()
+/// How long a keeper with no server waits for a primary to copy one from.
+const BOOTSTRAP_WITHIN: Duration = Duration::from_secs(120);
+
+/// Makes the server of a keeper whose directory holds none: a copy of the primary the
+/// monitor names (`pg_basebackup`), or — with `--init`, and only while the monitor has
+/// never had a primary — a new cluster. A keeper without `--init` waits for a primary to
+/// copy: a new cluster beside an existing one would be a second database under the same
+/// names, with none of the first one's data.
+async fn bootstrap(
+    config: &KeeperConfig,
+    setup: &Setup,
+    server: &Server,
+) -> Result<(), KeeperError> {
+    let deadline = Instant::now() + BOOTSTRAP_WITHIN;
+    let mut said = false;
+    loop {
+        match primary_elsewhere(config).await {
+            Seen::Primary(address) => {
+                let (host, port) = split_address(&address)?;
+                tracing::info!(primary = %address, "copying the primary's server with pg_basebackup");
+                setup.clone_from(server, host, port)?;
+                return Ok(());
+            }
+            Seen::NeverAny if config.init => {
+                tracing::info!(dir = %server.dir.display(), "making a new cluster with initdb");
+                setup.init_primary(server)?;
+                return Ok(());
+            }
+            Seen::ThisOne => return Err(KeeperError::NotMade(server.dir.clone())),
+            Seen::NeverAny | Seen::NoneNow | Seen::Unknown => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(KeeperError::NoPrimaryToCopy {
+                dir: server.dir.clone(),
+                waited: BOOTSTRAP_WITHIN,
+            });
+        }
+        if !said {
+            tracing::info!("no server here yet: waiting for the monitor to name a primary to copy");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What the monitor says of the primary, as far as this keeper is concerned.
+enum Seen {
+    /// Another node is primary; its server listens here (`host:port`, asked of its keeper).
+    Primary(String),
+    /// This keeper's node is the primary.
+    ThisOne,
+    /// There is no primary, and there never was one (epoch 0): the cluster is new.
+    NeverAny,
+    /// There is no primary now.
+    NoneNow,
+    /// The monitor or the primary's keeper cannot be asked.
+    Unknown,
+}
+
+/// What the monitor says of the primary; where the primary's server listens when it is
+/// another node (asked of that primary's keeper). Short of [`Seen::Primary`], a server
+/// that has one starts in recovery as it is, and waits to be told.
+async fn primary_elsewhere(config: &KeeperConfig) -> Seen {
+    let Ok(http) = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(2))
         .build()
-        .ok()?;
+    else {
+        return Seen::Unknown;
+    };
     let signer = config
         .secret
         .as_ref()
         .map(|s| keel_auth::Signer::new(s.key(), config.id.as_str()));
-    let view = keel_client::monitor::cluster_as(
+    let Ok(view) = keel_client::monitor::cluster_as(
         &http,
         &config.monitor,
         Duration::from_secs(2),
         signer.as_ref(),
     )
     .await
-    .ok()?;
-    let primary = view.primary.filter(|p| p.node != config.id)?;
-    let answer = http
-        .get(format!("{}/v1/pg", primary.url))
-        .send()
-        .await
-        .ok()?;
-    let body: serde_json::Value = answer.json().await.ok()?;
-    body["address"].as_str().map(str::to_owned)
+    else {
+        return Seen::Unknown;
+    };
+    let primary = match view.primary {
+        None if view.epoch.0 == 0 => return Seen::NeverAny,
+        None => return Seen::NoneNow,
+        Some(p) if p.node == config.id => return Seen::ThisOne,
+        Some(p) => p,
+    };
+    let Ok(answer) = http.get(format!("{}/v1/pg", primary.url)).send().await else {
+        return Seen::Unknown;
+    };
+    let Ok(body) = answer.json::<serde_json::Value>().await else {
+        return Seen::Unknown;
+    };
+    match body["address"].as_str() {
+        Some(address) => Seen::Primary(address.to_owned()),
+        None => Seen::Unknown,
+    }
+}
+
+/// `host:port` split, or the error that says it is not one.
+fn split_address(address: &str) -> Result<(&str, &str), KeeperError> {
+    address.rsplit_once(':').ok_or_else(|| {
+        KeeperError::Pg(PgError::Tool {
+            tool: "keel keeper".into(),
+            status: "not run".into(),
+            output: format!("the primary's keeper gave {address:?}, not host:port"),
+        })
+    })
 }
 
 /// How long a server in recovery may take to become consistent (to replay, from its
@@ -272,13 +370,7 @@ async fn checkpoint(setup: &Setup, address: &str) -> Result<(), KeeperError> {
         name: address.to_owned(),
         source,
     };
-    let Some((host, port)) = address.rsplit_once(':') else {
-        return Err(KeeperError::Pg(PgError::Tool {
-            tool: "pg_rewind".into(),
-            status: "not run".into(),
-            output: format!("{address:?} is not host:port"),
-        }));
-    };
+    let (host, port) = split_address(address)?;
     let conninfo = format!(
         "host={host} port={port} user={} password={} dbname=postgres connect_timeout=5",
         crate::USER,

@@ -23,6 +23,7 @@ pub fn run(args: KeeperArgs) -> anyhow::Result<ExitCode> {
         pg_port: args.pg_port,
         secret,
         token,
+        init: args.init,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

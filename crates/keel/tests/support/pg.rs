@@ -22,6 +22,23 @@ pub struct PgCluster {
 impl PgCluster {
     /// Made in `dir` (which the postgres account must be able to traverse) on free ports.
     pub fn start(dir: &Path) -> PgCluster {
+        let mut cluster = PgCluster::unmade(dir);
+        keel_pg::cluster::ensure(
+            &cluster.setup,
+            &cluster.servers[0],
+            &cluster.servers[1..],
+            &mut |_| {},
+        )
+        .expect("a primary and two standbys");
+        for i in 0..3 {
+            cluster.start_server(i);
+        }
+        cluster
+    }
+
+    /// The same three servers' places in `dir`, on free ports, with nothing made or
+    /// started: for whatever makes them (keel keeper).
+    pub fn unmade(dir: &Path) -> PgCluster {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
         let setup =
             Setup::prepare(dir).expect("PostgreSQL is installed (scripts/test installs it)");
@@ -29,9 +46,7 @@ impl PgCluster {
         let servers: Vec<Server> = (1..=3)
             .map(|k| Server::new(&format!("pg{k}"), dir, ports[k - 1]))
             .collect();
-        keel_pg::cluster::ensure(&setup, &servers[0], &servers[1..], &mut |_| {})
-            .expect("a primary and two standbys");
-        let mut cluster = PgCluster {
+        PgCluster {
             setup,
             servers,
             running: vec![None, None, None],
@@ -40,11 +55,7 @@ impl PgCluster {
                 .enable_all()
                 .build()
                 .expect("runtime"),
-        };
-        for i in 0..3 {
-            cluster.start_server(i);
         }
-        cluster
     }
 
     /// Starts server `i` (again) and waits until it accepts connections.
