@@ -25,10 +25,10 @@
 #                      monitor and three nodes, defaults. pg_autoctl restarts its postgres
 #                      by itself
 #
-# Both peers get use_pg_rewind/wal_log_hints (Patroni) or their own (pg_auto_failover
-# always rewinds) so that a former primary can follow; replication is what each system
-# does by default: synchronous (ANY 1) for keel and pg_auto_failover, asynchronous for
-# Patroni.
+# Patroni is given use_pg_rewind (with wal_log_hints) so that a former primary can follow
+# a new one, as its documentation advises; keel and pg_auto_failover rewind by
+# themselves. Replication is each system's default: synchronous (ANY 1) for keel and
+# pg_auto_failover, asynchronous for Patroni.
 #
 # The window of one kill: from the last COMMIT acknowledged before it to the first after
 # it. Lost: acknowledged COMMITs the final primary does not hold. Target for keel:
