@@ -219,3 +219,39 @@ impl fmt::Display for FailoverReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_figures_count_every_kill_and_rank_only_the_recovered_ones() {
+        let windows = Windows {
+            cycles: vec![
+                Cycle::Window(Duration::from_millis(700)),
+                Cycle::NeverRecovered,
+                Cycle::Window(Duration::from_millis(600)),
+                Cycle::Window(Duration::from_millis(900)),
+            ],
+            longest_gap_elsewhere: Duration::from_millis(40),
+        };
+        let figures = WindowFigures::new(&windows);
+        assert_eq!((figures.kills, figures.recovered), (4, 3));
+        assert_eq!(figures.windows_ms, vec![700.0, 600.0, 900.0]);
+        assert_eq!(figures.window_min_ms, Some(600.0));
+        assert_eq!(figures.window_median_ms, Some(700.0));
+        assert_eq!(figures.window_p99_ms, Some(900.0));
+        assert_eq!(figures.window_max_ms, Some(900.0));
+        // The scripts read these names at the top level of both reports' JSON.
+        let json = serde_json::to_value(&figures).unwrap_or_default();
+        for key in [
+            "kills",
+            "recovered",
+            "windows_ms",
+            "window_median_ms",
+            "window_p99_ms",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing from {json}");
+        }
+    }
+}
