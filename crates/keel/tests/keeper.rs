@@ -8,16 +8,125 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use support::pg::PgCluster;
 use support::{KeelProcess, TestMonitor, free_ports, tempdir, wait_until};
 
-/// `keel keeper` for server `i` of `cluster`, under `monitor`.
-fn keeper(cluster: &PgCluster, i: usize, port: u16, monitor: &TestMonitor) -> KeelProcess {
+/// `keel keeper` for server `i` of `cluster`, under `monitor`, with the variables `env`.
+fn keeper(
+    cluster: &PgCluster,
+    i: usize,
+    port: u16,
+    monitor: &TestMonitor,
+    env: &[(String, String)],
+) -> KeelProcess {
     let args = keeper_args(cluster, i, port, monitor);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    KeelProcess::spawn(&format!("keeper-pg{}", i + 1), &refs)
+    KeelProcess::spawn_env(&format!("keeper-pg{}", i + 1), &refs, env)
+}
+
+/// Keepers for the first `count` servers of `cluster` on `ports`, each with its own
+/// variables from `env`: pg1's first, which makes the cluster and which the monitor makes
+/// primary, then the others, which copy it; returned once every standby is in the sync
+/// set and promotable, and the primary's COMMITs wait for one of them.
+fn start_group(
+    cluster: &PgCluster,
+    monitor: &TestMonitor,
+    ports: &[u16],
+    count: usize,
+    env: &dyn Fn(usize) -> Vec<(String, String)>,
+) -> Vec<KeelProcess> {
+    let mut keepers = vec![keeper(cluster, 0, ports[0], monitor, &env(0))];
+    let elected = wait_until(Duration::from_secs(30), || {
+        let view = monitor.cluster();
+        view["primary"]["node"] == "pg1" && node(&view, "pg1")["healthy"] == true
+    });
+    assert!(elected, "pg1 never primary: {}", monitor.cluster());
+    for (i, port) in ports.iter().enumerate().take(count).skip(1) {
+        keepers.push(keeper(cluster, i, *port, monitor, &env(i)));
+    }
+    let standbys: Vec<String> = (2..=count).map(|k| format!("pg{k}")).collect();
+    let ready = wait_until(Duration::from_secs(30), || {
+        let view = monitor.cluster();
+        standbys
+            .iter()
+            .all(|n| node(&view, n)["promotable"] == true && node(&view, n)["sync"] == true)
+    });
+    assert!(
+        ready,
+        "the standbys never promotable: {}",
+        monitor.cluster()
+    );
+    assert_eq!(
+        cluster.query_one(cluster.servers[0].port, "SELECT pg_is_in_recovery()::text"),
+        Ok("false".into())
+    );
+    // ANY 1 of every standby, in whatever order.
+    let expected: std::collections::BTreeSet<String> =
+        standbys.iter().map(|n| format!("\"{n}\"")).collect();
+    let synchronous = wait_until(Duration::from_secs(10), || {
+        cluster
+            .query_one(cluster.servers[0].port, "SHOW synchronous_standby_names")
+            .is_ok_and(|s| {
+                s.strip_prefix("ANY 1 (")
+                    .and_then(|s| s.strip_suffix(')'))
+                    .is_some_and(|names| {
+                        names
+                            .split(", ")
+                            .map(str::to_owned)
+                            .collect::<std::collections::BTreeSet<_>>()
+                            == expected
+                    })
+            })
+    });
+    assert!(
+        synchronous,
+        "synchronous_standby_names: {:?}, not ANY 1 of {expected:?}",
+        cluster.query_one(cluster.servers[0].port, "SHOW synchronous_standby_names")
+    );
+    keepers
+}
+
+/// No variables.
+fn no_env(_: usize) -> Vec<(String, String)> {
+    Vec::new()
+}
+
+/// The time at the start of the first line of `log` that contains every one of `words`
+/// (tracing's `2026-12-05T10:37:31.268305Z`).
+fn logged_at(log: &str, words: &[&str]) -> Option<SystemTime> {
+    let line = log.lines().find(|l| words.iter().all(|w| l.contains(w)))?;
+    parse_utc(line.split_whitespace().next()?)
+}
+
+/// `2026-12-05T10:37:31.268305Z` as a time.
+fn parse_utc(stamp: &str) -> Option<SystemTime> {
+    let stamp = stamp.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    let micros: u64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3_600 + min * 60 + sec).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+}
+
+/// Writes `process`'s fault file: the addresses it must not connect to.
+fn cut(faults: &std::path::Path, process: &str, blocked: &[String]) {
+    let path = faults.join(format!("{process}.json"));
+    let tmp = faults.join(format!(".{process}.json.tmp"));
+    let body = serde_json::json!({ "blocked": blocked }).to_string();
+    std::fs::write(&tmp, body).expect("write a fault file");
+    std::fs::rename(&tmp, &path).expect("rename a fault file");
 }
 
 /// The command line of [`keeper`].
@@ -72,14 +181,68 @@ fn index_of(name: &serde_json::Value) -> usize {
         .unwrap_or_else(|| panic!("not a server's name: {name}"))
 }
 
+/// The ids a writer was told were committed, and when it was told.
+#[derive(Clone, Default)]
+struct Acked(Arc<Mutex<Vec<(i32, SystemTime)>>>);
+
+impl Acked {
+    fn push(&self, id: i32) {
+        self.0.lock().expect("acked").push((id, SystemTime::now()));
+    }
+
+    fn ids(&self) -> Vec<i32> {
+        self.0
+            .lock()
+            .expect("acked")
+            .iter()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().expect("acked").len()
+    }
+
+    /// When the last acknowledgement came.
+    fn last_at(&self) -> Option<SystemTime> {
+        self.0.lock().expect("acked").last().map(|(_, at)| *at)
+    }
+
+    /// The longest wait between two acknowledgements.
+    fn longest_gap(&self) -> Duration {
+        let acked = self.0.lock().expect("acked");
+        acked
+            .windows(2)
+            .filter_map(|w| w[1].1.duration_since(w[0].1).ok())
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// How many of `ids` server `port` holds in table `w`.
+fn present(cluster: &PgCluster, port: u16, ids: &[i32]) -> usize {
+    if ids.is_empty() {
+        return 0;
+    }
+    let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    cluster
+        .query_one(
+            port,
+            &format!("SELECT count(*)::text FROM w WHERE id IN ({list})"),
+        )
+        .expect("count rows")
+        .parse()
+        .expect("a count")
+}
+
 /// Starts a thread that commits rows `first..` one at a time on server `i` until a COMMIT
 /// fails or takes 5 s; the ids it was told were committed.
 fn write_until_gone(
     cluster: &PgCluster,
     i: usize,
     first: i32,
-) -> (std::thread::JoinHandle<()>, Arc<Mutex<Vec<i32>>>) {
-    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
+) -> (std::thread::JoinHandle<()>, Acked) {
+    let acked = Acked::default();
     let conninfo = cluster.setup.conninfo(&cluster.servers[i]);
     let writer = {
         let acked = acked.clone();
@@ -98,7 +261,7 @@ fn write_until_gone(
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
                     let insert = client.execute("INSERT INTO w VALUES ($1)", &params);
                     match tokio::time::timeout(Duration::from_secs(5), insert).await {
-                        Ok(Ok(_)) => acked.lock().expect("acked").push(id),
+                        Ok(Ok(_)) => acked.push(id),
                         _ => break,
                     }
                 }
@@ -126,42 +289,7 @@ fn five_kills_of_the_primarys_postmaster_each_promote_a_standby_lose_no_commit_a
     let cluster = PgCluster::unmade(dir.path());
     let monitor = TestMonitor::start_closed(&dir.path().join("monitor"), &[]);
     let ports = free_ports(3);
-    let mut keepers: Vec<KeelProcess> = Vec::new();
-    keepers.push(keeper(&cluster, 0, ports[0], &monitor));
-    // pg1 registers first: the monitor makes it primary and its keeper promotes it.
-    let elected = wait_until(Duration::from_secs(30), || {
-        let view = monitor.cluster();
-        view["primary"]["node"] == "pg1" && node(&view, "pg1")["healthy"] == true
-    });
-    assert!(elected, "pg1 never primary: {}", monitor.cluster());
-    keepers.push(keeper(&cluster, 1, ports[1], &monitor));
-    keepers.push(keeper(&cluster, 2, ports[2], &monitor));
-    let ready = wait_until(Duration::from_secs(30), || {
-        let view = monitor.cluster();
-        ["pg2", "pg3"]
-            .iter()
-            .all(|n| node(&view, n)["promotable"] == true && node(&view, n)["sync"] == true)
-    });
-    assert!(
-        ready,
-        "the standbys never promotable: {}",
-        monitor.cluster()
-    );
-    assert_eq!(
-        cluster.query_one(cluster.servers[0].port, "SELECT pg_is_in_recovery()::text"),
-        Ok("false".into())
-    );
-    // The primary's COMMITs wait for a standby of the monitor's sync set.
-    let synchronous = wait_until(Duration::from_secs(10), || {
-        cluster
-            .query_one(cluster.servers[0].port, "SHOW synchronous_standby_names")
-            .is_ok_and(|s| s == r#"ANY 1 ("pg2", "pg3")"#)
-    });
-    assert!(
-        synchronous,
-        "synchronous_standby_names: {:?}",
-        cluster.query_one(cluster.servers[0].port, "SHOW synchronous_standby_names")
-    );
+    let mut keepers = start_group(&cluster, &monitor, &ports, 3, &no_env);
 
     cluster.exec(0, "CREATE TABLE w (id int primary key)");
     let mut next_id = 0;
@@ -195,7 +323,7 @@ fn five_kills_of_the_primarys_postmaster_each_promote_a_standby_lose_no_commit_a
             old + 1
         );
         writer.join().expect("writer");
-        let acked = acked.lock().expect("acked").clone();
+        let acked = acked.ids();
         assert!(
             acked.len() > 5,
             "cycle {cycle}: the writer committed only {} rows",
@@ -216,20 +344,7 @@ fn five_kills_of_the_primarys_postmaster_each_promote_a_standby_lose_no_commit_a
             cluster.query_one(port, "SELECT pg_is_in_recovery()::text") == Ok("false".into())
         });
         assert!(out_of_recovery, "cycle {cycle}: {view}");
-        let present = cluster
-            .query_one(
-                port,
-                &format!(
-                    "SELECT count(*)::text FROM w WHERE id IN ({})",
-                    acked
-                        .iter()
-                        .map(i32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            )
-            .expect("count on the new primary");
-        let lost = acked.len() - present.parse::<usize>().expect("a count");
+        let lost = acked.len() - present(&cluster, port, &acked);
         lost_total += lost;
         assert_eq!(lost, 0, "cycle {cycle}: acknowledged COMMITs lost");
         // The third server follows the new primary.
@@ -292,4 +407,205 @@ fn five_kills_of_the_primarys_postmaster_each_promote_a_standby_lose_no_commit_a
     }
     assert_eq!(lost_total, 0);
     drop(keepers);
+}
+
+#[test]
+fn a_killed_sync_standby_is_dropped_so_commits_go_on_and_is_not_promoted_until_caught_up() {
+    let dir = tempdir();
+    let cluster = PgCluster::unmade(dir.path());
+    let monitor = TestMonitor::start_closed(&dir.path().join("monitor"), &[]);
+    let ports = free_ports(2);
+    // A primary and one standby: every COMMIT waits for pg2 while it is in the sync set.
+    let mut keepers = start_group(&cluster, &monitor, &ports, 2, &no_env);
+    cluster.exec(0, "CREATE TABLE w (id int primary key)");
+    let (writer, acked) = write_until_gone(&cluster, 0, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = acked.len();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(&cluster, 1)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 pg2's postmaster");
+
+    // The monitor drops pg2 from the sync set; pg1 then commits alone.
+    let dropped = wait_until(Duration::from_secs(10), || {
+        let pg2 = node(&monitor.cluster(), "pg2");
+        pg2["sync"] == false && pg2["promotable"] == false
+    });
+    assert!(dropped, "pg2 never dropped: {}", monitor.cluster());
+    let alone = wait_until(Duration::from_secs(10), || {
+        cluster.query_one(cluster.servers[0].port, "SHOW synchronous_standby_names")
+            == Ok(String::new())
+    });
+    assert!(alone, "pg1 still waits for a standby");
+    let went_on = wait_until(Duration::from_secs(10), || acked.len() > before + 50);
+    assert!(
+        went_on,
+        "commits stopped: {} before the kill, {} since",
+        before,
+        acked.len() - before
+    );
+    eprintln!(
+        "commits waited at most {:?} while pg2 was dropped",
+        acked.longest_gap()
+    );
+
+    // pg1 dies too, holding commits pg2 never had.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(&cluster, 0)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 pg1's postmaster");
+    writer.join().expect("writer");
+    let ids = acked.ids();
+    for k in &mut keepers {
+        let _ = k.wait_timeout(Duration::from_secs(10));
+    }
+    // pg2 comes back behind: the monitor does not make it primary, and says why.
+    let args = keeper_args(&cluster, 1, ports[1], &monitor);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    keepers[1].respawn(&refs);
+    let back = wait_until(Duration::from_secs(30), || {
+        node(&monitor.cluster(), "pg2")["healthy"] == true
+    });
+    assert!(back, "pg2 never back: {}", keepers[1].log_report());
+    let promoted = wait_until(Duration::from_secs(3), || {
+        monitor.cluster()["primary"]["node"] == "pg2"
+    });
+    let view = monitor.cluster();
+    assert!(
+        !promoted,
+        "pg2 was promoted without pg1's last commits: {view}"
+    );
+    assert_eq!(node(&view, "pg2")["promotable"], false, "{view}");
+    assert!(
+        node(&view, "pg2")["why_not_promotable"]
+            .as_str()
+            .is_some_and(|why| !why.is_empty()),
+        "{view}"
+    );
+
+    // pg1 back: primary again, pg2 catches up from it and is promotable again, and every
+    // acknowledged COMMIT is on both.
+    let args = keeper_args(&cluster, 0, ports[0], &monitor);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    keepers[0].respawn(&refs);
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        let view = monitor.cluster();
+        view["primary"]["node"] == "pg1"
+            && node(&view, "pg1")["healthy"] == true
+            && node(&view, "pg2")["promotable"] == true
+    });
+    assert!(
+        caught_up,
+        "pg2 never promotable again: {}\n{}",
+        monitor.cluster(),
+        keepers[0].log_report()
+    );
+    assert_eq!(present(&cluster, cluster.servers[0].port, &ids), ids.len());
+    let on_pg2 = wait_until(Duration::from_secs(10), || {
+        present(&cluster, cluster.servers[1].port, &ids) == ids.len()
+    });
+    assert!(on_pg2, "pg2 does not hold every acknowledged COMMIT");
+}
+
+#[test]
+fn a_primary_cut_off_from_monitor_and_standbys_stops_its_server_before_a_standby_is_promoted() {
+    let dir = tempdir();
+    let cluster = PgCluster::unmade(dir.path());
+    let faults = dir.path().join("faults");
+    std::fs::create_dir_all(&faults).expect("faults dir");
+    let names = ["monitor", "pg1", "pg2", "pg3"];
+    for name in names {
+        cut(&faults, name, &[]);
+    }
+    let env_of = |name: &str| {
+        vec![(
+            "KEEL_FAULTS_FILE".to_owned(),
+            faults.join(format!("{name}.json")).display().to_string(),
+        )]
+    };
+    let monitor =
+        TestMonitor::start_closed_env(&dir.path().join("monitor"), &[], &env_of("monitor"));
+    let ports = free_ports(3);
+    let keepers = start_group(&cluster, &monitor, &ports, 3, &|i| {
+        env_of(&format!("pg{}", i + 1))
+    });
+    let mut pg1 = keepers.into_iter();
+    let mut keeper1 = pg1.next().expect("pg1's keeper");
+    cluster.exec(0, "CREATE TABLE w (id int primary key)");
+    let (writer, acked) = write_until_gone(&cluster, 0, 0);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // pg1's keeper cut off from the monitor and the other keepers, both ways. PostgreSQL's
+    // own replication is not cut: pg1 could go on committing through its sync standby.
+    let addr = |port: u16| format!("127.0.0.1:{port}");
+    cut(
+        &faults,
+        "pg1",
+        &[addr(monitor.port), addr(ports[1]), addr(ports[2])],
+    );
+    for name in ["monitor", "pg2", "pg3"] {
+        cut(&faults, name, &[addr(ports[0])]);
+    }
+    let promoted = wait_until(Duration::from_secs(15), || {
+        let view = monitor.cluster();
+        view["primary"]["node"].is_string()
+            && view["primary"]["node"] != "pg1"
+            && view["failover_in_progress"] == false
+    });
+    let view = monitor.cluster();
+    assert!(promoted, "no standby promoted: {view}");
+    let new = index_of(&view["primary"]["node"]);
+    let new_name = format!("pg{}", new + 1);
+
+    // pg1's keeper stopped its server for its lease, and exited.
+    let ended = keeper1.wait_timeout(Duration::from_secs(10));
+    assert!(
+        ended.is_some_and(|s| !s.success()),
+        "{}",
+        keeper1.log_report()
+    );
+    let log = keeper1.log_text();
+    assert!(log.contains("lease ran out"), "{}", keeper1.log_report());
+    writer.join().expect("writer");
+
+    // In that order: pg1 stopped, then the monitor promoted; no COMMIT acknowledged by
+    // pg1 after the promotion, and every one of them on the new primary.
+    let stopped_at = logged_at(&log, &["stopped PostgreSQL"]).expect("when pg1 was stopped");
+    let promoted_at = logged_at(
+        &monitor.proc.log_text(),
+        &[" promoted ", &format!("node=\"{new_name}\"")],
+    )
+    .expect("when the monitor promoted");
+    assert!(
+        stopped_at < promoted_at,
+        "pg1 stopped {stopped_at:?}, {new_name} promoted {promoted_at:?}"
+    );
+    let last_ack = acked.last_at().expect("pg1 acknowledged commits");
+    assert!(
+        last_ack < promoted_at,
+        "a COMMIT acknowledged by pg1 after the promotion"
+    );
+    eprintln!(
+        "pg1 stopped {:?} before {new_name}'s promotion; its last COMMIT acknowledged {:?} before",
+        promoted_at.duration_since(stopped_at).unwrap_or_default(),
+        promoted_at.duration_since(last_ack).unwrap_or_default()
+    );
+    let ids = acked.ids();
+    assert!(
+        ids.len() > 5,
+        "the writer committed only {} rows",
+        ids.len()
+    );
+    let port = cluster.servers[new].port;
+    let out_of_recovery = wait_until(Duration::from_secs(10), || {
+        cluster.query_one(port, "SELECT pg_is_in_recovery()::text") == Ok("false".into())
+    });
+    assert!(out_of_recovery, "{new_name} still in recovery");
+    assert_eq!(
+        present(&cluster, port, &ids),
+        ids.len(),
+        "acknowledged COMMITs lost"
+    );
 }

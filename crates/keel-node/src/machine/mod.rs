@@ -715,14 +715,25 @@ impl Machine {
     /// never be promoted, so they do not count, and a dead one cannot stop a healthy
     /// primary.
     pub fn lease_valid(&self, now: Instant) -> bool {
+        !self.monitored || self.lease_until().is_some_and(|t| t > now)
+    }
+
+    /// When this monitored primary's lease runs out unless it is renewed first: the later
+    /// of the monitor's renewal and the earliest renewal among the sync standbys (when
+    /// there is at least one and each has renewed it). `None` when nothing holds it, and
+    /// for a node without a monitor, which has no lease. A driver whose writes this
+    /// machine does not gate (a keeper's PostgreSQL) stops them before this instant.
+    pub fn lease_until(&self) -> Option<Instant> {
         if !self.monitored {
-            return true;
-        }
-        if self.monitor_lease_until.is_some_and(|t| t > now) {
-            return true;
+            return None;
         }
         let mut sync = self.links.iter().filter(|l| l.sync).peekable();
-        sync.peek().is_some() && sync.all(|l| l.lease_until.is_some_and(|t| t > now))
+        let by_standbys = if sync.peek().is_some() {
+            sync.map(|l| l.lease_until).min().flatten()
+        } else {
+            None
+        };
+        self.monitor_lease_until.max(by_standbys)
     }
 
     /// What a heartbeat reports: each standby with a known id, and whether this primary,

@@ -544,6 +544,14 @@ fn the_lease_holds_with_the_monitor_or_with_every_sync_standby() {
     ack(&mut m, S4, 1, now, now);
     assert!(m.lease_valid(t));
     assert!(!m.lease_valid(now + lease));
+    assert_eq!(
+        m.lease_until(),
+        Some(now + lease),
+        "when a keeper must stop writing"
+    );
+    // The standby that renewed last does not extend it: the earliest renewal counts.
+    ack(&mut m, S4, 1, t, t);
+    assert_eq!(m.lease_until(), Some(now + lease));
 
     // Standbys out of the sync set do not count, for or against.
     let mut v = primary_view(2, &[(S2, false), (S3, false), (S4, false)]);

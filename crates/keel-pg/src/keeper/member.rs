@@ -3,6 +3,7 @@
 //! repointing handed to the keeper's loop ([`Action`]).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -52,6 +53,9 @@ pub struct Keeper {
     actions: mpsc::UnboundedSender<Action>,
     /// Why the keeper must stop its server, once something made it unsafe to go on.
     failed: Mutex<Option<String>>,
+    /// Whether the server may take writes: false from just before a promotion until the
+    /// new primary first holds its lease (it is read-only by default until then).
+    writable: AtomicBool,
     http: reqwest::Client,
     pub(super) guard: std::sync::Arc<keel_http::Guard>,
 }
@@ -122,6 +126,7 @@ impl Keeper {
             faults: Faults::from_env(),
             actions,
             failed: Mutex::new(None),
+            writable: AtomicBool::new(true),
             http,
             guard,
         })
@@ -164,8 +169,9 @@ impl Keeper {
         lock(&self.machine).links()
     }
 
-    pub(super) fn lease_valid(&self, now: Instant) -> bool {
-        lock(&self.machine).lease_valid(now)
+    /// When this primary's lease runs out unless renewed ([`keel_node::machine::Machine::lease_until`]).
+    pub(super) fn lease_until(&self) -> Option<Instant> {
+        lock(&self.machine).lease_until()
     }
 
     pub(super) fn deadline_passed(&self, now: Instant) -> bool {
@@ -240,6 +246,23 @@ impl Keeper {
                 self.kept_path.display()
             ));
         }
+    }
+
+    /// Whether the server may take writes (see [`Keeper::set_writable`]).
+    pub(super) fn writable(&self) -> bool {
+        self.writable.load(Ordering::SeqCst)
+    }
+
+    /// Says whether the server may take writes: set before the server is made writable,
+    /// cleared once it cannot be, so that the lease watchdog never takes a writable
+    /// server for a read-only one.
+    pub(super) fn set_writable(&self, writable: bool) {
+        self.writable.store(writable, Ordering::SeqCst);
+    }
+
+    /// Records why the server must be stopped (the first reason stays).
+    pub(super) fn fail(&self, why: String) {
+        lock(&self.failed).get_or_insert(why);
     }
 
     /// Why the server must be stopped, if something made it unsafe to go on.

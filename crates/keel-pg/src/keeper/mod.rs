@@ -55,6 +55,14 @@ use crate::{PgError, Running, Server, Setup};
 /// How often the keeper asks its server what it is.
 const OBSERVE_EVERY: Duration = Duration::from_millis(50);
 
+/// How long before its lease runs out a primary's server is stopped: the monitor waits the
+/// lease out (plus its drift allowance) before it promotes, and a timer and a busy
+/// machine can both be late.
+const FENCE_EARLY: Duration = Duration::from_millis(50);
+
+/// Why the server is stopped when its lease runs out.
+const LEASE_RAN_OUT: &str = "its lease ran out: no majority renewed it";
+
 /// What a keeper is told on its command line.
 #[derive(Debug, Clone)]
 pub struct KeeperConfig {
@@ -150,6 +158,7 @@ pub async fn run(
     let mut running = Running::start_supervised(&setup, &server)?;
     running.wait_ready(Duration::from_secs(60))?;
     let client = connect_when_consistent(&setup, &server, &mut running).await?;
+    let running = Arc::new(std::sync::Mutex::new(running));
     let observed = observe(&client).await.ok();
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -160,6 +169,21 @@ pub async fn run(
         })?;
     let (actions_tx, mut actions) = mpsc::unbounded_channel();
     let keeper = Arc::new(Keeper::new(config.clone(), &server, observed, actions_tx)?);
+    let mut driver = Driver {
+        keeper: keeper.clone(),
+        setup,
+        server,
+        client,
+        links: Links::default(),
+        sync_names: None,
+        following: None,
+        last_grants: None,
+    };
+    // A promotion's lease is granted before pg_promote() begins and may be spent by the
+    // time it ends: a server this keeper promotes takes no write until the lease is
+    // renewed, as a data node refuses writes without one. Set now, while the server is in
+    // recovery: a reload just before pg_promote() can hold the promotion up for seconds.
+    driver.set_read_only(true).await;
     tracing::info!(keeper = %config.id, pg_port = config.pg_port, listen = %config.listen, "keeper started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -182,17 +206,8 @@ pub async fn run(
         None,
     ));
 
+    let watchdog = tokio::spawn(fence_at_lease_end(keeper.clone(), running.clone()));
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut driver = Driver {
-        keeper: keeper.clone(),
-        setup,
-        server,
-        client,
-        links: Links::default(),
-        sync_names: None,
-        following: None,
-        last_grants: None,
-    };
     let ended = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
@@ -204,7 +219,7 @@ pub async fn run(
                 }
             }
             () = tokio::time::sleep(OBSERVE_EVERY) => {
-                if let Err(e) = driver.round(&mut running).await {
+                if let Err(e) = driver.round(&running).await {
                     break Err(e);
                 }
             }
@@ -212,10 +227,42 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     session.abort();
+    watchdog.abort();
+    let _ = watchdog.await;
     let _ = server_task.await;
-    // Dropping `running` stops the server with a fast shutdown, unless it was fenced.
+    // Dropping `running` (the watchdog's share is gone) stops the server with a fast
+    // shutdown, unless it was fenced.
     drop(running);
     ended
+}
+
+/// Stops the server the moment a primary's lease is about to run out, whatever the loop
+/// is doing (a query to a stuck server can hold it up): PostgreSQL acknowledges commits on
+/// its own, so this, not a check between rounds, is what keeps them inside the lease. The
+/// loop then sees the failure and exits.
+async fn fence_at_lease_end(keeper: Arc<Keeper>, running: Arc<std::sync::Mutex<Running>>) {
+    loop {
+        let now = Instant::now();
+        // A primary not yet made writable since its promotion takes no write to fence.
+        let wake = if keeper.is_primary_now() && keeper.writable() {
+            match keeper.lease_until() {
+                Some(until) if until > now + FENCE_EARLY => until - FENCE_EARLY,
+                _ => {
+                    // Re-checked under the machine's lock by the loop; the server goes
+                    // now, and nothing it has not acknowledged yet ever will be.
+                    if let Ok(mut running) = running.lock() {
+                        running.kill();
+                    }
+                    keeper.fail(LEASE_RAN_OUT.to_owned());
+                    return;
+                }
+            }
+        } else {
+            now + OBSERVE_EVERY
+        };
+        // Woken early enough to see a renewal or a change of role.
+        tokio::time::sleep_until(wake.min(now + OBSERVE_EVERY)).await;
+    }
 }
 
 /// How long a keeper with no server waits for a primary to copy one from.
@@ -419,13 +466,14 @@ struct Driver {
 impl Driver {
     /// One round: the server still runs, what it says now, the machine's deadlines, the
     /// sync set, and the lease.
-    async fn round(&mut self, running: &mut Running) -> Result<(), KeeperError> {
-        if running.exited() {
-            self.keeper.set_observed(None);
-            return Err(KeeperError::ServerExited(self.server.name.clone()));
-        }
+    async fn round(&mut self, running: &std::sync::Mutex<Running>) -> Result<(), KeeperError> {
+        // First: a server the watchdog stopped has exited too, and says why.
         if let Some(why) = self.keeper.failure() {
             return Err(self.fence(running, &why));
+        }
+        if running.lock().map_or(true, |mut r| r.exited()) {
+            self.keeper.set_observed(None);
+            return Err(KeeperError::ServerExited(self.server.name.clone()));
         }
         let observed = observe(&self.client).await.ok();
         self.keeper.set_observed(observed.clone());
@@ -444,8 +492,15 @@ impl Driver {
         if self.keeper.is_primary_now() {
             self.set_sync_names().await;
             self.ask_grants(now).await;
-            if !self.keeper.lease_valid(Instant::now()) {
-                return Err(self.fence(running, "its lease ran out: no majority renewed it"));
+            let now = Instant::now();
+            let held = self
+                .keeper
+                .lease_until()
+                .is_some_and(|until| until > now + FENCE_EARLY);
+            match (held, self.keeper.writable()) {
+                (true, false) => self.set_read_only(false).await,
+                (false, true) => return Err(self.fence(running, LEASE_RAN_OUT)),
+                _ => {}
             }
         }
         if let Some(observed) = &observed
@@ -545,6 +600,31 @@ impl Driver {
         }
     }
 
+    /// Makes every transaction read-only by default (`default_transaction_read_only`), or
+    /// no longer. The watchdog counts the server writable from before it may be until it
+    /// can no longer be: a setting that cannot be made leaves it counted writable.
+    async fn set_read_only(&mut self, read_only: bool) {
+        if !read_only {
+            self.keeper.set_writable(true);
+        }
+        let sql = if read_only {
+            "ALTER SYSTEM SET default_transaction_read_only = on"
+        } else {
+            "ALTER SYSTEM RESET default_transaction_read_only"
+        };
+        let set = match self.client.batch_execute(sql).await {
+            Ok(()) => self.client.batch_execute("SELECT pg_reload_conf()").await,
+            Err(e) => Err(e),
+        };
+        match set {
+            Ok(()) if read_only => self.keeper.set_writable(false),
+            Ok(()) => tracing::info!("the lease is held: the server takes writes"),
+            Err(e) => {
+                tracing::warn!(error = %e, read_only, "cannot set default_transaction_read_only")
+            }
+        }
+    }
+
     /// Sets `synchronous_standby_names` to the machine's sync set, when it changed.
     async fn set_sync_names(&mut self) {
         let names = self.keeper.sync_standbys();
@@ -572,8 +652,10 @@ impl Driver {
     }
 
     /// Stops the server at once (no commit may be acknowledged from now on).
-    fn fence(&mut self, running: &mut Running, why: &str) -> KeeperError {
-        running.kill();
+    fn fence(&mut self, running: &std::sync::Mutex<Running>, why: &str) -> KeeperError {
+        if let Ok(mut running) = running.lock() {
+            running.kill();
+        }
         self.keeper.set_observed(None);
         tracing::error!(why, "stopped PostgreSQL");
         KeeperError::Fenced {

@@ -127,9 +127,10 @@ fn new_log_path(name: &str) -> PathBuf {
 
 /// Starts `keel <args>` in its own process group, output appended to `log_path` (or
 /// inherited when `None`).
-fn spawn_child(args: &[&str], log_path: Option<&Path>) -> Child {
+fn spawn_child(args: &[&str], log_path: Option<&Path>, env: &[(String, String)]) -> Child {
     let mut cmd = Command::new(keel_bin());
     cmd.args(args).stdin(Stdio::null()).process_group(0);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(path) = log_path {
         // Append, so that a restarted process keeps the earlier incarnation's output.
         let out = OpenOptions::new()
@@ -153,6 +154,8 @@ pub struct KeelProcess {
     pub log_path: Option<PathBuf>,
     /// The exit status once reaped.
     status: Option<ExitStatus>,
+    /// Variables set for it (and for it again when it is started again).
+    env: Vec<(String, String)>,
 }
 
 impl KeelProcess {
@@ -169,12 +172,25 @@ impl KeelProcess {
         Self::spawn_logging(name, args, Some(new_log_path(name)))
     }
 
-    fn spawn_logging(name: &str, args: &[&str], log_path: Option<PathBuf>) -> KeelProcess {
+    /// Like [`KeelProcess::spawn`], with the variables `env` set (`KEEL_FAULTS_FILE`).
+    pub fn spawn_env(name: &str, args: &[&str], env: &[(String, String)]) -> KeelProcess {
+        let log_path = (!log_inherited()).then(|| new_log_path(name));
         KeelProcess {
-            child: spawn_child(args, log_path.as_deref()),
+            child: spawn_child(args, log_path.as_deref(), env),
             name: name.to_owned(),
             log_path,
             status: None,
+            env: env.to_vec(),
+        }
+    }
+
+    fn spawn_logging(name: &str, args: &[&str], log_path: Option<PathBuf>) -> KeelProcess {
+        KeelProcess {
+            child: spawn_child(args, log_path.as_deref(), &[]),
+            name: name.to_owned(),
+            log_path,
+            status: None,
+            env: Vec::new(),
         }
     }
 
@@ -304,7 +320,7 @@ impl KeelProcess {
             "{} must have exited before it is restarted",
             self.name
         );
-        self.child = spawn_child(args, self.log_path.as_deref());
+        self.child = spawn_child(args, self.log_path.as_deref(), &self.env);
         self.status = None;
     }
 }
@@ -693,7 +709,7 @@ impl TestMonitor {
     /// Starts `keel monitor --data-dir <data_dir> --token-file <data_dir>/admin.token`
     /// with `extra` flags and waits for its `/health`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> TestMonitor {
-        Self::start_with(data_dir, extra, None)
+        Self::start_with(data_dir, extra, None, &[])
     }
 
     /// A cluster secret that `keel_auth::ClusterSecret` accepts.
@@ -702,10 +718,19 @@ impl TestMonitor {
     /// Like [`TestMonitor::start`], closed to outsiders: with the cluster secret in
     /// `<data_dir>/cluster.secret`, so only members may register and heartbeat.
     pub fn start_closed(data_dir: &Path, extra: &[&str]) -> TestMonitor {
+        Self::start_closed_env(data_dir, extra, &[])
+    }
+
+    /// Like [`TestMonitor::start_closed`], with the variables `env` set.
+    pub fn start_closed_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> TestMonitor {
         fs::create_dir_all(data_dir).expect("create monitor data dir");
         let secret_file = data_dir.join("cluster.secret");
         fs::write(&secret_file, Self::SECRET).expect("write secret file");
-        Self::start_with(data_dir, extra, Some(secret_file))
+        Self::start_with(data_dir, extra, Some(secret_file), env)
     }
 
     /// The flags a member of this monitor's cluster is started with: the admin token and,
@@ -722,7 +747,12 @@ impl TestMonitor {
         flags
     }
 
-    fn start_with(data_dir: &Path, extra: &[&str], secret_file: Option<PathBuf>) -> TestMonitor {
+    fn start_with(
+        data_dir: &Path,
+        extra: &[&str],
+        secret_file: Option<PathBuf>,
+        env: &[(String, String)],
+    ) -> TestMonitor {
         fs::create_dir_all(data_dir).expect("create monitor data dir");
         let token_file = data_dir.join("admin.token");
         fs::write(&token_file, Self::TOKEN).expect("write token file");
@@ -744,7 +774,7 @@ impl TestMonitor {
         args.extend(extra.iter().map(|s| s.to_string()));
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut monitor = TestMonitor {
-            proc: KeelProcess::spawn("monitor", &arg_refs),
+            proc: KeelProcess::spawn_env("monitor", &arg_refs, env),
             url: url_for(port),
             port,
             data_dir: data_dir.to_owned(),
