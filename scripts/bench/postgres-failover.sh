@@ -8,22 +8,36 @@
 # on a multi-host connection (host=127.0.0.1,127.0.0.1,127.0.0.1 port=A,B,C
 # target_session_attrs=read-write connect_timeout=1), reconnecting at once on any error.
 # The same writer drives CYCLES cycles: wait for steady writes and every member back,
-# find the primary (the server answering pg_is_in_recovery() = false), kill -9 its
-# postmaster (the pid in <data dir>/postmaster.pid), wait for a COMMIT on a new
-# connection, let the system bring the killed member back, wait until it streams again.
-# At the end every acknowledged id is looked for on the primary of the moment.
+# find the primary (the server answering pg_is_in_recovery() = false), kill it (below),
+# wait for a COMMIT on a new connection, bring the killed member back, wait until it
+# streams again. At the end every acknowledged id is looked for on the primary of the
+# moment.
+#
+# What a kill takes (KILL):
+#   node        (the default) the primary's whole node, SIGKILL to all at once: its agent
+#               (keel keeper, patroni, pg_autoctl run: the process group the script
+#               started it in, with setsid, and every process descended from it) and its
+#               postmaster (the pid in <data dir>/postmaster.pid) with every backend;
+#               Patroni starts its postmaster in a session of its own, which is why that
+#               one is found from postmaster.pid. Nothing of the member is left to act,
+#               so every system must fail over. Once writes are back, the script starts
+#               the killed node's agent again, as a supervisor would after a reboot; it
+#               rewinds its server and follows the new primary
+#   postmaster  the postmaster alone: the server crashes, the agent lives. keel's keeper
+#               exits with its server (and is started again as above); Patroni's and
+#               pg_autoctl's agents restart their server in place
+#
+# Each member's agent runs under a loop of the script's (member-loop.sh) that starts it
+# with setsid, writes its pid where the driver reads it, and starts it again when the
+# driver's rejoin command asks (after a node kill; for keel after either kill).
 #
 #   keel               keel monitor + three `keel keeper`s (defaults; pg1 --init makes the
-#                      cluster, pg2 and pg3 clone it). A keeper dies with its server; the
-#                      killed member's keeper is started again once writes are back, and
-#                      rewinds its server (pg_rewind) to follow the new primary
+#                      cluster, pg2 and pg3 clone it); `keel keeper` again to rejoin
 #   patroni            Patroni 3.0 (Debian's), three members on a 3-member etcd 3.4, its
-#                      defaults: ttl 30, loop_wait 10, retry_timeout 10. Patroni restarts
-#                      its postgres by itself
+#                      defaults: ttl 30, loop_wait 10, retry_timeout 10; `patroni` again
 #   patroni-tuned      the same with ttl 10, loop_wait 2, retry_timeout 4
 #   pg_auto_failover   pg_auto_failover 2.0 (Debian's postgresql-15-auto-failover): a
-#                      monitor and three nodes, defaults. pg_autoctl restarts its postgres
-#                      by itself
+#                      monitor and three nodes, defaults; `pg_autoctl run` again
 #
 # Patroni is given use_pg_rewind (with wal_log_hints) so that a former primary can follow
 # a new one, as its documentation advises; keel and pg_auto_failover rewind by
@@ -35,7 +49,8 @@
 # median < 2 s, p99 < 3 s, 0 lost.
 #
 # Usage:  scripts/bench/postgres-failover.sh
-# Knobs (environment): CYCLES=10 INTERVAL=5ms (between two COMMITs) SETTLE=2s
+# Knobs (environment): KILL=node (or postmaster: see above)
+#                      CYCLES=10 INTERVAL=5ms (between two COMMITs) SETTLE=2s
 #                      CYCLES_<target>=N (fewer cycles for one target, e.g. CYCLES_patroni=5;
 #                      - in a target's name is _ here)
 #                      TARGETS="keel patroni patroni-tuned pg_auto_failover"
@@ -49,6 +64,7 @@
 # missing. A benchmark, not a test: never part of scripts/test.
 set -euo pipefail
 
+KILL=${KILL:-node}
 CYCLES=${CYCLES:-10}
 INTERVAL=${INTERVAL:-5ms}
 SETTLE=${SETTLE:-2s}
@@ -64,6 +80,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
 require_whole_numbers CYCLES
+[[ $KILL == node || $KILL == postmaster ]] || die "KILL is node or postmaster, not '$KILL'"
 [[ $(id -u) -eq 0 ]] || die "run it as root: each system's servers run as the postgres account"
 
 install_missing() {
@@ -95,13 +112,14 @@ kill_leftover_postmasters() {
     for dir in "${PG_DIRS[@]}"; do
         pid=$(head -1 "$dir/postmaster.pid" 2>/dev/null) || continue
         [[ $pid =~ ^[0-9]+$ ]] || continue
-        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir"; then
+        if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$dir"; then
             kill -KILL "$pid" 2>/dev/null || true
         fi
     done
 }
 
 cleanup() {
+    stop_members
     stop_all
     kill_leftover_postmasters
     bench_cleanup
@@ -110,9 +128,89 @@ trap cleanup EXIT
 
 # end_run: stops everything the last system started.
 end_run() {
+    stop_members
     stop_all
     kill_leftover_postmasters
     PG_DIRS=()
+}
+
+# --- members: each node's agent, started again on the driver's word ---------------------
+
+# The loops started (names for stop) and every agent's pid file, in member order.
+MEMBER_LOOPS=()
+AGENT_PID_FILES=()
+
+# member-loop.sh PID_FILE REJOIN_FILE FIRST AGAIN: runs the agent script FIRST, then AGAIN
+# each time the agent has ended and REJOIN_FILE has appeared. setsid (in place: a
+# background job of a script is no group leader, so no fork) gives the agent a session
+# and process group of its own, led by the pid written to PID_FILE: the node kill's
+# killpg takes the agent and everything in its group, never this loop.
+cat >"$TMP/member-loop.sh" <<'EOF'
+pid_file=$1 rejoin=$2 script=$3 again=$4
+while true; do
+    setsid bash "$script" &
+    echo $! >"$pid_file.new"
+    mv "$pid_file.new" "$pid_file"
+    wait $! || true
+    echo "[member-loop] agent exited; waiting for $rejoin" >&2
+    until [[ -e $rejoin ]]; do sleep 0.02; done
+    rm -f "$rejoin"
+    script=$again
+done
+EOF
+
+# agent_script FILE CMD...: FILE, a script that becomes CMD (exec), so that the agent's
+# pid is the one setsid gave the script.
+agent_script() {
+    local file=$1
+    shift
+    {
+        printf 'exec'
+        printf ' %q' "$@"
+        echo
+    } >"$file"
+}
+
+# start_member NAME DIR K FIRST_SCRIPT AGAIN_SCRIPT: member K's loop; its agent's pid in
+# DIR/agent-K.pid, its rejoin file DIR/rejoin-K (the driver's rejoin command touches
+# DIR/rejoin-$MEMBER).
+start_member() {
+    local name=$1 dir=$2 k=$3
+    start "$name" --group bash "$TMP/member-loop.sh" "$dir/agent-$k.pid" "$dir/rejoin-$k" "$4" "$5"
+    MEMBER_LOOPS+=("$name")
+    AGENT_PID_FILES+=("$dir/agent-$k.pid")
+}
+
+# leads_group PID: whether PID runs and leads its process group (an agent of ours; the
+# fields after the command's ')' are state, ppid, pgrp).
+leads_group() {
+    local stat pgrp
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    read -r _ _ pgrp _ <<<"${stat##*) }"
+    [[ $pgrp == "$1" ]]
+}
+
+# stop_members: the loops first (so that none starts its agent again), then each agent's
+# group: TERM (Patroni and pg_autoctl stop their server), KILL 10 s later.
+stop_members() {
+    local name file pid pids=() deadline=$((SECONDS + 10))
+    for name in "${MEMBER_LOOPS[@]}"; do
+        [[ -n ${PID_OF[$name]:-} ]] && stop "$name" 2
+    done
+    for file in "${AGENT_PID_FILES[@]}"; do
+        pid=$(cat "$file" 2>/dev/null) || continue
+        [[ $pid =~ ^[0-9]+$ ]] && leads_group "$pid" || continue
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        pids+=("$pid")
+    done
+    for pid in "${pids[@]}"; do
+        while ((SECONDS < deadline)) && alive "$pid"; do
+            sleep 0.1
+        done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+    MEMBER_LOOPS=()
+    AGENT_PID_FILES=()
 }
 
 # pg_owned DIR...: makes each DIR, owned by postgres, private to it.
@@ -133,15 +231,17 @@ cycles_for() {
 
 # --- the driver -------------------------------------------------------------------------
 
-# drive TARGET PORTS DATA_DIRS [FLAGS...]: the writer and its kill cycles; the report in
-# $TMP/TARGET.json, its progress on stderr as it goes.
+# drive TARGET PORTS DATA_DIRS [FLAGS...]: the writer and its kill cycles (the agents'
+# pid files: AGENT_PID_FILES); the report in $TMP/TARGET.json, its progress on stderr as
+# it goes.
 drive() {
     local target=$1 ports=$2 dirs=$3 cycles
     shift 3
     cycles=$(cycles_for "$target")
-    log "$target: $cycles cycles of kill -9 of the primary's postmaster"
+    log "$target: $cycles cycles of kill -9 of the primary's $KILL"
     start "$target-driver" --stdout "$TMP/$target.json" "$BIN_DIR/keel-writebench" pg-failover \
         --system "$target" --ports "$ports" --data-dirs "$dirs" --cycles "$cycles" \
+        --kill "$KILL" --agent-pid-files "$(IFS=,; echo "${AGENT_PID_FILES[*]}")" \
         --interval "$INTERVAL" --settle "$SETTLE" --step-timeout "$STEP_TIMEOUT" --json "$@"
     start "$target-progress" --stdout /dev/stderr \
         tail -n +1 -F --pid="${PID_OF[$target-driver]}" "$TMP/$target-driver.log"
@@ -174,30 +274,23 @@ run_keel() {
         PG_DIRS+=("$dir/data/pg$k")
     done
     # A keeper exits with its server (so that the monitor sees the one as the other), and
-    # its operator starts it again. Here: once the driver says so, after writes are back
-    # (the rejoin file), as a supervisor would restart it.
-    # keeper-loop.sh REJOIN_FILE FIRST_FLAG CMD...: CMD FIRST_FLAG, then CMD again each
-    # time REJOIN_FILE appears.
-    cat >"$dir/keeper-loop.sh" <<'EOF'
-rejoin=$1 first=$2
-shift 2
-"$@" $first || true
-while true; do
-    echo "[keeper-loop] keeper exited; waiting for $rejoin" >&2
-    until [[ -e $rejoin ]]; do sleep 0.02; done
-    rm -f "$rejoin"
-    "$@" || true
-done
-EOF
+    # its operator starts it again: here once writes are back, after either kill.
     for k in 1 2 3; do
-        local init=
-        ((k == 1)) && init=--init
-        start "keel-pg$k" --group bash "$dir/keeper-loop.sh" "$dir/rejoin-pg$k" "$init" \
-            "$KEEL" keeper --id "pg$k" --listen "127.0.0.1:${keeper_ports[k - 1]}" --monitor "$url" \
-            --data-dir "$dir/data" --pg-port "${ports[k - 1]}" \
-            --token-file "$dir/admin.token" --cluster-secret-file "$dir/cluster.secret"
+        local keeper=("$KEEL" keeper --id "pg$k" --listen "127.0.0.1:${keeper_ports[k - 1]}"
+            --monitor "$url" --data-dir "$dir/data" --pg-port "${ports[k - 1]}"
+            --token-file "$dir/admin.token" --cluster-secret-file "$dir/cluster.secret")
         if ((k == 1)); then
+            agent_script "$dir/first-$k.sh" "${keeper[@]}" --init
+        else
+            agent_script "$dir/first-$k.sh" "${keeper[@]}"
+        fi
+        agent_script "$dir/again-$k.sh" "${keeper[@]}"
+        start_member "keel-pg$k" "$dir" "$k" "$dir/first-$k.sh" "$dir/again-$k.sh"
+        if ((k == 1)); then
+            # Named primary is not yet promoted: a standby that copies the server while it
+            # still is in recovery fails ("the standby was promoted during online backup").
             wait_until "pg1 primary (initdb)" keel_primary_named "$url"
+            wait_until "pg1 out of recovery" keel_writable "${ports[0]}" "$dir/data/pg.password"
         fi
     done
     cat >"$dir/ready.sh" <<EOF
@@ -209,8 +302,14 @@ EOF
     wait_until "pg2 and pg3 promotable" sh "$dir/ready.sh"
     drive keel "$(IFS=,; echo "${ports[*]}")" "$(IFS=,; echo "${dirs[*]}")" \
         --user keel --password-file "$dir/data/pg.password" \
-        --rejoin-command "touch $dir/rejoin-pg\$MEMBER" --ready-command "sh $dir/ready.sh"
+        --rejoin-command "touch $dir/rejoin-\$MEMBER" --ready-command "sh $dir/ready.sh"
     end_run
+}
+
+# keel_writable PORT PASSWORD_FILE: the server on PORT answers that it is not in recovery.
+keel_writable() {
+    PGPASSWORD=$(cat "$2") psql "host=127.0.0.1 port=$1 user=keel dbname=postgres connect_timeout=1" \
+        -Atc "SELECT pg_is_in_recovery()" | grep -qx f
 }
 
 keel_primary_named() {
@@ -250,7 +349,10 @@ etcd_up() {
 
 # run_patroni TARGET [TTL LOOP_WAIT RETRY_TIMEOUT]: without the three, Patroni's defaults.
 run_patroni() {
-    local target=$1 dir=$TMP/$1 k ports=() dirs=() api_ports=() password dcs=""
+    local target=$1 dir=$TMP/$1 k ports=() dirs=() api_ports=() password dcs="" rejoin=()
+    # After a postmaster kill Patroni restarts its server itself; after a node kill its
+    # agent is started again.
+    [[ $KILL == node ]] && rejoin=(--rejoin-command "touch $dir/rejoin-\$MEMBER")
     if (($# == 4)); then
         dcs="    ttl: $2
     loop_wait: $3
@@ -304,8 +406,9 @@ postgresql:
     unix_socket_directories: $dir/pg$k
 EOF
         chown postgres:postgres "$dir/pg$k.yml"
-        start "$target-pg$k" --group setpriv --reuid=postgres --regid=postgres --init-groups -- \
+        agent_script "$dir/agent-$k.sh" setpriv --reuid=postgres --regid=postgres --init-groups -- \
             patroni "$dir/pg$k.yml"
+        start_member "$target-pg$k" "$dir" "$k" "$dir/agent-$k.sh" "$dir/agent-$k.sh"
         if ((k == 1)); then
             wait_until "$target: pg1 leader (initdb)" patroni_members "${api_ports[0]}" 1
         fi
@@ -318,7 +421,8 @@ curl -fsS --max-time 1 "http://127.0.0.1:${api_ports[0]}/cluster" | jq -e '
     and ([.members[] | select(.state == "running" or .state == "streaming")] | length == 3)' >/dev/null
 EOF
     drive "$target" "$(IFS=,; echo "${ports[*]}")" "$(IFS=,; echo "${dirs[*]}")" \
-        --user postgres --password-file "$dir/password" --ready-command "sh $dir/ready.sh"
+        --user postgres --password-file "$dir/password" --ready-command "sh $dir/ready.sh" \
+        "${rejoin[@]}"
     end_run
 }
 
@@ -332,7 +436,7 @@ patroni_members() {
 # --- pg_auto_failover -------------------------------------------------------------------
 
 run_pgaf() {
-    local target=pg_auto_failover k ports=() dirs=() monitor_port uri pgaf
+    local target=pg_auto_failover k ports=() dirs=() monitor_port uri pgaf rejoin=()
     PGAF_DIR=$TMP/pgaf
     pg_owned "$PGAF_DIR" "$PGAF_DIR/config" "$PGAF_DIR/share"
     # pg_autoctl as postgres, its state and config under $TMP, PostgreSQL 15's tools
@@ -350,17 +454,21 @@ run_pgaf() {
         ports+=("$(free_port)")
         dirs+=("$PGAF_DIR/node$k")
         PG_DIRS+=("$PGAF_DIR/node$k")
-        start "pgaf-node$k" --group "${pgaf[@]}" create postgres --pgdata "$PGAF_DIR/node$k" \
+        agent_script "$PGAF_DIR/first-$k.sh" "${pgaf[@]}" create postgres --pgdata "$PGAF_DIR/node$k" \
             --pgport "${ports[k - 1]}" --hostname 127.0.0.1 --listen 127.0.0.1 --name "node$k" \
             --auth trust --no-ssl --monitor "$uri" --run
+        agent_script "$PGAF_DIR/again-$k.sh" "${pgaf[@]}" run --pgdata "$PGAF_DIR/node$k"
+        start_member "pgaf-node$k" "$PGAF_DIR" "$k" "$PGAF_DIR/first-$k.sh" "$PGAF_DIR/again-$k.sh"
         if ((k == 1)); then
             wait_until "node1 primary (initdb)" pgaf_states "$uri" 1
         fi
     done
     wait_until "pg_auto_failover: a primary and two secondaries" pgaf_states "$uri" 3
     echo "psql '$uri' -Atc \"$(pgaf_states_sql)\" | grep -qx 3" >"$PGAF_DIR/ready.sh"
+    # As for Patroni: pg_autoctl restarts its server, not itself.
+    [[ $KILL == node ]] && rejoin=(--rejoin-command "touch $PGAF_DIR/rejoin-\$MEMBER")
     drive "$target" "$(IFS=,; echo "${ports[*]}")" "$(IFS=,; echo "${dirs[*]}")" \
-        --user postgres --ready-command "sh $PGAF_DIR/ready.sh"
+        --user postgres --ready-command "sh $PGAF_DIR/ready.sh" "${rejoin[@]}"
     end_run
 }
 
@@ -376,7 +484,10 @@ pgaf_states_sql() {
 report() {
     local t keel_median="" keel_p99="" keel_max="" median p99 max
     echo
-    echo "kill -9 of the PostgreSQL primary's postmaster under one writer (a COMMIT every $INTERVAL, reconnecting at once)"
+    case $KILL in
+    node) echo "kill -9 of the PostgreSQL primary's whole node (agent and postmaster) under one writer (a COMMIT every $INTERVAL, reconnecting at once)" ;;
+    postmaster) echo "kill -9 of the PostgreSQL primary's postmaster alone (its agent lives) under one writer (a COMMIT every $INTERVAL, reconnecting at once)" ;;
+    esac
     echo "host: $(nproc) cores, $(uname -r), load average at start ${LOADAVG}, at end $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     if [[ -f $TMP/keel.json ]]; then

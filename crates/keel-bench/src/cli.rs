@@ -142,8 +142,8 @@ pub struct FailoverArgs {
 }
 
 /// The PostgreSQL failover driver: one writer on a multi-host connection that finds the
-/// primary of any of the three servers, and `--cycles` kills of the primary's postmaster,
-/// each followed by the member's rejoin. The same for any system that runs three
+/// primary of any of the three servers, and `--cycles` kills of the primary (its whole
+/// node, or its postmaster alone), each followed by the member's rejoin. The same for any system that runs three
 /// PostgreSQL servers on 127.0.0.1 (keel's keepers, Patroni, pg_auto_failover).
 #[derive(Debug, clap::Args)]
 pub struct PgFailoverArgs {
@@ -159,6 +159,18 @@ pub struct PgFailoverArgs {
     /// from `<dir>/postmaster.pid`.
     #[arg(long, required = true, value_delimiter = ',')]
     pub data_dirs: Vec<PathBuf>,
+
+    /// What a kill takes: the primary's whole node (its agent with every process of it,
+    /// its postmaster with every backend), or its postmaster alone (the server crashes,
+    /// the agent lives).
+    #[arg(long, value_enum, default_value_t = KillMode::Node)]
+    pub kill: KillMode,
+
+    /// Files holding each member's agent pid (keel keeper, patroni, `pg_autoctl run`), in
+    /// member order, read at each kill: the script rewrites one when it starts that
+    /// agent again. Needed with `--kill node`.
+    #[arg(long, value_delimiter = ',', required_if_eq("kill", "node"))]
+    pub agent_pid_files: Vec<PathBuf>,
 
     /// The role the writer logs in as.
     #[arg(long, default_value = "postgres")]
@@ -214,6 +226,17 @@ pub struct PgFailoverArgs {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `pg-failover` kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KillMode {
+    /// The agent's process group and tree, the postmaster and its tree: the machine
+    /// gone, so every system must fail over.
+    Node,
+    /// The postmaster alone: the agent lives and may restart it in place.
+    Postmaster,
 }
 
 /// The system under test.

@@ -29,8 +29,8 @@
 //!
 //! `keel-writebench pg-failover …` does the same for PostgreSQL clusters (keel's keepers,
 //! Patroni, pg_auto_failover): one writer committing a row every few milliseconds on a
-//! multi-host connection, while the mode itself kills the primary's postmaster and waits
-//! for the member to rejoin (`scripts/bench/postgres-failover.sh` drives it; see
+//! multi-host connection, while the mode itself kills the primary's node (or its
+//! postmaster alone) and waits for the member to rejoin (`scripts/bench/postgres-failover.sh` drives it; see
 //! [`pg_failover`]).
 //!
 //! Modules: [`cli`] parses the flags, [`writer`] and its two transports ([`http_writer`],
@@ -38,8 +38,8 @@
 //! [`report`] turns the histograms into the figures printed. For the failover mode,
 //! [`failover`] runs the writers, [`discovery`] finds the primary, [`gaps`] computes the
 //! windows, [`verify`] reads the writes back, [`failover_report`] prints the result. For
-//! PostgreSQL, [`pg_failover`] runs the cycles, [`pg_writer`] commits, [`pg_report`]
-//! prints.
+//! PostgreSQL, [`pg_failover`] runs the cycles, [`pg_kill`] kills a member, [`pg_writer`]
+//! commits, [`pg_report`] prints.
 
 mod cli;
 mod discovery;
@@ -49,6 +49,7 @@ mod failover_report;
 mod gaps;
 mod http_writer;
 mod pg_failover;
+mod pg_kill;
 mod pg_report;
 mod pg_writer;
 mod redis_writer;

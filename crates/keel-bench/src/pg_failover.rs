@@ -1,18 +1,22 @@
 //! The PostgreSQL failover driver: one writer ([`pg_writer`]) commits a row every few
-//! milliseconds while this mode kills the primary's postmaster `--cycles` times.
+//! milliseconds while this mode kills the primary `--cycles` times: its whole node
+//! (`--kill node`, the default: the agent and the postmaster with every process of
+//! either, see [`pg_kill`]) or its postmaster alone (`--kill postmaster`).
 //!
 //! One cycle:
 //!
 //! 1. `--settle` of steady writes, every member back (see below) and a fresh
 //!    acknowledgement;
 //! 2. the primary is the one server that answers `pg_is_in_recovery() = false`; its
-//!    postmaster's pid is the first line of `<data dir>/postmaster.pid`; the kill is
-//!    marked on the run's clock and `SIGKILL` sent;
+//!    postmaster's pid is the first line of `<data dir>/postmaster.pid`, its agent's
+//!    the content of its `--agent-pid-files` entry; what to kill is found in `/proc`
+//!    first, then the kill is marked on the run's clock and `SIGKILL` sent;
 //! 3. writes are back at the first acknowledgement on a connection opened after the
 //!    kill (an answer the dying server sent just before it died arrives on the old one,
 //!    and does not count as the system having recovered);
-//! 4. `--rejoin-command`, if given, starts the killed member again as its system's
-//!    operator would; the system may also restart its server itself;
+//! 4. once every process killed has left `/proc`, `--rejoin-command`, if given, starts
+//!    the killed member again as its system's operator would; after a postmaster kill
+//!    the system may also restart its server itself;
 //! 5. every member back: one primary, every other server streaming from it
 //!    (`pg_stat_replication`), and `--ready-command` succeeding if given.
 //!
@@ -21,6 +25,7 @@
 //! a lost acknowledged COMMIT. Every time is read on this process's monotonic clock.
 //!
 //! [`pg_writer`]: crate::pg_writer
+//! [`pg_kill`]: crate::pg_kill
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -30,9 +35,10 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cli::PgFailoverArgs;
+use crate::cli::{KillMode, PgFailoverArgs};
 use crate::failover_report::ms;
 use crate::gaps::{self, Mark, MarkKind};
+use crate::pg_kill::{self, Victims};
 use crate::pg_report::{CycleRecord, PgFailoverReport};
 use crate::pg_writer::{self, Progress, Servers, TABLE};
 
@@ -48,6 +54,13 @@ pub async fn run(args: &PgFailoverArgs) -> anyhow::Result<PgFailoverReport> {
             "give one data dir per port, for two servers or more ({} ports, {} data dirs)",
             args.ports.len(),
             args.data_dirs.len()
+        );
+    }
+    if args.kill == KillMode::Node && args.agent_pid_files.len() != args.ports.len() {
+        bail!(
+            "--kill node needs one agent pid file per port ({} ports, {} files)",
+            args.ports.len(),
+            args.agent_pid_files.len()
         );
     }
     let password = match &args.password_file {
@@ -95,16 +108,25 @@ pub async fn run(args: &PgFailoverArgs) -> anyhow::Result<PgFailoverReport> {
             wait_for_ack(&progress, 0, step("a COMMIT before the kill")).await?;
             let victim = primary(&servers, step("one primary")).await?;
             let pid = postmaster_pid(&args.data_dirs[victim])?;
+            let victims = match args.kill {
+                KillMode::Postmaster => Victims {
+                    groups: Default::default(),
+                    pids: [pid].into(),
+                },
+                KillMode::Node => {
+                    let agent = pid_in(&args.agent_pid_files[victim])?;
+                    let own_group = nix::unistd::getpgrp().as_raw();
+                    let table = pg_kill::process_table()?;
+                    pg_kill::node_victims(agent, Some(pid), &table, own_group)
+                }
+            };
             let killed = started.elapsed();
             marks.push(Mark {
                 kind: MarkKind::Kill,
                 at: killed,
             });
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .with_context(|| format!("kill -9 {pid} (member {})", victim + 1))?;
+            pg_kill::kill_all(&victims)
+                .with_context(|| format!("killing member {}", victim + 1))?;
             let newer = progress.borrow().connections + 1;
             let back = wait_for_ack(&progress, newer, step("a COMMIT after the kill")).await;
             let back = back.with_context(|| format!("cycle {cycle}"))?;
@@ -112,6 +134,12 @@ pub async fn run(args: &PgFailoverArgs) -> anyhow::Result<PgFailoverReport> {
                 kind: MarkKind::Recovered,
                 at: back,
             });
+            // The node is down before it comes back: its agent started again must not
+            // find its old postmaster still holding the data directory.
+            let left = pg_kill::wait_gone(&victims.pids, Instant::now() + COMMAND_TIMEOUT).await;
+            if !left.is_empty() {
+                bail!("cycle {cycle}: processes still there {COMMAND_TIMEOUT:?} after the kill: {left:?}");
+            }
             if let Some(rejoin) = &args.rejoin_command {
                 shell(rejoin, Some((victim, args)))
                     .await
@@ -122,10 +150,11 @@ pub async fn run(args: &PgFailoverArgs) -> anyhow::Result<PgFailoverReport> {
                 .with_context(|| format!("cycle {cycle}"))?;
             let whole_again = started.elapsed() - killed;
             eprintln!(
-                "[pg-failover] {} cycle {cycle}/{}: killed member {} (pid {pid}), writes back after {:.0} ms, member {} primary, all back after {:.1} s",
+                "[pg-failover] {} cycle {cycle}/{}: killed member {} ({} processes, postmaster {pid}), writes back after {:.0} ms, member {} primary, all back after {:.1} s",
                 args.system,
                 args.cycles,
                 victim + 1,
+                victims.pids.len(),
                 ms(back - killed),
                 new_primary + 1,
                 whole_again.as_secs_f64()
@@ -133,6 +162,7 @@ pub async fn run(args: &PgFailoverArgs) -> anyhow::Result<PgFailoverReport> {
             cycles.push(CycleRecord {
                 victim: victim + 1,
                 new_primary: new_primary + 1,
+                processes_killed: victims.pids.len(),
                 whole_again_ms: ms(whole_again),
             });
         }
@@ -284,12 +314,17 @@ async fn whole(servers: &Servers, args: &PgFailoverArgs, step: Step) -> anyhow::
 
 /// The postmaster's pid: the first line of its `postmaster.pid`.
 fn postmaster_pid(data_dir: &Path) -> anyhow::Result<i32> {
-    let file = data_dir.join("postmaster.pid");
+    pid_in(&data_dir.join("postmaster.pid"))
+}
+
+/// The pid on the first line of `file`.
+fn pid_in(file: &Path) -> anyhow::Result<i32> {
     let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     text.lines()
         .next()
         .and_then(|line| line.trim().parse().ok())
+        .filter(|&pid: &i32| pid > 1)
         .with_context(|| format!("{} does not start with a pid", file.display()))
 }
 

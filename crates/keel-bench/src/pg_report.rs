@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::PgFailoverArgs;
+use crate::cli::{KillMode, PgFailoverArgs};
 use crate::failover_report::{WindowFigures, ms, opt_ms};
 use crate::gaps::{self, Windows};
 use crate::pg_failover::Verification;
@@ -20,6 +20,8 @@ pub struct CycleRecord {
     pub victim: usize,
     /// The primary once every member was back.
     pub new_primary: usize,
+    /// Processes sent `SIGKILL` (1 when the postmaster alone is killed).
+    pub processes_killed: usize,
     /// From the kill to every member back (rejoined, streaming).
     pub whole_again_ms: f64,
 }
@@ -28,6 +30,8 @@ pub struct CycleRecord {
 #[derive(Debug, Serialize)]
 pub struct PgFailoverReport {
     pub system: String,
+    /// What a kill took: `node` or `postmaster`.
+    pub kill: KillMode,
     pub cycles_asked: u32,
     pub interval_ms: f64,
     pub duration_s: f64,
@@ -85,6 +89,7 @@ impl PgFailoverReport {
         let acked = log.acks.len() as u64;
         Self {
             system: args.system.clone(),
+            kill: args.kill,
             cycles_asked: args.cycles,
             interval_ms: ms(args.interval),
             duration_s: duration.as_secs_f64(),
@@ -111,8 +116,14 @@ impl fmt::Display for PgFailoverReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "system {}: one writer, a COMMIT every {:.0} ms, {:.1} s",
-            self.system, self.interval_ms, self.duration_s
+            "system {}: kill of the primary's {}, one writer, a COMMIT every {:.0} ms, {:.1} s",
+            self.system,
+            match self.kill {
+                KillMode::Node => "node",
+                KillMode::Postmaster => "postmaster",
+            },
+            self.interval_ms,
+            self.duration_s
         )?;
         writeln!(
             f,
