@@ -150,7 +150,7 @@ pub async fn run(args: &PgFailoverArgs) -> anyhow::Result<PgFailoverReport> {
                 .with_context(|| format!("cycle {cycle}"))?;
             let whole_again = started.elapsed() - killed;
             eprintln!(
-                "[pg-failover] {} cycle {cycle}/{}: killed member {} ({} processes, postmaster {pid}), writes back after {:.0} ms, member {} primary, all back after {:.1} s",
+                "[pg-failover] {} cycle {cycle}/{}: killed member {} (processes killed: {}, postmaster {pid}), writes back after {:.0} ms, member {} primary, all back after {:.1} s",
                 args.system,
                 args.cycles,
                 victim + 1,
