@@ -32,6 +32,9 @@ pub struct Cli {
 pub enum Mode {
     /// Write through kill -9 cycles: measure unavailability windows and lost writes.
     Failover(FailoverArgs),
+    /// PostgreSQL: one writer committing through kill -9 cycles of the primary's
+    /// postmaster, which this mode carries out itself.
+    PgFailover(PgFailoverArgs),
 }
 
 /// Closed-loop write benchmark: the same load against keel, etcd or Redis.
@@ -136,6 +139,104 @@ pub struct FailoverArgs {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The PostgreSQL failover driver: one writer on a multi-host connection that finds the
+/// primary of any of the three servers, and `--cycles` kills of the primary (its whole
+/// node, or its postmaster alone), each followed by the member's rejoin. The same for any system that runs three
+/// PostgreSQL servers on 127.0.0.1 (keel's keepers, Patroni, pg_auto_failover).
+#[derive(Debug, clap::Args)]
+pub struct PgFailoverArgs {
+    /// What the report calls the system under test (`keel`, `patroni`, …).
+    #[arg(long)]
+    pub system: String,
+
+    /// The three servers' ports on 127.0.0.1, comma-separated, in member order.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub ports: Vec<u16>,
+
+    /// Their data directories, in the same order: the primary's postmaster pid is read
+    /// from `<dir>/postmaster.pid`.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub data_dirs: Vec<PathBuf>,
+
+    /// What a kill takes: the primary's whole node (its agent with every process of it,
+    /// its postmaster with every backend), or its postmaster alone (the server crashes,
+    /// the agent lives).
+    #[arg(long, value_enum, default_value_t = KillMode::Node)]
+    pub kill: KillMode,
+
+    /// Files holding each member's agent pid (keel keeper, patroni, `pg_autoctl run`), in
+    /// member order, read at each kill: the script rewrites one when it starts that
+    /// agent again. Needed with `--kill node`.
+    #[arg(long, value_delimiter = ',', required_if_eq("kill", "node"))]
+    pub agent_pid_files: Vec<PathBuf>,
+
+    /// The role the writer logs in as.
+    #[arg(long, default_value = "postgres")]
+    pub user: String,
+
+    /// A file holding its password (none: trust).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// The database written to.
+    #[arg(long, default_value = "postgres")]
+    pub dbname: String,
+
+    /// Kill cycles.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub cycles: u32,
+
+    /// Time between two attempts of the writer (an INSERT, or a connection attempt
+    /// after an error).
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// A COMMIT (or a connection) that takes longer than this is abandoned, not
+    /// acknowledged; the writer reconnects.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Steady writes before each kill.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// How long any one wait (writes back, the member a standby again) may take before
+    /// the run stops and reports the cycles done.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub step_timeout: Duration,
+
+    /// Run with `sh -c` once writes flow again after a kill, with `MEMBER` (1, 2 or 3),
+    /// `MEMBER_PORT` and `MEMBER_DATA_DIR` set: how the system's operator starts the
+    /// killed member again. None: the system restarts its server by itself.
+    #[arg(long)]
+    pub rejoin_command: Option<String>,
+
+    /// Run with `sh -c` until it succeeds, before each kill and to end each cycle: the
+    /// system's own "every member is back" check, on top of this mode's (one primary,
+    /// the other two streaming from it).
+    #[arg(long)]
+    pub ready_command: Option<String>,
+
+    /// Stop by itself after this long, whatever is left to do.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub max_duration: Duration,
+
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `pg-failover` kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KillMode {
+    /// The agent's process group and tree, the postmaster and its tree: the machine
+    /// gone, so every system must fail over.
+    Node,
+    /// The postmaster alone: the agent lives and may restart it in place.
+    Postmaster,
 }
 
 /// The system under test.

@@ -33,16 +33,8 @@ pub struct FailoverReport {
     pub failed_attempts: u64,
     pub acked: u64,
     pub acked_per_s: f64,
-    /// Kill marks received.
-    pub kills: usize,
-    /// Kills after which writes were acknowledged again.
-    pub recovered: usize,
-    /// One per recovered kill, in order.
-    pub windows_ms: Vec<f64>,
-    pub window_min_ms: Option<f64>,
-    pub window_median_ms: Option<f64>,
-    pub window_p99_ms: Option<f64>,
-    pub window_max_ms: Option<f64>,
+    #[serde(flatten)]
+    pub windows: WindowFigures,
     /// Per kill: how long until the writers' lookups found a new primary (the monitor,
     /// a member or the sentinels named one); `null` if they never did.
     pub new_primary_named_ms: Vec<Option<f64>>,
@@ -62,8 +54,49 @@ pub struct FailoverReport {
     pub first_error: Option<String>,
 }
 
-fn ms(duration: Duration) -> f64 {
+pub(crate) fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// The windows of a run, in milliseconds: the figures every failover report gives, the
+/// same fields in the same JSON whatever the system (flattened into its report).
+#[derive(Debug, Serialize)]
+pub struct WindowFigures {
+    /// Kill marks received.
+    pub kills: usize,
+    /// Kills after which writes were acknowledged again.
+    pub recovered: usize,
+    /// One per recovered kill, in order.
+    pub windows_ms: Vec<f64>,
+    pub window_min_ms: Option<f64>,
+    pub window_median_ms: Option<f64>,
+    pub window_p99_ms: Option<f64>,
+    pub window_max_ms: Option<f64>,
+}
+
+impl WindowFigures {
+    pub fn new(windows: &Windows) -> Self {
+        let mut recovered: Vec<Duration> = windows
+            .cycles
+            .iter()
+            .filter_map(|cycle| match cycle {
+                Cycle::Window(window) => Some(*window),
+                Cycle::NeverRecovered => None,
+            })
+            .collect();
+        let windows_ms = recovered.iter().copied().map(ms).collect();
+        recovered.sort_unstable();
+        let at = |q| gaps::quantile(&recovered, q).map(ms);
+        Self {
+            kills: windows.cycles.len(),
+            recovered: recovered.len(),
+            windows_ms,
+            window_min_ms: at(0.0),
+            window_median_ms: at(0.5),
+            window_p99_ms: at(0.99),
+            window_max_ms: recovered.last().copied().map(ms),
+        }
+    }
 }
 
 impl FailoverReport {
@@ -80,17 +113,6 @@ impl FailoverReport {
         acked: u64,
         verification: Verification,
     ) -> Self {
-        let mut recovered: Vec<Duration> = windows
-            .cycles
-            .iter()
-            .filter_map(|cycle| match cycle {
-                Cycle::Window(window) => Some(*window),
-                Cycle::NeverRecovered => None,
-            })
-            .collect();
-        let windows_ms = recovered.iter().copied().map(ms).collect();
-        recovered.sort_unstable();
-        let at = |q| gaps::quantile(&recovered, q).map(ms);
         let mut named_sorted: Vec<Duration> = named.iter().flatten().copied().collect();
         named_sorted.sort_unstable();
         let (lost, lost_sample, verified_against, verify_error) = match verification {
@@ -111,13 +133,7 @@ impl FailoverReport {
             failed_attempts: tallies.iter().map(|t| t.1).sum(),
             acked,
             acked_per_s: acked as f64 / duration.as_secs_f64().max(f64::EPSILON),
-            kills: windows.cycles.len(),
-            recovered: recovered.len(),
-            windows_ms,
-            window_min_ms: at(0.0),
-            window_median_ms: at(0.5),
-            window_p99_ms: at(0.99),
-            window_max_ms: recovered.last().copied().map(ms),
+            windows: WindowFigures::new(windows),
             new_primary_named_ms: named.iter().map(|n| n.map(ms)).collect(),
             named_median_ms: gaps::quantile(&named_sorted, 0.5).map(ms),
             longest_gap_elsewhere_ms: ms(windows.longest_gap_elsewhere),
@@ -130,9 +146,28 @@ impl FailoverReport {
     }
 }
 
+/// `-` for a figure there is none of, else whole milliseconds.
+pub(crate) fn opt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
+impl fmt::Display for WindowFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "kills {}, recovered {}; window ms: min {}  median {}  p99 {}  max {}",
+            self.kills,
+            self.recovered,
+            opt_ms(self.window_min_ms),
+            opt_ms(self.window_median_ms),
+            opt_ms(self.window_p99_ms),
+            opt_ms(self.window_max_ms)
+        )
+    }
+}
+
 impl fmt::Display for FailoverReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
         writeln!(
             f,
             "target {}: {} writers, {} writes/s cap, {:.1} s (stopped by {})",
@@ -151,20 +186,11 @@ impl fmt::Display for FailoverReport {
             "  {} acknowledged ({:.0}/s), {} of {} attempts failed",
             self.acked, self.acked_per_s, self.failed_attempts, self.attempts
         )?;
-        writeln!(
-            f,
-            "  kills {}, recovered {}; window ms: min {}  median {}  p99 {}  max {}",
-            self.kills,
-            self.recovered,
-            opt(self.window_min_ms),
-            opt(self.window_median_ms),
-            opt(self.window_p99_ms),
-            opt(self.window_max_ms)
-        )?;
+        writeln!(f, "  {}", self.windows)?;
         writeln!(
             f,
             "  new primary named after (median): {} ms",
-            opt(self.named_median_ms)
+            opt_ms(self.named_median_ms)
         )?;
         writeln!(
             f,
@@ -191,5 +217,41 @@ impl fmt::Display for FailoverReport {
             writeln!(f, "  first failed attempt: {error}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_figures_count_every_kill_and_rank_only_the_recovered_ones() {
+        let windows = Windows {
+            cycles: vec![
+                Cycle::Window(Duration::from_millis(700)),
+                Cycle::NeverRecovered,
+                Cycle::Window(Duration::from_millis(600)),
+                Cycle::Window(Duration::from_millis(900)),
+            ],
+            longest_gap_elsewhere: Duration::from_millis(40),
+        };
+        let figures = WindowFigures::new(&windows);
+        assert_eq!((figures.kills, figures.recovered), (4, 3));
+        assert_eq!(figures.windows_ms, vec![700.0, 600.0, 900.0]);
+        assert_eq!(figures.window_min_ms, Some(600.0));
+        assert_eq!(figures.window_median_ms, Some(700.0));
+        assert_eq!(figures.window_p99_ms, Some(900.0));
+        assert_eq!(figures.window_max_ms, Some(900.0));
+        // The scripts read these names at the top level of both reports' JSON.
+        let json = serde_json::to_value(&figures).unwrap_or_default();
+        for key in [
+            "kills",
+            "recovered",
+            "windows_ms",
+            "window_median_ms",
+            "window_p99_ms",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing from {json}");
+        }
     }
 }

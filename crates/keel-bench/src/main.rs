@@ -27,11 +27,19 @@
 //! kill -9 cycles and report how long writes were unavailable and how many acknowledged
 //! writes were lost (`scripts/bench/failover.sh` drives it; see [`failover`]).
 //!
+//! `keel-writebench pg-failover …` does the same for PostgreSQL clusters (keel's keepers,
+//! Patroni, pg_auto_failover): one writer committing a row every few milliseconds on a
+//! multi-host connection, while the mode itself kills the primary's node (or its
+//! postmaster alone) and waits for the member to rejoin (`scripts/bench/postgres-failover.sh` drives it; see
+//! [`pg_failover`]).
+//!
 //! Modules: [`cli`] parses the flags, [`writer`] and its two transports ([`http_writer`],
 //! [`redis_writer`]) send one write, [`driver`] runs the clients and times them,
 //! [`report`] turns the histograms into the figures printed. For the failover mode,
 //! [`failover`] runs the writers, [`discovery`] finds the primary, [`gaps`] computes the
-//! windows, [`verify`] reads the writes back, [`failover_report`] prints the result.
+//! windows, [`verify`] reads the writes back, [`failover_report`] prints the result. For
+//! PostgreSQL, [`pg_failover`] runs the cycles, [`pg_kill`] kills a member, [`pg_writer`]
+//! commits, [`pg_report`] prints.
 
 mod cli;
 mod discovery;
@@ -40,6 +48,10 @@ mod failover;
 mod failover_report;
 mod gaps;
 mod http_writer;
+mod pg_failover;
+mod pg_kill;
+mod pg_report;
+mod pg_writer;
 mod redis_writer;
 mod report;
 mod verify;
@@ -67,6 +79,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match (cli.mode, cli.throughput) {
         (Some(cli::Mode::Failover(args)), _) => {
             let report = runtime.block_on(failover::run(&args))?;
+            print(&report, args.json)
+        }
+        (Some(cli::Mode::PgFailover(args)), _) => {
+            let report = runtime.block_on(pg_failover::run(&args))?;
             print(&report, args.json)
         }
         (None, Some(args)) => {
