@@ -821,3 +821,66 @@ fn through_keel_proxy_a_client_reconnecting_after_a_failover_lands_on_the_new_pr
     assert!(writable, "{new} through the proxy is not writable");
     drop(keepers);
 }
+
+#[test]
+fn a_former_primary_that_pg_rewind_cannot_rewind_is_copied_afresh() {
+    let dir = tempdir();
+    let cluster = PgCluster::unmade(dir.path());
+    let monitor = TestMonitor::start_closed(&dir.path().join("monitor"), &[]);
+    let ports = free_ports(2);
+    let mut keepers = start_group(&cluster, &monitor, &ports, 2, &no_env);
+    cluster.exec(
+        0,
+        "CREATE TABLE w (id int primary key); INSERT INTO w SELECT generate_series(1, 100)",
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(&cluster, 0)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 pg1's postmaster");
+    let promoted = wait_until(Duration::from_secs(15), || {
+        let view = monitor.cluster();
+        view["primary"]["node"] == "pg2" && view["failover_in_progress"] == false
+    });
+    assert!(promoted, "pg2 never primary: {}", monitor.cluster());
+    let ended = keepers[0].wait_timeout(Duration::from_secs(10));
+    assert!(ended.is_some(), "pg1's keeper outlived its server");
+
+    // pg1's WAL gone: pg_rewind cannot find where the two parted.
+    let wal = cluster.servers[0].dir.join("pg_wal");
+    for entry in std::fs::read_dir(&wal).expect("pg_wal").flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path()).expect("remove a WAL segment");
+        }
+    }
+    let args = keeper_args(&cluster, 0, ports[0], &monitor);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    keepers[0].respawn(&refs);
+    let rejoined = wait_until(Duration::from_secs(60), || {
+        let pg1 = node(&monitor.cluster(), "pg1");
+        pg1["role"] == "standby" && pg1["healthy"] == true && pg1["promotable"] == true
+    });
+    assert!(
+        rejoined,
+        "pg1 never promotable again: {}\n{}",
+        monitor.cluster(),
+        keepers[0].log_report()
+    );
+    assert!(
+        keepers[0]
+            .log_text()
+            .contains("pg_rewind failed: copying the primary afresh"),
+        "{}",
+        keepers[0].log_report()
+    );
+    assert!(
+        cluster.servers[0]
+            .dir
+            .with_extension("not-rewound")
+            .is_dir()
+    );
+    assert_eq!(
+        cluster.query_one(cluster.servers[0].port, "SELECT count(*)::text FROM w"),
+        Ok("100".into())
+    );
+}

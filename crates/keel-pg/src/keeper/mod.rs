@@ -319,7 +319,23 @@ async fn rewind_if_it_was_primary(
             Seen::Primary(source) => {
                 tracing::info!(primary = %source, "rewinding to the primary with pg_rewind");
                 checkpoint(setup, &source).await?;
-                setup.rewind(server, &source)?;
+                if let Err(e) = setup.rewind(server, &source) {
+                    // pg_rewind cannot always (WAL it needs gone, a server it cannot
+                    // recover): what it would have kept is set aside, and the server is
+                    // copied afresh from the primary.
+                    let aside = server.dir.with_extension("not-rewound");
+                    tracing::warn!(error = %e, aside = %aside.display(), "pg_rewind failed: copying the primary afresh with pg_basebackup");
+                    let _ = std::fs::remove_dir_all(&aside);
+                    std::fs::rename(&server.dir, &aside).map_err(|e| {
+                        KeeperError::Pg(PgError::io(format!(
+                            "move {} to {}",
+                            server.dir.display(),
+                            aside.display()
+                        ))(e))
+                    })?;
+                    let (host, port) = split_address(&source)?;
+                    setup.clone_from(server, host, port)?;
+                }
                 let _ = std::fs::remove_file(&marker);
                 return Ok(true);
             }
