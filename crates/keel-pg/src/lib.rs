@@ -16,8 +16,12 @@
 //!   reused where present;
 //! - [`observe`]: what a server says of itself — in recovery or not, its WAL position,
 //!   its timeline, the standbys streaming from it — as a keeper reports it to the monitor;
-//! - [`keeper`]: [`keeper::Links`], what a primary's `pg_stat_replication` shows, as the
-//!   inputs of keel's node machine, which a keeper runs to be a node to the monitor.
+//! - [`keeper`]: `keel keeper`, one server made a node to the monitor with keel's own
+//!   node machine behind it ([`keeper::serve`]): it makes its server (`initdb`, or a copy
+//!   of the primary's), rewinds a former primary (`pg_rewind`, else a fresh copy),
+//!   promotes, follows, sets the sync set, drains for a switchover, and kills its server
+//!   before its lease ends; [`keeper::Links`] turns `pg_stat_replication` into the
+//!   machine's inputs.
 //!
 //! Nothing here decides anything about traffic: which server takes which connection is
 //! the proxy's business, from what its checks see.
