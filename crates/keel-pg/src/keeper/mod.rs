@@ -63,6 +63,9 @@ const FENCE_EARLY: Duration = Duration::from_millis(50);
 /// Why the server is stopped when its lease runs out.
 const LEASE_RAN_OUT: &str = "its lease ran out: no majority renewed it";
 
+/// Why the server is stopped when the monitor made another primary while it writes.
+const DEPOSED: &str = "another server is primary now";
+
 /// What a keeper is told on its command line.
 #[derive(Debug, Clone)]
 pub struct KeeperConfig {
@@ -151,7 +154,12 @@ pub async fn serve(
     });
     loop {
         match run(config.clone(), stop_rx.clone()).await {
-            Err(e @ KeeperError::Fenced { .. }) if !*stop_rx.borrow() => {
+            // Only for what a standby can come back from: a state file that cannot be
+            // written stops the keeper for good rather than in a loop.
+            Err(e @ KeeperError::Fenced { .. })
+                if !*stop_rx.borrow()
+                    && matches!(&e, KeeperError::Fenced { why, .. } if why == LEASE_RAN_OUT || why == DEPOSED) =>
+            {
                 tracing::warn!("{e}: starting it again as a standby");
                 // Its port and its API's are free again once the old ones are reaped.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -632,7 +640,7 @@ impl Driver {
             && self.keeper.role_now() == Role::Standby
             && self.keeper.seen_primary_elsewhere()
         {
-            return Err(self.fence(running, "another server is primary now"));
+            return Err(self.fence(running, DEPOSED));
         }
         Ok(())
     }
