@@ -39,7 +39,7 @@ use crate::cli::{KillMode, PgFailoverArgs};
 use crate::failover_report::ms;
 use crate::gaps::{self, Mark, MarkKind};
 use crate::pg_kill::{self, Victims};
-use crate::pg_report::{CycleRecord, PgFailoverReport};
+use crate::pg_report::{CycleRecord, PgFailoverReport, Verification};
 use crate::pg_writer::{self, Progress, Servers, TABLE};
 
 /// Between two looks at the cluster while waiting for it.
@@ -351,18 +351,6 @@ async fn shell(command: &str, member: Option<(usize, &PgFailoverArgs)>) -> anyho
         );
     }
     Ok(())
-}
-
-/// How reading the acknowledged ids back went.
-#[derive(Debug)]
-pub enum Verification {
-    Done {
-        /// The member (1, 2, …) read.
-        against: usize,
-        lost: Vec<i64>,
-    },
-    /// No primary could be read: nothing is known about loss.
-    Failed(String),
 }
 
 /// Every id on the primary of the moment, against the acknowledged ones.

@@ -10,8 +10,19 @@ use serde::Serialize;
 use crate::cli::{KillMode, PgFailoverArgs};
 use crate::failover_report::{WindowFigures, ms, opt_ms};
 use crate::gaps::{self, Windows};
-use crate::pg_failover::Verification;
 use crate::pg_writer::WriterLog;
+
+/// How reading the acknowledged ids back went.
+#[derive(Debug)]
+pub enum Verification {
+    Done {
+        /// The member (1, 2, …) read.
+        against: usize,
+        lost: Vec<i64>,
+    },
+    /// No primary could be read: nothing is known about loss.
+    Failed(String),
+}
 
 /// One kill, as the driver saw it.
 #[derive(Debug, Serialize)]

@@ -198,9 +198,14 @@ impl Setup {
 
     /// libpq's connection string for `server`, as `keel`.
     pub fn conninfo(&self, server: &Server) -> String {
+        self.conninfo_at("127.0.0.1", &server.port.to_string())
+    }
+
+    /// libpq's connection string for the server at `host:port`, as `keel`.
+    pub fn conninfo_at(&self, host: &str, port: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user={USER} password={} dbname=postgres",
-            server.port, self.password
+            "host={host} port={port} user={USER} password={} dbname=postgres",
+            self.password
         )
     }
 

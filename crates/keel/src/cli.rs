@@ -85,8 +85,8 @@ pub struct KeeperArgs {
     #[arg(long, value_name = "URL[,URL…]")]
     pub monitor: String,
 
-    /// Where the servers, the password and the keepers' state live (as keel pg and keel
-    /// up --postgres make them).
+    /// Where the servers, the password and the keepers' state live: <data-dir>/ID is this
+    /// keeper's server, made here when there is none (see --init).
     #[arg(long, default_value = "./keel-data")]
     pub data_dir: PathBuf,
 

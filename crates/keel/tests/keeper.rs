@@ -283,6 +283,39 @@ fn write_until_gone(
     (writer, acked)
 }
 
+/// `kill -9` of server `i`'s postmaster.
+fn kill_postmaster(cluster: &PgCluster, i: usize) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster_pid(cluster, i)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap_or_else(|e| panic!("kill -9 pg{}'s postmaster: {e}", i + 1));
+}
+
+/// Starts server `i`'s keeper again, with the flags it was first started with.
+fn respawn_keeper(
+    keepers: &mut [KeelProcess],
+    cluster: &PgCluster,
+    i: usize,
+    ports: &[u16],
+    monitor: &TestMonitor,
+) {
+    let args = keeper_args(cluster, i, ports[i], monitor);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    keepers[i].respawn(&refs);
+}
+
+/// Waits up to 15 s for the monitor to have a primary other than `old`, its failover
+/// over; whether it did.
+fn promoted_other_than(monitor: &TestMonitor, old: &str) -> bool {
+    wait_until(Duration::from_secs(15), || {
+        let view = monitor.cluster();
+        view["primary"]["node"].is_string()
+            && view["primary"]["node"] != old
+            && view["failover_in_progress"] == false
+    })
+}
+
 /// The postmaster's pid, from its `postmaster.pid`.
 fn postmaster_pid(cluster: &PgCluster, i: usize) -> i32 {
     let text = std::fs::read_to_string(cluster.servers[i].dir.join("postmaster.pid"))
@@ -313,18 +346,9 @@ fn five_kills_of_the_primarys_postmaster_each_promote_a_standby_lose_no_commit_a
         let (writer, acked) = write_until_gone(&cluster, old, next_id);
         std::thread::sleep(Duration::from_millis(300));
         let killed = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(postmaster_pid(&cluster, old)),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill -9 the postmaster");
+        kill_postmaster(&cluster, old);
         let old_name = format!("pg{}", old + 1);
-        let promoted = wait_until(Duration::from_secs(15), || {
-            let view = monitor.cluster();
-            view["primary"]["node"].is_string()
-                && view["primary"]["node"] != old_name.as_str()
-                && view["failover_in_progress"] == false
-        });
+        let promoted = promoted_other_than(&monitor, &old_name);
         let took = killed.elapsed();
         let view = monitor.cluster();
         assert!(promoted, "cycle {cycle}: no standby promoted: {view}");
@@ -377,9 +401,7 @@ fn five_kills_of_the_primarys_postmaster_each_promote_a_standby_lose_no_commit_a
 
         // The dead server's keeper started again: the former primary is rewound to the
         // new one, follows it, and becomes promotable again.
-        let args = keeper_args(&cluster, old, ports[old], &monitor);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        keepers[old].respawn(&refs);
+        respawn_keeper(&mut keepers, &cluster, old, &ports, &monitor);
         let rejoined = wait_until(Duration::from_secs(60), || {
             let view = monitor.cluster();
             let back = node(&view, &old_name);
@@ -433,11 +455,7 @@ fn a_killed_sync_standby_is_dropped_so_commits_go_on_and_is_not_promoted_until_c
     let (writer, acked) = write_until_gone(&cluster, 0, 0);
     std::thread::sleep(Duration::from_millis(300));
     let before = acked.len();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster_pid(&cluster, 1)),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 pg2's postmaster");
+    kill_postmaster(&cluster, 1);
 
     // The monitor drops pg2 from the sync set; pg1 then commits alone.
     let dropped = wait_until(Duration::from_secs(10), || {
@@ -463,20 +481,14 @@ fn a_killed_sync_standby_is_dropped_so_commits_go_on_and_is_not_promoted_until_c
     );
 
     // pg1 dies too, holding commits pg2 never had.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster_pid(&cluster, 0)),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 pg1's postmaster");
+    kill_postmaster(&cluster, 0);
     writer.join().expect("writer");
     let ids = acked.ids();
     for k in &mut keepers {
         let _ = k.wait_timeout(Duration::from_secs(10));
     }
     // pg2 comes back behind: the monitor does not make it primary, and says why.
-    let args = keeper_args(&cluster, 1, ports[1], &monitor);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    keepers[1].respawn(&refs);
+    respawn_keeper(&mut keepers, &cluster, 1, &ports, &monitor);
     let back = wait_until(Duration::from_secs(30), || {
         node(&monitor.cluster(), "pg2")["healthy"] == true
     });
@@ -499,9 +511,7 @@ fn a_killed_sync_standby_is_dropped_so_commits_go_on_and_is_not_promoted_until_c
 
     // pg1 back: primary again, pg2 catches up from it and is promotable again, and every
     // acknowledged COMMIT is on both.
-    let args = keeper_args(&cluster, 0, ports[0], &monitor);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    keepers[0].respawn(&refs);
+    respawn_keeper(&mut keepers, &cluster, 0, &ports, &monitor);
     let caught_up = wait_until(Duration::from_secs(30), || {
         let view = monitor.cluster();
         view["primary"]["node"] == "pg1"
@@ -560,12 +570,7 @@ fn a_primary_cut_off_from_monitor_and_standbys_stops_its_server_before_a_standby
     for name in ["monitor", "pg2", "pg3"] {
         cut(&faults, name, &[addr(ports[0])]);
     }
-    let promoted = wait_until(Duration::from_secs(15), || {
-        let view = monitor.cluster();
-        view["primary"]["node"].is_string()
-            && view["primary"]["node"] != "pg1"
-            && view["failover_in_progress"] == false
-    });
+    let promoted = promoted_other_than(&monitor, "pg1");
     let view = monitor.cluster();
     assert!(promoted, "no standby promoted: {view}");
     let new = index_of(&view["primary"]["node"]);
@@ -784,17 +789,8 @@ fn through_keel_proxy_a_client_reconnecting_after_a_failover_lands_on_the_new_pr
     let held = cluster.hold(rw);
     assert_eq!(cluster.who_answers_on(&held), Ok("pg1".into()));
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster_pid(&cluster, 0)),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 pg1's postmaster");
-    let promoted = wait_until(Duration::from_secs(15), || {
-        let view = monitor.cluster();
-        view["primary"]["node"].is_string()
-            && view["primary"]["node"] != "pg1"
-            && view["failover_in_progress"] == false
-    });
+    kill_postmaster(&cluster, 0);
+    let promoted = promoted_other_than(&monitor, "pg1");
     assert!(promoted, "no standby promoted: {}", monitor.cluster());
     let new = monitor.cluster()["primary"]["node"]
         .as_str()
@@ -833,11 +829,7 @@ fn a_former_primary_that_pg_rewind_cannot_rewind_is_copied_afresh() {
         0,
         "CREATE TABLE w (id int primary key); INSERT INTO w SELECT generate_series(1, 100)",
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(postmaster_pid(&cluster, 0)),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 pg1's postmaster");
+    kill_postmaster(&cluster, 0);
     let promoted = wait_until(Duration::from_secs(15), || {
         let view = monitor.cluster();
         view["primary"]["node"] == "pg2" && view["failover_in_progress"] == false
@@ -853,9 +845,7 @@ fn a_former_primary_that_pg_rewind_cannot_rewind_is_copied_afresh() {
             std::fs::remove_file(entry.path()).expect("remove a WAL segment");
         }
     }
-    let args = keeper_args(&cluster, 0, ports[0], &monitor);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    keepers[0].respawn(&refs);
+    respawn_keeper(&mut keepers, &cluster, 0, &ports, &monitor);
     let rejoined = wait_until(Duration::from_secs(60), || {
         let pg1 = node(&monitor.cluster(), "pg1");
         pg1["role"] == "standby" && pg1["healthy"] == true && pg1["promotable"] == true

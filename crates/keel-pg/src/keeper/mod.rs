@@ -528,11 +528,7 @@ async fn checkpoint(setup: &Setup, address: &str) -> Result<(), KeeperError> {
         source,
     };
     let (host, port) = split_address(address)?;
-    let conninfo = format!(
-        "host={host} port={port} user={} password={} dbname=postgres connect_timeout=5",
-        crate::USER,
-        setup.password()
-    );
+    let conninfo = format!("{} connect_timeout=5", setup.conninfo_at(host, port));
     let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
         .map_err(failed)?;
