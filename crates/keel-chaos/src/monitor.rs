@@ -12,7 +12,7 @@ use keel_client::wire::ClusterView;
 use keel_core::Role;
 use tokio::time::Instant;
 
-use crate::plan::Plan;
+use crate::plan::Spec;
 
 /// How long to wait for the monitor to name a primary, and for the standbys to catch up
 /// and become promotable, before going on without (with a note).
@@ -61,11 +61,11 @@ impl MonitorClient {
         self.settle(has_live_primary).await
     }
 
-    /// Waits until every node of `plan` has registered and every standby has caught up
-    /// and is promotable, so that the system announced can fail over at once; `false`
+    /// Waits until every one of `members` has registered and every standby has caught
+    /// up and is promotable, so that the system announced can fail over at once; `false`
     /// after [`SETTLE_TIMEOUT`].
-    pub(crate) async fn wait_for_promotable(&self, plan: &Plan) -> bool {
-        self.settle(|v| ready_to_fail_over(v, plan)).await
+    pub(crate) async fn wait_for_promotable(&self, members: &[Spec]) -> bool {
+        self.settle(|v| ready_to_fail_over(v, members)).await
     }
 
     /// Reads the view until `done` holds; `false` after [`SETTLE_TIMEOUT`].
@@ -82,13 +82,14 @@ impl MonitorClient {
         }
     }
 
-    /// Prints every event of the monitor, one line each, from its first (`since=0`: the
+    /// Prints every event of the monitor, one line each, naming it `who` (its name in
+    /// the plan), from its first (`since=0`: the
     /// history of this monitor's life, so that nothing between its start and this
     /// subscription is missed), for as long as the task runs. When the stream breaks (the
     /// monitor was killed), it opens it again every half second, quietly, and resumes
     /// after the last event printed. `http` must have no timeout on the whole request: a
     /// stream lasts as long as the monitor does.
-    pub(crate) async fn follow_events(self, http: reqwest::Client) {
+    pub(crate) async fn follow_events(self, http: reqwest::Client, who: &'static str) {
         let mut last = 0;
         loop {
             if let Ok(mut stream) =
@@ -99,12 +100,12 @@ impl MonitorClient {
                     let Ok(seen) = keel_client::monitor::Seen::parse(&data) else {
                         break;
                     };
-                    let (id, line) = (seen.id, seen.line());
+                    let (id, line) = (seen.id, seen.line_from(who));
                     // The monitor replays only what follows `since`; this guards against
                     // printing an event twice should it ever replay more.
                     if id > last {
                         last = id;
-                        crate::say_from("monitor", &line, &line);
+                        crate::say_from(who, &line, &line);
                     }
                 }
             }
@@ -118,12 +119,11 @@ fn has_live_primary(v: &ClusterView) -> bool {
     matches!(keel_client::primary_of(v), keel_client::Found::Node(_))
 }
 
-/// Every node of `plan` registered, and every standby promotable.
-fn ready_to_fail_over(v: &ClusterView, plan: &Plan) -> bool {
+/// Every one of `members` registered, and every standby promotable.
+fn ready_to_fail_over(v: &ClusterView, members: &[Spec]) -> bool {
     // A node answers /health before it has registered: the view may not list it yet,
     // and a standby missing from it is not one that is ready.
-    let registered = plan
-        .nodes
+    let registered = members
         .iter()
         .all(|s| v.nodes.iter().any(|n| n.node.as_str() == s.name));
     registered
@@ -140,7 +140,7 @@ mod tests {
     use super::*;
     use crate::Settings;
     use crate::credentials::Credentials;
-    use crate::plan::{Placement, plan};
+    use crate::plan::{Placement, Plan, plan};
 
     /// A view of app1 and app2: who is primary, who heartbeats, who may be promoted.
     fn view(primary: Option<&str>, failover: bool, app2: (&str, bool, bool)) -> ClusterView {
@@ -217,16 +217,16 @@ mod tests {
         let plan = two_nodes();
         assert!(ready_to_fail_over(
             &view(Some("app1"), false, ("standby", true, true)),
-            &plan
+            &plan.nodes
         ));
         assert!(!ready_to_fail_over(
             &view(Some("app1"), false, ("standby", true, false)),
-            &plan
+            &plan.nodes
         ));
         let mut one = view(Some("app1"), false, ("standby", true, true));
         one.nodes.truncate(1);
         assert!(
-            !ready_to_fail_over(&one, &plan),
+            !ready_to_fail_over(&one, &plan.nodes),
             "app2 answers /health but has not registered yet"
         );
     }

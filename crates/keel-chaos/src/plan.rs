@@ -9,9 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::path::PathBuf;
-
-use nix::sys::signal::Signal;
+use std::time::Duration;
 
 use crate::Settings;
 use crate::credentials::Credentials;
@@ -68,18 +66,19 @@ pub struct Spec {
     pub name: String,
     pub port: u16,
     pub url: String,
-    /// Where it answers `GET /health` once it is up; `tcp://IP:PORT` for a program that
-    /// speaks no HTTP (PostgreSQL): it is up once it accepts a connection there.
+    /// Where it answers `GET /health` once it is up.
     pub health: String,
     /// The flag that moves its port, for the message when the port is taken.
     pub port_flag: &'static str,
     pub args: Vec<String>,
     /// The network namespace it runs in (`keel up --netns`), else `None`: this one's.
     pub netns: Option<String>,
-    /// The program, when it is not keel itself (PostgreSQL's `setpriv` or `postgres`).
-    pub program: Option<PathBuf>,
-    /// What asks it to stop: SIGTERM for keel, SIGINT (a fast shutdown) for PostgreSQL.
-    pub stop_signal: Signal,
+    /// Whether `keel chaos` signals its children (and theirs) with it: a keeper's
+    /// PostgreSQL server and its backends, which die, freeze and thaw with it as a
+    /// machine's processes do.
+    pub whole_tree: bool,
+    /// How long it may take to answer its health check once started.
+    pub startup: Duration,
 }
 
 /// Where each process of the data tier runs: its address and network namespace. Empty
@@ -160,23 +159,30 @@ pub struct Plan {
     pub proxy: Spec,
     /// The proxy's admin API.
     pub proxy_admin: String,
-    /// `pg1..pg3` under `--postgres` ([`Plan::add_postgres`]), else none.
+    /// The PostgreSQL group's monitor under `--postgres` ([`Plan::add_postgres`]).
+    pub pg_monitor: Option<Spec>,
+    /// The keepers of `pg1..pg3` under `--postgres`, else none.
     pub postgres: Vec<Spec>,
+    /// The ports of the keepers' servers, in the keepers' order.
+    pub pg_servers: Vec<u16>,
     /// The proxy's read-write and read-only ports under `--postgres`.
     pub tcp_ports: Option<(u16, u16)>,
 }
 
-/// What `keel up --postgres` needs of PostgreSQL: each server's command line, and the
-/// password file of the `keel` role.
-#[derive(Debug, Clone)]
-pub struct PgCommands {
-    /// `(name, port, program, args)` of pg1..pg3, the primary first.
-    pub servers: Vec<(String, u16, PathBuf, Vec<String>)>,
-    /// The file holding the password.
-    pub password_file: PathBuf,
-}
+/// How many PostgreSQL servers `keel up --postgres` runs: a primary and two standbys.
+pub const PG_SERVERS: u16 = 3;
 
-/// Whether `name` is one of `keel up --postgres`'s servers (`pg1`, `pg2`…).
+/// The name of the PostgreSQL group's monitor.
+pub const PG_MONITOR: &str = "pgmonitor";
+
+/// How long a process may take to answer its health check once started.
+pub const STARTUP: Duration = Duration::from_secs(10);
+
+/// How long a keeper may take: it makes its server first (initdb, or a copy of the
+/// primary's by pg_basebackup, or a rewind), and starts it.
+pub const KEEPER_STARTUP: Duration = Duration::from_secs(60);
+
+/// Whether `name` is one of `keel up --postgres`'s servers, or its keeper (`pg1`, `pg2`…).
 pub fn is_postgres(name: &str) -> bool {
     name.strip_prefix("pg")
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -188,84 +194,138 @@ impl Plan {
         self.monitors
             .iter()
             .chain(&self.nodes)
+            .chain(&self.pg_monitor)
             .chain(&self.postgres)
             .chain(&self.services)
             .chain(std::iter::once(&self.proxy))
     }
 
-    /// Adds PostgreSQL: its servers, started after the data tier; the proxy's TCP pool
-    /// over them on `ports.tcp_port` and the next; the services' `/data` on that pool.
+    /// Adds PostgreSQL: a monitor of its own (`pgmonitor`: a monitor runs one group, and
+    /// the data tier is another) and a keeper for each of pg1..pg3, which makes, runs and
+    /// fails over its server ([`keel_pg::keeper`]), pg1's with `--init` so that it makes
+    /// the cluster the others copy; the proxy's TCP pool over the servers on
+    /// `ports.tcp_port` and the next, following the PostgreSQL monitor; the services'
+    /// `/data` on that pool. Every server's password is in `password_file`.
     pub fn add_postgres(
         &mut self,
         ports: crate::settings::PgPorts,
-        pg: &PgCommands,
+        credentials: &Credentials,
+        data_dir: &std::path::Path,
+        password_file: &std::path::Path,
     ) -> Result<(), PlanError> {
-        let count = u16::try_from(pg.servers.len()).unwrap_or(u16::MAX);
-        for (flag, first, count) in [
-            ("--pg-port", ports.pg_port, count),
+        let servers = PG_SERVERS;
+        let ranges = [
+            ("--pg-port", ports.pg_port, servers),
             ("--tcp-port", ports.tcp_port, 2),
-        ] {
+            ("--keeper-port", ports.keeper_port, servers + 1),
+        ];
+        for (flag, first, count) in ranges {
             if first == 0 || u32::from(first) + u32::from(count) > 65_536 {
                 return Err(PlanError::NoRoom { flag, first, count });
             }
         }
-        let (rw, ro) = (ports.tcp_port, ports.tcp_port + 1);
         // The other processes' ports, and the proxy's admin port.
         let admin = self
             .proxy_admin
             .rsplit(':')
             .next()
             .and_then(|p| p.parse::<u16>().ok());
-        let taken: Vec<(u16, &'static str)> = self
+        let taken: Vec<(u16, u16, &'static str)> = self
             .all()
-            .map(|s| (s.port, s.port_flag))
-            .chain(admin.map(|p| (p, "--proxy-admin-port")))
+            .map(|s| (s.port, 1, s.port_flag))
+            .chain(admin.map(|p| (p, 1, "--proxy-admin-port")))
             .collect();
-        for (flag, first, count) in [
-            ("--pg-port", ports.pg_port, count),
-            ("--tcp-port", ports.tcp_port, 2),
-        ] {
-            let range = u32::from(first)..u32::from(first) + u32::from(count);
-            if let Some((port, other)) = taken.iter().find(|(p, _)| range.contains(&u32::from(*p)))
-            {
-                return Err(PlanError::Overlap {
-                    flag,
-                    first,
-                    other,
-                    other_first: *port,
-                    other_count: 1,
-                });
+        for (i, (flag, first, count)) in ranges.iter().enumerate() {
+            let others = ranges[..i].iter().map(|(f, p, c)| (*p, *c, *f));
+            for (other_first, other_count, other) in taken.iter().copied().chain(others) {
+                let (a, b) = (u32::from(*first), u32::from(other_first));
+                if a < b + u32::from(other_count) && b < a + u32::from(*count) {
+                    return Err(PlanError::Overlap {
+                        flag,
+                        first: *first,
+                        other,
+                        other_first,
+                        other_count,
+                    });
+                }
             }
         }
-        if (ports.pg_port..ports.pg_port + count).any(|p| p == rw || p == ro) {
-            return Err(PlanError::Overlap {
-                flag: "--tcp-port",
-                first: ports.tcp_port,
-                other: "--pg-port",
-                other_first: ports.pg_port,
-                other_count: count,
-            });
-        }
-        self.postgres = pg
-            .servers
-            .iter()
-            .map(|(name, port, program, args)| Spec {
-                name: name.clone(),
-                port: *port,
-                url: format!("postgres://127.0.0.1:{port}"),
-                health: format!("tcp://127.0.0.1:{port}"),
-                port_flag: "--pg-port",
-                args: args.clone(),
-                netns: None,
-                program: Some(program.clone()),
-                stop_signal: Signal::SIGINT,
+        let (rw, ro) = (ports.tcp_port, ports.tcp_port + 1);
+        let token = path_arg(&credentials.token);
+        let secret = path_arg(&credentials.secret);
+        // Plain HTTP on 127.0.0.1, signed with the cluster secret: keepers do not speak
+        // TLS (docs/postgres.md, "Not yet").
+        let monitor_url = format!("http://127.0.0.1:{}", ports.keeper_port);
+        self.pg_monitor = Some(Spec {
+            name: PG_MONITOR.to_owned(),
+            port: ports.keeper_port,
+            url: monitor_url.clone(),
+            health: format!("{monitor_url}/health"),
+            port_flag: "--keeper-port",
+            args: vec![
+                "monitor".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", ports.keeper_port),
+                "--data-dir".into(),
+                path_arg(&data_dir.join(PG_MONITOR)),
+                "--token-file".into(),
+                token.clone(),
+                "--cluster-secret-file".into(),
+                secret.clone(),
+            ],
+            netns: None,
+            whole_tree: false,
+            startup: STARTUP,
+        });
+        self.postgres = (1..=servers)
+            .map(|k| {
+                let name = format!("pg{k}");
+                let port = ports.keeper_port + k;
+                let url = format!("http://127.0.0.1:{port}");
+                let mut args: Vec<String> = vec![
+                    "keeper".into(),
+                    "--id".into(),
+                    name.clone(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--monitor".into(),
+                    monitor_url.clone(),
+                    "--data-dir".into(),
+                    path_arg(data_dir),
+                    "--pg-port".into(),
+                    (ports.pg_port + k - 1).to_string(),
+                    "--token-file".into(),
+                    token.clone(),
+                    "--cluster-secret-file".into(),
+                    secret.clone(),
+                ];
+                if k == 1 {
+                    // Only while the monitor never had a primary; later starts copy or rewind.
+                    args.push("--init".into());
+                }
+                Spec {
+                    health: format!("{url}/health"),
+                    port_flag: "--keeper-port",
+                    netns: None,
+                    // Its server and the server's backends die, freeze and thaw with it,
+                    // as a machine does.
+                    whole_tree: true,
+                    // Making a cluster (initdb) or copying one (pg_basebackup) first.
+                    startup: KEEPER_STARTUP,
+                    name,
+                    port,
+                    url,
+                    args,
+                }
             })
             .collect();
-        let password = path_arg(&pg.password_file);
-        let servers: Vec<String> = pg
-            .servers
+        self.pg_servers = (0..servers).map(|k| ports.pg_port + k).collect();
+        let password = path_arg(password_file);
+        let servers: Vec<String> = self
+            .pg_servers
             .iter()
-            .map(|(name, port, _, _)| format!("{name}=127.0.0.1:{port}"))
+            .zip(1..)
+            .map(|(port, k)| format!("pg{k}=127.0.0.1:{port}"))
             .collect();
         self.proxy.args.extend([
             "--tcp".into(),
@@ -276,6 +336,10 @@ impl Plan {
             format!("127.0.0.1:{ro}"),
             "--tcp-password-file".into(),
             password.clone(),
+            // The read-write port goes to the server the monitor names primary, not to
+            // whichever says it is out of recovery.
+            "--tcp-monitor".into(),
+            monitor_url,
         ]);
         for service in &mut self.services {
             service.args.extend([
@@ -387,8 +451,8 @@ pub fn plan(
                 port_flag: "--monitor-port",
                 netns: placement.netns(name),
                 args: margs,
-                program: None,
-                stop_signal: Signal::SIGTERM,
+                whole_tree: false,
+                startup: STARTUP,
             }
         })
         .collect();
@@ -423,8 +487,8 @@ pub fn plan(
                 health: format!("{scheme}://{listen}/health"),
                 port_flag: "--base-port",
                 args,
-                program: None,
-                stop_signal: Signal::SIGTERM,
+                whole_tree: false,
+                startup: STARTUP,
             }
         })
         .collect();
@@ -459,8 +523,8 @@ pub fn plan(
                 name,
                 port,
                 url,
-                program: None,
-                stop_signal: Signal::SIGTERM,
+                whole_tree: false,
+                startup: STARTUP,
             }
         })
         .collect();
@@ -492,8 +556,8 @@ pub fn plan(
         port_flag: "--proxy-port",
         args: proxy_args,
         netns: None,
-        program: None,
-        stop_signal: Signal::SIGTERM,
+        whole_tree: false,
+        startup: STARTUP,
     };
     Ok(Plan {
         monitors,
@@ -502,7 +566,9 @@ pub fn plan(
         services,
         proxy,
         proxy_admin,
+        pg_monitor: None,
         postgres: Vec::new(),
+        pg_servers: Vec::new(),
         tcp_ports: None,
     })
 }
@@ -543,6 +609,11 @@ pub fn check_ports(plan: &Plan) -> Result<(), PlanError> {
             admin_port,
             "--proxy-admin-port",
         )))
+        .chain(
+            plan.pg_servers
+                .iter()
+                .map(|port| ("a PostgreSQL server", *port, "--pg-port")),
+        )
         .chain(plan.tcp_ports.into_iter().flat_map(|(rw, ro)| {
             [
                 ("the proxy's read-write port", rw, "--tcp-port"),
@@ -597,24 +668,25 @@ mod tests {
         }
     }
 
-    fn pg_commands() -> PgCommands {
-        PgCommands {
-            servers: (1..=3u16)
-                .map(|k| {
-                    (
-                        format!("pg{k}"),
-                        5432 + k,
-                        PathBuf::from("/usr/bin/setpriv"),
-                        vec!["--reuid=101".to_owned(), "postgres".to_owned()],
-                    )
-                })
-                .collect(),
-            password_file: PathBuf::from("/tmp/d/pg.password"),
+    fn pg_ports(pg_port: u16, keeper_port: u16) -> crate::settings::PgPorts {
+        crate::settings::PgPorts {
+            pg_port,
+            tcp_port: 5000,
+            keeper_port,
         }
     }
 
+    fn add_postgres(plan: &mut Plan, ports: crate::settings::PgPorts) -> Result<(), PlanError> {
+        plan.add_postgres(
+            ports,
+            &Credentials::in_dir(Path::new("/tmp/d")),
+            Path::new("/tmp/d"),
+            Path::new("/tmp/d/pg.password"),
+        )
+    }
+
     #[test]
-    fn postgres_adds_three_servers_the_proxys_pool_and_the_services_urls() {
+    fn postgres_adds_a_monitor_three_keepers_the_proxys_pool_and_the_services_urls() {
         let a = args(2, 8081);
         let mut plan = plan(
             &a,
@@ -622,28 +694,56 @@ mod tests {
             &Placement::loopback(),
         )
         .expect("plan");
-        let ports = crate::settings::PgPorts {
-            pg_port: 5433,
-            tcp_port: 5000,
-        };
-        plan.add_postgres(ports, &pg_commands()).expect("postgres");
+        add_postgres(&mut plan, pg_ports(5433, 7000)).expect("postgres");
         let names: Vec<&str> = plan.all().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
             [
-                "monitor", "app1", "app2", "pg1", "pg2", "pg3", "service1", "service2", "proxy"
+                "monitor",
+                "app1",
+                "app2",
+                "pgmonitor",
+                "pg1",
+                "pg2",
+                "pg3",
+                "service1",
+                "service2",
+                "proxy"
             ],
-            "PostgreSQL starts before the services that read it"
+            "PostgreSQL starts before the services that read it, its monitor before the keepers"
         );
+        let pgmonitor = plan.pg_monitor.as_ref().expect("the group's monitor");
+        assert_eq!(pgmonitor.health, "http://127.0.0.1:7000/health");
+        assert!(
+            pgmonitor
+                .args
+                .join(" ")
+                .contains("--data-dir /tmp/d/pgmonitor"),
+            "{:?}",
+            pgmonitor.args
+        );
+        let pg1 = plan.postgres[0].args.join(" ");
         let pg2 = &plan.postgres[1];
-        assert_eq!(pg2.health, "tcp://127.0.0.1:5434");
-        assert_eq!(pg2.stop_signal, Signal::SIGINT, "a fast shutdown");
-        assert_eq!(pg2.program.as_deref(), Some(Path::new("/usr/bin/setpriv")));
+        assert_eq!(pg2.health, "http://127.0.0.1:7002/health");
+        assert!(pg2.whole_tree, "its server dies with it");
+        assert_eq!(pg2.startup, KEEPER_STARTUP);
+        let pg2_args = pg2.args.join(" ");
+        for wanted in [
+            "keeper --id pg2 --listen 127.0.0.1:7002 --monitor http://127.0.0.1:7000",
+            "--data-dir /tmp/d --pg-port 5434",
+            "--cluster-secret-file /tmp/d/cluster.secret",
+        ] {
+            assert!(pg2_args.contains(wanted), "{wanted}: {pg2_args}");
+        }
+        assert!(pg1.ends_with("--init"), "{pg1}");
+        assert!(!pg2_args.contains("--init"), "only pg1 makes a cluster");
+        assert_eq!(plan.pg_servers, [5433, 5434, 5435]);
         let proxy = plan.proxy.args.join(" ");
         assert!(
             proxy.contains("--tcp pg1=127.0.0.1:5433,pg2=127.0.0.1:5434,pg3=127.0.0.1:5435")
                 && proxy.contains("--tcp-read-only 127.0.0.1:5001")
-                && proxy.contains("--tcp-password-file /tmp/d/pg.password"),
+                && proxy.contains("--tcp-password-file /tmp/d/pg.password")
+                && proxy.contains("--tcp-monitor http://127.0.0.1:7000"),
             "{proxy}"
         );
         let service = plan.services[0].args.join(" ");
@@ -660,25 +760,28 @@ mod tests {
             &Placement::loopback(),
         )
         .expect("plan");
-        let e = clash
-            .add_postgres(
-                crate::settings::PgPorts {
-                    pg_port: 8080,
-                    tcp_port: 5000,
-                },
-                &pg_commands(),
-            )
+        let e = add_postgres(&mut clash, pg_ports(8080, 7000))
             .expect_err("8080..8082 holds the proxy and app1");
         assert!(e.to_string().contains("--pg-port 8080 overlaps"), "{e}");
+        let e = add_postgres(&mut clash, pg_ports(5433, 5434))
+            .expect_err("the keepers' ports run over the servers'");
+        assert!(
+            e.to_string()
+                .contains("--keeper-port 5434 overlaps the ports of --pg-port 5433 (3 port(s)"),
+            "{e}"
+        );
+        let e = add_postgres(&mut clash, pg_ports(5433, 65_534)).expect_err("no room");
+        assert!(
+            e.to_string()
+                .contains("--keeper-port 65534 leaves no room for 4"),
+            "{e}"
+        );
     }
 
     #[test]
     fn without_a_data_tier_there_is_no_monitor_and_no_cluster_route() {
         let mut a = args(0, 8081);
-        a.postgres = Some(crate::settings::PgPorts {
-            pg_port: 5433,
-            tcp_port: 5000,
-        });
+        a.postgres = Some(pg_ports(5433, 7000));
         let plan = plan(
             &a,
             &Credentials::in_dir(Path::new("/tmp/d")),

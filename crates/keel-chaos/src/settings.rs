@@ -42,8 +42,9 @@ pub struct Settings {
     pub tls: bool,
     /// Whether a process that ends by itself is started again (`--restart`).
     pub restart: RestartPolicy,
-    /// PostgreSQL too (`--postgres`): a primary and two standbys behind the proxy's TCP
-    /// ports, `/data` of the services on them.
+    /// PostgreSQL too (`--postgres`): three servers, each run by a keeper, a monitor of
+    /// their own that fails them over, the proxy's TCP ports in front and `/data` of the
+    /// services on them.
     pub postgres: Option<PgPorts>,
 }
 
@@ -61,6 +62,9 @@ pub struct PgPorts {
     pub pg_port: u16,
     /// The proxy's read-write port; the read-only port is the next one.
     pub tcp_port: u16,
+    /// Port of the PostgreSQL group's monitor (`pgmonitor`); the keepers of pg1..pg3
+    /// listen on the next three.
+    pub keeper_port: u16,
 }
 
 /// What `keel up --restart` does when a process ends by itself.

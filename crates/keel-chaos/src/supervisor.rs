@@ -37,9 +37,6 @@ pub(crate) use os::OsHost;
 /// How long the children get to stop after the first SIGTERM before they are killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a process may take to answer its health check after it was started.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How often a starting process's health is asked for.
 const HEALTH_POLL: Duration = Duration::from_millis(20);
 
@@ -259,7 +256,7 @@ impl<H: Host> Supervisor<H> {
         let _ = tokio::time::timeout(STOP_GRACE, supervised.task).await;
     }
 
-    /// Polls `spec`'s health until it answers, failing after [`STARTUP_TIMEOUT`] or when
+    /// Polls `spec`'s health until it answers, failing after its [`Spec::startup`] or when
     /// a process exits meanwhile: any process while the system starts (its output is
     /// above), only the awaited one during a restart (the others' exits are set aside for
     /// the report).
@@ -268,7 +265,7 @@ impl<H: Host> Supervisor<H> {
         spec: &Spec,
         awaited: Awaited,
     ) -> Result<(), StartError> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let deadline = Instant::now() + spec.startup;
         loop {
             while let Ok(exit) = self.exits.try_recv() {
                 if self.is_superseded(&exit) {
@@ -289,7 +286,7 @@ impl<H: Host> Supervisor<H> {
                 return Err(StartError::Unhealthy {
                     name: spec.name.clone(),
                     url: spec.health.clone(),
-                    timeout: STARTUP_TIMEOUT,
+                    timeout: spec.startup,
                 });
             }
             tokio::time::sleep(HEALTH_POLL).await;
@@ -316,10 +313,10 @@ impl<H: Host> Supervisor<H> {
     /// Stops every child in `keel up`'s order ([`stop_rank`]), one after the other, each
     /// by SIGTERM; SIGKILL for those still there [`STOP_GRACE`] after the first SIGTERM.
     /// `say` gets a line for each, and for those that ended by themselves meanwhile.
-    pub(crate) async fn stop_all(&mut self, primary: Option<&str>, mut say: impl FnMut(String)) {
+    pub(crate) async fn stop_all(&mut self, primaries: &[String], mut say: impl FnMut(String)) {
         let mut children = std::mem::take(&mut self.children);
         // Stable: the standbys keep their start order.
-        children.sort_by_key(|s| stop_rank(&s.name, primary));
+        children.sort_by_key(|s| stop_rank(&s.name, primaries));
         let deadline = Instant::now() + STOP_GRACE;
         for Supervised { stop, task, .. } in children {
             // A closed channel belongs to a child that already exited.

@@ -4,8 +4,9 @@
 //! `--netns`, the credentials, the namespaces, the plan and its ports, the control API's
 //! listener. [`Up::start`] starts the monitor, then the node it recorded as primary (else
 //! `app1`: the first node to register becomes primary), waits for the monitor to name it,
-//! starts the other nodes and waits for them to be promotable, then the services and the
-//! proxy; each only after the one before answers its health check. [`Up::serve`] carries
+//! starts the other nodes and waits for them to be promotable; under `--postgres` the
+//! same for PostgreSQL's monitor and keepers; then the services and the proxy; each only
+//! after the one before answers its health check. [`Up::serve`] carries
 //! out the control API's requests and reports exits until told to stop;
 //! [`Up::shutdown`] stops everything in order. The network namespaces of `--netns` go
 //! when the [`Up`] does.
@@ -32,7 +33,10 @@ use crate::credentials::{CredentialError, Credentials, Origin};
 use crate::monitor::{MonitorClient, SETTLE_TIMEOUT};
 use crate::netns::{self, Net, NetError};
 use crate::partition::{FaultFileError, Partitions};
-use crate::plan::{PROXY, Placement, Plan, PlanError, check_ports, data_tier_names, plan};
+use crate::plan::{
+    PG_MONITOR, PROXY, Placement, Plan, PlanError, Spec, check_ports, data_tier_names, is_postgres,
+    plan,
+};
 use crate::supervisor::{
     Awaited, Host as _, OsHost, StartError, Supervisor, exit_report, restart_after,
 };
@@ -121,10 +125,13 @@ pub struct Up {
     supervisor: Supervisor<OsHost>,
     partitions: Partitions,
     monitor: MonitorClient,
+    /// PostgreSQL's monitor, under `--postgres`.
+    pg_monitor: Option<MonitorClient>,
     http: reqwest::Client,
     /// For the event stream: no timeout on the whole request.
     stream_http: reqwest::Client,
-    events: Option<JoinHandle<()>>,
+    /// The tasks that print the monitors' events.
+    events: Vec<JoinHandle<()>>,
     control: JoinHandle<()>,
     commands: mpsc::Receiver<Command>,
     /// `<data-dir>/up.json`, once written.
@@ -180,8 +187,8 @@ impl Up {
         };
         let mut plan = plan(&settings, &credentials, &placement)?;
         if let Some(ports) = settings.postgres {
-            let commands = prepare_postgres(&data_dir, ports).await?;
-            plan.add_postgres(ports, &commands)?;
+            let password = prepare_postgres(&data_dir).await?;
+            plan.add_postgres(ports, &credentials, &data_dir, &password)?;
         }
         check_ports(&plan)?;
         let net = match net {
@@ -199,10 +206,17 @@ impl Up {
         }
         let http = http.build().map_err(UpError::Http)?;
         let monitor = MonitorClient::new(http.clone(), plan.monitor_urls.clone());
+        let pg_monitor = plan
+            .pg_monitor
+            .as_ref()
+            .map(|spec| MonitorClient::new(http.clone(), spec.url.clone()));
         let (control, commands) = serve_control(
             settings.control_port,
             &credentials.token,
-            (!plan.monitors.is_empty()).then(|| monitor.clone()),
+            crate::dashboard::Monitors {
+                data_tier: (!plan.monitors.is_empty()).then(|| monitor.clone()),
+                postgres: pg_monitor.clone(),
+            },
             http.clone(),
             plan.proxy_admin.clone(),
         )
@@ -224,6 +238,7 @@ impl Up {
         );
         Ok(Up {
             monitor,
+            pg_monitor,
             settings,
             plan,
             credentials,
@@ -232,7 +247,7 @@ impl Up {
             partitions,
             http,
             stream_http,
-            events: None,
+            events: Vec::new(),
             control,
             commands,
             up_file: None,
@@ -256,53 +271,30 @@ impl Up {
             self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
         }
         if !plan.monitors.is_empty() {
-            self.events = Some(tokio::spawn(
-                self.monitor.clone().follow_events(self.stream_http.clone()),
+            self.events.push(tokio::spawn(
+                self.monitor
+                    .clone()
+                    .follow_events(self.stream_http.clone(), "monitor"),
             ));
         }
-
-        // The node the monitor recorded as primary in an earlier run, else app1: the
-        // first node to register becomes primary, and the recorded primary, when it
-        // comes back first, keeps the role (in a new epoch) rather than waiting for a
-        // standby that is not yet promotable.
-        let recorded = if plan.nodes.is_empty() {
-            None
-        } else {
-            self.monitor.primary().await
-        };
-        let first = recorded
-            .as_deref()
-            .and_then(|name| plan.nodes.iter().position(|s| s.name == name))
-            .unwrap_or(0);
-        // No nodes at all under `keel pg`.
-        let order = (!plan.nodes.is_empty())
-            .then_some(first)
-            .into_iter()
-            .chain((0..plan.nodes.len()).filter(move |&i| i != first));
-        for (started, i) in order.enumerate() {
-            let spec = &plan.nodes[i];
+        start_members(
+            &mut self.supervisor,
+            &self.monitor,
+            &plan.nodes,
+            "the monitor",
+        )
+        .await?;
+        if let (Some(spec), Some(pg_monitor)) = (&plan.pg_monitor, &self.pg_monitor) {
             self.supervisor.start(spec)?;
             self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
-            if started == 0 && !self.monitor.wait_for_primary().await {
-                say(&format!(
-                    "note: the monitor names no live primary after {} s; starting the other nodes anyway \
-                     (its events above say why)",
-                    SETTLE_TIMEOUT.as_secs()
-                ));
-            }
-        }
-        if !plan.nodes.is_empty() && !self.monitor.wait_for_promotable(plan).await {
-            say(&format!(
-                "note: not every standby is promotable after {} s; `keel client cluster` says why",
-                SETTLE_TIMEOUT.as_secs()
+            self.events.push(tokio::spawn(
+                pg_monitor
+                    .clone()
+                    .follow_events(self.stream_http.clone(), PG_MONITOR),
             ));
+            start_members(&mut self.supervisor, pg_monitor, &plan.postgres, PG_MONITOR).await?;
         }
-        for spec in plan
-            .postgres
-            .iter()
-            .chain(&plan.services)
-            .chain(std::iter::once(&plan.proxy))
-        {
+        for spec in plan.services.iter().chain(std::iter::once(&plan.proxy)) {
             self.supervisor.start(spec)?;
             self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
         }
@@ -364,6 +356,15 @@ impl Up {
     /// The monitor's view, or `None` when it does not answer.
     pub async fn view(&self) -> Option<ClusterView> {
         self.monitor.view().await
+    }
+
+    /// PostgreSQL's monitor's view, or `None` without `--postgres` or when it does not
+    /// answer.
+    pub async fn pg_view(&self) -> Option<ClusterView> {
+        match &self.pg_monitor {
+            Some(monitor) => monitor.view().await,
+            None => None,
+        }
     }
 
     /// Writes `<data-dir>/up.json`: where `keel chaos` finds this `keel up`. Removed by
@@ -486,19 +487,23 @@ impl Up {
         &self,
         request: crate::control::SwitchoverRequest,
     ) -> Result<crate::control::SwitchoverDone, Refused> {
-        if self.plan.monitors.is_empty() {
-            return Err((
-                StatusCode::NOT_FOUND,
-                ApiError::new("no_data_tier", "this stack has no data tier to switch over"),
-            ));
-        }
-        switchover(
-            &self.http,
-            &self.plan.monitor_urls,
-            &self.credentials.token,
-            request,
-        )
-        .await
+        // PostgreSQL's monitor for a switchover to one of its servers, or when there is
+        // no data tier; else the data tier's.
+        let to_postgres = request
+            .to
+            .as_deref()
+            .map_or(self.plan.monitors.is_empty(), is_postgres);
+        let monitors = match (&self.plan.pg_monitor, to_postgres) {
+            (Some(pg), true) => pg.url.as_str(),
+            _ if !self.plan.monitors.is_empty() => self.plan.monitor_urls.as_str(),
+            _ => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    ApiError::new("no_data_tier", "this stack has no data tier to switch over"),
+                ));
+            }
+        };
+        switchover(&self.http, monitors, &self.credentials.token, request).await
     }
 
     /// Starts again the processes whose restart is due (`--restart`), unless one was
@@ -561,17 +566,19 @@ impl Up {
         if let Some(path) = self.up_file.take() {
             let _ = std::fs::remove_file(path);
         }
-        // Asked before the monitor goes: after that, nobody knows.
-        let primary = if self.plan.monitors.is_empty() {
-            None
-        } else {
-            self.monitor.primary().await
-        };
-        if let Some(events) = self.events.take() {
+        // Asked before the monitors go: after that, nobody knows.
+        let mut primaries = Vec::new();
+        if !self.plan.monitors.is_empty() {
+            primaries.extend(self.monitor.primary().await);
+        }
+        if let Some(pg_monitor) = &self.pg_monitor {
+            primaries.extend(pg_monitor.primary().await);
+        }
+        for events in self.events.drain(..) {
             events.abort();
         }
         self.supervisor
-            .stop_all(primary.as_deref(), |line| say(&line))
+            .stop_all(&primaries, |line| say(&line))
             .await;
     }
 }
@@ -586,42 +593,13 @@ impl Drop for Up {
     }
 }
 
-/// PostgreSQL for `--postgres`: the machine's binaries, run by the right account; pg1 a
-/// primary and pg2, pg3 its standbys in `<data-dir>/pg1..pg3`, made where missing (the
-/// primary is run meanwhile to clone from, then stopped: the supervisor runs it).
-async fn prepare_postgres(
-    data_dir: &Path,
-    ports: crate::settings::PgPorts,
-) -> Result<crate::plan::PgCommands, UpError> {
+/// PostgreSQL for `--postgres`, checked before anything starts: the machine's binaries,
+/// an account to run them that can reach `data_dir`, and the password of the `keel` role,
+/// made once and kept; the password file's path. The keepers make the servers.
+async fn prepare_postgres(data_dir: &Path) -> Result<PathBuf, UpError> {
     let data_dir = data_dir.to_owned();
     let made = tokio::task::spawn_blocking(move || {
-        let setup = keel_pg::Setup::prepare(&data_dir)?;
-        let servers: Vec<keel_pg::Server> = (0..3u16)
-            .map(|k| keel_pg::Server::new(&format!("pg{}", k + 1), &data_dir, ports.pg_port + k))
-            .collect();
-        keel_pg::cluster::ensure(&setup, &servers[0], &servers[1..], &mut |line| {
-            say(&format!("postgres: {line}"))
-        })?;
-        let commands = servers
-            .iter()
-            .map(|server| {
-                let cmd = setup.supervised_command(server);
-                let args = cmd
-                    .get_args()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect();
-                (
-                    server.name.clone(),
-                    server.port,
-                    std::path::PathBuf::from(cmd.get_program()),
-                    args,
-                )
-            })
-            .collect();
-        Ok::<_, keel_pg::PgError>(crate::plan::PgCommands {
-            servers: commands,
-            password_file: setup.password_file(),
-        })
+        keel_pg::Setup::prepare(&data_dir).map(|setup| setup.password_file())
     })
     .await;
     match made {
@@ -631,6 +609,48 @@ async fn prepare_postgres(
             source: std::io::Error::other(e.to_string()),
         })),
     }
+}
+
+/// Starts a monitor's members, each once the one before answers its health check: the
+/// one `monitor` (named `who` in the notes) recorded as primary in an earlier run, else
+/// the first — the first member to register becomes primary, and the recorded primary,
+/// when it comes back first, keeps the role (in a new epoch) rather than waiting for a
+/// standby that is not yet promotable; once the monitor names it, the others; then waits
+/// for them to be promotable.
+async fn start_members(
+    supervisor: &mut Supervisor<OsHost>,
+    monitor: &MonitorClient,
+    members: &[Spec],
+    who: &str,
+) -> Result<(), UpError> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let recorded = monitor.primary().await;
+    let first = recorded
+        .as_deref()
+        .and_then(|name| members.iter().position(|s| s.name == name))
+        .unwrap_or(0);
+    let order = std::iter::once(first).chain((0..members.len()).filter(|&i| i != first));
+    for (started, i) in order.enumerate() {
+        let spec = &members[i];
+        supervisor.start(spec)?;
+        supervisor.wait_healthy(spec, Awaited::Startup).await?;
+        if started == 0 && !monitor.wait_for_primary().await {
+            say(&format!(
+                "note: {who} names no live primary after {} s; starting the others anyway \
+                 (its events above say why)",
+                SETTLE_TIMEOUT.as_secs()
+            ));
+        }
+    }
+    if !monitor.wait_for_promotable(members).await {
+        say(&format!(
+            "note: not every standby of {who} is promotable after {} s; `keel client cluster` says why",
+            SETTLE_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(())
 }
 
 /// A switchover by hand: asks the leader of `monitors` (one URL, or a group's separated
@@ -713,11 +733,11 @@ fn certificates_wanted(settings: &Settings, placement: &Placement) -> Vec<Certif
 
 /// Listens on `127.0.0.1:port` and serves the control API and the dashboard there until
 /// the task is aborted; the control API's requests come out of the receiver. The
-/// dashboard reads `monitor` (none without a data tier) and the proxy's admin API.
+/// dashboard reads `monitors` and the proxy's admin API.
 async fn serve_control(
     port: u16,
     token_file: &Path,
-    monitor: Option<MonitorClient>,
+    monitors: crate::dashboard::Monitors,
     http: reqwest::Client,
     proxy_admin: String,
 ) -> Result<(JoinHandle<()>, mpsc::Receiver<Command>), UpError> {
@@ -733,7 +753,7 @@ async fn serve_control(
         let dashboard = crate::dashboard::router(crate::dashboard::Context {
             commands: commands_tx.clone(),
             http,
-            monitor,
+            monitors,
             proxy_admin,
             stopping: never,
         });

@@ -322,8 +322,14 @@ impl Seen {
     /// The kind comes first, in words, because it is what a person scans for; the
     /// monitor's sentence after it names the nodes and numbers.
     pub fn line(&self) -> String {
+        self.line_from("monitor")
+    }
+
+    /// Like [`Seen::line`], naming the monitor `who` (`pgmonitor`: the PostgreSQL
+    /// group's, beside the data tier's).
+    pub fn line_from(&self, who: &str) -> String {
         format!(
-            "{}  monitor  {}: {}",
+            "{}  {who}  {}: {}",
             clock_time(&self.at),
             self.kind.replace('_', " "),
             self.message

@@ -1,6 +1,7 @@
 //! The PostgreSQL homework (seed 002): two backends behind the front door, reads spread
 //! over two PostgreSQL standbys behind `keel proxy --tcp`; kill a follower, then a
-//! backend, and the application keeps answering.
+//! backend, and the application keeps answering; then what the homework could not do:
+//! kill the primary, and the keepers' monitor promotes a standby that takes the writes.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use crate::stack::{Workdir, http, wait_for};
 use crate::up::{Shape, Up, play_on};
 use crate::{Demo, DemoError, Ended, Options};
 
-const STEPS: usize = 5;
+const STEPS: usize = 6;
 /// Requests of each look at the spread (the homework's load script).
 const LOAD: usize = 100;
 
@@ -158,7 +159,7 @@ async fn steps(work: &Workdir, up: &Up, options: &Options) -> Result<(), DemoErr
         title,
         say: "service1 starts again (`docker compose restart backend1`); the front door's \
               checks put it back in rotation.",
-        commands: &["keel chaos restart service1".into(), load],
+        commands: &["keel chaos restart service1".into(), load.clone()],
         watch: "backend_id: service1 and service2 again",
     };
     let k = n.announce(&step).await;
@@ -167,8 +168,70 @@ async fn steps(work: &Workdir, up: &Up, options: &Options) -> Result<(), DemoErr
     })
     .await;
     n.judge(k, title, seen)?;
+
+    let title = "Shut down the PostgreSQL primary";
+    let write = format!("curl -s -X POST -d '{{\"value\":\"after the failover\"}}' {data}");
+    let step = Step {
+        title,
+        say: "pg1, the primary, dies. The homework has no answer to this: writes fail until \
+              someone promotes a follower by hand. Here a keeper runs each server, and their \
+              monitor promotes a synchronous standby — one that has every acknowledged \
+              commit — once pg1's lease has run out; the proxy's read-write port follows the \
+              monitor, so the services' next writes land on the new primary.",
+        commands: &["keel chaos kill pg1".into(), write, load],
+        watch: "the write's postgres_node: pg2 or pg3, about a second after the kill; reads on the other",
+    };
+    let k = n.announce(&step).await;
+    let seen = match up.chaos(Action::Kill, "pg1").await {
+        Err(e) => Err(e),
+        Ok(message) => {
+            n.output(&message);
+            failed_over(&n, &data).await
+        }
+    };
+    n.judge(k, title, seen)?;
     println!("\nkeel demo postgres: every step observed");
     Ok(())
+}
+
+/// Writes through the front door until a write is taken, at most 15 s after the kill:
+/// by another server than pg1, with reads going on after it.
+async fn failed_over(n: &Narrator, url: &str) -> Saw {
+    let http = http().map_err(|e| e.to_string())?;
+    let killed = Instant::now();
+    let taken = wait_for(Duration::from_secs(15), || async {
+        let answer = http
+            .post(url)
+            .body(r#"{"value":"after the failover"}"#)
+            .send()
+            .await
+            .ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = answer.json().await.ok()?;
+        body["postgres_node"].as_str().map(str::to_owned)
+    })
+    .await;
+    let Some(node) = taken else {
+        return Err("no write was taken within 15 s of the kill".to_owned());
+    };
+    let took = killed.elapsed().as_secs_f64();
+    n.output(&format!(
+        "the first write taken after the kill went to {node}, {took:.1} s after it"
+    ));
+    if node == "pg1" {
+        return Err("a write was taken by pg1, which was killed".to_owned());
+    }
+    let reads = look(n, url, |s| {
+        (!s.nodes.contains_key("pg1"))
+            .then_some(())
+            .ok_or("a read came from pg1, which was killed")
+    })
+    .await?;
+    Ok(format!(
+        "{node} took writes {took:.1} s after the kill; {reads}"
+    ))
 }
 
 /// Who answered `count` requests of `/data`.

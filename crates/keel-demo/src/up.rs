@@ -34,7 +34,8 @@ impl Up {
     /// Starts it and waits until every process runs and, with a data tier, the monitor
     /// has a primary and every standby may be promoted.
     pub async fn start(work: &mut Workdir, shape: Shape) -> Result<Up, DemoError> {
-        let pg = if shape.postgres { 5 } else { 0 };
+        // pg1..pg3, the proxy's two TCP ports, PostgreSQL's monitor and three keepers.
+        let pg = if shape.postgres { 9 } else { 0 };
         let monitors = u16::from(shape.nodes > 0);
         let first = free_ports(shape.nodes + monitors + shape.services + 3 + pg)?;
         let mut next = first;
@@ -49,7 +50,7 @@ impl Up {
         let proxy_port = take(1);
         let admin_port = take(1);
         let control_port = take(1);
-        let (pg_port, tcp_port) = (take(3), take(2));
+        let (pg_port, tcp_port, keeper_port) = (take(3), take(2), take(4));
 
         let mut args: Vec<String> = if shape.nodes > 0 {
             vec![
@@ -82,6 +83,8 @@ impl Up {
                 pg_port.to_string(),
                 "--tcp-port".into(),
                 tcp_port.to_string(),
+                "--keeper-port".into(),
+                keeper_port.to_string(),
             ]);
         }
         args.extend([

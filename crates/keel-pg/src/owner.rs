@@ -2,6 +2,7 @@
 //! PostgreSQL as the `postgres` account the package created.
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -62,9 +63,12 @@ impl Owner {
     /// Like [`Owner::command`], for a program that must die with the process that
     /// starts it (SIGKILL when it goes, through `setpriv --pdeathsig`, which sets it
     /// before it execs): a supervisor killed must not leave its servers holding their
-    /// ports.
+    /// ports. It runs in a process group of its own, so that a terminal's Ctrl-C reaches
+    /// the supervisor, which stops it in its own time, and not the program behind its
+    /// back.
     pub fn command_dying_with_parent(&self, program: &Path) -> Command {
         let mut cmd = Command::new("setpriv");
+        cmd.process_group(0);
         cmd.arg("--pdeathsig=KILL");
         if let Owner::Account { uid, gid, .. } = self {
             cmd.arg(format!("--reuid={uid}"))

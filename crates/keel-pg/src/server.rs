@@ -64,6 +64,42 @@ impl Server {
     pub fn is_standby(&self) -> bool {
         self.dir.join("standby.signal").is_file()
     }
+
+    /// Waits until no process holds its directory's lock file (`postmaster.pid`) any more:
+    /// a server whose keeper was killed dies with it, but not in the same instant, and
+    /// PostgreSQL will not start, nor pg_rewind rewind, while the old postmaster lives.
+    /// Fails after `within`, naming the process.
+    pub fn wait_until_unlocked(&self, within: std::time::Duration) -> Result<(), PgError> {
+        let lock = self.dir.join("postmaster.pid");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let holder = fs::read_to_string(&lock)
+                .ok()
+                .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+                .filter(|pid| alive(*pid));
+            let Some(pid) = holder else {
+                return Ok(());
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(PgError::Tool {
+                    tool: format!("postgres ({})", self.name),
+                    status: "not started".to_owned(),
+                    output: format!(
+                        "process {pid} still holds {} after {within:?}: another server runs in \
+                         this directory; stop it first",
+                        lock.display()
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether process `pid` exists, as PostgreSQL sees it (`kill(pid, 0)`): a zombie
+/// does too, until its new parent reaps it.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// What setting servers up and running them needs.
@@ -399,6 +435,36 @@ fn write_private(path: &Path, text: &str) -> Result<(), PgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_waits_for_the_process_holding_its_lock_file_and_names_it() {
+        let base = tempfile::tempdir().expect("a temporary directory");
+        let server = Server::new("pg1", base.path(), 5433);
+        fs::create_dir_all(&server.dir).expect("its directory");
+        let lock = server.dir.join("postmaster.pid");
+        let within = std::time::Duration::from_millis(100);
+        assert!(server.wait_until_unlocked(within).is_ok(), "no lock file");
+        // This process holds it: it never goes.
+        fs::write(
+            &lock,
+            format!("{}\n{}\n", std::process::id(), server.dir.display()),
+        )
+        .expect("lock");
+        let e = server.wait_until_unlocked(within).expect_err("held");
+        assert!(
+            e.to_string().contains(&std::process::id().to_string()),
+            "{e}"
+        );
+        // A process that has ended and been reaped leaves a stale lock file behind.
+        let mut ended = std::process::Command::new("true").spawn().expect("true");
+        let pid = ended.id();
+        ended.wait().expect("reaped");
+        fs::write(&lock, format!("{pid}\n")).expect("lock");
+        assert!(
+            server.wait_until_unlocked(within).is_ok(),
+            "stale lock file"
+        );
+    }
 
     #[test]
     fn a_standby_overrides_its_primarys_port_and_name_and_listens_on_loopback_tcp_only() {

@@ -33,9 +33,10 @@ pub enum Command {
     Client(ClientArgs),
     /// Start a whole data tier on this machine (a primary and its standbys) in the foreground.
     Up(UpArgs),
-    /// Run PostgreSQL on this machine: a primary and two streaming standbys behind keel
-    /// proxy's TCP ports, and two services on them (the PostgreSQL homework, without the
-    /// data tier; keel up --postgres runs both).
+    /// Run PostgreSQL on this machine: a primary and two synchronous standbys, each run by
+    /// a keeper and failed over by their monitor, behind keel proxy's TCP ports, and two
+    /// services on them (the PostgreSQL homework, without the data tier; keel up
+    /// --postgres runs both).
     Pg(PgArgs),
     /// Run the monitor: it assigns roles to the data nodes and fails over automatically.
     Monitor(MonitorArgs),
@@ -457,9 +458,10 @@ pub struct UpArgs {
     #[arg(long)]
     pub tls: bool,
 
-    /// PostgreSQL too: a primary and two streaming standbys (pg1..pg3, from the
-    /// machine's PostgreSQL, in <data-dir>/pg1..pg3), behind the proxy's TCP ports, and
-    /// the services' /data on them (docs/postgres.md).
+    /// PostgreSQL too: a primary and two synchronous standbys (pg1..pg3, from the
+    /// machine's PostgreSQL, in <data-dir>/pg1..pg3), each run by a keeper, failed over by
+    /// a monitor of their own (pgmonitor), behind the proxy's TCP ports, and the
+    /// services' /data on them (docs/postgres.md).
     #[arg(long)]
     pub postgres: bool,
 
@@ -471,6 +473,11 @@ pub struct UpArgs {
     /// the next one.
     #[arg(long, default_value_t = 5000, requires = "postgres")]
     pub tcp_port: u16,
+
+    /// Port of PostgreSQL's monitor (with --postgres); the keepers of pg1..pg3 take the
+    /// next three.
+    #[arg(long, default_value_t = 7000, requires = "postgres")]
+    pub keeper_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -505,6 +512,10 @@ pub struct PgArgs {
     /// The proxy's read-write port to PostgreSQL; the read-only port is the next one.
     #[arg(long, default_value_t = 5000)]
     pub tcp_port: u16,
+
+    /// Port of PostgreSQL's monitor; the keepers of pg1..pg3 take the next three.
+    #[arg(long, default_value_t = 7000)]
+    pub keeper_port: u16,
 
     #[command(flatten)]
     pub stack: StackArgs,

@@ -116,7 +116,7 @@ fn the_redis_demo_waits_once_for_the_timeout_then_fails_fast_then_counts_again()
 }
 
 #[test]
-fn the_postgres_demo_keeps_answering_through_a_dead_follower_and_a_dead_backend() {
+fn the_postgres_demo_answers_through_a_dead_follower_a_dead_backend_and_a_dead_primary() {
     let out = play("postgres");
     let follower = observed(&out, "Shut down a PostgreSQL follower");
     assert!(
@@ -127,6 +127,12 @@ fn the_postgres_demo_keeps_answering_through_a_dead_follower_and_a_dead_backend(
     assert!(
         backend.contains("backend_id: service2 100;") && backend.contains("balancing goes on"),
         "{backend}"
+    );
+    let primary = observed(&out, "Shut down the PostgreSQL primary");
+    assert!(
+        (primary.starts_with("pg2 took writes") || primary.starts_with("pg3 took writes"))
+            && primary.contains("errors: 0"),
+        "{primary}"
     );
 }
 

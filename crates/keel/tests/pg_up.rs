@@ -1,16 +1,22 @@
 //! The PostgreSQL homework, for real: `keel up --postgres` runs a primary and two
-//! streaming standbys behind the proxy's TCP ports and two services whose `/data` reads
-//! through the read-only port. Under `keel load`, both services and both standbys answer;
-//! a standby killed with kill -9 costs no request and leaves the spread, and comes back
-//! when restarted; a service killed costs no GET.
+//! synchronous standbys, each made and run by a keeper under PostgreSQL's own monitor,
+//! behind the proxy's TCP ports, and two services whose `/data` reads through the
+//! read-only port. Under `keel load`, both services and both standbys answer; a standby
+//! killed with kill -9 costs no request and leaves the spread, and comes back when
+//! restarted; a service killed costs no GET. Beyond the homework: the primary killed under
+//! writes is failed over within 3 s with no acknowledged write lost, rejoins, and a
+//! switchover by hand brings it back, each step in `keel up`'s output.
 
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::pg::PgCluster;
 use support::*;
 
 /// `keel load` on `/data` for `seconds`, spread over the service and the PostgreSQL
@@ -96,6 +102,53 @@ fn chaos(up: &KeelUp, what: &str, name: &str) {
     assert!(out.success(), "keel chaos {what} {name}: {out}");
 }
 
+/// Writes acknowledged through the front door: the value written, the server that took
+/// it, and when.
+type Acked = Arc<Mutex<Vec<(String, String, Instant)>>>;
+
+/// A writer that POSTs `/data` through the front door every 20 ms until `stop`, keeping
+/// the writes acknowledged (a 2xx with the row).
+fn write_through(front: &str, stop: Arc<AtomicBool>) -> (std::thread::JoinHandle<()>, Acked) {
+    let acked: Acked = Arc::default();
+    let (url, seen) = (format!("{front}/data"), acked.clone());
+    let writer = std::thread::spawn(move || {
+        let client = http_client();
+        let mut k = 0;
+        while !stop.load(Ordering::SeqCst) {
+            k += 1;
+            let value = format!("w{k}");
+            let answer = client
+                .post(&url)
+                .body(format!(r#"{{"value":"{value}"}}"#))
+                .send();
+            if let Ok(r) = answer
+                && r.status().is_success()
+                && let Ok(body) = r.json::<Value>()
+                && body["row"]["value"] == value.as_str()
+            {
+                let node = body["postgres_node"].as_str().unwrap_or("?").to_owned();
+                seen.lock()
+                    .expect("acked")
+                    .push((value, node, Instant::now()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    (writer, acked)
+}
+
+/// PostgreSQL's monitor's view.
+fn pg_view(monitor: &str) -> Value {
+    get_json(&format!("{monitor}/v1/cluster")).1
+}
+
+/// The primary `monitor` names once no failover runs, if it is not `old`.
+fn primary_other_than(monitor: &str, old: &str) -> Option<String> {
+    let view = pg_view(monitor);
+    let primary = view["primary"]["node"].as_str()?;
+    (primary != old && view["failover_in_progress"] == false).then(|| primary.to_owned())
+}
+
 #[test]
 fn the_homeworks_three_scenarios_under_load() {
     let dir = tempdir();
@@ -103,11 +156,20 @@ fn the_homeworks_three_scenarios_under_load() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
     let data = dir.path().join("keel-data");
     let pg_port = free_port_range(3).to_string();
-    let tcp_port = free_port_range(2).to_string();
+    let tcp_port = free_port_range(2);
+    let keeper_port = free_port_range(4);
     let up = KeelUp::start(
         &data,
         2,
-        &["--postgres", "--pg-port", &pg_port, "--tcp-port", &tcp_port],
+        &[
+            "--postgres",
+            "--pg-port",
+            &pg_port,
+            "--tcp-port",
+            &tcp_port.to_string(),
+            "--keeper-port",
+            &keeper_port.to_string(),
+        ],
     );
     let admin = up.proxy_admin_url.clone();
     assert!(
@@ -182,6 +244,134 @@ fn the_homeworks_three_scenarios_under_load() {
     assert_eq!(killed["errors"], 0, "{killed}");
     let last = field_counts(&killed, 0, 5);
     assert_eq!(last.keys().collect::<Vec<_>>(), ["service2"], "{last:?}");
+
+    // Beyond the homework: the primary's keeper killed (its server dies with it) under a
+    // writer through the front door.
+    let pg_monitor = url_for(keeper_port);
+    assert_eq!(pg_view(&pg_monitor)["primary"]["node"], "pg1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (writer, acked) = write_through(&up.proxy_url, stop.clone());
+    assert!(
+        wait_until(Duration::from_secs(10), || acked
+            .lock()
+            .expect("acked")
+            .len()
+            > 10),
+        "no write was acknowledged\n{}",
+        up.proc.log_report()
+    );
+    let killed = Instant::now();
+    chaos(&up, "kill", "pg1");
+    let mut promoted = None;
+    // A standby is primary within 3 s.
+    let in_time = wait_until(Duration::from_secs(3), || {
+        promoted = primary_other_than(&pg_monitor, "pg1");
+        promoted.is_some()
+    });
+    assert!(
+        in_time,
+        "no standby primary within 3 s: {}\n{}",
+        pg_view(&pg_monitor),
+        up.proc.log_report()
+    );
+    let promoted = promoted.expect("a primary");
+    eprintln!("{promoted} primary {:?} after the kill", killed.elapsed());
+    let took_writes = wait_until(Duration::from_secs(10), || {
+        acked
+            .lock()
+            .expect("acked")
+            .iter()
+            .any(|(_, node, at)| *at > killed && *node == promoted)
+    });
+    assert!(
+        took_writes,
+        "no write taken by {promoted}\n{}",
+        up.proc.log_report()
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let acked = acked.lock().expect("acked").clone();
+    // Every acknowledged write is on the new primary, read through the read-write port.
+    let cluster = PgCluster::unmade(&data);
+    let present = cluster
+        .query_one(tcp_port, "SELECT string_agg(value, ',') FROM keel_data")
+        .expect("the rows, through the read-write port");
+    let present: std::collections::HashSet<&str> = present.split(',').collect();
+    let lost: Vec<&str> = acked
+        .iter()
+        .map(|(value, _, _)| value.as_str())
+        .filter(|value| !present.contains(value))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    // keel up's output tells each step, from PostgreSQL's monitor.
+    let log = up.proc.log_text();
+    for step in [
+        "pgmonitor  suspected: primary pg1 suspected",
+        &format!("pgmonitor  promoted: {promoted} is told to promote"),
+        &format!("pgmonitor  failover done: {promoted} is primary"),
+    ] {
+        assert!(
+            log.contains(step),
+            "{step:?} not in keel up's output\n{log}"
+        );
+    }
+
+    // Restarted, pg1 is rewound and follows the new primary, promotable again.
+    chaos(&up, "restart", "pg1");
+    let rejoined = wait_until(Duration::from_secs(30), || {
+        pg_view(&pg_monitor)["nodes"]
+            .as_array()
+            .is_some_and(|nodes| {
+                nodes.iter().any(|n| {
+                    n["node"] == "pg1" && n["role"] == "standby" && n["promotable"] == true
+                })
+            })
+    });
+    assert!(
+        rejoined,
+        "pg1 never a promotable standby again: {}\n{}",
+        pg_view(&pg_monitor),
+        up.proc.log_report()
+    );
+    assert!(
+        up.proc.log_text().contains("pgmonitor  rejoined: pg1"),
+        "{}",
+        up.proc.log_report()
+    );
+
+    // `keel client` works on PostgreSQL's monitor: the servers as it sees them, and a
+    // switchover by hand back to pg1, which then takes the writes.
+    let token = up.token_file.display().to_string();
+    let out = run_keel(&["client", "--monitor", &pg_monitor, "cluster"]);
+    assert!(out.success(), "{out}");
+    for name in ["pg1", "pg2", "pg3"] {
+        assert!(out.stdout.contains(name), "{out}");
+    }
+    let out = run_keel(&[
+        "client",
+        "--monitor",
+        &pg_monitor,
+        "--token-file",
+        &token,
+        "failover",
+        "--to",
+        "pg1",
+    ]);
+    assert!(out.success(), "keel client failover --to pg1: {out}");
+    let back = wait_until(Duration::from_secs(15), || {
+        primary_other_than(&pg_monitor, &promoted).as_deref() == Some("pg1")
+    });
+    assert!(back, "pg1 never primary again: {}", pg_view(&pg_monitor));
+    let written = wait_until(Duration::from_secs(15), || {
+        http_client()
+            .post(format!("{}/data", up.proxy_url))
+            .body(r#"{"value":"back on pg1"}"#)
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Value>().ok())
+            .is_some_and(|v| v["postgres_node"] == "pg1")
+    });
+    assert!(written, "no write taken by pg1 after the switchover");
 }
 
 /// `keel pg`: PostgreSQL behind the proxy and two services, no data tier; writes go to
@@ -195,7 +385,7 @@ fn keel_pg_runs_the_homework_without_the_data_tier() {
     let data = dir.path().join("keel-data");
     let ports = free_ports(5);
     let (pg_port, tcp_port) = (free_port_range(3), free_port_range(2));
-    let service_port = free_port_range(2);
+    let (service_port, keeper_port) = (free_port_range(2), free_port_range(4));
     let args: Vec<String> = vec![
         "pg".into(),
         "--data-dir".into(),
@@ -204,6 +394,8 @@ fn keel_pg_runs_the_homework_without_the_data_tier() {
         pg_port.to_string(),
         "--tcp-port".into(),
         tcp_port.to_string(),
+        "--keeper-port".into(),
+        keeper_port.to_string(),
         "--service-port".into(),
         service_port.to_string(),
         "--proxy-port".into(),

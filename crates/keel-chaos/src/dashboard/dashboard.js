@@ -54,12 +54,20 @@ async function act(path, label) {
   refresh();
 }
 
-function processRow(p, view) {
+// A node of `view` (a monitor's) named `name`, or null.
+function nodeOf(view, name) {
+  return view && view.nodes ? view.nodes.find((n) => n.node === name) || null : null;
+}
+
+function processRow(p, dataView, pgView) {
   const row = document.createElement("tr");
   row.appendChild(text("th", p.name));
   row.appendChild(text("td", p.state, stateClass(p.state)));
-  const node = view && view.nodes ? view.nodes.find((n) => n.node === p.name) : null;
-  const group = view && view.monitors;
+  // A data node, or a PostgreSQL keeper: each group has a monitor of its own.
+  const dataNode = nodeOf(dataView, p.name);
+  const node = dataNode || nodeOf(pgView, p.name);
+  const view = dataNode || !node ? dataView : pgView;
+  const group = dataView && dataView.monitors;
   let role = "", details = "";
   const primary = view && view.primary ? view.primary.node : null;
   if (node) {
@@ -72,9 +80,10 @@ function processRow(p, view) {
   } else if (group && group.members && group.members.some((m) => m.id === p.name)) {
     role = group.leader === p.name ? "leader" : "follower";
     if (group.leader === p.name) details = `term ${group.term}, applied ${group.last_applied ?? "-"}`;
-  } else if (p.name === "monitor" && view) {
+  } else if ((p.name === "monitor" && dataView) || (p.name === "pgmonitor" && pgView)) {
+    const seen = p.name === "monitor" ? dataView : pgView;
     role = "monitor";
-    details = `epoch ${view.epoch}` + (view.failover_in_progress ? ", failover in progress" : "");
+    details = `epoch ${seen.epoch}` + (seen.failover_in_progress ? ", failover in progress" : "");
   }
   row.appendChild(text("td", role, roleClass(role)));
   row.appendChild(text("td", details || p.url));
@@ -98,7 +107,8 @@ function processRow(p, view) {
     button.addEventListener("click", () => act("/v1/switchover", { text: `switchover to ${p.name}`, body: { to: p.name } }));
     actions.appendChild(button);
   }
-  if (node || (group && role)) {
+  // The data tier's nodes and monitors only: a partition cuts the data tier.
+  if (dataNode || (group && group.members && group.members.some((m) => m.id === p.name))) {
     const button = text("button", "partition");
     button.type = "button";
     button.setAttribute("aria-label", `partition ${p.name} from the rest of the data tier`);
@@ -154,6 +164,7 @@ function drawChart() {
 
 function render(state) {
   const view = state.cluster;
+  const pgView = state.pg_cluster;
   const primary = view && view.primary ? view.primary.node : null;
   const parts = [];
   if (state.data_tier) {
@@ -161,10 +172,15 @@ function render(state) {
     if (view && view.failover_in_progress) parts.push("failover in progress");
     if (view && view.monitors && view.monitors.leader) parts.push(`monitors' leader: ${view.monitors.leader}`);
   }
+  if (state.postgres) {
+    const pgPrimary = pgView && pgView.primary ? pgView.primary.node : null;
+    parts.push(pgPrimary ? `PostgreSQL primary: ${pgPrimary} (epoch ${pgView.epoch})` : (state.pg_monitor_error || "no PostgreSQL primary"));
+    if (pgView && pgView.failover_in_progress) parts.push("PostgreSQL failover in progress");
+  }
   if (state.proxy_error) parts.push(state.proxy_error);
   $("summary").textContent = parts.join(" · ") || "running";
 
-  fill($("processes").tBodies[0], (state.processes || []).map((p) => processRow(p, view)));
+  fill($("processes").tBodies[0], (state.processes || []).map((p) => processRow(p, view, pgView)));
 
   const backends = (state.backends && state.backends.backends) || [];
   const totals = { requests: 0, errors: 0 };
@@ -225,7 +241,7 @@ function follow() {
   const source = new EventSource("/v1/feed");
   source.addEventListener("line", (event) => {
     const line = JSON.parse(event.data);
-    const own = line.source === "keel up" || line.source === "monitor";
+    const own = line.source === "keel up" || line.source === "monitor" || line.source === "pgmonitor";
     const item = document.createElement("li");
     item.dataset.own = own;
     item.hidden = !own && !$("all-lines").checked;

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /` | the page (its script and style are embedded in the binary: no CDN) |
 //! | `GET /dashboard.js`, `GET /dashboard.css` | the script and the style |
-//! | `GET /v1/state` | one JSON snapshot: every process and its state, the monitor's view, the proxy's backends and TCP pools |
+//! | `GET /v1/state` | one JSON snapshot: every process and its state, the monitors' views (the data tier's, PostgreSQL's), the proxy's backends and TCP pools |
 //! | `GET /v1/feed` | server-sent events: every line `keel up` prints ([`crate::feed`]), `?since=N` to replay |
 //!
 //! `keel dashboard` ([`serve`]) serves the same page for a stack started by hand, from its
@@ -43,13 +43,21 @@ const STYLE: &str = include_str!("dashboard.css");
 /// How long one read of the monitor or the proxy may take for a snapshot.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
+/// The monitors the page shows.
+#[derive(Clone)]
+pub(crate) struct Monitors {
+    /// The data tier's monitor (or its group); `None` without a data tier.
+    pub(crate) data_tier: Option<MonitorClient>,
+    /// PostgreSQL's, under `keel up --postgres` and `keel pg`.
+    pub(crate) postgres: Option<MonitorClient>,
+}
+
 /// What the page's snapshot is read from.
 #[derive(Clone)]
 pub(crate) struct Context {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) http: reqwest::Client,
-    /// The monitor (or the group's leader); `None` without a data tier.
-    pub(crate) monitor: Option<MonitorClient>,
+    pub(crate) monitors: Monitors,
     /// The proxy's admin API.
     pub(crate) proxy_admin: String,
     /// Never turns true: the feed's streams end when keel up aborts the server.
@@ -95,12 +103,14 @@ async fn state(State(context): State<Arc<Context>>) -> Response {
         context.commands.send(Command::List(tx)).await.ok()?;
         rx.await.ok()
     };
-    let cluster = async {
-        match &context.monitor {
+    let view = |monitor: Option<MonitorClient>| async move {
+        match monitor {
             Some(monitor) => monitor.view().await,
             None => None,
         }
     };
+    let cluster = view(context.monitors.data_tier.clone());
+    let pg_cluster = view(context.monitors.postgres.clone());
     let admin = |path: &'static str| {
         let url = format!("{}{path}", context.proxy_admin);
         let http = context.http.clone();
@@ -119,9 +129,10 @@ async fn state(State(context): State<Arc<Context>>) -> Response {
             _ => None,
         }
     };
-    let (processes, cluster, backends, tcp, metrics) = tokio::join!(
+    let (processes, cluster, pg_cluster, backends, tcp, metrics) = tokio::join!(
         processes,
         cluster,
+        pg_cluster,
         admin("/v1/backends"),
         admin("/v1/tcp"),
         metrics
@@ -129,10 +140,14 @@ async fn state(State(context): State<Arc<Context>>) -> Response {
     let latency = metrics.as_deref().map(latency_buckets);
     axum::Json(serde_json::json!({
         "processes": processes,
-        "data_tier": context.monitor.is_some(),
+        "data_tier": context.monitors.data_tier.is_some(),
         "cluster": cluster,
-        "monitor_error": (context.monitor.is_some() && cluster.is_none())
+        "monitor_error": (context.monitors.data_tier.is_some() && cluster.is_none())
             .then_some("the monitor does not answer"),
+        "postgres": context.monitors.postgres.is_some(),
+        "pg_cluster": pg_cluster,
+        "pg_monitor_error": (context.monitors.postgres.is_some() && pg_cluster.is_none())
+            .then_some("PostgreSQL's monitor does not answer"),
         "backends": backends,
         "proxy_error": backends.is_none().then_some("the proxy's admin API does not answer"),
         "tcp": tcp,

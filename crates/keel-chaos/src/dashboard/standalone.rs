@@ -68,7 +68,7 @@ pub async fn serve(
     if let Some(monitor) = &monitor {
         let stream = keel_client::monitor::stream_client(STREAM_CONNECT_TIMEOUT, None)
             .map_err(DashboardError::Stream)?;
-        tokio::spawn(monitor.clone().follow_events(stream));
+        tokio::spawn(monitor.clone().follow_events(stream, "monitor"));
     }
     let (commands_tx, commands) = mpsc::channel(16);
     tokio::spawn(answer(
@@ -85,7 +85,10 @@ pub async fn serve(
     let app = control::router(token, commands_tx.clone()).merge(router(Context {
         commands: commands_tx,
         http,
-        monitor,
+        monitors: super::Monitors {
+            data_tier: monitor,
+            postgres: None,
+        },
         proxy_admin: settings.proxy_admin.clone(),
         stopping: never,
     }));

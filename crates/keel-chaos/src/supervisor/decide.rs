@@ -10,26 +10,23 @@ use axum::http::StatusCode;
 use keel_core::ApiError;
 
 use crate::control::{Action, Refused};
-use crate::plan::{MONITOR, PROXY, is_monitor};
+use crate::plan::{MONITOR, PG_MONITOR, PROXY, is_monitor};
 pub use crate::settings::RestartPolicy;
 
 /// Where `name` stops in `keel up`'s order, lowest first: the proxy and the services,
-/// which no longer take traffic then; the monitor, so that nothing fails over while the
-/// tier stops; the primary, while its standbys still acknowledge its last writes; the
-/// standbys. Nodes share a rank when the primary is unknown (the monitor did not answer),
-/// and then stop in their start order.
-pub(crate) fn stop_rank(name: &str, primary: Option<&str>) -> u8 {
+/// which no longer take traffic then; the monitors (the data tier's and PostgreSQL's), so
+/// that nothing fails over while the tiers stop; the `primaries`, while their standbys
+/// still acknowledge their last writes; the standbys. Those of a rank stop in their start
+/// order: the nodes all share one when no monitor named a primary.
+pub(crate) fn stop_rank(name: &str, primaries: &[String]) -> u8 {
     if name == PROXY {
         0
     } else if name.starts_with("service") {
         1
-    } else if is_monitor(name) {
+    } else if is_monitor(name) || name == PG_MONITOR {
         2
-    } else if Some(name) == primary {
+    } else if primaries.iter().any(|p| p == name) {
         3
-    } else if crate::plan::is_postgres(name) {
-        // Last: nothing of keel's uses it any more.
-        5
     } else {
         4
     }
@@ -163,24 +160,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_front_door_stops_first_then_the_monitor_then_the_primary_then_the_standbys() {
+    fn the_front_door_stops_first_then_the_monitors_then_the_primaries_then_the_standbys() {
         let started = [
-            "monitor", "app1", "app2", "app3", "service1", "service2", "proxy",
+            "monitor",
+            "app1",
+            "app2",
+            "app3",
+            "pgmonitor",
+            "pg1",
+            "pg2",
+            "pg3",
+            "service1",
+            "service2",
+            "proxy",
         ];
         let mut order = started.to_vec();
-        order.sort_by_key(|name| stop_rank(name, Some("app2")));
+        order.sort_by_key(|name| stop_rank(name, &["app2".to_owned(), "pg3".to_owned()]));
         assert_eq!(
             order,
             [
-                "proxy", "service1", "service2", "monitor", "app2", "app1", "app3"
+                "proxy",
+                "service1",
+                "service2",
+                "monitor",
+                "pgmonitor",
+                "app2",
+                "pg3",
+                "app1",
+                "app3",
+                "pg1",
+                "pg2"
             ]
         );
         let mut unknown = started.to_vec();
-        unknown.sort_by_key(|name| stop_rank(name, None));
+        unknown.sort_by_key(|name| stop_rank(name, &[]));
         assert_eq!(
             unknown,
             [
-                "proxy", "service1", "service2", "monitor", "app1", "app2", "app3"
+                "proxy",
+                "service1",
+                "service2",
+                "monitor",
+                "pgmonitor",
+                "app1",
+                "app2",
+                "app3",
+                "pg1",
+                "pg2",
+                "pg3"
             ],
             "without a known primary the nodes keep their start order"
         );

@@ -38,10 +38,11 @@ pub(crate) struct OsHost {
     http: reqwest::Client,
     /// A task per output stream of every child started.
     pumps: Vec<JoinHandle<()>>,
-    /// The pids of the programs that run children of their own (PostgreSQL's postmaster
-    /// and its backends, each in a session of its own): `keel chaos` signals them with
-    /// their children, as a machine or a container dies or freezes as a whole.
-    servers: HashSet<u32>,
+    /// The pids of the processes that run children of their own (a keeper's PostgreSQL
+    /// server, and the server's backends, each in a session of its own): `keel chaos`
+    /// signals them with all their descendants, as a machine or a container dies or
+    /// freezes as a whole.
+    trees: HashSet<u32>,
 }
 
 impl OsHost {
@@ -61,7 +62,7 @@ impl OsHost {
             fault_files,
             http,
             pumps: Vec::new(),
-            servers: HashSet::new(),
+            trees: HashSet::new(),
         }
     }
 }
@@ -78,7 +79,7 @@ impl Host for OsHost {
                 command.args(["netns", "exec", ns]).arg(&self.exe);
                 command
             }
-            _ => Command::new(spec.program.as_ref().unwrap_or(&self.exe)),
+            _ => Command::new(&self.exe),
         };
         command
             .args(&spec.args)
@@ -101,8 +102,8 @@ impl Host for OsHost {
             command.env(FAULTS_FILE_ENV, file);
         }
         let mut child = command.spawn()?;
-        if let (Some(_), Some(pid)) = (&spec.program, child.id()) {
-            self.servers.insert(pid);
+        if let (true, Some(pid)) = (spec.whole_tree, child.id()) {
+            self.trees.insert(pid);
         }
         let prefix = format!("{:width$} | ", spec.name, width = self.width);
         if let Some(out) = child.stdout.take() {
@@ -113,7 +114,7 @@ impl Host for OsHost {
             self.pumps
                 .push(tokio::spawn(pump(spec.name.clone(), prefix, err)));
         }
-        Ok(OsProcess(child, spec.stop_signal))
+        Ok(OsProcess(child))
     }
 
     fn signal(&self, pid: u32, signal: Signal) -> bool {
@@ -122,23 +123,24 @@ impl Host for OsHost {
                 .ok()
                 .is_some_and(|p| kill(Pid::from_raw(p), signal).is_ok())
         };
-        if self.servers.contains(&pid) {
-            // The server first, so that it forks no new child meanwhile.
-            let sent = send(pid);
-            for child in children_of(pid) {
+        if !self.trees.contains(&pid) {
+            return send(pid);
+        }
+        // A generation at a time, each once its parents have the signal: a stopped
+        // process forks no new child meanwhile.
+        let sent = send(pid);
+        let mut parents = vec![pid];
+        while !parents.is_empty() {
+            let children = children_of(&parents);
+            for &child in &children {
                 send(child);
             }
-            return sent;
+            parents = children;
         }
-        send(pid)
+        sent
     }
 
     async fn healthy(&self, spec: &Spec) -> bool {
-        if let Some(addr) = spec.health.strip_prefix("tcp://") {
-            return tokio::time::timeout(HEALTH_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                .await
-                .is_ok_and(|c| c.is_ok());
-        }
         self.http
             .get(&spec.health)
             .timeout(HEALTH_TIMEOUT)
@@ -159,8 +161,8 @@ impl Host for OsHost {
     }
 }
 
-/// A child process of `keel up`, and the signal that asks it to stop.
-pub(crate) struct OsProcess(Child, Signal);
+/// A child process of `keel up`.
+pub(crate) struct OsProcess(Child);
 
 impl Process for OsProcess {
     fn id(&self) -> Option<u32> {
@@ -174,7 +176,7 @@ impl Process for OsProcess {
     fn terminate(&mut self) {
         if let Some(pid) = self.0.id().and_then(|p| i32::try_from(p).ok()) {
             // An error means it is already gone, which `wait` reports.
-            let _ = kill(Pid::from_raw(pid), self.1);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
         }
     }
@@ -184,8 +186,9 @@ impl Process for OsProcess {
     }
 }
 
-/// The processes whose parent is `pid`, from `/proc` (none where it cannot be read).
-fn children_of(pid: u32) -> Vec<u32> {
+/// The processes whose parent is one of `parents`, from `/proc` (none where it cannot be
+/// read).
+fn children_of(parents: &[u32]) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -196,7 +199,7 @@ fn children_of(pid: u32) -> Vec<u32> {
             std::fs::read_to_string(format!("/proc/{child}/stat"))
                 .ok()
                 .and_then(|stat| parent_in_stat(&stat))
-                == Some(pid)
+                .is_some_and(|parent| parents.contains(&parent))
         })
         .collect()
 }

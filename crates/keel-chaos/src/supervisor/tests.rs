@@ -269,7 +269,7 @@ async fn stopping_goes_front_door_services_monitor_primary_standbys_each_once_th
     let (world, mut supervisor) = all_started(&plan);
     let mut lines = Vec::new();
     supervisor
-        .stop_all(Some("app2"), |line| lines.push(line))
+        .stop_all(&["app2".to_owned()], |line| lines.push(line))
         .await;
     assert_eq!(
         world.take_log(),
@@ -304,7 +304,7 @@ async fn the_grace_runs_from_the_first_sigterm_and_whatever_is_left_then_is_kill
     let (world, mut supervisor) = all_started(&plan);
     world.state().stubborn.insert(MONITOR.to_owned());
     let mut lines = Vec::new();
-    supervisor.stop_all(None, |line| lines.push(line)).await;
+    supervisor.stop_all(&[], |line| lines.push(line)).await;
     assert_eq!(
         world.take_log(),
         timeline(&[
@@ -352,7 +352,7 @@ async fn a_process_that_ended_by_itself_is_reported_and_not_stopped_again() {
     assert_eq!(supervisor.running("app1"), None);
     let mut lines = Vec::new();
     supervisor
-        .stop_all(Some("app2"), |line| lines.push(line))
+        .stop_all(&["app2".to_owned()], |line| lines.push(line))
         .await;
     let log = world.take_log();
     assert!(
@@ -413,7 +413,7 @@ async fn a_restart_that_never_answers_fails_after_the_startup_timeout_to_the_mil
         .act(spec(&plan, "app3"), Action::Restart, true)
         .await
         .expect_err("never healthy");
-    assert_eq!(began.elapsed(), STARTUP_TIMEOUT);
+    assert_eq!(began.elapsed(), crate::plan::STARTUP);
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(error.error, "restart_failed");
     assert_eq!(

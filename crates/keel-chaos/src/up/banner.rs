@@ -16,8 +16,9 @@ use crate::plan::{PROXY, Plan};
 const DEFAULT_MONITOR_PORT: u16 = 8070;
 
 impl Up {
-    /// The text to print once [`Up::start`] has succeeded, `view` being the monitor's.
-    pub fn banner(&self, view: Option<&ClusterView>) -> String {
+    /// The text to print once [`Up::start`] has succeeded, `view` being the monitor's and
+    /// `pg_view` PostgreSQL's monitor's.
+    pub fn banner(&self, view: Option<&ClusterView>, pg_view: Option<&ClusterView>) -> String {
         banner(&Facts {
             settings: &self.settings,
             plan: &self.plan,
@@ -26,6 +27,7 @@ impl Up {
             token: &self.credentials.token,
             token_note: self.token_origin.as_str(),
             view,
+            pg_view,
         })
     }
 }
@@ -42,6 +44,8 @@ struct Facts<'a> {
     /// `kept` or `new`.
     token_note: &'a str,
     view: Option<&'a ClusterView>,
+    /// PostgreSQL's monitor's view, under `--postgres`.
+    pg_view: Option<&'a ClusterView>,
 }
 
 fn banner(facts: &Facts<'_>) -> String {
@@ -88,16 +92,30 @@ fn banner(facts: &Facts<'_>) -> String {
             pid(&spec.name)
         ));
     }
-    if !plan.postgres.is_empty() {
-        text.push_str(
-            "PostgreSQL (streaming replication; the proxy's checks find which is which):\n",
-        );
-        for (i, spec) in plan.postgres.iter().enumerate() {
-            let role = if i == 0 { "primary" } else { "standby" };
+    if let Some(monitor) = &plan.pg_monitor {
+        let epoch = facts
+            .pg_view
+            .map_or_else(String::new, |v| format!(", epoch {}", v.epoch));
+        text.push_str(&format!(
+            "PostgreSQL (sync replication{epoch}; a keeper runs each server, {} fails them over):\n",
+            monitor.name
+        ));
+        text.push_str(&format!(
+            "  {:width$}  {:7}  {}{}\n",
+            monitor.name,
+            "",
+            monitor.url,
+            pid(&monitor.name)
+        ));
+        for (spec, port) in plan.postgres.iter().zip(&plan.pg_servers) {
+            let role = facts
+                .pg_view
+                .and_then(|v| v.nodes.iter().find(|n| n.node.as_str() == spec.name))
+                .map_or("?", |n| n.role.as_str());
             text.push_str(&format!(
-                "  {:width$}  {role:7}  127.0.0.1:{}{}\n",
+                "  {:width$}  {role:7}  postgres 127.0.0.1:{port}, keeper {}{}\n",
                 spec.name,
-                spec.port,
+                spec.url,
                 pid(&spec.name)
             ));
         }
@@ -243,12 +261,34 @@ fn homework_steps(facts: &Facts<'_>, front: &str) -> String {
         format!(" --data-dir {}", settings.data_dir.display())
     };
     let password = settings.data_dir.join("pg.password");
+    let pg_monitor = plan
+        .pg_monitor
+        .as_ref()
+        .map_or_else(String::new, |m| m.url.clone());
+    let primary = facts
+        .pg_view
+        .and_then(|v| v.primary.as_ref())
+        .map_or("pg1", |p| p.node.as_str());
+    let standby = plan
+        .postgres
+        .iter()
+        .map(|s| s.name.as_str())
+        .find(|name| *name != primary)
+        .unwrap_or("pg2");
+    let other = plan
+        .postgres
+        .iter()
+        .map(|s| s.name.as_str())
+        .find(|name| *name != primary && *name != standby)
+        .unwrap_or("pg3");
     format!(
         "The PostgreSQL homework's steps (docs/postgres.md):\n\
          \x20 keel load{front_url}/data --spread-by json:backend_id,json:postgres_node --duration 60s --rate 50\n\
-         \x20 keel chaos{data} kill pg2        # a standby: reads go on through pg3\n\
-         \x20 keel chaos{data} restart pg2     # back in the read pool\n\
+         \x20 keel chaos{data} kill {standby}        # a standby: reads go on through {other}\n\
+         \x20 keel chaos{data} restart {standby}     # back in the read pool\n\
          \x20 keel chaos{data} kill service1   # a backend: the proxy sends / and /data to service2\n\
+         \x20 keel chaos{data} kill {primary}        # the primary: its monitor promotes a standby in about a second\n\
+         \x20 keel client --monitor {pg_monitor} cluster   # PostgreSQL's servers as its monitor sees them\n\
          \x20 curl -s -X POST -d '{{\"value\":\"hi\"}}'{front}/data   # a write, through the read-write port\n\
          \x20 PGPASSWORD=$(cat {pw}) psql -h 127.0.0.1 -p {ro} -U keel postgres -c 'SELECT pg_is_in_recovery()'\n\
          \x20 curl -s {admin}/v1/tcp   # each server's role, lag, sessions\n",
@@ -264,7 +304,9 @@ fn pg_only_tail(mut text: String, facts: &Facts<'_>, front: &str) -> String {
         "  curl -s{front}/data                  # a service, and the standby that answered\n"
     ));
     text.push_str(&homework_steps(facts, front));
-    text.push_str("Ctrl-C stops everything (the front door first, PostgreSQL last).\n");
+    text.push_str(
+        "PostgreSQL's monitor's events follow. Ctrl-C stops everything (the front door first, then the monitor, then the primary).\n",
+    );
     text
 }
 
@@ -331,7 +373,61 @@ mod tests {
             token: &credentials.token,
             token_note: "kept",
             view: Some(&view),
+            pg_view: None,
         })
+    }
+
+    #[test]
+    fn under_postgres_the_banner_shows_the_keepers_roles_and_the_steps_for_them() {
+        let mut settings = settings("./keel-data", 8070, false);
+        settings.postgres = Some(crate::settings::PgPorts {
+            pg_port: 5433,
+            tcp_port: 5000,
+            keeper_port: 7000,
+        });
+        let credentials = Credentials::in_dir(&settings.data_dir);
+        let mut plan = plan(&settings, &credentials, &Placement::loopback()).expect("a plan");
+        plan.add_postgres(
+            settings.postgres.expect("ports"),
+            &credentials,
+            &settings.data_dir,
+            &settings.data_dir.join("pg.password"),
+        )
+        .expect("postgres");
+        let node = |name: &str, role: &str| {
+            serde_json::json!({"node": name, "url": "http://127.0.0.1:7001", "role": role,
+                "sync": role == "standby", "promotable": role == "standby",
+                "why_not_promotable": null, "lsn": 9, "epoch": 3, "healthy": true,
+                "last_heartbeat_ms_ago": 20})
+        };
+        let pg_view: ClusterView = serde_json::from_value(serde_json::json!({
+            "version": 7, "epoch": 3,
+            "primary": {"node": "pg2", "url": "http://127.0.0.1:7002"},
+            "failover_in_progress": false, "failover": null,
+            "nodes": [node("pg1", "standby"), node("pg2", "primary"), node("pg3", "standby")]
+        }))
+        .expect("a cluster view");
+        let text = banner(&Facts {
+            settings: &settings,
+            plan: &plan,
+            pid: &|_| None,
+            netns: None,
+            token: &credentials.token,
+            token_note: "kept",
+            view: None,
+            pg_view: Some(&pg_view),
+        });
+        for line in [
+            "PostgreSQL (sync replication, epoch 3; a keeper runs each server, pgmonitor fails them over):\n",
+            "  pgmonitor           http://127.0.0.1:7000\n",
+            "  pg2        primary  postgres 127.0.0.1:5434, keeper http://127.0.0.1:7002\n",
+            "  pg1        standby  postgres 127.0.0.1:5433, keeper http://127.0.0.1:7001\n",
+            "  keel chaos kill pg1        # a standby: reads go on through pg3\n",
+            "  keel chaos kill pg2        # the primary: its monitor promotes a standby",
+            "  keel client --monitor http://127.0.0.1:7000 cluster ",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
     }
 
     #[test]

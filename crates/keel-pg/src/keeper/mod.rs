@@ -174,6 +174,8 @@ pub async fn serve(
 async fn run(config: KeeperConfig, stop: watch::Receiver<bool>) -> Result<(), KeeperError> {
     let setup = Setup::prepare(&config.base)?;
     let server = Server::new(config.id.as_str(), &config.base, config.pg_port);
+    // The server of a keeper killed a moment ago may still be dying.
+    server.wait_until_unlocked(Duration::from_secs(10))?;
     if !server.is_initialised() && !bootstrap(&config, &setup, &server, &stop).await? {
         return Ok(());
     }

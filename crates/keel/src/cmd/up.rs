@@ -37,6 +37,7 @@ pub fn run_pg(args: PgArgs) -> anyhow::Result<ExitCode> {
         postgres: Some(keel_chaos::settings::PgPorts {
             pg_port: args.pg_port,
             tcp_port: args.tcp_port,
+            keeper_port: args.keeper_port,
         }),
         ..stack(&args.stack)
     })
@@ -79,9 +80,9 @@ async fn up(settings: Settings) -> anyhow::Result<ExitCode> {
         }
         Some(Ok(())) => {}
     }
-    let view = up.view().await;
+    let (view, pg_view) = (up.view().await, up.pg_view().await);
     up.write_up_file()?;
-    print!("{}", up.banner(view.as_ref()));
+    print!("{}", up.banner(view.as_ref(), pg_view.as_ref()));
     let _ = std::io::stdout().flush();
 
     up.serve(&mut stop_signal).await;
@@ -102,6 +103,7 @@ fn settings(args: &UpArgs) -> Settings {
         postgres: args.postgres.then_some(keel_chaos::settings::PgPorts {
             pg_port: args.pg_port,
             tcp_port: args.tcp_port,
+            keeper_port: args.keeper_port,
         }),
         ..stack(&args.stack)
     }
