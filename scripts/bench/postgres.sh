@@ -83,12 +83,19 @@ USED_PORTS+="$((PG_PORT + 1)) $((PG_PORT + 2)) "
 TCP_PORT=$(free_port)
 while ss -Htan "sport = :$((TCP_PORT + 1))" | grep -q .; do TCP_PORT=$(free_port); done
 USED_PORTS+="$((TCP_PORT + 1)) "
+# PostgreSQL's monitor, then pg1..pg3's keepers.
+KEEPER_PORT=$(free_port)
+while ss -Htan "sport = :$((KEEPER_PORT + 1))" | grep -q . || ss -Htan "sport = :$((KEEPER_PORT + 2))" | grep -q . ||
+    ss -Htan "sport = :$((KEEPER_PORT + 3))" | grep -q .; do
+    KEEPER_PORT=$(free_port)
+done
+USED_PORTS+="$((KEEPER_PORT + 1)) $((KEEPER_PORT + 2)) $((KEEPER_PORT + 3)) "
 PG2=$((PG_PORT + 1))
 KEEL_RW=$(free_port) KEEL_RO=$(free_port) KEEL_ADMIN=$(free_port) HA_PORT=$(free_port)
 
-log "keel pg: pg1..pg3 on $PG_PORT..$((PG_PORT + 2)) (initdb and pg_basebackup on a first run)"
+log "keel pg: pg1..pg3 on $PG_PORT..$((PG_PORT + 2)), made by their keepers (initdb and pg_basebackup)"
 start pg --core "$REST_CORE" --group "$KEEL" pg --data-dir "$TMP/data" --services 0 \
-    --pg-port "$PG_PORT" --tcp-port "$TCP_PORT" --proxy-port "$(free_port)" \
+    --pg-port "$PG_PORT" --tcp-port "$TCP_PORT" --keeper-port "$KEEPER_PORT" --proxy-port "$(free_port)" \
     --proxy-admin-port "$(free_port)" --control-port "$(free_port)"
 wait_until "keel pg" grep -q "Ctrl-C stops everything" "$TMP/pg.log"
 PGPASSWORD=$(cat "$TMP/data/pg.password")
