@@ -694,12 +694,16 @@ pub(crate) async fn switchover(
     let body: serde_json::Value = answer.json().await.unwrap_or_default();
     let message = body["message"].as_str().unwrap_or("").to_owned();
     if status.is_success() {
-        let to = body["to"]
-            .as_str()
-            .map_or_else(String::new, |to| format!(" to {to}"));
-        Ok(crate::control::SwitchoverDone {
-            message: format!("switchover{to} asked of the monitor: {message}"),
-        })
+        // The monitor answers with its view: the failover it started, if it did.
+        let failover = &body["failover"];
+        let message = match (failover["from"].as_str(), failover["to"].as_str()) {
+            (Some(from), Some(to)) => format!(
+                "switchover from {from} to {to} asked of the monitor at {leader}: {}",
+                failover["phase"].as_str().unwrap_or("started")
+            ),
+            _ => format!("switchover asked of the monitor at {leader}"),
+        };
+        Ok(crate::control::SwitchoverDone { message })
     } else {
         let code = body["error"].as_str().unwrap_or("refused").to_owned();
         Err((
