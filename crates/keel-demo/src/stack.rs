@@ -230,18 +230,27 @@ fn log_tail(log: &Path, n: usize) -> String {
 
 /// The first of `n` consecutive ports of 127.0.0.1 that are all free now: a demo runs
 /// beside whatever else the machine runs (a `keel up` on the default ports, another
-/// demo), so it never takes the defaults.
+/// demo), so it never takes the defaults. They come from below the kernel's ephemeral
+/// range, which outgoing connections draw their local ports from: the stack binds the
+/// last of them seconds later (its proxy starts after PostgreSQL), and a connection's
+/// local end must not take one meanwhile.
 pub fn free_ports(n: u16) -> Result<u16, DemoError> {
-    for _ in 0..200 {
-        let Ok(first) = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) else {
-            continue;
-        };
-        let first = first.port();
-        let Some(end) = first.checked_add(n) else {
-            continue;
-        };
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral.max(20_000));
+    let Some(width) = high.checked_sub(low).and_then(|w| w.checked_sub(n)) else {
+        return Err(DemoError::NoPorts(n));
+    };
+    for attempt in 0..1000u32 {
+        // A fresh draw each time, different in each process.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        (std::process::id(), attempt).hash(&mut hasher);
+        let first = low + u16::try_from(hasher.finish() % u64::from(width.max(1))).unwrap_or(0);
         // Held together until all are checked, then let go for the stack to take.
-        let held: Vec<TcpListener> = (first..end)
+        let held: Vec<TcpListener> = (first..first + n)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
         if held.len() == usize::from(n) {

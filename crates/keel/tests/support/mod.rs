@@ -40,26 +40,52 @@ pub fn keel_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_keel"))
 }
 
-/// A port that was free a moment ago (the OS picked it for a listener we then dropped).
+/// Where tests pick their ports: below the kernel's ephemeral range, which outgoing
+/// connections draw their local ports from. A port picked for a process that binds it
+/// seconds later (`keel up` starts its proxy after the whole data tier, PostgreSQL
+/// included) could otherwise be taken meanwhile as the local end of some connection.
+fn port_pool() -> std::ops::Range<u16> {
+    let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    10_000..ephemeral.max(20_000)
+}
+
+/// A port of the pool with room for `span` ports after it, drawn afresh at each call and
+/// differently in each test process, so that parallel tests rarely pick the same.
+fn candidate(span: u16) -> u16 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    (std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed)).hash(&mut hasher);
+    let pool = port_pool();
+    let width = u64::from(pool.end - pool.start - span);
+    pool.start + u16::try_from(hasher.finish() % width).unwrap_or(0)
+}
+
+/// A port on 127.0.0.1 that is free now (see [`port_pool`] for where it comes from).
 ///
 /// Another process could take it before the test binds it; a test that starts a node on
 /// it sees that as a startup failure with the node's log, not as a silent mix-up.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener
-        .local_addr()
-        .expect("local addr of listener")
-        .port()
+    free_ports(1)[0]
 }
 
-/// `n` distinct free ports. All listeners are held until every port is picked, so the OS
-/// cannot hand out the same port twice.
+/// `n` distinct free ports. All listeners are held until every port is picked, so that
+/// none is picked twice.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
+    let mut held: Vec<TcpListener> = Vec::new();
+    for _ in 0..1000 * n {
+        if held.len() == n {
+            break;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", candidate(1))) {
+            held.push(listener);
+        }
+    }
+    assert_eq!(held.len(), n, "found no {n} free ports on 127.0.0.1");
+    held.iter()
         .map(|l| l.local_addr().expect("local addr of listener").port())
         .collect()
 }
@@ -80,13 +106,10 @@ pub fn ports_for_three_monitors() -> (u16, u16) {
 }
 
 /// The first port of `n` consecutive ports that are all free now (for `keel up
-/// --base-port`). Probes from a port the OS picked, so parallel tests rarely collide.
+/// --base-port`), from the same pool as [`free_port`].
 pub fn free_port_range(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = free_port();
-        if base.checked_add(n).is_none() {
-            continue;
-        }
+    for _ in 0..1000 {
+        let base = candidate(n);
         let held: Vec<_> = (base..base + n)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
