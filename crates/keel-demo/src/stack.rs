@@ -235,7 +235,7 @@ fn log_tail(log: &Path, n: usize) -> String {
 /// last of them seconds later (its proxy starts after PostgreSQL), and a connection's
 /// local end must not take one meanwhile.
 pub fn free_ports(n: u16) -> Result<u16, DemoError> {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
@@ -246,9 +246,9 @@ pub fn free_ports(n: u16) -> Result<u16, DemoError> {
     };
     for attempt in 0..1000u32 {
         // A fresh draw each time, different in each process.
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        (std::process::id(), attempt).hash(&mut hasher);
-        let first = low + u16::try_from(hasher.finish() % u64::from(width.max(1))).unwrap_or(0);
+        let draw =
+            std::collections::hash_map::RandomState::new().hash_one((std::process::id(), attempt));
+        let first = low + u16::try_from(draw % u64::from(width.max(1))).unwrap_or(0);
         // Held together until all are checked, then let go for the stack to take.
         let held: Vec<TcpListener> = (first..first + n)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())

@@ -55,13 +55,13 @@ fn port_pool() -> std::ops::Range<u16> {
 /// A port of the pool with room for `span` ports after it, drawn afresh at each call and
 /// differently in each test process, so that parallel tests rarely pick the same.
 fn candidate(span: u16) -> u16 {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     static CALLS: AtomicUsize = AtomicUsize::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    (std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed)).hash(&mut hasher);
+    let draw = std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed)));
     let pool = port_pool();
     let width = u64::from(pool.end - pool.start - span);
-    pool.start + u16::try_from(hasher.finish() % width).unwrap_or(0)
+    pool.start + u16::try_from(draw % width).unwrap_or(0)
 }
 
 /// A port on 127.0.0.1 that is free now (see [`port_pool`] for where it comes from).
