@@ -74,9 +74,19 @@ async fn the_check_tells_roles_apart_sees_a_paused_standby_fall_behind_and_names
         .expect("pg1");
     assert_eq!(primary.role, Role::Primary);
     assert_eq!(primary.lag, Duration::ZERO);
-    let standby = check(&target(pg2.port, &password), TIMEOUT)
-        .await
-        .expect("pg2");
+    // A standby takes connections before it is consistent, and refuses them with
+    // "the database system is starting up" until it is; what the check must say of it
+    // is asked once it takes queries.
+    let mut standby = check(&target(pg2.port, &password), TIMEOUT).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = &standby
+        && e.contains("57P03")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        standby = check(&target(pg2.port, &password), TIMEOUT).await;
+    }
+    let standby = standby.expect("pg2");
     assert_eq!(standby.role, Role::Standby);
 
     let mut pools = Pools::new(
