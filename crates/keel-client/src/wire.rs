@@ -5,6 +5,7 @@
 //! only, so that a node can use it without pulling the monitor's runtime into its logic.
 //! Field names are exactly those of docs/failover.md; change both together.
 
+use keel_core::slots::{GroupId, SlotTable};
 use keel_core::{Epoch, Lsn, NodeId, Role};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,10 @@ pub struct RegisterRequest {
     pub epoch: Epoch,
     /// The last log position the node holds.
     pub lsn: Lsn,
+    /// The group it joins, under a monitor that runs several (docs/shards.md); `None`:
+    /// the monitor's first group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
 }
 
 /// `POST /v1/heartbeat`, every `heartbeat_interval`.
@@ -44,6 +49,14 @@ pub struct HeartbeatRequest {
     /// its final position.
     #[serde(default)]
     pub draining: bool,
+    /// The version of the slot table the node holds (0: none); the answer carries the
+    /// table when it is older than the monitor's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slots_version: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a primary says about one of its standbys in a heartbeat.
@@ -103,6 +116,12 @@ pub struct View {
     pub failover: Option<Failover>,
     /// The monitor's settings, which the nodes follow.
     pub timing: Timing,
+    /// The slot table's version, under a monitor that runs groups (0: no table).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slots_version: u64,
+    /// The slot table, when the node's is older than `slots_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<SlotTable>,
 }
 
 /// A node and where to reach it.
@@ -226,6 +245,12 @@ pub mod codes {
     /// `421`: this monitor is not the leader of its group (`leader` names the one that
     /// is, when known); `503` when none is.
     pub const NOT_LEADER: &str = "not_leader";
+    /// `404`: a registration in a group this monitor does not run.
+    pub const UNKNOWN_GROUP: &str = "unknown_group";
+    /// `409`: a registration in another group than the node's.
+    pub const WRONG_GROUP: &str = "wrong_group";
+    /// `400`: a switchover that names no node, under a monitor of several groups.
+    pub const GROUP_NEEDED: &str = "group_needed";
 }
 
 /// `GET /v1/cluster`: the whole picture.

@@ -12,7 +12,10 @@
 //! - [`token`]: the admin bearer token (loading it, comparing it in constant time);
 //! - [`faults`]: the fault filter behind `keel chaos partition` — the peers this process
 //!   must not connect to, read from `KEEL_FAULTS_FILE` (inert without it);
-//! - [`shutdown`]: the Ctrl-C / SIGTERM future that servers take as their stop signal.
+//! - [`shutdown`]: the Ctrl-C / SIGTERM future that servers take as their stop signal;
+//! - [`slots`]: the key space in slots — a key's slot ([`slots::slot_of`], with `{tag}`
+//!   hash tags), the versioned slot → group table ([`slots::SlotTable`]), moves and
+//!   rebalance plans.
 #![forbid(unsafe_code)]
 
 pub mod duration;
@@ -21,6 +24,7 @@ pub mod faults;
 pub mod headers;
 pub mod ids;
 pub mod shutdown;
+pub mod slots;
 pub mod token;
 
 pub use error::ApiError;

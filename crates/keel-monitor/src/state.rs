@@ -1,4 +1,5 @@
-//! The cluster state: what the monitor keeps durably (`monitor.json`).
+//! The cluster state: what the monitor keeps durably (`monitor.json`); and, for a monitor
+//! that runs several groups, each group's and the slot table ([`GroupsState`]).
 //!
 //! Only what must survive a restart lives here: the epoch, the primary, each node's URL,
 //! incarnation and sync flags, and the failover in progress. What nodes report in their
@@ -6,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use keel_core::slots::{GroupId, SlotTable};
 use keel_core::{Epoch, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -105,5 +107,141 @@ impl ClusterState {
             return Err(StateError::UnknownFailoverNode);
         }
         Ok(())
+    }
+}
+
+/// The version of the layout of a monitor that runs several groups.
+pub const GROUPS_FORMAT: u32 = 2;
+
+/// What a monitor of several groups keeps durably (docs/shards.md): each group's own
+/// state, as a monitor of one group keeps it, and the slot table that says which group
+/// owns each key. Every change of either bumps `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupsState {
+    /// The layout version ([`GROUPS_FORMAT`]).
+    pub format: u32,
+    /// Grows by one at every change.
+    pub version: u64,
+    /// Each group's state: its epoch, primary, nodes and failover.
+    pub groups: BTreeMap<GroupId, ClusterState>,
+    /// Which group owns each slot.
+    pub slots: SlotTable,
+}
+
+/// Why a loaded state of several groups cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupsError {
+    /// The file was written by a newer keel.
+    #[error("unknown format {0} (this keel reads format {GROUPS_FORMAT})")]
+    Format(u32),
+    /// A monitor with no group.
+    #[error("no group")]
+    NoGroups,
+    /// A group's own state is damaged.
+    #[error("group {group}: {error}")]
+    Group { group: GroupId, error: StateError },
+    /// A node listed in two groups.
+    #[error("{node} is a node of both {first} and {second}")]
+    TwoGroups {
+        node: NodeId,
+        first: GroupId,
+        second: GroupId,
+    },
+    /// The table gives slots to a group the monitor does not run.
+    #[error("the slot table gives slots to {0}, which is not one of the groups")]
+    UnknownOwner(GroupId),
+}
+
+impl GroupsState {
+    /// A new monitor of `groups`, none with a node yet, the slots split evenly among them
+    /// in the order given.
+    pub fn new(groups: &[GroupId]) -> Result<Self, GroupsError> {
+        let slots = SlotTable::even(groups).map_err(|_| GroupsError::NoGroups)?;
+        Ok(Self {
+            format: GROUPS_FORMAT,
+            version: 0,
+            groups: groups
+                .iter()
+                .map(|g| (g.clone(), ClusterState::default()))
+                .collect(),
+            slots,
+        })
+    }
+
+    /// Checks a loaded state: each group's, no node in two groups, and no slot owned by a
+    /// group the monitor does not run.
+    pub fn check(&self) -> Result<(), GroupsError> {
+        if self.format != GROUPS_FORMAT {
+            return Err(GroupsError::Format(self.format));
+        }
+        if self.groups.is_empty() {
+            return Err(GroupsError::NoGroups);
+        }
+        let mut seen: BTreeMap<&NodeId, &GroupId> = BTreeMap::new();
+        for (group, state) in &self.groups {
+            state.check().map_err(|error| GroupsError::Group {
+                group: group.clone(),
+                error,
+            })?;
+            for node in state.nodes.keys() {
+                if let Some(first) = seen.insert(node, group) {
+                    return Err(GroupsError::TwoGroups {
+                        node: node.clone(),
+                        first: first.clone(),
+                        second: group.clone(),
+                    });
+                }
+            }
+        }
+        for range in self.slots.ranges() {
+            if !self.groups.contains_key(&range.group) {
+                return Err(GroupsError::UnknownOwner(range.group));
+            }
+        }
+        Ok(())
+    }
+
+    /// The group `node` is a node of, if any.
+    pub fn group_of(&self, node: &NodeId) -> Option<&GroupId> {
+        self.groups
+            .iter()
+            .find(|(_, state)| state.nodes.contains_key(node))
+            .map(|(group, _)| group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(name: &str) -> GroupId {
+        GroupId::new(name).expect("a group")
+    }
+
+    #[test]
+    fn a_state_of_groups_with_a_node_twice_or_a_stranger_owning_slots_is_refused() {
+        let mut state = GroupsState::new(&[g("g1"), g("g2")]).expect("a state");
+        assert_eq!(state.check(), Ok(()));
+        assert_eq!(state.slots.count(&g("g1")), 8192);
+        let app1 = NodeId::new("app1").expect("a node");
+        let record = NodeRecord::standby("http://127.0.0.1:8081".into(), 1);
+        for group in ["g1", "g2"] {
+            if let Some(s) = state.groups.get_mut(&g(group)) {
+                s.nodes.insert(app1.clone(), record.clone());
+            }
+        }
+        assert_eq!(
+            state.check().map_err(|e| e.to_string()),
+            Err("app1 is a node of both g1 and g2".to_owned())
+        );
+        if let Some(s) = state.groups.get_mut(&g("g2")) {
+            s.nodes.clear();
+        }
+        assert_eq!(state.group_of(&app1), Some(&g("g1")));
+        state.slots = state
+            .slots
+            .with_moved(&[keel_core::slots::Slot(3)], &g("g9"));
+        assert_eq!(state.check(), Err(GroupsError::UnknownOwner(g("g9"))));
+        assert_eq!(GroupsState::new(&[]), Err(GroupsError::NoGroups));
     }
 }

@@ -70,6 +70,7 @@ impl Member for Shared {
     fn register(&self) -> Option<RegisterRequest> {
         let status = self.store.status();
         Some(RegisterRequest {
+            group: None,
             node: self.config.id.clone(),
             url: self.config.advertise.clone(),
             incarnation: self.incarnation,
@@ -97,6 +98,7 @@ impl Member for Shared {
             && failover
                 .is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining);
         Some(HeartbeatRequest {
+            slots_version: 0,
             node: self.config.id.clone(),
             incarnation: self.incarnation,
             role,

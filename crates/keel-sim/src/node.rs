@@ -610,6 +610,7 @@ impl World {
         let node = node_id(i);
         if !n.registered {
             return MonitorRequest::Register(RegisterRequest {
+                group: None,
                 node,
                 url: node_url(i),
                 incarnation: n.incarnation,
@@ -624,6 +625,7 @@ impl World {
                     && f.phase == keel_client::wire::FailoverPhase::Draining
             });
         MonitorRequest::Heartbeat(HeartbeatRequest {
+            slots_version: 0,
             node,
             incarnation: n.incarnation,
             role: n.machine.role().role,

@@ -9,9 +9,12 @@
 //!
 //! The code is split along the protocol's seams: this file holds the types and the
 //! bookkeeping, `requests` the node and admin requests, `detector` failure
-//! detection and the failover steps, `view` what is shown to nodes and operators.
+//! detection and the failover steps, `view` what is shown to nodes and operators;
+//! [`groups`] runs several groups side by side, each with a machine of its own, and the
+//! slot table (docs/shards.md).
 
 mod detector;
+pub mod groups;
 mod requests;
 mod view;
 

@@ -79,6 +79,7 @@ impl Harness {
     fn register_as(&mut self, n: &str, inc: u64, epoch: u64, lsn: u64, ms: u64) -> Vec<Output> {
         self.run(
             Input::Register(RegisterRequest {
+                group: None,
                 node: id(n),
                 url: url(n),
                 incarnation: inc,
@@ -106,6 +107,7 @@ impl Harness {
     ) -> Vec<Output> {
         self.run(
             Input::Heartbeat(HeartbeatRequest {
+                slots_version: 0,
                 node: id(n),
                 incarnation: incarnation(n),
                 role,
@@ -336,6 +338,7 @@ fn repeated_registration_changes_nothing() {
 fn same_id_with_another_url_is_refused_while_the_first_is_alive() {
     let mut h = Harness::pair();
     let mut req = RegisterRequest {
+        group: None,
         node: id("app2"),
         url: "http://127.0.0.1:9999".to_owned(),
         incarnation: 77,
@@ -367,6 +370,7 @@ fn registration_with_a_bad_url_is_refused() {
     ] {
         let out = h.run(
             Input::Register(RegisterRequest {
+                group: None,
                 node: id("app1"),
                 url: bad.to_owned(),
                 incarnation: 1,
@@ -402,6 +406,7 @@ fn heartbeat_refusals_change_nothing() {
     // Stale incarnation.
     let out = h.run(
         Input::Heartbeat(HeartbeatRequest {
+            slots_version: 0,
             node: id("app2"),
             incarnation: 5,
             role: Role::Standby,

@@ -45,6 +45,9 @@ impl Monitor {
             lease_ms,
             failover: self.state.failover.clone(),
             timing: self.settings.timing(),
+            // A monitor of several groups adds the table (`groups::Groups`).
+            slots_version: 0,
+            slots: None,
         }
     }
 

@@ -73,6 +73,8 @@ fn timing() -> WireTiming {
 /// the lease.
 fn primary_view(epoch: u64, standbys: &[(&str, bool)]) -> View {
     View {
+        slots_version: 0,
+        slots: None,
         version: 1,
         epoch: Epoch(epoch),
         role: Role::Primary,
@@ -96,6 +98,8 @@ fn primary_view(epoch: u64, standbys: &[(&str, bool)]) -> View {
 
 fn standby_view(epoch: u64, primary: &str) -> View {
     View {
+        slots_version: 0,
+        slots: None,
         version: 1,
         epoch: Epoch(epoch),
         role: Role::Standby,

@@ -134,6 +134,8 @@ mod tests {
     /// The monitor's view making pg1 primary in epoch 1 with pg2 as its sync standby.
     fn primary_with_pg2() -> View {
         View {
+            slots_version: 0,
+            slots: None,
             version: 1,
             epoch: Epoch(1),
             role: Role::Primary,

@@ -410,6 +410,7 @@ impl Member for Keeper {
     fn register(&self) -> Option<RegisterRequest> {
         let observed = self.observed()?;
         Some(RegisterRequest {
+            group: None,
             node: self.config.id.clone(),
             url: self.config.advertise.clone(),
             incarnation: self.incarnation,
@@ -431,6 +432,7 @@ impl Member for Keeper {
                 .failover()
                 .is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining);
         Some(HeartbeatRequest {
+            slots_version: 0,
             node: self.config.id.clone(),
             incarnation: self.incarnation,
             role: machine.role().role,
