@@ -79,6 +79,9 @@ mod tests {
     fn view(healthy: bool, failover: Option<Failover>) -> ClusterView {
         ClusterView {
             monitors: None,
+            group: None,
+            groups: Vec::new(),
+            slots_version: 0,
             version: 3,
             epoch: Epoch(1),
             primary: Some(PrimaryRef {

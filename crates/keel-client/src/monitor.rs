@@ -278,6 +278,8 @@ pub fn root_cause(e: &reqwest::Error) -> String {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub id: u64,
+    /// The group it is about, when the monitor runs several.
+    pub group: Option<String>,
     /// The wire name of the kind (`promoted`).
     pub kind: String,
     pub node: Option<String>,
@@ -291,6 +293,7 @@ impl Seen {
         if let Ok(record) = serde_json::from_str::<EventRecord>(data) {
             return Ok(Seen {
                 id: record.id,
+                group: record.group.as_ref().map(ToString::to_string),
                 kind: record.kind.as_str().to_owned(),
                 node: record.node.as_ref().map(ToString::to_string),
                 at: record.at,
@@ -306,6 +309,7 @@ impl Seen {
                 .and_then(serde_json::Value::as_u64)
                 .ok_or_else(|| format!("an event without an id: {data}"))?,
             kind: text("kind").unwrap_or_else(|| "event".to_owned()),
+            group: text("group"),
             node: text("node"),
             at: text("at").unwrap_or_default(),
             message: text("message").unwrap_or_default(),
@@ -328,6 +332,10 @@ impl Seen {
     /// Like [`Seen::line`], naming the monitor `who` (`pgmonitor`: the PostgreSQL
     /// group's, beside the data tier's).
     pub fn line_from(&self, who: &str) -> String {
+        let who = match &self.group {
+            Some(group) => format!("{who} {group}"),
+            None => who.to_owned(),
+        };
         format!(
             "{}  {who}  {}: {}",
             clock_time(&self.at),

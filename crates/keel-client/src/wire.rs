@@ -271,6 +271,15 @@ pub struct ClusterView {
     /// The group of monitors, when the monitor that answered is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitors: Option<GroupView>,
+    /// The group this view is of, when the monitor runs several (docs/shards.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
+    /// Every group the monitor runs, when it runs several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupId>,
+    /// The slot table's version, when the monitor runs several groups.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slots_version: u64,
 }
 
 /// A group of monitors, as one of them sees it.
@@ -338,6 +347,9 @@ pub struct EventRecord {
     /// The node it is about, if any.
     #[serde(default)]
     pub node: Option<NodeId>,
+    /// The group it is about, when the monitor runs several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
     /// The epoch at the time of the event.
     pub epoch: Epoch,
     /// A sentence for a person.

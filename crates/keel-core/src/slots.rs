@@ -199,6 +199,15 @@ impl SlotTable {
         })
     }
 
+    /// Version 1: every slot `group`'s.
+    pub fn whole(group: GroupId) -> SlotTable {
+        SlotTable {
+            version: 1,
+            owners: vec![0; usize::from(SLOTS)],
+            groups: vec![group],
+        }
+    }
+
     /// The table's version.
     pub fn version(&self) -> u64 {
         self.version

@@ -70,6 +70,9 @@ pub struct MonitorFile {
     pub id: Option<String>,
     /// `--peers`, as a table.
     pub peers: Option<BTreeMap<String, String>>,
+    /// The groups of nodes a new monitor runs (`--groups`).
+    #[serde(default)]
+    pub groups: Vec<keel_core::slots::GroupId>,
 }
 
 /// Why a configuration file was refused.

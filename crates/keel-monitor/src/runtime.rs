@@ -1,9 +1,11 @@
 //! [`run`]: the monitor's life — load the state, serve, drive the state machine, stop.
 //!
-//! One task (the core) owns the [`Monitor`]. Requests reach it through an mpsc channel
+//! One task (the core) owns the decision machine, [`Groups`]: each group of nodes'
+//! [`crate::Monitor`] and the slot table (one group, `g1`, unless `--groups` names
+//! more). Requests reach it through an mpsc channel
 //! with a oneshot for the answer; a timer feeds it ticks; probe tasks feed it their
 //! results. The core carries out the machine's outputs in order, and awaits each
-//! [`Output::Persist`] before it sends the answer behind it, so no node ever acts on a
+//! [`GroupsOutput::Persist`] before it sends the answer behind it, so no node ever acts on a
 //! state that a crash could undo.
 //!
 //! Alone, a monitor persists to `monitor.json`. In a group (`--peers`), persisting is
@@ -24,14 +26,17 @@ use std::time::Duration;
 use keel_auth::{ClusterSecret, Hosts, Signer};
 use keel_core::NodeId;
 use keel_core::faults::Faults;
+use keel_core::slots::GroupId;
 use keel_core::token::Token;
 use keel_http::Guard;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::machine::{Answer, Input, Monitor, Output, Refusal, Stats};
+use crate::machine::groups::{Groups, GroupsOutput};
+use crate::machine::{Answer, Input, Refusal, Stats};
 use crate::raft::COMMIT_TIMEOUT;
 use crate::settings::{Settings, SettingsError};
+use crate::state::{GroupsError, GroupsState};
 use crate::store::{Store, StoreError};
 use crate::wire::{ClusterView, EventRecord};
 
@@ -42,10 +47,11 @@ pub(crate) type EventLog = keel_http::EventLog<EventRecord>;
 pub const HISTORY: usize = 10_000;
 
 /// An event of the machine, stamped with the wall-clock time for people (never compared
-/// with another clock).
-fn record_of(event: crate::machine::Event) -> EventRecord {
+/// with another clock); naming its group when the monitor runs several.
+fn record_of(event: crate::machine::Event, group: Option<GroupId>) -> EventRecord {
     EventRecord {
         id: event.id,
+        group,
         at: keel_core::duration::rfc3339_millis(std::time::SystemTime::now()),
         kind: event.kind,
         node: event.node,
@@ -94,6 +100,9 @@ pub struct MonitorConfig {
     pub advertise: Vec<String>,
     /// The group this monitor belongs to; `None`: it runs alone.
     pub raft: Option<RaftSetup>,
+    /// The groups of nodes a new monitor runs, the slots split evenly among them
+    /// (`--groups`; one, `g1`, by default). A monitor with a state keeps its own.
+    pub groups: Vec<GroupId>,
 }
 
 /// Why the monitor could not start, or stopped with an error.
@@ -122,14 +131,18 @@ pub enum MonitorError {
     /// The Raft group could not start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The groups a new monitor is told to run cannot be.
+    #[error("--groups: {0}")]
+    Groups(#[from] GroupsError),
 }
 
 /// A message to the core.
 pub(crate) enum Msg {
     /// An input; requests carry the channel for their answer.
     Input(Input, Option<oneshot::Sender<Result<Answer, Refusal>>>),
-    /// The cluster view, for `GET /v1/cluster` and `/health`.
-    Cluster(oneshot::Sender<ClusterView>),
+    /// A group's view (the first group's when `None`), for `GET /v1/cluster` and
+    /// `/health`; `None` for a group the monitor does not run.
+    Cluster(Option<GroupId>, oneshot::Sender<Option<ClusterView>>),
     /// The view and the counters, for `/metrics`.
     Metrics(oneshot::Sender<(ClusterView, Stats, Option<crate::metrics::RaftFigures>)>),
 }
@@ -191,17 +204,20 @@ pub async fn run(
         None => None,
     };
 
+    let fresh = GroupsState::new(&config.groups)?;
     let (monitor, started) = match &store {
         Some(store) => {
-            let (mut monitor, mut started) = Monitor::new(config.settings, state, Instant::now());
+            let (mut monitor, mut started) = Groups::new(
+                config.settings,
+                state.unwrap_or(fresh.clone()),
+                Instant::now(),
+            );
             if let Some(floor) = config.epoch_floor {
                 started.extend(monitor.raise_epoch_floor(floor));
             }
-            let state = monitor.state();
-            tracing::info!(
-                listen = %config.listen, state = %store.path().display(), version = state.version,
-                epoch = %state.epoch, primary = state.primary.as_ref().map_or("-", NodeId::as_str),
-                "monitor started"
+            log_started(
+                &monitor,
+                &format!("monitor started ({})", store.path().display()),
             );
             (Some(monitor), started)
         }
@@ -236,6 +252,7 @@ pub async fn run(
     });
     let core = Core {
         monitor,
+        fresh,
         settings: config.settings,
         epoch_floor: config.epoch_floor,
         store,
@@ -277,11 +294,26 @@ pub async fn run(
     result
 }
 
+/// Says what a monitor starts with: each group's version, epoch and primary.
+fn log_started(monitor: &Groups, what: &str) {
+    for name in monitor.names() {
+        if let Some(state) = monitor.state().groups.get(&name) {
+            tracing::info!(
+                group = %name, version = state.version, epoch = %state.epoch,
+                primary = state.primary.as_ref().map_or("-", NodeId::as_str),
+                "{what}"
+            );
+        }
+    }
+}
+
 /// The task that owns the state machine.
 struct Core {
     /// The decision machine: always when alone; in a group, only while this monitor
     /// leads.
-    monitor: Option<Monitor>,
+    monitor: Option<Groups>,
+    /// The state a monitor with none starts from (`--groups`).
+    fresh: GroupsState,
     settings: Settings,
     epoch_floor: Option<keel_core::Epoch>,
     /// `monitor.json`, when alone.
@@ -444,7 +476,7 @@ impl Group {
 impl Core {
     /// Runs until aborted (after the server drained) or until a persist fails. It does
     /// not stop by itself at shutdown: requests still draining need their answers.
-    async fn run(mut self, started: Vec<Output>) -> Result<(), MonitorError> {
+    async fn run(mut self, started: Vec<GroupsOutput>) -> Result<(), MonitorError> {
         self.carry_out(started, None).await?;
         // Ticks at least every half interval catch every timeout within that much; the
         // machine's own deadlines (a suspicion, a lease's end) are met exactly.
@@ -452,7 +484,7 @@ impl Core {
         let mut next_tick = Instant::now() + period;
         let mut metrics = self.group.as_ref().map(|g| g.metrics.clone());
         loop {
-            let wake = match self.monitor.as_ref().and_then(Monitor::next_deadline) {
+            let wake = match self.monitor.as_ref().and_then(Groups::next_deadline) {
                 Some(d) => next_tick.min(d),
                 None => next_tick,
             };
@@ -516,20 +548,25 @@ impl Core {
         if !group.leads() {
             return Ok(());
         }
-        let state = group.sm.current().state;
+        let known = group
+            .sm
+            .current()
+            .groups_state()
+            .unwrap_or_else(|| self.fresh.clone());
         let term = group.metrics.borrow().current_term;
-        let known = (state.version > 0).then_some(state);
         // A new machine gives the primary a full heartbeat timeout of its own, and assumes
         // a lease granted now: no failover before it has heard from the nodes itself, and
         // none before any lease the previous leader granted has run out.
-        let (mut monitor, mut started) = Monitor::new(self.settings, known, Instant::now());
+        let (mut monitor, mut started) = Groups::new(self.settings, known, Instant::now());
         if let Some(floor) = self.epoch_floor {
             started.extend(monitor.raise_epoch_floor(floor));
         }
-        tracing::info!(
-            term, monitor = group.num, version = monitor.state().version, epoch = %monitor.state().epoch,
-            primary = monitor.state().primary.as_ref().map_or("-", NodeId::as_str),
-            "this monitor leads the group"
+        log_started(
+            &monitor,
+            &format!(
+                "this monitor (m{}) leads its group of monitors, term {term}",
+                group.num
+            ),
         );
         self.monitor = Some(monitor);
         self.carry_out(started, None).await
@@ -560,10 +597,11 @@ impl Core {
         refusal
     }
 
-    /// The cluster view: the machine's, or on a follower, the replicated state's; in a
-    /// group, with the group as this monitor sees it.
-    fn cluster_view(&self) -> ClusterView {
-        let mut view = self.machine_view();
+    /// Group `of`'s view (the first group's when `None`): the machine's, or on a
+    /// follower, the replicated state's; in a group of monitors, with the group as this
+    /// monitor sees it. `None` for a group the monitor does not run.
+    fn cluster_view(&self, of: Option<&GroupId>) -> Option<ClusterView> {
+        let mut view = self.machine_view(of)?;
         if let Some(group) = &self.group {
             let members = group.members();
             let m = group.metrics.borrow();
@@ -582,19 +620,26 @@ impl Core {
                     .collect(),
             });
         }
-        view
+        Some(view)
     }
 
-    fn machine_view(&self) -> ClusterView {
+    fn machine_view(&self, of: Option<&GroupId>) -> Option<ClusterView> {
         let now = Instant::now();
         match (&self.monitor, &self.group) {
-            (Some(m), _) => m.cluster_view(now),
+            (Some(m), _) => m.cluster_view(of, now),
             (None, Some(group)) => {
-                let state = group.sm.current().state;
-                let known = (state.version > 0).then_some(state);
-                Monitor::new(self.settings, known, now).0.cluster_view(now)
+                let known = group
+                    .sm
+                    .current()
+                    .groups_state()
+                    .unwrap_or_else(|| self.fresh.clone());
+                Groups::new(self.settings, known, now)
+                    .0
+                    .cluster_view(of, now)
             }
-            (None, None) => Monitor::new(self.settings, None, now).0.cluster_view(now),
+            (None, None) => Groups::new(self.settings, self.fresh.clone(), now)
+                .0
+                .cluster_view(of, now),
         }
     }
 
@@ -612,18 +657,16 @@ impl Core {
                     Ok(())
                 }
             },
-            Msg::Cluster(reply) => {
-                let _ = reply.send(self.cluster_view());
+            Msg::Cluster(of, reply) => {
+                let _ = reply.send(self.cluster_view(of.as_ref()));
                 Ok(())
             }
             Msg::Metrics(reply) => {
-                let stats = self
-                    .monitor
-                    .as_ref()
-                    .map(Monitor::stats)
-                    .unwrap_or_default();
+                let stats = self.monitor.as_ref().map(Groups::stats).unwrap_or_default();
                 let figures = self.group.as_ref().map(Group::figures);
-                let _ = reply.send((self.cluster_view(), stats, figures));
+                if let Some(view) = self.cluster_view(None) {
+                    let _ = reply.send((view, stats, figures));
+                }
                 Ok(())
             }
         }
@@ -631,10 +674,12 @@ impl Core {
 
     /// Makes `state` durable: `monitor.json` alone, a Raft commit in a group. Returns
     /// false if this monitor lost the leadership (the machine is dropped then).
-    async fn persist(&mut self, state: crate::state::ClusterState) -> Result<bool, MonitorError> {
+    async fn persist(&mut self, state: GroupsState) -> Result<bool, MonitorError> {
         let version = state.version;
         if let Some(group) = &self.group {
-            let write = group.raft.client_write(crate::raft::Command::Set(state));
+            let write = group
+                .raft
+                .client_write(crate::raft::Command::SetGroups(state));
             let error = match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
                 Ok(Ok(_)) => return Ok(true),
                 Ok(Err(e)) => e.to_string(),
@@ -667,12 +712,15 @@ impl Core {
     /// Carries out the machine's outputs in order.
     async fn carry_out(
         &mut self,
-        out: Vec<Output>,
+        out: Vec<GroupsOutput>,
         mut reply: Option<oneshot::Sender<Result<Answer, Refusal>>>,
     ) -> Result<(), MonitorError> {
+        // Events name their group only when there are several: one group's look as they
+        // always did.
+        let several = self.monitor.as_ref().is_some_and(|m| m.names().len() > 1);
         for output in out {
             match output {
-                Output::Persist(state) => {
+                GroupsOutput::Persist(state) => {
                     if !self.persist(state).await? {
                         if let Some(tx) = reply.take() {
                             let _ = tx.send(Err(self.not_leader()));
@@ -680,9 +728,13 @@ impl Core {
                         return Ok(());
                     }
                 }
-                Output::Probe { node, url, probe } => self.probe(node, url, probe),
-                Output::Event(event) => {
-                    let record = self.events.publish(record_of(event));
+                GroupsOutput::Probe {
+                    node, url, probe, ..
+                } => self.probe(node, url, probe),
+                GroupsOutput::Event { group, event } => {
+                    let record = self
+                        .events
+                        .publish(record_of(event, several.then_some(group)));
                     // The kind is the message (`promoted`, `suspected`); the sentence
                     // rides along for people reading the log.
                     tracing::info!(
@@ -692,7 +744,7 @@ impl Core {
                         "{}", record.kind.as_str()
                     );
                 }
-                Output::Reply(answer) => {
+                GroupsOutput::Reply(answer) => {
                     if let Some(tx) = reply.take() {
                         // The requester may have gone away; the state is durable anyway.
                         let _ = tx.send(self.grant_if_confident(answer));

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
 use keel_auth::Principal;
 use keel_core::ApiError;
+use keel_core::slots::GroupId;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -438,21 +439,53 @@ async fn monitors_remove(
     .into_response())
 }
 
-async fn cluster_view(app: &App) -> Result<crate::wire::ClusterView, Response> {
+/// Group `of`'s view (the first group's when `None`), or a `404` that names the groups.
+async fn cluster_view(
+    app: &App,
+    of: Option<GroupId>,
+) -> Result<crate::wire::ClusterView, Response> {
     let (tx, rx) = oneshot::channel();
     app.core
-        .send(Msg::Cluster(tx))
+        .send(Msg::Cluster(of.clone(), tx))
         .await
         .map_err(|_| shutting_down())?;
-    rx.await.map_err(|_| shutting_down())
+    let view = rx.await.map_err(|_| shutting_down())?;
+    view.ok_or_else(|| {
+        error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::new(
+                codes::UNKNOWN_GROUP,
+                format!(
+                    "this monitor runs no group {}",
+                    of.as_ref().map_or("", GroupId::as_str)
+                ),
+            ),
+        )
+    })
 }
 
-async fn cluster(State(app): State<Arc<App>>) -> Answered {
-    Ok(axum::Json(cluster_view(&app).await?).into_response())
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterParams {
+    group: Option<GroupId>,
+}
+
+/// `GET /v1/cluster[?group=g2]`: a group's picture, the first group's by default.
+async fn cluster(
+    State(app): State<Arc<App>>,
+    query: Result<Query<ClusterParams>, QueryRejection>,
+) -> Answered {
+    let Query(params) = query.map_err(|r| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new("bad_query", format!("{}; use ?group=NAME", r.body_text())),
+        )
+    })?;
+    Ok(axum::Json(cluster_view(&app, params.group).await?).into_response())
 }
 
 async fn health(State(app): State<Arc<App>>) -> Answered {
-    let view = cluster_view(&app).await?;
+    let view = cluster_view(&app, None).await?;
     Ok(axum::Json(MonitorHealth {
         status: "ok".to_owned(),
         version: view.version,

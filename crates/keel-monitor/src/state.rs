@@ -113,6 +113,16 @@ impl ClusterState {
 /// The version of the layout of a monitor that runs several groups.
 pub const GROUPS_FORMAT: u32 = 2;
 
+/// The group a monitor runs when it is told of none, and the one a state written before
+/// groups existed becomes.
+pub const FIRST_GROUP: &str = "g1";
+
+/// [`FIRST_GROUP`] as a group's name.
+pub fn first_group() -> GroupId {
+    // A constant that passes the check: letters and digits.
+    GroupId::new(FIRST_GROUP).unwrap_or_else(|_| unreachable!("g1 is a valid name"))
+}
+
 /// What a monitor of several groups keeps durably (docs/shards.md): each group's own
 /// state, as a monitor of one group keeps it, and the slot table that says which group
 /// owns each key. Every change of either bumps `version`.
@@ -199,6 +209,29 @@ impl GroupsState {
             }
         }
         Ok(())
+    }
+
+    /// The state of a monitor of one group, as it was written before groups existed
+    /// (format 1): that group, [`FIRST_GROUP`], owning every slot.
+    pub fn from_single(state: ClusterState) -> Self {
+        let group = first_group();
+        Self {
+            format: GROUPS_FORMAT,
+            version: state.version,
+            slots: SlotTable::whole(group.clone()),
+            groups: BTreeMap::from([(group, state)]),
+        }
+    }
+
+    /// Reads a state in either layout: several groups (format 2), or one group as written
+    /// before groups existed (format 1), which becomes [`FIRST_GROUP`].
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        if value.get("groups").is_some() {
+            serde_json::from_value(value)
+        } else {
+            serde_json::from_value::<ClusterState>(value).map(Self::from_single)
+        }
     }
 
     /// The group `node` is a node of, if any.

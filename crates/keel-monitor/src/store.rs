@@ -8,7 +8,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::state::{ClusterState, StateError};
+use crate::state::{GroupsError, GroupsState};
 
 /// The file name inside the data directory.
 pub const STATE_FILE: &str = "monitor.json";
@@ -48,7 +48,7 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: StateError,
+        source: GroupsError,
     },
     /// The new state could not be made durable.
     #[error("cannot write {path}: {source}")]
@@ -69,7 +69,9 @@ pub struct Store {
 
 impl Store {
     /// Opens the data directory (creating it when missing) and loads the state, if any.
-    pub fn open(dir: &Path) -> Result<(Self, Option<ClusterState>), StoreError> {
+    /// A state written before groups existed is read as the state of group `g1`, and
+    /// written back in the groups' layout at the next change.
+    pub fn open(dir: &Path) -> Result<(Self, Option<GroupsState>), StoreError> {
         fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_owned(),
             source,
@@ -84,11 +86,10 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((store, None)),
             Err(source) => return Err(StoreError::Read { path: file, source }),
         };
-        let state: ClusterState =
-            serde_json::from_slice(&text).map_err(|source| StoreError::Corrupt {
-                path: file.clone(),
-                source,
-            })?;
+        let state = GroupsState::from_json(&text).map_err(|source| StoreError::Corrupt {
+            path: file.clone(),
+            source,
+        })?;
         state
             .check()
             .map_err(|source| StoreError::Invalid { path: file, source })?;
@@ -96,7 +97,7 @@ impl Store {
     }
 
     /// Replaces the state durably. Blocking: call it off the async threads.
-    pub fn save(&self, state: &ClusterState) -> Result<(), StoreError> {
+    pub fn save(&self, state: &GroupsState) -> Result<(), StoreError> {
         let err = |source| StoreError::Write {
             path: self.file.clone(),
             source,
@@ -126,19 +127,43 @@ impl Store {
 mod tests {
     use super::*;
 
+    use crate::state::ClusterState;
+
     #[test]
     fn saved_state_loads_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, none) = Store::open(dir.path()).expect("open");
         assert!(none.is_none());
-        let state = ClusterState {
-            version: 3,
-            epoch: keel_core::Epoch(2),
-            ..ClusterState::default()
-        };
+        let g = |n: &str| keel_core::slots::GroupId::new(n).expect("a group");
+        let mut state = GroupsState::new(&[g("g1"), g("g2")]).expect("a state");
+        state.version = 3;
+        if let Some(g2) = state.groups.get_mut(&g("g2")) {
+            g2.epoch = keel_core::Epoch(2);
+        }
         store.save(&state).expect("save");
         let (_, loaded) = Store::open(dir.path()).expect("reopen");
         assert_eq!(loaded, Some(state));
+    }
+
+    #[test]
+    fn a_state_from_before_groups_is_group_g1_owning_every_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = ClusterState {
+            version: 7,
+            epoch: keel_core::Epoch(3),
+            ..ClusterState::default()
+        };
+        fs::write(
+            dir.path().join(STATE_FILE),
+            serde_json::to_vec(&old).expect("json"),
+        )
+        .expect("write");
+        let (_, loaded) = Store::open(dir.path()).expect("open");
+        let loaded = loaded.expect("a state");
+        assert_eq!(loaded.version, 7);
+        let g1 = crate::state::first_group();
+        assert_eq!(loaded.groups.get(&g1), Some(&old));
+        assert_eq!(loaded.slots.count(&g1), 16_384);
     }
 
     #[test]

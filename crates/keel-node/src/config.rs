@@ -43,6 +43,8 @@ pub struct NodeConfig {
     /// The monitor's base URL: the role then comes from the monitor (`role` is only the
     /// starting point, standby), and so do the standbys and the epoch.
     pub monitor: Option<String>,
+    /// The group it joins under a monitor of several groups; `None`: the first.
+    pub group: Option<keel_core::slots::GroupId>,
 }
 
 /// The node's own record (in the store) of the epoch in which it was last primary.

@@ -70,7 +70,7 @@ impl Member for Shared {
     fn register(&self) -> Option<RegisterRequest> {
         let status = self.store.status();
         Some(RegisterRequest {
-            group: None,
+            group: self.config.group.clone(),
             node: self.config.id.clone(),
             url: self.config.advertise.clone(),
             incarnation: self.incarnation,

@@ -272,6 +272,11 @@ pub struct NodeArgs {
     #[arg(long, value_name = "URL[,URL…]", conflicts_with_all = ["standbys", "epoch", "async_replication"])]
     pub monitor: Option<String>,
 
+    /// The group of nodes this node joins under a monitor that runs several (docs/shards.md);
+    /// without it, the monitor's first group.
+    #[arg(long, value_name = "GROUP", requires = "monitor")]
+    pub group: Option<keel_core::slots::GroupId>,
+
     /// A standby to replicate to, as its base URL (repeat for several). Primary only.
     #[arg(long = "standby", value_name = "URL")]
     pub standbys: Vec<String>,
@@ -564,7 +569,7 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "listen", "data_dir", "advertise", "heartbeat_interval", "heartbeat_timeout",
         "probe_retries", "lease", "drift_margin", "drain_timeout", "token_file",
-        "cluster_secret_file", "epoch_floor", "id", "peers",
+        "cluster_secret_file", "epoch_floor", "id", "peers", "groups",
     ])]
     pub config: Option<PathBuf>,
 
@@ -635,6 +640,17 @@ pub struct MonitorArgs {
     /// failing over (docs/failover.md). Without it the monitor runs alone.
     #[arg(long, value_name = "ID=URL,…", requires = "id")]
     pub peers: Option<keel_monitor::raft::Peers>,
+
+    /// The groups of nodes a new monitor runs, each a primary and its standbys with an
+    /// epoch and a failover of their own, the key space's slots split evenly among them
+    /// (docs/shards.md). A monitor that has a state keeps the groups it records.
+    #[arg(
+        long,
+        value_name = "GROUP,…",
+        value_delimiter = ',',
+        default_value = "g1"
+    )]
+    pub groups: Vec<keel_core::slots::GroupId>,
 }
 
 #[derive(Debug, Args)]

@@ -18,12 +18,15 @@ use keel_core::NodeId;
 use keel_core::slots::{GroupId, SlotTable};
 use tokio::time::Instant;
 
-use super::{Answer, Event, Input, Monitor, Output, Refusal};
+use super::{Answer, Event, Input, Monitor, Output, Refusal, Stats};
 use crate::settings::Settings;
 use crate::state::GroupsState;
+use crate::wire::ClusterView;
 use crate::wire::codes;
 
 /// What the runtime must do, in order, for a monitor of several groups.
+// A handful per input, carried out at once: boxing the large reply would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupsOutput {
     /// Make this state durable before releasing any reply that follows it.
@@ -95,6 +98,53 @@ impl Groups {
         self.groups.get(group)
     }
 
+    /// Raises every group's epoch to `floor` where it is lower (`keel monitor
+    /// --epoch-floor`); see [`Monitor::raise_epoch_floor`].
+    pub fn raise_epoch_floor(&mut self, floor: keel_core::Epoch) -> Vec<GroupsOutput> {
+        let mut out = Vec::new();
+        let names: Vec<GroupId> = self.groups.keys().cloned().collect();
+        for group in names {
+            if let Some(monitor) = self.groups.get_mut(&group) {
+                let outputs = monitor.raise_epoch_floor(floor);
+                self.absorb(&group, outputs, None, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The groups' names, in order.
+    pub fn names(&self) -> Vec<GroupId> {
+        self.groups.keys().cloned().collect()
+    }
+
+    /// Counters for `/metrics`, summed over the groups.
+    pub fn stats(&self) -> Stats {
+        self.groups
+            .values()
+            .map(Monitor::stats)
+            .fold(Stats::default(), |a, b| Stats {
+                heartbeats_received: a.heartbeats_received + b.heartbeats_received,
+                heartbeats_refused: a.heartbeats_refused + b.heartbeats_refused,
+                failovers_total: a.failovers_total + b.failovers_total,
+            })
+    }
+
+    /// Group `group`'s picture (the first group's when `None`), naming the group and every
+    /// group the monitor runs when it runs several; `None` for a group it does not run.
+    pub fn cluster_view(&self, group: Option<&GroupId>, now: Instant) -> Option<ClusterView> {
+        let (name, monitor) = match group {
+            Some(g) => (g, self.groups.get(g)?),
+            None => self.groups.iter().next()?,
+        };
+        let mut view = monitor.cluster_view(now);
+        if self.groups.len() > 1 {
+            view.group = Some(name.clone());
+            view.groups = self.names();
+            view.slots_version = self.state.slots.version();
+        }
+        Some(view)
+    }
+
     /// The next instant at which a tick would change something in any group.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.groups
@@ -139,7 +189,7 @@ impl Groups {
                     return Err(Refusal::new(
                         StatusCode::NOT_FOUND,
                         codes::UNKNOWN_GROUP,
-                        format!("no group {group}: this monitor runs {}", self.names()),
+                        format!("no group {group}: this monitor runs {}", self.names_text()),
                     ));
                 }
                 if let (Some(wanted), Some(member)) = (&wanted, self.state.group_of(&req.node))
@@ -167,7 +217,7 @@ impl Groups {
                     codes::GROUP_NEEDED,
                     format!(
                         "this monitor runs {}: name the standby to promote (keel client failover --to NODE), which names its group",
-                        self.names()
+                        self.names_text()
                     ),
                 ));
             }
@@ -176,7 +226,7 @@ impl Groups {
     }
 
     /// The groups' names, for messages.
-    fn names(&self) -> String {
+    fn names_text(&self) -> String {
         self.state
             .groups
             .keys()

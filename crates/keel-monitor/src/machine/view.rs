@@ -92,6 +92,9 @@ impl Monitor {
             .collect();
         ClusterView {
             monitors: None,
+            group: None,
+            groups: Vec::new(),
+            slots_version: 0,
             version: self.state.version,
             epoch: self.state.epoch,
             primary: self.primary_ref(),

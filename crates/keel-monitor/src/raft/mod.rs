@@ -2,7 +2,7 @@
 //!
 //! The cluster state ([`ClusterState`]) is the Raft state machine: every change the
 //! monitor's decision machine makes — a registration, an epoch bump, a promotion, a sync
-//! drop — is committed to a majority of monitors ([`Command::Set`]) before anyone is told
+//! drop — is committed to a majority of monitors ([`Command::SetGroups`]) before anyone is told
 //! of it. Only the leader runs the decision machine (`crate::machine`, unchanged and
 //! still pure); a monitor that loses the leadership drops its machine, so a deposed
 //! leader's decision can never take effect: its write would not commit.
@@ -26,7 +26,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::ClusterState;
+use crate::state::{ClusterState, GroupsState};
 
 openraft::declare_raft_types!(
     /// The monitors' Raft types: commands set the cluster state; nodes are addressed by
@@ -44,8 +44,12 @@ pub type MonitorNum = u64;
 /// What the log carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// The cluster state from now on (it is small: the whole of it, every time).
+    /// The state of a monitor of one group, as logged before groups existed: read as
+    /// group `g1`'s, owning every slot.
     Set(ClusterState),
+    /// Every group's state and the slot table from now on (it is small: the whole of it,
+    /// every time).
+    SetGroups(GroupsState),
 }
 
 /// What applying a command returns: the version applied.

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::log::{read_meta, write_meta};
 use super::{Applied, Command, MonitorNum, TypeConfig};
-use crate::state::ClusterState;
+use crate::state::{ClusterState, GroupsState};
 
 const SM: &str = "state_machine";
 const SNAPSHOT: &str = "snapshot";
@@ -32,8 +32,23 @@ pub struct SmData {
     pub last_applied: Option<LogId<MonitorNum>>,
     /// The group's membership as of it.
     pub membership: StoredMembership<MonitorNum, BasicNode>,
-    /// The cluster state.
+    /// The state as applied before groups existed; read as group `g1`'s when `groups`
+    /// is not there yet.
+    #[serde(default)]
     pub state: ClusterState,
+    /// Every group's state and the slot table.
+    #[serde(default)]
+    pub groups: Option<GroupsState>,
+}
+
+impl SmData {
+    /// The state applied, in the groups' layout; `None` before anything was.
+    pub fn groups_state(&self) -> Option<GroupsState> {
+        match &self.groups {
+            Some(groups) => Some(groups.clone()),
+            None => (self.state.version > 0).then(|| GroupsState::from_single(self.state.clone())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,13 +148,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(Command::Set(state)) => data.state = state,
+                EntryPayload::Normal(Command::Set(state)) => {
+                    data.groups = Some(GroupsState::from_single(state));
+                }
+                EntryPayload::Normal(Command::SetGroups(groups)) => data.groups = Some(groups),
                 EntryPayload::Membership(m) => {
                     data.membership = StoredMembership::new(Some(entry.log_id), m);
                 }
             }
             out.push(Applied {
-                version: data.state.version,
+                version: data
+                    .groups
+                    .as_ref()
+                    .map_or(data.state.version, |g| g.version),
             });
         }
         self.save(data)?;

@@ -76,6 +76,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<ExitCode> {
         epoch_floor: args.epoch_floor.map(keel_core::Epoch),
         advertise: args.advertise.clone(),
         tls: super::load_tls(&args.tls)?,
+        groups: args.groups.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,5 +118,10 @@ fn from_file(path: &std::path::Path, tls: crate::cli::TlsArgs) -> anyhow::Result
         epoch_floor: file.epoch_floor,
         id: file.id,
         peers,
+        groups: if file.groups.is_empty() {
+            vec![keel_monitor::state::first_group()]
+        } else {
+            file.groups
+        },
     })
 }

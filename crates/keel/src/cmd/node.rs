@@ -59,6 +59,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         secret,
         tls,
         monitor: args.monitor.map(|u| u.trim_end_matches('/').to_owned()),
+        group: args.group,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,119 @@
+//! Several groups under one monitor (docs/shards.md): `keel monitor --groups g1,g2`,
+//! real nodes joining each with `keel node --group`, each group electing its own primary
+//! and failing over on its own, the state kept across a restart of the monitor.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::{TestMonitor, TestNode, get_json, put_kv, tempdir, wait_until};
+
+/// Group `group`'s view.
+fn view(monitor: &TestMonitor, group: &str) -> Value {
+    let (status, body) = get_json(&format!("{}/v1/cluster?group={group}", monitor.url));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Whether `group` has `primary` and every other node of it promotable.
+fn settled(monitor: &TestMonitor, group: &str, primary: &str) -> bool {
+    let v = view(monitor, group);
+    v["primary"]["node"] == primary
+        && v["failover_in_progress"] == false
+        && v["nodes"].as_array().is_some_and(|nodes| {
+            nodes.len() == 2
+                && nodes
+                    .iter()
+                    .all(|n| n["node"] == primary || n["promotable"] == true)
+        })
+}
+
+#[test]
+fn two_groups_each_elect_a_primary_and_fail_over_alone() {
+    let dir = tempdir();
+    let mut monitor = TestMonitor::start(&dir.path().join("monitor"), &["--groups", "g1,g2"]);
+    let node = |id: &str, group: &str| {
+        TestNode::monitored(
+            id,
+            dir.path().join(id),
+            &monitor.url,
+            &[
+                "--group",
+                group,
+                "--token-file",
+                &monitor.token_file.display().to_string(),
+            ],
+        )
+    };
+    let mut app1 = node("app1", "g1");
+    assert!(wait_until(Duration::from_secs(10), || view(&monitor, "g1")
+        ["primary"]["node"]
+        == "app1"));
+    let app2 = node("app2", "g1");
+    let app3 = node("app3", "g2");
+    assert!(wait_until(Duration::from_secs(10), || view(&monitor, "g2")
+        ["primary"]["node"]
+        == "app3"));
+    let app4 = node("app4", "g2");
+    assert!(
+        wait_until(Duration::from_secs(20), || settled(&monitor, "g1", "app1")
+            && settled(&monitor, "g2", "app3")),
+        "g1: {}\ng2: {}",
+        view(&monitor, "g1"),
+        view(&monitor, "g2")
+    );
+    // Each view names its group and every group; each group has its own epoch.
+    let g2 = view(&monitor, "g2");
+    assert_eq!(g2["group"], "g2");
+    assert_eq!(g2["groups"], serde_json::json!(["g1", "g2"]));
+    assert_eq!(g2["epoch"], 1);
+    assert_eq!(view(&monitor, "g1")["epoch"], 1);
+    // Without ?group, the first group's; an unknown group is named.
+    assert_eq!(monitor.cluster()["group"], "g1");
+    let (status, body) = get_json(&format!("{}/v1/cluster?group=g9", monitor.url));
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"], "unknown_group", "{body}");
+
+    // Both primaries take writes, each for its own group.
+    for (primary, key) in [(&app1, "one"), (&app3, "two")] {
+        let r = put_kv(&primary.url, key, "v");
+        assert!(r.status().is_success(), "{} refused a write", primary.id);
+    }
+
+    // g1's primary killed: g1 fails over to app2; g2 keeps app3 in epoch 1.
+    let killed = Instant::now();
+    app1.kill9();
+    let failed_over = wait_until(Duration::from_secs(10), || {
+        let v = view(&monitor, "g1");
+        v["primary"]["node"] == "app2" && v["failover_in_progress"] == false
+    });
+    assert!(
+        failed_over,
+        "g1 did not fail over: {}",
+        view(&monitor, "g1")
+    );
+    eprintln!("g1: app2 primary {:?} after app1's kill", killed.elapsed());
+    assert_eq!(view(&monitor, "g1")["epoch"], 2);
+    let g2 = view(&monitor, "g2");
+    assert_eq!(
+        (&g2["primary"]["node"], &g2["epoch"]),
+        (&"app3".into(), &1.into()),
+        "{g2}"
+    );
+    assert!(put_kv(&app2.url, "three", "v").status().is_success());
+    assert!(put_kv(&app3.url, "four", "v").status().is_success());
+
+    // The monitor restarted keeps both groups, their primaries and epochs.
+    monitor.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || settled(&monitor, "g2", "app3")),
+        "{}",
+        view(&monitor, "g2")
+    );
+    assert_eq!(view(&monitor, "g1")["primary"]["node"], "app2");
+    assert_eq!(view(&monitor, "g1")["epoch"], 2);
+    assert_eq!(view(&monitor, "g2")["epoch"], 1);
+    drop((app2, app4));
+}
