@@ -122,6 +122,9 @@ pub struct View {
     /// The slot table, when the node's is older than `slots_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<SlotTable>,
+    /// The node's group, under a monitor that runs several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
 }
 
 /// A node and where to reach it.

@@ -12,3 +12,7 @@ pub const KEEL_LSN: &str = "keel-lsn";
 pub const KEEL_BACKEND: &str = "keel-backend";
 /// On a request to a data route of `keel proxy`: `stale` lets a standby answer a read.
 pub const KEEL_READ: &str = "keel-read";
+
+/// The version of the slot table a node answered by, when it holds one
+/// (docs/shards.md): a client holding an older table knows to fetch the new one.
+pub const KEEL_TABLE_VERSION: &str = "keel-table-version";

@@ -335,6 +335,28 @@ impl SlotTable {
     }
 }
 
+/// A key asked of a group that does not own its slot: who does, in which version of the
+/// table (Redis Cluster's `MOVED`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Misdirected {
+    pub slot: Slot,
+    pub owner: GroupId,
+    pub version: u64,
+}
+
+impl SlotTable {
+    /// `None` when `mine` owns `key`'s slot; else who does.
+    pub fn misdirected(&self, key: &[u8], mine: &GroupId) -> Option<Misdirected> {
+        let slot = slot_of(key);
+        let owner = self.owner(slot);
+        (owner != mine).then(|| Misdirected {
+            slot,
+            owner: owner.clone(),
+            version: self.version,
+        })
+    }
+}
+
 /// Slots going from one group to another, in ascending order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Move {
@@ -560,6 +582,20 @@ mod tests {
             "the one slot left over goes to g1"
         );
         assert_eq!(SlotTable::even(&[]), Err(SlotError::NoGroups));
+    }
+
+    #[test]
+    fn a_key_of_another_groups_slot_is_misdirected_and_says_to_whom() {
+        let table = SlotTable::even(&[g("g1"), g("g2")]).expect("a table");
+        assert_eq!(table.misdirected(b"bar", &g("g1")), None);
+        assert_eq!(
+            table.misdirected(b"foo", &g("g1")),
+            Some(Misdirected {
+                slot: Slot(12182),
+                owner: g("g2"),
+                version: 1
+            })
+        );
     }
 
     #[test]

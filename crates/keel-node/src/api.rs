@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use keel_client::Written;
 use keel_client::node::{Counter, KeyList, KeyVersion};
-use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE};
+use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE, KEEL_TABLE_VERSION};
 use keel_core::{ApiError, Lsn};
 use keel_store::{Command, Expect, Outcome, Rejection, Storage};
 use serde::Deserialize;
@@ -76,8 +76,35 @@ async fn stamp(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
     if !h.contains_key(KEEL_LSN) {
         h.insert(KEEL_LSN, HeaderValue::from(status.last.lsn.0));
     }
+    let table = shared.slots_version();
+    if table > 0 {
+        h.insert(KEEL_TABLE_VERSION, HeaderValue::from(table));
+    }
     resp
 }
+
+/// `421 Misdirected Request` for a key whose slot another group owns, naming the owner
+/// and the table's version (Redis Cluster's `MOVED`, in JSON; docs/shards.md).
+fn owned(shared: &Shared, key: &str) -> Result<(), Response> {
+    shared.owns(key).map_err(|m| {
+        error_response(
+            StatusCode::MISDIRECTED_REQUEST,
+            ApiError::new(
+                "wrong_group",
+                format!(
+                    "slot {} (key {key:?}) is {}'s in table version {}",
+                    m.slot, m.owner, m.version
+                ),
+            )
+            .with("slot", m.slot.0)
+            .with("group", m.owner.as_str())
+            .with("version", m.version),
+        )
+    })
+}
+
+/// The key the entries map is kept under in the key space: all of it lives in one group.
+const ENTRIES_KEY: &str = "entries";
 
 fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
     body.map_err(|rejection| keel_http::body_rejection(rejection, MAX_BODY, "bad_body"))
@@ -286,6 +313,7 @@ fn etag(version: u64) -> (header::HeaderName, String) {
 }
 
 async fn get_entries(State(shared): State<Arc<Shared>>) -> Answer {
+    owned(&shared, ENTRIES_KEY)?;
     let entries = read(&shared, |s| s.entries()).await?;
     Ok(axum::Json(entries).into_response())
 }
@@ -295,6 +323,7 @@ async fn patch_entries(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer {
+    owned(&shared, ENTRIES_KEY)?;
     let raw = body(raw)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -348,6 +377,7 @@ async fn get_kv(
     path: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let key = key(path)?;
+    owned(&shared, &key)?;
     let lookup = key.clone();
     match read(&shared, move |s| s.kv_get(&lookup)).await? {
         Some((version, value)) => Ok((
@@ -396,6 +426,7 @@ async fn put_kv(
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let key = key(path)?;
+    owned(&shared, &key)?;
     let expect = expect(&headers)?;
     let value = body(raw)?.to_vec();
     let (lsn, outcome) = write(
@@ -427,6 +458,7 @@ async fn delete_kv(
     headers: HeaderMap,
 ) -> Answer {
     let key = key(path)?;
+    owned(&shared, &key)?;
     let expect = expect(&headers)?;
     if expect == Expect::Absent {
         return Err(bad_request(
@@ -469,6 +501,7 @@ async fn incr(
     query: Result<Query<IncrParams>, QueryRejection>,
 ) -> Answer {
     let name = key(path)?;
+    owned(&shared, &name)?;
     let Query(params) = query.map_err(|r| {
         bad_request(
             "bad_query",
@@ -499,6 +532,7 @@ async fn get_counter(
     path: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let name = key(path)?;
+    owned(&shared, &name)?;
     let lookup = name.clone();
     let value = read(&shared, move |s| s.counter(&lookup)).await?;
     Ok(axum::Json(Counter { name, value }).into_response())

@@ -54,6 +54,9 @@ pub trait Member: Send + Sync + 'static {
     fn counted(&self, ok: bool);
     /// Hands an input to its machine and carries out what comes of it.
     fn input(&self, input: Input) -> impl std::future::Future<Output = ()> + Send;
+    /// Keeps what a view says of the key space (its group, the slot table), before the
+    /// view goes to the machine. Nothing, unless the member says otherwise.
+    fn learn(&self, _view: &View) {}
     /// Resolves when the member has news the monitor should hear before the next
     /// interval (a keeper's promotion done: its lease is renewed by the answer). Never,
     /// unless the member says otherwise.
@@ -98,7 +101,7 @@ impl Member for Shared {
             && failover
                 .is_some_and(|f| f.from.as_str() == me && f.phase == FailoverPhase::Draining);
         Some(HeartbeatRequest {
-            slots_version: 0,
+            slots_version: self.slots_version(),
             node: self.config.id.clone(),
             incarnation: self.incarnation,
             role,
@@ -144,6 +147,10 @@ impl Member for Shared {
 
     async fn input(&self, input: Input) {
         Shared::input(self, input).await;
+    }
+
+    fn learn(&self, view: &View) {
+        self.learn_slots(view);
     }
 }
 
@@ -380,6 +387,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// was sent (for the lease); `None` for a view that came with a refusal, which renews
 /// nothing.
 async fn apply(shared: &impl Member, view: View, sent_at: Option<Instant>) {
+    shared.learn(&view);
     shared
         .input(Input::View {
             view: Box::new(view),

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use keel_core::faults::Faults;
+use keel_core::slots::{GroupId, Misdirected, SlotTable};
 use keel_core::{Epoch, Lsn, Role};
 use keel_store::{Applied, Command, Storage, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -148,6 +149,9 @@ pub struct Shared {
     /// Signs this node's requests to the monitor and its standbys, and checks their
     /// answers; `None` without the cluster secret.
     pub signer: Option<keel_auth::Signer>,
+    /// This node's group and the slot table, under a monitor that runs several groups
+    /// (docs/shards.md); `None` otherwise: the node then owns every key.
+    slots: Mutex<Option<(GroupId, SlotTable)>>,
 }
 
 /// The receiving ends of [`Shared`]'s queues.
@@ -208,6 +212,7 @@ impl Shared {
             writes: tx,
             pending: Mutex::default(),
             commit: Mutex::default(),
+            slots: Mutex::default(),
             writer_wake: Notify::new(),
             ticker_wake: Notify::new(),
             senders,
@@ -223,6 +228,41 @@ impl Shared {
     }
 
     /// The machine, locked (never across an await).
+    /// Keeps the node's group and the slot table a view of the monitor brings; a table
+    /// older than the one held is ignored (views may cross on their way).
+    pub fn learn_slots(&self, view: &keel_client::wire::View) {
+        let Some(group) = &view.group else {
+            return;
+        };
+        let mut held = lock(&self.slots);
+        let newer = match (&view.slots, held.as_ref()) {
+            (Some(table), Some((_, mine))) if table.version() > mine.version() => {
+                Some(table.clone())
+            }
+            (Some(table), None) => Some(table.clone()),
+            _ => None,
+        };
+        if let Some(table) = newer {
+            *held = Some((group.clone(), table));
+        }
+    }
+
+    /// The version of the slot table held (0: none).
+    pub fn slots_version(&self) -> u64 {
+        lock(&self.slots)
+            .as_ref()
+            .map_or(0, |(_, table)| table.version())
+    }
+
+    /// `Err` with the owner when `key`'s slot is another group's, in the table held; a
+    /// node that holds no table owns every key.
+    pub fn owns(&self, key: &str) -> Result<(), Misdirected> {
+        match lock(&self.slots).as_ref() {
+            Some((mine, table)) => table.misdirected(key.as_bytes(), mine).map_or(Ok(()), Err),
+            None => Ok(()),
+        }
+    }
+
     pub fn machine(&self) -> MutexGuard<'_, Machine> {
         lock(&self.machine)
     }

@@ -1,6 +1,7 @@
 //! Several groups under one monitor (docs/shards.md): `keel monitor --groups g1,g2`,
 //! real nodes joining each with `keel node --group`, each group electing its own primary
-//! and failing over on its own, the state kept across a restart of the monitor.
+//! and failing over on its own, the state kept across a restart of the monitor; and each
+//! node answering only the keys of its group's slots (`421` naming the owner otherwise).
 
 mod support;
 
@@ -76,11 +77,46 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"], "unknown_group", "{body}");
 
-    // Both primaries take writes, each for its own group.
-    for (primary, key) in [(&app1, "one"), (&app3, "two")] {
+    // Both primaries take writes, each for the keys of its group's slots: with two groups
+    // evenly, `bar` (slot 5061) is g1's and `foo` (slot 12182) g2's.
+    for (primary, key) in [(&app1, "bar"), (&app3, "foo")] {
         let r = put_kv(&primary.url, key, "v");
-        assert!(r.status().is_success(), "{} refused a write", primary.id);
+        assert!(r.status().is_success(), "{} refused {key}", primary.id);
+        let version = r.headers().get("keel-table-version").cloned();
+        assert_eq!(version.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
     }
+    // A key of the other group's slot is refused, naming its owner, by a primary and a
+    // standby alike; so is the entries map (one key, `entries`, slot 4426: g1's).
+    for (node, key, owner, slot) in [(&app1, "foo", "g2", 12182), (&app4, "bar", "g1", 5061)] {
+        let r = put_kv(&node.url, key, "v");
+        assert_eq!(
+            r.status(),
+            StatusCode::MISDIRECTED_REQUEST,
+            "{} took {key}",
+            node.id
+        );
+        let body: Value = r.json().expect("JSON");
+        assert_eq!(body["error"], "wrong_group", "{body}");
+        assert_eq!(
+            (&body["group"], &body["slot"], &body["version"]),
+            (&owner.into(), &slot.into(), &1.into()),
+            "{body}"
+        );
+        assert_eq!(
+            body["message"],
+            format!("slot {slot} (key \"{key}\") is {owner}'s in table version 1")
+        );
+    }
+    let (status, body) = get_json(&format!("{}/v1/kv/foo", app2.url));
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+    let (status, body) = get_json(&format!("{}/v1/entries", app3.url));
+    assert_eq!(
+        (status, &body["group"]),
+        (StatusCode::MISDIRECTED_REQUEST, &"g1".into()),
+        "{body}"
+    );
+    let (status, _) = get_json(&format!("{}/v1/entries", app1.url));
+    assert_eq!(status, StatusCode::OK);
 
     // g1's primary killed: g1 fails over to app2; g2 keeps app3 in epoch 1.
     let killed = Instant::now();
@@ -102,8 +138,9 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
         (&"app3".into(), &1.into()),
         "{g2}"
     );
-    assert!(put_kv(&app2.url, "three", "v").status().is_success());
-    assert!(put_kv(&app3.url, "four", "v").status().is_success());
+    // Hash tags keep a key with its tag's slot.
+    assert!(put_kv(&app2.url, "{bar}.2", "v").status().is_success());
+    assert!(put_kv(&app3.url, "{foo}.2", "v").status().is_success());
 
     // The monitor restarted keeps both groups, their primaries and epochs.
     monitor.restart();

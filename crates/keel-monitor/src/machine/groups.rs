@@ -268,6 +268,7 @@ impl Groups {
                 }
                 Output::Reply(Ok(Answer::View(mut view))) => {
                     view.slots_version = self.state.slots.version();
+                    view.group = Some(group.clone());
                     if slots_version.is_some_and(|known| known < view.slots_version) {
                         view.slots = Some(self.state.slots.clone());
                     }

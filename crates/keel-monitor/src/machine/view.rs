@@ -48,6 +48,7 @@ impl Monitor {
             // A monitor of several groups adds the table (`groups::Groups`).
             slots_version: 0,
             slots: None,
+            group: None,
         }
     }
 

@@ -75,6 +75,7 @@ fn primary_view(epoch: u64, standbys: &[(&str, bool)]) -> View {
     View {
         slots_version: 0,
         slots: None,
+        group: None,
         version: 1,
         epoch: Epoch(epoch),
         role: Role::Primary,
@@ -100,6 +101,7 @@ fn standby_view(epoch: u64, primary: &str) -> View {
     View {
         slots_version: 0,
         slots: None,
+        group: None,
         version: 1,
         epoch: Epoch(epoch),
         role: Role::Standby,

@@ -136,6 +136,7 @@ mod tests {
         View {
             slots_version: 0,
             slots: None,
+            group: None,
             version: 1,
             epoch: Epoch(1),
             role: Role::Primary,
