@@ -141,7 +141,43 @@ async fn cluster_one(
     timeout: Duration,
     signer: Option<&Signer>,
 ) -> Result<ClusterView, ClientError> {
-    let url = format!("{monitor}/v1/cluster");
+    get_one(http, monitor, "/v1/cluster", timeout, signer).await
+}
+
+/// Group `group`'s view (`GET /v1/cluster?group=…`) under a monitor of several groups,
+/// asked of the monitor that leads among `monitors`.
+pub async fn group_as(
+    http: &reqwest::Client,
+    monitors: &str,
+    group: &keel_core::slots::GroupId,
+    timeout: Duration,
+    signer: Option<&Signer>,
+) -> Result<ClusterView, ClientError> {
+    let leader = leading(http, monitors, timeout, signer).await?;
+    let path = format!("/v1/cluster?group={group}");
+    get_one(http, &leader, &path, timeout, signer).await
+}
+
+/// The slot table (`GET /v1/slots`), asked of the monitor that leads among `monitors`.
+pub async fn slots_as(
+    http: &reqwest::Client,
+    monitors: &str,
+    timeout: Duration,
+    signer: Option<&Signer>,
+) -> Result<keel_core::slots::SlotTable, ClientError> {
+    let leader = leading(http, monitors, timeout, signer).await?;
+    get_one(http, &leader, "/v1/slots", timeout, signer).await
+}
+
+/// Reads one monitor's `GET {path}`, signed as a member with a `signer`.
+async fn get_one<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    monitor: &str,
+    path: &str,
+    timeout: Duration,
+    signer: Option<&Signer>,
+) -> Result<T, ClientError> {
+    let url = format!("{monitor}{path}");
     let (request, signed) = signed_get(http, &url, monitor, signer)?;
     let response = request
         .timeout(timeout)
@@ -170,7 +206,7 @@ async fn cluster_one(
             body: String::from_utf8_lossy(&body).trim().to_owned(),
         });
     }
-    serde_json::from_slice::<ClusterView>(&body).map_err(|e| ClientError::BadAnswer {
+    serde_json::from_slice::<T>(&body).map_err(|e| ClientError::BadAnswer {
         url,
         reason: e.to_string(),
     })

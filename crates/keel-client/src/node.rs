@@ -50,3 +50,73 @@ pub struct StandbyUrl {
     /// Its base URL.
     pub url: String,
 }
+
+/// The key of the entries map in the key space: all of it lives in one group.
+pub const ENTRIES_KEY: &str = "entries";
+
+/// The key a node's data route names (docs/shards.md), from its path, percent-decoded:
+/// `/v1/kv/{key}`, `/v1/counters/{name}` and `…/incr`, `/v1/entries` (the key
+/// [`ENTRIES_KEY`]). `None` for a route with no key (`/v1/kv`, the list) or a path that
+/// is none of them, or that does not decode to UTF-8.
+pub fn key_of(path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap_or(path);
+    let rest = path.strip_prefix("/v1/")?;
+    let raw = if rest == ENTRIES_KEY {
+        return Some(ENTRIES_KEY.to_owned());
+    } else if let Some(key) = rest.strip_prefix("kv/") {
+        key
+    } else if let Some(name) = rest.strip_prefix("counters/") {
+        name.strip_suffix("/incr").unwrap_or(name)
+    } else {
+        return None;
+    };
+    if raw.is_empty() || raw.contains('/') {
+        return None;
+    }
+    percent_decode(raw)
+}
+
+/// `%XX` escapes decoded; `None` when one is broken or the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_routes_key_is_read_from_its_path() {
+        assert_eq!(key_of("/v1/kv/foo").as_deref(), Some("foo"));
+        assert_eq!(key_of("/v1/kv/%7Bbar%7D.2?x=1").as_deref(), Some("{bar}.2"));
+        assert_eq!(
+            key_of("/v1/counters/visits/incr").as_deref(),
+            Some("visits")
+        );
+        assert_eq!(key_of("/v1/counters/visits").as_deref(), Some("visits"));
+        assert_eq!(key_of("/v1/entries").as_deref(), Some("entries"));
+        for none in [
+            "/v1/kv",
+            "/v1/kv/",
+            "/health",
+            "/v1/kv/a/b",
+            "/v1/kv/%zz",
+            "/v1/kv/%ff",
+        ] {
+            assert_eq!(key_of(none), None, "{none}");
+        }
+    }
+}

@@ -143,6 +143,8 @@ pub(crate) enum Msg {
     /// A group's view (the first group's when `None`), for `GET /v1/cluster` and
     /// `/health`; `None` for a group the monitor does not run.
     Cluster(Option<GroupId>, oneshot::Sender<Option<ClusterView>>),
+    /// The slot table, for `GET /v1/slots`.
+    Slots(oneshot::Sender<keel_core::slots::SlotTable>),
     /// The view and the counters, for `/metrics`.
     Metrics(oneshot::Sender<(ClusterView, Stats, Option<crate::metrics::RaftFigures>)>),
 }
@@ -657,6 +659,19 @@ impl Core {
                     Ok(())
                 }
             },
+            Msg::Slots(reply) => {
+                let table = match (&self.monitor, &self.group) {
+                    (Some(m), _) => m.slots().clone(),
+                    (None, Some(group)) => group
+                        .sm
+                        .current()
+                        .groups_state()
+                        .map_or_else(|| self.fresh.slots.clone(), |s| s.slots),
+                    (None, None) => self.fresh.slots.clone(),
+                };
+                let _ = reply.send(table);
+                Ok(())
+            }
             Msg::Cluster(of, reply) => {
                 let _ = reply.send(self.cluster_view(of.as_ref()));
                 Ok(())

@@ -42,6 +42,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/sync/drop", post(sync_drop))
         .route("/v1/failover", post(failover))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/slots", get(slots))
         .route("/v1/events", get(events))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -482,6 +483,17 @@ async fn cluster(
         )
     })?;
     Ok(axum::Json(cluster_view(&app, params.group).await?).into_response())
+}
+
+/// `GET /v1/slots`: the slot table (docs/shards.md).
+async fn slots(State(app): State<Arc<App>>) -> Answered {
+    let (tx, rx) = oneshot::channel();
+    app.core
+        .send(Msg::Slots(tx))
+        .await
+        .map_err(|_| shutting_down())?;
+    let table = rx.await.map_err(|_| shutting_down())?;
+    Ok(axum::Json(table).into_response())
 }
 
 async fn health(State(app): State<Arc<App>>) -> Answered {

@@ -18,8 +18,13 @@
 //! - The body of a data request is read whole first (a node takes at most 1 MiB), so a
 //!   request a node refused with 421, or that could not be delivered, can go to the new
 //!   primary unchanged.
+//! - Under a monitor of several groups (docs/shards.md) the route also keeps the slot
+//!   table and each group's view, and sends a request that names a key (`/v1/kv/{key}`,
+//!   a counter, the entries map) to the group that owns the key's slot; a request with no
+//!   key goes to the first group. A node that answers `421 wrong_group` (the route's
+//!   table was old) makes the route read the table again and send the request on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -29,10 +34,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use keel_auth::Signer;
 use keel_client::Written;
-use keel_client::monitor::{EventStream, cluster_as as read_cluster, stream_client};
+use keel_client::monitor::{
+    EventStream, cluster_as as read_cluster, group_as, slots_as, stream_client,
+};
 use keel_client::wire::ClusterView;
 use keel_core::ApiError;
 use keel_core::Role;
+use keel_core::slots::{GroupId, SlotTable};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -53,6 +61,8 @@ pub struct Cluster {
     pub monitor: String,
     pub prefix: String,
     view: RwLock<Arc<View>>,
+    /// Under a monitor of several groups: the table and each group's view.
+    shards: RwLock<Arc<Shards>>,
     /// One backend per data node URL, kept across views so that connections and counters
     /// survive a failover.
     nodes: Mutex<HashMap<String, Arc<Backend>>>,
@@ -66,7 +76,16 @@ pub struct Cluster {
     stop: watch::Sender<bool>,
 }
 
-/// What the route knows of the data tier.
+/// What the route knows of a data tier of several groups.
+#[derive(Debug, Default)]
+pub struct Shards {
+    /// The slot table; `None` under a monitor of one group.
+    pub table: Option<SlotTable>,
+    /// Each group's view.
+    pub groups: BTreeMap<GroupId, Arc<View>>,
+}
+
+/// What the route knows of the data tier (of one group of it).
 #[derive(Debug, Clone, Default)]
 pub struct View {
     /// The monitor's view version (0: never read).
@@ -102,6 +121,7 @@ impl Cluster {
             monitor: config.monitor.clone(),
             prefix: config.prefix.clone(),
             view: RwLock::new(Arc::new(View::default())),
+            shards: RwLock::new(Arc::new(Shards::default())),
             nodes: Mutex::new(HashMap::new()),
             refresh: Notify::new(),
             next_standby: AtomicUsize::new(0),
@@ -120,6 +140,18 @@ impl Cluster {
     /// The view as it stands.
     pub fn snapshot(&self) -> Arc<View> {
         Arc::clone(&self.view.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The view of the group that owns `key` under a monitor of several groups; else (one
+    /// group, or no key) the route's view.
+    pub fn view_for(&self, key: Option<&str>) -> Arc<View> {
+        let shards = Arc::clone(&self.shards.read().unwrap_or_else(PoisonError::into_inner));
+        if let (Some(table), Some(key)) = (&shards.table, key)
+            && let Some(view) = shards.groups.get(table.owner_of(key.as_bytes()))
+        {
+            return Arc::clone(view);
+        }
+        self.snapshot()
     }
 
     /// Every data node the route has known, for the admin API and the metrics.
@@ -184,9 +216,48 @@ impl Cluster {
         )
         .await
         {
-            Ok(view) => self.apply(&view),
+            Ok(view) => {
+                self.apply(&view);
+                self.refresh_groups(&view).await;
+            }
             Err(e) => self.note_monitor_error(e.to_string()),
         }
+    }
+
+    /// Under a monitor of several groups (`view` names them), reads the slot table and
+    /// each group's view; a group that cannot be read keeps its last view.
+    async fn refresh_groups(&self, view: &ClusterView) {
+        if view.groups.len() < 2 {
+            let mut shards = self.shards.write().unwrap_or_else(PoisonError::into_inner);
+            if shards.table.is_some() {
+                *shards = Arc::new(Shards::default());
+            }
+            return;
+        }
+        let timeout = Duration::from_secs(1);
+        let signer = self.signer.as_ref();
+        let table = match slots_as(&self.http, &self.monitor, timeout, signer).await {
+            Ok(table) => Some(table),
+            Err(e) => {
+                self.note_monitor_error(e.to_string());
+                None
+            }
+        };
+        let before = Arc::clone(&self.shards.read().unwrap_or_else(PoisonError::into_inner));
+        let mut groups = before.groups.clone();
+        for group in &view.groups {
+            match group_as(&self.http, &self.monitor, group, timeout, signer).await {
+                Ok(seen) => {
+                    groups.insert(group.clone(), Arc::new(self.view_of(&seen)));
+                }
+                Err(e) => self.note_monitor_error(e.to_string()),
+            }
+        }
+        let mut shards = self.shards.write().unwrap_or_else(PoisonError::into_inner);
+        *shards = Arc::new(Shards {
+            table: table.or_else(|| before.table.clone()),
+            groups,
+        });
     }
 
     fn note_monitor_error(&self, error: String) {
@@ -201,6 +272,22 @@ impl Cluster {
 
     /// Makes `view` the route's view.
     pub fn apply(&self, view: &ClusterView) {
+        let next = self.view_of(view);
+        let mut current = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        let before = current.primary.as_ref().map(|b| b.name.clone());
+        let after = next.primary.as_ref().map(|b| b.name.clone());
+        if before != after || current.failover != next.failover {
+            tracing::info!(
+                primary = ?after, failover = ?next.failover, epoch = next.epoch,
+                "data tier view changed"
+            );
+        }
+        *current = Arc::new(next);
+    }
+
+    /// What the route keeps of a monitor's view: the primary, the healthy standbys, the
+    /// failover running.
+    fn view_of(&self, view: &ClusterView) -> View {
         let primary = view
             .primary
             .as_ref()
@@ -216,24 +303,14 @@ impl Cluster {
             (None, true) => Some(("unknown".to_owned(), "unknown".to_owned())),
             _ => None,
         };
-        let next = View {
+        View {
             version: view.version,
             epoch: view.epoch.0,
             primary,
             standbys,
             failover,
             monitor_error: None,
-        };
-        let mut current = self.view.write().unwrap_or_else(PoisonError::into_inner);
-        let before = current.primary.as_ref().map(|b| b.name.clone());
-        let after = next.primary.as_ref().map(|b| b.name.clone());
-        if before != after || current.failover != next.failover {
-            tracing::info!(
-                primary = ?after, failover = ?next.failover, epoch = next.epoch,
-                "data tier view changed"
-            );
         }
-        *current = Arc::new(next);
     }
 
     /// The backend of the data node at `url`, made on first sight.
@@ -273,6 +350,8 @@ pub(crate) struct DataRequest<'h> {
     pub method: Method,
     /// The client asked for a stale read (`Keel-Read: stale`).
     pub stale: bool,
+    /// The key the request names, if any ([`keel_client::node::key_of`]).
+    pub key: Option<&'h str>,
 }
 
 /// Sends a data request to the node the view names.
@@ -285,7 +364,7 @@ pub(crate) async fn forward(
     let stale = read_only && request.stale;
     let mut asked_again = false;
     loop {
-        let view = cluster.snapshot();
+        let view = cluster.view_for(request.key);
         if let Some((from, to)) = &view.failover {
             return unavailable(
                 ApiError::new(

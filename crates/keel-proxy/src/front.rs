@@ -410,6 +410,10 @@ impl Front<'_> {
             .cluster
             .as_ref()
             .filter(|c| std::str::from_utf8(path).is_ok_and(|p| c.routes(p)));
+        // The key a data request names, for a data tier of several groups.
+        let key = cluster
+            .and_then(|_| std::str::from_utf8(path).ok())
+            .and_then(keel_client::node::key_of);
         // The head the backend is sent, framing to come.
         up.clear();
         up.extend_from_slice(head.method.get(bytes));
@@ -543,6 +547,7 @@ impl Front<'_> {
                     body: body.freeze(),
                     method,
                     stale,
+                    key: key.as_deref(),
                 };
                 let answer = cluster::forward(&table.config, cluster, &request).await;
                 self.answer(answer, &meta).await

@@ -1,7 +1,8 @@
 //! Several groups under one monitor (docs/shards.md): `keel monitor --groups g1,g2`,
 //! real nodes joining each with `keel node --group`, each group electing its own primary
 //! and failing over on its own, the state kept across a restart of the monitor; and each
-//! node answering only the keys of its group's slots (`421` naming the owner otherwise).
+//! node answering only the keys of its group's slots (`421` naming the owner otherwise),
+//! and `keel proxy --cluster` sending each key to its group's primary.
 
 mod support;
 
@@ -9,7 +10,22 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{TestMonitor, TestNode, get_json, put_kv, tempdir, wait_until};
+use support::{
+    KeelProcess, TestMonitor, TestNode, free_ports, get_json, put_kv, tempdir, url_for,
+    wait_for_health, wait_until,
+};
+
+/// The node that answered a `PUT /v1/kv/{key}` through `front`, if it took the write.
+fn written_by(front: &str, key: &str) -> Option<String> {
+    let r = put_kv(front, key, "through the proxy");
+    if !r.status().is_success() {
+        return None;
+    }
+    r.headers()
+        .get("keel-node")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
 
 /// Group `group`'s view.
 fn view(monitor: &TestMonitor, group: &str) -> Value {
@@ -118,6 +134,41 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
     let (status, _) = get_json(&format!("{}/v1/entries", app1.url));
     assert_eq!(status, StatusCode::OK);
 
+    // The proxy sends each key to its group's primary, hash tags included.
+    let [proxy_port, admin_port]: [u16; 2] = free_ports(2).try_into().expect("two ports");
+    let (listen, admin) = (
+        format!("127.0.0.1:{proxy_port}"),
+        format!("127.0.0.1:{admin_port}"),
+    );
+    let mut proxy = KeelProcess::spawn(
+        "proxy",
+        &[
+            "proxy",
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+            "--cluster",
+            &monitor.url,
+        ],
+    );
+    wait_for_health(&mut proxy, &url_for(admin_port));
+    let front = url_for(proxy_port);
+    let routed = [
+        ("foo", "app3"),
+        ("bar", "app1"),
+        ("{foo}.x", "app3"),
+        ("{bar}.x", "app1"),
+    ];
+    assert!(
+        wait_until(Duration::from_secs(10), || routed.iter().all(
+            |(key, node)| written_by(&front, key).as_deref() == Some(*node)
+        )),
+        "{:?}\n{}",
+        routed.map(|(key, _)| (key, written_by(&front, key))),
+        proxy.log_report()
+    );
+
     // g1's primary killed: g1 fails over to app2; g2 keeps app3 in epoch 1.
     let killed = Instant::now();
     app1.kill9();
@@ -138,6 +189,15 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
         (&"app3".into(), &1.into()),
         "{g2}"
     );
+    // Through the proxy, g1's keys follow its new primary.
+    assert!(
+        wait_until(Duration::from_secs(10), || written_by(&front, "bar")
+            .as_deref()
+            == Some("app2")),
+        "bar never reached app2 through the proxy\n{}",
+        proxy.log_report()
+    );
+    assert_eq!(written_by(&front, "foo").as_deref(), Some("app3"));
     // Hash tags keep a key with its tag's slot.
     assert!(put_kv(&app2.url, "{bar}.2", "v").status().is_success());
     assert!(put_kv(&app3.url, "{foo}.2", "v").status().is_success());
