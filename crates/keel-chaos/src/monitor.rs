@@ -32,18 +32,40 @@ const RECONNECT: Duration = Duration::from_millis(500);
 pub(crate) struct MonitorClient {
     http: reqwest::Client,
     url: String,
+    /// The group it reads, under a monitor of several (`keel up --shards`); `None`: the
+    /// first.
+    group: Option<keel_core::slots::GroupId>,
 }
 
 impl MonitorClient {
     pub(crate) fn new(http: reqwest::Client, url: String) -> MonitorClient {
-        MonitorClient { http, url }
+        MonitorClient {
+            http,
+            url,
+            group: None,
+        }
     }
 
-    /// The monitor's view, or `None` when it does not answer.
+    /// The same monitor, reading group `group`.
+    pub(crate) fn of_group(&self, group: &keel_core::slots::GroupId) -> MonitorClient {
+        MonitorClient {
+            group: Some(group.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The monitor's view (of its group), or `None` when it does not answer.
     pub(crate) async fn view(&self) -> Option<ClusterView> {
-        keel_client::monitor::cluster(&self.http, &self.url, VIEW_TIMEOUT)
-            .await
-            .ok()
+        match &self.group {
+            Some(group) => {
+                keel_client::monitor::group_as(&self.http, &self.url, group, VIEW_TIMEOUT, None)
+                    .await
+                    .ok()
+            }
+            None => keel_client::monitor::cluster(&self.http, &self.url, VIEW_TIMEOUT)
+                .await
+                .ok(),
+        }
     }
 
     /// The node the monitor names primary, if it answers and names one.
@@ -167,6 +189,7 @@ mod tests {
     fn two_nodes() -> Plan {
         let settings = Settings {
             nodes: 2,
+            shards: 1,
             data_dir: "/tmp/d".into(),
             base_port: 8081,
             monitors: 1,

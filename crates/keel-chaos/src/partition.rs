@@ -394,6 +394,7 @@ mod tests {
     fn plan(dir: &Path) -> Plan {
         let args = Settings {
             nodes: 3,
+            shards: 1,
             data_dir: dir.to_owned(),
             base_port: 9001,
             monitors: 1,

@@ -11,6 +11,8 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::time::Duration;
 
+use keel_core::slots::GroupId;
+
 use crate::Settings;
 use crate::credentials::Credentials;
 
@@ -153,6 +155,9 @@ pub struct Plan {
     pub monitor_urls: String,
     /// `app1..appN`, in that order.
     pub nodes: Vec<Spec>,
+    /// Under `--shards`, each group and its nodes (indexes into `nodes`); empty with one
+    /// group.
+    pub groups: Vec<(GroupId, Vec<usize>)>,
     /// `service1..serviceN`.
     pub services: Vec<Spec>,
     /// The front door: `/v1/…` to the primary, the rest over the services.
@@ -418,6 +423,7 @@ pub fn plan(
         .zip(&urls)
         .map(|(name, url)| format!("{name}={url}"))
         .collect();
+    let groups = groups_of(args);
     let monitors = names
         .iter()
         .zip(listens.iter().zip(&urls))
@@ -442,6 +448,10 @@ pub fn plan(
                 ]);
             }
             // Monitors sign as `monitor`: over TLS their certificate names that member.
+            if !groups.is_empty() {
+                let names: Vec<&str> = groups.iter().map(|(g, _)| g.as_str()).collect();
+                margs.extend(["--groups".into(), names.join(",")]);
+            }
             margs.extend(credentials.tls_flags(MONITOR));
             Spec {
                 name: name.clone(),
@@ -477,6 +487,14 @@ pub fn plan(
                 secret.clone(),
             ]
             .into_iter()
+            .chain(
+                groups
+                    .iter()
+                    .find(|(_, members)| members.contains(&usize::from(k - 1)))
+                    .map(|(g, _)| ["--group".to_owned(), g.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .chain(credentials.tls_flags(&name))
             .collect();
             Spec {
@@ -563,6 +581,7 @@ pub fn plan(
         monitors,
         monitor_urls: monitor_url,
         nodes,
+        groups,
         services,
         proxy,
         proxy_admin,
@@ -571,6 +590,25 @@ pub fn plan(
         pg_servers: Vec::new(),
         tcp_ports: None,
     })
+}
+
+/// The groups of `--shards` (`g1..gN`), each an equal share of the nodes in order (what
+/// does not divide goes to the first groups); none with one group.
+pub fn groups_of(settings: &Settings) -> Vec<(GroupId, Vec<usize>)> {
+    let (shards, nodes) = (usize::from(settings.shards), usize::from(settings.nodes));
+    if shards <= 1 || nodes == 0 {
+        return Vec::new();
+    }
+    let (each, extra) = (nodes / shards, nodes % shards);
+    let mut next = 0;
+    (1..=shards)
+        .filter_map(|k| {
+            let count = each + usize::from(k <= extra);
+            let members: Vec<usize> = (next..next + count).collect();
+            next += count;
+            GroupId::new(format!("g{k}")).ok().map(|g| (g, members))
+        })
+        .collect()
 }
 
 pub use crate::credentials::path_arg;
@@ -651,6 +689,7 @@ mod tests {
     fn args(nodes: u16, base_port: u16) -> Settings {
         Settings {
             nodes,
+            shards: 1,
             data_dir: PathBuf::from("/tmp/d"),
             base_port,
             monitors: 1,

@@ -11,9 +11,12 @@ use std::path::PathBuf;
 /// that is what a person changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// How many data nodes (`app1..appN`); 0 for no data tier at all (`keel pg`: no
-    /// monitor and no nodes either, PostgreSQL behind the proxy).
+    /// How many data nodes (`app1..appN`), in every group together; 0 for no data tier
+    /// at all (`keel pg`: no monitor and no nodes either, PostgreSQL behind the proxy).
     pub nodes: u16,
+    /// How many groups of nodes (`--shards`): 1, or several (`g1..gN`, each an equal
+    /// share of the nodes in order, with its own primary; docs/shards.md).
+    pub shards: u16,
     /// Where the monitor and the nodes keep their data, and where the credentials, the
     /// fault files and `up.json` are written.
     pub data_dir: PathBuf,

@@ -277,13 +277,30 @@ impl Up {
                     .follow_events(self.stream_http.clone(), "monitor"),
             ));
         }
-        start_members(
-            &mut self.supervisor,
-            &self.monitor,
-            &plan.nodes,
-            "the monitor",
-        )
-        .await?;
+        if plan.groups.is_empty() {
+            start_members(
+                &mut self.supervisor,
+                &self.monitor,
+                &plan.nodes,
+                "the monitor",
+            )
+            .await?;
+        }
+        // Under --shards, each group as a data tier of its own.
+        for (group, members) in &plan.groups {
+            let members: Vec<Spec> = members
+                .iter()
+                .filter_map(|&i| plan.nodes.get(i).cloned())
+                .collect();
+            let who = format!("the monitor ({group})");
+            start_members(
+                &mut self.supervisor,
+                &self.monitor.of_group(group),
+                &members,
+                &who,
+            )
+            .await?;
+        }
         if let (Some(spec), Some(pg_monitor)) = (&plan.pg_monitor, &self.pg_monitor) {
             self.supervisor.start(spec)?;
             self.supervisor.wait_healthy(spec, Awaited::Startup).await?;
@@ -356,6 +373,15 @@ impl Up {
     /// The monitor's view, or `None` when it does not answer.
     pub async fn view(&self) -> Option<ClusterView> {
         self.monitor.view().await
+    }
+
+    /// Each group's view under `--shards` (none with one group), for the banner.
+    pub async fn group_views(&self) -> Vec<ClusterView> {
+        let mut views = Vec::new();
+        for (group, _) in &self.plan.groups {
+            views.extend(self.monitor.of_group(group).view().await);
+        }
+        views
     }
 
     /// PostgreSQL's monitor's view, or `None` without `--postgres` or when it does not
@@ -568,8 +594,11 @@ impl Up {
         }
         // Asked before the monitors go: after that, nobody knows.
         let mut primaries = Vec::new();
-        if !self.plan.monitors.is_empty() {
+        if !self.plan.monitors.is_empty() && self.plan.groups.is_empty() {
             primaries.extend(self.monitor.primary().await);
+        }
+        for (group, _) in &self.plan.groups {
+            primaries.extend(self.monitor.of_group(group).primary().await);
         }
         if let Some(pg_monitor) = &self.pg_monitor {
             primaries.extend(pg_monitor.primary().await);

@@ -427,9 +427,16 @@ pub enum StateWhich {
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// How many data nodes (app1..appN); the monitor makes one primary, the rest standbys.
+    /// How many data nodes (app1..appN), in each group with --shards; the monitor makes one
+    /// primary, the rest standbys.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=9))]
     pub nodes: u16,
+
+    /// How many groups of nodes, each with its own primary, the key space split among them
+    /// (g1 takes app1..appN, g2 the next N…; docs/shards.md): writes go to several
+    /// primaries, the front door sending each key to its group's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    pub shards: u16,
 
     /// Where the monitor and the nodes keep their data and where the admin token is written.
     #[arg(long, default_value = "./keel-data")]

@@ -214,3 +214,76 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
     assert_eq!(view(&monitor, "g2")["epoch"], 1);
     drop((app2, app4));
 }
+
+/// `keel up --shards 2`: two groups of two nodes, each with its primary, the front door
+/// sending each key to its group's; one group's primary killed, the other's keys go on.
+#[test]
+fn keel_up_with_two_shards_spreads_keys_over_two_primaries() {
+    let dir = tempdir();
+    let data = dir.path().join("keel-data");
+    let base = support::free_port_range(4);
+    let monitor_port = loop {
+        let p = support::free_port();
+        if !(base..base + 4).contains(&p) {
+            break p;
+        }
+    };
+    let up = support::KeelUp::start_on(&data, 2, base, monitor_port, &["--shards", "2"]);
+    let banner = up.proc.log_text();
+    assert!(
+        banner.contains("keel data tier is up (2 groups"),
+        "{banner}"
+    );
+    for (node, group) in [
+        ("app1", "g1"),
+        ("app2", "g1"),
+        ("app3", "g2"),
+        ("app4", "g2"),
+    ] {
+        assert!(
+            banner
+                .lines()
+                .any(|l| l.trim_start().starts_with(node) && l.contains(&format!("  {group}"))),
+            "{node} in {group}:\n{banner}"
+        );
+    }
+    let front = up.proxy_url.clone();
+    let primary_of = |group: &str| {
+        get_json(&format!("{}/v1/cluster?group={group}", up.monitor_url)).1["primary"]["node"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let (g1, g2) = (primary_of("g1"), primary_of("g2"));
+    assert!(g1.is_some() && g2.is_some() && g1 != g2, "{g1:?} {g2:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || written_by(&front, "bar") == g1
+            && written_by(&front, "foo") == g2),
+        "bar → {:?}, foo → {:?}\n{}",
+        written_by(&front, "bar"),
+        written_by(&front, "foo"),
+        up.proc.log_report()
+    );
+
+    // g1's primary killed: g2's keys go on without a failed write.
+    let out = support::run_keel(&[
+        "chaos",
+        "--data-dir",
+        &data.display().to_string(),
+        "kill",
+        g1.as_deref().unwrap_or("app1"),
+    ]);
+    assert!(out.success(), "{out}");
+    for k in 0..20 {
+        assert_eq!(
+            written_by(&front, &format!("{{foo}}.{k}")),
+            g2,
+            "a write to g2 failed while g1 failed over"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || written_by(&front, "bar")
+            .is_some_and(|n| Some(&n) != g1.as_ref())),
+        "g1's keys never reached its new primary\n{}",
+        up.proc.log_report()
+    );
+}

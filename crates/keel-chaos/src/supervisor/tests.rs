@@ -217,6 +217,7 @@ impl Process for FakeProcess {
 fn the_plan() -> Plan {
     let settings = Settings {
         nodes: 3,
+        shards: 1,
         data_dir: "/tmp/keel-test".into(),
         base_port: 9001,
         monitors: 1,

@@ -18,7 +18,12 @@ const DEFAULT_MONITOR_PORT: u16 = 8070;
 impl Up {
     /// The text to print once [`Up::start`] has succeeded, `view` being the monitor's and
     /// `pg_view` PostgreSQL's monitor's.
-    pub fn banner(&self, view: Option<&ClusterView>, pg_view: Option<&ClusterView>) -> String {
+    pub fn banner(
+        &self,
+        view: Option<&ClusterView>,
+        pg_view: Option<&ClusterView>,
+        group_views: &[ClusterView],
+    ) -> String {
         banner(&Facts {
             settings: &self.settings,
             plan: &self.plan,
@@ -28,6 +33,7 @@ impl Up {
             token_note: self.token_origin.as_str(),
             view,
             pg_view,
+            group_views,
         })
     }
 }
@@ -46,6 +52,8 @@ struct Facts<'a> {
     view: Option<&'a ClusterView>,
     /// PostgreSQL's monitor's view, under `--postgres`.
     pg_view: Option<&'a ClusterView>,
+    /// Each group's view, under `--shards`.
+    group_views: &'a [ClusterView],
 }
 
 fn banner(facts: &Facts<'_>) -> String {
@@ -60,6 +68,11 @@ fn banner(facts: &Facts<'_>) -> String {
     let mut text = if plan.nodes.is_empty() {
         "\nkeel is up: PostgreSQL behind the proxy, no data tier (keel up --postgres has both):\n"
             .to_owned()
+    } else if !plan.groups.is_empty() {
+        format!(
+            "\nkeel data tier is up ({} groups, each a primary with sync replication, the key space split among them):\n",
+            plan.groups.len()
+        )
     } else {
         format!("\nkeel data tier is up (sync replication{epoch}):\n")
     };
@@ -80,13 +93,21 @@ fn banner(facts: &Facts<'_>) -> String {
             pid(&spec.name)
         ));
     }
-    for spec in &plan.nodes {
+    for (i, spec) in plan.nodes.iter().enumerate() {
         // The role the monitor gave, not the one `keel up` hoped for.
         let role = view
-            .and_then(|v| v.nodes.iter().find(|n| n.node.as_str() == spec.name))
+            .iter()
+            .copied()
+            .chain(facts.group_views)
+            .find_map(|v| v.nodes.iter().find(|n| n.node.as_str() == spec.name))
             .map_or("?", |n| n.role.as_str());
+        let group = plan
+            .groups
+            .iter()
+            .find(|(_, members)| members.contains(&i))
+            .map_or_else(String::new, |(g, _)| format!("  {g}"));
         text.push_str(&format!(
-            "  {:width$}  {role:7}  {}{}\n",
+            "  {:width$}  {role:7}  {}{group}{}\n",
             spec.name,
             spec.url,
             pid(&spec.name)
@@ -321,6 +342,7 @@ mod tests {
     fn settings(data_dir: &str, monitor_port: u16, tls: bool) -> Settings {
         Settings {
             nodes: 2,
+            shards: 1,
             data_dir: PathBuf::from(data_dir),
             base_port: 8081,
             monitors: 1,
@@ -374,6 +396,7 @@ mod tests {
             token_note: "kept",
             view: Some(&view),
             pg_view: None,
+            group_views: &[],
         })
     }
 
@@ -416,6 +439,7 @@ mod tests {
             token_note: "kept",
             view: None,
             pg_view: Some(&pg_view),
+            group_views: &[],
         });
         for line in [
             "PostgreSQL (sync replication, epoch 3; a keeper runs each server, pgmonitor fails them over):\n",

@@ -80,9 +80,9 @@ async fn up(settings: Settings) -> anyhow::Result<ExitCode> {
         }
         Some(Ok(())) => {}
     }
-    let (view, pg_view) = (up.view().await, up.pg_view().await);
+    let (view, pg_view, groups) = (up.view().await, up.pg_view().await, up.group_views().await);
     up.write_up_file()?;
-    print!("{}", up.banner(view.as_ref(), pg_view.as_ref()));
+    print!("{}", up.banner(view.as_ref(), pg_view.as_ref(), &groups));
     let _ = std::io::stdout().flush();
 
     up.serve(&mut stop_signal).await;
@@ -93,7 +93,9 @@ async fn up(settings: Settings) -> anyhow::Result<ExitCode> {
 
 fn settings(args: &UpArgs) -> Settings {
     Settings {
-        nodes: args.nodes,
+        // --nodes is per group.
+        nodes: args.nodes * args.shards,
+        shards: args.shards,
         data_dir: args.data_dir.clone(),
         base_port: args.base_port,
         monitors: args.monitors,
@@ -114,6 +116,7 @@ fn settings(args: &UpArgs) -> Settings {
 fn stack(args: &StackArgs) -> Settings {
     Settings {
         nodes: 0,
+        shards: 1,
         data_dir: std::path::PathBuf::new(),
         base_port: 8081,
         monitors: 1,
