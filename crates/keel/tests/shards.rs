@@ -134,6 +134,17 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
     let (status, _) = get_json(&format!("{}/v1/entries", app1.url));
     assert_eq!(status, StatusCode::OK);
 
+    // `keel client` sends each key to its group's primary too.
+    let out = support::run_keel(&["client", "--monitor", &monitor.url, "set", "foo=1", "bar=2"]);
+    assert!(out.success(), "keel client set: {out}");
+    for (key, value) in [("foo", "1"), ("bar", "2")] {
+        let out = support::run_keel(&["client", "--monitor", &monitor.url, "get", key]);
+        assert!(
+            out.success() && out.stdout.contains(value),
+            "keel client get {key}: {out}"
+        );
+    }
+
     // The proxy sends each key to its group's primary, hash tags included.
     let [proxy_port, admin_port]: [u16; 2] = free_ports(2).try_into().expect("two ports");
     let (listen, admin) = (

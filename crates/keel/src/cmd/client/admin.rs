@@ -38,7 +38,7 @@ impl Client {
     /// taken over.
     pub(super) async fn kill_primary(&self, watch: bool) -> anyhow::Result<ExitCode> {
         let (token, origin) = self.load_token()?;
-        let target = match self.find_primary(None).await? {
+        let target = match self.find_primary(None, None).await? {
             Found::Node(t) => t,
             Found::Wait(why) => bail!("no primary to kill right now: {why}"),
         };

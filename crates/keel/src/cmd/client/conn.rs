@@ -26,6 +26,19 @@ pub(super) struct Req {
 }
 
 impl Req {
+    /// The key the request names on a data route (`v1/kv/{key}`, `v1/counters/{name}…`,
+    /// `v1/entries`), for a data tier of several groups.
+    pub(super) fn key(&self) -> Option<&str> {
+        let parts: Vec<&str> = self.path.iter().map(String::as_str).collect();
+        match parts.as_slice() {
+            ["v1", "kv", key] | ["v1", "counters", key, ..] if !key.is_empty() => {
+                self.path.get(2).map(String::as_str)
+            }
+            ["v1", "entries"] => Some(keel_client::node::ENTRIES_KEY),
+            _ => None,
+        }
+    }
+
     pub(super) fn new(method: Method, path: &[&str]) -> Self {
         Req {
             method,

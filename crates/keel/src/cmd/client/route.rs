@@ -112,8 +112,13 @@ impl Client {
         self.route.direct_node().is_some()
     }
 
-    /// Where to send the next try. `last` is where the previous one went.
-    pub(super) async fn find_primary(&self, last: Option<&Target>) -> anyhow::Result<Found> {
+    /// Where to send the next try: the primary, of the group that owns `key` under a
+    /// monitor of several groups (docs/shards.md). `last` is where the previous one went.
+    pub(super) async fn find_primary(
+        &self,
+        last: Option<&Target>,
+        key: Option<&str>,
+    ) -> anyhow::Result<Found> {
         if let Some(node) = self.route.direct_node() {
             return Ok(Found::Node(Target {
                 name: None,
@@ -122,6 +127,18 @@ impl Client {
         }
         let monitor = &self.route.monitor;
         match self.cluster_view(monitor).await {
+            Ok(view) if view.groups.len() > 1 && key.is_some() => {
+                let key = key.unwrap_or_default();
+                let (http, timeout) = (self.conn.http(), self.conn.timeout());
+                let table = keel_client::monitor::slots_as(http, monitor, timeout, None)
+                    .await
+                    .map_err(|e| anyhow!("cannot read the slot table from {monitor}: {e}"))?;
+                let group = table.owner_of(key.as_bytes());
+                let view = keel_client::monitor::group_as(http, monitor, group, timeout, None)
+                    .await
+                    .map_err(|e| anyhow!("cannot read group {group}'s view from {monitor}: {e}"))?;
+                Ok(primary_of(&view))
+            }
             Ok(view) => Ok(primary_of(&view)),
             Err((e, false)) => {
                 if let Some(last) = last {
@@ -167,7 +184,7 @@ impl Client {
         loop {
             let target = match named.take() {
                 Some(t) => t,
-                None => match self.find_primary(last.as_ref()).await? {
+                None => match self.find_primary(last.as_ref(), req.key()).await? {
                     Found::Node(t) => t,
                     Found::Wait(why) => {
                         self.pause(&mut backoff, started, what, &why, None).await?;
