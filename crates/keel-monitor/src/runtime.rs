@@ -207,6 +207,9 @@ pub async fn run(
     };
 
     let fresh = GroupsState::new(&config.groups)?;
+    if let Some(kept) = &state {
+        warn_if_other_groups(kept, &fresh);
+    }
     let (monitor, started) = match &store {
         Some(store) => {
             let (mut monitor, mut started) = Groups::new(
@@ -294,6 +297,25 @@ pub async fn run(
     }
     tracing::info!("monitor stopped");
     result
+}
+
+/// A monitor with a state keeps the groups it records: say so when `--groups` names
+/// others, rather than let a person believe they run.
+fn warn_if_other_groups(kept: &GroupsState, asked: &GroupsState) {
+    let names = |s: &GroupsState| {
+        s.groups
+            .keys()
+            .map(GroupId::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (kept, asked) = (names(kept), names(asked));
+    if kept != asked {
+        tracing::warn!(
+            recorded = %kept, asked = %asked,
+            "this monitor's state records other groups than --groups names; it runs the recorded ones (--groups is for a new monitor)"
+        );
+    }
 }
 
 /// Says what a monitor starts with: each group's version, epoch and primary.
