@@ -134,6 +134,17 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
     let (status, _) = get_json(&format!("{}/v1/entries", app1.url));
     assert_eq!(status, StatusCode::OK);
 
+    // `keel client cluster` shows every group with its slots.
+    let out = support::run_keel(&["client", "--monitor", &monitor.url, "cluster"]);
+    assert!(out.success(), "{out}");
+    for line in [
+        "2 groups, slot table version 1",
+        "group g1: slots 0-8191 (8192 slots), epoch 1, primary app1",
+        "group g2: slots 8192-16383 (8192 slots), epoch 1, primary app3",
+    ] {
+        assert!(out.stdout.contains(line), "{line:?} in:\n{out}");
+    }
+
     // `keel client` sends each key to its group's primary too.
     let out = support::run_keel(&["client", "--monitor", &monitor.url, "set", "foo=1", "bar=2"]);
     assert!(out.success(), "keel client set: {out}");

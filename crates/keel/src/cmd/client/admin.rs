@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::bail;
-use keel_client::wire::{EventKind, FailoverRequest, NodeStatus};
+use keel_client::wire::{ClusterView, EventKind, FailoverRequest, NodeStatus};
 use keel_core::{NodeId, Role};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -252,6 +252,9 @@ impl Client {
     /// `keel client cluster`: the monitor's view.
     pub(super) async fn cluster(&self) -> anyhow::Result<ExitCode> {
         let view = self.cluster_view(&self.monitor).await.map_err(|(e, _)| e)?;
+        if view.groups.len() > 1 {
+            return self.groups(&view).await;
+        }
         if self.json {
             print_json(&serde_json::to_value(&view)?)?;
         } else {
@@ -260,6 +263,85 @@ impl Client {
                 println!("{}\n", super::print::monitors_line(group));
             }
             print_nodes(&view.nodes);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `cluster` under a monitor of several groups (docs/shards.md): the slot table's
+    /// version, then each group with its slot ranges, epoch, primary and nodes.
+    async fn groups(&self, first: &ClusterView) -> anyhow::Result<ExitCode> {
+        let (http, timeout) = (self.conn.http(), self.conn.timeout());
+        let monitor = &self.monitor;
+        let table = keel_client::monitor::slots_as(http, monitor, timeout, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the slot table from {monitor}: {e}"))?;
+        let mut views = Vec::new();
+        for group in &first.groups {
+            let view = keel_client::monitor::group_as(http, monitor, group, timeout, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read group {group} from {monitor}: {e}"))?;
+            views.push((group.clone(), view));
+        }
+        let ranges = table.ranges();
+        let slots_of = |group: &keel_core::slots::GroupId| {
+            let owned: Vec<String> = ranges
+                .iter()
+                .filter(|r| &r.group == group)
+                .map(|r| {
+                    if r.from == r.to {
+                        r.from.to_string()
+                    } else {
+                        format!("{}-{}", r.from, r.to)
+                    }
+                })
+                .collect();
+            if owned.is_empty() {
+                "none".to_owned()
+            } else {
+                owned.join(",")
+            }
+        };
+        if self.json {
+            let groups: Vec<serde_json::Value> = views
+                .iter()
+                .map(|(group, view)| {
+                    serde_json::json!({
+                        "group": group, "slots": slots_of(group),
+                        "slot_count": table.count(group), "view": view,
+                    })
+                })
+                .collect();
+            print_json(&serde_json::json!({
+                "slots_version": table.version(), "groups": groups,
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "monitor {monitor}: {} groups, slot table version {}\n",
+            views.len(),
+            table.version()
+        );
+        if let Some(group) = &first.monitors {
+            println!("{}\n", super::print::monitors_line(group));
+        }
+        for (group, view) in &views {
+            let primary = view.primary.as_ref().map_or_else(
+                || "no primary".to_owned(),
+                |p| format!("primary {}", p.node),
+            );
+            let failover = if view.failover_in_progress {
+                ", failover in progress"
+            } else {
+                ""
+            };
+            println!(
+                "group {group}: slots {} ({} slots), epoch {}, {primary}{failover}",
+                slots_of(group),
+                table.count(group),
+                view.epoch
+            );
+            print_nodes(&view.nodes);
+            println!();
         }
         Ok(ExitCode::SUCCESS)
     }
