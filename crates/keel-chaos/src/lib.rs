@@ -1,7 +1,8 @@
 //! keel's local supervisor and the tools to break what it runs: `keel up` runs the whole
 //! system on one machine (a monitor, the data nodes, the app services, the proxy in front;
-//! with `--postgres` also PostgreSQL's pg1..pg3, made by `keel_pg`; `keel pg` the same
-//! without the data tier) as child processes, and `keel chaos` asks it to kill, pause,
+//! with `--shards N` several groups of nodes; with `--postgres` also PostgreSQL's
+//! `pgmonitor` and the keepers of pg1..pg3, which make and fail over their servers; `keel
+//! pg` the same without the data tier) as child processes, and `keel chaos` asks it to kill, pause,
 //! resume or restart one of them, or to cut the data tier apart.
 //!
 //! - [`settings`]: [`Settings`], what `keel up` is asked to run (the binary turns its

@@ -13,7 +13,8 @@
 //! - [`running`]: [`Running`], a server run as a child and stopped (a fast shutdown)
 //!   when dropped;
 //! - [`cluster`]: [`cluster::ensure`], a primary and its standbys made where missing and
-//!   reused where present;
+//!   reused where present, with no keeper (the proxy's TCP pools are tested on servers
+//!   made so; `keel up` leaves making them to the keepers);
 //! - [`observe`]: what a server says of itself — in recovery or not, its WAL position,
 //!   its timeline, the standbys streaming from it — as a keeper reports it to the monitor;
 //! - [`keeper`]: `keel keeper`, one server made a node to the monitor with keel's own
