@@ -64,6 +64,22 @@ fn candidate(span: u16) -> u16 {
     pool.start + u16::try_from(draw % width).unwrap_or(0)
 }
 
+/// Takes the ports `first..first + n` for this test process, unless one of them was
+/// handed out already: tests run side by side in one process, and a port drawn for one
+/// must not be drawn again for another before its process binds it.
+fn claim(first: u16, n: u16) -> bool {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if (first..first + n).any(|p| handed.contains(&p)) {
+        return false;
+    }
+    handed.extend(first..first + n);
+    true
+}
+
 /// A port on 127.0.0.1 that is free now (see [`port_pool`] for where it comes from).
 ///
 /// Another process could take it before the test binds it; a test that starts a node on
@@ -80,7 +96,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         if held.len() == n {
             break;
         }
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", candidate(1))) {
+        let port = candidate(1);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port))
+            && claim(port, 1)
+        {
             held.push(listener);
         }
     }
@@ -113,7 +132,7 @@ pub fn free_port_range(n: u16) -> u16 {
         let held: Vec<_> = (base..base + n)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
-        if held.len() == usize::from(n) {
+        if held.len() == usize::from(n) && claim(base, n) {
             return base;
         }
     }
