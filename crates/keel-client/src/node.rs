@@ -21,11 +21,33 @@ pub struct KeyVersion {
     pub version: u64,
 }
 
-/// `GET /v1/kv`.
+/// `GET /v1/kv`: a node's keys, or under several groups (docs/shards.md) the keys of
+/// its group's slots, saying which group; through `keel proxy --cluster`, every group's
+/// keys merged, saying which groups answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyList {
     /// Every key, sorted.
     pub keys: Vec<KeyVersion>,
+    /// The group whose slots the keys are in, when the node belongs to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The slot table version the list was filtered by (the highest, when merged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_version: Option<u64>,
+    /// Set when the list is every group's merged: who answered for each group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<Vec<GroupKeys>>,
+}
+
+/// One group's part of a merged [`KeyList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupKeys {
+    /// The group.
+    pub group: String,
+    /// The node that answered for it.
+    pub node: String,
+    /// How many keys it listed.
+    pub keys: usize,
 }
 
 /// The parts of a node's `GET /health` a client follows to find the primary without the

@@ -52,7 +52,7 @@ pub use recorder::WriteLog;
 pub use report::Report;
 pub use settings::{Bound, HeaderLine, Pace, Plan, PlanError, Settings};
 pub use spread::SpreadBy;
-pub use verify::{VerifyOptions, VerifySummary, verify};
+pub use verify::{GroupWrites, VerifyOptions, VerifySummary, verify};
 
 use crate::conn::{HttpConn, RequestTemplate};
 use crate::engine::lock;

@@ -48,7 +48,7 @@ pub struct WriteLog {
     /// Outcome unknown.
     pub unknown: Vec<u64>,
     /// Refused or never sent.
-    pub refused: u64,
+    pub refused: Vec<u64>,
 }
 
 /// Percentiles of a histogram, in milliseconds.
@@ -187,7 +187,7 @@ impl Recorder {
             match sample.answer.write_outcome() {
                 WriteOutcome::Acknowledged => self.writes.acknowledged.push(sample.request.n),
                 WriteOutcome::Unknown => self.writes.unknown.push(sample.request.n),
-                WriteOutcome::Refused => self.writes.refused += 1,
+                WriteOutcome::Refused => self.writes.refused.push(sample.request.n),
             }
         }
     }
@@ -269,7 +269,7 @@ mod tests {
                 sent: 3,
                 acknowledged: vec![0],
                 unknown: vec![2],
-                refused: 1
+                refused: vec![1]
             }
         );
         assert_eq!(r.spread.shares().len(), 2);

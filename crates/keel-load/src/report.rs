@@ -109,7 +109,7 @@ impl Report {
         let writes = (settings.write_ratio > 0.0).then_some(WritesReport {
             sent: recorder.writes.sent,
             acknowledged: recorder.writes.acknowledged.len() as u64,
-            refused: recorder.writes.refused,
+            refused: recorder.writes.refused.len() as u64,
             unknown: recorder.writes.unknown.len() as u64,
         });
         Report {
@@ -437,6 +437,19 @@ fn write_verify(out: &mut String, v: &VerifySummary) -> fmt::Result {
             v.unknown, v.unknown_present, v.unknown_absent, v.unknown_unreadable
         )?;
     }
+    if !v.groups.is_empty() {
+        writeln!(
+            out,
+            "  by group          acknowledged    refused    unknown       lost"
+        )?;
+        for g in &v.groups {
+            writeln!(
+                out,
+                "    {:<12} {:>15} {:>10} {:>10} {:>10}",
+                g.group, g.acknowledged, g.refused, g.unknown, g.lost
+            )?;
+        }
+    }
     writeln!(out, "lost acknowledged writes: {}", v.lost)
 }
 
@@ -460,7 +473,7 @@ mod tests {
     use crate::recorder::Sample;
     use crate::settings::{Bound, Settings};
     use crate::spread::SpreadBy;
-    use crate::verify::LostWrite;
+    use crate::verify::{GroupWrites, LostWrite};
 
     fn plan(pace: Pace, write_ratio: f64) -> Plan {
         Plan::new(Settings {
@@ -546,6 +559,20 @@ mod tests {
                     found: Some("w".into()),
                 },
             ],
+            groups: vec![
+                GroupWrites {
+                    group: "g1".into(),
+                    acknowledged: 2,
+                    refused: 1,
+                    unknown: 0,
+                    lost: 2,
+                },
+                GroupWrites {
+                    group: "g2".into(),
+                    acknowledged: 1,
+                    ..GroupWrites::default()
+                },
+            ],
             ..VerifySummary::default()
         });
         let text = report.to_text();
@@ -564,6 +591,9 @@ mod tests {
             "writes     sent 1   acknowledged 1   refused 0   unknown outcome 0",
             "  lost: load-abcd0123-4 is missing",
             "  lost: load-abcd0123-6 holds \"w\", not \"v\"",
+            "  by group          acknowledged    refused    unknown       lost",
+            "    g1                         2          1          0          2",
+            "    g2                         1          0          0          0",
             "lost acknowledged writes: 2\n",
         ] {
             assert!(

@@ -13,14 +13,22 @@
 //! (`Keel-Role: standby`) is not taken as the truth, since it may lag, and the primary
 //! is looked up again. All of this within `--verify-timeout`; a write that could not be
 //! read by then is reported as unreadable, which is not the same as lost.
+//!
+//! Under a monitor of several groups (docs/shards.md) each key is read from its own
+//! group's primary, found by the slot table (`GET /v1/slots`); a `421 wrong_group` (the
+//! slot moved) reads the table again. The summary then counts every write per group
+//! ([`GroupWrites`]): acknowledged, refused, unknown and lost, so that a run that killed
+//! one group's primary shows which group's writers saw the errors.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use keel_core::slots::{GroupId, SlotTable};
 
 use crate::LoadError;
 use crate::recorder::WriteLog;
@@ -91,6 +99,24 @@ pub struct VerifySummary {
     pub unknown_absent: u64,
     /// Of them, not readable.
     pub unknown_unreadable: u64,
+    /// Every write counted per group, in the groups' order, when the monitor runs several
+    /// groups; empty otherwise.
+    pub groups: Vec<GroupWrites>,
+}
+
+/// The writes of one group: those whose key's slot the group owned when read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GroupWrites {
+    /// The group.
+    pub group: String,
+    /// Writes acknowledged.
+    pub acknowledged: u64,
+    /// Writes refused (an error answer, or never sent).
+    pub refused: u64,
+    /// Writes whose outcome was unknown.
+    pub unknown: u64,
+    /// Acknowledged writes missing or different when read back.
+    pub lost: u64,
 }
 
 /// One lost write.
@@ -128,18 +154,7 @@ pub async fn verify(log: &WriteLog, options: &VerifyOptions) -> Result<VerifySum
         http = http.tls_backend_preconfigured(tls.clone());
     }
     let http = http.build().map_err(|e| LoadError::Verify(e.to_string()))?;
-    let locator = Arc::new(Locator {
-        base: options.read_from.trim_end_matches('/').to_owned(),
-        monitor: options
-            .monitor
-            .as_ref()
-            .map(|m| m.trim_end_matches('/').to_owned()),
-        current: Mutex::new(options.read_from.trim_end_matches('/').to_owned()),
-        allow_remote: options.allow_remote,
-        http,
-    });
-    locator.ask_monitor().await;
-
+    let router = Arc::new(Router::new(options, http).await);
     let queue: VecDeque<(u64, Promise)> = log
         .acknowledged
         .iter()
@@ -150,9 +165,9 @@ pub async fn verify(log: &WriteLog, options: &VerifyOptions) -> Result<VerifySum
     let deadline = Instant::now() + options.within;
     let mut readers = JoinSet::new();
     for _ in 0..READERS {
-        let (queue, locator, run_id) = (
+        let (queue, router, run_id) = (
             Arc::clone(&queue),
-            Arc::clone(&locator),
+            Arc::clone(&router),
             options.run_id.clone(),
         );
         readers.spawn(async move {
@@ -164,24 +179,197 @@ pub async fn verify(log: &WriteLog, options: &VerifyOptions) -> Result<VerifySum
                     .pop_front();
                 let Some((n, promise)) = next else { break };
                 let (key, value) = (write_key(&run_id, n), write_value(&run_id, n));
-                let result = locator.check(&key, &value, deadline).await;
-                found.push((key, value, promise, result));
+                let (group, result) = router.check(&key, &value, deadline).await;
+                found.push((key, value, promise, group, result));
             }
             found
         });
     }
 
     let mut summary = VerifySummary::default();
+    let mut groups: BTreeMap<GroupId, GroupWrites> = BTreeMap::new();
     while let Some(joined) = readers.join_next().await {
         let found = joined.map_err(|e| LoadError::Verify(e.to_string()))?;
-        for (key, expected, promise, result) in found {
+        for (key, expected, promise, group, result) in found {
+            if let Some(group) = group {
+                groups.entry(group).or_default().count(promise, &result);
+            }
             summary.count(key, expected, promise, result);
         }
     }
+    if let Some(table) = router.table() {
+        for &n in &log.refused {
+            let key = write_key(&options.run_id, n);
+            groups
+                .entry(table.owner_of(key.as_bytes()).clone())
+                .or_default()
+                .refused += 1;
+        }
+        for group in table.groups() {
+            groups.entry(group.clone()).or_default();
+        }
+    }
+    summary.groups = groups
+        .into_iter()
+        .map(|(group, writes)| GroupWrites {
+            group: group.to_string(),
+            ..writes
+        })
+        .collect();
     summary.lost_writes.sort_by(|a, b| a.key.cmp(&b.key));
     summary.lost_writes.truncate(LIST_AT_MOST);
-    summary.read_from = locator.current();
+    summary.read_from = router.read_from();
     Ok(summary)
+}
+
+impl GroupWrites {
+    fn count(&mut self, promise: Promise, found: &Found) {
+        match promise {
+            Promise::Acknowledged => {
+                self.acknowledged += 1;
+                if matches!(found, Found::Absent(_)) {
+                    self.lost += 1;
+                }
+            }
+            Promise::Unknown => self.unknown += 1,
+        }
+    }
+}
+
+/// Which [`Locator`] reads a key: the one locator, or under several groups the key's
+/// group's, by the slot table.
+struct Router {
+    /// The slot table, when the monitor runs several groups.
+    table: Mutex<Option<SlotTable>>,
+    /// One locator per group (created when first needed), or the one under `None`.
+    locators: Mutex<HashMap<Option<GroupId>, Arc<Locator>>>,
+    options: VerifyOptions,
+    http: reqwest::Client,
+}
+
+impl Router {
+    async fn new(options: &VerifyOptions, http: reqwest::Client) -> Router {
+        let router = Router {
+            table: Mutex::new(None),
+            locators: Mutex::new(HashMap::new()),
+            options: options.clone(),
+            http,
+        };
+        router.read_table().await;
+        router
+    }
+
+    /// Reads the slot table again; keeps it only when the monitor runs several groups.
+    async fn read_table(&self) {
+        let Some(monitor) = &self.options.monitor else {
+            return;
+        };
+        let monitor = monitor.trim_end_matches('/');
+        // A monitor of one group, or one older than slots, reads as it always did.
+        if let Ok(table) =
+            keel_client::monitor::slots_as(&self.http, monitor, READ_TIMEOUT, None).await
+            && table.groups().len() > 1
+        {
+            let mut kept = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            if kept.as_ref().is_none_or(|k| k.version() < table.version()) {
+                *kept = Some(table);
+            }
+        }
+    }
+
+    fn table(&self) -> Option<SlotTable> {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The locator for `key`, and its group under several groups.
+    async fn locator(&self, key: &str) -> (Option<GroupId>, Arc<Locator>) {
+        let group = self.table().map(|t| t.owner_of(key.as_bytes()).clone());
+        let existing = self
+            .locators
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&group)
+            .cloned();
+        if let Some(locator) = existing {
+            return (group, locator);
+        }
+        let base = self.options.read_from.trim_end_matches('/').to_owned();
+        let locator = Arc::new(Locator {
+            current: Mutex::new(base.clone()),
+            base,
+            monitor: self
+                .options
+                .monitor
+                .as_ref()
+                .map(|m| m.trim_end_matches('/').to_owned()),
+            group: group.clone(),
+            allow_remote: self.options.allow_remote,
+            http: self.http.clone(),
+        });
+        locator.ask_monitor().await;
+        let locator = Arc::clone(
+            self.locators
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(group.clone())
+                .or_insert(locator),
+        );
+        (group, locator)
+    }
+
+    /// Reads `key` from its group's primary (see [`Locator::check`]), following the table
+    /// when a node says the slot moved; the group it was read from last.
+    async fn check(
+        &self,
+        key: &str,
+        expected: &str,
+        deadline: Instant,
+    ) -> (Option<GroupId>, Found) {
+        loop {
+            let (group, locator) = self.locator(key).await;
+            match locator.check(key, expected, deadline).await {
+                Checked::Found(found) => return (group, found),
+                Checked::Moved => {
+                    self.read_table().await;
+                    pause(RETRY_PAUSE / 4, deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Where the reads went: the one locator's node, or each group's.
+    fn read_from(&self) -> String {
+        let locators = self.locators.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_group: Vec<(String, String)> = locators
+            .iter()
+            .map(|(g, l)| {
+                (
+                    g.as_ref().map(GroupId::to_string).unwrap_or_default(),
+                    l.current(),
+                )
+            })
+            .collect();
+        by_group.sort();
+        match by_group.as_slice() {
+            [] => self.options.read_from.trim_end_matches('/').to_owned(),
+            [(_, one)] => one.clone(),
+            many => many
+                .iter()
+                .map(|(g, url)| format!("{url} ({g})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// What one [`Locator::check`] ended with.
+enum Checked {
+    Found(Found),
+    /// The node said another group owns the key's slot (`421 wrong_group`).
+    Moved,
 }
 
 impl VerifySummary {
@@ -221,6 +409,8 @@ impl VerifySummary {
 struct Locator {
     base: String,
     monitor: Option<String>,
+    /// The group whose primary this locator follows, under several groups.
+    group: Option<GroupId>,
     current: Mutex<String>,
     allow_remote: bool,
     http: reqwest::Client,
@@ -249,7 +439,12 @@ impl Locator {
         let Some(monitor) = &self.monitor else {
             return false;
         };
-        let view = keel_client::monitor::cluster(&self.http, monitor, READ_TIMEOUT).await;
+        let view = match &self.group {
+            None => keel_client::monitor::cluster(&self.http, monitor, READ_TIMEOUT).await,
+            Some(group) => {
+                keel_client::monitor::group_as(&self.http, monitor, group, READ_TIMEOUT, None).await
+            }
+        };
         match view.as_ref().map(keel_client::primary_of) {
             Ok(keel_client::Found::Node(primary)) => self.go_to(&primary.url),
             _ => false,
@@ -278,11 +473,11 @@ impl Locator {
     }
 
     /// Reads `key` until it is found, known absent, or `deadline` passes.
-    async fn check(&self, key: &str, expected: &str, deadline: Instant) -> Found {
+    async fn check(&self, key: &str, expected: &str, deadline: Instant) -> Checked {
         let mut last = String::from("no read finished in time");
         loop {
             if Instant::now() >= deadline {
-                return Found::Unreadable(last);
+                return Checked::Found(Found::Unreadable(last));
             }
             let from = self.current();
             let url = format!("{from}/v1/kv/{key}");
@@ -321,15 +516,23 @@ impl Locator {
                     self.relocate(&from).await;
                     pause(RETRY_PAUSE, deadline).await;
                 }
-                200 if body.as_ref() == expected.as_bytes() => return Found::Present,
-                200 => return Found::Absent(Some(String::from_utf8_lossy(&body).into_owned())),
-                404 => return Found::Absent(None),
+                200 if body.as_ref() == expected.as_bytes() => {
+                    return Checked::Found(Found::Present);
+                }
+                200 => {
+                    let found = String::from_utf8_lossy(&body).into_owned();
+                    return Checked::Found(Found::Absent(Some(found)));
+                }
+                404 => return Checked::Found(Found::Absent(None)),
                 421 => {
+                    let error = serde_json::from_slice::<keel_core::ApiError>(&body).ok();
+                    if error.as_ref().is_some_and(|e| e.error == "wrong_group") {
+                        return Checked::Moved;
+                    }
                     last = format!("{from} is not the primary");
                     // A standby's 421 names its primary (docs/api.md).
-                    let named = serde_json::from_slice::<keel_core::ApiError>(&body)
-                        .ok()
-                        .and_then(|e| e.details.get("primary")?.as_str().map(str::to_owned));
+                    let named =
+                        error.and_then(|e| e.details.get("primary")?.as_str().map(str::to_owned));
                     let moved =
                         named.is_some_and(|p| p.trim_end_matches('/') != from && self.go_to(&p));
                     if !moved {

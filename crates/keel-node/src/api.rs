@@ -363,13 +363,26 @@ async fn patch_entries(
     Ok(with_lsn(axum::Json(entries).into_response(), lsn))
 }
 
+/// `GET /v1/kv`: every key; in a group, only the keys of the slots the group owns (a
+/// slot moved away may leave its keys behind until it moves back, never served).
 async fn list_kv(State(shared): State<Arc<Shared>>) -> Answer {
     let keys = read(&shared, |s| s.kv_keys()).await?;
+    let held = shared.held_slots();
     let keys = keys
         .into_iter()
+        .filter(|(key, _)| {
+            held.as_ref()
+                .is_none_or(|(mine, table)| table.owner_of(key.as_bytes()) == mine)
+        })
         .map(|(key, version)| KeyVersion { key, version })
         .collect();
-    Ok(axum::Json(KeyList { keys }).into_response())
+    Ok(axum::Json(KeyList {
+        keys,
+        group: held.as_ref().map(|(mine, _)| mine.to_string()),
+        table_version: held.as_ref().map(|(_, table)| table.version()),
+        merged: None,
+    })
+    .into_response())
 }
 
 async fn get_kv(

@@ -254,6 +254,11 @@ impl Shared {
             .map_or(0, |(_, table)| table.version())
     }
 
+    /// The node's group and the table it holds, if it belongs to a group.
+    pub fn held_slots(&self) -> Option<(GroupId, SlotTable)> {
+        lock(&self.slots).clone()
+    }
+
     /// `Err` with the owner when `key`'s slot is another group's, in the table held; a
     /// node that holds no table owns every key.
     pub fn owns(&self, key: &str) -> Result<(), Misdirected> {

@@ -352,6 +352,9 @@ pub(crate) struct DataRequest<'h> {
     pub stale: bool,
     /// The key the request names, if any ([`keel_client::node::key_of`]).
     pub key: Option<&'h str>,
+    /// The request lists the keys (`GET /v1/kv`): under several groups, every group is
+    /// asked and the lists merged.
+    pub list: bool,
 }
 
 /// Sends a data request to the node the view names.
@@ -362,6 +365,17 @@ pub(crate) async fn forward(
 ) -> Answer {
     let read_only = matches!(request.method, Method::GET | Method::HEAD);
     let stale = read_only && request.stale;
+    if request.list && request.method == Method::GET {
+        let shards = Arc::clone(
+            &cluster
+                .shards
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if let Some(table) = &shards.table {
+            return list_merged(config, cluster, table, &shards, stale).await;
+        }
+    }
     let mut asked_again = false;
     loop {
         let view = cluster.view_for(request.key);
@@ -461,6 +475,112 @@ pub(crate) async fn forward(
             }
         }
     }
+}
+
+/// `GET /v1/kv` under several groups: every group's primary (or a standby, for a stale
+/// read) is asked for its keys — each lists only its own slots' — and the lists are
+/// merged, with who answered for each group. A group that cannot answer makes the whole
+/// list a `503` naming it: a list missing a group's keys would pass for complete.
+async fn list_merged(
+    config: &Config,
+    cluster: &Cluster,
+    table: &SlotTable,
+    shards: &Shards,
+    stale: bool,
+) -> Answer {
+    use keel_client::node::{GroupKeys, KeyList};
+    let asks = table.groups().iter().map(|group| async move {
+        let view = shards.groups.get(group).cloned().unwrap_or_default();
+        if let Some((from, to)) = &view.failover {
+            return Err(ApiError::new(
+                "failover_in_progress",
+                format!("group {group} is failing over from {from} to {to}; retry shortly"),
+            )
+            .with("group", group.as_str()));
+        }
+        let node = if stale {
+            cluster.reader(&view)
+        } else {
+            view.primary.clone()
+        };
+        let Some(node) = node else {
+            return Err(ApiError::new(
+                "no_primary",
+                format!("group {group} has no primary the monitor names"),
+            )
+            .with("group", group.as_str()));
+        };
+        let failed = |why: String| {
+            ApiError::new(
+                "node_failed",
+                format!(
+                    "data node {} could not list group {group}'s keys: {why}",
+                    node.name
+                ),
+            )
+            .with("group", group.as_str())
+            .with("node", node.name.as_str())
+        };
+        let mut ask = cluster
+            .http
+            .get(format!("{}/v1/kv", node.url))
+            .timeout(config.request_timeout);
+        if stale {
+            ask = ask.header(keel_core::headers::KEEL_READ, "stale");
+        }
+        let response = ask.send().await.map_err(|e| failed(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(failed(format!("it answered {}", response.status())));
+        }
+        let list: KeyList = response.json().await.map_err(|e| failed(e.to_string()))?;
+        if list.group.as_deref().is_some_and(|g| g != group.as_str()) {
+            return Err(failed(format!(
+                "it belongs to group {}",
+                list.group.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok((group.clone(), node.name.clone(), list))
+    });
+    let answers = futures::future::join_all(asks).await;
+    let mut keys: BTreeMap<String, (u64, keel_client::node::KeyVersion)> = BTreeMap::new();
+    let mut parts = Vec::new();
+    let mut version = table.version();
+    for answer in answers {
+        let (group, node, list) = match answer {
+            Ok(answered) => answered,
+            Err(error) => return unavailable(error),
+        };
+        let seen = list.table_version.unwrap_or(0);
+        version = version.max(seen);
+        parts.push(GroupKeys {
+            group: group.to_string(),
+            node,
+            keys: list.keys.len(),
+        });
+        for key in list.keys {
+            // Two groups list a key only while they hold different versions of the
+            // table (a slot just moved): the newer table's owner has it.
+            match keys.get(&key.key) {
+                Some((kept, _)) if *kept >= seen => {}
+                _ => {
+                    keys.insert(key.key.clone(), (seen, key));
+                }
+            }
+        }
+    }
+    let list = KeyList {
+        keys: keys.into_values().map(|(_, key)| key).collect(),
+        group: None,
+        table_version: Some(version),
+        merged: Some(parts),
+    };
+    let body = serde_json::to_vec(&list).unwrap_or_default();
+    let mut response = http::Response::new(Bytes::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Answer::Local(response)
 }
 
 /// `503` with `Retry-After: 1`: the data tier is between primaries.

@@ -414,6 +414,7 @@ impl Front<'_> {
         let key = cluster
             .and_then(|_| std::str::from_utf8(path).ok())
             .and_then(keel_client::node::key_of);
+        let lists_keys = cluster.is_some() && path == b"/v1/kv";
         // The head the backend is sent, framing to come.
         up.clear();
         up.extend_from_slice(head.method.get(bytes));
@@ -548,6 +549,7 @@ impl Front<'_> {
                     method,
                     stale,
                     key: key.as_deref(),
+                    list: lists_keys,
                 };
                 let answer = cluster::forward(&table.config, cluster, &request).await;
                 self.answer(answer, &meta).await

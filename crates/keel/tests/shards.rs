@@ -2,7 +2,10 @@
 //! real nodes joining each with `keel node --group`, each group electing its own primary
 //! and failing over on its own, the state kept across a restart of the monitor; and each
 //! node answering only the keys of its group's slots (`421` naming the owner otherwise),
-//! and `keel proxy --cluster` sending each key to its group's primary.
+//! and `keel proxy --cluster` sending each key to its group's primary. Under `keel up
+//! --shards 2`, `keel load` through the front door: each primary takes 40–60% of the
+//! writes, and with one group's primary killed under load the other group's writes see
+//! no error, counted per group by `keel load --verify`.
 
 mod support;
 
@@ -190,6 +193,41 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
         routed.map(|(key, _)| (key, written_by(&front, key))),
         proxy.log_report()
     );
+    // The list of keys: a node lists its group's keys and says which group; the proxy
+    // merges every group's and says who answered for each.
+    let listed = |url: &str| {
+        let (status, list) = get_json(&format!("{url}/v1/kv"));
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let keys: Vec<String> = list["keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| k["key"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (list, keys)
+    };
+    let (list, keys) = listed(&app1.url);
+    assert_eq!(list["group"], "g1", "{list}");
+    assert!(
+        keys.contains(&"bar".to_owned()) && !keys.contains(&"foo".to_owned()),
+        "{list}"
+    );
+    let (list, keys) = listed(&front);
+    for key in ["foo", "bar", "{foo}.x", "{bar}.x"] {
+        assert!(keys.contains(&key.to_owned()), "{key} missing from {list}");
+    }
+    let parts: Vec<(&str, &str)> = list["merged"]
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| Some((p["group"].as_str()?, p["node"].as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(parts, [("g1", "app1"), ("g2", "app3")], "{list}");
 
     // g1's primary killed: g1 fails over to app2; g2 keeps app3 in epoch 1.
     let killed = Instant::now();
@@ -286,26 +324,158 @@ fn keel_up_with_two_shards_spreads_keys_over_two_primaries() {
         up.proc.log_report()
     );
 
-    // g1's primary killed: g2's keys go on without a failed write.
-    let out = support::run_keel(&[
-        "chaos",
-        "--data-dir",
-        &data.display().to_string(),
-        "kill",
-        g1.as_deref().unwrap_or("app1"),
+    // keel load writing many keys through the front door: each primary takes its share.
+    let (out, report) = load(&[
+        &format!("{front}/"),
+        "--concurrency",
+        "8",
+        "--requests",
+        "400",
+        "--write-ratio",
+        "1",
+        "--verify",
+        "--monitor",
+        &up.monitor_url,
     ]);
     assert!(out.success(), "{out}");
-    for k in 0..20 {
-        assert_eq!(
-            written_by(&front, &format!("{{foo}}.{k}")),
-            g2,
-            "a write to g2 failed while g1 failed over"
+    assert!(
+        out.stdout.contains("lost acknowledged writes: 0\n"),
+        "{out}"
+    );
+    assert_eq!(report["writes"]["acknowledged"], 400, "{out}");
+    let spread = spread_of(&report);
+    let names: Vec<&str> = spread.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 2, "{out}");
+    for (name, count) in &spread {
+        assert!(
+            [g1.as_deref(), g2.as_deref()].contains(&Some(name.as_str())),
+            "{name} is not a primary\n{out}"
+        );
+        assert!(
+            (160..=240).contains(count),
+            "{name} took {count} of 400 writes, not 40–60%\n{out}"
         );
     }
+    let by_group = groups_of(&report);
+    assert_eq!(
+        by_group
+            .iter()
+            .map(|g| g["group"].as_str())
+            .collect::<Vec<_>>(),
+        [Some("g1"), Some("g2")],
+        "{out}"
+    );
+    assert!(out.stdout.contains("by group"), "{out}");
+
+    // g1's primary killed with kill -9 under load: only g1's writes see the failover
+    // window; g2's writers see no error, and no acknowledged write is lost.
+    let g1_primary = g1.clone().unwrap_or_default();
+    let killer = {
+        let (data, node) = (data.display().to_string(), g1_primary.clone());
+        let url = up.node_url(node.trim_start_matches("app").parse().unwrap_or(1));
+        std::thread::spawn(move || {
+            let start = get_json(&format!("{url}/health")).1["lsn"]
+                .as_u64()
+                .unwrap_or(0);
+            let written = wait_until(Duration::from_secs(15), || {
+                get_json(&format!("{url}/health")).1["lsn"]
+                    .as_u64()
+                    .is_some_and(|lsn| lsn >= start + 100)
+            });
+            (
+                written,
+                support::run_keel(&["chaos", "--data-dir", &data, "kill", &node]),
+            )
+        })
+    };
+    let (out, report) = load(&[
+        &format!("{front}/"),
+        "--rate",
+        "200",
+        "--duration",
+        "5s",
+        "--write-ratio",
+        "1",
+        "--verify",
+        "--monitor",
+        &up.monitor_url,
+    ]);
+    let (written, killed) = killer.join().expect("killer thread");
+    assert!(written && killed.success(), "{killed}");
+    assert!(out.success(), "{out}");
+    // The report, for `cargo test -p keel --test shards -- --nocapture`.
+    eprintln!("{}", out.stdout);
+    assert!(
+        out.stdout.contains("lost acknowledged writes: 0\n"),
+        "{out}"
+    );
+    let by_group = groups_of(&report);
+    let g2_writes = by_group
+        .iter()
+        .find(|g| g["group"] == "g2")
+        .expect("g2's writes");
+    assert!(
+        g2_writes["acknowledged"].as_u64().unwrap_or(0) > 300,
+        "{out}"
+    );
+    assert_eq!(
+        (
+            &g2_writes["refused"],
+            &g2_writes["unknown"],
+            &g2_writes["lost"]
+        ),
+        (&Value::from(0), &Value::from(0), &Value::from(0)),
+        "g2's writers saw errors while g1 failed over\n{out}"
+    );
+    assert!(
+        report["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "failover_done")),
+        "{out}"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || written_by(&front, "bar")
             .is_some_and(|n| Some(&n) != g1.as_ref())),
         "g1's keys never reached its new primary\n{}",
         up.proc.log_report()
     );
+}
+
+/// Runs `keel load --quiet --json FILE ARGS…`: its output and the parsed report.
+fn load(args: &[&str]) -> (support::Output, Value) {
+    let dir = tempdir();
+    let json = dir.path().join("report.json");
+    let json_arg = json.display().to_string();
+    let mut all = vec!["load", "--quiet", "--json", &json_arg];
+    all.extend_from_slice(args);
+    let out = support::run_keel(&all);
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null);
+    (out, report)
+}
+
+/// The report's spread: each backend's name and count.
+fn spread_of(report: &Value) -> Vec<(String, u64)> {
+    report["spread"]
+        .as_array()
+        .map(|spread| {
+            spread
+                .iter()
+                .map(|s| {
+                    let name = s["name"].as_str().unwrap_or_default().to_owned();
+                    (name, s["count"].as_u64().unwrap_or(0))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The report's writes per group, from `--verify` under several groups.
+fn groups_of(report: &Value) -> Vec<Value> {
+    report["verify"]["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
