@@ -39,6 +39,50 @@ pub struct KeyList {
     pub merged: Option<Vec<GroupKeys>>,
 }
 
+/// The data of slots on the move (docs/shards.md): what the source group's primary
+/// exports once they are frozen (`GET /v1/slots/export?since=N`), and what the target
+/// group's primary imports (`POST /v1/slots/import`), both signed by the monitor. It is
+/// every key of the slots, so an import replaces what the target held of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotData {
+    /// The table version that froze the slots: names the move.
+    pub since: u64,
+    /// The slots, as a person writes them (`0-99,200`).
+    pub slots: String,
+    /// Every kv key of the slots with its value.
+    pub kv: Vec<KvItem>,
+    /// Every counter of the slots.
+    pub counters: std::collections::BTreeMap<String, i64>,
+    /// The entries map, when its key's slot is one of them.
+    pub entries: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// One key of [`SlotData`]: its value in standard base64, as values are bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvItem {
+    pub key: String,
+    #[serde(with = "base64_bytes")]
+    pub value: Vec<u8>,
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// One group's part of a merged [`KeyList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupKeys {

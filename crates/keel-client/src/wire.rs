@@ -92,6 +92,16 @@ pub struct FailoverRequest {
     pub to: Option<NodeId>,
 }
 
+/// `POST /v1/slots/move` (docs/shards.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// The slots, as a person writes them (`0-99,200`); all one group's.
+    pub slots: String,
+    /// The group they go to.
+    pub to: GroupId,
+}
+
 /// The monitor's answer to a register, heartbeat or sync drop (`200`), and the `view`
 /// field of a `409`: what this node must do now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,6 +416,12 @@ pub enum EventKind {
     EpochRefused,
     /// The operator raised the epoch (`--epoch-floor`).
     EpochRaised,
+    /// Slots were frozen at their owner, on their way to another group (docs/shards.md).
+    SlotsMoving,
+    /// A move is done: the slots are the target group's, in a new table version.
+    SlotsMoved,
+    /// A move was called off: the slots stay their owner's.
+    MoveCancelled,
 }
 
 impl EventKind {
@@ -433,6 +449,9 @@ impl EventKind {
             EventKind::StaleHeartbeat => "stale_heartbeat",
             EventKind::EpochRefused => "epoch_refused",
             EventKind::EpochRaised => "epoch_raised",
+            EventKind::SlotsMoving => "slots_moving",
+            EventKind::SlotsMoved => "slots_moved",
+            EventKind::MoveCancelled => "move_cancelled",
         }
     }
 }

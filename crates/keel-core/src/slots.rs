@@ -143,6 +143,86 @@ pub enum SlotError {
     /// A weight of zero for every group.
     #[error("the weights add up to 0: give at least one group a weight")]
     NoWeight,
+    /// A move asked while another is under way.
+    #[error(
+        "slots {slots} are moving from {from} to {to} already: wait for that move, or cancel it"
+    )]
+    MoveUnderWay {
+        slots: String,
+        from: GroupId,
+        to: GroupId,
+    },
+    /// A move whose slots have more than one owner, or are already the target's.
+    #[error("slot {slot} is {owner}'s: a move takes slots of one group to another ({wanted})")]
+    NotOneOwner {
+        slot: u16,
+        owner: GroupId,
+        wanted: String,
+    },
+    /// A switch or a cancel with no move under way.
+    #[error("no move is under way")]
+    NoMove,
+}
+
+/// Slots on their way from one group to another: frozen at `from` (it owns them still but
+/// takes no write to them) until the table's next version gives them to `to`, or the move
+/// is cancelled (docs/shards.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moving {
+    pub from: GroupId,
+    pub to: GroupId,
+    /// The slots, in ascending order.
+    #[serde(with = "slot_list")]
+    pub slots: Vec<Slot>,
+    /// The table version that froze them.
+    pub since: u64,
+}
+
+impl Moving {
+    /// Whether `slot` is one of the move's.
+    pub fn has(&self, slot: Slot) -> bool {
+        self.slots.binary_search(&slot).is_ok()
+    }
+}
+
+/// Writes a list of slots as a person does (`0-99,200`), and reads it back.
+mod slot_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{Slot, format_slots, parse_slots};
+
+    pub fn serialize<S: Serializer>(slots: &[Slot], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_slots(slots))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Slot>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_slots(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A list of slots as a person writes it: `0-99,200,300-310` (sorted first).
+pub fn format_slots(slots: &[Slot]) -> String {
+    let mut sorted = slots.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i].0;
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1].0 == end + 1 {
+            end += 1;
+            i += 1;
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
 }
 
 /// Which group owns each slot, at a version: every slot has exactly one owner. Every
@@ -156,6 +236,9 @@ pub struct SlotTable {
     /// Every group the table knows, sorted; a group may own no slot (it joined, or gave
     /// every slot away).
     groups: Vec<GroupId>,
+    /// The move under way, if one is (boxed: a table travels inside views, and a move is
+    /// rare).
+    moving: Option<Box<Moving>>,
 }
 
 /// A table as it travels: its version, its groups and its ranges.
@@ -165,6 +248,8 @@ struct TableOnWire {
     version: u64,
     groups: Vec<GroupId>,
     ranges: Vec<SlotRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    moving: Option<Moving>,
 }
 
 impl SlotTable {
@@ -196,6 +281,7 @@ impl SlotTable {
             version: 1,
             owners,
             groups: sorted,
+            moving: None,
         })
     }
 
@@ -205,7 +291,79 @@ impl SlotTable {
             version: 1,
             owners: vec![0; usize::from(SLOTS)],
             groups: vec![group],
+            moving: None,
         }
+    }
+
+    /// The move under way, if one is.
+    pub fn moving(&self) -> Option<&Moving> {
+        self.moving.as_deref()
+    }
+
+    /// Whether `slot` is frozen by a move under way: its owner takes no write to it.
+    pub fn frozen(&self, slot: Slot) -> bool {
+        self.moving.as_ref().is_some_and(|m| m.has(slot))
+    }
+
+    /// The next version with `slots` frozen on their way to `to`: they must all be one
+    /// other group's, and no other move under way. Ownership does not change yet.
+    pub fn with_freeze(&self, slots: &[Slot], to: &GroupId) -> Result<SlotTable, SlotError> {
+        if let Some(m) = &self.moving {
+            return Err(SlotError::MoveUnderWay {
+                slots: format_slots(&m.slots),
+                from: m.from.clone(),
+                to: m.to.clone(),
+            });
+        }
+        if !self.groups.contains(to) {
+            return Err(SlotError::UnknownGroup(to.clone()));
+        }
+        let mut sorted = slots.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let Some(first) = sorted.first() else {
+            return Err(SlotError::NotSlots(String::new()));
+        };
+        let from = self.owner(*first).clone();
+        for slot in &sorted {
+            let owner = self.owner(*slot);
+            if owner != &from || owner == to {
+                return Err(SlotError::NotOneOwner {
+                    slot: slot.0,
+                    owner: owner.clone(),
+                    wanted: format!("{from} to {to}"),
+                });
+            }
+        }
+        let mut next = self.clone();
+        next.version += 1;
+        next.moving = Some(Box::new(Moving {
+            from,
+            to: to.clone(),
+            slots: sorted,
+            since: next.version,
+        }));
+        Ok(next)
+    }
+
+    /// The next version with the move under way done: its slots the target's, none frozen.
+    pub fn with_switch(&self) -> Result<SlotTable, SlotError> {
+        let m = self.moving.as_deref().ok_or(SlotError::NoMove)?;
+        let mut next = self.with_moved(&m.slots, &m.to);
+        next.moving = None;
+        Ok(next)
+    }
+
+    /// The next version with the move under way called off: the slots stay their owner's,
+    /// none frozen.
+    pub fn with_cancel(&self) -> Result<SlotTable, SlotError> {
+        if self.moving.is_none() {
+            return Err(SlotError::NoMove);
+        }
+        let mut next = self.clone();
+        next.version += 1;
+        next.moving = None;
+        Ok(next)
     }
 
     /// The table's version.
@@ -460,11 +618,30 @@ impl TryFrom<TableOnWire> for SlotTable {
             .zip(owners)
             .map(|(slot, owner)| owner.ok_or(SlotError::Unowned(slot)))
             .collect::<Result<Vec<u16>, SlotError>>()?;
-        Ok(SlotTable {
+        let table = SlotTable {
             version: wire.version,
             owners,
             groups,
-        })
+            moving: None,
+        };
+        if let Some(m) = wire.moving {
+            // A move's slots are all the source's, on their way to another known group.
+            for slot in &m.slots {
+                let owner = table.owner(*slot);
+                if owner != &m.from || m.to == m.from || !table.groups.contains(&m.to) {
+                    return Err(SlotError::NotOneOwner {
+                        slot: slot.0,
+                        owner: owner.clone(),
+                        wanted: format!("{} to {}", m.from, m.to),
+                    });
+                }
+            }
+            return Ok(SlotTable {
+                moving: Some(Box::new(m)),
+                ..table
+            });
+        }
+        Ok(table)
     }
 }
 
@@ -474,6 +651,7 @@ impl From<SlotTable> for TableOnWire {
             version: table.version,
             ranges: table.ranges(),
             groups: table.groups,
+            moving: table.moving.map(|m| *m),
         }
     }
 }
@@ -517,6 +695,70 @@ mod tests {
 
     fn g(name: &str) -> GroupId {
         GroupId::new(name).expect("a group name")
+    }
+
+    #[test]
+    fn a_move_freezes_its_slots_then_switches_them_in_the_next_version() {
+        let t = SlotTable::even(&[g("g1"), g("g2")]).expect("a table");
+        let slots = parse_slots("0-99").expect("slots");
+        let frozen = t.with_freeze(&slots, &g("g2")).expect("a freeze");
+        assert_eq!(frozen.version(), 2);
+        assert!(frozen.frozen(Slot(0)) && frozen.frozen(Slot(99)) && !frozen.frozen(Slot(100)));
+        assert_eq!(
+            frozen.owner(Slot(0)),
+            &g("g1"),
+            "g1 owns them until the switch"
+        );
+        let m = frozen.moving().expect("a move");
+        assert_eq!((&m.from, &m.to, m.since), (&g("g1"), &g("g2"), 2));
+        // The freeze travels with the table and reads back the same.
+        let json = serde_json::to_value(&frozen).expect("json");
+        assert_eq!(json["moving"]["slots"], "0-99");
+        let back: SlotTable = serde_json::from_value(json).expect("read back");
+        assert_eq!(back, frozen);
+
+        // One move at a time, of one group's slots, to another group.
+        assert!(matches!(
+            frozen.with_freeze(&[Slot(200)], &g("g2")),
+            Err(SlotError::MoveUnderWay { .. })
+        ));
+        assert!(matches!(
+            t.with_freeze(&[Slot(0), Slot(9000)], &g("g2")),
+            Err(SlotError::NotOneOwner { slot: 9000, .. })
+        ));
+        assert!(matches!(
+            t.with_freeze(&[Slot(9000)], &g("g2")),
+            Err(SlotError::NotOneOwner { slot: 9000, .. })
+        ));
+        assert!(matches!(
+            t.with_freeze(&[Slot(0)], &g("g9")),
+            Err(SlotError::UnknownGroup(_))
+        ));
+
+        let switched = frozen.with_switch().expect("a switch");
+        assert_eq!(switched.version(), 3);
+        assert_eq!(switched.owner(Slot(0)), &g("g2"));
+        assert_eq!(switched.owner(Slot(100)), &g("g1"));
+        assert!(switched.moving().is_none() && !switched.frozen(Slot(0)));
+        let cancelled = frozen.with_cancel().expect("a cancel");
+        assert_eq!(cancelled.version(), 3);
+        assert_eq!(cancelled.owner(Slot(0)), &g("g1"));
+        assert!(cancelled.moving().is_none());
+        assert_eq!(t.with_switch(), Err(SlotError::NoMove));
+        assert_eq!(t.with_cancel(), Err(SlotError::NoMove));
+    }
+
+    #[test]
+    fn a_damaged_move_is_refused_when_read() {
+        let t = SlotTable::even(&[g("g1"), g("g2")]).expect("a table");
+        let mut json = serde_json::to_value(&t).expect("json");
+        json["moving"] = serde_json::json!({"from": "g2", "to": "g1", "slots": "0-9", "since": 1});
+        let read: Result<SlotTable, _> = serde_json::from_value(json);
+        assert!(read.is_err(), "slots 0-9 are g1's, not g2's");
+        assert_eq!(
+            format_slots(&[Slot(5), Slot(1), Slot(2), Slot(3), Slot(9)]),
+            "1-3,5,9"
+        );
     }
 
     #[test]

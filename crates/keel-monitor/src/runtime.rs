@@ -145,6 +145,14 @@ pub(crate) enum Msg {
     Cluster(Option<GroupId>, oneshot::Sender<Option<ClusterView>>),
     /// The slot table, for `GET /v1/slots`.
     Slots(oneshot::Sender<keel_core::slots::SlotTable>),
+    /// A move to begin (slots, to), or the move under way to cancel (`None`); answered
+    /// with the table once the change is durable.
+    Move(
+        Option<(Vec<keel_core::slots::Slot>, GroupId)>,
+        oneshot::Sender<Result<keel_core::slots::SlotTable, Refusal>>,
+    ),
+    /// A copy of the move frozen at this version ended, and how.
+    Copied(u64, Result<(), String>),
     /// The view and the counters, for `/metrics`.
     Metrics(oneshot::Sender<(ClusterView, Stats, Option<crate::metrics::RaftFigures>)>),
 }
@@ -269,6 +277,8 @@ pub async fn run(
         probe_client,
         signer,
         faults: Faults::from_env(),
+        copying: None,
+        copy_again_at: Instant::now(),
     };
     let mut core_task = tokio::spawn(core.run(started));
 
@@ -358,6 +368,10 @@ struct Core {
     signer: Option<Signer>,
     /// The nodes the monitor must not connect to (`keel chaos partition`).
     faults: Faults,
+    /// The move whose copy runs now (its freeze version), and when a failed copy may
+    /// be tried again.
+    copying: Option<u64>,
+    copy_again_at: Instant,
 }
 
 /// The Raft side of a monitor in a group.
@@ -508,6 +522,7 @@ impl Core {
         let mut next_tick = Instant::now() + period;
         let mut metrics = self.group.as_ref().map(|g| g.metrics.clone());
         loop {
+            self.drive_move();
             let wake = match self.monitor.as_ref().and_then(Groups::next_deadline) {
                 Some(d) => next_tick.min(d),
                 None => next_tick,
@@ -698,6 +713,54 @@ impl Core {
                 let _ = reply.send(self.cluster_view(of.as_ref()));
                 Ok(())
             }
+            Msg::Move(change, reply) => {
+                let Some(monitor) = self.monitor.as_mut() else {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return Ok(());
+                };
+                let asked = match &change {
+                    Some((slots, to)) => monitor.begin_move(slots, to),
+                    None => monitor.cancel_move(),
+                };
+                let out = match asked {
+                    Ok(out) => out,
+                    Err(e) => {
+                        let status = match e {
+                            keel_core::slots::SlotError::UnknownGroup(_) => {
+                                http::StatusCode::NOT_FOUND
+                            }
+                            _ => http::StatusCode::CONFLICT,
+                        };
+                        let _ = reply.send(Err(Refusal::new(status, "bad_move", e.to_string())));
+                        return Ok(());
+                    }
+                };
+                let version = monitor.slots().version();
+                self.carry_out(out, None).await?;
+                // Durable only if this monitor still decides, at that version.
+                let answer = match self.monitor.as_ref().map(Groups::slots) {
+                    Some(table) if table.version() == version => Ok(table.clone()),
+                    _ => Err(self.not_leader()),
+                };
+                let _ = reply.send(answer);
+                Ok(())
+            }
+            Msg::Copied(since, result) => {
+                self.copying = None;
+                match result {
+                    Ok(()) => {
+                        if let Some(monitor) = self.monitor.as_mut() {
+                            let out = monitor.copied(since);
+                            self.carry_out(out, None).await?;
+                        }
+                    }
+                    Err(why) => {
+                        tracing::warn!(since, error = %why, "copying the slots on the move failed; trying again shortly");
+                        self.copy_again_at = Instant::now() + COPY_RETRY;
+                    }
+                }
+                Ok(())
+            }
             Msg::Metrics(reply) => {
                 let stats = self.monitor.as_ref().map(Groups::stats).unwrap_or_default();
                 let figures = self.group.as_ref().map(Group::figures);
@@ -806,6 +869,33 @@ impl Core {
         }
     }
 
+    /// Starts the copy of the move under way when the machine says it may run and no copy
+    /// runs: the source primary's export, then the target primary's import, in a task of
+    /// its own whose end comes back as [`Msg::Copied`].
+    fn drive_move(&mut self) {
+        if self.copying.is_some() || Instant::now() < self.copy_again_at {
+            return;
+        }
+        let Some(order) = self
+            .monitor
+            .as_ref()
+            .and_then(|m| m.next_copy(Instant::now()))
+        else {
+            return;
+        };
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        let since = order.moving.since;
+        self.copying = Some(since);
+        let client = self.probe_client.clone();
+        let signer = self.signer.clone();
+        tokio::spawn(async move {
+            let result = copy_slots(&client, signer.as_ref(), &order).await;
+            let _ = tx.send(Msg::Copied(since, result)).await;
+        });
+    }
+
     /// `GET {url}/health` with a timeout of one heartbeat interval, in its own task; the
     /// result comes back as an input. A probe the fault filter blocks fails at once, as a
     /// refused connection would.
@@ -837,6 +927,12 @@ impl Core {
     }
 }
 
+/// How long after a failed copy the next is tried.
+const COPY_RETRY: Duration = Duration::from_millis(300);
+/// How long one export or import may take: a primary that stops answering is given up
+/// on and the copy tried again, perhaps with its group's next primary.
+const COPY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `GET {url}/health`, signed when the monitor holds the cluster secret; then the answer
 /// counts only if the member that answered signed it.
 async fn probe_once(
@@ -845,29 +941,79 @@ async fn probe_once(
     url: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let target = format!("{url}/health");
-    let mut request = client.get(&target).timeout(timeout);
+    member_call(
+        client,
+        signer,
+        "GET",
+        &format!("{url}/health"),
+        Vec::new(),
+        timeout,
+    )
+    .await
+    .map(drop)
+}
+
+/// The copy of a move: the frozen slots' data from the source primary, into the target
+/// primary, which answers once it is durable there.
+async fn copy_slots(
+    client: &reqwest::Client,
+    signer: Option<&Signer>,
+    order: &crate::machine::groups::CopyOrder,
+) -> Result<(), String> {
+    let since = order.moving.since;
+    let export = format!("{}/v1/slots/export?since={since}", order.from_url);
+    let data = member_call(client, signer, "GET", &export, Vec::new(), COPY_TIMEOUT)
+        .await
+        .map_err(|e| format!("export from {}: {e}", order.from_node))?;
+    let import = format!("{}/v1/slots/import", order.to_url);
+    member_call(client, signer, "POST", &import, data.to_vec(), COPY_TIMEOUT)
+        .await
+        .map_err(|e| format!("import into {}: {e}", order.to_node))?;
+    Ok(())
+}
+
+/// A call to a node, signed when the monitor holds the cluster secret; the answer counts
+/// only if the member that answered signed it, and only a 2xx: its body.
+async fn member_call(
+    client: &reqwest::Client,
+    signer: Option<&Signer>,
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<axum::body::Bytes, String> {
+    let mut request = match method {
+        "POST" => client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json"),
+        _ => client.get(url),
+    }
+    .timeout(timeout);
     let signed = match signer {
         Some(signer) => {
-            let signed = signer
-                .sign("GET", &target, b"")
-                .map_err(|e| e.to_string())?;
+            let signed = signer.sign(method, url, &body).map_err(|e| e.to_string())?;
             request = request.header(keel_auth::AUTH_HEADER, &signed.header);
             Some(signed)
         }
         None => None,
     };
+    if !body.is_empty() {
+        request = request.body(body);
+    }
     let response = request.send().await.map_err(|e| e.to_string())?;
     let status = response.status();
     let header = keel_auth::signature_of(response.headers());
-    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    let answer = response.bytes().await.map_err(|e| e.to_string())?;
     if let (Some(signer), Some(signed)) = (signer, &signed) {
         signer
-            .check_answer(signed, header.as_deref(), status.as_u16(), Some(&body))
+            .check_answer(signed, header.as_deref(), status.as_u16(), Some(&answer))
             .map_err(|e| format!("answer not from a member: {e}"))?;
     }
     if !status.is_success() {
-        return Err(format!("answered {status}"));
+        return Err(format!(
+            "answered {status}: {}",
+            String::from_utf8_lossy(&answer).trim()
+        ));
     }
-    Ok(())
+    Ok(answer)
 }

@@ -43,6 +43,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/failover", post(failover))
         .route("/v1/cluster", get(cluster))
         .route("/v1/slots", get(slots))
+        .route("/v1/slots/move", post(slots_move))
+        .route("/v1/slots/cancel", post(slots_cancel))
         .route("/v1/events", get(events))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -494,6 +496,48 @@ async fn slots(State(app): State<Arc<App>>) -> Answered {
         .map_err(|_| shutting_down())?;
     let table = rx.await.map_err(|_| shutting_down())?;
     Ok(axum::Json(table).into_response())
+}
+
+/// `POST /v1/slots/move`: `{"slots": "0-99", "to": "g2"}` freezes the slots on their way
+/// to `to`; the monitor then copies and switches them (docs/shards.md). Answers the table
+/// with the move under way. An operator's call.
+async fn slots_move(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answered {
+    app.guard.require_admin(principal(&signed))?;
+    let req: crate::wire::MoveRequest = parse(raw, codes::BAD_REQUEST, false)?;
+    let slots = keel_core::slots::parse_slots(&req.slots).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::new("bad_slots", e.to_string()),
+        )
+    })?;
+    tracing::warn!(slots = %req.slots, to = %req.to, "slot move asked through /v1/slots/move");
+    table_change(&app, Some((slots, req.to))).await
+}
+
+/// `POST /v1/slots/cancel`: calls the move under way off. An operator's call.
+async fn slots_cancel(State(app): State<Arc<App>>, signed: Signed) -> Answered {
+    app.guard.require_admin(principal(&signed))?;
+    tracing::warn!("slot move cancelled through /v1/slots/cancel");
+    table_change(&app, None).await
+}
+
+async fn table_change(
+    app: &App,
+    change: Option<(Vec<keel_core::slots::Slot>, keel_core::slots::GroupId)>,
+) -> Answered {
+    let (tx, rx) = oneshot::channel();
+    app.core
+        .send(Msg::Move(change, tx))
+        .await
+        .map_err(|_| shutting_down())?;
+    match rx.await.map_err(|_| shutting_down())? {
+        Ok(table) => Ok(axum::Json(table).into_response()),
+        Err(refusal) => Err(refused(refusal)),
+    }
 }
 
 async fn health(State(app): State<Arc<App>>) -> Answered {

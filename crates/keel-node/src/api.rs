@@ -43,6 +43,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/counters/{name}", get(get_counter))
         .route("/v1/counters/{name}/incr", post(incr))
         .route("/v1/replication", get(receiver::accept))
+        .route("/v1/slots/export", get(crate::moves::export))
+        .route("/v1/slots/import", post(crate::moves::import))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/admin/kill", post(kill));
@@ -76,8 +78,10 @@ async fn stamp(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
     if !h.contains_key(KEEL_LSN) {
         h.insert(KEEL_LSN, HeaderValue::from(status.last.lsn.0));
     }
+    // A write names the version its claim used ([`SlotClaim::stamp`]); the rest the
+    // version held now.
     let table = shared.slots_version();
-    if table > 0 {
+    if table > 0 && !h.contains_key(KEEL_TABLE_VERSION) {
         h.insert(KEEL_TABLE_VERSION, HeaderValue::from(table));
     }
     resp
@@ -101,6 +105,49 @@ fn owned(shared: &Shared, key: &str) -> Result<(), Response> {
             .with("version", m.version),
         )
     })
+}
+
+/// How long a write to a slot frozen by a move waits for the move to end before it is
+/// refused with `503 slot_moving`: a move's pause is a few heartbeats.
+const HOLD_FOR_MOVE: Duration = Duration::from_secs(3);
+
+/// Starts a write to `key` (docs/shards.md): `421 wrong_group` when another group owns
+/// its slot; while a move freezes the slot, the write waits (up to [`HOLD_FOR_MOVE`]) for
+/// the move to end, then is taken here or answered `421` naming the slot's new owner.
+async fn claim_write(
+    shared: &Arc<Shared>,
+    key: &str,
+) -> Result<crate::shared::SlotClaim, Response> {
+    let deadline = tokio::time::Instant::now() + HOLD_FOR_MOVE;
+    let mut changed = shared.slots_watch();
+    loop {
+        changed.borrow_and_update();
+        match shared.claim(key) {
+            Ok(claim) => return Ok(claim),
+            Err(crate::shared::Unclaimed::Misdirected(_)) => {
+                owned(shared, key)?;
+            }
+            Err(crate::shared::Unclaimed::Frozen { slot, to }) => {
+                let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
+                if !matches!(waited, Ok(Ok(()))) {
+                    let whither = to.map(|g| format!(" to {g}")).unwrap_or_default();
+                    return Err((
+                        [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                        error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            ApiError::new(
+                                "slot_moving",
+                                format!("slot {slot} (key {key:?}) is moving{whither}; nothing was written, retry shortly"),
+                            )
+                            .with("slot", slot)
+                            .with("written", Written::No.to_json()),
+                        ),
+                    )
+                        .into_response());
+                }
+            }
+        }
+    }
 }
 
 /// The key the entries map is kept under in the key space: all of it lives in one group.
@@ -323,7 +370,7 @@ async fn patch_entries(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    owned(&shared, ENTRIES_KEY)?;
+    let claim = claim_write(&shared, ENTRIES_KEY).await?;
     let raw = body(raw)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -360,7 +407,7 @@ async fn patch_entries(
     // The write is acknowledged: answer with the map whatever happened since (a lease or
     // a failover check here would report an acknowledged write as not written).
     let entries = read_store(&shared, |s| s.entries()).await?;
-    Ok(with_lsn(axum::Json(entries).into_response(), lsn))
+    Ok(claim.stamp(with_lsn(axum::Json(entries).into_response(), lsn)))
 }
 
 /// `GET /v1/kv`: every key; in a group, only the keys of the slots the group owns (a
@@ -439,7 +486,7 @@ async fn put_kv(
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let key = key(path)?;
-    owned(&shared, &key)?;
+    let claim = claim_write(&shared, &key).await?;
     let expect = expect(&headers)?;
     let value = body(raw)?.to_vec();
     let (lsn, outcome) = write(
@@ -455,14 +502,14 @@ async fn put_kv(
         Outcome::Put { version } => version,
         _ => lsn.0,
     };
-    Ok(with_lsn(
+    Ok(claim.stamp(with_lsn(
         (
             [etag(version)],
             axum::Json(json!({"key": key, "version": version})),
         )
             .into_response(),
         lsn,
-    ))
+    )))
 }
 
 async fn delete_kv(
@@ -471,7 +518,7 @@ async fn delete_kv(
     headers: HeaderMap,
 ) -> Answer {
     let key = key(path)?;
-    owned(&shared, &key)?;
+    let claim = claim_write(&shared, &key).await?;
     let expect = expect(&headers)?;
     if expect == Expect::Absent {
         return Err(bad_request(
@@ -497,10 +544,10 @@ async fn delete_kv(
             r
         }
     })?;
-    Ok(with_lsn(
+    Ok(claim.stamp(with_lsn(
         axum::Json(json!({"key": key, "deleted": true, "version": lsn.0})).into_response(),
         lsn,
-    ))
+    )))
 }
 
 #[derive(Deserialize)]
@@ -514,7 +561,7 @@ async fn incr(
     query: Result<Query<IncrParams>, QueryRejection>,
 ) -> Answer {
     let name = key(path)?;
-    owned(&shared, &name)?;
+    let claim = claim_write(&shared, &name).await?;
     let Query(params) = query.map_err(|r| {
         bad_request(
             "bad_query",
@@ -534,10 +581,10 @@ async fn incr(
         Outcome::Counter { value } => value,
         _ => 0,
     };
-    Ok(with_lsn(
+    Ok(claim.stamp(with_lsn(
         axum::Json(Counter { name, value }).into_response(),
         lsn,
-    ))
+    )))
 }
 
 async fn get_counter(

@@ -17,6 +17,7 @@
 //! - [`heartbeat`]: a monitored node's side of the monitor protocol: registration,
 //!   heartbeats, and asking the monitor to drop a silent sync standby;
 //! - [`api`]: the HTTP API of `docs/api.md` (axum);
+//! - [`moves`]: the node's half of a slot move between groups: export and import;
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`update`]: the rules of an entries update (JSON, or the seed's `key=value` lines);
 //! - [`node`]: [`run`], which opens the store, picks the epoch, starts all of the above
@@ -32,6 +33,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod machine;
 pub mod metrics;
+pub mod moves;
 pub mod node;
 pub mod outbox;
 pub mod repl;

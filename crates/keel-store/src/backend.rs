@@ -104,6 +104,10 @@ impl<B: Backend> Storage for B {
         self.read(|v| v.kv_keys())
     }
 
+    fn counters(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        self.read(|v| v.counters())
+    }
+
     fn counter(&self, name: &str) -> Result<i64, StoreError> {
         Ok(self.read(|v| v.counter(name))?.unwrap_or(0))
     }

@@ -158,4 +158,7 @@ pub trait Storage: Send + Sync {
 
     /// A counter's value (0 if it was never incremented).
     fn counter(&self, name: &str) -> Result<i64, StoreError>;
+
+    /// Every counter ever set, with its value.
+    fn counters(&self) -> Result<BTreeMap<String, i64>, StoreError>;
 }

@@ -395,10 +395,46 @@ pub enum ClientCommand {
     /// Add a monitor to a running group, or remove one (needs the admin token).
     #[command(subcommand)]
     Monitors(MonitorsCommand),
+    /// The slot table of a monitor of several groups, and moving slots between groups
+    /// online (moves need the admin token; docs/shards.md).
+    #[command(subcommand)]
+    Slots(SlotsCommand),
     /// GET a URL with retries, backoff, a timeout (--timeout), an optional circuit
     /// breaker and a fallback: the cached last good answer, else the lab's fallback
     /// message. Exit code 0 for a fresh answer, 2 when any answer came from the fallback.
     Fetch(FetchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlotsCommand {
+    /// Show the table: each group's slots, and the move under way.
+    Show,
+    /// Move slots (all one group's) to another group: frozen at their owner, copied,
+    /// then switched in the table's next version.
+    Move {
+        /// The slots, e.g. 0-99,200.
+        slots: String,
+        /// The group they go to.
+        #[arg(long, value_name = "GROUP")]
+        to: keel_core::slots::GroupId,
+        /// Return once the move is asked for, without waiting for it to end.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the move to end.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// Move slots so that each group owns its share: equal, or by --weights.
+    Rebalance {
+        /// Each group's weight, e.g. g1=3,g2=1 [default: equal].
+        #[arg(long)]
+        weights: Option<String>,
+        /// How long to wait for each move to end.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// Call off the move under way: its slots stay their owner's.
+    Cancel,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,19 +9,29 @@
 //! to that node's group; time goes to every group. A node belongs to one group for good:
 //! registering it in another is refused.
 //!
+//! Moves (docs/shards.md): [`Groups::begin_move`] freezes slots at their owner in the
+//! table's next version; [`Groups::next_copy`] says when the copy may run — the source
+//! group's primary has reported (in its heartbeats) that it holds the frozen table, and
+//! the target group has a primary, neither failing over — and to whom; the runtime copies
+//! and reports [`Groups::copied`], which switches the slots to the target in one more
+//! version; [`Groups::cancel_move`] calls a move off. Each step is one persisted state,
+//! so a move survives any process's death: it completes or is cancelled, and at no
+//! version do two groups own a slot.
+//!
 //! Pure, as [`Monitor`] is: time is an argument, and nothing here does I/O.
 
 use std::collections::BTreeMap;
 
 use http::StatusCode;
 use keel_core::NodeId;
-use keel_core::slots::{GroupId, SlotTable};
+use keel_core::slots::{GroupId, Moving, SlotError, SlotTable, format_slots};
 use tokio::time::Instant;
 
 use super::{Answer, Event, Input, Monitor, Output, Refusal, Stats};
 use crate::settings::Settings;
 use crate::state::GroupsState;
 use crate::wire::ClusterView;
+use crate::wire::EventKind;
 use crate::wire::codes;
 
 /// What the runtime must do, in order, for a monitor of several groups.
@@ -50,6 +60,22 @@ pub struct Groups {
     state: GroupsState,
     groups: BTreeMap<GroupId, Monitor>,
     next_event: u64,
+    /// The table version each node said it holds, in its last heartbeat.
+    holds: BTreeMap<NodeId, u64>,
+}
+
+/// A copy the runtime may run now: the frozen slots from the source group's primary to
+/// the target group's (docs/shards.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOrder {
+    /// The move, as the table holds it.
+    pub moving: Moving,
+    /// The source group's primary, which holds the frozen table.
+    pub from_node: NodeId,
+    pub from_url: String,
+    /// The target group's primary.
+    pub to_node: NodeId,
+    pub to_url: String,
 }
 
 impl Groups {
@@ -78,9 +104,137 @@ impl Groups {
                 state,
                 groups,
                 next_event,
+                holds: BTreeMap::new(),
             },
             out,
         )
+    }
+
+    /// Freezes `slots` at their owner on their way to `to`, in the table's next version:
+    /// the state to persist and the event, or why not (another move under way, slots of
+    /// several owners or already `to`'s, an unknown group).
+    pub fn begin_move(
+        &mut self,
+        slots: &[keel_core::slots::Slot],
+        to: &GroupId,
+    ) -> Result<Vec<GroupsOutput>, SlotError> {
+        let next = self.state.slots.with_freeze(slots, to)?;
+        let Some(m) = next.moving().cloned() else {
+            return Err(SlotError::NoMove);
+        };
+        let message = format!(
+            "slots {} frozen at {} on their way to {} (table version {})",
+            format_slots(&m.slots),
+            m.from,
+            m.to,
+            next.version()
+        );
+        Ok(self.new_table(next, &m.from, EventKind::SlotsMoving, message))
+    }
+
+    /// The copy of the move under way that may run now, if one may: the source group's
+    /// primary holds the frozen table (it takes no write to the slots), the target's holds
+    /// it too (it imports only a move it knows), and both groups have a primary that is
+    /// not being replaced.
+    pub fn next_copy(&self, now: Instant) -> Option<CopyOrder> {
+        let moving = self.state.slots.moving()?.clone();
+        let primary = |group: &GroupId| {
+            let view = self.groups.get(group)?.cluster_view(now);
+            if view.failover_in_progress {
+                return None;
+            }
+            view.primary.map(|p| (p.node, p.url))
+        };
+        let (from_node, from_url) = primary(&moving.from)?;
+        let (to_node, to_url) = primary(&moving.to)?;
+        let holds = |node: &NodeId| self.holds.get(node).copied().unwrap_or(0) >= moving.since;
+        // The target must hold the move too: it imports only a move it knows of.
+        (holds(&from_node) && holds(&to_node)).then_some(CopyOrder {
+            moving,
+            from_node,
+            from_url,
+            to_node,
+            to_url,
+        })
+    }
+
+    /// The copy of the move frozen at version `since` is done (the target's primary holds
+    /// every key of the slots durably): the slots become the target's in the table's next
+    /// version. Nothing when that move is no longer under way (cancelled, or already
+    /// switched by an earlier report).
+    pub fn copied(&mut self, since: u64) -> Vec<GroupsOutput> {
+        let Some(m) = self.state.slots.moving().cloned() else {
+            return Vec::new();
+        };
+        if m.since != since {
+            return Vec::new();
+        }
+        let Ok(next) = self.state.slots.with_switch() else {
+            return Vec::new();
+        };
+        let message = format!(
+            "slots {} moved from {} to {} (table version {})",
+            format_slots(&m.slots),
+            m.from,
+            m.to,
+            next.version()
+        );
+        self.new_table(next, &m.to, EventKind::SlotsMoved, message)
+    }
+
+    /// Calls the move under way off: its slots stay their owner's, unfrozen, in the
+    /// table's next version. What the target copied is never served, and a later move of
+    /// the slots replaces it.
+    pub fn cancel_move(&mut self) -> Result<Vec<GroupsOutput>, SlotError> {
+        let m = self
+            .state
+            .slots
+            .moving()
+            .cloned()
+            .ok_or(SlotError::NoMove)?;
+        let next = self.state.slots.with_cancel()?;
+        let message = format!(
+            "move of slots {} from {} to {} cancelled: they stay {}'s (table version {})",
+            format_slots(&m.slots),
+            m.from,
+            m.to,
+            m.from,
+            next.version()
+        );
+        Ok(self.new_table(next, &m.from, EventKind::MoveCancelled, message))
+    }
+
+    /// Takes `table` as the new table: the state to persist, then the event.
+    fn new_table(
+        &mut self,
+        table: SlotTable,
+        group: &GroupId,
+        kind: EventKind,
+        message: String,
+    ) -> Vec<GroupsOutput> {
+        self.state.slots = table;
+        self.state.version += 1;
+        let epoch = self
+            .state
+            .groups
+            .get(group)
+            .map(|c| c.epoch)
+            .unwrap_or_default();
+        let event = Event {
+            id: self.next_event,
+            kind,
+            node: None,
+            epoch,
+            message,
+        };
+        self.next_event += 1;
+        vec![
+            GroupsOutput::Persist(self.state.clone()),
+            GroupsOutput::Event {
+                group: group.clone(),
+                event,
+            },
+        ]
     }
 
     /// The durable state.
@@ -155,6 +309,11 @@ impl Groups {
 
     /// Handles one input at `now`; returns what to do, in order.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<GroupsOutput> {
+        if let Input::Heartbeat(req) = &input
+            && self.state.group_of(&req.node).is_some()
+        {
+            self.holds.insert(req.node.clone(), req.slots_version);
+        }
         let slots_version = match &input {
             Input::Heartbeat(req) => Some(req.slots_version),
             Input::Register(_) => Some(0),
@@ -385,6 +544,85 @@ mod tests {
         );
         assert_eq!(state.group_of(&n("app3")), Some(&g("g2")));
         assert!(state.check().is_ok());
+    }
+
+    #[test]
+    fn a_move_freezes_waits_for_the_source_to_hold_the_freeze_then_switches_once() {
+        let now = Instant::now();
+        let mut groups = two_groups(now);
+        let slots = keel_core::slots::parse_slots("0-99").expect("slots");
+        // No primary in g2 yet: the freeze is recorded, but no copy may run.
+        groups.handle(register("app1", Some("g1")), now);
+        let out = groups.begin_move(&slots, &g("g2")).expect("a move");
+        let GroupsOutput::Persist(persisted) = &out[0] else {
+            panic!("the state first: {out:?}");
+        };
+        assert_eq!(persisted.slots.version(), 2);
+        assert!(persisted.slots.frozen(keel_core::slots::Slot(99)));
+        assert_eq!(events(&out)[0].1, "g1");
+        assert_eq!(events(&out)[0].2, EventKind::SlotsMoving);
+        groups.handle(register("app3", Some("g2")), now);
+        assert_eq!(
+            groups.next_copy(now),
+            None,
+            "app1 does not hold the freeze yet"
+        );
+
+        // app1's heartbeat says it holds version 1: its answer carries the frozen table.
+        let out = groups.handle(heartbeat("app1", Role::Primary, 1, 1), now);
+        let Ok(Answer::View(view)) = reply(&out) else {
+            panic!("a view: {out:?}");
+        };
+        assert_eq!(view.slots.as_ref().map(SlotTable::version), Some(2));
+        assert_eq!(groups.next_copy(now), None);
+        groups.handle(heartbeat("app1", Role::Primary, 1, 2), now);
+        assert_eq!(
+            groups.next_copy(now),
+            None,
+            "app3 does not hold the move yet"
+        );
+        groups.handle(heartbeat("app3", Role::Primary, 1, 2), now);
+        let order = groups.next_copy(now).expect("the copy may run");
+        assert_eq!(
+            (
+                order.from_node.as_str(),
+                order.to_node.as_str(),
+                order.moving.since
+            ),
+            ("app1", "app3", 2)
+        );
+        assert!(matches!(
+            groups.begin_move(&[keel_core::slots::Slot(200)], &g("g2")),
+            Err(SlotError::MoveUnderWay { .. })
+        ));
+
+        // Only the copy of this move switches it, and only once.
+        assert!(groups.copied(7).is_empty());
+        let out = groups.copied(2);
+        let GroupsOutput::Persist(persisted) = &out[0] else {
+            panic!("the state first: {out:?}");
+        };
+        assert_eq!(persisted.slots.version(), 3);
+        assert_eq!(persisted.slots.owner(keel_core::slots::Slot(0)), &g("g2"));
+        assert_eq!(persisted.slots.moving(), None);
+        assert_eq!(events(&out)[0].1, "g2");
+        assert_eq!(events(&out)[0].2, EventKind::SlotsMoved);
+        assert!(groups.copied(2).is_empty(), "switched once");
+        assert_eq!(groups.next_copy(now), None);
+
+        // A move called off leaves the slots with their owner.
+        groups
+            .begin_move(&[keel_core::slots::Slot(200)], &g("g2"))
+            .expect("a move");
+        let out = groups.cancel_move().expect("a cancel");
+        assert_eq!(events(&out)[0].2, EventKind::MoveCancelled);
+        assert_eq!(groups.slots().version(), 5);
+        assert_eq!(groups.slots().owner(keel_core::slots::Slot(200)), &g("g1"));
+        assert!(
+            groups.copied(4).is_empty(),
+            "a late copy of it changes nothing"
+        );
+        assert_eq!(groups.cancel_move(), Err(SlotError::NoMove));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!
 //! - [`route`]: where to send a request, and the retry loop around it
 //! - [`admin`]: `kill-primary`, `failover`, `cluster`
+//! - [`slots`]: `slots show|move|rebalance|cancel`, moving slots between groups
 //! - [`conn`]: one request to one server, and the errors a person sees
 //! - [`events`]: the monitor's event stream (shared with `keel up`)
 //! - [`fetch`]: `keel client fetch URL`, the fault-tolerance lab's client (retry,
@@ -26,6 +27,7 @@ pub(crate) mod events;
 mod fetch;
 mod print;
 mod route;
+mod slots;
 mod state;
 
 use std::collections::BTreeMap;
@@ -130,6 +132,7 @@ impl Client {
             ClientCommand::Failover { to } => self.failover(to).await,
             ClientCommand::Cluster => self.cluster().await,
             ClientCommand::Monitors(command) => self.monitors(command).await,
+            ClientCommand::Slots(command) => self.slots(command).await,
             ClientCommand::Fetch(args) => fetch::run(args, self.timeout, self.json).await,
         }
     }
