@@ -150,6 +150,24 @@ async fn claim_write(
     }
 }
 
+/// A read of `key`: `421 wrong_group` when another group owns its slot. A slot on its way
+/// here waits (up to [`HOLD_FOR_MOVE`]) for the move's switch, which a router that read
+/// the new table sent it ahead of.
+async fn owned_now(shared: &Arc<Shared>, key: &str) -> Result<(), Response> {
+    let deadline = tokio::time::Instant::now() + HOLD_FOR_MOVE;
+    let mut changed = shared.slots_watch();
+    loop {
+        changed.borrow_and_update();
+        if !shared.incoming(key) {
+            return owned(shared, key);
+        }
+        let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
+        if !matches!(waited, Ok(Ok(()))) {
+            return owned(shared, key);
+        }
+    }
+}
+
 /// The key the entries map is kept under in the key space: all of it lives in one group.
 const ENTRIES_KEY: &str = "entries";
 
@@ -360,7 +378,7 @@ fn etag(version: u64) -> (header::HeaderName, String) {
 }
 
 async fn get_entries(State(shared): State<Arc<Shared>>) -> Answer {
-    owned(&shared, ENTRIES_KEY)?;
+    owned_now(&shared, ENTRIES_KEY).await?;
     let entries = read(&shared, |s| s.entries()).await?;
     Ok(axum::Json(entries).into_response())
 }
@@ -437,7 +455,7 @@ async fn get_kv(
     path: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let key = key(path)?;
-    owned(&shared, &key)?;
+    owned_now(&shared, &key).await?;
     let lookup = key.clone();
     match read(&shared, move |s| s.kv_get(&lookup)).await? {
         Some((version, value)) => Ok((
@@ -592,7 +610,7 @@ async fn get_counter(
     path: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let name = key(path)?;
-    owned(&shared, &name)?;
+    owned_now(&shared, &name).await?;
     let lookup = name.clone();
     let value = read(&shared, move |s| s.counter(&lookup)).await?;
     Ok(axum::Json(Counter { name, value }).into_response())

@@ -429,6 +429,15 @@ impl Shared {
         Ok((!busy).then(|| m.clone()))
     }
 
+    /// Whether `key`'s slot is on its way to this node's group, in the table held: the
+    /// group owns it as soon as it learns the move's switch.
+    pub fn incoming(&self, key: &str) -> bool {
+        let slot = keel_core::slots::slot_of(key.as_bytes());
+        lock(&self.slots).as_ref().is_some_and(|(mine, table)| {
+            table.moving().is_some_and(|m| &m.to == mine && m.has(slot))
+        })
+    }
+
     /// Changes whenever the table or the work under way on slots does.
     pub fn slots_watch(&self) -> watch::Receiver<u64> {
         self.slots_changed.subscribe()

@@ -492,6 +492,48 @@ fn up_with_two_shards(data: &std::path::Path) -> support::KeelUp {
     support::KeelUp::start_on(data, 2, base, monitor_port, &["--shards", "2"])
 }
 
+/// Starts `keel up --shards 2 --monitors 3` in `data` on free ports; the monitors' URLs.
+fn up_with_two_shards_and_three_monitors(data: &std::path::Path) -> (support::KeelUp, String) {
+    let base = support::free_port_range(4);
+    let monitor_port = loop {
+        let p = support::free_port_range(3);
+        if !(base..base + 4).any(|b| (p..p + 3).contains(&b)) {
+            break p;
+        }
+    };
+    let up = support::KeelUp::start_on(
+        data,
+        2,
+        base,
+        monitor_port,
+        &["--shards", "2", "--monitors", "3"],
+    );
+    let urls: Vec<String> = (0..3).map(|k| url_for(monitor_port + k)).collect();
+    (up, urls.join(","))
+}
+
+/// `GET url` as JSON, `None` when it cannot be read (a monitor that was killed).
+fn try_json(url: &str) -> Option<Value> {
+    support::http_client()
+        .get(url)
+        .timeout(Duration::from_millis(500))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// The monitor that leads among `urls`, by its own word.
+fn monitors_leader(urls: &str) -> Option<String> {
+    urls.split(',').find_map(|url| {
+        let view = try_json(&format!("{url}/v1/cluster"))?;
+        let group = &view["monitors"];
+        (group["leader"] == group["answered_by"])
+            .then(|| group["leader"].as_str().map(str::to_owned))
+            .flatten()
+    })
+}
+
 /// `count` keys whose slots are in `slots`, named `{prefix}N`.
 fn keys_in(slots: std::ops::Range<u16>, prefix: &str, count: usize) -> Vec<String> {
     (0u32..)
@@ -726,4 +768,189 @@ fn slots_move_online_under_eight_writers_with_one_owner_at_a_time() {
         "{out}"
     );
     assert!(!g1_primary.is_empty());
+}
+
+/// The slot table as the monitor has it.
+fn table(up: &support::KeelUp) -> Value {
+    get_json(&format!("{}/v1/slots", up.monitor_url)).1
+}
+
+/// Whether the table has no move under way and gives `slot` to `group`.
+fn moved(up: &support::KeelUp, slot: u16, group: &str) -> bool {
+    let t = table(up);
+    t["moving"].is_null()
+        && t["ranges"].as_array().is_some_and(|ranges| {
+            ranges.iter().any(|r| {
+                r["group"] == group
+                    && r["from"].as_u64().is_some_and(|f| f <= u64::from(slot))
+                    && r["to"].as_u64().is_some_and(|t| t >= u64::from(slot))
+            })
+        })
+}
+
+/// `keel chaos --data-dir … ARGS`.
+fn chaos(data: &std::path::Path, args: &[&str]) {
+    let data = data.display().to_string();
+    let mut all = vec!["chaos", "--data-dir", &data];
+    all.extend_from_slice(args);
+    let out = support::run_keel(&all);
+    assert!(out.success(), "{out}");
+}
+
+/// A move whose target primary, then whose source primary, is killed in the middle: the
+/// group fails over, its new primary carries the move on, and the move completes with
+/// every key of the slots at the new owner. While the source's primary is gone its
+/// standby, promoted, keeps the slots frozen: it takes no write to them.
+#[test]
+fn a_move_lives_through_the_death_of_either_groups_primary() {
+    let dir = tempdir();
+    let data = dir.path().join("keel-data");
+    let up = up_with_two_shards(&data);
+    let front = up.proxy_url.clone();
+    let primary_of = |group: &str| {
+        get_json(&format!("{}/v1/cluster?group={group}", up.monitor_url)).1["primary"]["node"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let written: Vec<(String, String)> = keys_in(200..400, "d", 60)
+        .into_iter()
+        .map(|k| {
+            let v = format!("value of {k}");
+            (k, v)
+        })
+        .collect();
+    for (k, v) in &written {
+        assert!(put_kv(&front, k, v).status().is_success(), "{k}");
+    }
+
+    // The target's primary freezes (it cannot import), then dies: g2's next primary
+    // imports, and the move completes.
+    let target = primary_of("g2");
+    chaos(&data, &["pause", &target]);
+    let out = client(
+        &up,
+        &["slots", "move", "200-299", "--to", "g2", "--no-wait"],
+    );
+    assert!(out.success(), "{out}");
+    assert!(!table(&up)["moving"].is_null(), "the move is under way");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!moved(&up, 200, "g2"), "no copy into a frozen primary");
+    chaos(&data, &["kill", &target]);
+    assert!(
+        wait_until(Duration::from_secs(20), || moved(&up, 200, "g2")),
+        "the move did not complete after {target}'s death: {}\n{}",
+        table(&up),
+        up.proc.log_report()
+    );
+    assert_ne!(primary_of("g2"), target, "g2 failed over");
+
+    // The source's primary freezes (it cannot confirm the freeze), then dies: g1's next
+    // primary, promoted with the move in the table, exports.
+    let source = primary_of("g1");
+    chaos(&data, &["pause", &source]);
+    let out = client(
+        &up,
+        &["slots", "move", "300-399", "--to", "g2", "--no-wait"],
+    );
+    assert!(out.success(), "{out}");
+    chaos(&data, &["kill", &source]);
+    assert!(
+        wait_until(Duration::from_secs(20), || moved(&up, 300, "g2")),
+        "the move did not complete after {source}'s death: {}\n{}",
+        table(&up),
+        up.proc.log_report()
+    );
+    assert_ne!(primary_of("g1"), source, "g1 failed over");
+
+    // Every key of both moves is at g2, with its value, read through the front door.
+    for (k, v) in &written {
+        let got = support::http_client()
+            .get(format!("{front}/v1/kv/{k}"))
+            .send()
+            .expect("a read");
+        let node = got
+            .headers()
+            .get("keel-node")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(group_of(&node), "g2", "{k} read from {node}");
+        assert_eq!(got.text().unwrap_or_default(), *v, "{k} lost in the move");
+    }
+    let events = up.proc.log_text();
+    assert_eq!(events.matches("slots moved:").count(), 2, "{events}");
+}
+
+/// The monitors' leader killed in the middle of a move (the target's primary frozen, so
+/// the copy cannot run): the next leader finds the move in the replicated state and
+/// completes it once the target answers; the slots' keys are all at the new owner.
+#[test]
+fn a_move_lives_through_the_death_of_the_monitors_leader() {
+    let dir = tempdir();
+    let data = dir.path().join("keel-data");
+    let (up, urls) = up_with_two_shards_and_three_monitors(&data);
+    let front = up.proxy_url.clone();
+    let written: Vec<(String, String)> = keys_in(500..600, "l", 30)
+        .into_iter()
+        .map(|k| {
+            let v = format!("value of {k}");
+            (k, v)
+        })
+        .collect();
+    for (k, v) in &written {
+        assert!(put_kv(&front, k, v).status().is_success(), "{k}");
+    }
+    let leader = monitors_leader(&urls).expect("a leader");
+    let target = get_json(&format!("{}/v1/cluster?group=g2", up.monitor_url)).1["primary"]["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    chaos(&data, &["pause", &target]);
+    let token = up.token_file.display().to_string();
+    let out = support::run_keel(&[
+        "client",
+        "--monitor",
+        &urls,
+        "--token-file",
+        &token,
+        "slots",
+        "move",
+        "500-599",
+        "--to",
+        "g2",
+        "--no-wait",
+    ]);
+    assert!(out.success(), "{out}");
+    chaos(&data, &["kill", &leader]);
+    chaos(&data, &["resume", &target]);
+    let slots = |url: &str| try_json(&format!("{url}/v1/slots")).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            monitors_leader(&urls).is_some_and(|l| l != leader)
+                && urls.split(',').any(|url| {
+                    let t = slots(url);
+                    t["moving"].is_null()
+                        && t["ranges"].as_array().is_some_and(|r| {
+                            r.iter().any(|r| r["group"] == "g2" && r["from"] == 500)
+                        })
+                })
+        }),
+        "the move did not complete under the next leader\n{}",
+        up.proc.log_report()
+    );
+    for (k, v) in &written {
+        let got = support::http_client()
+            .get(format!("{front}/v1/kv/{k}"))
+            .send()
+            .expect("a read");
+        let node = got
+            .headers()
+            .get("keel-node")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(group_of(&node), "g2", "{k} read from {node}");
+        assert_eq!(got.text().unwrap_or_default(), *v, "{k} lost in the move");
+    }
 }
