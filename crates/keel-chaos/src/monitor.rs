@@ -55,6 +55,13 @@ impl MonitorClient {
     }
 
     /// The monitor's view (of its group), or `None` when it does not answer.
+    /// The slot table, under a monitor of several groups.
+    pub(crate) async fn slots(&self) -> Option<keel_core::slots::SlotTable> {
+        keel_client::monitor::slots_as(&self.http, &self.url, VIEW_TIMEOUT, None)
+            .await
+            .ok()
+    }
+
     pub(crate) async fn view(&self) -> Option<ClusterView> {
         match &self.group {
             Some(group) => {

@@ -140,7 +140,9 @@ impl Partitions {
     }
 
     /// Cuts `node` off from each of `from` (every other process of the data tier when
-    /// empty), in addition to the partitions already in force.
+    /// empty; under `--shards`, the monitors and its own group's nodes), in addition to
+    /// the partitions already in force. A group's name (`g2`) in `from` stands for its
+    /// nodes.
     pub(crate) fn partition(
         &mut self,
         plan: &Plan,
@@ -158,15 +160,41 @@ impl Partitions {
             )));
         }
         check_name(plan, node, netns)?;
+        // A node of a group talks to its group and the monitors only: by default it is
+        // cut off from them, and the other groups go on untouched. A group's name in
+        // `from` stands for its nodes.
+        let own_group = plan
+            .groups
+            .iter()
+            .find(|(_, members)| members.iter().any(|&i| plan.nodes[i].name == node));
         let from: Vec<String> = if from.is_empty() {
             tier.iter()
                 .filter(|s| s.name != node)
+                .filter(|s| {
+                    own_group.is_none_or(|(_, members)| {
+                        plan.monitors.iter().any(|m| m.name == s.name)
+                            || members.iter().any(|&i| plan.nodes[i].name == s.name)
+                    })
+                })
                 .map(|s| s.name.clone())
                 .chain(netns.then(|| CLIENTS.to_owned()))
                 .collect()
         } else {
+            let from: Vec<String> = from
+                .iter()
+                .flat_map(
+                    |f| match plan.groups.iter().find(|(g, _)| g.as_str() == f) {
+                        Some((_, members)) => members
+                            .iter()
+                            .map(|&i| plan.nodes[i].name.clone())
+                            .filter(|n| n != node)
+                            .collect(),
+                        None => vec![f.clone()],
+                    },
+                )
+                .collect();
             let mut list = Vec::new();
-            for other in from {
+            for other in &from {
                 if other == CLIENTS && !netns {
                     return Err(bad(format!(
                         "the fault filter does not cut off the clients (the proxy, the \
@@ -428,6 +456,48 @@ mod tests {
         for spec in plan.all() {
             assert!(read(&partitions, &spec.name).is_empty(), "{}", spec.name);
         }
+    }
+
+    #[test]
+    fn under_shards_a_partition_stays_within_the_group_and_a_group_names_its_nodes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = Settings {
+            nodes: 4,
+            shards: 2,
+            data_dir: dir.path().to_owned(),
+            base_port: 9001,
+            monitors: 1,
+            monitor_port: 9070,
+            services: 2,
+            service_port: 9056,
+            proxy_port: 9080,
+            proxy_admin_port: 9090,
+            control_port: 9060,
+            verbose: false,
+            netns: false,
+            tls: false,
+            restart: Default::default(),
+            postgres: None,
+        };
+        let plan = crate::plan::plan(
+            &args,
+            &Credentials::in_dir(dir.path()),
+            &Placement::loopback(),
+        )
+        .expect("plan");
+        let mut partitions = Partitions::start(dir.path(), &plan, None).expect("start");
+        let done = partitions.partition(&plan, "app1", &[]).expect("partition");
+        assert_eq!(done.from, ["monitor", "app2"], "g1's and the monitor only");
+        assert!(read(&partitions, "app3").is_empty(), "g2 untouched");
+        let done = partitions
+            .partition(&plan, "app3", &["g2".into()])
+            .expect("partition");
+        assert_eq!(
+            done.from,
+            ["app4"],
+            "g2 stands for its nodes but app3 itself"
+        );
+        assert!(partitions.partition(&plan, "app3", &["g9".into()]).is_err());
     }
 
     #[test]

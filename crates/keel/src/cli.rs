@@ -1065,9 +1065,11 @@ pub enum ChaosCommand {
     Partition {
         /// The process to cut off.
         node: String,
-        /// Whom from (repeat for several) [default: every other process of the data tier,
-        /// and under --netns the clients too]; `clients` (--netns only) is everything
-        /// outside the data tier: the proxy, the services, curl, keel load.
+        /// Whom from (repeat for several) [default: every other process of the data tier
+        /// (under --shards, the monitors and the node's own group), and under --netns the
+        /// clients too]; a group's name (g2) stands for its nodes; `clients` (--netns
+        /// only) is everything outside the data tier: the proxy, the services, curl, keel
+        /// load.
         #[arg(long = "from", value_name = "NODE")]
         from: Vec<String>,
     },

@@ -332,3 +332,111 @@ fn keel_dashboard_serves_a_stack_started_elsewhere_and_switches_over() {
         dashboard.log_report()
     );
 }
+
+/// Under `keel up --shards 2` the page names each group's primary and the slot table's
+/// version, shows each node's group and slots, and follows a slot move and one group's
+/// failover.
+#[test]
+fn the_dashboard_knows_groups_slot_moves_and_one_groups_failover() {
+    let dir = tempdir();
+    let data = dir.path().join("keel-data");
+    let base = free_port_range(4);
+    let monitor_port = loop {
+        let p = free_port();
+        if !(base..base + 4).contains(&p) {
+            break p;
+        }
+    };
+    let tier = KeelUp::start_on(&data, 2, base, monitor_port, &["--shards", "2"]);
+    let token = tier.token_file.display().to_string();
+    let profile = dir.path().join("chromium");
+    let driver = Driver::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let page = rt.block_on(browser(&driver.url, &profile));
+    let outcome = rt.block_on(async {
+        page.goto(&format!("{}/", tier.control_url))
+            .await
+            .expect("the page");
+        for wanted in [
+            "g1 primary: app1 (epoch 1)",
+            "g2 primary: app3 (epoch 1)",
+            "slot table version 1",
+        ] {
+            wait_text(&page, "summary", wanted, Duration::from_secs(10))
+                .await
+                .map_err(|seen| format!("{wanted:?} not in the summary: {seen:?}"))?;
+        }
+        wait_text(
+            &page,
+            "processes",
+            "g2 (slots 8192-16383 (8192 slots))",
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|seen| format!("no group in the processes table: {seen}"))?;
+
+        // A move of 100 slots: the page shows the table's new version.
+        let out = run_keel(&[
+            "client",
+            "--monitor",
+            &tier.monitor_url,
+            "--token-file",
+            &token,
+            "slots",
+            "move",
+            "0-99",
+            "--to",
+            "g2",
+        ]);
+        if !out.success() {
+            return Err(format!("the move failed: {out}"));
+        }
+        wait_text(
+            &page,
+            "summary",
+            "slot table version 3",
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|seen| format!("the move is not shown: {seen:?}"))?;
+        wait_text(
+            &page,
+            "processes",
+            "g2 (slots 0-99,8192-16383 (8292 slots))",
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|seen| format!("g2's new slots are not shown: {seen}"))?;
+
+        // g2's primary killed: g2 fails over, g1 stays.
+        let data_arg = data.display().to_string();
+        let out = run_keel(&["chaos", "--data-dir", &data_arg, "kill", "app3"]);
+        if !out.success() {
+            return Err(format!("the kill failed: {out}"));
+        }
+        wait_text(
+            &page,
+            "summary",
+            "g2 primary: app4 (epoch 2)",
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|seen| format!("g2's failover is not shown: {seen:?}"))?;
+        let summary = text_of(&page, "summary").await;
+        if !summary.contains("g1 primary: app1 (epoch 1)") {
+            return Err(format!("g1 changed: {summary:?}"));
+        }
+        let errors = page
+            .execute("return document.body.dataset.errors || '0'", vec![])
+            .await
+            .expect("script");
+        if errors != "0" {
+            return Err(format!("script errors on the page: {errors}"));
+        }
+        Ok(())
+    });
+    let _ = rt.block_on(page.close());
+    if let Err(why) = outcome {
+        panic!("{why}\n{}", tier.proc.log_report());
+    }
+}

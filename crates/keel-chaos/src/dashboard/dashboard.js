@@ -59,7 +59,7 @@ function nodeOf(view, name) {
   return view && view.nodes ? view.nodes.find((n) => n.node === name) || null : null;
 }
 
-function processRow(p, dataView, pgView) {
+function processRow(p, dataView, pgView, ownGroup) {
   const row = document.createElement("tr");
   row.appendChild(text("th", p.name));
   row.appendChild(text("td", p.state, stateClass(p.state)));
@@ -73,7 +73,8 @@ function processRow(p, dataView, pgView) {
   if (node) {
     // The monitor's word, not the node's last heartbeat: that may lag a failover.
     role = p.state === "exited" ? "down" : primary === p.name ? "primary" : node.role;
-    details = `epoch ${node.epoch}, lsn ${node.lsn}` +
+    details = (ownGroup ? `${ownGroup.group} (slots ${ownGroup.slots || "?"}), ` : "") +
+      `epoch ${node.epoch}, lsn ${node.lsn}` +
       (node.last_heartbeat_ms_ago != null ? `, heartbeat ${node.last_heartbeat_ms_ago} ms ago` : "") +
       (node.sync ? ", in the sync set" : "") +
       (role === "standby" ? (node.promotable ? ", promotable" : `, not promotable: ${node.why_not_promotable || "?"}`) : "");
@@ -167,7 +168,20 @@ function render(state) {
   const pgView = state.pg_cluster;
   const primary = view && view.primary ? view.primary.node : null;
   const parts = [];
-  if (state.data_tier) {
+  if (state.data_tier && state.groups) {
+    // Several groups: each one's primary, then the slot table.
+    for (const g of state.groups) {
+      const v = g.view;
+      parts.push(v && v.primary ? `${g.group} primary: ${v.primary.node} (epoch ${v.epoch})` : `${g.group}: no primary`);
+      if (v && v.failover_in_progress) parts.push(`${g.group} failover in progress`);
+    }
+    if (state.slots) {
+      parts.push(`slot table version ${state.slots.version}`);
+      const m = state.slots.moving;
+      if (m) parts.push(`moving slots ${m.slots} from ${m.from} to ${m.to}`);
+    }
+    if (view && view.monitors && view.monitors.leader) parts.push(`monitors' leader: ${view.monitors.leader}`);
+  } else if (state.data_tier) {
     parts.push(primary ? `primary: ${primary} (epoch ${view.epoch})` : (state.monitor_error || "no primary"));
     if (view && view.failover_in_progress) parts.push("failover in progress");
     if (view && view.monitors && view.monitors.leader) parts.push(`monitors' leader: ${view.monitors.leader}`);
@@ -180,7 +194,11 @@ function render(state) {
   if (state.proxy_error) parts.push(state.proxy_error);
   $("summary").textContent = parts.join(" · ") || "running";
 
-  fill($("processes").tBodies[0], (state.processes || []).map((p) => processRow(p, view, pgView)));
+  fill($("processes").tBodies[0], (state.processes || []).map((p) => {
+    // Under several groups a data node's role is its own group's word.
+    const own = (state.groups || []).find((g) => nodeOf(g.view, p.name));
+    return processRow(p, own ? own.view : view, pgView, own ? own : null);
+  }));
 
   const backends = (state.backends && state.backends.backends) || [];
   const totals = { requests: 0, errors: 0 };

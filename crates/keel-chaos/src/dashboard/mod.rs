@@ -138,7 +138,23 @@ async fn state(State(context): State<Arc<Context>>) -> Response {
         metrics
     );
     let latency = metrics.as_deref().map(latency_buckets);
+    // Under a monitor of several groups: every group's view and the slot table.
+    let (groups, slots) = match (&context.monitors.data_tier, &cluster) {
+        (Some(monitor), Some(first)) if first.groups.len() > 1 => {
+            let views = futures::future::join_all(
+                first
+                    .groups
+                    .iter()
+                    .map(|g| async move { (g.clone(), monitor.of_group(g).view().await) }),
+            );
+            let (views, slots) = tokio::join!(views, monitor.slots());
+            (Some(group_parts(&views, slots.as_ref())), slots)
+        }
+        _ => (None, None),
+    };
     axum::Json(serde_json::json!({
+        "groups": groups,
+        "slots": slots,
         "processes": processes,
         "data_tier": context.monitors.data_tier.is_some(),
         "cluster": cluster,
@@ -154,6 +170,37 @@ async fn state(State(context): State<Arc<Context>>) -> Response {
         "latency_buckets": latency,
     }))
     .into_response()
+}
+
+/// Each group's view with its slots, as the page shows them.
+fn group_parts(
+    views: &[(
+        keel_core::slots::GroupId,
+        Option<keel_client::wire::ClusterView>,
+    )],
+    table: Option<&keel_core::slots::SlotTable>,
+) -> Vec<serde_json::Value> {
+    views
+        .iter()
+        .map(|(group, view)| {
+            let slots = table.map(|t| {
+                let ranges: Vec<String> = t
+                    .ranges()
+                    .iter()
+                    .filter(|r| &r.group == group)
+                    .map(|r| {
+                        if r.from == r.to {
+                            r.from.to_string()
+                        } else {
+                            format!("{}-{}", r.from, r.to)
+                        }
+                    })
+                    .collect();
+                format!("{} ({} slots)", ranges.join(","), t.count(group))
+            });
+            serde_json::json!({"group": group, "view": view, "slots": slots})
+        })
+        .collect()
 }
 
 /// The proxy's answer-time histogram summed over its backends, from its `/metrics`:
