@@ -128,6 +128,11 @@ async fn claim_write(
                 owned(shared, key)?;
             }
             Err(crate::shared::Unclaimed::Frozen { slot, to }) => {
+                // A node that takes no write now (a standby, a primary being replaced)
+                // says so at once rather than after a move's pause.
+                if let Some(refusal) = writer::refusal(shared) {
+                    return Err(write_failed(refusal));
+                }
                 let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
                 if !matches!(waited, Ok(Ok(()))) {
                     let whither = to.map(|g| format!(" to {g}")).unwrap_or_default();
