@@ -420,9 +420,14 @@ mod tests {
     use crate::plan::{MONITOR, Placement};
 
     fn plan(dir: &Path) -> Plan {
+        plan_of(dir, 3, 1)
+    }
+
+    /// The plan of `keel up --nodes NODES --shards SHARDS`.
+    fn plan_of(dir: &Path, nodes: u16, shards: u16) -> Plan {
         let args = Settings {
-            nodes: 3,
-            shards: 1,
+            nodes,
+            shards,
             data_dir: dir.to_owned(),
             base_port: 9001,
             monitors: 1,
@@ -461,30 +466,7 @@ mod tests {
     #[test]
     fn under_shards_a_partition_stays_within_the_group_and_a_group_names_its_nodes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let args = Settings {
-            nodes: 4,
-            shards: 2,
-            data_dir: dir.path().to_owned(),
-            base_port: 9001,
-            monitors: 1,
-            monitor_port: 9070,
-            services: 2,
-            service_port: 9056,
-            proxy_port: 9080,
-            proxy_admin_port: 9090,
-            control_port: 9060,
-            verbose: false,
-            netns: false,
-            tls: false,
-            restart: Default::default(),
-            postgres: None,
-        };
-        let plan = crate::plan::plan(
-            &args,
-            &Credentials::in_dir(dir.path()),
-            &Placement::loopback(),
-        )
-        .expect("plan");
+        let plan = plan_of(dir.path(), 4, 2);
         let mut partitions = Partitions::start(dir.path(), &plan, None).expect("start");
         let done = partitions.partition(&plan, "app1", &[]).expect("partition");
         assert_eq!(done.from, ["monitor", "app2"], "g1's and the monitor only");

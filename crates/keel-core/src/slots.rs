@@ -416,6 +416,16 @@ impl SlotTable {
         ranges
     }
 
+    /// The slots `group` owns, as a person writes them (`0-99,8192-16383`); empty when
+    /// it owns none.
+    pub fn slots_text(&self, group: &GroupId) -> String {
+        let owned: Vec<Slot> = (0..SLOTS)
+            .map(Slot)
+            .filter(|s| self.owner(*s) == group)
+            .collect();
+        format_slots(&owned)
+    }
+
     /// A new version with `slots` owned by `to` (which may be a group new to the table).
     pub fn with_moved(&self, slots: &[Slot], to: &GroupId) -> SlotTable {
         let mut next = self.clone();

@@ -543,6 +543,21 @@ fn keys_in(slots: std::ops::Range<u16>, prefix: &str, count: usize) -> Vec<Strin
         .collect()
 }
 
+/// `GET /v1/kv/{key}` through `front`: the node that answered, and the body.
+fn read_through(front: &str, key: &str) -> (String, String) {
+    let got = support::http_client()
+        .get(format!("{front}/v1/kv/{key}"))
+        .send()
+        .expect("a read");
+    let node = got
+        .headers()
+        .get("keel-node")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (node, got.text().unwrap_or_default())
+}
+
 /// The group a node of `keel up --shards 2` belongs to.
 fn group_of(node: &str) -> &'static str {
     if matches!(node, "app1" | "app2") {
@@ -728,24 +743,10 @@ fn slots_move_online_under_eight_writers_with_one_owner_at_a_time() {
     for ack in &acks {
         last.insert(ack.key.as_str(), ack.value.as_str());
     }
-    let g1_primary = up.primary().unwrap_or_default();
     for (key, value) in &last {
-        let got = support::http_client()
-            .get(format!("{front}/v1/kv/{key}"))
-            .send()
-            .expect("a read");
-        assert_eq!(
-            got.headers()
-                .get("keel-node")
-                .and_then(|v| v.to_str().ok())
-                .map(group_of),
-            Some("g1")
-        );
-        assert_eq!(
-            got.text().unwrap_or_default(),
-            *value,
-            "{key} lost its last write"
-        );
+        let (node, got) = read_through(&front, key);
+        assert_eq!(group_of(&node), "g1", "{key} read from {node}");
+        assert_eq!(got, *value, "{key} lost its last write");
     }
 
     // A stale idea of the table: g2's primary asked for a key that went back to g1.
@@ -767,7 +768,6 @@ fn slots_move_online_under_eight_writers_with_one_owner_at_a_time() {
         out.success() && out.stdout.contains("slot table version 7"),
         "{out}"
     );
-    assert!(!g1_primary.is_empty());
 }
 
 /// The slot table as the monitor has it.
@@ -865,18 +865,9 @@ fn a_move_lives_through_the_death_of_either_groups_primary() {
 
     // Every key of both moves is at g2, with its value, read through the front door.
     for (k, v) in &written {
-        let got = support::http_client()
-            .get(format!("{front}/v1/kv/{k}"))
-            .send()
-            .expect("a read");
-        let node = got
-            .headers()
-            .get("keel-node")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let (node, value) = read_through(&front, k);
         assert_eq!(group_of(&node), "g2", "{k} read from {node}");
-        assert_eq!(got.text().unwrap_or_default(), *v, "{k} lost in the move");
+        assert_eq!(value, *v, "{k} lost in the move");
     }
     let events = up.proc.log_text();
     assert_eq!(events.matches("slots moved:").count(), 2, "{events}");
@@ -940,17 +931,8 @@ fn a_move_lives_through_the_death_of_the_monitors_leader() {
         up.proc.log_report()
     );
     for (k, v) in &written {
-        let got = support::http_client()
-            .get(format!("{front}/v1/kv/{k}"))
-            .send()
-            .expect("a read");
-        let node = got
-            .headers()
-            .get("keel-node")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let (node, value) = read_through(&front, k);
         assert_eq!(group_of(&node), "g2", "{k} read from {node}");
-        assert_eq!(got.text().unwrap_or_default(), *v, "{k} lost in the move");
+        assert_eq!(value, *v, "{k} lost in the move");
     }
 }

@@ -183,21 +183,8 @@ fn group_parts(
     views
         .iter()
         .map(|(group, view)| {
-            let slots = table.map(|t| {
-                let ranges: Vec<String> = t
-                    .ranges()
-                    .iter()
-                    .filter(|r| &r.group == group)
-                    .map(|r| {
-                        if r.from == r.to {
-                            r.from.to_string()
-                        } else {
-                            format!("{}-{}", r.from, r.to)
-                        }
-                    })
-                    .collect();
-                format!("{} ({} slots)", ranges.join(","), t.count(group))
-            });
+            let slots =
+                table.map(|t| format!("{} ({} slots)", t.slots_text(group), t.count(group)));
             serde_json::json!({"group": group, "view": view, "slots": slots})
         })
         .collect()

@@ -282,23 +282,12 @@ impl Client {
                 .map_err(|e| anyhow::anyhow!("cannot read group {group} from {monitor}: {e}"))?;
             views.push((group.clone(), view));
         }
-        let ranges = table.ranges();
         let slots_of = |group: &keel_core::slots::GroupId| {
-            let owned: Vec<String> = ranges
-                .iter()
-                .filter(|r| &r.group == group)
-                .map(|r| {
-                    if r.from == r.to {
-                        r.from.to_string()
-                    } else {
-                        format!("{}-{}", r.from, r.to)
-                    }
-                })
-                .collect();
+            let owned = table.slots_text(group);
             if owned.is_empty() {
                 "none".to_owned()
             } else {
-                owned.join(",")
+                owned
             }
         };
         if self.json {

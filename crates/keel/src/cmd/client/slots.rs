@@ -197,22 +197,10 @@ fn parse_weights(text: &str) -> anyhow::Result<BTreeMap<GroupId, u32>> {
 fn print_table(table: &SlotTable) {
     println!("slot table version {}", table.version());
     for group in table.groups() {
-        let ranges: Vec<String> = table
-            .ranges()
-            .iter()
-            .filter(|r| &r.group == group)
-            .map(|r| {
-                if r.from == r.to {
-                    r.from.to_string()
-                } else {
-                    format!("{}-{}", r.from, r.to)
-                }
-            })
-            .collect();
         println!(
             "  {group}  {:>5} slots  {}",
             table.count(group),
-            ranges.join(",")
+            table.slots_text(group)
         );
     }
     if let Some(m) = table.moving() {
