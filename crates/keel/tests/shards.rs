@@ -824,6 +824,38 @@ fn a_move_lives_through_the_death_of_either_groups_primary() {
         assert!(put_kv(&front, k, v).status().is_success(), "{k}");
     }
 
+    // A move that cannot finish (the target's primary frozen) is called off: the slots
+    // stay g1's and take writes again.
+    let target = primary_of("g2");
+    chaos(&data, &["pause", &target]);
+    let out = client(
+        &up,
+        &["slots", "move", "600-699", "--to", "g2", "--no-wait"],
+    );
+    assert!(out.success(), "{out}");
+    let cancelled = client(&up, &["slots", "cancel"]);
+    assert!(cancelled.success(), "{cancelled}");
+    assert!(cancelled.stdout.contains("move cancelled"), "{cancelled}");
+    assert!(moved(&up, 600, "g1"), "{}", table(&up));
+    let stay = keys_in(600..700, "c", 1).remove(0);
+    assert!(
+        wait_until(Duration::from_secs(5), || put_kv(&front, &stay, "after")
+            .status()
+            .is_success()),
+        "a write to a slot whose move was cancelled failed"
+    );
+    assert_eq!(read_through(&front, &stay).1, "after");
+    let again = client(&up, &["slots", "cancel"]);
+    assert!(!again.success(), "nothing to cancel: {again}");
+    chaos(&data, &["resume", &target]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let v = get_json(&format!("{}/v1/cluster?group=g2", up.monitor_url)).1;
+            v["failover_in_progress"] == false && v["primary"]["node"].is_string()
+        }),
+        "g2 did not settle after the pause"
+    );
+
     // The target's primary freezes (it cannot import), then dies: g2's next primary
     // imports, and the move completes.
     let target = primary_of("g2");
@@ -935,4 +967,34 @@ fn a_move_lives_through_the_death_of_the_monitors_leader() {
         assert_eq!(group_of(&node), "g2", "{k} read from {node}");
         assert_eq!(value, *v, "{k} lost in the move");
     }
+
+    // A rebalance to equal shares moves 100 slots back, under the new leader.
+    let out = support::run_keel(&[
+        "client",
+        "--monitor",
+        &urls,
+        "--token-file",
+        &token,
+        "slots",
+        "rebalance",
+    ]);
+    assert!(out.success(), "{out}\n{}", up.proc.log_report());
+    assert!(out.stdout.contains("from g2 to g1"), "{out}");
+    assert!(
+        out.stdout.contains("g1  8192 slots") && out.stdout.contains("g2  8192 slots"),
+        "{out}"
+    );
+    let out = support::run_keel(&[
+        "client",
+        "--monitor",
+        &urls,
+        "--token-file",
+        &token,
+        "slots",
+        "rebalance",
+    ]);
+    assert!(
+        out.success() && out.stdout.contains("balanced already"),
+        "{out}"
+    );
 }

@@ -164,7 +164,12 @@ fn new_log_path(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("keel-test-logs");
     fs::create_dir_all(&dir).expect("create log dir");
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("{name}-{}-{n}.log", std::process::id()))
+    let path = dir.join(format!("{name}-{}-{n}.log", std::process::id()));
+    // A new process starts a new file: an earlier test process with the same pid (pids
+    // are reused) left one here, whose lines would pass for this process's ("keel data
+    // tier is up" before it is). A restart keeps its path and appends.
+    let _ = fs::remove_file(&path);
+    path
 }
 
 /// Starts `keel <args>` in its own process group, output appended to `log_path` (or
