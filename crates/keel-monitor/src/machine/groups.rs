@@ -677,6 +677,220 @@ mod tests {
         assert!(view.slots.is_some(), "a node that holds none gets it again");
     }
 
+    /// Moves, copies, cancels and late copies in random order, interleaved with nodes
+    /// falling silent, failovers and restarts, over many seeds: the whole state stays
+    /// valid, a move's slots stay their owner's until its own copy switches them, a copy
+    /// is only ever ordered from and to primaries that hold the frozen table, and no
+    /// change but a switch moves a slot.
+    #[test]
+    fn moves_keep_one_owner_per_slot_through_failovers_in_any_order() {
+        use keel_core::slots::Slot;
+        let nodes = [
+            ("app1", "g1"),
+            ("app2", "g1"),
+            ("app3", "g2"),
+            ("app4", "g2"),
+        ];
+        let (mut switches, mut failovers) = (0, 0);
+        for seed in 1..=150u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = move |n: u64| {
+                // xorshift64*: enough chance for a test, and the same run per seed.
+                rng ^= rng >> 12;
+                rng ^= rng << 25;
+                rng ^= rng >> 27;
+                rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+            };
+            let mut now = Instant::now();
+            let mut groups = two_groups(now);
+            // What each node was last told: role, epoch, and the table version it holds.
+            let mut told: BTreeMap<&str, (Role, u64, u64)> = BTreeMap::new();
+            let mut silent: BTreeMap<&str, u32> = BTreeMap::new();
+            for (node, group) in nodes {
+                groups.handle(register(node, Some(group)), now);
+                told.insert(node, (Role::Standby, 0, 0));
+            }
+            let mut last_version = groups.state().version;
+            for step in 0..400 {
+                let before = groups.slots().clone();
+                let mut switched_by_copy = false;
+                let out = match next(12) {
+                    0 => {
+                        let from = if next(2) == 0 { "g1" } else { "g2" };
+                        let to = if from == "g1" { "g2" } else { "g1" };
+                        let start = u16::try_from(next(16_000)).unwrap_or(0);
+                        let slots: Vec<Slot> = (start
+                            ..start + 1 + u16::try_from(next(50)).unwrap_or(0))
+                            .map(Slot)
+                            .filter(|s| groups.slots().owner(*s) == &g(from))
+                            .collect();
+                        groups.begin_move(&slots, &g(to)).unwrap_or_default()
+                    }
+                    1 => groups.cancel_move().unwrap_or_default(),
+                    2 => match groups.next_copy(now) {
+                        Some(order) => {
+                            // Ordered only from and to current primaries that hold it.
+                            let from = groups
+                                .group(&order.moving.from)
+                                .map(|m| m.state().primary.clone());
+                            let to = groups
+                                .group(&order.moving.to)
+                                .map(|m| m.state().primary.clone());
+                            assert_eq!(
+                                from,
+                                Some(Some(order.from_node.clone())),
+                                "seed {seed} step {step}"
+                            );
+                            assert_eq!(
+                                to,
+                                Some(Some(order.to_node.clone())),
+                                "seed {seed} step {step}"
+                            );
+                            for node in [&order.from_node, &order.to_node] {
+                                assert!(
+                                    told[node.as_str()].2 >= order.moving.since,
+                                    "seed {seed} step {step}: {node} holds an older table"
+                                );
+                            }
+                            switched_by_copy = true;
+                            groups.copied(order.moving.since)
+                        }
+                        None => Vec::new(),
+                    },
+                    // A late copy: of an earlier move, or of none under way.
+                    3 => {
+                        let stale = groups
+                            .slots()
+                            .moving()
+                            .map_or(next(20), |m| m.since.saturating_sub(1 + next(3)));
+                        groups.copied(stale)
+                    }
+                    4 => {
+                        let (node, _) = nodes[usize::try_from(next(4)).unwrap_or(0)];
+                        silent.insert(node, u32::try_from(next(15)).unwrap_or(0));
+                        Vec::new()
+                    }
+                    _ => {
+                        now += Settings::default().heartbeat_interval;
+                        let mut out = Vec::new();
+                        for (node, _) in nodes {
+                            if silent.get(node).is_some_and(|left| *left > 0) {
+                                *silent.entry(node).or_default() -= 1;
+                                continue;
+                            }
+                            let (role, epoch, holds) = told[node];
+                            let mut beat = heartbeat(node, role, epoch, holds);
+                            // A primary streams to its group's other node, caught up, as
+                            // its sync standby, so that the monitor may promote it.
+                            if let (Input::Heartbeat(req), Role::Primary) = (&mut beat, role) {
+                                let mine = nodes.iter().find(|(n, _)| *n == node).map(|(_, g)| *g);
+                                for (other, group) in nodes {
+                                    if other != node
+                                        && Some(group) == mine
+                                        && silent.get(other).is_none_or(|left| *left == 0)
+                                    {
+                                        req.standbys.push(crate::wire::StandbyReport {
+                                            node: n(other),
+                                            streaming: true,
+                                            acked_lsn: Lsn(0),
+                                            sync: true,
+                                        });
+                                    }
+                                }
+                            }
+                            let answered = groups.handle(beat, now);
+                            for o in &answered {
+                                if let GroupsOutput::Reply(Ok(Answer::View(view))) = o {
+                                    let holds =
+                                        view.slots.as_ref().map_or(holds, SlotTable::version);
+                                    told.insert(node, (view.role, view.epoch.0, holds));
+                                }
+                            }
+                            out.extend(answered);
+                        }
+                        // Probes answer as the node is: alive unless silent; a failed
+                        // probe may ask for the next.
+                        let mut pending = groups.handle(Input::Tick, now);
+                        while !pending.is_empty() {
+                            let probes: Vec<(NodeId, u64)> = pending
+                                .iter()
+                                .filter_map(|o| match o {
+                                    GroupsOutput::Probe { node, probe, .. } => {
+                                        Some((node.clone(), *probe))
+                                    }
+                                    _ => None,
+                                })
+                                .collect();
+                            out.append(&mut pending);
+                            for (node, probe) in probes {
+                                let ok = silent.get(node.as_str()).is_none_or(|left| *left == 0);
+                                pending.extend(
+                                    groups.handle(Input::ProbeResult { node, probe, ok }, now),
+                                );
+                            }
+                        }
+                        out
+                    }
+                };
+                for o in &out {
+                    if let GroupsOutput::Event { event, .. } = o
+                        && event.kind == EventKind::FailoverDone
+                    {
+                        failovers += 1;
+                    }
+                    if let GroupsOutput::Persist(state) = o {
+                        assert_eq!(
+                            state.version,
+                            last_version + 1,
+                            "seed {seed} step {step}: one version per change"
+                        );
+                        last_version = state.version;
+                        assert!(
+                            state.check().is_ok(),
+                            "seed {seed} step {step}: {:?}",
+                            state.check()
+                        );
+                    }
+                }
+                let after = groups.slots();
+                assert!(
+                    after.version() >= before.version(),
+                    "seed {seed} step {step}"
+                );
+                if let Some(m) = after.moving() {
+                    assert!(
+                        m.slots.iter().all(|s| after.owner(*s) == &m.from),
+                        "seed {seed} step {step}: a frozen slot changed hands"
+                    );
+                }
+                if after.version() == before.version() {
+                    continue;
+                }
+                let changed: Vec<u16> = (0..keel_core::slots::SLOTS)
+                    .filter(|s| before.owner(Slot(*s)) != after.owner(Slot(*s)))
+                    .collect();
+                if !changed.is_empty() {
+                    switches += 1;
+                    assert!(
+                        switched_by_copy,
+                        "seed {seed} step {step}: slots moved without a copy"
+                    );
+                    let m = before.moving().expect("a move was under way");
+                    assert!(
+                        changed.iter().all(|s| m.has(Slot(*s))) && changed.len() == m.slots.len(),
+                        "seed {seed} step {step}: a switch moved other slots than its move's"
+                    );
+                }
+            }
+        }
+        // The runs did what they are for: moves completed, and groups failed over.
+        eprintln!("{switches} switches, {failovers} failovers");
+        assert!(
+            switches > 100 && failovers > 20,
+            "{switches} switches, {failovers} failovers"
+        );
+    }
+
     #[test]
     fn one_group_fails_over_while_the_other_is_untouched() {
         let mut now = Instant::now();
