@@ -294,6 +294,10 @@ fn keel_up_with_two_shards_spreads_keys_over_two_primaries() {
         banner.contains("keel data tier is up (2 groups"),
         "{banner}"
     );
+    assert!(
+        banner.contains("slots move 0-99 --to g2") && !banner.contains("failover  "),
+        "the banner suggests what works under groups:\n{banner}"
+    );
     for (node, group) in [
         ("app1", "g1"),
         ("app2", "g1"),
@@ -767,6 +771,25 @@ fn slots_move_online_under_eight_writers_with_one_owner_at_a_time() {
     assert!(
         out.success() && out.stdout.contains("slot table version 7"),
         "{out}"
+    );
+
+    // The entries map moves with its slot, and `keel client state` follows it there.
+    let update = dir.path().join("update_file");
+    std::fs::write(&update, "color=blue\n").expect("the update file");
+    let out = client(&up, &["update", "--file", &update.display().to_string()]);
+    assert!(out.success(), "{out}");
+    let entries_slot = keel_core::slots::slot_of(b"entries").0.to_string();
+    let out = client(&up, &["slots", "move", &entries_slot, "--to", "g2"]);
+    assert!(out.success(), "{out}");
+    let out = client(&up, &["state", "all"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.contains("the entries map is in group g2") && out.stdout.contains("color"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("app3") || out.stdout.contains("app4"),
+        "read from g2's nodes: {out}"
     );
 }
 

@@ -244,12 +244,28 @@ fn banner(facts: &Facts<'_>) -> String {
         .replace("http://127.0.0.1:", "localhost:")
         .replace("https://127.0.0.1:", "https://localhost:");
     text.push_str(&format!("  curl -s{curl_ca} {primary_url}/v1/entries\n"));
-    text.push_str(&format!(
-        "  keel client{monitor}{token} kill-primary --watch   # a standby takes over\n"
-    ));
-    text.push_str(&format!(
-        "  keel client{monitor}{token} failover               # and back, by hand\n"
-    ));
+    if let Some((first, members)) = plan.groups.first() {
+        // Several groups: a switchover names its node, and the slots move between them.
+        let primary = members
+            .first()
+            .and_then(|&i| plan.nodes.get(i))
+            .map_or("app1", |s| s.name.as_str());
+        let data = format!(" --data-dir {}", settings.data_dir.display());
+        text.push_str(&format!(
+            "  keel chaos{data} kill {primary}   # {first}'s primary: {first} fails over, the other groups never notice\n"
+        ));
+        text.push_str(&format!(
+            "  keel client{monitor}{token} slots move 0-99 --to {}   # 100 slots, moved online\n",
+            plan.groups.get(1).map_or("g2", |(g, _)| g.as_str())
+        ));
+    } else {
+        text.push_str(&format!(
+            "  keel client{monitor}{token} kill-primary --watch   # a standby takes over\n"
+        ));
+        text.push_str(&format!(
+            "  keel client{monitor}{token} failover               # and back, by hand\n"
+        ));
+    }
     text.push_str(&homework_steps(facts, &front));
     if plan.monitors.len() > 1 {
         let data = if token.is_empty() {

@@ -41,6 +41,7 @@ impl Client {
         if self.route.direct_node().is_none() {
             match self.cluster_view(&self.route.monitor).await {
                 Ok(view) => {
+                    let view = self.entries_group(view).await?;
                     print_view_header(&self.route.monitor, &view, self.json);
                     let wanted = |role: Role| match which {
                         StateWhich::All => true,
@@ -130,6 +131,35 @@ impl Client {
     }
 
     /// Without the monitor: the node given, the primary it names, the primary's standbys.
+    /// Under a monitor of several groups, the view of the group that owns the entries
+    /// map's slot (docs/shards.md), which a move may have given to any group; the view
+    /// given otherwise.
+    async fn entries_group(&self, view: ClusterView) -> anyhow::Result<ClusterView> {
+        if view.groups.len() < 2 {
+            return Ok(view);
+        }
+        let (http, timeout, monitor) = (self.conn.http(), self.conn.timeout(), &self.route.monitor);
+        let table = keel_client::monitor::slots_as(http, monitor, timeout, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the slot table from {monitor}: {e}"))?;
+        let owner = table
+            .owner_of(keel_client::node::ENTRIES_KEY.as_bytes())
+            .clone();
+        if !self.json {
+            println!(
+                "the entries map is in group {owner} (slot {} of table version {})",
+                keel_core::slots::slot_of(keel_client::node::ENTRIES_KEY.as_bytes()).0,
+                table.version()
+            );
+        }
+        if view.group.as_ref() == Some(&owner) {
+            return Ok(view);
+        }
+        keel_client::monitor::group_as(http, monitor, &owner, timeout, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read group {owner} from {monitor}: {e}"))
+    }
+
     async fn state_targets_from_node(
         &self,
         node: &str,
