@@ -767,6 +767,17 @@ fn slots_move_online_under_eight_writers_with_one_owner_at_a_time() {
         (&"wrong_group".into(), &"g1".into(), &7.into()),
         "{body}"
     );
+    // g2 held those keys while the slots were its own and still has them on disk, but
+    // never serves them now: a read is refused, and its list leaves them out.
+    let (status, refused) = get_json(&format!("{g2_primary}/v1/kv/{}", keys[0]));
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{refused}");
+    let (_, list) = get_json(&format!("{g2_primary}/v1/kv"));
+    assert!(
+        list["keys"].as_array().is_some_and(|ks| ks
+            .iter()
+            .all(|k| !keys.iter().any(|m| k["key"] == m.as_str()))),
+        "g2 lists keys it no longer owns: {list}"
+    );
     let out = client(&up, &["slots", "show"]);
     assert!(
         out.success() && out.stdout.contains("slot table version 7"),
