@@ -890,8 +890,19 @@ impl Core {
         self.copying = Some(since);
         let client = self.probe_client.clone();
         let signer = self.signer.clone();
+        // A node cut off from the monitor (`keel chaos partition`) is not reached by the
+        // copy either.
+        let blocked = [&order.from_url, &order.to_url]
+            .into_iter()
+            .find(|url| self.faults.blocks(url))
+            .cloned();
         tokio::spawn(async move {
-            let result = copy_slots(&client, signer.as_ref(), &order).await;
+            let result = match blocked {
+                Some(url) => Err(format!(
+                    "{url} is cut off from this monitor (keel's fault filter)"
+                )),
+                None => copy_slots(&client, signer.as_ref(), &order).await,
+            };
             let _ = tx.send(Msg::Copied(since, result)).await;
         });
     }
