@@ -84,6 +84,65 @@ fn two_groups_each_elect_a_primary_and_fail_over_alone() {
         view(&monitor, "g1"),
         view(&monitor, "g2")
     );
+    // Moves are an operator's: refused without the token, and each bad request says
+    // what was wrong; nothing changes.
+    let ask_move = |body: &str, token: Option<&str>| {
+        let mut r = support::http_client()
+            .post(format!("{}/v1/slots/move", monitor.url))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().expect("an answer");
+        let status = r.status();
+        (status, r.json::<Value>().unwrap_or_default())
+    };
+    let token = Some(monitor.token.as_str());
+    let (status, _) = ask_move(r#"{"slots": "0-9", "to": "g2"}"#, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for (body, status, says) in [
+        (
+            r#"{"slots": "0-9,x", "to": "g2"}"#,
+            StatusCode::BAD_REQUEST,
+            "is not a list of slots",
+        ),
+        (
+            r#"{"slots": "99999", "to": "g2"}"#,
+            StatusCode::BAD_REQUEST,
+            "does not exist",
+        ),
+        (
+            r#"{"slots": "0-9", "to": "g7"}"#,
+            StatusCode::NOT_FOUND,
+            "g7",
+        ),
+        (
+            r#"{"slots": "8190-8193", "to": "g2"}"#,
+            StatusCode::CONFLICT,
+            "slot 8192 is g2's",
+        ),
+        (r#"{"slots": "0-9"}"#, StatusCode::BAD_REQUEST, "to"),
+    ] {
+        let (got, answer) = ask_move(body, token);
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(
+            answer["message"].as_str().is_some_and(|m| m.contains(says)),
+            "{body}: {answer}"
+        );
+    }
+    let (status, answer) = support::http_client()
+        .post(format!("{}/v1/slots/cancel", monitor.url))
+        .bearer_auth(&monitor.token)
+        .send()
+        .map(|r| (r.status(), r.text().unwrap_or_default()))
+        .expect("an answer");
+    assert_eq!(status, StatusCode::CONFLICT, "nothing to cancel: {answer}");
+    assert_eq!(
+        get_json(&format!("{}/v1/slots", monitor.url)).1["version"],
+        1
+    );
+
     // Each view names its group and every group; each group has its own epoch.
     let g2 = view(&monitor, "g2");
     assert_eq!(g2["group"], "g2");
