@@ -194,19 +194,23 @@ run() {
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 run one-group "" "$CONCURRENCY"
 run two-groups "g1 g2" "$CONCURRENCY"
-# Each primary of two groups sees half the writers: one group at that load tells how
-# much of the difference is smaller group commits rather than routing.
+# Each primary of two groups sees half the writers: one group at that load, and two
+# groups at twice the writers, tell how much of the difference is smaller group
+# commits rather than routing.
 HALF=$((CONCURRENCY / 2))
 run one-group-half "" "$HALF"
+# And two groups with twice the writers: each primary as loaded as one group's.
+DOUBLE=$((CONCURRENCY * 2))
+run two-groups-double "g1 g2" "$DOUBLE"
 
 f() { jq -r ".$2" "$TMP/$1.json"; }
 echo
-echo "durable writes through keel proxy --cluster, ${CONCURRENCY} writers (one-group-half: ${HALF}), ${VALUE_SIZE}-byte values, ${DURATION} after ${WARMUP} warm-up"
+echo "durable writes through keel proxy --cluster, ${CONCURRENCY} writers (one-group-half: ${HALF}, two-groups-double: ${DOUBLE}), ${VALUE_SIZE}-byte values, ${DURATION} after ${WARMUP} warm-up"
 echo "host: $(nproc) cores, $(uname -r), load average at start ${LOADAVG}; CPU of monitor, nodes and proxy"
 echo
-printf '%-14s %10s %8s %8s %7s %14s\n' layout writes/s p50_ms p99_ms errors cpu_us/write
-for l in one-group two-groups one-group-half; do
-    printf '%-14s %10.0f %8.2f %8.2f %7d %14.1f\n' "$l" "$(f "$l" writes_per_s)" "$(f "$l" p50_ms)" \
+printf '%-17s %10s %8s %8s %7s %14s\n' layout writes/s p50_ms p99_ms errors cpu_us/write
+for l in one-group two-groups one-group-half two-groups-double; do
+    printf '%-17s %10.0f %8.2f %8.2f %7d %14.1f\n' "$l" "$(f "$l" writes_per_s)" "$(f "$l" p50_ms)" \
         "$(f "$l" p99_ms)" "$(f "$l" errors)" "$(f "$l" cpu_us_per_write)"
 done
 echo
@@ -215,6 +219,8 @@ two=$(f two-groups cpu_us_per_write)
 echo "CPU per write, 2 groups / 1 group: $(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.3f", a / b }') (target: at most 1.10)"
 half=$(f one-group-half cpu_us_per_write)
 echo "CPU per write, 2 groups / 1 group at ${HALF} writers (each primary's load): $(awk -v a="$two" -v b="$half" 'BEGIN { printf "%.3f", a / b }')"
+double=$(f two-groups-double cpu_us_per_write)
+echo "CPU per write, 2 groups at ${DOUBLE} writers / 1 group at ${CONCURRENCY} (each primary equally loaded): $(awk -v a="$double" -v b="$one" 'BEGIN { printf "%.3f", a / b }')"
 echo "writes/s, 2 groups / 1 group:      $(awk -v a="$(f two-groups writes_per_s)" -v b="$(f one-group writes_per_s)" 'BEGIN { printf "%.3f", a / b }') (2 cores shared by every process: no gain expected here)"
 # The projection: with one core per node, a primary writes at most 1 s / (its own CPU per
 # write), and each group's primary takes its share of the writes.
@@ -224,9 +230,9 @@ proj() {
 }
 echo
 echo "CPU per write by role (µs; each write lands on one primary and its standby):"
-printf '%-14s %9s %9s %9s %9s\n' layout monitor primaries standbys proxy
-for l in one-group two-groups one-group-half; do
-    printf '%-14s %9.1f %9.1f %9.1f %9.1f\n' "$l" "$(f "$l" roles.monitor)" "$(f "$l" roles.primaries)" \
+printf '%-17s %9s %9s %9s %9s\n' layout monitor primaries standbys proxy
+for l in one-group two-groups one-group-half two-groups-double; do
+    printf '%-17s %9.1f %9.1f %9.1f %9.1f\n' "$l" "$(f "$l" roles.monitor)" "$(f "$l" roles.primaries)" \
         "$(f "$l" roles.standbys)" "$(f "$l" roles.proxy)"
 done
 echo
