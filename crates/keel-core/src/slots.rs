@@ -9,10 +9,13 @@
 //!   lands in the slot Redis Cluster would give it (`foo` → 12182).
 //! - **Hash tags.** When a key holds `{…}` with something between the braces, only that
 //!   part is hashed: `{user42}.cart` and `{user42}.orders` share a slot, and so a group,
-//!   so one request may touch both.
+//!   and move together.
 //! - **The table** is a total map: every slot has exactly one owner in every version. It
 //!   travels as ranges (`[{"from":0,"to":8191,"group":"g1"}, …]`) and is checked when read
 //!   back, so a hand-edited or damaged table is refused rather than routed by.
+//!
+//! - **A move** ([`Moving`]) is carried in the table: one version freezes the slots at
+//!   their owner, the next gives them to the target (or calls the move off).
 //!
 //! Everything here is pure: moving slots returns a new table, planning a rebalance returns
 //! the moves; carrying them out is the monitor's and the nodes' business.

@@ -8,7 +8,9 @@
 //! - [`wire`]: the JSON bodies of the protocol, from `keel-client`, which every client of
 //!   the monitor shares;
 //! - [`machine`]: [`Monitor`], the decisions — registration, heartbeats, failure
-//!   detection, failover, switchover, the sync set — as a pure state machine;
+//!   detection, failover, switchover, the sync set — as a pure state machine; and
+//!   `machine::groups`, several groups side by side with the slot table and the steps of
+//!   a slot move (docs/shards.md);
 //! - [`settings`]: [`Settings`], the timing the monitor runs on and hands to the nodes;
 //! - [`state`]: [`ClusterState`], what the monitor keeps durably;
 //! - [`store`]: `monitor.json`, written atomically and fsync'd (a monitor alone);
@@ -20,7 +22,8 @@
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`runtime`]: [`run`], which loads the state, serves, drives the machine (ticks,
 //!   probes, persistence — or, in a group, Raft commits, and the machine only while this
-//!   monitor leads) and stops when told to.
+//!   monitor leads), copies the slots of a move between primaries, and stops when told
+//!   to.
 //!
 //! **Why the state machine is pure.** Failover is where a replicated system loses data
 //! or ends up with two primaries, and its bugs hide in timing: a heartbeat that lands a

@@ -18,7 +18,8 @@
 //! - [`forwarded`]: `X-Forwarded-For` and the trusted proxies that may add to it;
 //! - [`forward`]: the request path to a pool, with retries;
 //! - [`relay`]: answers on their way back to the client;
-//! - [`cluster`]: the data tier route;
+//! - [`cluster`]: the data tier route (by key to a group's primary under several groups,
+//!   and the list of keys merged across them);
 //! - [`checks`]: the active health checks;
 //! - [`admin`]: the admin API and `/metrics`;
 //! - [`evict`]: which connection gives way to a new one when the proxy is full, pure;
