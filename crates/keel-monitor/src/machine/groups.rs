@@ -54,6 +54,11 @@ pub enum GroupsOutput {
     Reply(Result<Answer, Refusal>),
 }
 
+/// How long a move may stay frozen before the monitor calls it off: its slots' writes
+/// wait, then fail, while it is, so a copy that cannot be made (a group without a
+/// primary for good, data the target cannot take) must not hold them for ever.
+pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The groups and the slot table.
 #[derive(Debug)]
 pub struct Groups {
@@ -62,6 +67,9 @@ pub struct Groups {
     next_event: u64,
     /// The table version each node said it holds, in its last heartbeat.
     holds: BTreeMap<NodeId, u64>,
+    /// The move under way (its freeze version) and when this machine first saw it: a
+    /// new leader gives a move it finds a whole [`MOVE_TIMEOUT`] of its own.
+    move_seen: Option<(u64, Instant)>,
 }
 
 /// A copy the runtime may run now: the frozen slots from the source group's primary to
@@ -105,6 +113,7 @@ impl Groups {
                 groups,
                 next_event,
                 holds: BTreeMap::new(),
+                move_seen: None,
             },
             out,
         )
@@ -186,6 +195,11 @@ impl Groups {
     /// table's next version. What the target copied is never served, and a later move of
     /// the slots replaces it.
     pub fn cancel_move(&mut self) -> Result<Vec<GroupsOutput>, SlotError> {
+        self.cancel_because("")
+    }
+
+    /// Calls the move under way off, saying why in the event (after "cancelled").
+    fn cancel_because(&mut self, why: &str) -> Result<Vec<GroupsOutput>, SlotError> {
         let m = self
             .state
             .slots
@@ -194,7 +208,7 @@ impl Groups {
             .ok_or(SlotError::NoMove)?;
         let next = self.state.slots.with_cancel()?;
         let message = format!(
-            "move of slots {} from {} to {} cancelled: they stay {}'s (table version {})",
+            "move of slots {} from {} to {} cancelled{why}: they stay {}'s (table version {})",
             format_slots(&m.slots),
             m.from,
             m.to,
@@ -202,6 +216,15 @@ impl Groups {
             next.version()
         );
         Ok(self.new_table(next, &m.from, EventKind::MoveCancelled, message))
+    }
+
+    /// When the move under way times out, if one is.
+    fn move_deadline(&self) -> Option<Instant> {
+        let m = self.state.slots.moving()?;
+        match self.move_seen {
+            Some((since, seen)) if since == m.since => Some(seen + MOVE_TIMEOUT),
+            _ => None,
+        }
     }
 
     /// Takes `table` as the new table: the state to persist, then the event.
@@ -304,11 +327,37 @@ impl Groups {
         self.groups
             .values()
             .filter_map(Monitor::next_deadline)
+            .chain(self.move_deadline())
             .min()
     }
 
     /// Handles one input at `now`; returns what to do, in order.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<GroupsOutput> {
+        // The move under way is timed from when this machine first sees it.
+        match (self.state.slots.moving(), self.move_seen) {
+            (Some(m), Some((since, _))) if since == m.since => {}
+            (Some(m), _) => self.move_seen = Some((m.since, now)),
+            (None, _) => self.move_seen = None,
+        }
+        let mut timed_out = Vec::new();
+        if matches!(input, Input::Tick) && self.move_deadline().is_some_and(|d| now >= d) {
+            let why = format!(
+                ": not copied within {} s (the monitor's log says why the copies failed)",
+                MOVE_TIMEOUT.as_secs()
+            );
+            timed_out = self.cancel_because(&why).unwrap_or_default();
+            self.move_seen = None;
+        }
+        let mut out = self.handle_routed(input, now);
+        if !timed_out.is_empty() {
+            timed_out.append(&mut out);
+            return timed_out;
+        }
+        out
+    }
+
+    /// [`Groups::handle`] once the move's clock is seen to.
+    fn handle_routed(&mut self, input: Input, now: Instant) -> Vec<GroupsOutput> {
         if let Input::Heartbeat(req) = &input
             && self.state.group_of(&req.node).is_some()
         {
@@ -623,6 +672,51 @@ mod tests {
             "a late copy of it changes nothing"
         );
         assert_eq!(groups.cancel_move(), Err(SlotError::NoMove));
+    }
+
+    #[test]
+    fn a_move_that_is_not_copied_in_time_is_called_off() {
+        let now = Instant::now();
+        let mut groups = two_groups(now);
+        groups
+            .begin_move(&[keel_core::slots::Slot(7)], &g("g2"))
+            .expect("a move");
+        assert!(groups.handle(Input::Tick, now).is_empty());
+        assert_eq!(groups.next_deadline(), Some(now + MOVE_TIMEOUT));
+        let almost = groups.handle(
+            Input::Tick,
+            now + MOVE_TIMEOUT - std::time::Duration::from_millis(1),
+        );
+        assert!(
+            events(&almost)
+                .iter()
+                .all(|(_, _, k)| *k != EventKind::MoveCancelled)
+        );
+        assert!(groups.slots().moving().is_some());
+        let out = groups.handle(Input::Tick, now + MOVE_TIMEOUT);
+        assert!(
+            matches!(out[0], GroupsOutput::Persist(_)),
+            "persisted first: {out:?}"
+        );
+        let cancelled = out.iter().find_map(|o| match o {
+            GroupsOutput::Event { event, .. } if event.kind == EventKind::MoveCancelled => {
+                Some(event.message.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(
+            cancelled.as_deref(),
+            Some(
+                "move of slots 7 from g1 to g2 cancelled: not copied within 30 s (the monitor's log says why the copies failed): they stay g1's (table version 3)"
+            )
+        );
+        assert!(groups.slots().moving().is_none());
+        assert_eq!(groups.slots().owner(keel_core::slots::Slot(7)), &g("g1"));
+        assert_eq!(
+            groups.next_deadline(),
+            None,
+            "no move, no deadline of its own"
+        );
     }
 
     #[test]
