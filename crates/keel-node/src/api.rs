@@ -118,10 +118,8 @@ async fn claim_write(
     shared: &Arc<Shared>,
     key: &str,
 ) -> Result<crate::shared::SlotClaim, Response> {
-    let deadline = tokio::time::Instant::now() + HOLD_FOR_MOVE;
-    let mut changed = shared.slots_watch();
+    let mut hold = Hold::new();
     loop {
-        changed.borrow_and_update();
         match shared.claim(key) {
             Ok(claim) => return Ok(claim),
             Err(crate::shared::Unclaimed::Misdirected(_)) => {
@@ -133,8 +131,7 @@ async fn claim_write(
                 if let Some(refusal) = writer::refusal(shared) {
                     return Err(write_failed(refusal));
                 }
-                let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
-                if !matches!(waited, Ok(Ok(()))) {
+                if !hold.wait(shared).await {
                     let whither = to.map(|g| format!(" to {g}")).unwrap_or_default();
                     return Err((
                         [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
@@ -159,16 +156,40 @@ async fn claim_write(
 /// here waits (up to [`HOLD_FOR_MOVE`]) for the move's switch, which a router that read
 /// the new table sent it ahead of.
 async fn owned_now(shared: &Arc<Shared>, key: &str) -> Result<(), Response> {
-    let deadline = tokio::time::Instant::now() + HOLD_FOR_MOVE;
-    let mut changed = shared.slots_watch();
-    loop {
-        changed.borrow_and_update();
-        if !shared.incoming(key) {
-            return owned(shared, key);
+    let mut hold = Hold::new();
+    while shared.incoming(key) && hold.wait(shared).await {}
+    owned(shared, key)
+}
+
+/// A request waiting out a move, up to [`HOLD_FOR_MOVE`] from its start. It follows the
+/// slots' changes only once it has to wait: the requests that never do (all of them,
+/// but during a move) pay nothing for it.
+struct Hold {
+    deadline: tokio::time::Instant,
+    changed: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+impl Hold {
+    fn new() -> Hold {
+        Hold {
+            deadline: tokio::time::Instant::now() + HOLD_FOR_MOVE,
+            changed: None,
         }
-        let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
-        if !matches!(waited, Ok(Ok(()))) {
-            return owned(shared, key);
+    }
+
+    /// Waits for the slots to change; false once the time is up. The first call only
+    /// starts following them and returns at once, so the caller looks again: a change
+    /// between its first look and now is not missed.
+    async fn wait(&mut self, shared: &Shared) -> bool {
+        match self.changed.as_mut() {
+            None => {
+                self.changed = Some(shared.slots_watch());
+                tokio::time::Instant::now() < self.deadline
+            }
+            Some(changed) => matches!(
+                tokio::time::timeout_at(self.deadline, changed.changed()).await,
+                Ok(Ok(()))
+            ),
         }
     }
 }

@@ -46,7 +46,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, InFlight};
 use crate::config::{ClusterConfig, Config, parse_backend_url};
-use crate::forward::{Answer, Exchange, OutBody, exchange, hold, local, with_header};
+use crate::forward::{Answer, Exchange, OutBody, exchange, hold, local, local_json, with_header};
 
 /// The most a data request's body may hold (the nodes' own limit).
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
@@ -574,13 +574,7 @@ async fn list_merged(
         table_version: Some(version),
         merged: Some(parts),
     };
-    let body = serde_json::to_vec(&list).unwrap_or_default();
-    let mut response = http::Response::new(Bytes::from(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Answer::Local(response)
+    local_json(StatusCode::OK, &list)
 }
 
 /// `503` with `Retry-After: 1`: the data tier is between primaries.

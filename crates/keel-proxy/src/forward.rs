@@ -641,7 +641,12 @@ async fn read_head(conn: &mut Conn, to_head: bool, head: &mut ResponseHead) -> R
 
 /// An answer the proxy makes itself: the JSON error body every keel server uses.
 pub(crate) fn local(status: StatusCode, error: ApiError) -> Answer {
-    let body = serde_json::to_vec(&error).unwrap_or_default();
+    local_json(status, &error)
+}
+
+/// An answer the proxy makes itself: `body` as JSON.
+pub(crate) fn local_json(status: StatusCode, body: &impl serde::Serialize) -> Answer {
+    let body = serde_json::to_vec(body).unwrap_or_default();
     let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -8,13 +8,12 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{KeelUp, Output};
+use support::KeelUp;
 
 // ---------------------------------------------------------------------------------------
 // A stub HTTP/1.1 server.
@@ -211,25 +210,6 @@ fn kv_stub(drop_nth: Option<u64>) -> Stub {
 
 // ---------------------------------------------------------------------------------------
 
-/// Runs `keel load` with `--json` into a temp file: the output and the parsed report
-/// (`Value::Null` when no report was written).
-fn load(args: &[&str]) -> (Output, Value) {
-    let dir = support::tempdir();
-    let json = dir.path().join("report.json");
-    let json_arg = json.display().to_string();
-    let mut all = vec!["load", "--quiet", "--json", &json_arg];
-    all.extend_from_slice(args);
-    let out = support::run_keel(&all);
-    (out, read_json(&json))
-}
-
-fn read_json(path: &Path) -> Value {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).expect("the report is JSON"),
-        Err(_) => Value::Null,
-    }
-}
-
 fn counts(map: &Value) -> BTreeMap<String, u64> {
     map.as_object()
         .expect("a JSON object")
@@ -263,7 +243,7 @@ fn mixed_stub() -> Stub {
 fn the_closed_loop_report_counts_exactly_what_the_server_saw() {
     let stub = mixed_stub();
     let url = format!("{}/hello", stub.url);
-    let (out, report) = load(&[&url, "--concurrency", "4", "--requests", "500"]);
+    let (out, report) = support::load_report(&[&url, "--concurrency", "4", "--requests", "500"]);
     assert!(out.success(), "{out}");
     let t = stub.tally();
     assert_eq!(t.requests, 500, "the stub saw exactly --requests");
@@ -299,7 +279,7 @@ fn the_closed_loop_report_counts_exactly_what_the_server_saw() {
 #[test]
 fn the_open_loop_report_counts_exactly_what_the_server_saw() {
     let stub = mixed_stub();
-    let (out, report) = load(&[&stub.url, "--rate", "200", "--duration", "1s"]);
+    let (out, report) = support::load_report(&[&stub.url, "--rate", "200", "--duration", "1s"]);
     assert!(out.success(), "{out}");
     let t = stub.tally();
     assert_eq!(report["requests"], t.requests, "{out}");
@@ -326,10 +306,11 @@ fn the_spread_per_backend_from_a_header_is_exact() {
             _ => reply.header("Keel-Backend", "svc-a"),
         }
     });
-    let (out, report) = load(&[&stub.url, "--concurrency", "3", "--requests", "400"]);
+    let (out, report) =
+        support::load_report(&[&stub.url, "--concurrency", "3", "--requests", "400"]);
     assert!(out.success(), "{out}");
     let t = stub.tally();
-    let spread: BTreeMap<String, u64> = spread_of(&report).into_iter().collect();
+    let spread: BTreeMap<String, u64> = support::spread_of(&report).into_iter().collect();
     assert_eq!(spread, t.backends, "{out}");
     let named: u64 = t.backends.values().sum();
     assert_eq!(report["spread_unnamed"], 400 - named);
@@ -338,21 +319,6 @@ fn the_spread_per_backend_from_a_header_is_exact() {
         out.stdout.contains(&format!("{a_share:.2}%")),
         "the share is printed: {a_share:.2}%\n{out}"
     );
-}
-
-/// The report's spread: each backend's name and count, in the report's order.
-fn spread_of(report: &Value) -> Vec<(String, u64)> {
-    report["spread"]
-        .as_array()
-        .expect("spread")
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().expect("name").to_owned(),
-                s["count"].as_u64().expect("count"),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -365,7 +331,7 @@ fn the_spread_per_backend_from_a_json_field_is_exact() {
             &format!(r#"{{"backend_id": "{backend}", "rows": [1, 2]}}"#),
         )
     });
-    let (out, report) = load(&[
+    let (out, report) = support::load_report(&[
         &format!("{}/data", stub.url),
         "--concurrency",
         "2",
@@ -376,7 +342,7 @@ fn the_spread_per_backend_from_a_json_field_is_exact() {
     ]);
     assert!(out.success(), "{out}");
     let t = stub.tally();
-    let spread = spread_of(&report);
+    let spread = support::spread_of(&report);
     assert_eq!(
         spread,
         [
@@ -392,7 +358,7 @@ fn the_spread_per_backend_from_a_json_field_is_exact() {
 #[test]
 fn verify_catches_a_write_the_server_acknowledged_and_dropped() {
     let stub = kv_stub(Some(17));
-    let (out, report) = load(&[
+    let (out, report) = support::load_report(&[
         &stub.url,
         "--concurrency",
         "4",
@@ -427,7 +393,7 @@ fn verify_catches_a_write_the_server_acknowledged_and_dropped() {
 fn verify_finds_nothing_lost_when_the_server_keeps_every_write() {
     let stub = kv_stub(None);
     // Half writes, half reads of a key that does not exist (404s are errors, not writes).
-    let (out, report) = load(&[
+    let (out, report) = support::load_report(&[
         &format!("{}/v1/kv/absent", stub.url),
         "--concurrency",
         "2",
@@ -452,7 +418,7 @@ fn on_a_real_cluster_every_acknowledged_write_is_read_back() {
     let dir = support::tempdir();
     let up = KeelUp::start(&dir.path().join("keel-data"), 2, &[]);
     let primary = up.node_url(1);
-    let (out, report) = load(&[
+    let (out, report) = support::load_report(&[
         &primary,
         "--concurrency",
         "4",
@@ -515,7 +481,7 @@ fn through_a_failover_the_events_are_marked_and_no_acknowledged_write_is_lost() 
             (written, killed)
         })
     };
-    let (out, report) = load(&[
+    let (out, report) = support::load_report(&[
         &primary,
         "--rate",
         "150",

@@ -388,7 +388,7 @@ fn keel_up_with_two_shards_spreads_keys_over_two_primaries() {
     );
 
     // keel load writing many keys through the front door: each primary takes its share.
-    let (out, report) = load(&[
+    let (out, report) = support::load_report(&[
         &format!("{front}/"),
         "--concurrency",
         "8",
@@ -406,7 +406,7 @@ fn keel_up_with_two_shards_spreads_keys_over_two_primaries() {
         "{out}"
     );
     assert_eq!(report["writes"]["acknowledged"], 400, "{out}");
-    let spread = spread_of(&report);
+    let spread = support::spread_of(&report);
     let names: Vec<&str> = spread.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 2, "{out}");
     for (name, count) in &spread {
@@ -451,7 +451,7 @@ fn keel_up_with_two_shards_spreads_keys_over_two_primaries() {
             )
         })
     };
-    let (out, report) = load(&[
+    let (out, report) = support::load_report(&[
         &format!("{front}/"),
         "--rate",
         "200",
@@ -502,37 +502,6 @@ fn keel_up_with_two_shards_spreads_keys_over_two_primaries() {
         "g1's keys never reached its new primary\n{}",
         up.proc.log_report()
     );
-}
-
-/// Runs `keel load --quiet --json FILE ARGS…`: its output and the parsed report.
-fn load(args: &[&str]) -> (support::Output, Value) {
-    let dir = tempdir();
-    let json = dir.path().join("report.json");
-    let json_arg = json.display().to_string();
-    let mut all = vec!["load", "--quiet", "--json", &json_arg];
-    all.extend_from_slice(args);
-    let out = support::run_keel(&all);
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null);
-    (out, report)
-}
-
-/// The report's spread: each backend's name and count.
-fn spread_of(report: &Value) -> Vec<(String, u64)> {
-    report["spread"]
-        .as_array()
-        .map(|spread| {
-            spread
-                .iter()
-                .map(|s| {
-                    let name = s["name"].as_str().unwrap_or_default().to_owned();
-                    (name, s["count"].as_u64().unwrap_or(0))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The report's writes per group, from `--verify` under several groups.
@@ -604,6 +573,14 @@ fn keys_in(slots: std::ops::Range<u16>, prefix: &str, count: usize) -> Vec<Strin
         .filter(|k| slots.contains(&keel_core::slots::slot_of(k.as_bytes()).0))
         .take(count)
         .collect()
+}
+
+/// The node the monitor at `monitor` names group `group`'s primary ("" when none).
+fn primary_in(monitor: &str, group: &str) -> String {
+    get_json(&format!("{monitor}/v1/cluster?group={group}")).1["primary"]["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// `GET /v1/kv/{key}` through `front`: the node that answered, and the body.
@@ -900,12 +877,7 @@ fn a_move_lives_through_the_death_of_either_groups_primary() {
     let data = dir.path().join("keel-data");
     let up = up_with_two_shards(&data);
     let front = up.proxy_url.clone();
-    let primary_of = |group: &str| {
-        get_json(&format!("{}/v1/cluster?group={group}", up.monitor_url)).1["primary"]["node"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_default()
-    };
+    let primary_of = |group: &str| primary_in(&up.monitor_url, group);
     let written: Vec<(String, String)> = keys_in(200..400, "d", 60)
         .into_iter()
         .map(|k| {
@@ -1018,10 +990,7 @@ fn a_move_lives_through_the_death_of_the_monitors_leader() {
         assert!(put_kv(&front, k, v).status().is_success(), "{k}");
     }
     let leader = monitors_leader(&urls).expect("a leader");
-    let target = get_json(&format!("{}/v1/cluster?group=g2", up.monitor_url)).1["primary"]["node"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let target = primary_in(&up.monitor_url, "g2");
     chaos(&data, &["pause", &target]);
     let token = up.token_file.display().to_string();
     let out = support::run_keel(&[

@@ -348,12 +348,8 @@ impl Groups {
             timed_out = self.cancel_because(&why).unwrap_or_default();
             self.move_seen = None;
         }
-        let mut out = self.handle_routed(input, now);
-        if !timed_out.is_empty() {
-            timed_out.append(&mut out);
-            return timed_out;
-        }
-        out
+        timed_out.extend(self.handle_routed(input, now));
+        timed_out
     }
 
     /// [`Groups::handle`] once the move's clock is seen to.

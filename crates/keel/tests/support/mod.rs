@@ -1144,3 +1144,34 @@ pub fn raise_open_files(want: u64) {
         "this test needs {want} open files; the limit was {shown} and prlimit ({status:?}) left it at {after}"
     );
 }
+
+/// Runs `keel load --quiet --json FILE ARGS…`: its output and the parsed report
+/// (`Value::Null` when no report was written).
+pub fn load_report(args: &[&str]) -> (Output, serde_json::Value) {
+    let dir = tempdir();
+    let json = dir.path().join("report.json");
+    let json_arg = json.display().to_string();
+    let mut all = vec!["load", "--quiet", "--json", &json_arg];
+    all.extend_from_slice(args);
+    let out = run_keel(&all);
+    let report = match fs::read_to_string(&json) {
+        Ok(text) => serde_json::from_str(&text).expect("the report is JSON"),
+        Err(_) => serde_json::Value::Null,
+    };
+    (out, report)
+}
+
+/// A `keel load` report's spread: each backend's name and count, in the report's order.
+pub fn spread_of(report: &serde_json::Value) -> Vec<(String, u64)> {
+    report["spread"]
+        .as_array()
+        .expect("spread")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().expect("name").to_owned(),
+                s["count"].as_u64().expect("count"),
+            )
+        })
+        .collect()
+}
