@@ -313,7 +313,9 @@ fn write_failed(e: WriteError) -> Response {
             error_response(StatusCode::MISDIRECTED_REQUEST, err)
         }
         WriteError::FailoverInProgress { to } => {
-            let mut err = ApiError::new("failover_in_progress", message);
+            // Refused before anything was written, like every 503 here that says so.
+            let mut err = ApiError::new("failover_in_progress", message)
+                .with("written", Written::No.to_json());
             if let Some(to) = to {
                 err = err.with("promoting", to);
             }

@@ -385,7 +385,8 @@ pub(crate) async fn forward(
                     "failover_in_progress",
                     format!("the data tier is failing over from {from} to {to}; retry shortly"),
                 )
-                .with("promoting", to.as_str()),
+                .with("promoting", to.as_str())
+                .with("written", Written::No.to_json()),
             );
         }
         let target = if stale {
@@ -398,7 +399,9 @@ pub(crate) async fn forward(
                 Some(e) => format!("no primary is known: {e}"),
                 None => "the monitor names no primary".to_owned(),
             };
-            return unavailable(ApiError::new("no_primary", why));
+            return unavailable(
+                ApiError::new("no_primary", why).with("written", Written::No.to_json()),
+            );
         };
         let in_flight = InFlight::start(Arc::clone(&node));
         let body = if request.body.is_empty() {
