@@ -23,8 +23,10 @@ pub struct Guard {
 /// How long a signed request's body may take to arrive: its signature covers the body,
 /// so it is read before the handler runs.
 pub const SIGNED_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// The largest body of a signed request.
-pub const MAX_SIGNED_BODY: usize = 1 << 20;
+/// The largest body of a signed request: twice a write's largest body, so that a piece
+/// of slots on the move (docs/shards.md), which may hold one whole 1 MiB value in
+/// base64, fits.
+pub const MAX_SIGNED_BODY: usize = 2 << 20;
 
 impl Guard {
     /// A guard for the server `what`, signing as `id`, checking member signatures with

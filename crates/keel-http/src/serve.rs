@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | header read timeout | 30 s | a head not complete in time (or a kept-alive connection idle that long) is closed |
 //! | body timeout | 10 s | a body not complete in time is answered `408` and the connection closed |
-//! | body size | 1 MiB | a larger body is answered `413` |
+//! | body size | 1 MiB; 2 MiB with a member's signature (`Keel-Auth`), checked by the guard once it is in | a larger body is answered `413` |
 //! | send timeout | 30 s | a connection whose client has not read for that long is closed |
 //! | connections | 1,024 | at the cap, the connection waiting longest on its client is closed for the new one ([`crate::conns`]) |
 //!
@@ -69,6 +69,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// [`MAX_BODY`].
     pub max_body: usize,
+    /// The largest body of a request that carries a member's signature (`Keel-Auth`):
+    /// [`crate::MAX_SIGNED_BODY`]. The guard checks the signature once the body is in.
+    pub max_signed_body: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +82,7 @@ impl Default for Limits {
             send_timeout: SEND_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             max_body: MAX_BODY,
+            max_signed_body: crate::MAX_SIGNED_BODY,
         }
     }
 }
@@ -282,13 +286,20 @@ async fn handle(
     request: http::Request<hyper::body::Incoming>,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    // A member's signed request may bring more (a piece of a slot move's copy); the
+    // guard refuses it once read if the signature is not a member's.
+    let max_body = if parts.headers.contains_key(keel_auth::AUTH_HEADER) {
+        limits.max_signed_body
+    } else {
+        limits.max_body
+    };
     let bytes = if body.is_end_stream() {
         Bytes::new()
     } else {
         conn.enter(Phase::Body, conns.now_ms());
         let read = tokio::time::timeout(
             limits.body_timeout,
-            http_body_util::Limited::new(body, limits.max_body).collect(),
+            http_body_util::Limited::new(body, max_body).collect(),
         )
         .await;
         match read {
@@ -298,10 +309,7 @@ async fn handle(
                 return refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
-                    format!(
-                        "the body is larger than the limit of {} bytes",
-                        limits.max_body
-                    ),
+                    format!("the body is larger than the limit of {max_body} bytes"),
                 );
             }
             Ok(Err(e)) => {

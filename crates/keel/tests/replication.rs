@@ -499,6 +499,32 @@ fn bad_input_gets_a_4xx_that_says_what_was_wrong_and_changes_nothing() {
         .send()
         .expect("send");
     check(big, 413, "body_too_large", "limit");
+    // A request that claims a member's signature may bring more (a piece of a slot
+    // move), but a claim that is not one writes nothing, and past 2 MiB it is refused
+    // as well.
+    let forged = client
+        .put(format!("{}/v1/kv/big", primary.url))
+        .header("keel-auth", "not a signature")
+        .body(vec![b'x'; 3 << 19])
+        .send()
+        .expect("send");
+    assert_eq!(forged.status().as_u16(), 401);
+    let forged = client
+        .put(format!("{}/v1/kv/big", primary.url))
+        .header("keel-auth", "not a signature")
+        .body(vec![b'x'; (2 << 20) + 1])
+        .send()
+        .expect("send");
+    check(forged, 413, "body_too_large", "2097152");
+    check(
+        client
+            .get(format!("{}/v1/kv/big", primary.url))
+            .send()
+            .expect("send"),
+        404,
+        "not_found",
+        "big",
+    );
     check(
         client
             .get(format!("{}/v1/nope", primary.url))
