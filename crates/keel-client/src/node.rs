@@ -39,10 +39,15 @@ pub struct KeyList {
     pub merged: Option<Vec<GroupKeys>>,
 }
 
-/// The data of slots on the move (docs/shards.md): what the source group's primary
-/// exports once they are frozen (`GET /v1/slots/export?since=N`), and what the target
-/// group's primary imports (`POST /v1/slots/import`), both signed by the monitor. It is
-/// every key of the slots, so an import replaces what the target held of them.
+/// One piece of the data of slots on the move (docs/shards.md): what the source group's
+/// primary exports once they are frozen (`GET /v1/slots/export?since=N[&after_kv=K |
+/// &after_counter=C]`), and what the target group's primary imports (`POST
+/// /v1/slots/import`), both signed by the monitor.
+///
+/// An export walks the slots' kv keys in order, then their counters ([`Mark`]), and
+/// answers a piece of a few hundred KiB: every key of the slots from just after `after`
+/// up to `upto`. So an import replaces what the target held of the slots in that
+/// stretch, and the pieces in turn replace all of it, whatever their number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotData {
@@ -50,12 +55,38 @@ pub struct SlotData {
     pub since: u64,
     /// The slots, as a person writes them (`0-99,200`).
     pub slots: String,
-    /// Every kv key of the slots with its value.
+    /// The piece starts just after this mark; none: at the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Mark>,
+    /// The piece ends at this mark, inclusive; none: at the end, so it is the last piece
+    /// (the next starts after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<Mark>,
+    /// Every kv key of the slots in the piece's stretch, with its value.
     pub kv: Vec<KvItem>,
-    /// Every counter of the slots.
+    /// Every counter of the slots in the piece's stretch.
     pub counters: std::collections::BTreeMap<String, i64>,
-    /// The entries map, when its key's slot is one of them.
+    /// The entries map, when its key's slot is one of them: in the last piece only.
     pub entries: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl SlotData {
+    /// Whether `mark` lies in this piece's stretch: after `after`, up to `upto`.
+    pub fn covers(&self, mark: &Mark) -> bool {
+        self.after.as_ref().is_none_or(|after| mark > after)
+            && self.upto.as_ref().is_none_or(|upto| mark <= upto)
+    }
+}
+
+/// A place in the order an export walks the slots on the move: every kv key, sorted,
+/// then every counter, sorted (a kv key comes before any counter).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mark {
+    /// A kv key.
+    Kv(String),
+    /// A counter's name.
+    Counter(String),
 }
 
 /// One key of [`SlotData`]: its value in standard base64, as values are bytes.
@@ -184,5 +215,41 @@ mod tests {
         ] {
             assert_eq!(key_of(none), None, "{none}");
         }
+    }
+
+    #[test]
+    fn a_piece_covers_the_stretch_after_its_start_up_to_its_end_kv_keys_before_counters() {
+        let kv = |k: &str| Mark::Kv(k.to_owned());
+        let counter = |c: &str| Mark::Counter(c.to_owned());
+        assert!(kv("zzz") < counter("a"));
+        let piece = |after: Option<Mark>, upto: Option<Mark>| SlotData {
+            since: 2,
+            slots: "0-99".to_owned(),
+            after,
+            upto,
+            kv: Vec::new(),
+            counters: Default::default(),
+            entries: None,
+        };
+        let first = piece(None, Some(kv("m")));
+        assert!(first.covers(&kv("a")) && first.covers(&kv("m")));
+        assert!(!first.covers(&kv("n")) && !first.covers(&counter("a")));
+        let middle = piece(Some(kv("m")), Some(counter("c")));
+        assert!(!middle.covers(&kv("m")) && middle.covers(&kv("n")));
+        assert!(middle.covers(&counter("c")) && !middle.covers(&counter("d")));
+        let last = piece(Some(counter("c")), None);
+        assert!(!last.covers(&kv("zzz")) && last.covers(&counter("d")));
+        assert!(piece(None, None).covers(&kv("")));
+        // The marks travel as `{"kv": "m"}`; a whole copy in one piece has neither.
+        let text = serde_json::to_string(&middle).expect("json");
+        assert!(
+            text.contains(r#""after":{"kv":"m"},"upto":{"counter":"c"}"#),
+            "{text}"
+        );
+        let whole: SlotData = serde_json::from_str(
+            r#"{"since":2,"slots":"0-99","kv":[],"counters":{},"entries":null}"#,
+        )
+        .expect("a piece without marks");
+        assert_eq!(whole, piece(None, None));
     }
 }

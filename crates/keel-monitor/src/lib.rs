@@ -22,8 +22,8 @@
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`runtime`]: [`run`], which loads the state, serves, drives the machine (ticks,
 //!   probes, persistence — or, in a group, Raft commits, and the machine only while this
-//!   monitor leads), copies the slots of a move between primaries, and stops when told
-//!   to.
+//!   monitor leads), copies the slots of a move between primaries piece by piece, and
+//!   stops when told to.
 //!
 //! **Why the state machine is pure.** Failover is where a replicated system loses data
 //! or ends up with two primaries, and its bugs hide in timing: a heartbeat that lands a

@@ -151,8 +151,10 @@ pub(crate) enum Msg {
         Option<(Vec<keel_core::slots::Slot>, GroupId)>,
         oneshot::Sender<Result<keel_core::slots::SlotTable, Refusal>>,
     ),
-    /// A copy of the move frozen at this version ended, and how.
-    Copied(u64, Result<(), String>),
+    /// A piece of the copy of the move frozen at this version is durable at the target.
+    PieceCopied(u64),
+    /// A copy of the move frozen at this version ended, and how: in how many pieces.
+    Copied(u64, Result<usize, String>),
     /// The view and the counters, for `/metrics`.
     Metrics(oneshot::Sender<(ClusterView, Stats, Option<crate::metrics::RaftFigures>)>),
 }
@@ -745,12 +747,18 @@ impl Core {
                 let _ = reply.send(answer);
                 Ok(())
             }
+            Msg::PieceCopied(since) => {
+                if let Some(monitor) = self.monitor.as_mut() {
+                    monitor.piece_copied(since, Instant::now());
+                }
+                Ok(())
+            }
             Msg::Copied(since, result) => {
                 self.copying = None;
                 match result {
-                    Ok(()) => {
+                    Ok(pieces) => {
                         if let Some(monitor) = self.monitor.as_mut() {
-                            let out = monitor.copied(since);
+                            let out = monitor.copied(since, pieces);
                             self.carry_out(out, None).await?;
                         }
                     }
@@ -901,7 +909,7 @@ impl Core {
                 Some(url) => Err(format!(
                     "{url} is cut off from this monitor (keel's fault filter)"
                 )),
-                None => copy_slots(&client, signer.as_ref(), &order).await,
+                None => copy_slots(&client, signer.as_ref(), &order, &tx).await,
             };
             let _ = tx.send(Msg::Copied(since, result)).await;
         });
@@ -964,23 +972,81 @@ async fn probe_once(
     .map(drop)
 }
 
-/// The copy of a move: the frozen slots' data from the source primary, into the target
-/// primary, which answers once it is durable there.
+/// The copy of a move, piece by piece: each piece of the frozen slots' data from the
+/// source primary, into the target primary, which answers once it is durable there;
+/// the next piece starts where that one ended (docs/shards.md). Each piece done is
+/// reported, so that a long copy that goes on is not called off. Returns how many
+/// pieces there were.
+///
+/// A copy that fails starts again from the first piece: each piece makes its stretch
+/// of the slots at the target the source's, so pieces copied twice write the same.
 async fn copy_slots(
     client: &reqwest::Client,
     signer: Option<&Signer>,
     order: &crate::machine::groups::CopyOrder,
-) -> Result<(), String> {
+    progress: &mpsc::Sender<Msg>,
+) -> Result<usize, String> {
+    use keel_client::node::Mark;
+    /// The one field of a piece the monitor reads: where the next starts.
+    #[derive(serde::Deserialize)]
+    struct PieceEnd {
+        upto: Option<Mark>,
+    }
     let since = order.moving.since;
-    let export = format!("{}/v1/slots/export?since={since}", order.from_url);
-    let data = member_call(client, signer, "GET", &export, Vec::new(), COPY_TIMEOUT)
+    let import = format!("{}/v1/slots/import", order.to_url);
+    let mut after: Option<Mark> = None;
+    let mut pieces = 0;
+    loop {
+        let mut export = reqwest::Url::parse(&format!("{}/v1/slots/export", order.from_url))
+            .map_err(|e| format!("{}: {e}", order.from_url))?;
+        {
+            let mut query = export.query_pairs_mut();
+            query.append_pair("since", &since.to_string());
+            match &after {
+                Some(Mark::Kv(key)) => {
+                    query.append_pair("after_kv", key);
+                }
+                Some(Mark::Counter(name)) => {
+                    query.append_pair("after_counter", name);
+                }
+                None => {}
+            }
+        }
+        let data = member_call(
+            client,
+            signer,
+            "GET",
+            export.as_str(),
+            Vec::new(),
+            COPY_TIMEOUT,
+        )
         .await
         .map_err(|e| format!("export from {}: {e}", order.from_node))?;
-    let import = format!("{}/v1/slots/import", order.to_url);
-    member_call(client, signer, "POST", &import, data.to_vec(), COPY_TIMEOUT)
-        .await
-        .map_err(|e| format!("import into {}: {e}", order.to_node))?;
-    Ok(())
+        let end: PieceEnd = serde_json::from_slice(&data).map_err(|e| {
+            format!(
+                "export from {}: not a piece of slot data: {e}",
+                order.from_node
+            )
+        })?;
+        member_call(client, signer, "POST", &import, data.to_vec(), COPY_TIMEOUT)
+            .await
+            .map_err(|e| format!("import into {}: {e}", order.to_node))?;
+        pieces += 1;
+        match end.upto {
+            None => return Ok(pieces),
+            Some(upto) => {
+                if after.as_ref().is_some_and(|after| &upto <= after) {
+                    return Err(format!(
+                        "export from {}: a piece ends ({upto:?}) where the one before did",
+                        order.from_node
+                    ));
+                }
+                tracing::info!(since, pieces, upto = ?upto, "a piece of the slots on the move copied");
+                let _ = progress.send(Msg::PieceCopied(since)).await;
+                after = Some(upto);
+            }
+        }
+    }
 }
 
 /// A call to a node, signed when the monitor holds the cluster secret; the answer counts

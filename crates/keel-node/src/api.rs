@@ -44,7 +44,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/counters/{name}/incr", post(incr))
         .route("/v1/replication", get(receiver::accept))
         .route("/v1/slots/export", get(crate::moves::export))
-        .route("/v1/slots/import", post(crate::moves::import))
+        .route(
+            "/v1/slots/import",
+            post(crate::moves::import).layer(DefaultBodyLimit::max(keel_http::MAX_SIGNED_BODY)),
+        )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/admin/kill", post(kill));

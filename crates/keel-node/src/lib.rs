@@ -17,7 +17,8 @@
 //! - [`heartbeat`]: a monitored node's side of the monitor protocol: registration,
 //!   heartbeats, and asking the monitor to drop a silent sync standby;
 //! - [`api`]: the HTTP API of `docs/api.md` (axum);
-//! - [`moves`]: the node's half of a slot move between groups: export and import;
+//! - [`moves`]: the node's half of a slot move between groups: export and import,
+//!   piece by piece;
 //! - [`metrics`]: the Prometheus text of `/metrics`;
 //! - [`update`]: the rules of an entries update (JSON, or the seed's `key=value` lines);
 //! - [`node`]: [`run`], which opens the store, picks the epoch, starts all of the above

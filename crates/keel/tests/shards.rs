@@ -970,6 +970,141 @@ fn a_move_lives_through_the_death_of_either_groups_primary() {
     assert_eq!(events.matches("slots moved:").count(), 2, "{events}");
 }
 
+/// A value of `len` bytes that names `key`, so that a mix-up shows.
+fn big_value(key: &str, len: usize) -> String {
+    format!("{key}:").repeat(len / (key.len() + 1) + 1)[..len].to_owned()
+}
+
+/// `POST /v1/counters/{name}/incr?by=N` through `front`.
+fn incr_through(front: &str, name: &str, by: i64) {
+    let resp = support::http_client()
+        .post(format!("{front}/v1/counters/{name}/incr?by={by}"))
+        .send()
+        .expect("an incr");
+    assert!(resp.status().is_success(), "incr {name}: {}", resp.status());
+}
+
+/// `GET /v1/counters/{name}` through `front`: its value.
+fn counter_through(front: &str, name: &str) -> i64 {
+    let (status, body) = get_json(&format!("{front}/v1/counters/{name}"));
+    assert_eq!(status, StatusCode::OK, "{name}: {body}");
+    body["value"].as_i64().unwrap_or(i64::MIN)
+}
+
+/// Slots holding more than one request carries (six values near the largest a write
+/// takes, among 300 small keys and 20 counters: over 6 MB) move in pieces, each a
+/// stretch of the slots' keys; the event says how many. Moved back after some keys were
+/// deleted, some written and a counter changed at the new owner, the old owner's
+/// left-behind copy is replaced stretch by stretch: the deleted keys are gone there too.
+#[test]
+fn slots_holding_more_than_one_piece_move_in_pieces_and_replace_what_was_left() {
+    let dir = tempdir();
+    let data = dir.path().join("keel-data");
+    let up = up_with_two_shards(&data);
+    let front = up.proxy_url.clone();
+    // The largest value a write takes is 1 MiB.
+    let sizes = [1_040_000, 1_000_000, 900_000, 800_000, 700_000, 600_000];
+    let mut written: std::collections::BTreeMap<String, String> = keys_in(1000..1100, "big", 6)
+        .into_iter()
+        .zip(sizes)
+        .map(|(k, len)| {
+            let v = big_value(&k, len);
+            (k, v)
+        })
+        .collect();
+    for k in keys_in(1000..1100, "small", 300) {
+        let v = big_value(&k, 3000);
+        written.insert(k, v);
+    }
+    for (k, v) in &written {
+        let resp = put_kv(&front, k, v);
+        assert!(resp.status().is_success(), "{k}: {}", resp.status());
+    }
+    let counters = keys_in(1000..1100, "count", 20);
+    for (i, name) in counters.iter().enumerate() {
+        incr_through(&front, name, i as i64 + 1);
+    }
+
+    let out = client(&up, &["slots", "move", "1000-1099", "--to", "g2"]);
+    assert!(out.success(), "{out}\n{}", up.proc.log_report());
+    assert!(
+        out.stdout.contains("moved slots 1000-1099 from g1 to g2"),
+        "{out}"
+    );
+    eprintln!("{}", out.stdout.trim());
+    let said = up.proc.log_text();
+    let pieces: Vec<u64> = said
+        .lines()
+        .filter(|l| l.contains("slots moved:"))
+        .filter_map(|l| {
+            let (_, after) = l.split_once("copied in ")?;
+            after.split(' ').next()?.parse().ok()
+        })
+        .collect();
+    eprintln!("copied in pieces: {pieces:?}");
+    // Over 6 MB, each piece at most about 1.3 MB: at least five pieces.
+    assert!(
+        pieces.len() == 1 && pieces[0] >= 5,
+        "one move, in pieces: {pieces:?}\n{said}"
+    );
+    for (k, v) in &written {
+        let (node, value) = read_through(&front, k);
+        assert_eq!(group_of(&node), "g2", "{k} read from {node}");
+        assert!(
+            value == *v,
+            "{k} differs after the move ({} bytes)",
+            value.len()
+        );
+    }
+    for (i, name) in counters.iter().enumerate() {
+        assert_eq!(counter_through(&front, name), i as i64 + 1, "{name}");
+    }
+
+    // At g2: every 37th small key and a big one deleted, a key added, a counter changed.
+    let gone: Vec<String> = written
+        .keys()
+        .filter(|k| k.starts_with("small"))
+        .step_by(37)
+        .cloned()
+        .chain(written.keys().find(|k| k.starts_with("big")).cloned())
+        .collect();
+    for k in &gone {
+        let resp = support::http_client()
+            .delete(format!("{front}/v1/kv/{k}"))
+            .send()
+            .expect("a delete");
+        assert!(resp.status().is_success(), "delete {k}: {}", resp.status());
+        written.remove(k);
+    }
+    let added = keys_in(1000..1100, "new", 1).remove(0);
+    assert!(put_kv(&front, &added, "added at g2").status().is_success());
+    written.insert(added, "added at g2".to_owned());
+    incr_through(&front, &counters[0], 100);
+
+    // Back to g1, which still holds the first copy of every key.
+    let out = client(&up, &["slots", "move", "1000-1099", "--to", "g1"]);
+    assert!(out.success(), "{out}\n{}", up.proc.log_report());
+    eprintln!("{}", out.stdout.trim());
+    for (k, v) in &written {
+        let (node, value) = read_through(&front, k);
+        assert_eq!(group_of(&node), "g1", "{k} read from {node}");
+        assert!(value == *v, "{k} differs after the move back");
+    }
+    for k in &gone {
+        let resp = support::http_client()
+            .get(format!("{front}/v1/kv/{k}"))
+            .send()
+            .expect("a read");
+        assert_eq!(
+            resp.status(),
+            StatusCode::NOT_FOUND,
+            "{k}, deleted at g2, came back with the move"
+        );
+    }
+    assert_eq!(counter_through(&front, &counters[0]), 101);
+    assert_eq!(counter_through(&front, &counters[19]), 20);
+}
+
 /// The monitors' leader killed in the middle of a move (the target's primary frozen, so
 /// the copy cannot run): the next leader finds the move in the replicated state and
 /// completes it once the target answers; the slots' keys are all at the new owner.

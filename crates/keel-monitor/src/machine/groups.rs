@@ -54,9 +54,10 @@ pub enum GroupsOutput {
     Reply(Result<Answer, Refusal>),
 }
 
-/// How long a move may stay frozen before the monitor calls it off: its slots' writes
-/// wait, then fail, while it is, so a copy that cannot be made (a group without a
-/// primary for good, data the target cannot take) must not hold them for ever.
+/// How long a move may stay frozen with no piece of it copied before the monitor calls
+/// it off: its slots' writes wait, then fail, while it is, so a copy that cannot be made
+/// (a group without a primary for good, data the target cannot take) must not hold them
+/// for ever. A copy that goes on, piece after piece, is given this long for each.
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The groups and the slot table.
@@ -67,8 +68,9 @@ pub struct Groups {
     next_event: u64,
     /// The table version each node said it holds, in its last heartbeat.
     holds: BTreeMap<NodeId, u64>,
-    /// The move under way (its freeze version) and when this machine first saw it: a
-    /// new leader gives a move it finds a whole [`MOVE_TIMEOUT`] of its own.
+    /// The move under way (its freeze version) and when this machine first saw it or
+    /// last saw a piece of it copied: a new leader gives a move it finds a whole
+    /// [`MOVE_TIMEOUT`] of its own.
     move_seen: Option<(u64, Instant)>,
 }
 
@@ -167,11 +169,21 @@ impl Groups {
         })
     }
 
-    /// The copy of the move frozen at version `since` is done (the target's primary holds
-    /// every key of the slots durably): the slots become the target's in the table's next
-    /// version. Nothing when that move is no longer under way (cancelled, or already
-    /// switched by an earlier report).
-    pub fn copied(&mut self, since: u64) -> Vec<GroupsOutput> {
+    /// A piece of the copy of the move frozen at version `since` is durable at the
+    /// target at `now`: the copy is going on, so the move's [`MOVE_TIMEOUT`] starts again.
+    pub fn piece_copied(&mut self, since: u64, now: Instant) {
+        if let Some((seen, _)) = self.move_seen
+            && seen == since
+        {
+            self.move_seen = Some((since, now));
+        }
+    }
+
+    /// The copy of the move frozen at version `since` is done, in `pieces` pieces (the
+    /// target's primary holds every key of the slots durably): the slots become the
+    /// target's in the table's next version. Nothing when that move is no longer under
+    /// way (cancelled, or already switched by an earlier report).
+    pub fn copied(&mut self, since: u64, pieces: usize) -> Vec<GroupsOutput> {
         let Some(m) = self.state.slots.moving().cloned() else {
             return Vec::new();
         };
@@ -182,10 +194,11 @@ impl Groups {
             return Vec::new();
         };
         let message = format!(
-            "slots {} moved from {} to {} (table version {})",
+            "slots {} moved from {} to {}, copied in {pieces} piece{} (table version {})",
             format_slots(&m.slots),
             m.from,
             m.to,
+            if pieces == 1 { "" } else { "s" },
             next.version()
         );
         self.new_table(next, &m.to, EventKind::SlotsMoved, message)
@@ -342,7 +355,7 @@ impl Groups {
         let mut timed_out = Vec::new();
         if matches!(input, Input::Tick) && self.move_deadline().is_some_and(|d| now >= d) {
             let why = format!(
-                ": not copied within {} s (the monitor's log says why the copies failed)",
+                ": nothing of it copied for {} s (the monitor's log says why the copies failed)",
                 MOVE_TIMEOUT.as_secs()
             );
             timed_out = self.cancel_because(&why).unwrap_or_default();
@@ -642,8 +655,8 @@ mod tests {
         ));
 
         // Only the copy of this move switches it, and only once.
-        assert!(groups.copied(7).is_empty());
-        let out = groups.copied(2);
+        assert!(groups.copied(7, 1).is_empty());
+        let out = groups.copied(2, 3);
         let GroupsOutput::Persist(persisted) = &out[0] else {
             panic!("the state first: {out:?}");
         };
@@ -652,7 +665,15 @@ mod tests {
         assert_eq!(persisted.slots.moving(), None);
         assert_eq!(events(&out)[0].1, "g2");
         assert_eq!(events(&out)[0].2, EventKind::SlotsMoved);
-        assert!(groups.copied(2).is_empty(), "switched once");
+        let said = out.iter().find_map(|o| match o {
+            GroupsOutput::Event { event, .. } => Some(event.message.as_str()),
+            _ => None,
+        });
+        assert_eq!(
+            said,
+            Some("slots 0-99 moved from g1 to g2, copied in 3 pieces (table version 3)")
+        );
+        assert!(groups.copied(2, 1).is_empty(), "switched once");
         assert_eq!(groups.next_copy(now), None);
 
         // A move called off leaves the slots with their owner.
@@ -664,14 +685,14 @@ mod tests {
         assert_eq!(groups.slots().version(), 5);
         assert_eq!(groups.slots().owner(keel_core::slots::Slot(200)), &g("g1"));
         assert!(
-            groups.copied(4).is_empty(),
+            groups.copied(4, 1).is_empty(),
             "a late copy of it changes nothing"
         );
         assert_eq!(groups.cancel_move(), Err(SlotError::NoMove));
     }
 
     #[test]
-    fn a_move_that_is_not_copied_in_time_is_called_off() {
+    fn a_move_with_nothing_copied_in_time_is_called_off_and_each_piece_gives_it_time_again() {
         let now = Instant::now();
         let mut groups = two_groups(now);
         groups
@@ -689,6 +710,18 @@ mod tests {
                 .all(|(_, _, k)| *k != EventKind::MoveCancelled)
         );
         assert!(groups.slots().moving().is_some());
+        // A piece copied starts the clock again; a piece of another move does not.
+        let piece = now + std::time::Duration::from_secs(20);
+        groups.piece_copied(9, piece);
+        assert_eq!(groups.next_deadline(), Some(now + MOVE_TIMEOUT));
+        groups.piece_copied(2, piece);
+        assert_eq!(groups.next_deadline(), Some(piece + MOVE_TIMEOUT));
+        let now = piece;
+        assert!(
+            events(&groups.handle(Input::Tick, now + MOVE_TIMEOUT / 2))
+                .iter()
+                .all(|(_, _, k)| *k != EventKind::MoveCancelled)
+        );
         let out = groups.handle(Input::Tick, now + MOVE_TIMEOUT);
         assert!(
             matches!(out[0], GroupsOutput::Persist(_)),
@@ -703,7 +736,7 @@ mod tests {
         assert_eq!(
             cancelled.as_deref(),
             Some(
-                "move of slots 7 from g1 to g2 cancelled: not copied within 30 s (the monitor's log says why the copies failed): they stay g1's (table version 3)"
+                "move of slots 7 from g1 to g2 cancelled: nothing of it copied for 30 s (the monitor's log says why the copies failed): they stay g1's (table version 3)"
             )
         );
         assert!(groups.slots().moving().is_none());
@@ -843,7 +876,7 @@ mod tests {
                                 );
                             }
                             switched_by_copy = true;
-                            groups.copied(order.moving.since)
+                            groups.copied(order.moving.since, 1)
                         }
                         None => Vec::new(),
                     },
@@ -853,7 +886,7 @@ mod tests {
                             .slots()
                             .moving()
                             .map_or(next(20), |m| m.since.saturating_sub(1 + next(3)));
-                        groups.copied(stale)
+                        groups.copied(stale, 1)
                     }
                     4 => {
                         let (node, _) = nodes[usize::try_from(next(4)).unwrap_or(0)];
