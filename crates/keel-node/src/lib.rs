@@ -17,6 +17,8 @@
 //! - [`heartbeat`]: a monitored node's side of the monitor protocol: registration,
 //!   heartbeats, and asking the monitor to drop a silent sync standby;
 //! - [`api`]: the HTTP API of `docs/api.md` (axum);
+//! - [`gate`]: the node's slot decisions under several groups, pure — which writes,
+//!   imports and exports a slot may take now;
 //! - [`moves`]: the node's half of a slot move between groups: export and import,
 //!   piece by piece;
 //! - [`metrics`]: the Prometheus text of `/metrics`;
@@ -31,6 +33,7 @@
 
 pub mod api;
 pub mod config;
+pub mod gate;
 pub mod heartbeat;
 pub mod machine;
 pub mod metrics;

@@ -20,6 +20,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::NodeConfig;
+pub use crate::gate::Unclaimed;
+use crate::gate::{Granted, SlotGate};
 use crate::machine::{
     BatchId, Input, LinkInfo, Machine, Output, RoleState, Settings, Timing, WriteError,
 };
@@ -149,12 +151,10 @@ pub struct Shared {
     /// Signs this node's requests to the monitor and its standbys, and checks their
     /// answers; `None` without the cluster secret.
     pub signer: Option<keel_auth::Signer>,
-    /// This node's group and the slot table, under a monitor that runs several groups
-    /// (docs/shards.md); `None` otherwise: the node then owns every key.
-    slots: Mutex<Option<(GroupId, SlotTable)>>,
-    /// Per slot, the writes under way (claimed, not yet answered) and the imports under
-    /// way, locked only while `slots` is (in that order).
-    slot_work: Mutex<SlotWork>,
+    /// This node's group, the slot table and the work under way on slots, under a
+    /// monitor that runs several groups (docs/shards.md); with no table the node owns
+    /// every key. Its rules are pure ([`SlotGate`]); the waiting is done here.
+    slots: Mutex<SlotGate>,
     /// The version of the table held, bumped when a new one is learned, and whenever a
     /// slot's writes or imports end: what a held write or an export waits on.
     slots_changed: watch::Sender<u64>,
@@ -162,39 +162,21 @@ pub struct Shared {
     pub exporting: AtomicU64,
 }
 
-/// What is under way on slots: writes by slot, and slots being imported.
-#[derive(Debug, Default)]
-struct SlotWork {
-    writing: HashMap<u16, usize>,
-    importing: HashMap<u16, usize>,
-}
-
-/// Why a write to a key cannot start now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unclaimed {
-    /// Another group owns the key's slot.
-    Misdirected(Misdirected),
-    /// The slot is frozen by a move (`to` the group it goes to), or being imported here.
-    Frozen { slot: u16, to: Option<GroupId> },
-}
-
-/// A write under way to one slot: while it lives, an export of the slot waits.
+/// A write under way to one slot, or an import to a move's: while it lives, an export
+/// of the slot (or a write to the imported slots) waits.
 pub struct SlotClaim {
     shared: Arc<Shared>,
-    slots: Vec<u16>,
-    import: bool,
-    /// The table version the claim was granted under (0: no table).
-    version: u64,
+    granted: Granted,
 }
 
 impl SlotClaim {
     /// Names, in `Keel-Table-Version`, the table version the write was taken under: the
     /// table may have changed while it was replicated (the export waits for it).
     pub fn stamp(&self, mut response: axum::response::Response) -> axum::response::Response {
-        if self.version > 0 {
+        if self.granted.version > 0 {
             response.headers_mut().insert(
                 keel_core::headers::KEEL_TABLE_VERSION,
-                http::HeaderValue::from(self.version),
+                http::HeaderValue::from(self.granted.version),
             );
         }
         response
@@ -203,31 +185,14 @@ impl SlotClaim {
 
 impl Drop for SlotClaim {
     fn drop(&mut self) {
-        if self.slots.is_empty() {
+        if self.granted.slots.is_empty() {
             return;
         }
-        let mut emptied = false;
-        {
-            let mut work = lock(&self.shared.slot_work);
-            let counts = if self.import {
-                &mut work.importing
-            } else {
-                &mut work.writing
-            };
-            for slot in &self.slots {
-                if let Some(n) = counts.get_mut(slot) {
-                    *n -= 1;
-                    if *n == 0 {
-                        counts.remove(slot);
-                        emptied = true;
-                    }
-                }
-            }
-        }
+        let emptied = lock(&self.shared.slots).release(&self.granted);
         // Wakes whoever waits on the slots' work: writes held by an import, an export
         // waiting for the writes to end (the hot path of every write skips this unless
         // an export waits).
-        if emptied && (self.import || self.shared.exporting.load(Ordering::Relaxed) > 0) {
+        if emptied && (self.granted.import || self.shared.exporting.load(Ordering::Relaxed) > 0) {
             self.shared.slots_changed.send_modify(|_| {});
         }
     }
@@ -292,7 +257,6 @@ impl Shared {
             pending: Mutex::default(),
             commit: Mutex::default(),
             slots: Mutex::default(),
-            slot_work: Mutex::default(),
             slots_changed: watch::Sender::new(0),
             exporting: AtomicU64::new(0),
             writer_wake: Notify::new(),
@@ -316,126 +280,45 @@ impl Shared {
         let Some(group) = &view.group else {
             return;
         };
-        let mut held = lock(&self.slots);
-        let newer = match (&view.slots, held.as_ref()) {
-            (Some(table), Some((_, mine))) if table.version() > mine.version() => {
-                Some(table.clone())
-            }
-            (Some(table), None) => Some(table.clone()),
-            _ => None,
-        };
-        if let Some(table) = newer {
-            let version = table.version();
-            *held = Some((group.clone(), table));
-            drop(held);
+        let learned = lock(&self.slots).learn(group, view.slots.as_ref());
+        if let Some(version) = learned {
             self.slots_changed.send_replace(version);
         }
     }
 
-    /// Starts a write to `key`: granted when the node's group owns the key's slot and no
-    /// move freezes it nor import fills it; the claim lives until the write is answered.
-    /// A node that holds no table owns every key.
+    /// Starts a write to `key` ([`SlotGate::claim`]); the claim lives until the write is
+    /// answered.
     pub fn claim(self: &Arc<Self>, key: &str) -> Result<SlotClaim, Unclaimed> {
-        let held = lock(&self.slots);
-        let Some((mine, table)) = held.as_ref() else {
-            return Ok(SlotClaim {
-                shared: Arc::clone(self),
-                slots: Vec::new(),
-                import: false,
-                version: 0,
-            });
-        };
-        let slot = keel_core::slots::slot_of(key.as_bytes());
-        // A frozen slot waits, here at its owner and at the group it goes to alike: the
-        // move ends soon, and the write is then taken or sent on (421) to the new owner.
-        if let Some(m) = table.moving().filter(|m| m.has(slot))
-            && (&m.from == mine || &m.to == mine)
-        {
-            return Err(Unclaimed::Frozen {
-                slot: slot.0,
-                to: Some(m.to.clone()),
-            });
-        }
-        if let Some(m) = table.misdirected(key.as_bytes(), mine) {
-            return Err(Unclaimed::Misdirected(m));
-        }
-        let mut work = lock(&self.slot_work);
-        if work.importing.contains_key(&slot.0) {
-            return Err(Unclaimed::Frozen {
-                slot: slot.0,
-                to: None,
-            });
-        }
-        *work.writing.entry(slot.0).or_default() += 1;
+        let granted = lock(&self.slots).claim(key.as_bytes())?;
         Ok(SlotClaim {
             shared: Arc::clone(self),
-            slots: vec![slot.0],
-            import: false,
-            version: table.version(),
+            granted,
         })
     }
 
-    /// Starts an import of the move frozen at version `since`: granted only while the
-    /// table held has that move under way to this node's group (a late import, after the
-    /// switch, would overwrite the slots' new writes). Writes to the slots wait while it
-    /// lives.
+    /// Starts an import of the move frozen at version `since`
+    /// ([`SlotGate::claim_import`]); writes to the slots wait while it lives.
     pub fn claim_import(
         self: &Arc<Self>,
         since: u64,
     ) -> Result<(SlotClaim, keel_core::slots::Moving), String> {
-        let held = lock(&self.slots);
-        let Some((mine, table)) = held.as_ref() else {
-            return Err("this node belongs to no group".to_owned());
+        let (granted, moving) = lock(&self.slots).claim_import(since)?;
+        let claim = SlotClaim {
+            shared: Arc::clone(self),
+            granted,
         };
-        let Some(m) = table.moving().filter(|m| m.since == since && &m.to == mine) else {
-            return Err(format!(
-                "this node ({mine}) holds table version {}, which has no move to {mine} frozen at version {since}",
-                table.version()
-            ));
-        };
-        let mut work = lock(&self.slot_work);
-        for slot in &m.slots {
-            *work.importing.entry(slot.0).or_default() += 1;
-        }
-        Ok((
-            SlotClaim {
-                shared: Arc::clone(self),
-                slots: m.slots.iter().map(|s| s.0).collect(),
-                import: true,
-                version: table.version(),
-            },
-            m.clone(),
-        ))
+        Ok((claim, moving))
     }
 
-    /// The move frozen at `since`, once no write to its slots is under way here: `Err`
-    /// when the table held has no such move out of this node's group.
+    /// The move frozen at `since`, once no write to its slots is under way here
+    /// ([`SlotGate::frozen_move`]).
     pub fn frozen_move(&self, since: u64) -> Result<Option<keel_core::slots::Moving>, String> {
-        let held = lock(&self.slots);
-        let Some((mine, table)) = held.as_ref() else {
-            return Err("this node belongs to no group".to_owned());
-        };
-        let Some(m) = table
-            .moving()
-            .filter(|m| m.since == since && &m.from == mine)
-        else {
-            return Err(format!(
-                "this node ({mine}) holds table version {}, which freezes no slot of {mine} at version {since}",
-                table.version()
-            ));
-        };
-        let work = lock(&self.slot_work);
-        let busy = m.slots.iter().any(|s| work.writing.contains_key(&s.0));
-        Ok((!busy).then(|| m.clone()))
+        lock(&self.slots).frozen_move(since)
     }
 
-    /// Whether `key`'s slot is on its way to this node's group, in the table held: the
-    /// group owns it as soon as it learns the move's switch.
+    /// Whether `key`'s slot is on its way to this node's group ([`SlotGate::incoming`]).
     pub fn incoming(&self, key: &str) -> bool {
-        let slot = keel_core::slots::slot_of(key.as_bytes());
-        lock(&self.slots).as_ref().is_some_and(|(mine, table)| {
-            table.moving().is_some_and(|m| &m.to == mine && m.has(slot))
-        })
+        lock(&self.slots).incoming(key.as_bytes())
     }
 
     /// Changes whenever the table or the work under way on slots does.
@@ -445,23 +328,18 @@ impl Shared {
 
     /// The version of the slot table held (0: none).
     pub fn slots_version(&self) -> u64 {
-        lock(&self.slots)
-            .as_ref()
-            .map_or(0, |(_, table)| table.version())
+        lock(&self.slots).version()
     }
 
     /// The node's group and the table it holds, if it belongs to a group.
     pub fn held_slots(&self) -> Option<(GroupId, SlotTable)> {
-        lock(&self.slots).clone()
+        lock(&self.slots).held().cloned()
     }
 
     /// `Err` with the owner when `key`'s slot is another group's, in the table held; a
     /// node that holds no table owns every key.
     pub fn owns(&self, key: &str) -> Result<(), Misdirected> {
-        match lock(&self.slots).as_ref() {
-            Some((mine, table)) => table.misdirected(key.as_bytes(), mine).map_or(Ok(()), Err),
-            None => Ok(()),
-        }
+        lock(&self.slots).owns(key.as_bytes())
     }
 
     pub fn machine(&self) -> MutexGuard<'_, Machine> {
