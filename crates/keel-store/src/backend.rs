@@ -104,6 +104,10 @@ impl<B: Backend> Storage for B {
         self.read(|v| v.kv_keys())
     }
 
+    fn kv_keys_after(&self, after: Option<&str>, max: usize) -> Result<Vec<String>, StoreError> {
+        self.read(|v| v.kv_keys_after(after, max))
+    }
+
     fn counters(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
         self.read(|v| v.counters())
     }

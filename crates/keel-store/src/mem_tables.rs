@@ -233,6 +233,15 @@ impl View for MemTables {
             .collect())
     }
 
+    fn kv_keys_after(&self, after: Option<&str>, max: usize) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        Ok((self.data.kv.range((start, Bound::Unbounded)))
+            .take(max)
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
     fn kv_all(&self) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
         Ok((self.data.kv.iter())
             .map(|(k, (version, value))| (k.clone(), *version, value.clone()))

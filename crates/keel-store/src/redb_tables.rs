@@ -250,6 +250,17 @@ impl View for RedbView {
         Ok(out)
     }
 
+    fn kv_keys_after(&self, after: Option<&str>, max: usize) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound;
+        let table = self.txn.open_table(KV)?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::new();
+        for item in table.range::<&str>((start, Bound::Unbounded))?.take(max) {
+            out.push(item?.0.value().to_owned());
+        }
+        Ok(out)
+    }
+
     fn kv_all(&self) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         for item in self.txn.open_table(KV)?.iter()? {

@@ -156,6 +156,10 @@ pub trait Storage: Send + Sync {
     /// Every key with its version, in key order.
     fn kv_keys(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
+    /// Up to `max` keys after `after` (from the first when `None`), in key order: a walk
+    /// over every key, a page at a time, that reads each key once.
+    fn kv_keys_after(&self, after: Option<&str>, max: usize) -> Result<Vec<String>, StoreError>;
+
     /// A counter's value (0 if it was never incremented).
     fn counter(&self, name: &str) -> Result<i64, StoreError>;
 

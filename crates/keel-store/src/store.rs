@@ -167,6 +167,15 @@ impl Store {
         Storage::kv_keys(self)
     }
 
+    /// Up to `max` keys after `after`, in key order ([`Storage::kv_keys_after`]).
+    pub fn kv_keys_after(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Storage::kv_keys_after(self, after, max)
+    }
+
     /// A counter's value, 0 if it was never incremented ([`Storage::counter`]).
     pub fn counter(&self, name: &str) -> Result<i64, StoreError> {
         Storage::counter(self, name)

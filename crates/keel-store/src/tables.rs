@@ -92,6 +92,8 @@ pub(crate) trait View {
     fn kv_get(&self, key: &str) -> Result<Option<KvRecord>, StoreError>;
     /// Every key with its version, in key order.
     fn kv_keys(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Up to `max` keys after `after` (from the first when `None`), in key order.
+    fn kv_keys_after(&self, after: Option<&str>, max: usize) -> Result<Vec<String>, StoreError>;
     /// Every key with its version and value, in key order.
     fn kv_all(&self) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError>;
     /// A counter's value, if it was ever set.

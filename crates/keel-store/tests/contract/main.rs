@@ -29,6 +29,7 @@ contract!(
     a_rollback_restores_the_exact_earlier_state,
     a_rollback_into_the_snapshot_is_refused,
     compaction_keeps_log_retain_entries,
+    keys_are_walked_a_page_at_a_time_in_order,
     a_snapshot_installs_whole_and_the_log_goes_on_from_it,
     the_epoch_seen_never_goes_back,
     node_meta_is_kept_apart_from_the_log,

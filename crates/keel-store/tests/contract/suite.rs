@@ -351,6 +351,38 @@ pub fn compaction_keeps_log_retain_entries<H: Harness>() {
     assert_consistent(s);
 }
 
+pub fn keys_are_walked_a_page_at_a_time_in_order<H: Harness>() {
+    let h = H::new(1000);
+    let s = h.store();
+    let names = ["b", "a", "c/1", "c", "ä", "ab"];
+    let puts: Vec<_> = names.iter().map(|k| put(k, "v")).collect();
+    s.execute(Epoch(1), &puts).expect("puts");
+    let mut walked = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.kv_keys_after(after.as_deref(), 4).expect("a page");
+        assert!(page.len() <= 4);
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        walked.extend(page);
+        after = Some(last);
+    }
+    let mut sorted: Vec<String> = names.iter().map(|k| (*k).to_owned()).collect();
+    sorted.sort();
+    assert_eq!(walked, sorted, "each key once, in key order");
+    assert_eq!(
+        s.kv_keys_after(Some("b"), 10).expect("after b"),
+        ["c", "c/1", "ä"]
+    );
+    assert_eq!(
+        s.kv_keys_after(Some("ä"), 10)
+            .expect("past the end (bytes order: ä after z)"),
+        Vec::<String>::new()
+    );
+    assert!(s.kv_keys_after(None, 0).expect("none asked").is_empty());
+}
+
 pub fn a_snapshot_installs_whole_and_the_log_goes_on_from_it<H: Harness>() {
     let (p, sb) = (H::new(1000), H::new(1000));
     let (primary, standby) = (p.store(), sb.store());
