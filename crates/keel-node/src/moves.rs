@@ -42,6 +42,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// once it holds this many, so it holds at most one value more (a value is at most a
 /// write's 1 MiB body, and a piece must stay under a signed request's limit).
 pub const PIECE_BYTES: usize = 256 << 10;
+/// How many of the store's keys an export reads at a time, looking for the slots' own.
+const KEY_PAGE: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +167,57 @@ async fn drained(shared: &Arc<Shared>, since: u64) -> Result<Moving, Response> {
     result
 }
 
+/// The store's kv keys after a mark, in order, read [`KEY_PAGE`] at a time: none after
+/// a counter's mark (every kv key comes before the counters).
+struct KeyWalk<'a> {
+    store: &'a Arc<dyn Storage>,
+    from: Option<String>,
+    page: std::vec::IntoIter<String>,
+    done: bool,
+}
+
+impl<'a> KeyWalk<'a> {
+    fn after(store: &'a Arc<dyn Storage>, after: Option<&Mark>) -> Self {
+        let (from, done) = match after {
+            Some(Mark::Kv(key)) => (Some(key.clone()), false),
+            Some(Mark::Counter(_)) => (None, true),
+            None => (None, false),
+        };
+        KeyWalk {
+            store,
+            from,
+            page: Vec::new().into_iter(),
+            done,
+        }
+    }
+}
+
+impl Iterator for KeyWalk<'_> {
+    type Item = Result<String, keel_store::StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(key) = self.page.next() {
+            return Some(Ok(key));
+        }
+        if self.done {
+            return None;
+        }
+        let page = match self.store.kv_keys_after(self.from.as_deref(), KEY_PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        match page.last() {
+            Some(last) => self.from = Some(last.clone()),
+            None => self.done = true,
+        }
+        self.page = page.into_iter();
+        self.page.next().map(Ok)
+    }
+}
+
 /// The piece of `moving`'s slots after `after`: their kv keys in order, then their
 /// counters, until it holds [`PIECE_BYTES`]; the entries map (when its slot moves) in
 /// the last piece. The slots are frozen, so the pieces read one unchanging copy.
@@ -174,28 +227,22 @@ fn read_piece(
     after: Option<Mark>,
 ) -> Result<SlotData, keel_store::StoreError> {
     let ours = |key: &str| moving.has(slot_of(key.as_bytes()));
-    let kv_past = |key: &str| match &after {
-        None => true,
-        Some(Mark::Kv(mark)) => key > mark.as_str(),
-        Some(Mark::Counter(_)) => false,
-    };
     let counter_past = |name: &str| match &after {
         None | Some(Mark::Kv(_)) => true,
         Some(Mark::Counter(mark)) => name > mark.as_str(),
     };
-    let mut keys: Vec<String> = store
-        .kv_keys()?
-        .into_iter()
-        .map(|(key, _)| key)
-        .filter(|key| ours(key) && kv_past(key))
-        .collect();
-    keys.sort_unstable();
     let mut size = 0;
     let mut last = None;
     // Whether anything is left for a next piece.
     let mut left = false;
     let mut kv = Vec::new();
-    for key in keys {
+    // Between them, the pieces of a move read each key of the store about once (the
+    // rest of a page again when a piece ends in it), however many pieces there are.
+    for key in KeyWalk::after(store, after.as_ref()) {
+        let key = key?;
+        if !ours(&key) {
+            continue;
+        }
         if size >= PIECE_BYTES {
             left = true;
             break;
@@ -337,13 +384,22 @@ async fn import_commands(
     let store = Arc::clone(&shared.store);
     let slots: Vec<Slot> = moving.slots.clone();
     let has = move |key: &str| slots.binary_search(&slot_of(key.as_bytes())).is_ok();
+    let (after, upto) = (data.after.clone(), data.upto.clone());
     let held = tokio::task::spawn_blocking(move || {
-        let keys: Vec<String> = store
-            .kv_keys()?
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| has(k))
-            .collect();
+        // The keys this node holds in the piece's stretch, from where it starts to where
+        // it ends.
+        let mut keys = Vec::new();
+        for key in KeyWalk::after(&store, after.as_ref()) {
+            let key = key?;
+            if let Some(Mark::Kv(upto)) = &upto
+                && &key > upto
+            {
+                break;
+            }
+            if has(&key) {
+                keys.push(key);
+            }
+        }
         let counters = store.counters()?;
         Ok::<_, keel_store::StoreError>((keys, counters))
     })
@@ -397,4 +453,177 @@ async fn import_commands(
         commands.push(Command::Merge(entries));
     }
     Ok(commands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::slots::{GroupId, parse_slots};
+
+    fn moving() -> Moving {
+        Moving {
+            from: GroupId::new("g1").expect("a group"),
+            to: GroupId::new("g2").expect("a group"),
+            slots: parse_slots("0-99").expect("slots"),
+            since: 2,
+        }
+    }
+
+    /// `count` keys whose slots are in 0-99.
+    fn keys_in_move(count: usize) -> Vec<String> {
+        (0u32..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| slot_of(k.as_bytes()).0 < 100)
+            .take(count)
+            .collect()
+    }
+
+    fn piece(after: Option<Mark>, upto: Option<Mark>, keys: &[String]) -> SlotData {
+        SlotData {
+            since: 2,
+            slots: "0-99".to_owned(),
+            after,
+            upto,
+            kv: keys
+                .iter()
+                .map(|k| KvItem {
+                    key: k.clone(),
+                    value: b"v".to_vec(),
+                })
+                .collect(),
+            counters: Default::default(),
+            entries: None,
+        }
+    }
+
+    #[test]
+    fn a_piece_is_imported_only_if_its_keys_are_the_moves_and_in_its_stretch() {
+        let mut keys = keys_in_move(3);
+        keys.sort();
+        let m = moving();
+        let kv = |k: &String| Mark::Kv(k.clone());
+        assert_eq!(check_piece(&m, &piece(None, None, &keys)), Ok(()));
+        assert_eq!(
+            check_piece(&m, &piece(None, Some(kv(&keys[2])), &keys)),
+            Ok(())
+        );
+        let past_end = check_piece(&m, &piece(None, Some(kv(&keys[1])), &keys));
+        assert!(
+            past_end
+                .as_ref()
+                .is_err_and(|e| e.contains("outside the piece's stretch")),
+            "{past_end:?}"
+        );
+        let before_start = check_piece(&m, &piece(Some(kv(&keys[0])), None, &keys));
+        assert!(before_start.is_err(), "{before_start:?}");
+        let backwards = check_piece(&m, &piece(Some(kv(&keys[2])), Some(kv(&keys[0])), &[]));
+        assert!(
+            backwards
+                .as_ref()
+                .is_err_and(|e| e.contains("before it starts")),
+            "{backwards:?}"
+        );
+        let stray = (0u32..)
+            .map(|i| format!("s{i}"))
+            .find(|k| slot_of(k.as_bytes()).0 >= 100)
+            .expect("a key of another slot");
+        let strayed = check_piece(&m, &piece(None, None, &[stray]));
+        assert!(
+            strayed
+                .as_ref()
+                .is_err_and(|e| e.contains("not one of the move's (0-99)")),
+            "{strayed:?}"
+        );
+        let mut early = piece(None, Some(kv(&keys[2])), &keys);
+        early.entries = Some(Default::default());
+        assert!(
+            check_piece(&m, &early).is_err(),
+            "the entries map in a piece that is not the last"
+        );
+    }
+
+    #[test]
+    fn the_pieces_of_an_export_hold_every_key_of_the_slots_once_in_order() {
+        let store: Arc<dyn Storage> = Arc::new(keel_store::MemStore::new(100_000));
+        let m = moving();
+        // 12,000 keys, about 1 in 160 of them in slots 0-99, whose values of 10 KB fill
+        // several pieces; and counters in and out of the slots.
+        let ours = |k: &str| m.has(slot_of(k.as_bytes()));
+        let mut commands: Vec<Command> = (0..12_000)
+            .map(|i| {
+                let key = format!("key{i}");
+                let value = vec![b'x'; if ours(&key) { 10_000 } else { 1 }];
+                Command::Put {
+                    key,
+                    value,
+                    expect: Expect::Any,
+                }
+            })
+            .collect();
+        commands.extend((0..400).map(|i| Command::Incr {
+            name: format!("n{i}"),
+            by: i + 1,
+        }));
+        store
+            .execute(keel_core::Epoch(1), &commands)
+            .expect("written");
+        let mut wanted: Vec<String> = (0..12_000)
+            .map(|i| format!("key{i}"))
+            .filter(|k| ours(k))
+            .collect();
+        wanted.sort();
+        let counters_wanted = (0..400).filter(|i| ours(&format!("n{i}"))).count();
+        assert!(
+            wanted.len() > 26 * 2,
+            "enough for several pieces: {}",
+            wanted.len()
+        );
+
+        let (mut keys, mut counters, mut sizes) = (Vec::new(), 0, Vec::new());
+        let mut after = None;
+        loop {
+            let piece = read_piece(&store, &m, after.clone()).expect("a piece");
+            sizes.push(piece.kv.len());
+            assert_eq!(piece.after, after);
+            assert_eq!(check_piece(&m, &piece), Ok(()));
+            keys.extend(piece.kv.iter().map(|k| k.key.clone()));
+            counters += piece.counters.len();
+            match piece.upto {
+                Some(upto) => after = Some(upto),
+                None => break,
+            }
+        }
+        assert_eq!(keys, wanted, "every key of the slots, once, in order");
+        assert_eq!(counters, counters_wanted);
+        // 256 KiB a piece, 10 KB a value: a piece is sent once it holds 27 values.
+        let (last, full) = sizes.split_last().expect("pieces");
+        assert!(
+            full.len() >= 2 && full.iter().all(|n| *n == 27),
+            "{sizes:?}"
+        );
+        assert!(*last <= 27, "{sizes:?}");
+    }
+
+    #[test]
+    fn an_export_starts_after_one_mark_at_most() {
+        let params = |kv: Option<&str>, counter: Option<&str>| ExportParams {
+            since: 2,
+            after_kv: kv.map(str::to_owned),
+            after_counter: counter.map(str::to_owned),
+        };
+        assert_eq!(params(None, None).after().ok(), Some(None));
+        assert_eq!(
+            params(Some("a"), None).after().ok(),
+            Some(Some(Mark::Kv("a".to_owned())))
+        );
+        assert_eq!(
+            params(None, Some("c")).after().ok(),
+            Some(Some(Mark::Counter("c".to_owned())))
+        );
+        let both = params(Some("a"), Some("c")).after();
+        assert_eq!(
+            both.err().map(|r| r.status()),
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
 }
