@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use keel_client::node::{ENTRIES_KEY, KvItem, Mark, SlotData};
 use keel_core::ApiError;
-use keel_core::slots::{Moving, Slot, format_slots, slot_of};
+use keel_core::slots::{Moving, format_slots, slot_of};
 use keel_http::error_response;
 use keel_store::{Command, Expect, Storage};
 use serde::Deserialize;
@@ -126,7 +126,7 @@ pub async fn export(
     let reading = moving.clone();
     let data = tokio::task::spawn_blocking({
         let shared = Arc::clone(&shared);
-        move || read_piece(&shared.store, &reading, after)
+        move || read_piece(shared.store.as_ref(), &reading, after)
     })
     .await
     .map_err(|e| busy(format!("the export stopped: {e}")))?
@@ -170,14 +170,14 @@ async fn drained(shared: &Arc<Shared>, since: u64) -> Result<Moving, Response> {
 /// The store's kv keys after a mark, in order, read [`KEY_PAGE`] at a time: none after
 /// a counter's mark (every kv key comes before the counters).
 struct KeyWalk<'a> {
-    store: &'a Arc<dyn Storage>,
+    store: &'a dyn Storage,
     from: Option<String>,
     page: std::vec::IntoIter<String>,
     done: bool,
 }
 
 impl<'a> KeyWalk<'a> {
-    fn after(store: &'a Arc<dyn Storage>, after: Option<&Mark>) -> Self {
+    fn after(store: &'a dyn Storage, after: Option<&Mark>) -> Self {
         let (from, done) = match after {
             Some(Mark::Kv(key)) => (Some(key.clone()), false),
             Some(Mark::Counter(_)) => (None, true),
@@ -221,8 +221,8 @@ impl Iterator for KeyWalk<'_> {
 /// The piece of `moving`'s slots after `after`: their kv keys in order, then their
 /// counters, until it holds [`PIECE_BYTES`]; the entries map (when its slot moves) in
 /// the last piece. The slots are frozen, so the pieces read one unchanging copy.
-fn read_piece(
-    store: &Arc<dyn Storage>,
+pub fn read_piece(
+    store: &dyn Storage,
     moving: &Moving,
     after: Option<Mark>,
 ) -> Result<SlotData, keel_store::StoreError> {
@@ -312,7 +312,14 @@ pub async fn import(
     check_piece(&moving, &data)
         .map_err(|why| refused(StatusCode::BAD_REQUEST, "bad_slot_data", why))?;
     let upto = data.upto.clone();
-    let commands = import_commands(&shared, &moving, data).await?;
+    let commands = tokio::task::spawn_blocking({
+        let store = Arc::clone(&shared.store);
+        let moving = moving.clone();
+        move || import_plan(store.as_ref(), &moving, data)
+    })
+    .await
+    .map_err(|e| busy(format!("the import stopped: {e}")))?
+    .map_err(|e| busy(format!("cannot read the store: {e}")))?;
     let count = commands.len();
     let writes = commands
         .into_iter()
@@ -374,44 +381,28 @@ fn check_piece(moving: &Moving, data: &SlotData) -> Result<(), String> {
 }
 
 /// The writes that make this node's copy of the piece's stretch of the slots the
-/// source's: every key and counter set as there, the keys of the stretch it does not
-/// have removed, the entries map merged.
-async fn import_commands(
-    shared: &Arc<Shared>,
+/// source's: every key and counter set as there, the keys and counters of the stretch it
+/// does not have removed, the entries map merged. It reads the store (only its keys of
+/// the stretch, and its counters) and writes nothing.
+pub fn import_plan(
+    store: &dyn Storage,
     moving: &Moving,
     mut data: SlotData,
-) -> Result<Vec<Command>, Response> {
-    let store = Arc::clone(&shared.store);
-    let slots: Vec<Slot> = moving.slots.clone();
-    let has = move |key: &str| slots.binary_search(&slot_of(key.as_bytes())).is_ok();
-    let (after, upto) = (data.after.clone(), data.upto.clone());
-    let held = tokio::task::spawn_blocking(move || {
-        // The keys this node holds in the piece's stretch, from where it starts to where
-        // it ends.
-        let mut keys = Vec::new();
-        for key in KeyWalk::after(&store, after.as_ref()) {
-            let key = key?;
-            if let Some(Mark::Kv(upto)) = &upto
-                && &key > upto
-            {
-                break;
-            }
-            if has(&key) {
-                keys.push(key);
-            }
-        }
-        let counters = store.counters()?;
-        Ok::<_, keel_store::StoreError>((keys, counters))
-    })
-    .await
-    .map_err(|e| busy(format!("the import stopped: {e}")))?
-    .map_err(|e| busy(format!("cannot read the store: {e}")))?;
-    let (keys_here, counters_here) = held;
+) -> Result<Vec<Command>, keel_store::StoreError> {
+    let ours = |key: &str| moving.has(slot_of(key.as_bytes()));
     let mut commands = Vec::new();
-    let incoming: std::collections::HashSet<&str> =
-        data.kv.iter().map(|k| k.key.as_str()).collect();
-    for key in keys_here {
-        if !incoming.contains(key.as_str()) && data.covers(&Mark::Kv(key.clone())) {
+    let incoming: std::collections::HashSet<String> =
+        data.kv.iter().map(|k| k.key.clone()).collect();
+    // The keys this node holds in the piece's stretch, from where it starts to where it
+    // ends.
+    for key in KeyWalk::after(store, data.after.as_ref()) {
+        let key = key?;
+        if let Some(Mark::Kv(upto)) = &data.upto
+            && &key > upto
+        {
+            break;
+        }
+        if ours(&key) && !incoming.contains(&key) && data.covers(&Mark::Kv(key.clone())) {
             commands.push(Command::Delete {
                 key,
                 expect: Expect::Any,
@@ -425,7 +416,7 @@ async fn import_commands(
             expect: Expect::Any,
         });
     }
-    let moved = |name: &str| moving.has(slot_of(name.as_bytes()));
+    let counters_here = store.counters()?;
     for (name, value) in &data.counters {
         let here = counters_here.get(name).copied().unwrap_or(0);
         if *value != here {
@@ -436,7 +427,7 @@ async fn import_commands(
         }
     }
     for (name, here) in &counters_here {
-        if moved(name)
+        if ours(name)
             && data.covers(&Mark::Counter(name.clone()))
             && !data.counters.contains_key(name)
             && *here != 0
@@ -582,7 +573,7 @@ mod tests {
         let (mut keys, mut counters, mut sizes) = (Vec::new(), 0, Vec::new());
         let mut after = None;
         loop {
-            let piece = read_piece(&store, &m, after.clone()).expect("a piece");
+            let piece = read_piece(store.as_ref(), &m, after.clone()).expect("a piece");
             sizes.push(piece.kv.len());
             assert_eq!(piece.after, after);
             assert_eq!(check_piece(&m, &piece), Ok(()));
@@ -602,6 +593,91 @@ mod tests {
             "{sizes:?}"
         );
         assert!(*last <= 27, "{sizes:?}");
+    }
+
+    #[test]
+    fn an_import_makes_its_stretch_the_sources_and_leaves_the_rest_alone() {
+        let store = keel_store::MemStore::new(1_000);
+        let m = moving();
+        let mut keys = keys_in_move(4);
+        keys.sort();
+        let (k0, k1, k2, k3) = (&keys[0], &keys[1], &keys[2], &keys[3]);
+        let other = (0u32..)
+            .map(|i| format!("o{i}"))
+            .find(|k| slot_of(k.as_bytes()).0 >= 100)
+            .expect("a key of another slot");
+        let counter = |n: &str| {
+            (0u32..)
+                .map(|i| format!("{n}{i}"))
+                .find(|k| slot_of(k.as_bytes()).0 < 100)
+                .expect("a counter of the move")
+        };
+        let (c_kept, c_gone) = (counter("c"), counter("d"));
+        // This node holds k0..k3 (left from an earlier move), a key of another slot and
+        // two counters of the move.
+        let put = |key: &String| Command::Put {
+            key: key.clone(),
+            value: b"old".to_vec(),
+            expect: Expect::Any,
+        };
+        let mut held = vec![put(k0), put(k1), put(k2), put(k3), put(&other)];
+        held.push(Command::Incr {
+            name: c_kept.clone(),
+            by: 5,
+        });
+        held.push(Command::Incr {
+            name: c_gone.clone(),
+            by: 4,
+        });
+        store.execute(keel_core::Epoch(1), &held).expect("written");
+
+        // A middle piece, after k0 up to k2, where the source has k2 only: k1 goes, k2 is
+        // set; k0 and k3 lie outside the stretch, and no counter lies in it.
+        let mut middle = piece(
+            Some(Mark::Kv(k0.clone())),
+            Some(Mark::Kv(k2.clone())),
+            std::slice::from_ref(k2),
+        );
+        middle.kv[0].value = b"new".to_vec();
+        let plan = import_plan(&store, &m, middle).expect("a plan");
+        assert_eq!(
+            plan,
+            vec![
+                Command::Delete {
+                    key: k1.clone(),
+                    expect: Expect::Any
+                },
+                Command::Put {
+                    key: k2.clone(),
+                    value: b"new".to_vec(),
+                    expect: Expect::Any
+                },
+            ]
+        );
+
+        // The last piece, after k2, with one counter at 8 and no kv key: k3 goes, the
+        // counter is set by difference, the other counter is zeroed, the other slot's key
+        // is left alone.
+        let mut last = piece(Some(Mark::Kv(k2.clone())), None, &[]);
+        last.counters.insert(c_kept.clone(), 8);
+        let plan = import_plan(&store, &m, last).expect("a plan");
+        assert_eq!(
+            plan,
+            vec![
+                Command::Delete {
+                    key: k3.clone(),
+                    expect: Expect::Any
+                },
+                Command::Incr {
+                    name: c_kept.clone(),
+                    by: 3
+                },
+                Command::Incr {
+                    name: c_gone.clone(),
+                    by: -4
+                },
+            ]
+        );
     }
 
     #[test]
