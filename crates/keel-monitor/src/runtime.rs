@@ -151,8 +151,8 @@ pub(crate) enum Msg {
         Option<(Vec<keel_core::slots::Slot>, GroupId)>,
         oneshot::Sender<Result<keel_core::slots::SlotTable, Refusal>>,
     ),
-    /// A piece of the copy of the move frozen at this version is durable at the target.
-    PieceCopied(u64),
+    /// A piece of a copy is durable at the target: how far the copy has got.
+    PieceCopied(CopiedSoFar),
     /// A copy of the move frozen at this version ended, and how: in how many pieces.
     Copied(u64, Result<usize, String>),
     /// The view and the counters, for `/metrics`.
@@ -281,6 +281,7 @@ pub async fn run(
         faults: Faults::from_env(),
         copying: None,
         copy_again_at: Instant::now(),
+        copied_so_far: None,
     };
     let mut core_task = tokio::spawn(core.run(started));
 
@@ -374,6 +375,20 @@ struct Core {
     /// be tried again.
     copying: Option<u64>,
     copy_again_at: Instant,
+    /// How far the last copy got, so that the next, between the same two nodes, goes on
+    /// from there.
+    copied_so_far: Option<CopiedSoFar>,
+}
+
+/// Where a copy of a move stopped: its freeze version, its two nodes, the last piece's
+/// end and how many pieces that was.
+#[derive(Debug, Clone)]
+pub(crate) struct CopiedSoFar {
+    since: u64,
+    from: NodeId,
+    to: NodeId,
+    upto: keel_client::node::Mark,
+    pieces: usize,
 }
 
 /// The Raft side of a monitor in a group.
@@ -747,16 +762,18 @@ impl Core {
                 let _ = reply.send(answer);
                 Ok(())
             }
-            Msg::PieceCopied(since) => {
+            Msg::PieceCopied(so_far) => {
                 if let Some(monitor) = self.monitor.as_mut() {
-                    monitor.piece_copied(since, Instant::now());
+                    monitor.piece_copied(so_far.since, so_far.pieces, Instant::now());
                 }
+                self.copied_so_far = Some(so_far);
                 Ok(())
             }
             Msg::Copied(since, result) => {
                 self.copying = None;
                 match result {
                     Ok(pieces) => {
+                        self.copied_so_far = None;
                         if let Some(monitor) = self.monitor.as_mut() {
                             let out = monitor.copied(since, pieces);
                             self.carry_out(out, None).await?;
@@ -896,6 +913,12 @@ impl Core {
         };
         let since = order.moving.since;
         self.copying = Some(since);
+        // A copy between the same two nodes goes on from where the last one stopped:
+        // what it imported is durable at the target, and the source's slots are frozen.
+        let start = self
+            .copied_so_far
+            .clone()
+            .filter(|s| s.since == since && s.from == order.from_node && s.to == order.to_node);
         let client = self.probe_client.clone();
         let signer = self.signer.clone();
         // A node cut off from the monitor (`keel chaos partition`) is not reached by the
@@ -909,7 +932,7 @@ impl Core {
                 Some(url) => Err(format!(
                     "{url} is cut off from this monitor (keel's fault filter)"
                 )),
-                None => copy_slots(&client, signer.as_ref(), &order, &tx).await,
+                None => copy_slots(&client, signer.as_ref(), &order, start, &tx).await,
             };
             let _ = tx.send(Msg::Copied(since, result)).await;
         });
@@ -974,16 +997,19 @@ async fn probe_once(
 
 /// The copy of a move, piece by piece: each piece of the frozen slots' data from the
 /// source primary, into the target primary, which answers once it is durable there;
-/// the next piece starts where that one ended (docs/shards.md). Each piece done is
-/// reported, so that a long copy that goes on is not called off. Returns how many
-/// pieces there were.
+/// the next piece starts where that one ended (docs/shards.md), from the first or
+/// after `start`. Each piece done is reported, so that a long copy that goes on is not
+/// called off, and a copy that fails can go on from there. Returns how many pieces
+/// there were.
 ///
-/// A copy that fails starts again from the first piece: each piece makes its stretch
-/// of the slots at the target the source's, so pieces copied twice write the same.
+/// A copy with other nodes starts again from the first piece: each piece makes its
+/// stretch of the slots at the target the source's, so pieces copied twice write the
+/// same.
 async fn copy_slots(
     client: &reqwest::Client,
     signer: Option<&Signer>,
     order: &crate::machine::groups::CopyOrder,
+    start: Option<CopiedSoFar>,
     progress: &mpsc::Sender<Msg>,
 ) -> Result<usize, String> {
     use keel_client::node::Mark;
@@ -994,8 +1020,17 @@ async fn copy_slots(
     }
     let since = order.moving.since;
     let import = format!("{}/v1/slots/import", order.to_url);
-    let mut after: Option<Mark> = None;
-    let mut pieces = 0;
+    let (mut after, mut pieces) = match start {
+        Some(s) => {
+            tracing::info!(
+                since,
+                pieces = s.pieces,
+                "the copy goes on from where the last one stopped"
+            );
+            (Some(s.upto), s.pieces)
+        }
+        None => (None, 0),
+    };
     loop {
         let mut export = reqwest::Url::parse(&format!("{}/v1/slots/export", order.from_url))
             .map_err(|e| format!("{}: {e}", order.from_url))?;
@@ -1042,7 +1077,14 @@ async fn copy_slots(
                     ));
                 }
                 tracing::info!(since, pieces, upto = ?upto, "a piece of the slots on the move copied");
-                let _ = progress.send(Msg::PieceCopied(since)).await;
+                let so_far = CopiedSoFar {
+                    since,
+                    from: order.from_node.clone(),
+                    to: order.to_node.clone(),
+                    upto: upto.clone(),
+                    pieces,
+                };
+                let _ = progress.send(Msg::PieceCopied(so_far)).await;
                 after = Some(upto);
             }
         }
@@ -1093,4 +1135,122 @@ async fn member_call(
         ));
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use axum::extract::{Query, State};
+    use keel_client::node::Mark;
+
+    /// A stand-in for two nodes: the source exports five keys one piece each, and the
+    /// target refuses its third import once. Records where each export started.
+    #[derive(Default)]
+    struct Fake {
+        exports_after: Mutex<Vec<Option<String>>>,
+        imports: Mutex<usize>,
+    }
+
+    const KEYS: [&str; 5] = ["k1", "k2", "k3", "k4", "k5"];
+
+    async fn serve_fake() -> (String, Arc<Fake>) {
+        async fn export(
+            State(fake): State<Arc<Fake>>,
+            Query(q): Query<std::collections::BTreeMap<String, String>>,
+        ) -> axum::Json<serde_json::Value> {
+            let after = q.get("after_kv").cloned();
+            fake.exports_after
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(after.clone());
+            let next = KEYS
+                .iter()
+                .position(|k| after.as_deref().is_none_or(|a| *k > a))
+                .unwrap_or(KEYS.len() - 1);
+            let key = KEYS[next];
+            let upto = (next + 1 < KEYS.len()).then(|| serde_json::json!({ "kv": key }));
+            axum::Json(serde_json::json!({
+                "since": 2, "slots": "0-99", "after": after.map(|a| serde_json::json!({ "kv": a })),
+                "upto": upto, "kv": [{"key": key, "value": "dg=="}], "counters": {}, "entries": null,
+            }))
+        }
+        async fn import(State(fake): State<Arc<Fake>>) -> http::StatusCode {
+            let mut n = fake.imports.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            if *n == 3 {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                http::StatusCode::OK
+            }
+        }
+        let fake = Arc::new(Fake::default());
+        let app = axum::Router::new()
+            .route("/v1/slots/export", axum::routing::get(export))
+            .route("/v1/slots/import", axum::routing::post(import))
+            .with_state(Arc::clone(&fake));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, fake)
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_fails_goes_on_from_its_last_piece_between_the_same_nodes() {
+        let (url, fake) = serve_fake().await;
+        let order = crate::machine::groups::CopyOrder {
+            moving: keel_core::slots::Moving {
+                from: GroupId::new("g1").expect("a group"),
+                to: GroupId::new("g2").expect("a group"),
+                slots: keel_core::slots::parse_slots("0-99").expect("slots"),
+                since: 2,
+            },
+            from_node: NodeId::new("app1").expect("a node"),
+            from_url: url.clone(),
+            to_node: NodeId::new("app3").expect("a node"),
+            to_url: url,
+        };
+        let client = reqwest::Client::new();
+        let (tx, mut rx) = mpsc::channel(16);
+        let failed = copy_slots(&client, None, &order, None, &tx).await;
+        assert!(
+            failed
+                .as_ref()
+                .is_err_and(|e| e.contains("import into app3")),
+            "{failed:?}"
+        );
+        let mut so_far = None;
+        while let Ok(Msg::PieceCopied(s)) = rx.try_recv() {
+            so_far = Some(s);
+        }
+        let so_far = so_far.expect("two pieces were copied");
+        assert_eq!(so_far.pieces, 2);
+        assert_eq!(so_far.upto, Mark::Kv("k2".to_owned()));
+
+        let done = copy_slots(&client, None, &order, Some(so_far), &tx).await;
+        assert_eq!(done, Ok(5), "five pieces in all");
+        let exports = fake
+            .exports_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let text: Vec<Option<&str>> = exports.iter().map(Option::as_deref).collect();
+        // The first copy: from the start, after k1, after k2 (whose import failed);
+        // the second goes on after k2.
+        assert_eq!(
+            text,
+            vec![
+                None,
+                Some("k1"),
+                Some("k2"),
+                Some("k2"),
+                Some("k3"),
+                Some("k4")
+            ]
+        );
+        assert_eq!(*fake.imports.lock().unwrap_or_else(|p| p.into_inner()), 6);
+    }
 }

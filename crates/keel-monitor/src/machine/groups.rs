@@ -68,10 +68,19 @@ pub struct Groups {
     next_event: u64,
     /// The table version each node said it holds, in its last heartbeat.
     holds: BTreeMap<NodeId, u64>,
-    /// The move under way (its freeze version) and when this machine first saw it or
-    /// last saw a piece of it copied: a new leader gives a move it finds a whole
-    /// [`MOVE_TIMEOUT`] of its own.
-    move_seen: Option<(u64, Instant)>,
+    /// The move under way, as this machine times it: a new leader gives a move it finds
+    /// a whole [`MOVE_TIMEOUT`] of its own.
+    move_clock: Option<MoveClock>,
+}
+
+/// When the move frozen at `since` was first seen, or last went further.
+#[derive(Debug, Clone, Copy)]
+struct MoveClock {
+    since: u64,
+    seen: Instant,
+    /// The most pieces of it any copy has got through: a copy that starts again from
+    /// the first piece gives the move no more time until it goes past them.
+    furthest: usize,
 }
 
 /// A copy the runtime may run now: the frozen slots from the source group's primary to
@@ -115,7 +124,7 @@ impl Groups {
                 groups,
                 next_event,
                 holds: BTreeMap::new(),
-                move_seen: None,
+                move_clock: None,
             },
             out,
         )
@@ -169,13 +178,17 @@ impl Groups {
         })
     }
 
-    /// A piece of the copy of the move frozen at version `since` is durable at the
-    /// target at `now`: the copy is going on, so the move's [`MOVE_TIMEOUT`] starts again.
-    pub fn piece_copied(&mut self, since: u64, now: Instant) {
-        if let Some((seen, _)) = self.move_seen
-            && seen == since
+    /// The copy of the move frozen at version `since` has got through `pieces` pieces at
+    /// `now`, each durable at the target. When no copy got that far before, the move is
+    /// going on, so its [`MOVE_TIMEOUT`] starts again; a copy that fails at the same piece
+    /// time after time does not keep it frozen for ever.
+    pub fn piece_copied(&mut self, since: u64, pieces: usize, now: Instant) {
+        if let Some(clock) = self.move_clock.as_mut()
+            && clock.since == since
+            && pieces > clock.furthest
         {
-            self.move_seen = Some((since, now));
+            clock.furthest = pieces;
+            clock.seen = now;
         }
     }
 
@@ -234,8 +247,8 @@ impl Groups {
     /// When the move under way times out, if one is.
     fn move_deadline(&self) -> Option<Instant> {
         let m = self.state.slots.moving()?;
-        match self.move_seen {
-            Some((since, seen)) if since == m.since => Some(seen + MOVE_TIMEOUT),
+        match self.move_clock {
+            Some(clock) if clock.since == m.since => Some(clock.seen + MOVE_TIMEOUT),
             _ => None,
         }
     }
@@ -347,10 +360,16 @@ impl Groups {
     /// Handles one input at `now`; returns what to do, in order.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<GroupsOutput> {
         // The move under way is timed from when this machine first sees it.
-        match (self.state.slots.moving(), self.move_seen) {
-            (Some(m), Some((since, _))) if since == m.since => {}
-            (Some(m), _) => self.move_seen = Some((m.since, now)),
-            (None, _) => self.move_seen = None,
+        match (self.state.slots.moving(), self.move_clock) {
+            (Some(m), Some(clock)) if clock.since == m.since => {}
+            (Some(m), _) => {
+                self.move_clock = Some(MoveClock {
+                    since: m.since,
+                    seen: now,
+                    furthest: 0,
+                });
+            }
+            (None, _) => self.move_clock = None,
         }
         let mut timed_out = Vec::new();
         if matches!(input, Input::Tick) && self.move_deadline().is_some_and(|d| now >= d) {
@@ -359,7 +378,7 @@ impl Groups {
                 MOVE_TIMEOUT.as_secs()
             );
             timed_out = self.cancel_because(&why).unwrap_or_default();
-            self.move_seen = None;
+            self.move_clock = None;
         }
         timed_out.extend(self.handle_routed(input, now));
         timed_out
@@ -710,13 +729,22 @@ mod tests {
                 .all(|(_, _, k)| *k != EventKind::MoveCancelled)
         );
         assert!(groups.slots().moving().is_some());
-        // A piece copied starts the clock again; a piece of another move does not.
-        let piece = now + std::time::Duration::from_secs(20);
-        groups.piece_copied(9, piece);
+        // A piece copied starts the clock again; a piece of another move does not, nor a
+        // copy that started again and has not gone past where one got before.
+        let secs = std::time::Duration::from_secs;
+        groups.piece_copied(9, 1, now + secs(20));
         assert_eq!(groups.next_deadline(), Some(now + MOVE_TIMEOUT));
-        groups.piece_copied(2, piece);
-        assert_eq!(groups.next_deadline(), Some(piece + MOVE_TIMEOUT));
-        let now = piece;
+        groups.piece_copied(2, 1, now + secs(10));
+        groups.piece_copied(2, 2, now + secs(20));
+        assert_eq!(groups.next_deadline(), Some(now + secs(20) + MOVE_TIMEOUT));
+        groups.piece_copied(2, 1, now + secs(30));
+        groups.piece_copied(2, 2, now + secs(40));
+        assert_eq!(
+            groups.next_deadline(),
+            Some(now + secs(20) + MOVE_TIMEOUT),
+            "the same two pieces again"
+        );
+        let now = now + secs(20);
         assert!(
             events(&groups.handle(Input::Tick, now + MOVE_TIMEOUT / 2))
                 .iter()
