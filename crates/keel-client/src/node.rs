@@ -44,8 +44,8 @@ pub struct KeyList {
 /// &after_counter=C]`), and what the target group's primary imports (`POST
 /// /v1/slots/import`), both signed by the monitor.
 ///
-/// An export walks the slots' kv keys in order, then their counters ([`Mark`]), and
-/// answers a piece of a few hundred KiB: every key of the slots from just after `after`
+/// An export walks the slots' kv keys in order, then their counters, then (when its slot
+/// moves) the entries map's keys ([`Mark`]), and answers a piece of a few hundred KiB: every key of the slots from just after `after`
 /// up to `upto`. So an import replaces what the target held of the slots in that
 /// stretch, and the pieces in turn replace all of it, whatever their number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +66,8 @@ pub struct SlotData {
     pub kv: Vec<KvItem>,
     /// Every counter of the slots in the piece's stretch.
     pub counters: std::collections::BTreeMap<String, i64>,
-    /// The entries map, when its key's slot is one of them: in the last piece only.
+    /// The entries map's entries in the piece's stretch, when its key's slot is one of
+    /// the move's; merged into the target's map, as entries are never removed.
     pub entries: Option<std::collections::BTreeMap<String, String>>,
 }
 
@@ -79,7 +80,8 @@ impl SlotData {
 }
 
 /// A place in the order an export walks the slots on the move: every kv key, sorted,
-/// then every counter, sorted (a kv key comes before any counter).
+/// then every counter, sorted, then the entries map's keys, sorted (a kv key comes
+/// before any counter, a counter before any entry).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mark {
@@ -87,6 +89,8 @@ pub enum Mark {
     Kv(String),
     /// A counter's name.
     Counter(String),
+    /// A key of the entries map.
+    Entry(String),
 }
 
 /// One key of [`SlotData`]: its value in standard base64, as values are bytes.
@@ -222,6 +226,7 @@ mod tests {
         let kv = |k: &str| Mark::Kv(k.to_owned());
         let counter = |c: &str| Mark::Counter(c.to_owned());
         assert!(kv("zzz") < counter("a"));
+        assert!(counter("zzz") < Mark::Entry("a".to_owned()));
         let piece = |after: Option<Mark>, upto: Option<Mark>| SlotData {
             since: 2,
             slots: "0-99".to_owned(),

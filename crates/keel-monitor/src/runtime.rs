@@ -1044,6 +1044,9 @@ async fn copy_slots(
                 Some(Mark::Counter(name)) => {
                     query.append_pair("after_counter", name);
                 }
+                Some(Mark::Entry(key)) => {
+                    query.append_pair("after_entry", key);
+                }
                 None => {}
             }
         }

@@ -2,12 +2,13 @@
 //! the frozen slots' data, the target group's primary imports it through its own log.
 //! Both are member routes, called by the monitor that drives the move.
 //!
-//! - `GET /v1/slots/export?since=N[&after_kv=K | &after_counter=C]`: only while the
-//!   table held freezes slots of this node's group at version `N`, and once no write to
-//!   them is under way here (every write that was claimed before the freeze has been
-//!   answered), so the export holds every acknowledged write of the slots. It answers one
-//!   piece ([`SlotData`]): the slots' keys after the mark given, in order, up to about
-//!   [`PIECE_BYTES`]; the piece's `upto` is where the next starts.
+//! - `GET /v1/slots/export?since=N[&after_kv=K | &after_counter=C | &after_entry=E]`:
+//!   only while the table held freezes slots of this node's group at version `N`, and
+//!   once no write to them is under way here (every write that was claimed before the
+//!   freeze has been answered), so the export holds every acknowledged write of the
+//!   slots. It answers one piece ([`SlotData`]): the slots' keys, counters and entries
+//!   after the mark given, in order, up to about [`PIECE_BYTES`]; the piece's `upto` is
+//!   where the next starts.
 //! - `POST /v1/slots/import` ([`SlotData`]): only while the table held has that move
 //!   under way to this node's group. The piece's keys are written as they are at the
 //!   source and the keys of its stretch the source does not have are removed, each
@@ -53,20 +54,23 @@ pub struct ExportParams {
     after_kv: Option<String>,
     /// The piece starts after this counter.
     after_counter: Option<String>,
+    /// The piece starts after this key of the entries map.
+    after_entry: Option<String>,
 }
 
 impl ExportParams {
     fn after(self) -> Result<Option<Mark>, Response> {
-        match (self.after_kv, self.after_counter) {
-            (Some(_), Some(_)) => Err(refused(
+        match (self.after_kv, self.after_counter, self.after_entry) {
+            (Some(key), None, None) => Ok(Some(Mark::Kv(key))),
+            (None, Some(name), None) => Ok(Some(Mark::Counter(name))),
+            (None, None, Some(key)) => Ok(Some(Mark::Entry(key))),
+            (None, None, None) => Ok(None),
+            _ => Err(refused(
                 StatusCode::BAD_REQUEST,
                 "bad_query",
-                "give after_kv or after_counter, not both: a piece starts after one mark"
+                "give one of after_kv, after_counter and after_entry: a piece starts after one mark"
                     .to_owned(),
             )),
-            (Some(key), None) => Ok(Some(Mark::Kv(key))),
-            (None, Some(name)) => Ok(Some(Mark::Counter(name))),
-            (None, None) => Ok(None),
         }
     }
 }
@@ -114,7 +118,7 @@ pub async fn export(
             StatusCode::BAD_REQUEST,
             "bad_query",
             format!(
-                "{}; use ?since=N, the table version that froze the slots, and after_kv=K or after_counter=C for a piece after the first",
+                "{}; use ?since=N, the table version that froze the slots, and after_kv=K, after_counter=C or after_entry=E for a piece after the first",
                 r.body_text()
             ),
         )
@@ -168,7 +172,7 @@ async fn drained(shared: &Arc<Shared>, since: u64) -> Result<Moving, Response> {
 }
 
 /// The store's kv keys after a mark, in order, read [`KEY_PAGE`] at a time: none after
-/// a counter's mark (every kv key comes before the counters).
+/// a counter's or an entry's mark (every kv key comes before them).
 struct KeyWalk<'a> {
     store: &'a dyn Storage,
     from: Option<String>,
@@ -180,7 +184,7 @@ impl<'a> KeyWalk<'a> {
     fn after(store: &'a dyn Storage, after: Option<&Mark>) -> Self {
         let (from, done) = match after {
             Some(Mark::Kv(key)) => (Some(key.clone()), false),
-            Some(Mark::Counter(_)) => (None, true),
+            Some(Mark::Counter(_) | Mark::Entry(_)) => (None, true),
             None => (None, false),
         };
         KeyWalk {
@@ -219,8 +223,8 @@ impl Iterator for KeyWalk<'_> {
 }
 
 /// The piece of `moving`'s slots after `after`: their kv keys in order, then their
-/// counters, until it holds [`PIECE_BYTES`]; the entries map (when its slot moves) in
-/// the last piece. The slots are frozen, so the pieces read one unchanging copy.
+/// counters, then the entries map's entries (when its slot moves), until it holds
+/// [`PIECE_BYTES`]. The slots are frozen, so the pieces read one unchanging copy.
 pub fn read_piece(
     store: &dyn Storage,
     moving: &Moving,
@@ -230,6 +234,11 @@ pub fn read_piece(
     let counter_past = |name: &str| match &after {
         None | Some(Mark::Kv(_)) => true,
         Some(Mark::Counter(mark)) => name > mark.as_str(),
+        Some(Mark::Entry(_)) => false,
+    };
+    let entry_past = |key: &str| match &after {
+        Some(Mark::Entry(mark)) => key > mark.as_str(),
+        _ => true,
     };
     let mut size = 0;
     let mut last = None;
@@ -271,12 +280,24 @@ pub fn read_piece(
             last = Some(Mark::Counter(name));
         }
     }
+    let mut entries = None;
+    if !left && ours(ENTRIES_KEY) {
+        let mut chunk = std::collections::BTreeMap::new();
+        for (key, value) in store.entries()? {
+            if !entry_past(&key) {
+                continue;
+            }
+            if size >= PIECE_BYTES {
+                left = true;
+                break;
+            }
+            size += key.len() + value.len();
+            last = Some(Mark::Entry(key.clone()));
+            chunk.insert(key, value);
+        }
+        entries = Some(chunk);
+    }
     let upto = if left { last } else { None };
-    let entries = if upto.is_none() && ours(ENTRIES_KEY) {
-        Some(store.entries()?)
-    } else {
-        None
-    };
     Ok(SlotData {
         since: moving.since,
         slots: format_slots(&moving.slots),
@@ -344,7 +365,7 @@ pub async fn import(
 
 /// Why `data` is not a piece of `moving` that may be imported, if it is not: every key
 /// must be of the move's slots and in the piece's stretch, which must not be empty, and
-/// only the last piece carries the entries map.
+/// entries come only with the entries map's slot.
 fn check_piece(moving: &Moving, data: &SlotData) -> Result<(), String> {
     if let (Some(after), Some(upto)) = (&data.after, &data.upto)
         && after >= upto
@@ -353,8 +374,20 @@ fn check_piece(moving: &Moving, data: &SlotData) -> Result<(), String> {
             "the piece ends ({upto:?}) before it starts (after {after:?})"
         ));
     }
-    if data.entries.is_some() && data.upto.is_some() {
-        return Err("only the last piece (no upto) carries the entries map".to_owned());
+    if let Some(entries) = &data.entries {
+        if !moving.has(slot_of(ENTRIES_KEY.as_bytes())) {
+            return Err(format!(
+                "the entries map is in slot {}, not one of the move's ({})",
+                slot_of(ENTRIES_KEY.as_bytes()).0,
+                format_slots(&moving.slots)
+            ));
+        }
+        if let Some(key) = entries
+            .keys()
+            .find(|k| !data.covers(&Mark::Entry((*k).clone())))
+        {
+            return Err(format!("entry {key:?} is outside the piece's stretch"));
+        }
     }
     let marks = data
         .kv
@@ -525,12 +558,23 @@ mod tests {
                 .is_err_and(|e| e.contains("not one of the move's (0-99)")),
             "{strayed:?}"
         );
-        let mut early = piece(None, Some(kv(&keys[2])), &keys);
-        early.entries = Some(Default::default());
+        let mut entries = piece(None, None, &[]);
+        entries.entries = Some(Default::default());
+        let wrong_slot = check_piece(&m, &entries);
         assert!(
-            check_piece(&m, &early).is_err(),
-            "the entries map in a piece that is not the last"
+            wrong_slot
+                .as_ref()
+                .is_err_and(|e| e.contains("the entries map is in slot 4426")),
+            "{wrong_slot:?}"
         );
+        // A move of the entries map's slot: its entries, in the stretch only.
+        let mut with_map = m.clone();
+        with_map.slots.push(slot_of(ENTRIES_KEY.as_bytes()));
+        let mut chunk = piece(None, Some(Mark::Entry("m".to_owned())), &keys);
+        chunk.entries = Some([("a".to_owned(), "1".to_owned())].into());
+        assert_eq!(check_piece(&with_map, &chunk), Ok(()));
+        chunk.entries = Some([("n".to_owned(), "1".to_owned())].into());
+        assert!(check_piece(&with_map, &chunk).is_err(), "n is past m");
     }
 
     #[test]
@@ -681,11 +725,50 @@ mod tests {
     }
 
     #[test]
+    fn a_large_entries_map_moves_in_pieces_too() {
+        let store = keel_store::MemStore::new(1_000);
+        let map: std::collections::BTreeMap<String, String> = (0..100)
+            .map(|i| (format!("e{i:03}"), "v".repeat(10_000)))
+            .collect();
+        store
+            .execute(keel_core::Epoch(1), &[Command::Merge(map.clone())])
+            .expect("written");
+        let mut m = moving();
+        m.slots.push(slot_of(ENTRIES_KEY.as_bytes()));
+        let (mut got, mut pieces) = (std::collections::BTreeMap::new(), 0);
+        let mut after = None;
+        loop {
+            let piece = read_piece(&store, &m, after.clone()).expect("a piece");
+            assert_eq!(check_piece(&m, &piece), Ok(()));
+            pieces += 1;
+            got.extend(piece.entries.expect("entries in every piece"));
+            match piece.upto {
+                Some(upto) => after = Some(upto),
+                None => break,
+            }
+        }
+        assert_eq!(got, map);
+        // 1 MB of entries, a piece sent once it holds 256 KiB: four pieces.
+        assert_eq!(pieces, 4);
+        let plan = import_plan(&store, &m, {
+            let mut p = piece(Some(Mark::Entry("e049".to_owned())), None, &[]);
+            p.entries = Some([("e050".to_owned(), "w".to_owned())].into());
+            p
+        })
+        .expect("a plan");
+        assert_eq!(
+            plan,
+            vec![Command::Merge([("e050".to_owned(), "w".to_owned())].into())]
+        );
+    }
+
+    #[test]
     fn an_export_starts_after_one_mark_at_most() {
         let params = |kv: Option<&str>, counter: Option<&str>| ExportParams {
             since: 2,
             after_kv: kv.map(str::to_owned),
             after_counter: counter.map(str::to_owned),
+            after_entry: None,
         };
         assert_eq!(params(None, None).after().ok(), Some(None));
         assert_eq!(
