@@ -153,7 +153,7 @@ impl Client {
             if table.moving().is_some_and(|m| m.since == moving.since) {
                 if Instant::now() >= deadline {
                     bail!(
-                        "{what} is still under way after {wait:?} (its slots frozen at {}); `keel client cluster` shows both groups, `keel client slots cancel` calls it off",
+                        "{what} is still under way after {wait:?}, its slots frozen at {} (it goes on: slots holding much data are copied piece by piece, and `--wait 5m` waits longer); `keel client slots show` shows it, `keel client slots cancel` calls it off",
                         moving.from
                     );
                 }
