@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use keel_client::Written;
 use keel_client::node::{Counter, KeyList, KeyVersion};
 use keel_core::headers::{KEEL_EPOCH, KEEL_LSN, KEEL_NODE, KEEL_ROLE, KEEL_TABLE_VERSION};
+use keel_core::slots::GroupId;
 use keel_core::{ApiError, Lsn};
 use keel_store::{Command, Expect, Outcome, Rejection, Storage};
 use serde::Deserialize;
@@ -135,33 +136,48 @@ async fn claim_write(
                     return Err(write_failed(refusal));
                 }
                 if !hold.wait(shared).await {
-                    let whither = to.map(|g| format!(" to {g}")).unwrap_or_default();
-                    return Err((
-                        [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
-                        error_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            ApiError::new(
-                                "slot_moving",
-                                format!("slot {slot} (key {key:?}) is moving{whither}; nothing was written, retry shortly"),
-                            )
-                            .with("slot", slot)
-                            .with("written", Written::No.to_json()),
-                        ),
-                    )
-                        .into_response());
+                    return Err(slot_moving(slot, key, to.as_ref(), true));
                 }
             }
         }
     }
 }
 
-/// A read of `key`: `421 wrong_group` when another group owns its slot. A slot on its way
-/// here waits (up to [`HOLD_FOR_MOVE`]) for the move's switch, which a router that read
-/// the new table sent it ahead of.
+/// A read of `key`: `421 wrong_group` when another group owns its slot. A slot in a
+/// move, out of this node's group or into it, waits (up to [`HOLD_FOR_MOVE`]) for the
+/// move to end: the source cannot know the moment the switch commits, after which a
+/// read it answered could miss a write the target took; the target owns the slot only
+/// from then (a router that read the new table sent the read ahead of it).
 async fn owned_now(shared: &Arc<Shared>, key: &str) -> Result<(), Response> {
     let mut hold = Hold::new();
-    while shared.incoming(key) && hold.wait(shared).await {}
+    while let Some((slot, to)) = shared.in_move(key) {
+        if !hold.wait(shared).await {
+            return Err(slot_moving(slot, key, Some(&to), false));
+        }
+    }
     owned(shared, key)
+}
+
+/// `503 slot_moving`: the key's slot is in a move that did not end within
+/// [`HOLD_FOR_MOVE`]. A write refused so says nothing was written.
+fn slot_moving(slot: u16, key: &str, to: Option<&GroupId>, write: bool) -> Response {
+    let whither = to.map(|g| format!(" to {g}")).unwrap_or_default();
+    let mut error = ApiError::new(
+        "slot_moving",
+        format!(
+            "slot {slot} (key {key:?}) is moving{whither}; {}retry shortly",
+            if write { "nothing was written, " } else { "" }
+        ),
+    )
+    .with("slot", slot);
+    if write {
+        error = error.with("written", Written::No.to_json());
+    }
+    (
+        [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+        error_response(StatusCode::SERVICE_UNAVAILABLE, error),
+    )
+        .into_response()
 }
 
 /// A request waiting out a move, up to [`HOLD_FOR_MOVE`] from its start. It follows the

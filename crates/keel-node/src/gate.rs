@@ -10,6 +10,9 @@
 //!   node's group, so a late copy can never overwrite a newer write.
 //! - An export may read a frozen move's slots once no write granted before the freeze is
 //!   still under way.
+//! - A read of a slot in the move under way, out of this node's group or into it, waits
+//!   for the move to end: the source cannot know the moment the switch commits (after
+//!   which the target takes writes), and the target owns the slot only from then.
 //! - A node that holds no table (one group) owns every key.
 
 use std::collections::HashMap;
@@ -163,13 +166,13 @@ impl SlotGate {
         Ok((!busy).then(|| m.clone()))
     }
 
-    /// Whether `key`'s slot is on its way to this node's group: the group owns it as soon
-    /// as it learns the move's switch.
-    pub fn incoming(&self, key: &[u8]) -> bool {
+    /// When `key`'s slot is in the move under way out of this node's group or into it:
+    /// the slot and the group it goes to. A read of it waits for the move to end.
+    pub fn in_move(&self, key: &[u8]) -> Option<(u16, GroupId)> {
         let slot = slot_of(key);
-        self.held.as_ref().is_some_and(|(mine, table)| {
-            table.moving().is_some_and(|m| &m.to == mine && m.has(slot))
-        })
+        let (mine, table) = self.held.as_ref()?;
+        let m = table.moving()?;
+        (m.has(slot) && (&m.from == mine || &m.to == mine)).then(|| (slot.0, m.to.clone()))
     }
 
     /// `Err` with the owner when `key`'s slot is another group's.
@@ -280,7 +283,10 @@ mod tests {
             target.claim(&mine),
             Err(Unclaimed::Frozen { to: Some(_), .. })
         ));
-        assert!(target.incoming(&mine) && !gate.incoming(&mine));
+        let in_move = Some((slot_of(&mine).0, g("g2")));
+        assert_eq!(target.in_move(&mine), in_move, "on its way in");
+        assert_eq!(gate.in_move(&mine), in_move, "on its way out");
+        assert_eq!(gate.in_move(&key_in(200, 8192)), None, "not moving");
         // A third group is simply not the owner.
         let mut third = SlotGate::default();
         third.learn(&g("g3"), Some(&frozen));

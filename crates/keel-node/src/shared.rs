@@ -316,9 +316,10 @@ impl Shared {
         lock(&self.slots).frozen_move(since)
     }
 
-    /// Whether `key`'s slot is on its way to this node's group ([`SlotGate::incoming`]).
-    pub fn incoming(&self, key: &str) -> bool {
-        lock(&self.slots).incoming(key.as_bytes())
+    /// When `key`'s slot is in the move under way out of this node's group or into it
+    /// ([`SlotGate::in_move`]): the slot and the group it goes to.
+    pub fn in_move(&self, key: &str) -> Option<(u16, GroupId)> {
+        lock(&self.slots).in_move(key.as_bytes())
     }
 
     /// Changes whenever the table or the work under way on slots does.

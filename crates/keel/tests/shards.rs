@@ -933,6 +933,21 @@ fn a_move_lives_through_the_death_of_either_groups_primary() {
     assert!(!table(&up)["moving"].is_null(), "the move is under way");
     std::thread::sleep(Duration::from_millis(500));
     assert!(!moved(&up, 200, "g2"), "no copy into a frozen primary");
+    // The source does not answer a read of a frozen slot: it cannot know the moment the
+    // switch commits. The read waits for the move's end (then 421 naming g2) or gives
+    // up (503 slot_moving); never a 200 from g1.
+    let source = primary_of("g1");
+    let source_url = up.node_url(if source == "app1" { 1 } else { 2 });
+    let (frozen_key, _) = written
+        .iter()
+        .find(|(k, _)| keel_core::slots::slot_of(k.as_bytes()).0 < 300)
+        .expect("a key of slots 200-299");
+    let (status, body) = get_json(&format!("{source_url}/v1/kv/{frozen_key}"));
+    assert!(
+        (status == StatusCode::MISDIRECTED_REQUEST && body["group"] == "g2")
+            || (status == StatusCode::SERVICE_UNAVAILABLE && body["error"] == "slot_moving"),
+        "{source} answered a read of frozen {frozen_key}: {status} {body}"
+    );
     chaos(&data, &["kill", &target]);
     assert!(
         wait_until(Duration::from_secs(20), || moved(&up, 200, "g2")),
