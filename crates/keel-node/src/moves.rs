@@ -104,7 +104,7 @@ fn primary_only(shared: &Shared) -> Result<(), Response> {
     Ok(())
 }
 
-/// `GET /v1/slots/export?since=N`.
+/// `GET /v1/slots/export?since=N[&after_kv=K | &after_counter=C | &after_entry=E]`.
 pub async fn export(
     State(shared): State<Arc<Shared>>,
     signed: Option<axum::Extension<keel_auth::Principal>>,
@@ -135,7 +135,8 @@ pub async fn export(
     .await
     .map_err(|e| busy(format!("the export stopped: {e}")))?
     .map_err(|e| busy(format!("cannot read the store: {e}")))?;
-    // Still primary, and the freeze still held, now that the data is read.
+    // Still primary now that the data is read (a piece read after a cancel or the
+    // switch is harmless: the target imports only a move it has under way).
     primary_only(&shared)?;
     tracing::info!(slots = %format_slots(&moving.slots), keys = data.kv.len(), counters = data.counters.len(), last = data.upto.is_none(), to = %moving.to, "slots exported");
     Ok(Json(data).into_response())
@@ -231,15 +232,8 @@ pub fn read_piece(
     after: Option<Mark>,
 ) -> Result<SlotData, keel_store::StoreError> {
     let ours = |key: &str| moving.has(slot_of(key.as_bytes()));
-    let counter_past = |name: &str| match &after {
-        None | Some(Mark::Kv(_)) => true,
-        Some(Mark::Counter(mark)) => name > mark.as_str(),
-        Some(Mark::Entry(_)) => false,
-    };
-    let entry_past = |key: &str| match &after {
-        Some(Mark::Entry(mark)) => key > mark.as_str(),
-        _ => true,
-    };
+    // Past the piece's start, in the walk's one order (kv keys, counters, entries).
+    let past = |mark: &Mark| after.as_ref().is_none_or(|after| mark > after);
     let mut size = 0;
     let mut last = None;
     // Whether anything is left for a next piece.
@@ -268,7 +262,7 @@ pub fn read_piece(
     let mut counters = std::collections::BTreeMap::new();
     if !left {
         for (name, value) in store.counters()? {
-            if !ours(&name) || !counter_past(&name) {
+            if !ours(&name) || !past(&Mark::Counter(name.clone())) {
                 continue;
             }
             if size >= PIECE_BYTES {
@@ -284,7 +278,7 @@ pub fn read_piece(
     if !left && ours(ENTRIES_KEY) {
         let mut chunk = std::collections::BTreeMap::new();
         for (key, value) in store.entries()? {
-            if !entry_past(&key) {
+            if !past(&Mark::Entry(key.clone())) {
                 continue;
             }
             if size >= PIECE_BYTES {
@@ -435,7 +429,7 @@ pub fn import_plan(
         {
             break;
         }
-        if ours(&key) && !incoming.contains(&key) && data.covers(&Mark::Kv(key.clone())) {
+        if ours(&key) && !incoming.contains(&key) {
             commands.push(Command::Delete {
                 key,
                 expect: Expect::Any,

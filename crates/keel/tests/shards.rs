@@ -575,6 +575,27 @@ fn keys_in(slots: std::ops::Range<u16>, prefix: &str, count: usize) -> Vec<Strin
         .collect()
 }
 
+/// `count` keys of `slots` (named `{prefix}N`), each written through `front` as "value of
+/// KEY": the keys and their values.
+fn write_through(
+    front: &str,
+    slots: std::ops::Range<u16>,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, String)> {
+    let written: Vec<(String, String)> = keys_in(slots, prefix, count)
+        .into_iter()
+        .map(|k| {
+            let v = format!("value of {k}");
+            (k, v)
+        })
+        .collect();
+    for (k, v) in &written {
+        assert!(put_kv(front, k, v).status().is_success(), "{k}");
+    }
+    written
+}
+
 /// The node the monitor at `monitor` names group `group`'s primary ("" when none).
 fn primary_in(monitor: &str, group: &str) -> String {
     get_json(&format!("{monitor}/v1/cluster?group={group}")).1["primary"]["node"]
@@ -878,16 +899,7 @@ fn a_move_lives_through_the_death_of_either_groups_primary() {
     let up = up_with_two_shards(&data);
     let front = up.proxy_url.clone();
     let primary_of = |group: &str| primary_in(&up.monitor_url, group);
-    let written: Vec<(String, String)> = keys_in(200..400, "d", 60)
-        .into_iter()
-        .map(|k| {
-            let v = format!("value of {k}");
-            (k, v)
-        })
-        .collect();
-    for (k, v) in &written {
-        assert!(put_kv(&front, k, v).status().is_success(), "{k}");
-    }
+    let written = write_through(&front, 200..400, "d", 60);
 
     // A move that cannot finish (the target's primary frozen) is called off: the slots
     // stay g1's and take writes again.
@@ -1129,16 +1141,7 @@ fn a_move_lives_through_the_death_of_the_monitors_leader() {
     let data = dir.path().join("keel-data");
     let (up, urls) = up_with_two_shards_and_three_monitors(&data);
     let front = up.proxy_url.clone();
-    let written: Vec<(String, String)> = keys_in(500..600, "l", 30)
-        .into_iter()
-        .map(|k| {
-            let v = format!("value of {k}");
-            (k, v)
-        })
-        .collect();
-    for (k, v) in &written {
-        assert!(put_kv(&front, k, v).status().is_success(), "{k}");
-    }
+    let written = write_through(&front, 500..600, "l", 30);
     let leader = monitors_leader(&urls).expect("a leader");
     let target = primary_in(&up.monitor_url, "g2");
     chaos(&data, &["pause", &target]);
