@@ -93,6 +93,17 @@ pub enum Mark {
     Entry(String),
 }
 
+impl Mark {
+    /// The export's query parameter that starts a piece after this mark, and its value.
+    pub fn export_param(&self) -> (&'static str, &str) {
+        match self {
+            Mark::Kv(key) => ("after_kv", key),
+            Mark::Counter(name) => ("after_counter", name),
+            Mark::Entry(key) => ("after_entry", key),
+        }
+    }
+}
+
 /// One key of [`SlotData`]: its value in standard base64, as values are bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1037,17 +1037,8 @@ async fn copy_slots(
         {
             let mut query = export.query_pairs_mut();
             query.append_pair("since", &since.to_string());
-            match &after {
-                Some(Mark::Kv(key)) => {
-                    query.append_pair("after_kv", key);
-                }
-                Some(Mark::Counter(name)) => {
-                    query.append_pair("after_counter", name);
-                }
-                Some(Mark::Entry(key)) => {
-                    query.append_pair("after_entry", key);
-                }
-                None => {}
+            if let Some((name, value)) = after.as_ref().map(Mark::export_param) {
+                query.append_pair(name, value);
             }
         }
         let data = member_call(
@@ -1066,6 +1057,14 @@ async fn copy_slots(
                 order.from_node
             )
         })?;
+        if let (Some(upto), Some(after)) = (&end.upto, &after)
+            && upto <= after
+        {
+            return Err(format!(
+                "export from {}: a piece ends ({upto:?}) where the one before did",
+                order.from_node
+            ));
+        }
         member_call(client, signer, "POST", &import, data.to_vec(), COPY_TIMEOUT)
             .await
             .map_err(|e| format!("import into {}: {e}", order.to_node))?;
@@ -1073,12 +1072,6 @@ async fn copy_slots(
         match end.upto {
             None => return Ok(pieces),
             Some(upto) => {
-                if after.as_ref().is_some_and(|after| &upto <= after) {
-                    return Err(format!(
-                        "export from {}: a piece ends ({upto:?}) where the one before did",
-                        order.from_node
-                    ));
-                }
                 tracing::info!(since, pieces, upto = ?upto, "a piece of the slots on the move copied");
                 let so_far = CopiedSoFar {
                     since,

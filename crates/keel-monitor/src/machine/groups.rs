@@ -57,7 +57,8 @@ pub enum GroupsOutput {
 /// How long a move may stay frozen with no piece of it copied before the monitor calls
 /// it off: its slots' writes wait, then fail, while it is, so a copy that cannot be made
 /// (a group without a primary for good, data the target cannot take) must not hold them
-/// for ever. A copy that goes on, piece after piece, is given this long for each.
+/// for ever. Each piece a copy gets past where any copy got before gives it this long
+/// again.
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The groups and the slot table.
