@@ -970,10 +970,10 @@ impl Core {
 }
 
 /// How long after a failed copy the next is tried.
-const COPY_RETRY: Duration = Duration::from_millis(300);
+pub const COPY_RETRY: Duration = Duration::from_millis(300);
 /// How long one export or import may take: a primary that stops answering is given up
 /// on and the copy tried again, perhaps with its group's next primary.
-const COPY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const COPY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET {url}/health`, signed when the monitor holds the cluster secret; then the answer
 /// counts only if the member that answered signed it.

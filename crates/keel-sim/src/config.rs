@@ -1,4 +1,5 @@
-//! What a run simulates: how many nodes, which faults, how long, and a flaw to plant.
+//! What a run simulates: how many nodes and groups, which faults, how long, and a flaw to
+//! plant.
 
 use std::fmt;
 use std::str::FromStr;
@@ -124,13 +125,24 @@ pub enum Flaw {
     /// A group's leader answers the nodes as soon as it has decided, before the decision
     /// commits (it may never commit).
     AnswerBeforeCommit,
+    /// A node answers reads of a slot in a move as its table says: the source goes on
+    /// answering them until it hears of the switch, after which the target may have taken
+    /// writes (keel did, until a test of the suite caught the source answering one).
+    ReadMovingSlots,
+    /// The source of a slot move goes on taking writes of the slots it froze (keel's
+    /// node holds them until the move ends: `SlotGate::claim`).
+    WriteFrozenSlots,
 }
 
 /// A run's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Data nodes (at least 2).
+    /// Data nodes of each group (at least 2).
     pub nodes: usize,
+    /// Groups of data nodes, each a primary and its standbys with its own epoch and
+    /// failover; with two or more, the keys' slots are split among them and an operator
+    /// moves slots between them while the faults strike (docs/shards.md).
+    pub groups: usize,
     /// Monitors: 1 alone, or a group of 3 or 5 replicating the cluster state with Raft.
     pub monitors: usize,
     /// The faults that may strike.
@@ -152,6 +164,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nodes: 3,
+            groups: 1,
             monitors: 1,
             faults: Faults::ALL,
             active_ms: 6_000,

@@ -12,6 +12,12 @@
 //!   out with every heartbeat (100 ms) and commit once a majority holds one of its term;
 //! - a new leader commits an entry of its own term before it uses its log.
 //!
+//! The machine is `keel monitor`'s own, [`Groups`]: one group or several, with the slot
+//! table and the steps of a slot move. The leader's runtime copies the slots of a move as
+//! `keel_monitor::runtime` does: piece by piece from the source group's primary to the
+//! target's, one request at a time, going on from the last piece when a copy between
+//! the same two nodes is tried again, and reports each piece and the end to the machine.
+//!
 //! The runtime around the decision machine is keel's own, step by step
 //! (`keel_monitor::runtime`): only the leader has a machine, built from the replicated
 //! state once everything in its log is committed; each `Persist` commits before the
@@ -24,10 +30,16 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use keel_client::wire::codes;
+use keel_client::node::{Mark, SlotData};
+use keel_client::wire::{EventKind, codes};
+use keel_core::NodeId;
+use keel_core::slots::{GroupId, Slot, format_slots};
+use keel_monitor::Settings as MonitorSettings;
+use keel_monitor::machine::groups::{CopyOrder, Groups, GroupsOutput};
 use keel_monitor::machine::{self as monitor, Answer as MonitorAnswer};
 use keel_monitor::raft::{COMMIT_TIMEOUT, GRANT_CONFIDENCE};
-use keel_monitor::{ClusterState, Monitor, Settings as MonitorSettings};
+use keel_monitor::runtime::{COPY_RETRY, COPY_TIMEOUT};
+use keel_monitor::state::GroupsState;
 use tokio::time::Instant;
 
 use crate::config::Flaw;
@@ -86,7 +98,7 @@ pub(crate) struct Raft {
     /// The vote is for a leader known to be elected (openraft's committed vote).
     committed: bool,
     last: LogId,
-    state: Option<ClusterState>,
+    state: Option<GroupsState>,
     // Lost in a crash.
     /// When the vote last changed or was confirmed by the leader (its clock): openraft's
     /// vote utime, from which its election timer and leader lease run.
@@ -110,8 +122,46 @@ impl Raft {
 /// Carrying out stopped at a `Persist`, until the entry commits.
 struct Blocked {
     index: u64,
-    rest: Vec<monitor::Output>,
+    rest: Vec<GroupsOutput>,
     asker: Asker,
+}
+
+/// What the runtime hands its machine, one at a time: an input, an operator's request,
+/// or the end of a copy.
+pub(crate) enum Job {
+    Input(monitor::Input),
+    /// `POST /v1/slots/move`.
+    Move(Vec<Slot>, GroupId),
+    /// `POST /v1/slots/cancel`.
+    Cancel,
+    /// The copy of the move frozen at `since` is done, in `pieces` pieces.
+    Copied {
+        since: u64,
+        pieces: usize,
+    },
+}
+
+/// The copy of a move under way (`keel_monitor::runtime`'s `copy_slots`): one export,
+/// then its import, at a time.
+struct CopyRun {
+    order: CopyOrder,
+    /// The request in flight.
+    req: u64,
+    /// Where the piece being exported starts.
+    after: Option<Mark>,
+    /// Where the piece being imported ends (`None`: the last piece).
+    upto: Option<Mark>,
+    /// Pieces durable at the target.
+    pieces: usize,
+}
+
+/// How far the last copy got: a copy between the same two nodes goes on from there.
+struct SoFar {
+    since: u64,
+    from: NodeId,
+    to: NodeId,
+    upto: Mark,
+    pieces: usize,
 }
 
 /// One monitor process.
@@ -119,19 +169,26 @@ pub(crate) struct MonitorActor {
     pub(crate) up: bool,
     /// The decision machine: a lone monitor's while it runs, a group's leader's while it
     /// may decide.
-    pub(crate) machine: Option<Monitor>,
+    pub(crate) machine: Option<Groups>,
     /// What a lone monitor persisted last: what a restart finds.
-    persisted: Option<ClusterState>,
+    persisted: Option<GroupsState>,
     pub(crate) life: u64,
     pub(crate) clock: Clock,
     /// Probes in flight: the probed node.
     probes: BTreeMap<u64, usize>,
     raft: Raft,
     blocked: Option<Blocked>,
-    /// Inputs that came while carrying out was blocked.
-    queue: VecDeque<(Asker, monitor::Input)>,
+    /// What came while carrying out was blocked.
+    queue: VecDeque<(Asker, Job)>,
     /// A commit failed: decide again only once a majority acknowledges this leader.
     stalled: bool,
+    /// The copy running, if one is.
+    copy: Option<CopyRun>,
+    /// How far the last copy got.
+    so_far: Option<SoFar>,
+    /// No copy starts before this (the monitor's clock, µs): a failed one waits
+    /// [`COPY_RETRY`].
+    copy_again_at: u64,
 }
 
 impl MonitorActor {
@@ -158,6 +215,9 @@ impl MonitorActor {
             blocked: None,
             queue: VecDeque::new(),
             stalled: false,
+            copy: None,
+            so_far: None,
+            copy_again_at: 0,
         }
     }
 }
@@ -190,6 +250,9 @@ impl World {
         m.blocked = None;
         m.queue.clear();
         m.stalled = false;
+        m.copy = None;
+        m.so_far = None;
+        m.copy_again_at = 0;
         if self.group() {
             let t = timing();
             let timeout = self.rng.range(t.election_min, t.election_max);
@@ -206,11 +269,11 @@ impl World {
             raft.role = Role::Follower;
         } else {
             let now = self.monitor_now(k);
-            let (machine, outputs) = Monitor::new(
-                MonitorSettings::default(),
-                self.monitors[k].persisted.clone(),
-                now,
-            );
+            let state = self.monitors[k]
+                .persisted
+                .clone()
+                .unwrap_or_else(|| self.fresh.clone());
+            let (machine, outputs) = Groups::new(MonitorSettings::default(), state, now);
             self.monitors[k].machine = Some(machine);
             self.monitor_carry_out(k, outputs, None);
         }
@@ -239,6 +302,9 @@ impl World {
         if let Some(machine) = self.monitors[k].machine.take() {
             self.failovers += machine.stats().failovers_total;
         }
+        // The copy's answers go nowhere now (keel's copy task reports to a runtime that
+        // no longer decides).
+        self.monitors[k].copy = None;
     }
 
     pub(crate) fn monitor_tick(&mut self, k: usize, life: u64) {
@@ -246,7 +312,8 @@ impl World {
             return;
         }
         if self.monitors[k].machine.is_some() && self.monitors[k].blocked.is_none() {
-            self.monitor_input(k, None, monitor::Input::Tick);
+            self.monitor_input(k, None, Job::Input(monitor::Input::Tick));
+            self.drive_move(k);
         }
         self.at(
             self.now + MONITOR_TICK,
@@ -256,9 +323,9 @@ impl World {
 
     // --- the runtime around the machine -----------------------------------------------------
 
-    fn monitor_input(&mut self, k: usize, asker: Asker, input: monitor::Input) {
+    fn monitor_input(&mut self, k: usize, asker: Asker, job: Job) {
         if self.monitors[k].blocked.is_some() {
-            self.monitors[k].queue.push_back((asker, input));
+            self.monitors[k].queue.push_back((asker, job));
             return;
         }
         let now = self.monitor_now(k);
@@ -266,17 +333,29 @@ impl World {
             self.refuse_not_leader(k, asker);
             return;
         };
-        let outputs = machine.handle(input, now);
-        self.monitor_carry_out(k, outputs, asker);
+        let outputs = match job {
+            Job::Input(input) => Ok(machine.handle(input, now)),
+            Job::Move(slots, to) => machine
+                .begin_move(&slots, &to)
+                .map_err(|e| format!("move of slots {} refused: {e}", format_slots(&slots))),
+            Job::Cancel => machine
+                .cancel_move()
+                .map_err(|e| format!("cancel refused: {e}")),
+            Job::Copied { since, pieces } => Ok(machine.copied(since, pieces)),
+        };
+        match outputs {
+            Ok(outputs) => self.monitor_carry_out(k, outputs, asker),
+            Err(why) => self.note(Addr::Monitor(k), why),
+        }
     }
 
     /// Carries out the machine's outputs in order; in a group, a `Persist` stops it until
     /// the entry commits.
-    fn monitor_carry_out(&mut self, k: usize, outputs: Vec<monitor::Output>, mut asker: Asker) {
+    fn monitor_carry_out(&mut self, k: usize, outputs: Vec<GroupsOutput>, mut asker: Asker) {
         let mut outputs = outputs.into_iter();
         while let Some(output) = outputs.next() {
             match output {
-                monitor::Output::Persist(state) => {
+                GroupsOutput::Persist(state) => {
                     if !self.group() {
                         self.committed(state.clone());
                         self.monitors[k].persisted = Some(state);
@@ -306,7 +385,7 @@ impl World {
                     );
                     return;
                 }
-                monitor::Output::Probe { node, probe, .. } => {
+                GroupsOutput::Probe { node, probe, .. } => {
                     let Some(i) = node_index(node.as_str()) else {
                         continue;
                     };
@@ -317,13 +396,34 @@ impl World {
                         Event::ProbeTimeout { monitor: k, probe },
                     );
                 }
-                monitor::Output::Event(e) => {
+                GroupsOutput::Event { group, event: e } => {
+                    match e.kind {
+                        EventKind::SlotsMoved => self.moves += 1,
+                        EventKind::MoveCancelled => self.cancelled += 1,
+                        _ => {}
+                    }
                     self.note(
                         Addr::Monitor(k),
-                        format!("event {:?}: {}", e.kind, e.message),
+                        format!("event {group} {:?}: {}", e.kind, e.message),
                     );
+                    let table_changed = matches!(
+                        e.kind,
+                        EventKind::SlotsMoving | EventKind::SlotsMoved | EventKind::MoveCancelled
+                    );
+                    if let Some(table) = self.monitors[k]
+                        .machine
+                        .as_ref()
+                        .map(|m| m.slots().clone())
+                        .filter(|_| table_changed)
+                    {
+                        // The first client watches the monitor's events, as `keel proxy
+                        // --cluster` does, and reads the table again; the others learn
+                        // it from the 421s of nodes that hold a newer one.
+                        let msg = Msg::Table(Box::new(table));
+                        self.send(Addr::Monitor(k), Addr::Client(0), msg);
+                    }
                 }
-                monitor::Output::Reply(result) => {
+                GroupsOutput::Reply(result) => {
                     let Some((node, req)) = asker.take() else {
                         continue;
                     };
@@ -354,20 +454,36 @@ impl World {
         }
     }
 
-    /// The cluster state is committed (persisted, alone): epochs and versions only go
-    /// forward.
-    fn committed(&mut self, state: ClusterState) {
-        if state.epoch < self.monitor_epoch {
-            self.fail(
-                "epochs never go back",
-                format!(
-                    "the monitors committed epoch {} after epoch {}",
-                    state.epoch, self.monitor_epoch
-                ),
-            );
+    /// The cluster state is committed (persisted, alone): each group's epoch and the
+    /// version only go forward, and a table version names one table.
+    fn committed(&mut self, state: GroupsState) {
+        for (group, cluster) in &state.groups {
+            let seen = self.monitor_epochs.entry(group.clone()).or_default();
+            if cluster.epoch < *seen {
+                let was = *seen;
+                self.fail(
+                    "epochs never go back",
+                    format!(
+                        "the monitors committed epoch {} of {group} after epoch {was}",
+                        cluster.epoch
+                    ),
+                );
+                return;
+            }
+            *seen = cluster.epoch;
         }
-        self.monitor_epoch = self.monitor_epoch.max(state.epoch);
         self.committed_version = self.committed_version.max(state.version);
+        let version = state.slots.version();
+        match self.tables.get(&version) {
+            Some(known) if *known != state.slots => self.fail(
+                "a committed cluster state is never lost",
+                format!("the monitors committed two different slot tables of version {version}"),
+            ),
+            Some(_) => {}
+            None => {
+                self.tables.insert(version, state.slots);
+            }
+        }
     }
 
     /// `421 not_leader` with the leader's name, or `503 not_leader` when this monitor
@@ -459,14 +575,27 @@ impl World {
             return;
         }
         let now = self.monitor_now(k);
-        let (machine, started) = Monitor::new(MonitorSettings::default(), state, now);
+        let state = state.unwrap_or_else(|| self.fresh.clone());
+        let (machine, started) = Groups::new(MonitorSettings::default(), state, now);
         let term = self.monitors[k].raft.term;
+        let groups: Vec<String> = machine
+            .state()
+            .groups
+            .iter()
+            .map(|(g, c)| {
+                format!(
+                    "{g} epoch {}, primary {}",
+                    c.epoch,
+                    c.primary.as_ref().map_or("-", |p| p.as_str())
+                )
+            })
+            .collect();
         self.note(
             Addr::Monitor(k),
             format!(
-                "leads the group in term {term}: epoch {}, primary {}",
-                machine.state().epoch,
-                machine.state().primary.as_ref().map_or("-", |p| p.as_str())
+                "leads the group in term {term}: {}; slot table version {}",
+                groups.join("; "),
+                machine.slots().version()
             ),
         );
         self.monitors[k].machine = Some(machine);
@@ -484,9 +613,15 @@ impl World {
                     MonitorRequest::Heartbeat(h) => monitor::Input::Heartbeat(h),
                     MonitorRequest::SyncDrop(d) => monitor::Input::SyncDrop(d),
                 };
-                self.monitor_input(k, Some((node, req)), input);
+                self.monitor_input(k, Some((node, req)), Job::Input(input));
             }
             (Addr::Node(_), Msg::ProbeOk { probe }) => self.probe_result(k, probe, true),
+            (Addr::Sim, Msg::MoveSlots { slots, to }) => {
+                self.monitor_input(k, None, Job::Move(slots, to));
+            }
+            (Addr::Sim, Msg::CancelMove) => self.monitor_input(k, None, Job::Cancel),
+            (Addr::Node(_), Msg::Piece { req, piece }) => self.piece_received(k, req, piece),
+            (Addr::Node(_), Msg::Imported { req, result }) => self.imported(k, req, result),
             (Addr::Monitor(j), Msg::Raft(msg)) => self.raft_receive(k, j, msg),
             _ => {}
         }
@@ -502,7 +637,11 @@ impl World {
         let Some(node) = keel_core::NodeId::new(node_name(node)).ok() else {
             return;
         };
-        self.monitor_input(k, None, monitor::Input::ProbeResult { node, probe, ok });
+        self.monitor_input(
+            k,
+            None,
+            Job::Input(monitor::Input::ProbeResult { node, probe, ok }),
+        );
     }
 
     // --- Raft ------------------------------------------------------------------------------
@@ -791,12 +930,177 @@ impl World {
         if let Some(b) = self.monitors[k].blocked.take_if(|b| b.index <= commit) {
             self.monitor_carry_out(k, b.rest, b.asker);
             while self.monitors[k].blocked.is_none() && self.monitors[k].machine.is_some() {
-                let Some((asker, input)) = self.monitors[k].queue.pop_front() else {
+                let Some((asker, job)) = self.monitors[k].queue.pop_front() else {
                     break;
                 };
-                self.monitor_input(k, asker, input);
+                self.monitor_input(k, asker, job);
             }
         }
         self.take_up_machine(k);
+    }
+}
+
+// --- the copies of slot moves ----------------------------------------------------------
+
+impl World {
+    /// `keel_monitor::runtime`'s `drive_move`: starts the copy of the move under way when
+    /// the machine says it may run and no copy runs.
+    fn drive_move(&mut self, k: usize) {
+        let m = &self.monitors[k];
+        if !m.up || m.blocked.is_some() || m.copy.is_some() || self.local(k) < m.copy_again_at {
+            return;
+        }
+        let now = self.monitor_now(k);
+        let Some(order) = m.machine.as_ref().and_then(|g| g.next_copy(now)) else {
+            return;
+        };
+        let since = order.moving.since;
+        // What the last copy imported between these two nodes is durable at the target,
+        // and the source's slots are frozen: go on after it.
+        let (after, pieces) = m
+            .so_far
+            .as_ref()
+            .filter(|s| s.since == since && s.from == order.from_node && s.to == order.to_node)
+            .map_or((None, 0), |s| (Some(s.upto.clone()), s.pieces));
+        self.note(
+            Addr::Monitor(k),
+            format!(
+                "copies slots {} from {} to {}, from piece {}",
+                format_slots(&order.moving.slots),
+                order.from_node,
+                order.to_node,
+                pieces + 1
+            ),
+        );
+        self.monitors[k].copy = Some(CopyRun {
+            order,
+            req: 0,
+            after,
+            upto: None,
+            pieces,
+        });
+        self.export_next(k);
+    }
+
+    /// Asks the source primary for the next piece.
+    fn export_next(&mut self, k: usize) {
+        self.next_req += 1;
+        let req = self.next_req;
+        let Some(copy) = self.monitors[k].copy.as_mut() else {
+            return;
+        };
+        copy.req = req;
+        let Some(from) = node_index(copy.order.from_node.as_str()) else {
+            return;
+        };
+        let msg = Msg::Export {
+            req,
+            since: copy.order.moving.since,
+            after: copy.after.clone(),
+        };
+        self.send(Addr::Monitor(k), Addr::Node(from), msg);
+        self.copy_timer(k, req);
+    }
+
+    fn copy_timer(&mut self, k: usize, req: u64) {
+        let life = self.monitors[k].life;
+        self.at(
+            self.now + micros(COPY_TIMEOUT),
+            Event::CopyTimeout {
+                monitor: k,
+                life,
+                req,
+            },
+        );
+    }
+
+    /// The source's piece: into the target, when it goes on from where the last ended.
+    fn piece_received(&mut self, k: usize, req: u64, piece: Result<Box<SlotData>, String>) {
+        let Some(copy) = self.monitors[k].copy.as_ref().filter(|c| c.req == req) else {
+            return;
+        };
+        let from = copy.order.from_node.clone();
+        let data = match piece {
+            Ok(data) => data,
+            Err(why) => return self.copy_failed(k, format!("export from {from}: {why}")),
+        };
+        if let (Some(upto), Some(after)) = (&data.upto, &copy.after)
+            && upto <= after
+        {
+            let why =
+                format!("export from {from}: a piece ends ({upto:?}) where the one before did");
+            return self.copy_failed(k, why);
+        }
+        self.next_req += 1;
+        let next = self.next_req;
+        let Some(copy) = self.monitors[k].copy.as_mut() else {
+            return;
+        };
+        copy.req = next;
+        copy.upto = data.upto.clone();
+        let Some(to) = node_index(copy.order.to_node.as_str()) else {
+            return;
+        };
+        self.send(
+            Addr::Monitor(k),
+            Addr::Node(to),
+            Msg::Import { req: next, data },
+        );
+        self.copy_timer(k, next);
+    }
+
+    /// The target holds the piece durably: the next piece, or the copy is done.
+    fn imported(&mut self, k: usize, req: u64, result: Result<usize, String>) {
+        let Some(copy) = self.monitors[k].copy.as_mut().filter(|c| c.req == req) else {
+            return;
+        };
+        if let Err(why) = result {
+            let why = format!("import into {}: {why}", copy.order.to_node);
+            return self.copy_failed(k, why);
+        }
+        copy.pieces += 1;
+        let (since, pieces) = (copy.order.moving.since, copy.pieces);
+        match copy.upto.take() {
+            None => {
+                self.monitors[k].copy = None;
+                self.monitors[k].so_far = None;
+                self.monitor_input(k, None, Job::Copied { since, pieces });
+            }
+            Some(upto) => {
+                copy.after = Some(upto.clone());
+                let so_far = SoFar {
+                    since,
+                    from: copy.order.from_node.clone(),
+                    to: copy.order.to_node.clone(),
+                    upto,
+                    pieces,
+                };
+                self.monitors[k].so_far = Some(so_far);
+                let now = self.monitor_now(k);
+                if let Some(machine) = self.monitors[k].machine.as_mut() {
+                    machine.piece_copied(since, pieces, now);
+                }
+                self.export_next(k);
+            }
+        }
+    }
+
+    /// The copy failed: the next is tried [`COPY_RETRY`] later.
+    fn copy_failed(&mut self, k: usize, why: String) {
+        self.monitors[k].copy = None;
+        self.monitors[k].copy_again_at = self.local(k) + micros(COPY_RETRY);
+        self.note(
+            Addr::Monitor(k),
+            format!("copy failed: {why}; trying again shortly"),
+        );
+    }
+
+    /// An export or import that got no answer within [`COPY_TIMEOUT`].
+    pub(crate) fn copy_timeout(&mut self, k: usize, life: u64, req: u64) {
+        let m = &self.monitors[k];
+        if m.life != life || !m.up || m.copy.as_ref().is_none_or(|c| c.req != req) {
+            return;
+        }
+        self.copy_failed(k, format!("no answer within {COPY_TIMEOUT:?}"));
     }
 }

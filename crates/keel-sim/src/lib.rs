@@ -5,22 +5,28 @@
 //! - [`config`]: [`Config`], what a run simulates, and the [`Faults`] it may inject;
 //! - [`net`]: what travels between processes, and how the network loses, delays,
 //!   duplicates and partitions it;
-//! - `world`: simulated time, the event queue, the monitor, the clients, the fault
-//!   schedule, and the invariants checked after every step;
-//! - `node`: the data nodes' drivers — writer, senders, receiver, heartbeat — carrying
-//!   out what [`keel_node::machine::Machine`] decides, on a [`keel_store::MemStore`] that
-//!   can crash mid-commit;
+//! - `world`: simulated time, the event queue, the clients (routing by key), the fault
+//!   schedule, the operator's slot moves, and the invariants checked after every step;
+//! - `group`: the monitors — `keel monitor`'s own machine of one group or several, alone
+//!   or under a model of Raft — and the leader's copies of a slot move, piece by piece;
+//! - `node`: the data nodes' drivers — writer, senders, receiver, heartbeat, the slot
+//!   exports and imports — carrying out what [`keel_node::machine::Machine`] and
+//!   [`keel_node::gate::SlotGate`] decide, on a [`keel_store::MemStore`] that can crash
+//!   mid-commit;
 //! - [`linear`]: the linearizability check of every key's history (Wing & Gong with
 //!   memoisation);
 //! - [`run`] and [`run_seeds`]: one seed, or many, with what each found.
 //!
-//! What is checked: at most one node can acknowledge writes at any simulated instant;
-//! epochs never go back, on any node's disk or in what the monitors committed; in a group
-//! of monitors, at most one leads a term and no committed state is lost; every
+//! What is checked: at most one node of a group can acknowledge writes at any simulated
+//! instant; epochs never go back, on any node's disk or in what the monitors committed;
+//! in a group of monitors, at most one leads a term and no committed state is lost; every
 //! acknowledged write is durable on the primary and on its sync set when it is
-//! acknowledged; once the faults heal, a primary takes writes again; and every key's
-//! history of reads and writes is linearizable, writes of unknown outcome taking effect
-//! at any time after they were sent, or never.
+//! acknowledged; under several groups, a node acknowledges writes only of slots its
+//! group owns, unfrozen, in a table the monitors committed, and one group at a time
+//! acknowledges a slot's writes; once the faults heal, every group has a primary again;
+//! and every key's history of reads and writes, across the groups that owned it, is
+//! linearizable, writes of unknown outcome taking effect at any time after they were
+//! sent, or never.
 //!
 //! Nothing reads the wall clock or the OS's randomness, and every collection iterated is
 //! ordered, so the same seed gives the same trace, byte for byte.
@@ -69,6 +75,10 @@ pub struct Summary {
     pub unknown: u64,
     /// Failovers completed.
     pub failovers: u64,
+    /// Slot moves completed.
+    pub moves: u64,
+    /// Slot moves called off.
+    pub cancelled: u64,
     /// Monitors elected leader of a term.
     pub elections: u64,
     /// Events simulated.
@@ -91,6 +101,8 @@ pub fn run_seeds(
         summary.reads_ok += outcome.reads_ok;
         summary.unknown += outcome.unknown;
         summary.failovers += outcome.failovers;
+        summary.moves += outcome.moves;
+        summary.cancelled += outcome.cancelled;
         summary.elections += outcome.elections;
         summary.steps += outcome.steps;
         if let Some(violation) = outcome.violation {

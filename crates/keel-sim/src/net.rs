@@ -6,7 +6,9 @@
 //! not at all: a partition or a crash breaks the connection for good, and the ends learn
 //! it from a reset (a crash) or from their own timeouts (a partition).
 
+use keel_client::node::{Mark, SlotData};
 use keel_client::wire::{HeartbeatRequest, RegisterRequest, SyncDropRequest, View};
+use keel_core::slots::{GroupId, Slot, SlotTable, format_slots};
 use keel_core::{Epoch, LogPos, Lsn};
 use keel_store::{LogEntry, Snapshot};
 
@@ -75,7 +77,7 @@ pub enum RaftMsg {
         /// Its last entry's position.
         last: LogId,
         /// Its last entry's state (`None`: nothing yet).
-        state: Option<Box<keel_monitor::ClusterState>>,
+        state: Option<Box<keel_monitor::state::GroupsState>>,
         /// The index committed.
         commit: u64,
         /// The leader's local µs at sending.
@@ -195,6 +197,14 @@ pub enum ClientReply {
         /// The node that is primary, if known.
         primary: Option<usize>,
     },
+    /// `421`: another group owns the key's slot (nothing was written). The node's table
+    /// comes with it, as keel's clients fetch the table the `421` names.
+    Misdirected {
+        /// The owner, in the node's table.
+        owner: GroupId,
+        /// The node's table.
+        table: Box<SlotTable>,
+    },
 }
 
 /// Something on the wire.
@@ -283,6 +293,48 @@ pub enum Msg {
         op: u64,
         /// The answer.
         reply: ClientReply,
+    },
+    /// Monitor → client: a slot event on `/v1/events`, after which the client (a `keel
+    /// proxy --cluster`, a `keel client`) holds the monitor's table.
+    Table(Box<SlotTable>),
+    /// Operator → monitor: `POST /v1/slots/move`.
+    MoveSlots {
+        /// The slots.
+        slots: Vec<Slot>,
+        /// The group they go to.
+        to: GroupId,
+    },
+    /// Operator → monitor: `POST /v1/slots/cancel`.
+    CancelMove,
+    /// Monitor → source primary: `GET /v1/slots/export`.
+    Export {
+        /// The copy's request number (the monitor's).
+        req: u64,
+        /// The table version that froze the slots.
+        since: u64,
+        /// Where the previous piece ended.
+        after: Option<Mark>,
+    },
+    /// Source primary → monitor: the piece, or why not.
+    Piece {
+        /// The request answered.
+        req: u64,
+        /// The piece.
+        piece: Result<Box<SlotData>, String>,
+    },
+    /// Monitor → target primary: `POST /v1/slots/import`.
+    Import {
+        /// The copy's request number (the monitor's).
+        req: u64,
+        /// The piece.
+        data: Box<SlotData>,
+    },
+    /// Target primary → monitor: the piece is durable on its sync set, or why not.
+    Imported {
+        /// The request answered.
+        req: u64,
+        /// The writes it took, or why not.
+        result: Result<usize, String>,
     },
 }
 
@@ -382,7 +434,37 @@ impl Msg {
             Msg::Closed { conn } => format!("reset c{conn}"),
             Msg::Write { op, key, value } => format!("write#{op} {key}={value}"),
             Msg::Read { op, key } => format!("read#{op} {key}"),
+            Msg::Reply {
+                op,
+                reply: ClientReply::Misdirected { owner, table },
+            } => format!(
+                "reply#{op} misdirected: {owner}'s in table {}",
+                table.version()
+            ),
             Msg::Reply { op, reply } => format!("reply#{op} {reply:?}"),
+            Msg::MoveSlots { slots, to } => format!("move slots {} to {to}", format_slots(slots)),
+            Msg::CancelMove => "cancel the move".into(),
+            Msg::Table(table) => format!("slot table version {}", table.version()),
+            Msg::Export { req, since, after } => format!(
+                "export#{req} since {since}{}",
+                after
+                    .as_ref()
+                    .map(|a| format!(" after {a:?}"))
+                    .unwrap_or_default()
+            ),
+            Msg::Piece { req, piece } => match piece {
+                Ok(p) => format!(
+                    "piece#{req} {} key(s){}",
+                    p.kv.len(),
+                    if p.upto.is_none() { ", the last" } else { "" }
+                ),
+                Err(why) => format!("no-piece#{req} {why}"),
+            },
+            Msg::Import { req, data } => format!("import#{req} {} key(s)", data.kv.len()),
+            Msg::Imported { req, result } => match result {
+                Ok(writes) => format!("imported#{req} {writes} write(s)"),
+                Err(why) => format!("not-imported#{req} {why}"),
+            },
         }
     }
 }

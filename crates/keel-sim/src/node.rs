@@ -2,13 +2,27 @@
 //! receiver and heartbeat task do, over the simulated network and an in-memory store
 //! that can crash mid-commit. Every decision is the real [`Machine`]'s; these drivers
 //! only carry its outputs out, as `keel_node::shared::Shared::input` does.
+//!
+//! Under several groups, each node keeps the real [`SlotGate`]: a write is taken only
+//! when the gate grants its key's slot, a read of a slot in a move is refused, and a key
+//! of another group's slot is answered `421` with the node's table. The source primary
+//! of a move exports its frozen slots with the node's own `read_piece`, once the gate
+//! says no write granted before the freeze is under way; the target imports with the
+//! node's own `import_plan`, its writes going through the writer and its standbys as any
+//! write does. Where `keel node` holds a write or an export for a moment (until a move
+//! ends, or until the writes drain), the drivers refuse at once and the client or the
+//! monitor tries again: the same outcomes, sooner.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use keel_client::wire::{HeartbeatRequest, RegisterRequest, SyncDropRequest, codes};
+use keel_client::node::SlotData;
+use keel_client::wire::{HeartbeatRequest, RegisterRequest, SyncDropRequest, View, codes};
+use keel_core::slots::GroupId;
 use keel_core::{Epoch, Lsn, NodeId, Role};
+use keel_node::gate::{Granted, SlotGate, Unclaimed};
 use keel_node::machine::{Input, Machine, Output, Settings, WriteError};
+use keel_node::moves::{import_plan, read_piece};
 use keel_store::{Applied, Command, Expect, MemStore, Storage, StoreError, SyncMode, agreement};
 use tokio::time::Instant;
 
@@ -30,13 +44,33 @@ const LOG_RETAIN: u64 = 64;
 /// The node's record of the epoch it was last primary in.
 const PRIMARY_EPOCH: &str = "primary_epoch";
 
-/// A client's write, waiting in a node.
+/// Whom a write in a node answers.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// A client's write of `key`.
+    Client { client: usize, op: u64, key: String },
+    /// One write of the import the monitor asked for with request `req`.
+    Import { req: u64 },
+}
+
+/// A write waiting in a node.
 #[derive(Debug, Clone)]
 struct Write {
-    client: usize,
-    op: u64,
-    key: String,
-    value: u64,
+    origin: Origin,
+    command: Command,
+    /// What the slot gate granted a client's write, given back when it is answered.
+    granted: Option<Granted>,
+}
+
+/// An import under way: its writes, each answered by the writer, and the gate's hold on
+/// the move's slots.
+#[derive(Debug)]
+struct ImportRun {
+    monitor: usize,
+    writes: usize,
+    left: usize,
+    failed: Option<String>,
+    granted: Granted,
 }
 
 /// A client's read, its value taken, waiting until everything it may show is on the
@@ -75,6 +109,12 @@ struct Sender {
 /// One simulated node process and its disk.
 pub(crate) struct SimNode {
     pub(crate) up: bool,
+    /// The group it is a node of.
+    pub(crate) group: GroupId,
+    /// Its slot decisions (in memory: a restarted node learns the table again).
+    pub(crate) gate: SlotGate,
+    /// Imports under way, by the monitor's request.
+    imports: BTreeMap<u64, ImportRun>,
     pub(crate) life: u64,
     incarnation: u64,
     pub(crate) clock: Clock,
@@ -100,11 +140,14 @@ pub(crate) struct SimNode {
 }
 
 impl SimNode {
-    pub(crate) fn new(_i: usize, clock: Clock, rng: &mut Rng) -> Self {
+    pub(crate) fn new(group: GroupId, clock: Clock, rng: &mut Rng) -> Self {
         let store = MemStore::with_sync_mode(LOG_RETAIN, SyncMode::Explicit);
         let machine = Machine::new(settings(&store, 0), Instant::now());
         Self {
             up: false,
+            group,
+            gate: SlotGate::default(),
+            imports: BTreeMap::new(),
             life: 0,
             incarnation: rng.next_u64() >> 11,
             clock,
@@ -211,6 +254,8 @@ impl World {
         n.senders.clear();
         n.inbound.clear();
         n.sync_drops.clear();
+        n.gate = SlotGate::default();
+        n.imports.clear();
     }
 
     pub(crate) fn restart_node(&mut self, i: usize) {
@@ -375,15 +420,7 @@ impl World {
         let commands: Vec<Command> = self.nodes[i]
             .batches
             .get(&batch)
-            .map(|ws| {
-                ws.iter()
-                    .map(|w| Command::Put {
-                        key: w.key.clone(),
-                        value: w.value.to_string().into_bytes(),
-                        expect: Expect::Any,
-                    })
-                    .collect()
-            })
+            .map(|ws| ws.iter().map(|w| w.command.clone()).collect())
             .unwrap_or_default();
         let mut shipped = false;
         let result = self.nodes[i]
@@ -449,24 +486,30 @@ impl World {
             return;
         };
         let results = self.nodes[i].results.remove(&batch).unwrap_or_default();
-        match result {
-            Ok(()) => {
-                let last = results
-                    .iter()
-                    .filter_map(|r| r.as_ref().ok())
-                    .map(|(l, _)| *l)
-                    .max();
-                if let Some(last) = last {
-                    self.check_acknowledged(i, last);
-                }
-                for w in writes {
-                    self.answer_client(i, w.client, w.op, ClientReply::Written);
-                }
+        let last = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|(l, _)| *l)
+            .max();
+        if let (Ok(()), Some(last)) = (&result, last) {
+            self.check_acknowledged(i, last);
+        }
+        for w in writes {
+            if let Some(granted) = &w.granted {
+                self.nodes[i].gate.release(granted);
             }
-            Err(err) => {
-                let reply = classify(&err);
-                for w in writes {
-                    self.answer_client(i, w.client, w.op, reply.clone());
+            match (w.origin, &result) {
+                (Origin::Client { client, op, key }, Ok(())) => {
+                    let version = w.granted.as_ref().map_or(0, |g| g.version);
+                    self.check_slot_ack(i, &key, version);
+                    self.answer_client(i, client, op, ClientReply::Written);
+                }
+                (Origin::Client { client, op, .. }, Err(err)) => {
+                    self.answer_client(i, client, op, classify(err));
+                }
+                (Origin::Import { req }, _) => {
+                    let failed = result.as_ref().err().map(ToString::to_string);
+                    self.import_written(i, req, failed);
                 }
             }
         }
@@ -481,20 +524,86 @@ impl World {
     }
 
     fn client_write(&mut self, i: usize, client: usize, op: u64, key: String, value: u64) {
+        // As the node's API: the gate first (421, or a slot frozen by a move), then the
+        // machine.
+        let granted = match self.nodes[i].gate.claim(key.as_bytes()) {
+            Ok(granted) => granted,
+            Err(Unclaimed::Misdirected(m)) => {
+                let reply = self.misdirected(i, m.owner);
+                self.answer_client(i, client, op, reply);
+                return;
+            }
+            Err(Unclaimed::Frozen { slot, to })
+                if self.flaw() == Flaw::WriteFrozenSlots
+                    && to.as_ref() != Some(&self.nodes[i].group) =>
+            {
+                Granted {
+                    slots: vec![slot],
+                    import: false,
+                    version: self.nodes[i].gate.version(),
+                }
+            }
+            Err(Unclaimed::Frozen { slot, .. }) => {
+                let reply = match self.nodes[i].machine.refusal() {
+                    Some(err) => classify(&err),
+                    None => ClientReply::NotWritten {
+                        why: format!("slot_moving: slot {slot} is in a move"),
+                        primary: Some(i),
+                    },
+                };
+                self.answer_client(i, client, op, reply);
+                return;
+            }
+        };
         if let Some(err) = self.nodes[i].machine.refusal() {
+            self.nodes[i].gate.release(&granted);
             self.answer_client(i, client, op, classify(&err));
             return;
         }
         self.nodes[i].queue.push_back(Write {
-            client,
-            op,
-            key,
-            value,
+            command: Command::Put {
+                key: key.clone(),
+                value: value.to_string().into_bytes(),
+                expect: Expect::Any,
+            },
+            origin: Origin::Client { client, op, key },
+            granted: Some(granted),
         });
         self.pump_writer(i);
     }
 
+    /// `421`: `owner` owns the key's slot, in the table this node holds.
+    fn misdirected(&self, i: usize, owner: GroupId) -> ClientReply {
+        let table = self.nodes[i]
+            .gate
+            .held()
+            .map(|(_, table)| Box::new(table.clone()));
+        match table {
+            Some(table) => ClientReply::Misdirected { owner, table },
+            None => ClientReply::NoRead {
+                why: "no slot table".into(),
+                primary: None,
+            },
+        }
+    }
+
     fn client_read(&mut self, i: usize, client: usize, op: u64, key: String) {
+        // As the node's API: a slot in a move is read nowhere until it ends, a slot of
+        // another group's gets 421.
+        let moving = self.nodes[i].gate.in_move(key.as_bytes());
+        if let Some((slot, _)) = moving.filter(|_| self.flaw() != Flaw::ReadMovingSlots) {
+            let reply = ClientReply::NoRead {
+                why: format!("slot_moving: slot {slot} is in a move"),
+                primary: Some(i),
+            };
+            self.answer_client(i, client, op, reply);
+            return;
+        }
+        if let Err(m) = self.nodes[i].gate.owns(key.as_bytes()) {
+            let reply = self.misdirected(i, m.owner);
+            self.answer_client(i, client, op, reply);
+            return;
+        }
         let n = &self.nodes[i];
         // As the node's API: a primary being replaced, or without its lease, refuses.
         let lease =
@@ -610,7 +719,7 @@ impl World {
         let node = node_id(i);
         if !n.registered {
             return MonitorRequest::Register(RegisterRequest {
-                group: None,
+                group: (self.cfg.groups > 1).then(|| n.group.clone()),
                 node,
                 url: node_url(i),
                 incarnation: n.incarnation,
@@ -625,7 +734,7 @@ impl World {
                     && f.phase == keel_client::wire::FailoverPhase::Draining
             });
         MonitorRequest::Heartbeat(HeartbeatRequest {
-            slots_version: 0,
+            slots_version: n.gate.version(),
             node,
             incarnation: n.incarnation,
             role: n.machine.role().role,
@@ -658,6 +767,7 @@ impl World {
         match answer {
             Ok(view) => {
                 self.nodes[i].registered = true;
+                self.learn_slots(i, &view);
                 self.node_input(
                     i,
                     Input::View {
@@ -689,6 +799,7 @@ impl World {
             }
             Err(refused) => {
                 if let Some(view) = refused.view {
+                    self.learn_slots(i, &view);
                     self.node_input(
                         i,
                         Input::View {
@@ -698,6 +809,17 @@ impl World {
                     );
                 }
             }
+        }
+    }
+
+    /// Keeps what a view says of the key space before the view goes to the machine, as
+    /// `Shared::learn_slots` does.
+    fn learn_slots(&mut self, i: usize, view: &View) {
+        let Some(group) = &view.group else {
+            return;
+        };
+        if let Some(version) = self.nodes[i].gate.learn(group, view.slots.as_ref()) {
+            self.note(Addr::Node(i), format!("holds slot table version {version}"));
         }
     }
 
@@ -1150,8 +1272,129 @@ impl World {
                 self.client_write(i, c, op, key, value)
             }
             (Msg::Read { op, key }, Addr::Client(c)) => self.client_read(i, c, op, key),
+            (Msg::Export { req, since, after }, Addr::Monitor(k)) => {
+                let piece = self.export(i, since, after);
+                self.send(Addr::Node(i), Addr::Monitor(k), Msg::Piece { req, piece });
+            }
+            (Msg::Import { req, data }, Addr::Monitor(k)) => self.import(i, k, req, *data),
             _ => {}
         }
+    }
+
+    // --- slot moves ----------------------------------------------------------------------------
+
+    /// Why this node may not export or import now, if it may not: only a primary that
+    /// holds its lease and is not being replaced does (`keel_node::moves`).
+    fn not_mover(&self, i: usize) -> Option<String> {
+        let m = &self.nodes[i].machine;
+        if !m.is_primary() || m.failover().is_some() {
+            return Some("only a group's primary exports or imports slots".into());
+        }
+        if !m.lease_valid(self.node_now(i)) {
+            return Some("this primary's lease has lapsed".into());
+        }
+        None
+    }
+
+    /// `GET /v1/slots/export`: the piece after `after` of the move frozen at `since`.
+    fn export(
+        &self,
+        i: usize,
+        since: u64,
+        after: Option<keel_client::node::Mark>,
+    ) -> Result<Box<SlotData>, String> {
+        if let Some(why) = self.not_mover(i) {
+            return Err(why);
+        }
+        let n = &self.nodes[i];
+        let Some(moving) = n.gate.frozen_move(since)? else {
+            return Err("writes granted before the freeze are still under way".into());
+        };
+        read_piece(&n.store, &moving, after)
+            .map(Box::new)
+            .map_err(|e| format!("cannot read the store: {e}"))
+    }
+
+    /// `POST /v1/slots/import`: the piece's writes, through the writer; the monitor hears
+    /// once every one of them is answered.
+    fn import(&mut self, i: usize, k: usize, req: u64, data: SlotData) {
+        let refuse = |world: &mut World, why: String| {
+            let msg = Msg::Imported {
+                req,
+                result: Err(why),
+            };
+            world.send(Addr::Node(i), Addr::Monitor(k), msg);
+        };
+        if let Some(why) = self.not_mover(i) {
+            return refuse(self, why);
+        }
+        let (granted, moving) = match self.nodes[i].gate.claim_import(data.since) {
+            Ok(claimed) => claimed,
+            Err(why) => {
+                return refuse(
+                    self,
+                    format!("{why}; it may not have heard of the move yet"),
+                );
+            }
+        };
+        let commands = match import_plan(&self.nodes[i].store, &moving, data) {
+            Ok(commands) => commands,
+            Err(e) => {
+                self.nodes[i].gate.release(&granted);
+                return refuse(self, format!("cannot read the store: {e}"));
+            }
+        };
+        let writes = commands.len();
+        self.nodes[i].imports.insert(
+            req,
+            ImportRun {
+                monitor: k,
+                writes,
+                left: writes,
+                failed: None,
+                granted,
+            },
+        );
+        if writes == 0 {
+            self.import_written(i, req, None);
+            return;
+        }
+        for command in commands {
+            self.nodes[i].queue.push_back(Write {
+                origin: Origin::Import { req },
+                command,
+                granted: None,
+            });
+        }
+        self.pump_writer(i);
+    }
+
+    /// One write of import `req` was answered (`failed`: why not): once all are, the
+    /// gate's hold ends and the monitor hears.
+    fn import_written(&mut self, i: usize, req: u64, failed: Option<String>) {
+        let Some(run) = self.nodes[i].imports.get_mut(&req) else {
+            return;
+        };
+        run.left = run.left.saturating_sub(1);
+        if let Some(why) = failed {
+            run.failed.get_or_insert(why);
+        }
+        if run.left > 0 {
+            return;
+        }
+        let Some(run) = self.nodes[i].imports.remove(&req) else {
+            return;
+        };
+        self.nodes[i].gate.release(&run.granted);
+        let result = match run.failed {
+            Some(why) => Err(format!("an imported write failed: {why}")),
+            None => Ok(run.writes),
+        };
+        self.send(
+            Addr::Node(i),
+            Addr::Monitor(run.monitor),
+            Msg::Imported { req, result },
+        );
     }
 }
 

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use keel_core::Epoch;
+use keel_core::slots::{GroupId, Slot, SlotTable, format_slots, slot_of};
+use keel_monitor::state::GroupsState;
 use tokio::time::Instant;
 
 use crate::config::{Config, Flaw};
@@ -95,6 +97,15 @@ pub(crate) enum Event {
         client: usize,
         op: u64,
     },
+    CopyTimeout {
+        monitor: usize,
+        life: u64,
+        req: u64,
+    },
+    /// The operator asks the monitors to move slots between groups.
+    MoveSlots,
+    /// The operator asks the monitors to call the move under way off.
+    CancelMove,
     Crash(Addr),
     Restart(Addr),
     Cut(Addr, Addr),
@@ -121,7 +132,10 @@ pub(crate) struct Conn {
 /// A client and the operation it has in flight.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
-    target: usize,
+    /// Per group, the node it believes is that group's primary.
+    targets: Vec<usize>,
+    /// The slot table it routes by: the first, then the newer ones `421`s bring.
+    table: SlotTable,
     pending: Option<Pending>,
     writes: u64,
     done: bool,
@@ -131,6 +145,8 @@ pub(crate) struct Client {
 struct Pending {
     op: u64,
     key: String,
+    /// The group it was sent to.
+    group: usize,
     write: Option<u64>,
     invoke: Time,
 }
@@ -161,6 +177,10 @@ pub struct Outcome {
     pub unknown: u64,
     /// Failovers the monitors completed.
     pub failovers: u64,
+    /// Slot moves completed (slots switched to their new group).
+    pub moves: u64,
+    /// Slot moves called off.
+    pub cancelled: u64,
     /// Monitors elected leader of a term (0 with a lone monitor).
     pub elections: u64,
     /// Events handled.
@@ -190,10 +210,22 @@ pub(crate) struct World {
     next_op: u64,
     pub(crate) next_req: u64,
     epochs_seen: Vec<Epoch>,
-    /// The latest epoch the monitors committed (persisted, alone).
-    pub(crate) monitor_epoch: Epoch,
+    /// The groups, `g1`, `g2`, …
+    pub(crate) groups: Vec<GroupId>,
+    /// What every monitor starts from: each group empty, the slots split evenly.
+    pub(crate) fresh: GroupsState,
+    /// The latest epoch of each group the monitors committed (persisted, alone).
+    pub(crate) monitor_epochs: BTreeMap<GroupId, Epoch>,
     /// The latest version of the cluster state the monitors committed.
     pub(crate) committed_version: u64,
+    /// Every slot table the monitors committed, by version.
+    pub(crate) tables: BTreeMap<u64, SlotTable>,
+    /// Per slot, the group that last acknowledged a write of it and the newest table
+    /// version it did so under.
+    slot_acks: BTreeMap<u16, (GroupId, u64)>,
+    /// Slot moves completed and called off, as the monitors' events say.
+    pub(crate) moves: u64,
+    pub(crate) cancelled: u64,
     /// Who led each term (at most one).
     pub(crate) leaders: BTreeMap<u64, usize>,
     /// Failovers completed by machines since dropped.
@@ -218,15 +250,20 @@ impl World {
             },
         };
         let monitor_clock = clock(&mut rng);
-        let nodes: Vec<SimNode> = (0..cfg.nodes)
+        let groups: Vec<GroupId> = (0..cfg.groups.max(1))
+            .map(|g| GroupId::new(format!("g{}", g + 1)).expect("`g{n}` is a valid group id"))
+            .collect();
+        let fresh = GroupsState::new(&groups).expect("at least one group");
+        let nodes: Vec<SimNode> = (0..cfg.nodes * groups.len())
             .map(|i| {
                 let c = clock(&mut rng);
-                SimNode::new(i, c, &mut rng)
+                SimNode::new(groups[i / cfg.nodes].clone(), c, &mut rng)
             })
             .collect();
         let clients = (0..cfg.clients)
             .map(|_| Client {
-                target: 0,
+                targets: (0..groups.len()).map(|g| g * cfg.nodes).collect(),
+                table: fresh.slots.clone(),
                 pending: None,
                 writes: 0,
                 done: false,
@@ -243,6 +280,7 @@ impl World {
         for _ in 1..cfg.monitors {
             monitors.push(MonitorActor::new(clock(&mut rng)));
         }
+        let nodes_total = nodes.len();
         let mut world = Self {
             rng,
             now: 0,
@@ -264,9 +302,15 @@ impl World {
             violation: None,
             next_op: 0,
             next_req: 0,
-            epochs_seen: vec![Epoch(0); cfg.nodes],
-            monitor_epoch: Epoch(0),
+            epochs_seen: vec![Epoch(0); nodes_total],
+            monitor_epochs: BTreeMap::new(),
             committed_version: 0,
+            tables: BTreeMap::from([(fresh.slots.version(), fresh.slots.clone())]),
+            slot_acks: BTreeMap::new(),
+            moves: 0,
+            cancelled: 0,
+            groups,
+            fresh,
             leaders: BTreeMap::new(),
             failovers: 0,
             writes_ok: 0,
@@ -275,11 +319,15 @@ impl World {
             steps: 0,
             cfg,
         };
+        let layout = match world.groups.len() {
+            1 => format!("{} nodes", world.cfg.nodes),
+            g => format!("{g} groups of {} nodes", world.cfg.nodes),
+        };
         world.note(
             Addr::Sim,
             format!(
-                "seed {seed}: {} nodes, {} monitor(s), faults {}, loss {}‰, duplicates {}‰",
-                world.cfg.nodes, world.cfg.monitors, world.cfg.faults, loss, duplicate
+                "seed {seed}: {layout}, {} monitor(s), faults {}, loss {}‰, duplicates {}‰",
+                world.cfg.monitors, world.cfg.faults, loss, duplicate
             ),
         );
         world
@@ -299,6 +347,9 @@ impl World {
             self.at(at, Event::ClientNext { client: c });
         }
         self.schedule_faults();
+        if self.groups.len() > 1 {
+            self.schedule_moves();
+        }
         let end = (self.cfg.active_ms + self.cfg.settle_ms) * MS;
         self.at(self.cfg.active_ms * MS, Event::Calm);
         self.at(end, Event::FinalReads);
@@ -329,6 +380,8 @@ impl World {
             reads_ok: self.reads_ok,
             unknown: self.unknown,
             failovers,
+            moves: self.moves,
+            cancelled: self.cancelled,
             elections: self.leaders.len() as u64,
             steps: self.steps,
         }
@@ -362,6 +415,9 @@ impl World {
             Event::RaftTick { monitor, life } => self.raft_tick(monitor, life),
             Event::ClientNext { client } => self.client_next(client),
             Event::ClientTimeout { client, op } => self.client_timeout(client, op),
+            Event::CopyTimeout { monitor, life, req } => self.copy_timeout(monitor, life, req),
+            Event::MoveSlots => self.operator_move(),
+            Event::CancelMove => self.operator_cancel(),
             Event::Crash(addr) => self.crash(addr),
             Event::Restart(addr) => self.restart(addr),
             Event::Cut(a, b) => {
@@ -715,7 +771,9 @@ impl World {
         let write = self.rng.chance(500);
         self.next_op += 1;
         let op = self.next_op;
-        let target = self.clients[c].target;
+        // Routed by key, as `keel client` and `keel proxy --cluster` route.
+        let group = self.group_index(self.clients[c].table.owner_of(key.as_bytes()));
+        let target = self.clients[c].targets[group];
         let value = write.then(|| {
             self.clients[c].writes += 1;
             ((c as u64 + 1) << 32) | self.clients[c].writes
@@ -723,6 +781,7 @@ impl World {
         self.clients[c].pending = Some(Pending {
             op,
             key: key.clone(),
+            group,
             write: value,
             invoke: self.now,
         });
@@ -748,14 +807,16 @@ impl World {
             self.record(c, &p, linear::Kind::Write(value), None);
             self.unknown += 1;
         }
-        // No answer: try another node next time.
-        self.clients[c].target = self.rng.index(self.nodes.len());
+        // No answer: try another node of the group next time.
+        self.clients[c].targets[p.group] = self.any_node_of(p.group);
         self.client_again(c);
     }
 
     fn client_receive(&mut self, c: usize, _from: Addr, msg: Msg) {
-        let Msg::Reply { op, reply } = msg else {
-            return;
+        let (op, reply) = match msg {
+            Msg::Reply { op, reply } => (op, reply),
+            Msg::Table(table) => return self.learn_table(c, *table),
+            _ => return,
         };
         let Some(p) = self.clients[c].pending.clone() else {
             return;
@@ -778,12 +839,21 @@ impl World {
                 self.record(c, &p, linear::Kind::Read(v), Some(self.now));
             }
             (ClientReply::NotWritten { primary, .. } | ClientReply::NoRead { primary, .. }, _) => {
-                self.clients[c].target =
-                    primary.unwrap_or_else(|| self.rng.index(self.nodes.len()));
+                self.clients[c].targets[p.group] =
+                    primary.unwrap_or_else(|| self.any_node_of(p.group));
             }
+            // Nothing was written; the client takes the newer table and routes again.
+            (ClientReply::Misdirected { table, .. }, _) => self.learn_table(c, *table),
             _ => {}
         }
         self.client_again(c);
+    }
+
+    /// Client `c` routes by `table` from now on, if it is newer than the one it has.
+    fn learn_table(&mut self, c: usize, table: SlotTable) {
+        if table.version() > self.clients[c].table.version() {
+            self.clients[c].table = table;
+        }
     }
 
     fn client_again(&mut self, c: usize) {
@@ -811,26 +881,40 @@ impl World {
     /// After the faults have healed and the cluster has settled: one read of every key
     /// from the primary, which must see every acknowledged write.
     fn final_reads(&mut self) {
-        let primary = (0..self.nodes.len()).find(|&i| {
-            let n = &self.nodes[i];
-            n.up && n.machine.refusal().is_none() && n.machine.lease_valid(self.node_now(i))
-        });
-        let Some(primary) = primary else {
-            self.fail(
-                "a primary after the faults heal",
-                format!(
-                    "no node takes writes {} ms after every fault healed",
-                    self.cfg.settle_ms
-                ),
-            );
-            return;
-        };
-        self.note(Addr::Node(primary), "final reads from this primary".into());
+        let mut primaries = Vec::new();
+        for g in 0..self.groups.len() {
+            let primary = self.group_nodes(g).find(|&i| {
+                let n = &self.nodes[i];
+                n.up && n.machine.refusal().is_none() && n.machine.lease_valid(self.node_now(i))
+            });
+            let Some(primary) = primary else {
+                let which = match self.groups.len() {
+                    1 => "no node".to_owned(),
+                    _ => format!("no node of {}", self.groups[g]),
+                };
+                self.fail(
+                    "a primary after the faults heal",
+                    format!(
+                        "{which} takes writes {} ms after every fault healed",
+                        self.cfg.settle_ms
+                    ),
+                );
+                return;
+            };
+            self.note(Addr::Node(primary), "final reads from this primary".into());
+            primaries.push(primary);
+        }
         for c in &mut self.clients {
             c.done = true;
         }
+        // Each key from its owner in the newest table the monitors committed.
+        let table = self.tables.values().next_back().cloned();
         let keys: Vec<String> = (0..self.cfg.keys).map(|k| format!("k{k}")).collect();
         for (i, key) in keys.into_iter().enumerate() {
+            let group = table
+                .as_ref()
+                .map_or(0, |t| self.group_index(t.owner_of(key.as_bytes())));
+            let primary = primaries[group];
             let c = i % self.clients.len();
             // Each client reads one key after another; a client still waiting for an
             // answer keeps it (its timeout records it).
@@ -839,6 +923,7 @@ impl World {
             let pending = Pending {
                 op,
                 key: key.clone(),
+                group,
                 write: None,
                 invoke: self.now,
             };
@@ -860,20 +945,23 @@ impl World {
         if self.violation.is_some() {
             return;
         }
-        // At most one node may acknowledge writes at any instant.
-        let holders: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                let n = &self.nodes[i];
-                n.up && n.machine.refusal().is_none() && n.machine.lease_valid(self.node_now(i))
-            })
-            .collect();
-        if holders.len() > 1 {
-            let names: Vec<String> = holders.iter().map(|i| node_name(*i)).collect();
-            self.fail(
-                "at most one node acknowledges writes",
-                format!("{} all hold a lease and take writes", names.join(" and ")),
-            );
-            return;
+        // At most one node of a group may acknowledge writes at any instant.
+        for g in 0..self.groups.len() {
+            let holders: Vec<usize> = self
+                .group_nodes(g)
+                .filter(|&i| {
+                    let n = &self.nodes[i];
+                    n.up && n.machine.refusal().is_none() && n.machine.lease_valid(self.node_now(i))
+                })
+                .collect();
+            if holders.len() > 1 {
+                let names: Vec<String> = holders.iter().map(|i| node_name(*i)).collect();
+                self.fail(
+                    "at most one node acknowledges writes",
+                    format!("{} all hold a lease and take writes", names.join(" and ")),
+                );
+                return;
+            }
         }
         // Epochs never go back, across crashes.
         for i in 0..self.nodes.len() {
@@ -930,6 +1018,51 @@ impl World {
         }
     }
 
+    /// Called when node `i` acknowledges a write of `key` that its slot gate granted
+    /// under table `version`: the monitors committed that table, in it the node's group
+    /// owns the key's slot and no move freezes it, and no other group acknowledged a
+    /// write of the slot under that version or a newer one (so two groups never take a
+    /// slot's writes at once, however their answers cross).
+    pub(crate) fn check_slot_ack(&mut self, i: usize, key: &str, version: u64) {
+        let group = self.nodes[i].group.clone();
+        let slot = slot_of(key.as_bytes());
+        let owned = self
+            .tables
+            .get(&version)
+            .map(|t| (t.owner(slot).clone(), t.frozen(slot)));
+        let wrong = match &owned {
+            None => Some("which the monitors never committed".to_owned()),
+            Some((owner, _)) if *owner != group => Some(format!("in which it is {owner}'s")),
+            Some((_, true)) => Some("in which a move freezes it".to_owned()),
+            Some(_) => None,
+        };
+        if let Some(wrong) = wrong {
+            self.fail(
+                "a node acknowledges writes only of slots its group owns",
+                format!(
+                    "{} ({group}) acknowledged a write of {key} (slot {}) under table version {version}, {wrong}",
+                    node_name(i),
+                    slot.0
+                ),
+            );
+            return;
+        }
+        match self.slot_acks.get(&slot.0) {
+            Some((other, seen)) if *other != group && version <= *seen => {
+                let detail = format!(
+                    "{} ({group}) acknowledged a write of {key} (slot {}) under table version {version}, after {other} acknowledged one under version {seen}",
+                    node_name(i),
+                    slot.0
+                );
+                self.fail("one group at a time acknowledges a slot's writes", detail);
+            }
+            Some((other, seen)) if *other == group && *seen >= version => {}
+            _ => {
+                self.slot_acks.insert(slot.0, (group, version));
+            }
+        }
+    }
+
     fn check_histories(&mut self) {
         let keys: Vec<String> = self.history.keys().cloned().collect();
         for key in keys {
@@ -959,6 +1092,98 @@ impl World {
 
     pub(crate) fn flaw(&self) -> Flaw {
         self.cfg.flaw
+    }
+
+    // --- groups and the operator's moves ---------------------------------------------------------
+
+    /// The index of `group` among the groups.
+    fn group_index(&self, group: &GroupId) -> usize {
+        self.groups.iter().position(|g| g == group).unwrap_or(0)
+    }
+
+    /// The nodes of group `g`.
+    fn group_nodes(&self, g: usize) -> std::ops::Range<usize> {
+        g * self.cfg.nodes..(g + 1) * self.cfg.nodes
+    }
+
+    /// A node of group `g`, chosen by the seed.
+    fn any_node_of(&mut self, g: usize) -> usize {
+        g * self.cfg.nodes + self.rng.index(self.cfg.nodes)
+    }
+
+    /// The operator's moves, at times drawn from the seed while the clients work; some
+    /// are called off soon after they begin.
+    fn schedule_moves(&mut self) {
+        let active = self.cfg.active_ms * MS;
+        let count = self.rng.range(2, 6);
+        for _ in 0..count {
+            let at = self
+                .rng
+                .range(800 * MS, active.saturating_sub(200 * MS).max(900 * MS));
+            self.at(at, Event::MoveSlots);
+            if self.rng.chance(250) {
+                let later = self.rng.range(1, 400) * MS;
+                self.at(at + later, Event::CancelMove);
+            }
+        }
+    }
+
+    /// The monitor the operator asks: the one leading, or any when none is known.
+    fn operator_monitor(&mut self) -> usize {
+        match self.leader_now() {
+            Some(k) => k,
+            None if self.monitors.len() == 1 => 0,
+            None => self.rng.index(self.monitors.len()),
+        }
+    }
+
+    /// `keel client slots move`: the slot of one of the clients' keys, with those of
+    /// some other keys of the same owner, to another group, by the newest table the
+    /// monitors committed.
+    fn operator_move(&mut self) {
+        let Some(table) = self.tables.values().next_back().cloned() else {
+            return;
+        };
+        let key = format!("k{}", self.rng.index(self.cfg.keys));
+        let from = table.owner_of(key.as_bytes()).clone();
+        let others: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|g| **g != from)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let to = others[self.rng.index(others.len())].clone();
+        let mut slots = BTreeSet::from([slot_of(key.as_bytes())]);
+        for k in 0..self.cfg.keys {
+            let other = format!("k{k}");
+            if table.owner_of(other.as_bytes()) == &from && self.rng.chance(500) {
+                slots.insert(slot_of(other.as_bytes()));
+            }
+        }
+        let slots: Vec<Slot> = slots.into_iter().collect();
+        let m = self.operator_monitor();
+        self.note(
+            Addr::Sim,
+            format!(
+                "operator: move slots {} from {from} to {to}, asking {}",
+                format_slots(&slots),
+                Addr::Monitor(m)
+            ),
+        );
+        self.send(Addr::Sim, Addr::Monitor(m), Msg::MoveSlots { slots, to });
+    }
+
+    /// `keel client slots cancel`.
+    fn operator_cancel(&mut self) {
+        let m = self.operator_monitor();
+        self.note(
+            Addr::Sim,
+            format!("operator: cancel the move, asking {}", Addr::Monitor(m)),
+        );
+        self.send(Addr::Sim, Addr::Monitor(m), Msg::CancelMove);
     }
 }
 

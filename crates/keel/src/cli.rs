@@ -153,9 +153,14 @@ pub struct SimArgs {
     #[arg(long, requires = "seed")]
     pub trace: bool,
 
-    /// Data nodes in the simulated cluster.
+    /// Data nodes in the simulated cluster (in each group, with --groups).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=7))]
     pub nodes: u64,
+
+    /// Groups of nodes, each a primary and its standbys; with 2 or more, the keys' slots
+    /// are split among them and moved between them while the faults strike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub groups: u64,
 
     /// Monitors: 1 alone, or a group of 3 or 5 replicating the cluster state with Raft.
     #[arg(long, default_value_t = 1, value_parser = parse_monitors)]

@@ -60,3 +60,49 @@ fn a_trace_piped_into_a_reader_that_stops_early_ends_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{stderr}");
 }
+
+#[test]
+fn two_groups_move_slots_and_the_summary_counts_the_moves() {
+    let out = support::run_keel(&["sim", "--seeds", "1..20", "--groups", "2"]);
+    let stdout = &out.stdout;
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("2 groups of 3 nodes, 1 monitor(s)"),
+        "the run says what it simulates: {stdout}"
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    let moves: u64 = summary
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" slot moves done"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of slot moves: {summary}"));
+    assert!(summary.starts_with("20 seeds, 0 failed;"), "{summary}");
+    assert!(moves > 0, "{summary}");
+}
+
+#[test]
+fn a_trace_of_two_groups_shows_a_move_copied_and_switched() {
+    let out = support::run_keel(&["sim", "--seed", "3", "--groups", "2", "--trace"]);
+    let stdout = &out.stdout;
+    assert!(out.status.success(), "{stdout}");
+    for step in [
+        "operator: move slots",
+        "SlotsMoving: slots",
+        "copies slots",
+        "SlotsMoved: slots",
+        "misdirected: g1's in table 3",
+    ] {
+        assert!(stdout.contains(step), "no {step:?} in the trace:\n{stdout}");
+    }
+}
+
+#[test]
+fn more_than_four_groups_are_refused_with_the_range() {
+    let out = support::run_keel(&["sim", "--groups", "5"]);
+    assert!(!out.status.success());
+    let stderr = &out.stderr;
+    assert!(
+        stderr.contains("--groups") && stderr.contains("1..=4"),
+        "{stderr}"
+    );
+}

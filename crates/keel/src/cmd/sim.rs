@@ -11,6 +11,7 @@ use crate::cli::SimArgs;
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     let config = keel_sim::Config {
         nodes: args.nodes as usize,
+        groups: args.groups as usize,
         monitors: usize::from(args.monitors),
         faults: args.faults,
         active_ms: args.active_ms,
@@ -32,11 +33,14 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     }
     let seeds = args.seeds.clone();
     let total = seeds.end() - seeds.start() + 1;
+    let layout = match config.groups {
+        1 => format!("{} nodes", config.nodes),
+        g => format!("{g} groups of {} nodes", config.nodes),
+    };
     println!(
-        "simulating seeds {}..{} ({total}): {} nodes, {} monitor(s), faults {}",
+        "simulating seeds {}..{} ({total}): {layout}, {} monitor(s), faults {}",
         seeds.start(),
         seeds.end(),
-        config.nodes,
         config.monitors,
         config.faults
     );
@@ -61,13 +65,21 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     });
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{} seeds, {} failed; {} writes acknowledged, {} reads, {} of unknown outcome, {} failovers, {}{} steps; {:.1} s ({:.0} seeds/s)",
+        "{} seeds, {} failed; {} writes acknowledged, {} reads, {} of unknown outcome, {} failovers, {}{}{} steps; {:.1} s ({:.0} seeds/s)",
         summary.seeds,
         summary.failures.len(),
         summary.writes_ok,
         summary.reads_ok,
         summary.unknown,
         summary.failovers,
+        if config.groups > 1 {
+            format!(
+                "{} slot moves done, {} called off, ",
+                summary.moves, summary.cancelled
+            )
+        } else {
+            String::new()
+        },
         if config.monitors > 1 {
             format!("{} monitor leaders elected, ", summary.elections)
         } else {
@@ -95,11 +107,13 @@ fn report_one(seed: u64, outcome: &keel_sim::Outcome) -> ExitCode {
         }
         None => {
             println!(
-                "seed {seed}: ok; {} writes acknowledged, {} reads, {} of unknown outcome, {} failovers, {} steps",
+                "seed {seed}: ok; {} writes acknowledged, {} reads, {} of unknown outcome, {} failovers, {} slot moves done, {} called off, {} steps",
                 outcome.writes_ok,
                 outcome.reads_ok,
                 outcome.unknown,
                 outcome.failovers,
+                outcome.moves,
+                outcome.cancelled,
                 outcome.steps
             );
             ExitCode::SUCCESS
