@@ -357,7 +357,7 @@ impl World {
             match output {
                 GroupsOutput::Persist(state) => {
                     if !self.group() {
-                        self.committed(state.clone());
+                        self.committed(&state);
                         self.monitors[k].persisted = Some(state);
                         continue;
                     }
@@ -456,7 +456,7 @@ impl World {
 
     /// The cluster state is committed (persisted, alone): each group's epoch and the
     /// version only go forward, and a table version names one table.
-    fn committed(&mut self, state: GroupsState) {
+    fn committed(&mut self, state: &GroupsState) {
         for (group, cluster) in &state.groups {
             let seen = self.monitor_epochs.entry(group.clone()).or_default();
             if cluster.epoch < *seen {
@@ -481,7 +481,7 @@ impl World {
             ),
             Some(_) => {}
             None => {
-                self.tables.insert(version, state.slots);
+                self.tables.insert(version, state.slots.clone());
             }
         }
     }
@@ -923,9 +923,10 @@ impl World {
         }
         self.monitors[k].raft.commit = commit;
         if commit == self.monitors[k].raft.last.1
-            && let Some(state) = self.monitors[k].raft.state.clone()
+            && let Some(state) = self.monitors[k].raft.state.take()
         {
-            self.committed(state);
+            self.committed(&state);
+            self.monitors[k].raft.state = Some(state);
         }
         if let Some(b) = self.monitors[k].blocked.take_if(|b| b.index <= commit) {
             self.monitor_carry_out(k, b.rest, b.asker);
