@@ -21,8 +21,13 @@
 # group (routing by key costs almost nothing). The report adds a projection of the
 # throughput with one core per node, from the primaries' CPU per write.
 #
+# STORE picks the nodes' durable store (keel node --store): redb, the default, or log,
+# the state in memory and one append-only file, whose commit is one append and one
+# fdatasync (docs/replication.md). Most of a redb commit's CPU is paid per commit, not per
+# write, and each of two groups' primaries commits half as many writes at a time.
+#
 # Usage:  scripts/bench/shards.sh
-# Knobs (environment): DURATION=10s WARMUP=2s CONCURRENCY=64 VALUE_SIZE=64
+# Knobs (environment): DURATION=10s WARMUP=2s CONCURRENCY=64 VALUE_SIZE=64 STORE=redb
 #                      KEEP_TMP=1 (keep data dirs and logs)  SKIP_BUILD=1 (use the
 #                      binaries already built)  CARGO_TARGET_DIR (where cargo builds)
 #
@@ -34,6 +39,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-64}
 VALUE_SIZE=${VALUE_SIZE:-64}
+STORE=${STORE:-redb}
 READY_TIMEOUT=30 # seconds to wait for a layout to be up before giving up
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -43,6 +49,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
 require_whole_numbers CONCURRENCY VALUE_SIZE
+[[ $STORE == redb || $STORE == log ]] || die "STORE=$STORE: use redb or log"
 
 packages=()
 command -v jq >/dev/null || packages+=(jq)
@@ -115,7 +122,7 @@ run() {
             local member=()
             [[ -n $group ]] && member=(--group "$group")
             start "$label-$node" "$BIN_DIR/keel" node --id "$node" --listen "127.0.0.1:$port" \
-                --data-dir "$TMP/$label/$node" --monitor "$monitor" "${member[@]}"
+                --data-dir "$TMP/$label/$node" --monitor "$monitor" --store "$STORE" "${member[@]}"
             pids+=("${PID_OF[$label-$node]}")
             # The first node of a group registers first: it is the primary.
             sleep 0.3
@@ -205,7 +212,7 @@ run two-groups-double "g1 g2" "$DOUBLE"
 
 f() { jq -r ".$2" "$TMP/$1.json"; }
 echo
-echo "durable writes through keel proxy --cluster, ${CONCURRENCY} writers (one-group-half: ${HALF}, two-groups-double: ${DOUBLE}), ${VALUE_SIZE}-byte values, ${DURATION} after ${WARMUP} warm-up"
+echo "durable writes through keel proxy --cluster, ${CONCURRENCY} writers (one-group-half: ${HALF}, two-groups-double: ${DOUBLE}), ${VALUE_SIZE}-byte values, nodes on --store ${STORE}, ${DURATION} after ${WARMUP} warm-up"
 echo "host: $(nproc) cores, $(uname -r), load average at start ${LOADAVG}; CPU of monitor, nodes and proxy"
 echo
 printf '%-17s %10s %8s %8s %7s %14s\n' layout writes/s p50_ms p99_ms errors cpu_us/write

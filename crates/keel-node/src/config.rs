@@ -31,6 +31,8 @@ pub struct NodeConfig {
     pub sync_timeout: Duration,
     /// Log entries kept after the snapshot point.
     pub log_retain: u64,
+    /// Which durable store keeps the log and the state (`--store`).
+    pub store: StoreKind,
     /// The admin token; without one, admin actions are refused.
     pub token: Option<Token>,
     /// The cluster secret: with it, replication is accepted only from members, and the
@@ -45,6 +47,46 @@ pub struct NodeConfig {
     pub monitor: Option<String>,
     /// The group it joins under a monitor of several groups; `None`: the first.
     pub group: Option<keel_core::slots::GroupId>,
+}
+
+/// The durable store a node keeps its log and state in (docs/replication.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One redb database, `keel.redb` (the default): the state on disk, paged in as
+    /// needed.
+    #[default]
+    Redb,
+    /// The state in memory, made durable by one append-only file, `keel.log`: a commit is
+    /// one append and one `fdatasync`, and the whole state must fit in memory.
+    Log,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreKind::Redb => "redb",
+            StoreKind::Log => "log",
+        })
+    }
+}
+
+/// A store name that is neither `redb` nor `log`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown store {0:?}: expected redb (one database, the default) or log (the state in memory, one append-only file)"
+)]
+pub struct UnknownStore(pub String);
+
+impl std::str::FromStr for StoreKind {
+    type Err = UnknownStore;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "redb" => Ok(StoreKind::Redb),
+            "log" => Ok(StoreKind::Log),
+            other => Err(UnknownStore(other.to_owned())),
+        }
+    }
 }
 
 /// The node's own record (in the store) of the epoch in which it was last primary.

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use keel_core::faults::Faults;
 use keel_core::{Epoch, Role};
-use keel_store::{Storage, Store, StoreError};
+use keel_store::{LogStore, Storage, Store, StoreError};
 use tokio::sync::watch;
 
-use crate::config::{NodeConfig, PRIMARY_EPOCH};
+use crate::config::{NodeConfig, PRIMARY_EPOCH, StoreKind};
 use crate::machine::Input;
 use crate::shared::Shared;
 use crate::{api, repl, ticker, writer};
@@ -27,6 +27,21 @@ pub enum NodeError {
         dir: String,
         /// The store's error.
         source: StoreError,
+    },
+    /// The data directory holds the other kind of store: opening this one would start
+    /// from nothing beside it.
+    #[error(
+        "{dir} holds a {found} store ({file}), and this node was started with --store {asked}: start it with --store {found}, or give it another --data-dir"
+    )]
+    OtherStore {
+        /// The data directory.
+        dir: String,
+        /// The store found there.
+        found: StoreKind,
+        /// Its file.
+        file: &'static str,
+        /// The store asked for.
+        asked: StoreKind,
     },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -58,14 +73,36 @@ pub async fn run(
         dir: dir.clone(),
         source,
     };
-    let store = {
-        let (path, retain) = (config.data_dir.clone(), config.log_retain);
-        tokio::task::spawn_blocking(move || Store::open(&path, retain))
-            .await
-            .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?
-            .map_err(store_err)?
+    // A node started on the other store's directory would begin from nothing and could
+    // be promoted so.
+    let (found, file) = match config.store {
+        StoreKind::Redb => (StoreKind::Log, keel_store::log_store::FILE_NAME),
+        StoreKind::Log => (StoreKind::Redb, keel_store::store::FILE_NAME),
     };
-    let store: Arc<dyn Storage> = Arc::new(store);
+    let mine = match config.store {
+        StoreKind::Redb => keel_store::store::FILE_NAME,
+        StoreKind::Log => keel_store::log_store::FILE_NAME,
+    };
+    if config.data_dir.join(file).exists() && !config.data_dir.join(mine).exists() {
+        return Err(NodeError::OtherStore {
+            dir,
+            found,
+            file,
+            asked: config.store,
+        });
+    }
+    let store = {
+        let (path, retain, kind) = (config.data_dir.clone(), config.log_retain, config.store);
+        tokio::task::spawn_blocking(move || -> Result<Arc<dyn Storage>, StoreError> {
+            Ok(match kind {
+                StoreKind::Redb => Arc::new(Store::open(&path, retain)?),
+                StoreKind::Log => Arc::new(LogStore::open(&path, retain)?),
+            })
+        })
+        .await
+        .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?
+        .map_err(store_err)?
+    };
     let epoch = choose_epoch(&config, store.as_ref()).map_err(|e| match e {
         EpochChoice::Store(s) => store_err(s),
         EpochChoice::Refused(m) => NodeError::Epoch(m),
@@ -79,7 +116,7 @@ pub async fn run(
     let status = store.status();
     tracing::info!(
         node = %config.id, role = %config.role, epoch = %epoch, lsn = %status.last.lsn,
-        listen = %config.listen, mode = if config.sync { "sync" } else { "async" },
+        listen = %config.listen, mode = if config.sync { "sync" } else { "async" }, store = %config.store,
         "node started"
     );
 

@@ -4,8 +4,8 @@ use keel_core::{Epoch, LogPos};
 
 /// What went wrong in the store.
 ///
-/// Every variant but [`StoreError::Db`] and [`StoreError::Codec`] is a refusal decided
-/// before anything was written: the store is as it was before the call.
+/// Every variant but [`StoreError::Db`], [`StoreError::Codec`] and [`StoreError::File`] is
+/// a refusal decided before anything was written: the store is as it was before the call.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed (I/O, corruption, a full disk).
@@ -14,6 +14,15 @@ pub enum StoreError {
     /// A log entry or undo record could not be encoded or decoded.
     #[error("corrupt record in the log: {0}")]
     Codec(#[from] postcard::Error),
+    /// The file of a [`LogStore`](crate::LogStore) could not be read or written (I/O, a
+    /// full disk), or holds what this keel cannot read.
+    #[error("log file {path}: {error}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        error: std::io::Error,
+    },
     /// A write came with an epoch older than one this node has seen.
     #[error("epoch {given} is older than epoch {current}, which this node has already seen")]
     StaleEpoch {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
 use keel_core::{Epoch, Lsn};
+use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::op::LogEntry;
@@ -18,7 +19,7 @@ use crate::tables::{KvRecord, Tables, Undo, View};
 type Logged = (LogEntry, Undo);
 
 /// What an install replaces whole.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Data {
     log: BTreeMap<u64, Logged>,
     epochs: BTreeMap<u64, u64>,
@@ -59,10 +60,37 @@ fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) -> Option<
     }
 }
 
+/// Every table of a [`MemTables`], as [`crate::log_store`] writes it whole to its file.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Image {
+    data: Data,
+    status: LogStatus,
+    node_meta: BTreeMap<String, u64>,
+}
+
 impl MemTables {
     /// Where the log stands.
     pub(crate) fn status(&self) -> LogStatus {
         self.status
+    }
+
+    /// A copy of every table (the journal aside).
+    pub(crate) fn image(&self) -> Image {
+        Image {
+            data: self.data.clone(),
+            status: self.status,
+            node_meta: self.node_meta.clone(),
+        }
+    }
+
+    /// Tables holding `image`, with an empty journal.
+    pub(crate) fn from_image(image: Image) -> Self {
+        Self {
+            data: image.data,
+            status: image.status,
+            node_meta: image.node_meta,
+            journal: Vec::new(),
+        }
     }
 
     /// A point in the journal to revert to.

@@ -9,7 +9,7 @@ use crate::op::{Command, LogEntry, Outcome, Rejection};
 use crate::snapshot::Snapshot;
 
 /// Where a node's log stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogStatus {
     /// The newest epoch this node has seen (may be ahead of the last entry's).
     pub epoch: Epoch,

@@ -29,6 +29,9 @@ use crate::tables::{Tables, View};
 /// page cache still holds the file.
 const CACHE_BYTES: usize = 16 << 20;
 
+/// The database's name in the node's data directory.
+pub const FILE_NAME: &str = "keel.redb";
+
 /// The log and state machine of one node, on disk.
 pub struct Store {
     db: Database,
@@ -49,7 +52,7 @@ impl Store {
             .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
-            .create(dir.join("keel.redb"))?;
+            .create(dir.join(FILE_NAME))?;
         // A write transaction, so that a new database gets every table before its first
         // read transaction looks for them.
         let txn = db.begin_write()?;

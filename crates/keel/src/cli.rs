@@ -305,6 +305,12 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub log_retain: u64,
 
+    /// Where the log and the state are kept: redb (one database, keel.redb) or log (the
+    /// state in memory, made durable by one append-only file, keel.log: a commit is one
+    /// append and one fdatasync; the whole state must fit in memory). docs/replication.md.
+    #[arg(long, default_value = "redb")]
+    pub store: keel_node::config::StoreKind,
+
     /// File holding the admin token (else the KEEL_TOKEN variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,

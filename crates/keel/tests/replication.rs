@@ -847,3 +847,51 @@ fn a_store_larger_than_one_frame_streams_its_snapshot_to_a_new_standby() {
     let log = standby.proc.log_text();
     assert!(log.contains("installed a snapshot"), "{log}");
 }
+
+/// A node's data directory holds one kind of store; started with the other `--store`, the
+/// node would begin from nothing beside it, so it refuses and says how to start it.
+#[test]
+fn a_node_refuses_to_start_on_the_other_stores_directory_and_keeps_its_data() {
+    let root = tempdir();
+    let dir = root.path().join("app1");
+    let mut node = TestNode::primary("app1", &dir, &[], &["--store", "log"]);
+    assert_eq!(put_kv(&node.url, "kept", "yes").status(), StatusCode::OK);
+    assert!(node.proc.terminate().success());
+
+    let data = dir.display().to_string();
+    let port = support::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "node",
+        "--id",
+        "app1",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data,
+        "--role",
+        "primary",
+    ];
+    let out = support::run_keel(&args);
+    assert!(
+        !out.success(),
+        "a redb node started on keel.log: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("holds a log store (keel.log)")
+            && out.stderr.contains("--store redb")
+            && out.stderr.contains("start it with --store log"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !dir.join("keel.redb").exists(),
+        "a redb file was made beside it"
+    );
+
+    // Started as it was, the node has its data.
+    let node = TestNode::primary("app1", &dir, &[], &["--store", "log"]);
+    let (status, body) = support::get_text(&format!("{}/v1/kv/kept", node.url));
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "yes"));
+}

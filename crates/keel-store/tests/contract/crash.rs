@@ -1,10 +1,11 @@
 //! Crashes in the middle of a mutation, which each store reaches its own way: a real
-//! `Store` is killed inside a group commit, a `MemStore` crashes before its sync.
+//! `Store` or `LogStore` is killed inside a group commit, a `MemStore` crashes before its
+//! sync, a `LogStore`'s file ends in half a frame.
 
 use std::process::Command as Process;
 
 use keel_core::{Epoch, Lsn};
-use keel_store::{Expect, MemStore, Outcome, Storage, Store, StoreError, SyncMode};
+use keel_store::{Expect, LogStore, MemStore, Outcome, Storage, Store, StoreError, SyncMode};
 
 use crate::harness::*;
 
@@ -225,6 +226,33 @@ fn a_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_e
     );
 
     let store = Store::open(dir.path(), 1000).expect("reopen");
+    holds_what_was_acknowledged_before_the_kill(&store);
+}
+
+/// The child: acknowledged writes, then a process exit (no destructor runs, as in a
+/// kill) while a group commit's entries are decided but not yet durable.
+fn die_mid_commit(dir: &std::path::Path) -> ! {
+    let store = Store::open(dir, 1000).expect("open");
+    die_mid_commit_of(&store)
+}
+
+fn die_mid_commit_of(store: &dyn Storage) -> ! {
+    store
+        .execute(
+            Epoch(1),
+            &[put("a", "1"), incr("c", 2), merge(&[("m", "1")])],
+        )
+        .expect("acknowledged");
+    store.set_node_meta("primary_epoch", 1).expect("meta");
+    store.observe_epoch(Epoch(2)).expect("epoch");
+    let _ = store.execute_with(Epoch(2), &[put("b", "1"), incr("c", 1)], &mut |_| {
+        std::process::exit(KILLED)
+    });
+    unreachable!("the commit's callback exits")
+}
+
+/// Checks what a store killed by [`die_mid_commit_of`] holds when it opens again.
+fn holds_what_was_acknowledged_before_the_kill(store: &dyn Storage) {
     assert_eq!(store.status().last, pos(1, 3));
     assert_eq!(store.status().epoch, Epoch(2));
     assert_eq!(store.kv_get("a").expect("get"), Some((1, b"1".to_vec())));
@@ -235,27 +263,163 @@ fn a_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_e
         "half a commit survived"
     );
     assert_eq!(store.node_meta("primary_epoch").expect("meta"), Some(1));
-    assert_consistent(&store);
+    assert_consistent(store);
     let next = store
         .execute(Epoch(2), &[put("b", "again")])
         .expect("write");
     assert_eq!(next, vec![Ok((Lsn(4), Outcome::Put { version: 4 }))]);
 }
 
-/// The child: acknowledged writes, then a process exit (no destructor runs, as in a
-/// kill) while a group commit's entries are decided but not yet durable.
-fn die_mid_commit(dir: &std::path::Path) -> ! {
-    let store = Store::open(dir, 1000).expect("open");
+/// Set in the child process of the test below: where its log store is.
+const KILL_LOG_DIR: &str = "KEEL_LOG_STORE_TEST_KILL_DIR";
+
+#[test]
+fn a_log_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_else() {
+    if let Some(dir) = std::env::var_os(KILL_LOG_DIR) {
+        let store = LogStore::open(std::path::Path::new(&dir), 1000).expect("open");
+        die_mid_commit_of(&store);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = Process::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "crash::a_log_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_else",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(KILL_LOG_DIR, dir.path())
+        .status()
+        .expect("run the child");
+    assert_eq!(
+        status.code(),
+        Some(KILLED),
+        "the child did not die mid-commit"
+    );
+    let store = LogStore::open(dir.path(), 1000).expect("reopen");
+    holds_what_was_acknowledged_before_the_kill(&store);
+}
+
+/// A log store holding three commits; what it showed after the second.
+fn three_commits(dir: &std::path::Path) -> (Seen, u64) {
+    let store = LogStore::open(dir, 1000).expect("open");
     store
-        .execute(
-            Epoch(1),
-            &[put("a", "1"), incr("c", 2), merge(&[("m", "1")])],
-        )
-        .expect("acknowledged");
-    store.set_node_meta("primary_epoch", 1).expect("meta");
-    store.observe_epoch(Epoch(2)).expect("epoch");
-    let _ = store.execute_with(Epoch(2), &[put("b", "1"), incr("c", 1)], |_| {
-        std::process::exit(KILLED)
-    });
-    unreachable!("the commit's callback exits")
+        .execute(Epoch(1), &[put("a", "1"), incr("c", 2)])
+        .expect("first");
+    store
+        .execute(Epoch(1), &[merge(&[("m", "x")]), put("b", "2")])
+        .expect("second");
+    let after_two = seen(&store);
+    let size = store.file_size();
+    store
+        .execute(Epoch(1), &[put("a", "3"), delete("b", Expect::Any)])
+        .expect("third");
+    (after_two, size)
+}
+
+fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join(keel_store::log_store::FILE_NAME)
+}
+
+#[test]
+fn a_log_file_ending_in_half_a_frame_opens_at_the_last_whole_one_and_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (after_two, size) = three_commits(dir.path());
+    // The third commit's append was cut short: only some of its bytes reached the disk.
+    let file = log_file(dir.path());
+    let full = std::fs::metadata(&file).expect("file").len();
+    let torn = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect("open the file");
+    torn.set_len(full - 3).expect("cut the file");
+    drop(torn);
+
+    let store = LogStore::open(dir.path(), 1000).expect("reopen");
+    assert_eq!(
+        seen(&store),
+        after_two,
+        "the store is as after the second commit"
+    );
+    assert_eq!(store.file_size(), size, "the half frame is cut off");
+    assert_consistent(&store);
+    store
+        .execute(Epoch(1), &[put("d", "4")])
+        .expect("a write after the restart");
+    drop(store);
+    let store = LogStore::open(dir.path(), 1000).expect("reopen again");
+    assert_eq!(store.kv_get("d").expect("get"), Some((5, b"4".to_vec())));
+    assert_eq!(store.kv_get("b").expect("get"), Some((4, b"2".to_vec())));
+}
+
+#[test]
+fn a_damaged_frame_ends_the_replay_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (after_two, size) = three_commits(dir.path());
+    let file = log_file(dir.path());
+    let mut bytes = std::fs::read(&file).expect("read the file");
+    // A byte of the third commit's payload flips: its checksum no longer matches.
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("write the file");
+
+    let store = LogStore::open(dir.path(), 1000).expect("reopen");
+    assert_eq!(seen(&store), after_two);
+    assert_eq!(store.file_size(), size);
+}
+
+#[test]
+fn a_log_file_is_rewritten_as_one_image_once_it_grows_and_reads_back_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LogStore::open_with_checkpoint(dir.path(), 50, 16 << 10).expect("open");
+    let value = "v".repeat(100);
+    let mut largest = 0;
+    for i in 0..2_000 {
+        store
+            .execute(
+                Epoch(1),
+                &[put(&format!("k{}", i % 20), &value), incr("n", 1)],
+            )
+            .expect("write");
+        largest = largest.max(store.file_size());
+    }
+    // 2,000 commits of about 170 bytes each would be 340 KB: the file was rewritten as
+    // one image (20 keys and 50 log entries) every time it passed 16 KiB.
+    assert!(
+        largest < 64 << 10,
+        "the file grew to {largest} bytes: it was never rewritten"
+    );
+    let before = seen(&store);
+    drop(store);
+    let store = LogStore::open(dir.path(), 50).expect("reopen");
+    assert_eq!(seen(&store), before);
+    assert_eq!(store.counter("n").expect("counter"), 2_000);
+    assert_consistent(&store);
+    assert!(
+        !dir.path().join("keel.log.new").exists(),
+        "the rewrite's file was renamed over the old one"
+    );
+}
+
+#[test]
+fn a_log_file_of_another_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A first frame naming format 2: postcard's variant 0 (the format), then 2.
+    let payload = [0u8, 2];
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    std::fs::write(log_file(dir.path()), &bytes).expect("write the file");
+    let err = LogStore::open(dir.path(), 1000)
+        .err()
+        .expect("a file of another format is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("keel.log") && text.contains("format 2") && text.contains("reads format 1"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(log_file(dir.path())).expect("read"),
+        bytes,
+        "the file is left as it was"
+    );
 }

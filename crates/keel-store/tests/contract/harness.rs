@@ -1,9 +1,9 @@
-//! The two stores under test, made alike: a fresh one, and a restart of the process.
+//! The stores under test, made alike: a fresh one, and a restart of the process.
 
 use std::collections::BTreeMap;
 
 use keel_core::{Epoch, LogPos, Lsn};
-use keel_store::{Command, Expect, MemStore, Snapshot, Storage, Store};
+use keel_store::{Command, Expect, LogStore, MemStore, Snapshot, Storage, Store};
 
 /// A store to run the contract against.
 pub trait Harness {
@@ -44,6 +44,36 @@ impl Harness for Redb {
         // Closed before it is opened again: redb locks its file.
         drop(self.store.take());
         self.store = Some(Store::open(self.dir.path(), self.log_retain).expect("reopen store"));
+    }
+}
+
+/// [`LogStore`] in a temporary directory; a restart drops it and replays the file.
+pub struct Log {
+    dir: tempfile::TempDir,
+    log_retain: u64,
+    store: Option<LogStore>,
+}
+
+impl Harness for Log {
+    fn new(log_retain: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path(), log_retain).expect("open store");
+        Self {
+            dir,
+            log_retain,
+            store: Some(store),
+        }
+    }
+
+    fn store(&self) -> &dyn Storage {
+        self.store
+            .as_ref()
+            .expect("the store is open between restarts")
+    }
+
+    fn restart(&mut self) {
+        drop(self.store.take());
+        self.store = Some(LogStore::open(self.dir.path(), self.log_retain).expect("reopen store"));
     }
 }
 

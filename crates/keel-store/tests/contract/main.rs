@@ -1,14 +1,15 @@
 //! The contract of `keel_store::Storage`, run against every implementation: `Store` on
-//! redb in a temporary directory, and `MemStore` in memory. A behaviour is one generic
-//! function in `suite.rs`; `crash.rs` holds what only one of them can show (a redb store
-//! killed mid-commit, a `MemStore` crashed before its sync).
+//! redb and `LogStore` on its file, each in a temporary directory, and `MemStore` in
+//! memory. A behaviour is one generic function in `suite.rs`; `crash.rs` holds what only
+//! one of them can show (a store killed mid-commit, a `MemStore` crashed before its sync,
+//! a log file cut short, damaged or rewritten).
 
 mod crash;
 mod harness;
 mod suite;
 
 /// Runs each named function of `suite` once per store, as a test named after it in the
-/// store's module (`redb::…`, `memory::…`).
+/// store's module (`redb::…`, `memory::…`, `log::…`).
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod redb {
@@ -16,6 +17,9 @@ macro_rules! contract {
         }
         mod memory {
             $(#[test] fn $name() { crate::suite::$name::<crate::harness::Mem>(); })*
+        }
+        mod log {
+            $(#[test] fn $name() { crate::suite::$name::<crate::harness::Log>(); })*
         }
     };
 }

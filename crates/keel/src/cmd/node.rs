@@ -55,6 +55,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         epoch: args.epoch.map(Epoch),
         sync_timeout: args.sync_timeout,
         log_retain: args.log_retain,
+        store: args.store,
         token,
         secret,
         tls,
