@@ -10,6 +10,14 @@ fn with_flaw(flaw: Flaw) -> Config {
     }
 }
 
+/// Asserts that a seed of `seeds` breaks `invariant` under `config` (a planted mistake),
+/// and that it is the first invariant that seed breaks; `missed` says what went unseen.
+fn caught(config: &Config, seeds: std::ops::RangeInclusive<u64>, invariant: &str, missed: &str) {
+    let (seed, outcome) = first_failure(config, seeds).expect(missed);
+    let v = outcome.violation.expect("a violation");
+    assert_eq!(v.invariant, invariant, "seed {seed}: {}", v.detail);
+}
+
 /// The first seed in `seeds` that breaks an invariant under `config`.
 fn first_failure(config: &Config, seeds: std::ops::RangeInclusive<u64>) -> Option<(u64, Outcome)> {
     seeds
@@ -47,25 +55,21 @@ fn five_hundred_seeds_of_mixed_faults_break_no_invariant() {
 
 #[test]
 fn a_primary_that_answers_before_its_standbys_have_the_write_is_caught_within_200_seeds() {
-    let (seed, outcome) = first_failure(&with_flaw(Flaw::AckBeforeReplication), 1..=200)
-        .expect("the planted mistake was not caught in 200 seeds");
-    let v = outcome.violation.expect("a violation");
-    assert_eq!(
-        v.invariant, "every acknowledged write is durable on the sync set",
-        "seed {seed}: {}",
-        v.detail
+    caught(
+        &with_flaw(Flaw::AckBeforeReplication),
+        1..=200,
+        "every acknowledged write is durable on the sync set",
+        "the planted mistake was not caught in 200 seeds",
     );
 }
 
 #[test]
 fn a_primary_that_shows_writes_its_standbys_lack_is_caught_within_200_seeds() {
-    let (seed, outcome) = first_failure(&with_flaw(Flaw::DirtyRead), 1..=200)
-        .expect("dirty reads were not caught in 200 seeds");
-    let v = outcome.violation.expect("a violation");
-    assert_eq!(
-        v.invariant, "every key's history is linearizable",
-        "seed {seed}: {}",
-        v.detail
+    caught(
+        &with_flaw(Flaw::DirtyRead),
+        1..=200,
+        "every key's history is linearizable",
+        "dirty reads were not caught in 200 seeds",
     );
 }
 
@@ -97,13 +101,11 @@ fn seed_206_every_keys_history_is_linearizable() {
 
 #[test]
 fn a_primary_that_reads_without_its_lease_is_caught_within_200_seeds() {
-    let (seed, outcome) = first_failure(&with_flaw(Flaw::ReadWithoutLease), 1..=200)
-        .expect("reads without the lease were not caught in 200 seeds");
-    let v = outcome.violation.expect("a violation");
-    assert_eq!(
-        v.invariant, "every key's history is linearizable",
-        "seed {seed}: {}",
-        v.detail
+    caught(
+        &with_flaw(Flaw::ReadWithoutLease),
+        1..=200,
+        "every key's history is linearizable",
+        "reads without the lease were not caught in 200 seeds",
     );
 }
 
@@ -156,25 +158,21 @@ fn a_hundred_seeds_with_five_monitors_break_no_invariant() {
 
 #[test]
 fn a_leader_that_renews_leases_without_a_majority_is_caught_within_500_seeds() {
-    let (seed, outcome) = first_failure(&monitors(3, Flaw::LeaseWithoutMajority), 1..=500)
-        .expect("the planted mistake was not caught in 500 seeds");
-    let v = outcome.violation.expect("a violation");
-    assert_eq!(
-        v.invariant, "at most one node acknowledges writes",
-        "seed {seed}: {}",
-        v.detail
+    caught(
+        &monitors(3, Flaw::LeaseWithoutMajority),
+        1..=500,
+        "at most one node acknowledges writes",
+        "the planted mistake was not caught in 500 seeds",
     );
 }
 
 #[test]
 fn a_leader_that_answers_before_its_decision_commits_is_caught_within_500_seeds() {
-    let (seed, outcome) = first_failure(&monitors(3, Flaw::AnswerBeforeCommit), 1..=500)
-        .expect("the planted mistake was not caught in 500 seeds");
-    let v = outcome.violation.expect("a violation");
-    assert_eq!(
-        v.invariant, "at most one node acknowledges writes",
-        "seed {seed}: {}",
-        v.detail
+    caught(
+        &monitors(3, Flaw::AnswerBeforeCommit),
+        1..=500,
+        "at most one node acknowledges writes",
+        "the planted mistake was not caught in 500 seeds",
     );
 }
 
@@ -222,25 +220,21 @@ fn two_groups_under_three_monitors_break_no_invariant() {
 /// acknowledged a newer one.
 #[test]
 fn a_node_that_reads_moving_slots_is_caught_within_300_seeds() {
-    let (seed, outcome) = first_failure(&groups(2, 1, Flaw::ReadMovingSlots), 1..=300)
-        .expect("reads of moving slots were not caught in 300 seeds");
-    let v = outcome.violation.expect("a violation");
-    assert_eq!(
-        v.invariant, "every key's history is linearizable",
-        "seed {seed}: {}",
-        v.detail
+    caught(
+        &groups(2, 1, Flaw::ReadMovingSlots),
+        1..=300,
+        "every key's history is linearizable",
+        "reads of moving slots were not caught in 300 seeds",
     );
 }
 
 #[test]
 fn a_source_that_takes_writes_of_frozen_slots_is_caught_within_100_seeds() {
-    let (seed, outcome) = first_failure(&groups(2, 1, Flaw::WriteFrozenSlots), 1..=100)
-        .expect("writes of frozen slots were not caught in 100 seeds");
-    let v = outcome.violation.expect("a violation");
-    assert_eq!(
-        v.invariant, "a node acknowledges writes only of slots its group owns",
-        "seed {seed}: {}",
-        v.detail
+    caught(
+        &groups(2, 1, Flaw::WriteFrozenSlots),
+        1..=100,
+        "a node acknowledges writes only of slots its group owns",
+        "writes of frozen slots were not caught in 100 seeds",
     );
 }
 

@@ -206,16 +206,23 @@ const KILLED: i32 = 86;
 
 #[test]
 fn a_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_else() {
+    let dir = killed_mid_commit::<Store>(
+        "crash::a_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_else",
+    );
+    let store = Store::open(dir.path(), 1000).expect("reopen");
+    holds_what_was_acknowledged_before_the_kill(&store);
+}
+
+/// In the child process (test `name` run again with [`KILL_DIR`] set): opens a store of
+/// kind `S` there and dies inside a group commit. In the test: runs that child and
+/// returns its directory.
+fn killed_mid_commit<S: OnDisk>(name: &str) -> tempfile::TempDir {
     if let Some(dir) = std::env::var_os(KILL_DIR) {
-        die_mid_commit(std::path::Path::new(&dir));
+        die_mid_commit(&S::open(std::path::Path::new(&dir), 1000));
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let status = Process::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "crash::a_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_else",
-            "--exact",
-            "--nocapture",
-        ])
+        .args([name, "--exact", "--nocapture"])
         .env(KILL_DIR, dir.path())
         .status()
         .expect("run the child");
@@ -224,19 +231,12 @@ fn a_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_e
         Some(KILLED),
         "the child did not die mid-commit"
     );
-
-    let store = Store::open(dir.path(), 1000).expect("reopen");
-    holds_what_was_acknowledged_before_the_kill(&store);
+    dir
 }
 
 /// The child: acknowledged writes, then a process exit (no destructor runs, as in a
 /// kill) while a group commit's entries are decided but not yet durable.
-fn die_mid_commit(dir: &std::path::Path) -> ! {
-    let store = Store::open(dir, 1000).expect("open");
-    die_mid_commit_of(&store)
-}
-
-fn die_mid_commit_of(store: &dyn Storage) -> ! {
+fn die_mid_commit(store: &dyn Storage) -> ! {
     store
         .execute(
             Epoch(1),
@@ -270,29 +270,10 @@ fn holds_what_was_acknowledged_before_the_kill(store: &dyn Storage) {
     assert_eq!(next, vec![Ok((Lsn(4), Outcome::Put { version: 4 }))]);
 }
 
-/// Set in the child process of the test below: where its log store is.
-const KILL_LOG_DIR: &str = "KEEL_LOG_STORE_TEST_KILL_DIR";
-
 #[test]
 fn a_log_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_else() {
-    if let Some(dir) = std::env::var_os(KILL_LOG_DIR) {
-        let store = LogStore::open(std::path::Path::new(&dir), 1000).expect("open");
-        die_mid_commit_of(&store);
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let status = Process::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "crash::a_log_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_else",
-            "--exact",
-            "--nocapture",
-        ])
-        .env(KILL_LOG_DIR, dir.path())
-        .status()
-        .expect("run the child");
-    assert_eq!(
-        status.code(),
-        Some(KILLED),
-        "the child did not die mid-commit"
+    let dir = killed_mid_commit::<LogStore>(
+        "crash::a_log_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothing_else",
     );
     let store = LogStore::open(dir.path(), 1000).expect("reopen");
     holds_what_was_acknowledged_before_the_kill(&store);

@@ -16,17 +16,39 @@ pub trait Harness {
     fn restart(&mut self);
 }
 
-/// [`Store`] in a temporary directory; a restart closes it and opens the directory again.
-pub struct Redb {
-    dir: tempfile::TempDir,
-    log_retain: u64,
-    store: Option<Store>,
+/// A store kept in a directory: what opens it.
+pub trait OnDisk: Storage + Sized {
+    fn open(dir: &std::path::Path, log_retain: u64) -> Self;
 }
 
-impl Harness for Redb {
+impl OnDisk for Store {
+    fn open(dir: &std::path::Path, log_retain: u64) -> Self {
+        Store::open(dir, log_retain).expect("open the redb store")
+    }
+}
+
+impl OnDisk for LogStore {
+    fn open(dir: &std::path::Path, log_retain: u64) -> Self {
+        LogStore::open(dir, log_retain).expect("open the log store")
+    }
+}
+
+/// A store in a temporary directory; a restart closes it and opens the directory again.
+pub struct InDir<S> {
+    dir: tempfile::TempDir,
+    log_retain: u64,
+    store: Option<S>,
+}
+
+/// [`Store`] on redb.
+pub type Redb = InDir<Store>;
+/// [`LogStore`] on its file, replayed at each restart.
+pub type Log = InDir<LogStore>;
+
+impl<S: OnDisk> Harness for InDir<S> {
     fn new(log_retain: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), log_retain).expect("open store");
+        let store = S::open(dir.path(), log_retain);
         Self {
             dir,
             log_retain,
@@ -43,37 +65,7 @@ impl Harness for Redb {
     fn restart(&mut self) {
         // Closed before it is opened again: redb locks its file.
         drop(self.store.take());
-        self.store = Some(Store::open(self.dir.path(), self.log_retain).expect("reopen store"));
-    }
-}
-
-/// [`LogStore`] in a temporary directory; a restart drops it and replays the file.
-pub struct Log {
-    dir: tempfile::TempDir,
-    log_retain: u64,
-    store: Option<LogStore>,
-}
-
-impl Harness for Log {
-    fn new(log_retain: u64) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path(), log_retain).expect("open store");
-        Self {
-            dir,
-            log_retain,
-            store: Some(store),
-        }
-    }
-
-    fn store(&self) -> &dyn Storage {
-        self.store
-            .as_ref()
-            .expect("the store is open between restarts")
-    }
-
-    fn restart(&mut self) {
-        drop(self.store.take());
-        self.store = Some(LogStore::open(self.dir.path(), self.log_retain).expect("reopen store"));
+        self.store = Some(S::open(self.dir.path(), self.log_retain));
     }
 }
 
