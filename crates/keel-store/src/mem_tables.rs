@@ -116,7 +116,9 @@ impl MemTables {
         let d = &mut self.data;
         match change {
             Change::Log(lsn, before) => drop(put(&mut d.log, lsn, before)),
-            Change::LogPrefix(mut dropped) => d.log.append(&mut dropped),
+            // Entry by entry: `append` would rebuild the whole log (O(n)); a prefix
+            // taken back is a commit's few entries.
+            Change::LogPrefix(dropped) => d.log.extend(dropped),
             Change::Epoch(epoch, before) => drop(put(&mut d.epochs, epoch, before)),
             Change::Entry(key, before) => drop(put(&mut d.entries, key, before)),
             Change::Kv(key, before) => drop(put(&mut d.kv, key, before)),
