@@ -14,10 +14,12 @@
 //! **The file.** A sequence of frames: the length of the payload (u32, little-endian),
 //! its CRC-32, then the payload, a postcard [`Record`]. The first frame names the format.
 //! A frame is a whole mutation ([`Redo`]s in order) or a whole image of every table. A
-//! restart applies the frames in order and stops at the first that is cut short or fails
-//! its checksum: a crash in the middle of an append leaves exactly that, and what it held
-//! was never acknowledged (the append returns only after its `fdatasync`). The tail is cut
-//! off then, so the next append follows the last whole frame.
+//! restart applies the frames in order. A last frame cut short or failing its checksum is
+//! what a crash in the middle of an append leaves; what it held was never acknowledged
+//! (the append returns only after its `fdatasync`), so it is cut off and the next append
+//! follows the last whole frame. A damaged frame with more after it is not a torn
+//! append but damage to acknowledged commits: the store refuses to open, as it does a
+//! file that does not begin with keel's first frame, and leaves either file untouched.
 //!
 //! **Compaction.** The file grows with every mutation. Once it is larger than
 //! [`CHECKPOINT_BYTES`] and twice the last image, it is rewritten as one image: written
@@ -152,6 +154,12 @@ impl LogStore {
             Replay::Format(found) => io(std::io::Error::other(format!(
                 "format {found}: this keel reads format {FORMAT}"
             ))),
+            Replay::Foreign => io(std::io::Error::other(
+                "it does not begin with keel's log header; it is left as it is (move it away, or give the node another --data-dir)",
+            )),
+            Replay::Damaged { at, len } => io(std::io::Error::other(format!(
+                "the frame at byte {at} is damaged and {len} bytes follow it: committed data may be lost; the file is left as it is (restore it from a copy, or start the node on an empty --data-dir to copy its group's primary)"
+            ))),
         })?;
         if whole < bytes.len() {
             tracing::warn!(
@@ -202,13 +210,43 @@ impl LogStore {
 enum Replay {
     Codec(postcard::Error),
     Format(u32),
+    /// It does not begin with keel's first frame: not a keel log, left alone.
+    Foreign,
+    /// A frame that is not the last is damaged: acknowledged commits may follow it.
+    Damaged {
+        at: usize,
+        len: usize,
+    },
 }
 
 /// The tables the whole frames of `bytes` leave, and how many bytes those frames take.
+///
+/// Appends are made one at a time, each synced before the next, so a crash can only
+/// leave the *last* frame cut short or damaged: that one is dropped. A damaged frame
+/// with more bytes after it is damage to acknowledged commits, and is refused rather
+/// than dropped with everything after it.
 fn replay(bytes: &[u8]) -> Result<(MemTables, usize), Replay> {
     let mut tables = MemTables::default();
     let mut at = 0;
-    while let Some((payload, next)) = frame_at(bytes, at) {
+    loop {
+        let Some((payload, next)) = frame_at(bytes, at) else {
+            if at == 0 && !bytes.is_empty() && !first_frame_cut_short(bytes) {
+                return Err(Replay::Foreign);
+            }
+            // A tail of zeros is an append whose bytes never reached the disk, though the
+            // file's length did.
+            let zeros = bytes[at..].iter().all(|b| *b == 0);
+            if let Some(end) = frame_end(bytes, at)
+                && end < bytes.len()
+                && !zeros
+            {
+                return Err(Replay::Damaged {
+                    at,
+                    len: bytes.len(),
+                });
+            }
+            return Ok((tables, at));
+        };
         match postcard::from_bytes::<Record>(payload).map_err(Replay::Codec)? {
             Record::Format(FORMAT) => {}
             Record::Format(other) => return Err(Replay::Format(other)),
@@ -222,7 +260,20 @@ fn replay(bytes: &[u8]) -> Result<(MemTables, usize), Replay> {
         }
         at = next;
     }
-    Ok((tables, at))
+}
+
+/// Where the frame at `at` ends by its header, if its header is whole and its payload
+/// ends within reach of a `u32`.
+fn frame_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    (at + HEADER).checked_add(len)
+}
+
+/// Whether `bytes` is the start of keel's first frame, cut short by a crash while the
+/// file was being made.
+fn first_frame_cut_short(bytes: &[u8]) -> bool {
+    frame(&RecordOut::Format(FORMAT)).is_ok_and(|first| first.starts_with(bytes))
 }
 
 /// The payload of the whole frame at `at`, and where the next begins; `None` at the end
@@ -231,6 +282,10 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let header = bytes.get(at..at.checked_add(HEADER)?)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    // No record is empty (and an empty payload's CRC-32 is 0, as zeros would read).
+    if len == 0 {
+        return None;
+    }
     let start = at + HEADER;
     let payload = bytes.get(start..start.checked_add(len)?)?;
     (crc32fast::hash(payload) == crc).then_some((payload, start + len))

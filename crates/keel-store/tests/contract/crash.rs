@@ -404,3 +404,75 @@ fn a_log_file_of_another_format_is_refused_with_a_clear_error() {
         "the file is left as it was"
     );
 }
+
+#[test]
+fn a_damaged_frame_with_commits_after_it_is_refused_and_the_file_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, size) = three_commits(dir.path());
+    let file = log_file(dir.path());
+    let mut bytes = std::fs::read(&file).expect("read the file");
+    // A byte of the second commit's frame (which ends where `size` is) flips; the third
+    // commit's frame follows it whole.
+    let inside_second = usize::try_from(size).expect("a small file") - 2;
+    bytes[inside_second] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("write the file");
+
+    let err = LogStore::open(dir.path(), 1000)
+        .err()
+        .expect("damage before acknowledged commits is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("is damaged") && text.contains("committed data may be lost"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        bytes,
+        "the file is left as it was"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_keel_log_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = b"2026-12-05 an application's own log, not keel's\n".to_vec();
+    std::fs::write(log_file(dir.path()), &foreign).expect("write the file");
+    let err = LogStore::open(dir.path(), 1000)
+        .err()
+        .expect("a foreign file is refused");
+    assert!(
+        err.to_string()
+            .contains("does not begin with keel's log header"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(log_file(dir.path())).expect("read"), foreign);
+}
+
+#[test]
+fn a_log_file_cut_short_while_being_made_starts_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(LogStore::open(dir.path(), 1000).expect("create"));
+    let file = log_file(dir.path());
+    let first = std::fs::read(&file).expect("read");
+    // The crash came while the first frame was being written: part of it reached the disk.
+    std::fs::write(&file, &first[..first.len() - 1]).expect("write the file");
+    let store = LogStore::open(dir.path(), 1000).expect("a torn first frame is a new file");
+    assert_eq!(store.status(), keel_store::LogStatus::default());
+    assert_eq!(store.file_size(), first.len() as u64);
+}
+
+#[test]
+fn a_log_file_whose_last_append_left_only_zeros_opens_at_the_last_whole_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (after_two, size) = three_commits(dir.path());
+    let file = log_file(dir.path());
+    let mut bytes = std::fs::read(&file).expect("read the file");
+    // The third commit's length reached the disk, its bytes did not.
+    let end = usize::try_from(size).expect("a small file");
+    bytes[end..].iter_mut().for_each(|b| *b = 0);
+    std::fs::write(&file, &bytes).expect("write the file");
+
+    let store = LogStore::open(dir.path(), 1000).expect("reopen");
+    assert_eq!(seen(&store), after_two);
+    assert_eq!(store.file_size(), size);
+}
