@@ -199,6 +199,7 @@ mod tests {
             shards: 1,
             data_dir: "/tmp/d".into(),
             base_port: 8081,
+            store: None,
             monitors: 1,
             monitor_port: 8070,
             services: 0,

@@ -430,6 +430,7 @@ mod tests {
             shards,
             data_dir: dir.to_owned(),
             base_port: 9001,
+            store: None,
             monitors: 1,
             monitor_port: 9070,
             services: 2,

@@ -495,6 +495,11 @@ pub fn plan(
                     .into_iter()
                     .flatten(),
             )
+            .chain(
+                args.store
+                    .iter()
+                    .flat_map(|store| ["--store".to_owned(), store.clone()]),
+            )
             .chain(credentials.tls_flags(&name))
             .collect();
             Spec {
@@ -692,6 +697,7 @@ mod tests {
             shards: 1,
             data_dir: PathBuf::from("/tmp/d"),
             base_port,
+            store: None,
             monitors: 1,
             monitor_port: 8070,
             services: 2,
@@ -815,6 +821,31 @@ mod tests {
                 .contains("--keeper-port 65534 leaves no room for 4"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_nodes_get_the_store_asked_for_and_no_flag_without_one() {
+        let credentials = Credentials::in_dir(Path::new("/tmp/d"));
+        let mut a = args(2, 8081);
+        let default = plan(&a, &credentials, &Placement::loopback()).expect("plan");
+        for node in &default.nodes {
+            assert!(
+                !node.args.contains(&"--store".to_owned()),
+                "{:?}",
+                node.args
+            );
+        }
+        a.store = Some("log".to_owned());
+        let log = plan(&a, &credentials, &Placement::loopback()).expect("plan");
+        for node in &log.nodes {
+            let at = node.args.iter().position(|f| f == "--store");
+            assert_eq!(
+                at.and_then(|i| node.args.get(i + 1)).map(String::as_str),
+                Some("log"),
+                "{:?}",
+                node.args
+            );
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Port of `app1`; the other nodes take the ports after it.
     pub base_port: u16,
+    /// The nodes' `--store` (`redb`, `log`); `None`: the node's default.
+    pub store: Option<String>,
     /// How many monitors: 1, or 3 or 5 replicating the cluster state with Raft.
     pub monitors: u16,
     /// Port of the monitor (of `m1` when there are several; the others take the ports

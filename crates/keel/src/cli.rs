@@ -485,6 +485,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
     pub shards: u16,
 
+    /// The nodes' store: redb (the default) or log (the state in memory, one append-only
+    /// file; keel node --store, docs/replication.md).
+    #[arg(long)]
+    pub store: Option<keel_node::config::StoreKind>,
+
     /// Where the monitor and the nodes keep their data and where the admin token is written.
     #[arg(long, default_value = "./keel-data")]
     pub data_dir: PathBuf,

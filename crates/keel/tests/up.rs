@@ -185,14 +185,18 @@ fn a_killed_primary_is_printed_as_a_promotion_and_nothing_is_restarted() {
     assert!(tier.proc.terminate().success());
 }
 
+/// On `--store log` too: the restarted node replays its `keel.log`.
 #[test]
-fn with_restart_on_failure_a_killed_primary_comes_back_as_a_promotable_standby() {
+fn with_restart_on_failure_a_killed_primary_on_the_log_store_comes_back_as_a_promotable_standby() {
     let dir = support::tempdir();
-    let mut tier = KeelUp::start(
-        &dir.path().join("keel-data"),
-        2,
-        &["--restart", "on-failure"],
-    );
+    let data = dir.path().join("keel-data");
+    let mut tier = KeelUp::start(&data, 2, &["--restart", "on-failure", "--store", "log"]);
+    for node in ["app1", "app2"] {
+        assert!(
+            data.join(node).join("keel.log").is_file(),
+            "{node} runs on the log store"
+        );
+    }
     let out = tier.client(&["kill-primary", "--watch"]);
     assert!(out.success(), "{out}");
     assert!(

@@ -220,6 +220,7 @@ fn the_plan() -> Plan {
         shards: 1,
         data_dir: "/tmp/keel-test".into(),
         base_port: 9001,
+        store: None,
         monitors: 1,
         monitor_port: 9070,
         services: 2,

@@ -361,6 +361,7 @@ mod tests {
             shards: 1,
             data_dir: PathBuf::from(data_dir),
             base_port: 8081,
+            store: None,
             monitors: 1,
             monitor_port,
             services: 1,
