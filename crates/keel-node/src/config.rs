@@ -61,6 +61,24 @@ pub enum StoreKind {
     Log,
 }
 
+impl StoreKind {
+    /// The file it keeps in the data directory.
+    pub fn file(self) -> &'static str {
+        match self {
+            StoreKind::Redb => keel_store::store::FILE_NAME,
+            StoreKind::Log => keel_store::log_store::FILE_NAME,
+        }
+    }
+
+    /// The other kind.
+    pub fn other(self) -> StoreKind {
+        match self {
+            StoreKind::Redb => StoreKind::Log,
+            StoreKind::Log => StoreKind::Redb,
+        }
+    }
+}
+
 impl std::fmt::Display for StoreKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

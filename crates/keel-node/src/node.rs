@@ -75,19 +75,14 @@ pub async fn run(
     };
     // A node started on the other store's directory would begin from nothing and could
     // be promoted so.
-    let (found, file) = match config.store {
-        StoreKind::Redb => (StoreKind::Log, keel_store::log_store::FILE_NAME),
-        StoreKind::Log => (StoreKind::Redb, keel_store::store::FILE_NAME),
-    };
-    let mine = match config.store {
-        StoreKind::Redb => keel_store::store::FILE_NAME,
-        StoreKind::Log => keel_store::log_store::FILE_NAME,
-    };
-    if config.data_dir.join(file).exists() && !config.data_dir.join(mine).exists() {
+    let found = config.store.other();
+    if config.data_dir.join(found.file()).exists()
+        && !config.data_dir.join(config.store.file()).exists()
+    {
         return Err(NodeError::OtherStore {
             dir,
             found,
-            file,
+            file: found.file(),
             asked: config.store,
         });
     }

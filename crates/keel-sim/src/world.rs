@@ -908,7 +908,7 @@ impl World {
             c.done = true;
         }
         // Each key from its owner in the newest table the monitors committed.
-        let table = self.tables.values().next_back().cloned();
+        let table = self.newest_table();
         let keys: Vec<String> = (0..self.cfg.keys).map(|k| format!("k{k}")).collect();
         for (i, key) in keys.into_iter().enumerate() {
             let group = table
@@ -1096,6 +1096,11 @@ impl World {
 
     // --- groups and the operator's moves ---------------------------------------------------------
 
+    /// The newest slot table the monitors committed.
+    fn newest_table(&self) -> Option<SlotTable> {
+        self.tables.values().next_back().cloned()
+    }
+
     /// The index of `group` among the groups.
     fn group_index(&self, group: &GroupId) -> usize {
         self.groups.iter().position(|g| g == group).unwrap_or(0)
@@ -1141,7 +1146,7 @@ impl World {
     /// some other keys of the same owner, to another group, by the newest table the
     /// monitors committed.
     fn operator_move(&mut self) {
-        let Some(table) = self.tables.values().next_back().cloned() else {
+        let Some(table) = self.newest_table() else {
             return;
         };
         let key = format!("k{}", self.rng.index(self.cfg.keys));

@@ -15,6 +15,22 @@ use crate::snapshot::Snapshot;
 use crate::storage::{Applied, LogStatus, Storage};
 use crate::tables::{Tables, View};
 
+/// Runs mutation `f` on `t` with the status before it, and saves the status it leaves
+/// when that changed: what every store does inside its own transaction.
+pub(crate) fn run_mutation<R>(
+    t: &mut dyn Tables,
+    status: LogStatus,
+    f: impl FnOnce(&mut dyn Tables, LogStatus) -> Result<Written<R>, StoreError>,
+) -> Result<Written<R>, StoreError> {
+    let written = f(t, status)?;
+    if let Written::Changed(next, _) = &written
+        && *next != status
+    {
+        t.save_status(next)?;
+    }
+    Ok(written)
+}
+
 /// A place to keep the tables.
 pub(crate) trait Backend: Send + Sync {
     /// How many entries the log keeps after its snapshot point.

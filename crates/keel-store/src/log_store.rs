@@ -39,7 +39,7 @@ use std::sync::{Mutex, MutexGuard};
 use keel_core::{Epoch, Lsn};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, run_mutation};
 use crate::error::StoreError;
 use crate::mem_tables::{Image, MemTables};
 use crate::op::LogEntry;
@@ -97,7 +97,7 @@ pub struct LogStore {
     /// Serialises mutations; owns the file.
     writer: Mutex<FileEnd>,
     /// What readers see: only what is durable.
-    live: Mutex<Live>,
+    live: Mutex<MemTables>,
     log_retain: u64,
 }
 
@@ -110,13 +110,6 @@ struct FileEnd {
     /// The size of the file when it was last rewritten as one image.
     image: u64,
     checkpoint_bytes: u64,
-}
-
-struct Live {
-    tables: MemTables,
-    /// Where the journal stood when the mutation now running began: only `Some` while
-    /// one runs, so if it panics, the next lock takes it back.
-    running: Option<usize>,
 }
 
 impl LogStore {
@@ -184,19 +177,15 @@ impl LogStore {
         }
         Ok(Self {
             writer: Mutex::new(end),
-            live: Mutex::new(Live {
-                tables,
-                running: None,
-            }),
+            live: Mutex::new(tables),
             log_retain: log_retain.max(1),
         })
     }
 
-    fn live(&self) -> MutexGuard<'_, Live> {
+    fn live(&self) -> MutexGuard<'_, MemTables> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(start) = live.running.take() {
-            live.tables.revert_to(start);
-        }
+        // A mutation that panicked is taken back: whole or absent even then.
+        live.recover();
         live
     }
 
@@ -471,7 +460,7 @@ impl Backend for LogStore {
     }
 
     fn current_status(&self) -> LogStatus {
-        self.live().tables.status()
+        self.live().status()
     }
 
     fn mutate<R>(
@@ -483,26 +472,17 @@ impl Backend for LogStore {
         // Run it, note what it set, and take it back: readers see it only once it is
         // durable.
         let (redo, value) = {
-            let mut guard = self.live();
-            let live = &mut *guard;
-            let status = live.tables.status();
-            let start = live.tables.mark();
-            live.running = Some(start);
+            let mut live = self.live();
+            let status = live.status();
+            let start = live.begin();
             let mut rec = Recording {
-                tables: &mut live.tables,
+                tables: &mut live,
                 redo: Vec::new(),
             };
-            let result = f(&mut rec, status).and_then(|written| {
-                if let Written::Changed(next, _) = &written
-                    && *next != status
-                {
-                    rec.save_status(next)?;
-                }
-                Ok(written)
-            });
+            let result = run_mutation(&mut rec, status, f);
             let redo = rec.redo;
-            live.tables.revert_to(start);
-            live.running = None;
+            live.revert_to(start);
+            live.end();
             match result? {
                 Written::Nothing(value) => return Ok(value),
                 Written::Changed(_, value) => (redo, value),
@@ -514,11 +494,11 @@ impl Backend for LogStore {
         end.append(&RecordOut::Mutation(&redo))?;
         let mut live = self.live();
         for r in redo {
-            apply(&mut live.tables, r);
+            apply(&mut live, r);
         }
-        live.tables.forget_journal();
+        live.forget_journal();
         if end.due() {
-            let image = live.tables.image();
+            let image = live.image();
             drop(live);
             // The mutation is durable already; a rewrite that fails leaves the old file,
             // which holds it, and is tried again after the next mutation.
@@ -530,6 +510,6 @@ impl Backend for LogStore {
     }
 
     fn read<R>(&self, f: impl FnOnce(&dyn View) -> Result<R, StoreError>) -> Result<R, StoreError> {
-        f(&self.live().tables)
+        f(&*self.live())
     }
 }

@@ -28,7 +28,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, run_mutation};
 use crate::error::StoreError;
 use crate::mem_tables::MemTables;
 use crate::rules::Written;
@@ -61,10 +61,6 @@ struct Inner {
     /// For each applied mutation not yet synced, oldest first: where its changes start in
     /// the journal, and the status before it.
     unsynced: Vec<(usize, LogStatus)>,
-    /// Where the journal stood when the mutation now running began. Only `Some` while one
-    /// runs, so if it panics, the next call finds it here and takes it back: a mutation
-    /// is whole or absent even then.
-    running: Option<usize>,
 }
 
 impl MemStore {
@@ -80,7 +76,6 @@ impl MemStore {
             inner: Mutex::new(Inner {
                 tables: MemTables::default(),
                 unsynced: Vec::new(),
-                running: None,
             }),
             mode,
             log_retain: log_retain.max(1),
@@ -89,9 +84,8 @@ impl MemStore {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(start) = inner.running.take() {
-            inner.tables.revert_to(start);
-        }
+        // A mutation that panicked is taken back: whole or absent even then.
+        inner.tables.recover();
         inner
     }
 
@@ -151,17 +145,9 @@ impl Backend for MemStore {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let status = inner.tables.status();
-        let start = inner.tables.mark();
-        inner.running = Some(start);
-        let result = f(&mut inner.tables, status).and_then(|written| {
-            if let Written::Changed(next, _) = &written
-                && *next != status
-            {
-                inner.tables.save_status(next)?;
-            }
-            Ok(written)
-        });
-        inner.running = None;
+        let start = inner.tables.begin();
+        let result = run_mutation(&mut inner.tables, status, f);
+        inner.tables.end();
         match result {
             Err(e) => {
                 inner.tables.revert_to(start);

@@ -50,6 +50,10 @@ pub(crate) struct MemTables {
     status: LogStatus,
     node_meta: BTreeMap<String, u64>,
     journal: Vec<Change>,
+    /// Where the journal stood when the mutation now running began: only `Some` while
+    /// one runs, so if it panics, [`MemTables::recover`] takes it back and a mutation is
+    /// whole or absent even then.
+    running: Option<usize>,
 }
 
 /// Sets `key` to `value` (`None` removes it); what it replaced.
@@ -90,6 +94,26 @@ impl MemTables {
             status: image.status,
             node_meta: image.node_meta,
             journal: Vec::new(),
+            running: None,
+        }
+    }
+
+    /// Starts a mutation: where the journal stands, to take it back to.
+    pub(crate) fn begin(&mut self) -> usize {
+        let start = self.mark();
+        self.running = Some(start);
+        start
+    }
+
+    /// The mutation begun last ended (returned, with or without an error).
+    pub(crate) fn end(&mut self) {
+        self.running = None;
+    }
+
+    /// Takes back a mutation that never ended (it panicked).
+    pub(crate) fn recover(&mut self) {
+        if let Some(start) = self.running.take() {
+            self.revert_to(start);
         }
     }
 

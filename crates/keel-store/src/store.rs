@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use keel_core::{Epoch, LogPos, Lsn};
 use redb::{Database, ReadableDatabase};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, run_mutation};
 use crate::error::StoreError;
 use crate::op::{Command, LogEntry};
 use crate::redb_tables::{RedbTables, RedbView};
@@ -201,16 +201,7 @@ impl Backend for Store {
         let _writer = self.write_guard();
         let status = self.status();
         let txn = self.db.begin_write()?;
-        let written = {
-            let mut tables = RedbTables::open(&txn)?;
-            let written = f(&mut tables, status)?;
-            if let Written::Changed(next, _) = &written
-                && *next != status
-            {
-                tables.save_status(next)?;
-            }
-            written
-        };
+        let written = run_mutation(&mut RedbTables::open(&txn)?, status, f)?;
         // An error above dropped the transaction, which aborts it: nothing of it remains.
         match written {
             Written::Nothing(value) => {
