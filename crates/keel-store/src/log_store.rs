@@ -21,6 +21,14 @@
 //! append but damage to acknowledged commits: the store refuses to open, as it does a
 //! file that does not begin with keel's first frame, and leaves either file untouched.
 //!
+//! **Zeros ahead of the appends.** The file is extended [`PREALLOCATE`] bytes at a time
+//! with zeros, written and synced, and frames are written over them. An append then
+//! changes neither the file's length nor its blocks, so its `fdatasync` writes the
+//! frame's data alone, not the inode and the block map as well: on this project's test
+//! machine (ext4) a quarter less CPU and wall time per sync (docs/replication.md). Zeros
+//! after the last frame are that room, not damage; anything else after a damaged frame
+//! is.
+//!
 //! **Compaction.** The file grows with every mutation. Once it is larger than
 //! [`CHECKPOINT_BYTES`] and twice the last image, it is rewritten as one image: written
 //! to `keel.log.new`, synced, renamed over `keel.log`, and the directory synced. A crash
@@ -32,7 +40,8 @@
 //! mutations are serialised by a lock of their own.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -56,6 +65,9 @@ const FORMAT: u32 = 1;
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// A frame's header: the payload's length and its CRC-32.
 const HEADER: usize = 8;
+/// The file grows by this many bytes of zeros at a time, ahead of the appends (about a
+/// millisecond to write and sync here).
+pub const PREALLOCATE: u64 = 1 << 20;
 
 /// One change a mutation made, as it is replayed: the [`Tables`] call, with its
 /// arguments.
@@ -107,6 +119,8 @@ struct FileEnd {
     file: File,
     /// Bytes written (every one of them whole frames).
     size: u64,
+    /// The file's length: zeros from `size` to here.
+    allocated: u64,
     /// The size of the file when it was last rewritten as one image.
     image: u64,
     checkpoint_bytes: u64,
@@ -154,7 +168,9 @@ impl LogStore {
                 "the frame at byte {at} is damaged and {len} bytes follow it: committed data may be lost; the file is left as it is (restore it from a copy, or start the node on an empty --data-dir to copy its group's primary)"
             ))),
         })?;
-        if whole < bytes.len() {
+        // Zeros after the last frame are the room made ahead of the appends.
+        let mut allocated = bytes.len() as u64;
+        if !zeros(&bytes[whole..]) {
             tracing::warn!(
                 path = %path.display(),
                 dropped = bytes.len() - whole,
@@ -162,12 +178,13 @@ impl LogStore {
             );
             file.set_len(whole as u64).map_err(io)?;
             file.sync_data().map_err(io)?;
+            allocated = whole as u64;
         }
-        file.seek(SeekFrom::Start(whole as u64)).map_err(io)?;
         let mut end = FileEnd {
             path: path.clone(),
             file,
             size: whole as u64,
+            allocated,
             image: whole as u64,
             checkpoint_bytes,
         };
@@ -222,12 +239,12 @@ fn replay(bytes: &[u8]) -> Result<(MemTables, usize), Replay> {
             if at == 0 && !bytes.is_empty() && !first_frame_cut_short(bytes) {
                 return Err(Replay::Foreign);
             }
-            // A tail of zeros is an append whose bytes never reached the disk, though the
-            // file's length did.
-            let zeros = bytes[at..].iter().all(|b| *b == 0);
+            // What a torn append leaves ends where its frame would have: after it come
+            // the zeros made ahead of the appends, or the file's end. Anything else there
+            // is a commit that followed, so the frame here is damage, not a torn append.
             if let Some(end) = frame_end(bytes, at)
                 && end < bytes.len()
-                && !zeros
+                && !zeros(&bytes[end..])
             {
                 return Err(Replay::Damaged {
                     at,
@@ -260,9 +277,17 @@ fn frame_end(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Whether `bytes` is the start of keel's first frame, cut short by a crash while the
-/// file was being made.
+/// file was being made, followed by the zeros made ahead of it (if any).
 fn first_frame_cut_short(bytes: &[u8]) -> bool {
-    frame(&RecordOut::Format(FORMAT)).is_ok_and(|first| first.starts_with(bytes))
+    let written = bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |last| last + 1);
+    frame(&RecordOut::Format(FORMAT)).is_ok_and(|first| first.starts_with(&bytes[..written]))
+}
+
+fn zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
 }
 
 /// The payload of the whole frame at `at`, and where the next begins; `None` at the end
@@ -301,19 +326,39 @@ impl FileEnd {
     }
 
     /// Appends `record` and makes it durable. On failure the file is cut back to its
-    /// last whole frame (what a restart would find anyway).
+    /// last whole frame (what a restart would find anyway), since a restart reads
+    /// anything but zeros after a damaged frame as damage.
     fn append(&mut self, record: &RecordOut<'_>) -> Result<(), StoreError> {
         let bytes = frame(record)?;
+        let end = self.size + bytes.len() as u64;
+        if end > self.allocated {
+            self.preallocate(end)?;
+        }
         let written = self
             .file
-            .write_all(&bytes)
+            .write_all_at(&bytes, self.size)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             let _ = self.file.set_len(self.size);
-            let _ = self.file.seek(SeekFrom::Start(self.size));
+            self.allocated = self.size;
             return Err(self.io(e));
         }
-        self.size += bytes.len() as u64;
+        self.size = end;
+        Ok(())
+    }
+
+    /// Extends the file with zeros, written and synced, to the next multiple of
+    /// [`PREALLOCATE`] past `end`.
+    fn preallocate(&mut self, end: u64) -> Result<(), StoreError> {
+        let to = (end / PREALLOCATE + 1) * PREALLOCATE;
+        let zeros = usize::try_from(to - self.allocated)
+            .map(|n| vec![0u8; n])
+            .map_err(|_| self.io(std::io::Error::other("a frame larger than memory")))?;
+        self.file
+            .write_all_at(&zeros, self.allocated)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| self.io(e))?;
+        self.allocated = to;
         Ok(())
     }
 
@@ -342,9 +387,9 @@ impl FileEnd {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| self.io(e))?;
         }
-        file.seek(SeekFrom::End(0)).map_err(|e| self.io(e))?;
         self.file = file;
         self.size = bytes.len() as u64;
+        self.allocated = self.size;
         self.image = self.size;
         Ok(())
     }

@@ -5,6 +5,7 @@
 use std::process::Command as Process;
 
 use keel_core::{Epoch, Lsn};
+use keel_store::log_store::PREALLOCATE;
 use keel_store::{Expect, LogStore, MemStore, Outcome, Storage, Store, StoreError, SyncMode};
 
 use crate::harness::*;
@@ -279,8 +280,9 @@ fn a_log_store_killed_mid_commit_reopens_with_every_acknowledged_write_and_nothi
     holds_what_was_acknowledged_before_the_kill(&store);
 }
 
-/// A log store holding three commits; what it showed after the second.
-fn three_commits(dir: &std::path::Path) -> (Seen, u64) {
+/// A log store holding three commits; what it showed after the second, and where the
+/// second's and the third's frames end (the zeros made ahead of the appends follow).
+fn three_commits(dir: &std::path::Path) -> (Seen, u64, u64) {
     let store = LogStore::open(dir, 1000).expect("open");
     store
         .execute(Epoch(1), &[put("a", "1"), incr("c", 2)])
@@ -293,7 +295,7 @@ fn three_commits(dir: &std::path::Path) -> (Seen, u64) {
     store
         .execute(Epoch(1), &[put("a", "3"), delete("b", Expect::Any)])
         .expect("third");
-    (after_two, size)
+    (after_two, size, store.file_size())
 }
 
 fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -303,15 +305,15 @@ fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn a_log_file_ending_in_half_a_frame_opens_at_the_last_whole_one_and_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (after_two, size) = three_commits(dir.path());
-    // The third commit's append was cut short: only some of its bytes reached the disk.
+    let (after_two, size, end) = three_commits(dir.path());
+    // The third commit's append was cut short, and the file ends within it (as a file
+    // written without zeros ahead of its appends does).
     let file = log_file(dir.path());
-    let full = std::fs::metadata(&file).expect("file").len();
     let torn = std::fs::OpenOptions::new()
         .write(true)
         .open(&file)
         .expect("open the file");
-    torn.set_len(full - 3).expect("cut the file");
+    torn.set_len(end - 3).expect("cut the file");
     drop(torn);
 
     let store = LogStore::open(dir.path(), 1000).expect("reopen");
@@ -334,11 +336,11 @@ fn a_log_file_ending_in_half_a_frame_opens_at_the_last_whole_one_and_goes_on() {
 #[test]
 fn a_damaged_frame_ends_the_replay_before_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (after_two, size) = three_commits(dir.path());
+    let (after_two, size, end) = three_commits(dir.path());
     let file = log_file(dir.path());
     let mut bytes = std::fs::read(&file).expect("read the file");
     // A byte of the third commit's payload flips: its checksum no longer matches.
-    let last = bytes.len() - 1;
+    let last = usize::try_from(end).expect("a small file") - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&file, &bytes).expect("write the file");
 
@@ -408,7 +410,7 @@ fn a_log_file_of_another_format_is_refused_with_a_clear_error() {
 #[test]
 fn a_damaged_frame_with_commits_after_it_is_refused_and_the_file_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_, size) = three_commits(dir.path());
+    let (_, size, _) = three_commits(dir.path());
     let file = log_file(dir.path());
     let mut bytes = std::fs::read(&file).expect("read the file");
     // A byte of the second commit's frame (which ends where `size` is) flips; the third
@@ -451,20 +453,23 @@ fn a_file_that_is_not_a_keel_log_is_refused_and_left_alone() {
 #[test]
 fn a_log_file_cut_short_while_being_made_starts_empty() {
     let dir = tempfile::tempdir().expect("tempdir");
-    drop(LogStore::open(dir.path(), 1000).expect("create"));
+    let made = LogStore::open(dir.path(), 1000)
+        .expect("create")
+        .file_size();
     let file = log_file(dir.path());
     let first = std::fs::read(&file).expect("read");
+    let first = &first[..usize::try_from(made).expect("a small file")];
     // The crash came while the first frame was being written: part of it reached the disk.
     std::fs::write(&file, &first[..first.len() - 1]).expect("write the file");
     let store = LogStore::open(dir.path(), 1000).expect("a torn first frame is a new file");
     assert_eq!(store.status(), keel_store::LogStatus::default());
-    assert_eq!(store.file_size(), first.len() as u64);
+    assert_eq!(store.file_size(), made);
 }
 
 #[test]
 fn a_log_file_whose_last_append_left_only_zeros_opens_at_the_last_whole_frame() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (after_two, size) = three_commits(dir.path());
+    let (after_two, size, _) = three_commits(dir.path());
     let file = log_file(dir.path());
     let mut bytes = std::fs::read(&file).expect("read the file");
     // The third commit's length reached the disk, its bytes did not.
@@ -475,4 +480,142 @@ fn a_log_file_whose_last_append_left_only_zeros_opens_at_the_last_whole_frame() 
     let store = LogStore::open(dir.path(), 1000).expect("reopen");
     assert_eq!(seen(&store), after_two);
     assert_eq!(store.file_size(), size);
+}
+
+#[test]
+fn appends_write_over_zeros_made_ahead_so_the_file_keeps_its_length() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, _, end) = three_commits(dir.path());
+    let file = log_file(dir.path());
+    let length = std::fs::metadata(&file).expect("file").len();
+    assert_eq!(
+        length, PREALLOCATE,
+        "the file was made one step of zeros long"
+    );
+    let bytes = std::fs::read(&file).expect("read the file");
+    let end = usize::try_from(end).expect("a small file");
+    assert!(
+        bytes[end..].iter().all(|b| *b == 0),
+        "zeros follow the last frame"
+    );
+
+    // A restart keeps the room, and the appends after it write into it.
+    let store = LogStore::open(dir.path(), 1000).expect("reopen");
+    for i in 0..50 {
+        store
+            .execute(Epoch(1), &[put(&format!("k{i}"), "v")])
+            .expect("write");
+    }
+    assert!(store.file_size() < PREALLOCATE);
+    assert_eq!(std::fs::metadata(&file).expect("file").len(), length);
+    let before = seen(&store);
+    drop(store);
+    let store = LogStore::open(dir.path(), 1000).expect("reopen again");
+    assert_eq!(seen(&store), before);
+    assert_consistent(&store);
+}
+
+#[test]
+fn a_log_that_outgrows_its_zeros_is_extended_and_reads_back_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LogStore::open(dir.path(), 100_000).expect("open");
+    // Values of 4 KiB: some 260 commits pass the first step of zeros.
+    let value = "v".repeat(4 << 10);
+    for i in 0..400 {
+        store
+            .execute(Epoch(1), &[put(&format!("k{}", i % 7), &value)])
+            .expect("write");
+    }
+    let size = store.file_size();
+    assert!(
+        size > PREALLOCATE,
+        "the log passed the first step: {size} bytes"
+    );
+    let length = std::fs::metadata(log_file(dir.path())).expect("file").len();
+    assert_eq!(
+        length % PREALLOCATE,
+        0,
+        "the file grows a whole step at a time"
+    );
+    assert!(length > size, "zeros lie ahead of the next append");
+    let before = seen(&store);
+    drop(store);
+    let store = LogStore::open(dir.path(), 100_000).expect("reopen");
+    assert_eq!(seen(&store), before);
+    assert_eq!(store.file_size(), size);
+    assert_consistent(&store);
+}
+
+#[test]
+fn a_torn_append_over_the_zeros_opens_at_the_last_whole_frame_and_the_next_append_replaces_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (after_two, size, end) = three_commits(dir.path());
+    let file = log_file(dir.path());
+    let mut bytes = std::fs::read(&file).expect("read the file");
+    // Only the first part of the third commit's frame reached the disk: its last bytes
+    // are still the zeros that were there.
+    let end = usize::try_from(end).expect("a small file");
+    bytes[end - 5..end].iter_mut().for_each(|b| *b = 0);
+    std::fs::write(&file, &bytes).expect("write the file");
+
+    let store = LogStore::open(dir.path(), 1000).expect("reopen");
+    assert_eq!(seen(&store), after_two);
+    assert_eq!(store.file_size(), size);
+    // A shorter frame goes where the torn one was; no part of the torn one is left after it.
+    store
+        .execute(Epoch(1), &[put("d", "4")])
+        .expect("a write after the restart");
+    drop(store);
+    let store = LogStore::open(dir.path(), 1000).expect("reopen again");
+    assert_eq!(store.kv_get("d").expect("get"), Some((5, b"4".to_vec())));
+    assert_eq!(store.kv_get("b").expect("get"), Some((4, b"2".to_vec())));
+    assert_consistent(&store);
+}
+
+#[test]
+fn bytes_after_the_zeros_that_follow_a_damaged_frame_are_refused_and_the_file_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, size, end) = three_commits(dir.path());
+    let file = log_file(dir.path());
+    let mut bytes = std::fs::read(&file).expect("read the file");
+    // The third frame is damaged, and something was written past it: not what a torn
+    // append leaves.
+    let end = usize::try_from(end).expect("a small file");
+    let size = usize::try_from(size).expect("a small file");
+    bytes[size + 9] ^= 0x40;
+    bytes[end + 100] = 7;
+    std::fs::write(&file, &bytes).expect("write the file");
+
+    let err = LogStore::open(dir.path(), 1000)
+        .err()
+        .expect("bytes after the log's end are refused");
+    assert!(err.to_string().contains("is damaged"), "{err}");
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        bytes,
+        "the file is left as it was"
+    );
+}
+
+#[test]
+fn a_log_file_of_zeros_alone_or_a_first_frame_cut_short_over_them_starts_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(LogStore::open(dir.path(), 1000).expect("create"));
+    let file = log_file(dir.path());
+    let made = std::fs::read(&file).expect("read");
+    // The crash came after the zeros were made, before the first frame reached the disk,
+    // and then when only part of it had.
+    for written in [0, 3] {
+        let mut bytes = vec![0u8; made.len()];
+        bytes[..written].copy_from_slice(&made[..written]);
+        std::fs::write(&file, &bytes).expect("write the file");
+        let store = LogStore::open(dir.path(), 1000).expect("a file being made is a new file");
+        assert_eq!(store.status(), keel_store::LogStatus::default());
+        store
+            .execute(Epoch(1), &[put("a", "1")])
+            .expect("a write to the new file");
+        drop(store);
+        let store = LogStore::open(dir.path(), 1000).expect("reopen");
+        assert_eq!(store.kv_get("a").expect("get"), Some((1, b"1".to_vec())));
+    }
 }
