@@ -598,24 +598,44 @@ fn bytes_after_the_zeros_that_follow_a_damaged_frame_are_refused_and_the_file_le
 }
 
 #[test]
-fn a_log_file_of_zeros_alone_or_a_first_frame_cut_short_over_them_starts_empty() {
+fn a_first_frame_whose_last_bytes_never_landed_starts_empty_but_a_log_of_zeros_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    drop(LogStore::open(dir.path(), 1000).expect("create"));
+    let made = LogStore::open(dir.path(), 1000)
+        .expect("create")
+        .file_size();
     let file = log_file(dir.path());
-    let made = std::fs::read(&file).expect("read");
-    // The crash came after the zeros were made, before the first frame reached the disk,
-    // and then when only part of it had.
-    for written in [0, 3] {
-        let mut bytes = vec![0u8; made.len()];
-        bytes[..written].copy_from_slice(&made[..written]);
-        std::fs::write(&file, &bytes).expect("write the file");
-        let store = LogStore::open(dir.path(), 1000).expect("a file being made is a new file");
-        assert_eq!(store.status(), keel_store::LogStatus::default());
-        store
-            .execute(Epoch(1), &[put("a", "1")])
-            .expect("a write to the new file");
-        drop(store);
-        let store = LogStore::open(dir.path(), 1000).expect("reopen");
-        assert_eq!(store.kv_get("a").expect("get"), Some((1, b"1".to_vec())));
-    }
+    let made = usize::try_from(made).expect("a small file");
+    let first = std::fs::read(&file).expect("read")[..made].to_vec();
+    // The crash came while the first frame was being written: its length reached the
+    // disk, its last bytes did not.
+    let mut torn = first.clone();
+    torn[3..].iter_mut().for_each(|b| *b = 0);
+    std::fs::write(&file, &torn).expect("write the file");
+    let store = LogStore::open(dir.path(), 1000).expect("a file being made is a new file");
+    assert_eq!(store.status(), keel_store::LogStatus::default());
+    store
+        .execute(Epoch(1), &[put("a", "1")])
+        .expect("a write to the new file");
+    drop(store);
+    let store = LogStore::open(dir.path(), 1000).expect("reopen");
+    assert_eq!(store.kv_get("a").expect("get"), Some((1, b"1".to_vec())));
+    drop(store);
+
+    // Zeros are made ahead only after the first frame: a whole file of them is a log
+    // that lost what it held, not a new one.
+    let zeros = vec![0u8; usize::try_from(PREALLOCATE).expect("1 MiB")];
+    std::fs::write(&file, &zeros).expect("write the file");
+    let err = LogStore::open(dir.path(), 1000)
+        .err()
+        .expect("a log of zeros is refused");
+    assert!(
+        err.to_string()
+            .contains("does not begin with keel's log header"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        zeros,
+        "the file is left as it was"
+    );
 }
