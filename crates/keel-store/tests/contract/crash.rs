@@ -302,6 +302,21 @@ fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join(keel_store::log_store::FILE_NAME)
 }
 
+/// Changes the bytes of `dir`'s log file as `change` does, as a crash or a failing disk
+/// would; returns what the file then holds.
+fn change_log(dir: &std::path::Path, change: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let file = log_file(dir);
+    let mut bytes = std::fs::read(&file).expect("read the file");
+    change(&mut bytes);
+    std::fs::write(&file, &bytes).expect("write the file");
+    bytes
+}
+
+/// A byte offset in a test's small file, as an index.
+fn at(offset: u64) -> usize {
+    usize::try_from(offset).expect("a small file")
+}
+
 #[test]
 fn a_log_file_ending_in_half_a_frame_opens_at_the_last_whole_one_and_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -337,12 +352,8 @@ fn a_log_file_ending_in_half_a_frame_opens_at_the_last_whole_one_and_goes_on() {
 fn a_damaged_frame_ends_the_replay_before_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (after_two, size, end) = three_commits(dir.path());
-    let file = log_file(dir.path());
-    let mut bytes = std::fs::read(&file).expect("read the file");
     // A byte of the third commit's payload flips: its checksum no longer matches.
-    let last = usize::try_from(end).expect("a small file") - 1;
-    bytes[last] ^= 0x40;
-    std::fs::write(&file, &bytes).expect("write the file");
+    change_log(dir.path(), |bytes| bytes[at(end) - 1] ^= 0x40);
 
     let store = LogStore::open(dir.path(), 1000).expect("reopen");
     assert_eq!(seen(&store), after_two);
@@ -411,13 +422,9 @@ fn a_log_file_of_another_format_is_refused_with_a_clear_error() {
 fn a_damaged_frame_with_commits_after_it_is_refused_and_the_file_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, size, _) = three_commits(dir.path());
-    let file = log_file(dir.path());
-    let mut bytes = std::fs::read(&file).expect("read the file");
     // A byte of the second commit's frame (which ends where `size` is) flips; the third
     // commit's frame follows it whole.
-    let inside_second = usize::try_from(size).expect("a small file") - 2;
-    bytes[inside_second] ^= 0x40;
-    std::fs::write(&file, &bytes).expect("write the file");
+    let bytes = change_log(dir.path(), |bytes| bytes[at(size) - 2] ^= 0x40);
 
     let err = LogStore::open(dir.path(), 1000)
         .err()
@@ -428,7 +435,7 @@ fn a_damaged_frame_with_commits_after_it_is_refused_and_the_file_left_alone() {
         "{text}"
     );
     assert_eq!(
-        std::fs::read(&file).expect("read"),
+        std::fs::read(log_file(dir.path())).expect("read"),
         bytes,
         "the file is left as it was"
     );
@@ -458,7 +465,7 @@ fn a_log_file_cut_short_while_being_made_starts_empty() {
         .file_size();
     let file = log_file(dir.path());
     let first = std::fs::read(&file).expect("read");
-    let first = &first[..usize::try_from(made).expect("a small file")];
+    let first = &first[..at(made)];
     // The crash came while the first frame was being written: part of it reached the disk.
     std::fs::write(&file, &first[..first.len() - 1]).expect("write the file");
     let store = LogStore::open(dir.path(), 1000).expect("a torn first frame is a new file");
@@ -470,12 +477,8 @@ fn a_log_file_cut_short_while_being_made_starts_empty() {
 fn a_log_file_whose_last_append_left_only_zeros_opens_at_the_last_whole_frame() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (after_two, size, _) = three_commits(dir.path());
-    let file = log_file(dir.path());
-    let mut bytes = std::fs::read(&file).expect("read the file");
     // The third commit's length reached the disk, its bytes did not.
-    let end = usize::try_from(size).expect("a small file");
-    bytes[end..].iter_mut().for_each(|b| *b = 0);
-    std::fs::write(&file, &bytes).expect("write the file");
+    change_log(dir.path(), |bytes| bytes[at(size)..].fill(0));
 
     let store = LogStore::open(dir.path(), 1000).expect("reopen");
     assert_eq!(seen(&store), after_two);
@@ -493,7 +496,7 @@ fn appends_write_over_zeros_made_ahead_so_the_file_keeps_its_length() {
         "the file was made one step of zeros long"
     );
     let bytes = std::fs::read(&file).expect("read the file");
-    let end = usize::try_from(end).expect("a small file");
+    let end = at(end);
     assert!(
         bytes[end..].iter().all(|b| *b == 0),
         "zeros follow the last frame"
@@ -550,13 +553,9 @@ fn a_log_that_outgrows_its_zeros_is_extended_and_reads_back_whole() {
 fn a_torn_append_over_the_zeros_opens_at_the_last_whole_frame_and_the_next_append_replaces_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (after_two, size, end) = three_commits(dir.path());
-    let file = log_file(dir.path());
-    let mut bytes = std::fs::read(&file).expect("read the file");
     // Only the first part of the third commit's frame reached the disk: its last bytes
     // are still the zeros that were there.
-    let end = usize::try_from(end).expect("a small file");
-    bytes[end - 5..end].iter_mut().for_each(|b| *b = 0);
-    std::fs::write(&file, &bytes).expect("write the file");
+    change_log(dir.path(), |bytes| bytes[at(end) - 5..at(end)].fill(0));
 
     let store = LogStore::open(dir.path(), 1000).expect("reopen");
     assert_eq!(seen(&store), after_two);
@@ -576,22 +575,19 @@ fn a_torn_append_over_the_zeros_opens_at_the_last_whole_frame_and_the_next_appen
 fn bytes_after_the_zeros_that_follow_a_damaged_frame_are_refused_and_the_file_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, size, end) = three_commits(dir.path());
-    let file = log_file(dir.path());
-    let mut bytes = std::fs::read(&file).expect("read the file");
     // The third frame is damaged, and something was written past it: not what a torn
     // append leaves.
-    let end = usize::try_from(end).expect("a small file");
-    let size = usize::try_from(size).expect("a small file");
-    bytes[size + 9] ^= 0x40;
-    bytes[end + 100] = 7;
-    std::fs::write(&file, &bytes).expect("write the file");
+    let bytes = change_log(dir.path(), |bytes| {
+        bytes[at(size) + 9] ^= 0x40;
+        bytes[at(end) + 100] = 7;
+    });
 
     let err = LogStore::open(dir.path(), 1000)
         .err()
         .expect("bytes after the log's end are refused");
     assert!(err.to_string().contains("is damaged"), "{err}");
     assert_eq!(
-        std::fs::read(&file).expect("read"),
+        std::fs::read(log_file(dir.path())).expect("read"),
         bytes,
         "the file is left as it was"
     );
@@ -604,7 +600,7 @@ fn a_first_frame_whose_last_bytes_never_landed_starts_empty_but_a_log_of_zeros_i
         .expect("create")
         .file_size();
     let file = log_file(dir.path());
-    let made = usize::try_from(made).expect("a small file");
+    let made = at(made);
     let first = std::fs::read(&file).expect("read")[..made].to_vec();
     // The crash came while the first frame was being written: its length reached the
     // disk, its last bytes did not.
@@ -623,7 +619,7 @@ fn a_first_frame_whose_last_bytes_never_landed_starts_empty_but_a_log_of_zeros_i
 
     // Zeros are made ahead only after the first frame: a whole file of them is a log
     // that lost what it held, not a new one.
-    let zeros = vec![0u8; usize::try_from(PREALLOCATE).expect("1 MiB")];
+    let zeros = vec![0u8; at(PREALLOCATE)];
     std::fs::write(&file, &zeros).expect("write the file");
     let err = LogStore::open(dir.path(), 1000)
         .err()
