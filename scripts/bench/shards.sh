@@ -26,8 +26,14 @@
 # fdatasync (docs/replication.md). Most of a redb commit's CPU is paid per commit, not per
 # write, and each of two groups' primaries commits half as many writes at a time.
 #
+# On a shared machine one run's ratio moves by up to 0.35, so the layouts run ROUNDS
+# times, in turn, and the report gives each figure's median over the rounds, and each
+# ratio's median with its lowest and highest (each round's ratio from runs made one
+# after the other).
+#
 # Usage:  scripts/bench/shards.sh
 # Knobs (environment): DURATION=10s WARMUP=2s CONCURRENCY=64 VALUE_SIZE=64 STORE=redb
+#                      ROUNDS=3
 #                      KEEP_TMP=1 (keep data dirs and logs)  SKIP_BUILD=1 (use the
 #                      binaries already built)  CARGO_TARGET_DIR (where cargo builds)
 #
@@ -36,6 +42,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-64}
 VALUE_SIZE=${VALUE_SIZE:-64}
@@ -48,7 +55,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh # the script runs from the repository root (cd above)
 
-require_whole_numbers CONCURRENCY VALUE_SIZE
+require_whole_numbers CONCURRENCY VALUE_SIZE ROUNDS
+((ROUNDS >= 1)) || die "ROUNDS=$ROUNDS: run at least one round"
 [[ $STORE == redb || $STORE == log ]] || die "STORE=$STORE: use redb or log"
 
 packages=()
@@ -199,21 +207,56 @@ run() {
 }
 
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
-run one-group "" "$CONCURRENCY"
-run two-groups "g1 g2" "$CONCURRENCY"
 # Each primary of two groups sees half the writers: one group at that load, and two
 # groups at twice the writers, tell how much of the difference is smaller group
 # commits rather than routing.
 HALF=$((CONCURRENCY / 2))
-run one-group-half "" "$HALF"
-# And two groups with twice the writers: each primary as loaded as one group's.
 DOUBLE=$((CONCURRENCY * 2))
-run two-groups-double "g1 g2" "$DOUBLE"
+LAYOUTS=(one-group two-groups one-group-half two-groups-double)
+for ((round = 1; round <= ROUNDS; round++)); do
+    log "round $round of $ROUNDS"
+    run "one-group-r$round" "" "$CONCURRENCY"
+    run "two-groups-r$round" "g1 g2" "$CONCURRENCY"
+    run "one-group-half-r$round" "" "$HALF"
+    # And two groups with twice the writers: each primary as loaded as one group's.
+    run "two-groups-double-r$round" "g1 g2" "$DOUBLE"
+done
+
+# Each layout's figures: the median over the rounds (errors: their sum).
+for l in "${LAYOUTS[@]}"; do
+    runs=()
+    for ((round = 1; round <= ROUNDS; round++)); do runs+=("$TMP/$l-r$round.json"); done
+    jq -s --arg name "$l" '
+        def median: sort | if length % 2 == 1 then .[length / 2 | floor]
+                           else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        . as $runs
+        | reduce ("writes_per_s", "p50_ms", "p99_ms", "writes", "primaries", "cpu_us_per_write",
+                  "primary_cpu_us_per_write") as $k
+            ({"label": $name, errors: ([$runs[].errors] | add)}; .[$k] = ([$runs[][$k]] | median))
+        | .roles = (reduce ("monitor", "primaries", "standbys", "proxy") as $r
+            ({}; .[$r] = ([$runs[].roles[$r]] | median)))' "${runs[@]}" >"$TMP/$l.json"
+done
+
+# ratio FIELD A B: A's FIELD over B's, each round's; printed as the median (lowest–highest).
+ratio() {
+    local round values=()
+    for ((round = 1; round <= ROUNDS; round++)); do
+        values+=("$(jq -n --slurpfile a "$TMP/$2-r$round.json" --slurpfile b "$TMP/$3-r$round.json" \
+            "\$a[0].$1 / \$b[0].$1")")
+    done
+    printf '%s\n' "${values[@]}" | jq -rs '
+        def median: sort | if length % 2 == 1 then .[length / 2 | floor]
+                           else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        def r3: . * 1000 | round / 1000 | tostring;
+        if length == 1 then .[0] | r3
+        else "\(median | r3) (\(min | r3)–\(max | r3) over \(length) rounds)" end'
+}
 
 f() { jq -r ".$2" "$TMP/$1.json"; }
 echo
 echo "durable writes through keel proxy --cluster, ${CONCURRENCY} writers (one-group-half: ${HALF}, two-groups-double: ${DOUBLE}), ${VALUE_SIZE}-byte values, nodes on --store ${STORE}, ${DURATION} after ${WARMUP} warm-up"
 echo "host: $(nproc) cores, $(uname -r), load average at start ${LOADAVG}; CPU of monitor, nodes and proxy"
+echo "each figure the median of ${ROUNDS} rounds (errors: their sum)"
 echo
 printf '%-17s %10s %8s %8s %7s %14s\n' layout writes/s p50_ms p99_ms errors cpu_us/write
 for l in one-group two-groups one-group-half two-groups-double; do
@@ -221,14 +264,10 @@ for l in one-group two-groups one-group-half two-groups-double; do
         "$(f "$l" p99_ms)" "$(f "$l" errors)" "$(f "$l" cpu_us_per_write)"
 done
 echo
-one=$(f one-group cpu_us_per_write)
-two=$(f two-groups cpu_us_per_write)
-echo "CPU per write, 2 groups / 1 group: $(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.3f", a / b }') (target: at most 1.10)"
-half=$(f one-group-half cpu_us_per_write)
-echo "CPU per write, 2 groups / 1 group at ${HALF} writers (each primary's load): $(awk -v a="$two" -v b="$half" 'BEGIN { printf "%.3f", a / b }')"
-double=$(f two-groups-double cpu_us_per_write)
-echo "CPU per write, 2 groups at ${DOUBLE} writers / 1 group at ${CONCURRENCY} (each primary equally loaded): $(awk -v a="$double" -v b="$one" 'BEGIN { printf "%.3f", a / b }')"
-echo "writes/s, 2 groups / 1 group:      $(awk -v a="$(f two-groups writes_per_s)" -v b="$(f one-group writes_per_s)" 'BEGIN { printf "%.3f", a / b }') (2 cores shared by every process: no gain expected here)"
+echo "CPU per write, 2 groups / 1 group: $(ratio cpu_us_per_write two-groups one-group) (target: at most 1.10)"
+echo "CPU per write, 2 groups / 1 group at ${HALF} writers (each primary's load): $(ratio cpu_us_per_write two-groups one-group-half)"
+echo "CPU per write, 2 groups at ${DOUBLE} writers / 1 group at ${CONCURRENCY} (each primary equally loaded): $(ratio cpu_us_per_write two-groups-double one-group)"
+echo "writes/s, 2 groups / 1 group:      $(ratio writes_per_s two-groups one-group) (2 cores shared by every process: no gain expected here)"
 # The projection: with one core per node, a primary writes at most 1 s / (its own CPU per
 # write), and each group's primary takes its share of the writes.
 proj() {
