@@ -298,6 +298,19 @@ fn three_commits(dir: &std::path::Path) -> (Seen, u64, u64) {
     (after_two, size, store.file_size())
 }
 
+/// `store`, reopened after the third of [`three_commits`] was cut off, takes a write
+/// where that commit was, and opens again with it after the first two.
+fn a_write_after_the_restart_lasts(dir: &std::path::Path, store: LogStore) {
+    store
+        .execute(Epoch(1), &[put("d", "4")])
+        .expect("a write after the restart");
+    drop(store);
+    let store = LogStore::open(dir, 1000).expect("reopen again");
+    assert_eq!(store.kv_get("d").expect("get"), Some((5, b"4".to_vec())));
+    assert_eq!(store.kv_get("b").expect("get"), Some((4, b"2".to_vec())));
+    assert_consistent(&store);
+}
+
 fn log_file(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join(keel_store::log_store::FILE_NAME)
 }
@@ -310,6 +323,23 @@ fn change_log(dir: &std::path::Path, change: impl FnOnce(&mut [u8])) -> Vec<u8> 
     change(&mut bytes);
     std::fs::write(&file, &bytes).expect("write the file");
     bytes
+}
+
+/// Opens the log store in `dir`, which must refuse with an error saying each of
+/// `phrases`, and leave its file holding `bytes`.
+fn refused(dir: &std::path::Path, bytes: &[u8], phrases: &[&str]) {
+    let err = LogStore::open(dir, 1000)
+        .err()
+        .expect("the store refuses to open");
+    let text = err.to_string();
+    for phrase in phrases {
+        assert!(text.contains(phrase), "{text}");
+    }
+    assert_eq!(
+        std::fs::read(log_file(dir)).expect("read"),
+        bytes,
+        "the file is left as it was"
+    );
 }
 
 /// A byte offset in a test's small file, as an index.
@@ -339,13 +369,7 @@ fn a_log_file_ending_in_half_a_frame_opens_at_the_last_whole_one_and_goes_on() {
     );
     assert_eq!(store.file_size(), size, "the half frame is cut off");
     assert_consistent(&store);
-    store
-        .execute(Epoch(1), &[put("d", "4")])
-        .expect("a write after the restart");
-    drop(store);
-    let store = LogStore::open(dir.path(), 1000).expect("reopen again");
-    assert_eq!(store.kv_get("d").expect("get"), Some((5, b"4".to_vec())));
-    assert_eq!(store.kv_get("b").expect("get"), Some((4, b"2".to_vec())));
+    a_write_after_the_restart_lasts(dir.path(), store);
 }
 
 #[test]
@@ -403,18 +427,10 @@ fn a_log_file_of_another_format_is_refused_with_a_clear_error() {
     bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     bytes.extend_from_slice(&payload);
     std::fs::write(log_file(dir.path()), &bytes).expect("write the file");
-    let err = LogStore::open(dir.path(), 1000)
-        .err()
-        .expect("a file of another format is refused");
-    let text = err.to_string();
-    assert!(
-        text.contains("keel.log") && text.contains("format 2") && text.contains("reads format 1"),
-        "{text}"
-    );
-    assert_eq!(
-        std::fs::read(log_file(dir.path())).expect("read"),
-        bytes,
-        "the file is left as it was"
+    refused(
+        dir.path(),
+        &bytes,
+        &["keel.log", "format 2", "reads format 1"],
     );
 }
 
@@ -426,18 +442,10 @@ fn a_damaged_frame_with_commits_after_it_is_refused_and_the_file_left_alone() {
     // commit's frame follows it whole.
     let bytes = change_log(dir.path(), |bytes| bytes[at(size) - 2] ^= 0x40);
 
-    let err = LogStore::open(dir.path(), 1000)
-        .err()
-        .expect("damage before acknowledged commits is refused");
-    let text = err.to_string();
-    assert!(
-        text.contains("is damaged") && text.contains("committed data may be lost"),
-        "{text}"
-    );
-    assert_eq!(
-        std::fs::read(log_file(dir.path())).expect("read"),
-        bytes,
-        "the file is left as it was"
+    refused(
+        dir.path(),
+        &bytes,
+        &["is damaged", "committed data may be lost"],
     );
 }
 
@@ -446,15 +454,11 @@ fn a_file_that_is_not_a_keel_log_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let foreign = b"2026-12-05 an application's own log, not keel's\n".to_vec();
     std::fs::write(log_file(dir.path()), &foreign).expect("write the file");
-    let err = LogStore::open(dir.path(), 1000)
-        .err()
-        .expect("a foreign file is refused");
-    assert!(
-        err.to_string()
-            .contains("does not begin with keel's log header"),
-        "{err}"
+    refused(
+        dir.path(),
+        &foreign,
+        &["does not begin with keel's log header"],
     );
-    assert_eq!(std::fs::read(log_file(dir.path())).expect("read"), foreign);
 }
 
 #[test]
@@ -561,14 +565,7 @@ fn a_torn_append_over_the_zeros_opens_at_the_last_whole_frame_and_the_next_appen
     assert_eq!(seen(&store), after_two);
     assert_eq!(store.file_size(), size);
     // A shorter frame goes where the torn one was; no part of the torn one is left after it.
-    store
-        .execute(Epoch(1), &[put("d", "4")])
-        .expect("a write after the restart");
-    drop(store);
-    let store = LogStore::open(dir.path(), 1000).expect("reopen again");
-    assert_eq!(store.kv_get("d").expect("get"), Some((5, b"4".to_vec())));
-    assert_eq!(store.kv_get("b").expect("get"), Some((4, b"2".to_vec())));
-    assert_consistent(&store);
+    a_write_after_the_restart_lasts(dir.path(), store);
 }
 
 #[test]
@@ -582,15 +579,7 @@ fn bytes_after_the_zeros_that_follow_a_damaged_frame_are_refused_and_the_file_le
         bytes[at(end) + 100] = 7;
     });
 
-    let err = LogStore::open(dir.path(), 1000)
-        .err()
-        .expect("bytes after the log's end are refused");
-    assert!(err.to_string().contains("is damaged"), "{err}");
-    assert_eq!(
-        std::fs::read(log_file(dir.path())).expect("read"),
-        bytes,
-        "the file is left as it was"
-    );
+    refused(dir.path(), &bytes, &["is damaged"]);
 }
 
 #[test]
@@ -621,17 +610,9 @@ fn a_first_frame_whose_last_bytes_never_landed_starts_empty_but_a_log_of_zeros_i
     // that lost what it held, not a new one.
     let zeros = vec![0u8; at(PREALLOCATE)];
     std::fs::write(&file, &zeros).expect("write the file");
-    let err = LogStore::open(dir.path(), 1000)
-        .err()
-        .expect("a log of zeros is refused");
-    assert!(
-        err.to_string()
-            .contains("does not begin with keel's log header"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read(&file).expect("read"),
-        zeros,
-        "the file is left as it was"
+    refused(
+        dir.path(),
+        &zeros,
+        &["does not begin with keel's log header"],
     );
 }
