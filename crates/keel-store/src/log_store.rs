@@ -165,8 +165,8 @@ impl LogStore {
             Replay::Foreign => io(std::io::Error::other(
                 "it does not begin with keel's log header; it is left as it is (move it away, or give the node another --data-dir)",
             )),
-            Replay::Damaged { at, len } => io(std::io::Error::other(format!(
-                "the frame at byte {at} is damaged and {len} bytes follow it: committed data may be lost; the file is left as it is (restore it from a copy, or start the node on an empty --data-dir to copy its group's primary)"
+            Replay::Damaged { at, after } => io(std::io::Error::other(format!(
+                "the frame at byte {at} is damaged and {after} bytes follow it, not all zeros: committed data may be lost; the file is left as it is (restore it from a copy, or start the node on an empty --data-dir to copy its group's primary)"
             ))),
         })?;
         // Zeros after the last frame are the room made ahead of the appends.
@@ -207,7 +207,8 @@ impl LogStore {
         live
     }
 
-    /// How many bytes the file holds.
+    /// How many bytes the log's whole frames take. The file itself is longer: the zeros
+    /// made ahead of the appends follow them.
     pub fn file_size(&self) -> u64 {
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).size
     }
@@ -222,7 +223,8 @@ enum Replay {
     /// A frame that is not the last is damaged: acknowledged commits may follow it.
     Damaged {
         at: usize,
-        len: usize,
+        /// How many bytes follow the frame's end.
+        after: usize,
     },
 }
 
@@ -249,7 +251,7 @@ fn replay(bytes: &[u8]) -> Result<(MemTables, usize), Replay> {
             {
                 return Err(Replay::Damaged {
                     at,
-                    len: bytes.len(),
+                    after: bytes.len() - end,
                 });
             }
             return Ok((tables, at));
